@@ -1,0 +1,129 @@
+//! HS256 JWT auth as PROTOCOL.md states it: `sub` = user id, `exp` required.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use connect_protocol::UserId;
+
+/// The documented development secret of the local stack. Refused in production.
+pub const DEV_SECRET: &str = "connect-dev-secret";
+
+/// Why a token or a secret is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("CONNECT_JWT_SECRET is not set")]
+    NoSecret,
+    #[error("refusing to run in production with the development JWT secret")]
+    DevSecretInProduction,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// The HS256 secret, checked once at start.
+#[derive(Clone)]
+pub struct JwtSecret(String);
+
+impl std::fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtSecret(<redacted>)")
+    }
+}
+
+impl JwtSecret {
+    /// The secret from `CONNECT_JWT_SECRET`'s value. Outside production an unset secret means the
+    /// development secret; in production an unset, empty or development secret is refused.
+    pub fn new(value: Option<String>, production: bool) -> Result<Self, AuthError> {
+        match value.filter(|v| !v.is_empty()) {
+            Some(v) if production && v == DEV_SECRET => Err(AuthError::DevSecretInProduction),
+            Some(v) => Ok(Self(v)),
+            None if production => Err(AuthError::NoSecret),
+            None => Ok(Self(DEV_SECRET.to_owned())),
+        }
+    }
+}
+
+/// Verifies client tokens.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl TokenVerifier {
+    pub fn new(secret: &JwtSecret) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Self { key: DecodingKey::from_secret(secret.0.as_bytes()), validation }
+    }
+
+    /// The user a valid token speaks for.
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let data = decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        UserId::parse(data.claims.sub).map_err(|e| AuthError::InvalidToken(format!("sub: {e}")))
+    }
+}
+
+/// Mints tokens (dev CLI, load generator, tests).
+#[derive(Clone)]
+pub struct TokenIssuer {
+    key: EncodingKey,
+}
+
+impl TokenIssuer {
+    pub fn new(secret: &JwtSecret) -> Self {
+        Self { key: EncodingKey::from_secret(secret.0.as_bytes()) }
+    }
+
+    /// A token for `user` that expires at `exp` (seconds since the epoch).
+    pub fn mint_until(&self, user: &str, exp: u64) -> String {
+        let claims = Claims { sub: user.to_owned(), exp };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()
+    }
+
+    /// A token for `user` valid for `ttl_secs` from now.
+    pub fn mint(&self, user: &str, ttl_secs: u64) -> String {
+        self.mint_until(user, crate::now_ms() / 1000 + ttl_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> JwtSecret {
+        JwtSecret::new(None, false).unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_verifies() {
+        let t = TokenIssuer::new(&dev()).mint("alice", 60);
+        assert_eq!(TokenVerifier::new(&dev()).verify(&t).unwrap().as_str(), "alice");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let verifier = TokenVerifier::new(&dev());
+        let other = JwtSecret::new(Some("other".into()), false).unwrap();
+        assert!(verifier.verify(&TokenIssuer::new(&other).mint("alice", 60)).is_err());
+        assert!(verifier.verify(&TokenIssuer::new(&dev()).mint_until("alice", 1000)).is_err());
+        assert!(verifier.verify(&TokenIssuer::new(&dev()).mint("bad user", 60)).is_err());
+        assert!(verifier.verify("not.a.jwt").is_err());
+        assert!(verifier.verify("").is_err());
+    }
+
+    #[test]
+    fn production_refuses_missing_or_dev_secret() {
+        assert!(JwtSecret::new(None, true).is_err());
+        assert!(JwtSecret::new(Some(String::new()), true).is_err());
+        assert!(JwtSecret::new(Some(DEV_SECRET.into()), true).is_err());
+        assert!(JwtSecret::new(Some("s3cret-from-secrets-manager".into()), true).is_ok());
+    }
+}

@@ -1,0 +1,77 @@
+//! What a gateway does with one text frame from a client (pure; the socket lives in the gateway).
+
+use connect_protocol::{ClientFrame, ConversationId, ErrorCode, FrameError, FrameLimits, SendTarget, UserId};
+
+use crate::model::{ReplyTo, Submission};
+
+/// The gateway's next step for one client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Publish to `incoming_messages` (key = conversation).
+    Submit(Submission),
+    /// The client holds every message of `conversation` up to `seq`.
+    Ack { conversation: ConversationId, seq: u64 },
+    /// Answer with an `error` frame; the connection stays open.
+    Reject(FrameError),
+}
+
+/// Parses and checks a frame from `user`'s connection `reply`.
+pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimits) -> Inbound {
+    match ClientFrame::parse(text, limits) {
+        Err(e) => Inbound::Reject(e),
+        Ok(ClientFrame::Ack { conversation, seq }) => Inbound::Ack { conversation, seq },
+        Ok(ClientFrame::Send { id, target, body }) => {
+            let conversation = match target {
+                SendTarget::Group(g) => ConversationId::group(g),
+                SendTarget::User(peer) => match ConversationId::direct(user, &peer) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        let mut e = FrameError::new(ErrorCode::BadRequest, "cannot send a direct message to yourself");
+                        e.id = Some(id.to_string());
+                        return Inbound::Reject(e);
+                    }
+                },
+            };
+            Inbound::Submit(Submission { conversation, sender: user.clone(), id, body, reply: Some(reply), event: None })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap()
+    }
+
+    fn reply() -> ReplyTo {
+        ReplyTo { conn: "c1".into(), slot: 3 }
+    }
+
+    #[test]
+    fn a_direct_send_becomes_a_submission_in_the_dm_conversation() {
+        let r = handle_text(&alice(), reply(), r#"{"type":"send","id":"m1","to":"bob","body":"hi"}"#, &FrameLimits::default());
+        let Inbound::Submit(s) = r else { panic!("{r:?}") };
+        assert_eq!(s.conversation.to_string(), "dm:alice:bob");
+        assert_eq!(s.reply, Some(reply()));
+        let r = handle_text(&UserId::parse("zed").unwrap(), reply(), r#"{"type":"send","id":"m1","to":"bob","body":"hi"}"#, &FrameLimits::default());
+        let Inbound::Submit(s) = r else { panic!("{r:?}") };
+        assert_eq!(s.conversation.to_string(), "dm:bob:zed");
+    }
+
+    #[test]
+    fn a_send_to_yourself_is_a_bad_request_with_the_id() {
+        let r = handle_text(&alice(), reply(), r#"{"type":"send","id":"m2","to":"alice","body":"hi"}"#, &FrameLimits::default());
+        let Inbound::Reject(e) = r else { panic!("{r:?}") };
+        assert_eq!((e.code, e.id.as_deref()), (ErrorCode::BadRequest, Some("m2")));
+    }
+
+    #[test]
+    fn group_sends_and_acks_pass_through() {
+        let r = handle_text(&alice(), reply(), r#"{"type":"send","id":"m3","group":"g_1","body":"x"}"#, &FrameLimits::default());
+        assert!(matches!(r, Inbound::Submit(s) if s.conversation.to_string() == "group:g_1"));
+        let r = handle_text(&alice(), reply(), r#"{"type":"ack","conversation":"dm:alice:bob","seq":4}"#, &FrameLimits::default());
+        assert!(matches!(r, Inbound::Ack { seq: 4, .. }));
+    }
+}

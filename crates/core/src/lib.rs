@@ -1,0 +1,31 @@
+//! The core of Connect Chat: domain types, ports and use-cases. No backend code lives here —
+//! adapters (`connect-kafka`, `connect-redis`, `connect-dynamo`) implement the ports, binaries
+//! wire them.
+//!
+//! # Layout
+//! - [`auth`]: HS256 JWT verification (and minting, for dev tools and tests).
+//! - [`model`]: what travels between the parts — [`model::Submission`] (gateway → messaging),
+//!   [`model::StoredMessage`], [`model::Delivery`] (messaging → one gateway), session routes.
+//! - [`ports`]: the traits the adapters implement, one line each, gathered in [`ports::Ports`].
+//! - [`messaging`]: the messaging step — dedupe, authorize, sequence, persist, route.
+//! - [`inbound`]: what a gateway does with one client frame (pure).
+//! - [`error`]: [`PortError`], retryable or final.
+//! - [`memory`]: in-memory ports for unit tests of the pure logic.
+
+pub mod auth;
+pub mod error;
+pub mod inbound;
+pub mod memory;
+pub mod messaging;
+pub mod model;
+pub mod ports;
+
+pub use error::PortError;
+
+/// Milliseconds since the epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,338 @@
+//! The messaging step: what the Messaging Service does with one batch from `incoming_messages`.
+//!
+//! Per batch: authorize; dedupe by (sender, client id); allocate seqs with one atomic add per
+//! conversation; remember the acceptances, then store the messages (batched); look every
+//! recipient up in the registry in one round trip; publish ONE delivery per target gateway (the
+//! sender's `accepted` rides on the record for its gateway). The caller commits the batch's
+//! offsets only after [`MessagingStep::process`] returns `Ok`.
+//!
+//! Crash safety: acceptances are remembered before the messages are written, so a batch replayed
+//! after a crash finds them, re-stores any message that did not make it (conditional put), and
+//! answers with the original seq. A crash between allocation and write leaves a gap, never a
+//! reuse. A store that fails leaves nothing behind: the acceptances are forgotten and the
+//! senders get `unavailable` (retry with the same id).
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use tracing::warn;
+
+use connect_protocol::{ConversationId, ErrorCode, FrameError, UserId};
+
+use crate::model::{
+    Acceptance, Delivery, OutboundMessage, Reply, ReplyTo, SessionRoute, StoredMessage, Submission,
+};
+use crate::ports::Ports;
+use crate::PortError;
+
+/// Counts of what one batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    pub stored: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub unavailable: usize,
+    pub records: usize,
+}
+
+/// The messaging use-case over its ports.
+pub struct MessagingStep {
+    ports: Ports,
+}
+
+/// A message that will be delivered, with the connection to answer.
+struct Accepted {
+    message: StoredMessage,
+    reply: Option<ReplyTo>,
+    /// False for a repeat of a message already fanned out in this batch: it only needs `accepted`.
+    fan_out: bool,
+}
+
+#[derive(Default)]
+struct Outcome {
+    accepted: Vec<Accepted>,
+    errors: Vec<(ReplyTo, FrameError)>,
+    report: StepReport,
+}
+
+impl Outcome {
+    fn fail(&mut self, sub: &Submission, code: ErrorCode, message: &str) {
+        if code == ErrorCode::Unavailable {
+            self.report.unavailable += 1;
+        } else {
+            self.report.rejected += 1;
+        }
+        if let Some(reply) = &sub.reply {
+            let mut err = FrameError::new(code, message);
+            err.id = Some(sub.id.to_string());
+            self.errors.push((reply.clone(), err));
+        }
+    }
+}
+
+fn message_of(sub: &Submission, acceptance: &Acceptance) -> StoredMessage {
+    StoredMessage {
+        conversation: sub.conversation.clone(),
+        seq: acceptance.seq,
+        from: sub.sender.clone(),
+        id: sub.id.clone(),
+        body: sub.body.clone(),
+        ts: acceptance.ts,
+        event: sub.event.clone(),
+    }
+}
+
+/// Who receives a message of this conversation.
+fn recipients(conversation: &ConversationId) -> Vec<UserId> {
+    match conversation {
+        ConversationId::Direct { low, high } => vec![low.clone(), high.clone()],
+        ConversationId::Group(_) => Vec::new(),
+    }
+}
+
+/// Checks a submission against the rules that need no I/O.
+fn authorize(sub: &Submission) -> Result<(), (ErrorCode, &'static str)> {
+    match &sub.conversation {
+        ConversationId::Direct { .. } if sub.conversation.is_direct_member(&sub.sender) => Ok(()),
+        ConversationId::Direct { .. } => Err((ErrorCode::Forbidden, "not a member of this conversation")),
+        ConversationId::Group(_) => Err((ErrorCode::NotFound, "no such group")),
+    }
+}
+
+impl MessagingStep {
+    pub fn new(ports: Ports) -> Self {
+        Self { ports }
+    }
+
+    /// Processes one batch (in partition order). `Err` means nothing could be published: the
+    /// caller must not commit and should retry the batch (it is idempotent).
+    pub async fn process(&self, batch: Vec<Submission>, now_ms: u64) -> Result<StepReport, PortError> {
+        let mut out = Outcome::default();
+        let mut valid = Vec::with_capacity(batch.len());
+        for sub in batch {
+            match authorize(&sub) {
+                Ok(()) => valid.push(sub),
+                Err((code, message)) => out.fail(&sub, code, message),
+            }
+        }
+        if !valid.is_empty() {
+            self.sequence_and_store(valid, now_ms, &mut out).await;
+        }
+        let deliveries = self.route(&out).await;
+        out.report.records = deliveries.len();
+        self.ports.deliveries.publish(deliveries).await?;
+        Ok(out.report)
+    }
+
+    /// Dedupe, allocate, remember, store. Every submission ends in `out.accepted` or `out.errors`.
+    async fn sequence_and_store(&self, valid: Vec<Submission>, now_ms: u64, out: &mut Outcome) {
+        let keys: Vec<_> = valid.iter().map(Submission::dedupe_key).collect();
+        let known = match self.ports.dedupe.get(&keys).await {
+            Ok(known) => known,
+            Err(e) => {
+                warn!(cause = %e, "dedupe lookup failed; answering unavailable");
+                valid.iter().for_each(|s| out.fail(s, ErrorCode::Unavailable, "dedupe index unavailable"));
+                return;
+            }
+        };
+
+        // Split into known (accepted before), repeats (same key earlier in this batch), fresh.
+        let mut fresh: Vec<Submission> = Vec::new();
+        let mut first_of: HashMap<_, usize> = HashMap::new();
+        let mut repeats: Vec<(Submission, usize)> = Vec::new();
+        let mut earlier: Vec<(Submission, Acceptance)> = Vec::new();
+        for ((sub, key), known) in valid.into_iter().zip(keys).zip(known) {
+            if let Some(acceptance) = known {
+                earlier.push((sub, acceptance));
+            } else if let Some(&i) = first_of.get(&key) {
+                repeats.push((sub, i));
+            } else {
+                first_of.insert(key, fresh.len());
+                fresh.push(sub);
+            }
+        }
+        out.report.duplicates += earlier.len() + repeats.len();
+
+        let stored = self.store_fresh(&fresh, now_ms, out).await;
+        for (sub, i) in repeats {
+            match &stored[i] {
+                Some(message) => out.accepted.push(Accepted { message: message.clone(), reply: sub.reply, fan_out: false }),
+                None => out.fail(&sub, ErrorCode::Unavailable, "storage unavailable; retry with the same id"),
+            }
+        }
+        self.restore_earlier(earlier, out).await;
+    }
+
+    /// Allocates and stores fresh submissions; returns the stored message of each (or None).
+    async fn store_fresh(&self, fresh: &[Submission], now_ms: u64, out: &mut Outcome) -> Vec<Option<StoredMessage>> {
+        if fresh.is_empty() {
+            return Vec::new();
+        }
+        let mut order: Vec<(ConversationId, u64)> = Vec::new();
+        let mut slot_of: HashMap<&ConversationId, usize> = HashMap::new();
+        for sub in fresh {
+            let i = *slot_of.entry(&sub.conversation).or_insert_with(|| {
+                order.push((sub.conversation.clone(), 0));
+                order.len() - 1
+            });
+            order[i].1 += 1;
+        }
+        let mut next: Vec<Result<u64, PortError>> = self.ports.sequences.allocate(&order).await;
+
+        let mut messages: Vec<Option<StoredMessage>> = Vec::with_capacity(fresh.len());
+        for sub in fresh {
+            let i = slot_of[&sub.conversation];
+            messages.push(match &mut next[i] {
+                Ok(seq) => {
+                    let acceptance = Acceptance { conversation: sub.conversation.clone(), seq: *seq, ts: now_ms };
+                    *seq += 1;
+                    Some(message_of(sub, &acceptance))
+                }
+                Err(_) => None,
+            });
+        }
+        for (e, (conversation, _)) in next.iter().zip(&order) {
+            if let Err(e) = e {
+                warn!(cause = %e, %conversation, "sequence allocation failed");
+            }
+        }
+
+        let to_store: Vec<StoredMessage> = messages.iter().flatten().cloned().collect();
+        if let Err(e) = self.persist(&to_store).await {
+            warn!(cause = %e, count = to_store.len(), "storing the batch failed; answering unavailable");
+            messages.iter_mut().for_each(|m| *m = None);
+        }
+        for (sub, message) in fresh.iter().zip(&messages) {
+            match message {
+                Some(m) => {
+                    out.report.stored += 1;
+                    out.accepted.push(Accepted { message: m.clone(), reply: sub.reply.clone(), fan_out: true });
+                }
+                None => out.fail(sub, ErrorCode::Unavailable, "storage unavailable; retry with the same id"),
+            }
+        }
+        messages
+    }
+
+    /// Remembers acceptances, then writes the messages; on failure forgets them again.
+    async fn persist(&self, messages: &[StoredMessage]) -> Result<(), PortError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                let key = crate::model::DedupeKey { sender: m.from.clone(), id: m.id.clone() };
+                (key, Acceptance { conversation: m.conversation.clone(), seq: m.seq, ts: m.ts })
+            })
+            .collect();
+        self.ports.dedupe.remember(&entries).await?;
+        if let Err(e) = self.ports.chat.put_batch(messages).await {
+            let keys: Vec<_> = entries.into_iter().map(|(k, _)| k).collect();
+            if let Err(forget) = self.ports.dedupe.forget(&keys).await {
+                warn!(cause = %forget, "could not forget acceptances of an unstored batch");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Submissions accepted before: make sure the message is stored (a crash may have come
+    /// between remembering and writing), then answer and deliver again (at least once).
+    async fn restore_earlier(&self, earlier: Vec<(Submission, Acceptance)>, out: &mut Outcome) {
+        let messages: Vec<StoredMessage> = earlier.iter().map(|(s, a)| message_of(s, a)).collect();
+        let results = join_all(messages.iter().map(|m| self.ports.chat.put_if_absent(m))).await;
+        for (((sub, _), message), result) in earlier.into_iter().zip(messages).zip(results) {
+            match result {
+                Ok(_) => out.accepted.push(Accepted { message, reply: sub.reply, fan_out: true }),
+                Err(e) => {
+                    warn!(cause = %e, "re-storing a remembered message failed");
+                    out.fail(&sub, ErrorCode::Unavailable, "storage unavailable; retry with the same id");
+                }
+            }
+        }
+    }
+
+    /// Looks every recipient up once and builds one delivery per (message, target gateway).
+    async fn route(&self, out: &Outcome) -> Vec<Delivery> {
+        let mut users: Vec<UserId> = Vec::new();
+        let mut index: HashMap<UserId, usize> = HashMap::new();
+        for a in out.accepted.iter().filter(|a| a.fan_out) {
+            for user in recipients(&a.message.conversation) {
+                index.entry(user.clone()).or_insert_with(|| {
+                    users.push(user);
+                    users.len() - 1
+                });
+            }
+        }
+        let sessions = if users.is_empty() {
+            Vec::new()
+        } else {
+            self.ports.registry.lookup(&users).await.unwrap_or_else(|e| {
+                warn!(cause = %e, "registry lookup failed; delivering replies only");
+                vec![Vec::new(); users.len()]
+            })
+        };
+        let sessions_of = |u: &UserId| -> &[SessionRoute] { &sessions[index[u]] };
+        let mut deliveries = Vec::new();
+        for a in &out.accepted {
+            let targets = if a.fan_out { recipients(&a.message.conversation) } else { Vec::new() };
+            deliveries.extend(plan_deliveries(&a.message, a.reply.as_ref(), &targets, sessions_of));
+        }
+        for (reply, err) in &out.errors {
+            deliveries.push(Delivery {
+                slot: reply.slot,
+                recipients: Vec::new(),
+                message: None,
+                reply: Some(Reply { conn: reply.conn.clone(), frame: err.to_frame().to_text() }),
+            });
+        }
+        deliveries
+    }
+}
+
+/// The deliveries of one message: one per slot that has a session of a recipient, with the
+/// sender's `accepted` on the record for its own slot (or alone, if no recipient is there).
+pub fn plan_deliveries<'s>(
+    message: &StoredMessage,
+    reply: Option<&ReplyTo>,
+    recipients: &[UserId],
+    sessions_of: impl Fn(&UserId) -> &'s [SessionRoute],
+) -> Vec<Delivery> {
+    let mut by_slot: Vec<(u32, Vec<UserId>)> = Vec::new();
+    for user in recipients {
+        for route in sessions_of(user) {
+            match by_slot.iter_mut().find(|(slot, _)| *slot == route.slot) {
+                Some((_, users)) if users.contains(user) => {}
+                Some((_, users)) => users.push(user.clone()),
+                None => by_slot.push((route.slot, vec![user.clone()])),
+            }
+        }
+    }
+    if let Some(r) = reply {
+        if !by_slot.iter().any(|(slot, _)| *slot == r.slot) {
+            by_slot.push((r.slot, Vec::new()));
+        }
+    }
+    let frame = if by_slot.iter().any(|(_, users)| !users.is_empty()) { Some(message.frame_text()) } else { None };
+    by_slot
+        .into_iter()
+        .map(|(slot, users)| Delivery {
+            slot,
+            message: match (&frame, users.is_empty()) {
+                (Some(frame), false) => Some(OutboundMessage {
+                    conversation: message.conversation.to_string(),
+                    seq: message.seq,
+                    ts: message.ts,
+                    frame: frame.clone(),
+                }),
+                _ => None,
+            },
+            recipients: users,
+            reply: reply.filter(|r| r.slot == slot).map(|r| Reply { conn: r.conn.clone(), frame: message.accepted_text() }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! What travels between the parts.
+
+use serde::{Deserialize, Serialize};
+
+use connect_protocol::{ClientMsgId, ConversationId, GroupEvent, MessageFrame, ServerFrame, UserId};
+
+/// Where the answer to a send goes: the sending connection and its gateway's slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    pub conn: String,
+    pub slot: u32,
+}
+
+/// A message submitted for sequencing: the record on `incoming_messages` (key = conversation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    pub conversation: ConversationId,
+    pub sender: UserId,
+    pub id: ClientMsgId,
+    pub body: String,
+    /// The connection to answer with `accepted` / `error`; none for system messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplyTo>,
+    /// A group change (system message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<GroupEvent>,
+}
+
+impl Submission {
+    /// The dedupe key: (sender, client id).
+    pub fn dedupe_key(&self) -> DedupeKey {
+        DedupeKey { sender: self.sender.clone(), id: self.id.clone() }
+    }
+}
+
+/// (sender, client message id): a send retried with the same pair is the same message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DedupeKey {
+    pub sender: UserId,
+    pub id: ClientMsgId,
+}
+
+/// What an accepted message was given: remembered under its [`DedupeKey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acceptance {
+    pub conversation: ConversationId,
+    pub seq: u64,
+    pub ts: u64,
+}
+
+/// A message with its place in the conversation, as stored in the chat table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub conversation: ConversationId,
+    pub seq: u64,
+    pub from: UserId,
+    pub id: ClientMsgId,
+    pub body: String,
+    pub ts: u64,
+    pub event: Option<GroupEvent>,
+}
+
+impl StoredMessage {
+    /// The message as the contract shows it.
+    pub fn to_frame(&self) -> MessageFrame {
+        MessageFrame {
+            conversation: self.conversation.to_string(),
+            seq: self.seq,
+            from: self.from.to_string(),
+            group: self.conversation.group_id().map(ToString::to_string),
+            id: self.id.to_string(),
+            body: self.body.clone(),
+            ts: self.ts,
+            event: self.event.clone(),
+        }
+    }
+
+    /// The `message` frame text, rendered once for every recipient.
+    pub fn frame_text(&self) -> String {
+        ServerFrame::Message(&self.to_frame()).to_text()
+    }
+
+    /// The `accepted` frame text for the sender.
+    pub fn accepted_text(&self) -> String {
+        ServerFrame::Accepted {
+            id: self.id.as_str(),
+            conversation: &self.conversation.to_string(),
+            seq: self.seq,
+            ts: self.ts,
+        }
+        .to_text()
+    }
+}
+
+/// Where one live session of a user is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRoute {
+    /// Connection id (the `session` of `hello`).
+    pub conn: String,
+    /// The gateway's slot = its partition of `outgoing_messages`.
+    pub slot: u32,
+    /// Gateway instance id.
+    pub gateway: String,
+    /// The gateway's API Gateway Management API endpoint.
+    pub endpoint: String,
+}
+
+/// A session to record in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: UserId,
+    pub route: SessionRoute,
+}
+
+/// A message for one gateway's connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundMessage {
+    pub conversation: String,
+    pub seq: u64,
+    pub ts: u64,
+    /// The `message` frame text.
+    pub frame: String,
+}
+
+/// A frame for exactly one connection (the sender's `accepted` or `error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub conn: String,
+    pub frame: String,
+}
+
+/// One record on `outgoing_messages`, for the gateway that owns `slot`: a message and the users
+/// on that gateway who get it, and/or a reply for one connection there. The reply's connection
+/// does not also get the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub slot: u32,
+    pub recipients: Vec<UserId>,
+    pub message: Option<OutboundMessage>,
+    pub reply: Option<Reply>,
+}

@@ -1,0 +1,78 @@
+//! The ports: what the core needs from the outside world. Adapters implement them; the core and
+//! the binaries use them as `Arc<dyn Port>`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use connect_protocol::{ConversationId, UserId};
+
+use crate::model::{Acceptance, DedupeKey, Delivery, Session, StoredMessage, Submission};
+use crate::PortError;
+
+/// A publish that was enqueued in order and completes when the bus has it durably.
+pub type PendingPublish = Pin<Box<dyn Future<Output = Result<(), PortError>> + Send + 'static>>;
+
+/// Gateway → messaging: the `incoming_messages` topic.
+pub trait SubmissionBus: Send + Sync {
+    /// Enqueues a submission (key = conversation) now, in call order; await the result for its ack.
+    fn submit(&self, submission: &Submission) -> PendingPublish;
+}
+
+/// Messaging → gateways: the `outgoing_messages` topic, one partition per gateway slot.
+#[async_trait]
+pub trait DeliveryBus: Send + Sync {
+    /// Publishes every delivery to its slot's partition and waits until all are acked.
+    async fn publish(&self, deliveries: Vec<Delivery>) -> Result<(), PortError>;
+}
+
+/// Which users have live sessions where (Redis, region-local).
+#[async_trait]
+pub trait SessionRegistry: Send + Sync {
+    /// Records or refreshes sessions; each lives for the registry's TTL unless refreshed.
+    async fn upsert(&self, sessions: &[Session]) -> Result<(), PortError>;
+    /// Removes sessions, given as (user, connection id).
+    async fn remove(&self, sessions: &[(UserId, String)]) -> Result<(), PortError>;
+    /// The live sessions of each user (same order as `users`), in one round trip.
+    async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<crate::model::SessionRoute>>, PortError>;
+}
+
+/// Per-conversation sequence numbers (DynamoDB sequence table).
+#[async_trait]
+pub trait SequenceAllocator: Send + Sync {
+    /// Reserves `count` consecutive seqs for each conversation; returns the first of each range
+    /// (same order as `requests`). One atomic add per conversation.
+    async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>>;
+}
+
+/// The chat table: messages by (conversation, seq).
+#[async_trait]
+pub trait ChatStore: Send + Sync {
+    /// Stores messages whose seqs were freshly allocated (batched; idempotent on retry).
+    async fn put_batch(&self, messages: &[StoredMessage]) -> Result<(), PortError>;
+    /// Stores a message unless its (conversation, seq) exists; true when it wrote.
+    async fn put_if_absent(&self, message: &StoredMessage) -> Result<bool, PortError>;
+}
+
+/// What (sender, client id) was accepted as.
+#[async_trait]
+pub trait DedupeIndex: Send + Sync {
+    /// The acceptance remembered for each key (same order as `keys`), in one round trip.
+    async fn get(&self, keys: &[DedupeKey]) -> Result<Vec<Option<Acceptance>>, PortError>;
+    /// Remembers acceptances; written before the messages are stored.
+    async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError>;
+    /// Forgets keys whose messages could not be stored.
+    async fn forget(&self, keys: &[DedupeKey]) -> Result<(), PortError>;
+}
+
+/// Everything the messaging step needs.
+#[derive(Clone)]
+pub struct Ports {
+    pub registry: Arc<dyn SessionRegistry>,
+    pub sequences: Arc<dyn SequenceAllocator>,
+    pub chat: Arc<dyn ChatStore>,
+    pub dedupe: Arc<dyn DedupeIndex>,
+    pub deliveries: Arc<dyn DeliveryBus>,
+}
