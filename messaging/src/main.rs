@@ -1,1 +1,65 @@
-fn main() {}
+//! Messaging Service: consumes `incoming_messages` in a consumer group and runs the core
+//! messaging step over the real adapters (Redis, DynamoDB, Kafka).
+//!
+//! # Layout
+//! - `config`: [`config::Config`] from env vars.
+//! - `consumer`: the batch / process / commit loop.
+
+mod config;
+mod consumer;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use connect_core::messaging::MessagingStep;
+use connect_core::ports::Ports;
+use connect_dynamo::{DynamoChatStore, DynamoSequences};
+use connect_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
+use connect_kafka::KafkaDeliveryBus;
+use connect_redis::{RedisDedupe, RedisRegistry};
+use tokio::sync::watch;
+use tracing::info;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    connect_service::telemetry::init_tracing();
+    let metrics = connect_service::telemetry::install_metrics()?;
+    let cfg = config::Config::from_env().context("reading the messaging config")?;
+
+    let redis = connect_redis::connect(&cfg.redis_url).await.context("connecting to Redis")?;
+    let dynamo = connect_dynamo::client(&cfg.dynamo).await;
+    let producer: FutureProducer = cfg.kafka.producer().create().context("creating the Kafka producer")?;
+    let ports = Ports {
+        registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
+        sequences: Arc::new(DynamoSequences::new(dynamo.clone(), &cfg.tables.sequences, &cfg.region, cfg.dynamo_concurrency)),
+        chat: Arc::new(DynamoChatStore::new(dynamo, &cfg.tables.chat, cfg.dynamo_concurrency)),
+        dedupe: Arc::new(RedisDedupe::new(redis, cfg.dedupe_ttl)),
+        deliveries: Arc::new(KafkaDeliveryBus::new(producer.clone(), cfg.topics.outgoing.clone())),
+    };
+    let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().context("creating the Kafka consumer")?;
+    consumer.subscribe(&[&cfg.topics.incoming]).context("subscribing to incoming_messages")?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.ops_addr).await.with_context(|| format!("binding {}", cfg.ops_addr))?;
+    info!(ops = %cfg.ops_addr, group = %cfg.group_id, topic = %cfg.topics.incoming, "messaging running");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ops = tokio::spawn({
+        let mut stop = stop_rx.clone();
+        async move {
+            axum::serve(listener, connect_service::ops::router(metrics))
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let work = tokio::spawn(consumer::run(consumer, MessagingStep::new(ports), cfg.batch_max, cfg.fault_pause_before_commit, stop_rx));
+    connect_service::shutdown_signal().await;
+    info!("stopping: finishing the batch in hand, then committing");
+    stop_tx.send_replace(true);
+    let _ = work.await;
+    let _ = ops.await;
+    let _ = tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5))).await;
+    info!("messaging stopped");
+    Ok(())
+}

@@ -1,1 +1,5 @@
-fn main(){}
+//! End-to-end tests against the real local stack (`make up`): two gateways, messaging, tansu,
+//! Redis and DynamoDB Local, over real connections. Run with `make test`.
+
+mod helpers;
+mod chat;

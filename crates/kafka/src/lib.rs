@@ -1,1 +1,21 @@
-//! placeholder
+//! Kafka (MSK) adapter over `rdkafka` with its bundled librdkafka.
+//!
+//! # Layout
+//! - [`config`]: [`KafkaConfig`], the client settings every part shares (brokers, fetch wait,
+//!   linger, timeouts) and the client configs built from it.
+//! - [`codec`]: the record formats — `incoming_messages` (JSON [`Submission`]) and
+//!   `outgoing_messages` (the frame as value, routing in headers, so a gateway parses no JSON).
+//! - [`bus`]: [`KafkaSubmissionBus`] and [`KafkaDeliveryBus`], the core's bus ports.
+//! - [`admin`]: [`ensure_topics`], idempotent topic creation.
+//!
+//! [`Submission`]: connect_core::model::Submission
+
+pub mod admin;
+pub mod bus;
+pub mod codec;
+pub mod config;
+
+pub use admin::ensure_topics;
+pub use bus::{KafkaDeliveryBus, KafkaSubmissionBus};
+pub use config::{KafkaConfig, Topics};
+pub use rdkafka;

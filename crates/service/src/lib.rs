@@ -1,1 +1,33 @@
-//! placeholder
+//! What every long-lived service binary (gateway, messaging) shares.
+//!
+//! # Layout
+//! - [`env`]: typed env-var reading with defaults (config comes only from env).
+//! - [`telemetry`]: `tracing` (pretty locally, JSON in AWS) and the Prometheus recorder.
+//! - [`ops`]: the `/healthz` + `/metrics` routes.
+//! - [`shutdown_signal`]: resolves on Ctrl-C or SIGTERM.
+
+pub mod env;
+pub mod ops;
+pub mod telemetry;
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,1 +1,28 @@
-fn main() {}
+//! `connect-setup`: creates the Kafka topics and DynamoDB tables (idempotent). Run by
+//! `make up` / `make run` before the services start, and by tests for private topics.
+
+use anyhow::Context;
+use connect_dynamo::{DynamoConfig, Tables};
+use connect_kafka::{KafkaConfig, Topics};
+use connect_service::env;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    connect_service::telemetry::init_tracing();
+    let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
+    let topics = Topics::from_env();
+    let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
+    let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
+    connect_kafka::ensure_topics(&kafka.brokers, &[(&topics.incoming, incoming), (&topics.outgoing, outgoing)])
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("creating topics")?;
+    let dynamo = connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
+    let tables = Tables::from_env();
+    connect_dynamo::ensure_tables(&dynamo, &tables).await.map_err(anyhow::Error::msg).context("creating tables")?;
+    println!(
+        "topics {} ({incoming} partitions), {} ({outgoing} partitions); tables {}, {}",
+        topics.incoming, topics.outgoing, tables.chat, tables.sequences
+    );
+    Ok(())
+}

@@ -1,0 +1,25 @@
+# Connect Chat — the two commands: `make run` and `make test`.
+.PHONY: run up down test status bench lint
+
+run:    ## install what is missing, start everything in the foreground (Ctrl-C stops all)
+	scripts/stack.sh run
+
+up:     ## the same, in the background
+	scripts/stack.sh up
+
+down:   ## stop the background stack
+	scripts/stack.sh down
+
+status:
+	scripts/stack.sh status
+
+test:   ## every test against the real local stack (starts it if needed, stops what it started)
+	scripts/stack.sh test
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench:  ## the load generator against a release-built stack (see README: Benchmarks)
+	PROFILE=release scripts/stack.sh up
+	cargo run --release -q -p connect-chat --bin connect-loadgen -- $(BENCH_ARGS)

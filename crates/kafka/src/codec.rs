@@ -1,0 +1,119 @@
+//! Record formats on the two topics.
+//!
+//! `outgoing_messages`: value = the `message` frame text (empty when the record only carries a
+//! reply); headers `to` (recipients, comma-separated — user ids have no commas), `conv`, `seq`,
+//! `ts`, and for the sender's connection `reply_conn` + `reply` (its `accepted`/`error` frame).
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+use connect_core::model::{Delivery, OutboundMessage, Reply, Submission};
+use connect_protocol::UserId;
+
+/// A record that cannot be decoded (logged and skipped: it would never decode).
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable record: {0}")]
+pub struct CodecError(pub String);
+
+pub fn encode_submission(s: &Submission) -> Vec<u8> {
+    serde_json::to_vec(s).unwrap_or_default()
+}
+
+pub fn decode_submission(payload: &[u8]) -> Result<Submission, CodecError> {
+    serde_json::from_slice(payload).map_err(|e| CodecError(e.to_string()))
+}
+
+/// Headers and value of a delivery record.
+pub fn encode_delivery(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
+    let mut h = OwnedHeaders::new_with_capacity(6);
+    let mut value = Vec::new();
+    if let Some(m) = &d.message {
+        let to = d.recipients.iter().map(UserId::as_str).collect::<Vec<_>>().join(",");
+        h = h
+            .insert(Header { key: "to", value: Some(to.as_bytes()) })
+            .insert(Header { key: "conv", value: Some(m.conversation.as_bytes()) })
+            .insert(Header { key: "seq", value: Some(m.seq.to_string().as_bytes()) })
+            .insert(Header { key: "ts", value: Some(m.ts.to_string().as_bytes()) });
+        value = m.frame.as_bytes().to_vec();
+    }
+    if let Some(r) = &d.reply {
+        h = h
+            .insert(Header { key: "reply_conn", value: Some(r.conn.as_bytes()) })
+            .insert(Header { key: "reply", value: Some(r.frame.as_bytes()) });
+    }
+    (h, value)
+}
+
+fn text(v: Option<&[u8]>, what: &str) -> Result<String, CodecError> {
+    let v = v.ok_or_else(|| CodecError(format!("header `{what}` has no value")))?;
+    String::from_utf8(v.to_vec()).map_err(|_| CodecError(format!("header `{what}` is not UTF-8")))
+}
+
+fn number(v: Option<&[u8]>, what: &str) -> Result<u64, CodecError> {
+    text(v, what)?.parse().map_err(|_| CodecError(format!("header `{what}` is not a number")))
+}
+
+/// Decodes a delivery record read from `slot`'s partition.
+pub fn decode_delivery<H: Headers>(slot: u32, headers: Option<&H>, value: Option<&[u8]>) -> Result<Delivery, CodecError> {
+    let (mut to, mut conv, mut seq, mut ts, mut reply_conn, mut reply) = (None, None, None, None, None, None);
+    if let Some(headers) = headers {
+        for h in headers.iter() {
+            match h.key {
+                "to" => to = Some(text(h.value, "to")?),
+                "conv" => conv = Some(text(h.value, "conv")?),
+                "seq" => seq = Some(number(h.value, "seq")?),
+                "ts" => ts = Some(number(h.value, "ts")?),
+                "reply_conn" => reply_conn = Some(text(h.value, "reply_conn")?),
+                "reply" => reply = Some(text(h.value, "reply")?),
+                _ => {}
+            }
+        }
+    }
+    let recipients = to
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|u| UserId::parse(u).map_err(|e| CodecError(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let message = match (conv, seq) {
+        (Some(conversation), Some(seq)) => Some(OutboundMessage {
+            conversation,
+            seq,
+            ts: ts.unwrap_or(0),
+            frame: text(value, "value")?,
+        }),
+        _ => None,
+    };
+    let reply = match (reply_conn, reply) {
+        (Some(conn), Some(frame)) => Some(Reply { conn, frame }),
+        _ => None,
+    };
+    Ok(Delivery { slot, recipients, message, reply })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_survives_the_round_trip() {
+        let d = Delivery {
+            slot: 3,
+            recipients: vec![UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap()],
+            message: Some(OutboundMessage { conversation: "dm:alice:bob".into(), seq: 9, ts: 77, frame: "{\"type\":\"message\"}".into() }),
+            reply: Some(Reply { conn: "c1".into(), frame: "{\"type\":\"accepted\"}".into() }),
+        };
+        let (h, v) = encode_delivery(&d);
+        assert_eq!(decode_delivery(3, Some(&h), Some(&v)).unwrap(), d);
+        let reply_only = Delivery { slot: 1, recipients: vec![], message: None, reply: d.reply.clone() };
+        let (h, v) = encode_delivery(&reply_only);
+        assert_eq!(decode_delivery(1, Some(&h), Some(&v)).unwrap(), reply_only);
+    }
+
+    #[test]
+    fn garbage_headers_are_a_codec_error() {
+        let h = OwnedHeaders::new().insert(Header { key: "seq", value: Some(b"x".as_slice()) });
+        assert!(decode_delivery(0, Some(&h), None).is_err());
+        assert!(decode_submission(b"{}").is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! Client settings shared by every Kafka user in the system.
+
+use rdkafka::config::ClientConfig;
+
+/// How to reach and use the broker. Built by each binary from its env.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `KAFKA_BROKERS`.
+    pub brokers: String,
+    /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a fetch. tansu does not wake a waiting
+    /// fetch when data arrives, so locally this is a latency floor per hop (MSK wakes fetches).
+    pub fetch_wait_ms: u32,
+    /// `KAFKA_LINGER_MS`: how long the producer batches before sending.
+    pub linger_ms: u32,
+    /// `KAFKA_MESSAGE_TIMEOUT_MS`: how long a produce may take before it is failed.
+    pub message_timeout_ms: u32,
+}
+
+impl KafkaConfig {
+    /// An idempotent producer (acks=all, ordered per partition, no duplicates on retry).
+    pub fn producer(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", self.linger_ms.to_string())
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set("socket.nagle.disable", "true");
+        c
+    }
+
+    /// A consumer; offsets are committed by hand, only after the work is done.
+    pub fn consumer(&self, group_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
+            .set("fetch.error.backoff.ms", "50")
+            .set("socket.nagle.disable", "true")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        c
+    }
+}
+
+impl KafkaConfig {
+    /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (5), `KAFKA_LINGER_MS` (1),
+    /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000).
+    pub fn from_env() -> Result<Self, String> {
+        fn num(name: &str, default: u32) -> Result<u32, String> {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => v.parse().map_err(|_| format!("{name}={v:?} is not a whole number")),
+                _ => Ok(default),
+            }
+        }
+        Ok(Self {
+            brokers: std::env::var("KAFKA_BROKERS").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "127.0.0.1:9092".into()),
+            fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 5)?,
+            linger_ms: num("KAFKA_LINGER_MS", 1)?,
+            message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
+        })
+    }
+}
+
+/// Topic names: `KAFKA_INCOMING_TOPIC` (incoming_messages), `KAFKA_OUTGOING_TOPIC`
+/// (outgoing_messages).
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub incoming: String,
+    pub outgoing: String,
+}
+
+impl Topics {
+    pub fn from_env() -> Self {
+        let get = |name: &str, default: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.into());
+        Self { incoming: get("KAFKA_INCOMING_TOPIC", "incoming_messages"), outgoing: get("KAFKA_OUTGOING_TOPIC", "outgoing_messages") }
+    }
+}

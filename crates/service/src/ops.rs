@@ -1,0 +1,13 @@
+//! `/healthz` and `/metrics`, merged into each service's HTTP router.
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// The ops routes. `/healthz` answers 200 `ok`; `/metrics` the Prometheus text format.
+pub fn router(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+}

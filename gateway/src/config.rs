@@ -1,0 +1,68 @@
+//! The gateway's configuration, from env vars (see README for every name and default).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use connect_core::auth::JwtSecret;
+use connect_kafka::{KafkaConfig, Topics};
+use connect_protocol::FrameLimits;
+use connect_service::env;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub id: String,
+    pub endpoint: String,
+    pub kafka: KafkaConfig,
+    pub topics: Topics,
+    pub slots: u32,
+    pub redis_url: String,
+    pub secret: JwtSecret,
+    pub limits: FrameLimits,
+    pub max_ws_message_bytes: usize,
+    pub max_connections: usize,
+    pub outbound_queue: usize,
+    pub send_rate: f64,
+    pub send_burst: f64,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub session_ttl: Duration,
+    pub slot_ttl: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let addr: SocketAddr = env::var("GATEWAY_ADDR", "127.0.0.1:8080".parse()?)?;
+        let id = env::optional("GATEWAY_ID")
+            .unwrap_or_else(|| format!("gw-{}-{}", addr.port(), &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let secs = |name: &str, default: u64| env::var(name, default).map(Duration::from_secs);
+        Ok(Self {
+            endpoint: env::string("GATEWAY_ENDPOINT", &format!("http://{addr}")),
+            addr,
+            id,
+            kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
+            topics: Topics::from_env(),
+            slots: env::var("OUTGOING_PARTITIONS", 16)?,
+            redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
+            secret: JwtSecret::new(env::optional("CONNECT_JWT_SECRET"), env::production())
+                .context("CONNECT_JWT_SECRET")?,
+            limits: FrameLimits {
+                max_frame_bytes: env::var("GATEWAY_MAX_FRAME_BYTES", 64 * 1024)?,
+                max_body_bytes: env::var("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,
+            },
+            max_ws_message_bytes: env::var("GATEWAY_MAX_WS_MESSAGE_BYTES", 1024 * 1024)?,
+            max_connections: env::var("GATEWAY_MAX_CONNECTIONS", 50_000)?,
+            outbound_queue: env::var("GATEWAY_OUTBOUND_QUEUE", 1024)?,
+            send_rate: env::var("GATEWAY_SEND_RATE", 50.0)?,
+            send_burst: env::var("GATEWAY_SEND_BURST", 100.0)?,
+            ping_interval: secs("GATEWAY_PING_INTERVAL_SECS", 20)?,
+            idle_timeout: secs("GATEWAY_IDLE_TIMEOUT_SECS", 60)?,
+            session_ttl: secs("SESSION_TTL_SECS", 60)?,
+            slot_ttl: secs("SLOT_LEASE_TTL_SECS", 15)?,
+            drain_timeout: secs("GATEWAY_DRAIN_SECS", 10)?,
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! What every connection of a gateway shares.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use connect_core::auth::TokenVerifier;
+use connect_core::model::SessionRoute;
+use connect_core::ports::{SessionRegistry, SubmissionBus};
+
+use crate::config::Config;
+use crate::hub::Hub;
+
+pub struct Gateway {
+    pub cfg: Config,
+    /// This gateway's partition of `outgoing_messages`.
+    pub slot: u32,
+    pub verifier: TokenVerifier,
+    pub hub: Hub,
+    pub bus: Arc<dyn SubmissionBus>,
+    pub registry: Arc<dyn SessionRegistry>,
+    /// Caps open connections (`GATEWAY_MAX_CONNECTIONS`).
+    pub permits: Arc<Semaphore>,
+    /// Each connection holds a clone; when all are dropped the gateway has drained.
+    pub tracker: mpsc::Sender<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Gateway {
+    pub fn new(
+        cfg: Config,
+        slot: u32,
+        bus: Arc<dyn SubmissionBus>,
+        registry: Arc<dyn SessionRegistry>,
+        tracker: mpsc::Sender<()>,
+    ) -> Self {
+        Self {
+            verifier: TokenVerifier::new(&cfg.secret),
+            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            hub: Hub::default(),
+            stop: watch::channel(false).0,
+            cfg,
+            slot,
+            bus,
+            registry,
+            tracker,
+        }
+    }
+
+    /// Where a local connection is reached, as recorded in the registry.
+    pub fn route(&self, conn: &str) -> SessionRoute {
+        SessionRoute { conn: conn.to_owned(), slot: self.slot, gateway: self.cfg.id.clone(), endpoint: self.cfg.endpoint.clone() }
+    }
+
+    /// Asks every part of the gateway to stop.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Resolves once [`Gateway::stop`] was called.
+    pub async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}

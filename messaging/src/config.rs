@@ -1,0 +1,51 @@
+//! The messaging service's configuration, from env vars (see README).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use connect_dynamo::{DynamoConfig, Tables};
+use connect_kafka::{KafkaConfig, Topics};
+use connect_service::env;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub ops_addr: SocketAddr,
+    pub kafka: KafkaConfig,
+    pub topics: Topics,
+    pub group_id: String,
+    pub batch_max: usize,
+    pub redis_url: String,
+    pub dynamo: DynamoConfig,
+    pub tables: Tables,
+    pub region: String,
+    pub dynamo_concurrency: usize,
+    pub dedupe_ttl: Duration,
+    pub session_ttl: Duration,
+    /// Fault injection for the crash test: pause after a batch is stored and published, before
+    /// its offsets are committed. Refused in production.
+    pub fault_pause_before_commit: Option<Duration>,
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let fault: u64 = env::var("MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS", 0)?;
+        if fault > 0 && env::production() {
+            anyhow::bail!("MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS is a test switch; refused in production");
+        }
+        Ok(Self {
+            ops_addr: env::var("MESSAGING_ADDR", "127.0.0.1:8070".parse()?)?,
+            kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
+            topics: Topics::from_env(),
+            group_id: env::string("MESSAGING_GROUP_ID", "messaging"),
+            batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
+            redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
+            dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
+            tables: Tables::from_env(),
+            region: env::string("CONNECT_REGION", "local"),
+            dynamo_concurrency: env::var("DYNAMODB_CONCURRENCY", 16)?,
+            dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
+            session_ttl: Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?),
+            fault_pause_before_commit: (fault > 0).then(|| Duration::from_millis(fault)),
+        })
+    }
+}

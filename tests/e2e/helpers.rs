@@ -1,0 +1,203 @@
+//! Test helpers: clients over real WebSockets to the running stack, and direct reads of its
+//! backends (DynamoDB Local, gateway metrics). Every test makes its own unique users.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use connect_core::auth::{JwtSecret, TokenIssuer};
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The stack's two gateways (`CONNECT_GATEWAYS`, default 127.0.0.1:8080,127.0.0.1:8081).
+pub fn gateways() -> Vec<String> {
+    std::env::var("CONNECT_GATEWAYS")
+        .unwrap_or_else(|_| "127.0.0.1:8080,127.0.0.1:8081".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A unique user id for this test run.
+pub fn user(prefix: &str) -> String {
+    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+pub fn issuer() -> TokenIssuer {
+    TokenIssuer::new(&JwtSecret::new(std::env::var("CONNECT_JWT_SECRET").ok(), false).expect("secret"))
+}
+
+pub fn token(user: &str) -> String {
+    issuer().mint(user, 3600)
+}
+
+pub fn dm(a: &str, b: &str) -> String {
+    if a < b { format!("dm:{a}:{b}") } else { format!("dm:{b}:{a}") }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connected, authenticated client that has read its `hello`.
+pub struct Client {
+    pub user: String,
+    pub session: String,
+    pub gateway: String,
+    ws: Ws,
+}
+
+/// Opens `/ws` on `gateway` with an optional Authorization header value and query string.
+pub async fn open(gateway: &str, authorization: Option<&str>, query: &str) -> Result<Ws, WsError> {
+    let mut req = format!("ws://{gateway}/ws{query}").into_client_request()?;
+    if let Some(a) = authorization {
+        req.headers_mut().insert("authorization", a.parse().expect("header"));
+    }
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+impl Client {
+    pub async fn connect(gateway: &str, user: &str) -> anyhow::Result<Self> {
+        let ws = open(gateway, Some(&format!("Bearer {}", token(user))), "").await.context("upgrade")?;
+        Self::after_upgrade(ws, user).await
+    }
+
+    pub async fn after_upgrade(ws: Ws, user: &str) -> anyhow::Result<Self> {
+        let mut c = Self { user: user.into(), session: String::new(), gateway: String::new(), ws };
+        let hello = c.next().await?;
+        if hello["type"] != "hello" || hello["user"] != user {
+            bail!("expected hello for {user}, got {hello}");
+        }
+        c.session = hello["session"].as_str().unwrap_or_default().into();
+        c.gateway = hello["gateway"].as_str().unwrap_or_default().into();
+        Ok(c)
+    }
+
+    pub async fn send_raw(&mut self, text: &str) -> anyhow::Result<()> {
+        Ok(self.ws.send(Message::Text(text.into())).await?)
+    }
+
+    pub async fn send_binary(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        Ok(self.ws.send(Message::Binary(data.to_vec().into())).await?)
+    }
+
+    pub async fn send_to(&mut self, id: &str, to: &str, body: &str) -> anyhow::Result<()> {
+        self.send_raw(&json!({"type":"send","id":id,"to":to,"body":body}).to_string()).await
+    }
+
+    /// The next text frame as JSON (pings are answered by the library).
+    pub async fn next(&mut self) -> anyhow::Result<Value> {
+        self.next_within(WAIT).await
+    }
+
+    pub async fn next_within(&mut self, wait: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("{}: no frame within {wait:?}", self.user))?
+                .ok_or_else(|| anyhow!("{}: connection closed", self.user))??;
+            match msg {
+                Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+                Message::Close(f) => bail!("{}: closed by server: {f:?}", self.user),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for a frame of `kind`, failing on any other frame.
+    pub async fn expect(&mut self, kind: &str) -> anyhow::Result<Value> {
+        let f = self.next().await?;
+        if f["type"] != kind {
+            bail!("{}: expected {kind}, got {f}", self.user);
+        }
+        Ok(f)
+    }
+
+    /// Asserts that no frame arrives within `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) -> anyhow::Result<()> {
+        match self.next_within(wait).await {
+            Ok(f) => bail!("{}: expected nothing, got {f}", self.user),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Sends and waits for this send's `accepted`, returning its seq.
+    pub async fn send_accepted(&mut self, id: &str, to: &str, body: &str) -> anyhow::Result<u64> {
+        self.send_to(id, to, body).await?;
+        let f = self.expect("accepted").await?;
+        if f["id"] != id {
+            bail!("accepted for another id: {f}");
+        }
+        f["seq"].as_u64().ok_or_else(|| anyhow!("no seq in {f}"))
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// GET over plain HTTP/1.0 (metrics, health): (status, body).
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A gateway's metric value (sum over series whose labels contain `labels`).
+pub async fn metric(addr: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
+    let (_, body) = http_get(addr, "/metrics").await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// DynamoDB Local client for the stack's tables.
+pub async fn dynamo() -> aws_sdk_dynamodb::Client {
+    let cfg = connect_dynamo::DynamoConfig::from_env().expect("dynamo config");
+    let cfg = connect_dynamo::DynamoConfig {
+        endpoint: cfg.endpoint.or_else(|| Some("http://127.0.0.1:8000".into())),
+        ..cfg
+    };
+    connect_dynamo::client(&cfg).await
+}
+
+/// Every stored message of a conversation, by seq: (seq, from, id, body).
+pub async fn stored(conversation: &str) -> anyhow::Result<Vec<(u64, String, String, String)>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let client = dynamo().await;
+    let table = connect_dynamo::Tables::from_env().chat;
+    let mut out = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(&table)
+            .key_condition_expression("#c = :c")
+            .expression_attribute_names("#c", "conversation")
+            .expression_attribute_values(":c", AttributeValue::S(conversation.into()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await?;
+        for item in page.items() {
+            let m = connect_dynamo::item::from_item(item).ok_or_else(|| anyhow!("bad item {item:?}"))?;
+            out.push((m.seq, m.from.to_string(), m.id.to_string(), m.body));
+        }
+        start = page.last_evaluated_key;
+        if start.is_none() {
+            return Ok(out);
+        }
+    }
+}
