@@ -2,4 +2,8 @@
 //! Redis and DynamoDB Local, over real connections. Run with `make test`.
 
 mod helpers;
+mod auth;
 mod chat;
+mod crash;
+mod frames;
+mod private;

@@ -1,0 +1,109 @@
+//! A private slice of the stack for tests that kill or misconfigure processes: its own topics,
+//! its own gateway and messaging processes (the real binaries), on the shared Redis, Kafka API
+//! broker and DynamoDB Local. Processes are killed when the slice is dropped.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::helpers::http_get;
+
+fn binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/e2e-… → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(|d| d.parent()).expect("target dir").join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub struct PrivateStack {
+    pub gateway: String,
+    pub messaging_ops: String,
+    env: Vec<(String, String)>,
+    gateway_proc: Child,
+    pub messaging: Option<Child>,
+}
+
+async fn wait_healthy(addr: &str, child: &mut Child) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Ok((200, _)) = http_get(addr, "/healthz").await {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("process for {addr} exited: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{addr} not healthy in 20 s")
+}
+
+impl PrivateStack {
+    /// Creates the topics and starts a gateway; messaging is started with [`Self::start_messaging`].
+    pub async fn start() -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+        let var = |name: &str, default: &str| (name.to_owned(), std::env::var(name).unwrap_or_else(|_| default.to_owned()));
+        let env = vec![
+            var("DYNAMODB_ENDPOINT", "http://127.0.0.1:8000"),
+            var("REDIS_URL", "redis://127.0.0.1:6380"),
+            var("KAFKA_BROKERS", "127.0.0.1:9092"),
+            ("KAFKA_INCOMING_TOPIC".into(), format!("incoming_{id}")),
+            ("KAFKA_OUTGOING_TOPIC".into(), format!("outgoing_{id}")),
+            ("INCOMING_PARTITIONS".into(), "2".into()),
+            ("OUTGOING_PARTITIONS".into(), "2".into()),
+            ("MESSAGING_GROUP_ID".into(), format!("messaging_{id}")),
+            ("RUST_LOG".into(), "warn".into()),
+        ];
+        let status = Command::new(binary("connect-setup")).envs(env.clone()).stdout(Stdio::null()).status().await?;
+        if !status.success() {
+            bail!("connect-setup failed: {status}");
+        }
+        let gateway = format!("127.0.0.1:{}", free_port());
+        let mut gateway_proc = Command::new(binary("connect-gateway"))
+            .envs(env.clone())
+            .env("GATEWAY_ADDR", &gateway)
+            .env("GATEWAY_ID", format!("gw-{id}"))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting connect-gateway")?;
+        wait_healthy(&gateway, &mut gateway_proc).await?;
+        let messaging_ops = format!("127.0.0.1:{}", free_port());
+        Ok(Self { gateway, messaging_ops, env, gateway_proc, messaging: None })
+    }
+
+    /// Starts (or restarts) messaging with extra env.
+    pub async fn start_messaging(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut child = Command::new(binary("connect-messaging"))
+            .envs(self.env.clone())
+            .envs(extra.iter().copied())
+            .env("MESSAGING_ADDR", &self.messaging_ops)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting connect-messaging")?;
+        wait_healthy(&self.messaging_ops, &mut child).await?;
+        self.messaging = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no goodbye: nothing is flushed or committed.
+    pub async fn kill_messaging(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.messaging.take() {
+            child.start_kill()?;
+            child.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = self.gateway_proc.start_kill();
+        if let Some(m) = &mut self.messaging {
+            let _ = m.start_kill();
+        }
+    }
+}
