@@ -36,8 +36,13 @@ pub struct Config {
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let addr: SocketAddr = env::var("GATEWAY_ADDR", "127.0.0.1:8080".parse()?)?;
-        let id = env::optional("GATEWAY_ID")
-            .unwrap_or_else(|| format!("gw-{}-{}", addr.port(), &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let id = env::optional("GATEWAY_ID").unwrap_or_else(|| {
+            format!(
+                "gw-{}-{}",
+                addr.port(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
         let secs = |name: &str, default: u64| env::var(name, default).map(Duration::from_secs);
         Ok(Self {
             endpoint: env::string("GATEWAY_ENDPOINT", &format!("http://{addr}")),

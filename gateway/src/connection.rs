@@ -55,7 +55,14 @@ where
     let (tx, rx) = mpsc::channel(gw.cfg.outbound_queue);
     gw.hub.add(&user, conn.clone(), tx);
     let bucket = TokenBucket::new(gw.cfg.send_rate, gw.cfg.send_burst, Instant::now());
-    let mut c = Connection { gw: gw.clone(), ws, user: user.clone(), conn: conn.clone(), bucket, publishes: FuturesUnordered::new() };
+    let mut c = Connection {
+        gw: gw.clone(),
+        ws,
+        user: user.clone(),
+        conn: conn.clone(),
+        bucket,
+        publishes: FuturesUnordered::new(),
+    };
     gauge!("connect_gateway_connections").increment(1.0);
     match c.open().await {
         Ok(()) => {
@@ -64,12 +71,23 @@ where
         }
         Err(e) => {
             warn!(cause = %e, user = %user, "session registration failed; closing");
-            let _ = c.ws.send(Message::Text(error_text(ErrorCode::Unavailable, "session registry unavailable", None))).await;
-            c.close(End::Close(CloseCode::Error, "session registry unavailable")).await;
+            let _ =
+                c.ws.send(Message::Text(error_text(
+                    ErrorCode::Unavailable,
+                    "session registry unavailable",
+                    None,
+                )))
+                .await;
+            c.close(End::Close(CloseCode::Error, "session registry unavailable"))
+                .await;
         }
     }
     gw.hub.remove(&conn);
-    if let Err(e) = gw.registry.remove(&[(user.clone(), conn.to_string())]).await {
+    if let Err(e) = gw
+        .registry
+        .remove(&[(user.clone(), conn.to_string())])
+        .await
+    {
         warn!(cause = %e, user = %user, "could not remove the session; it expires with its TTL");
     }
     gauge!("connect_gateway_connections").decrement(1.0);
@@ -81,9 +99,16 @@ where
 {
     /// Registers the session, then says `hello`: once the client reads it, it is reachable.
     async fn open(&mut self) -> Result<(), PortError> {
-        let session = Session { user: self.user.clone(), route: self.gw.route(&self.conn) };
+        let session = Session {
+            user: self.user.clone(),
+            route: self.gw.route(&self.conn),
+        };
         self.gw.registry.upsert(&[session]).await?;
-        let hello = ServerFrame::Hello { user: self.user.as_str(), session: &self.conn, gateway: &self.gw.cfg.id };
+        let hello = ServerFrame::Hello {
+            user: self.user.as_str(),
+            session: &self.conn,
+            gateway: &self.gw.cfg.id,
+        };
         self.ws
             .send(Message::Text(hello.to_text().into()))
             .await
@@ -133,7 +158,11 @@ where
     }
 
     /// Writes a queued frame and whatever else is queued, with one flush.
-    async fn write_queued(&mut self, first: Utf8Bytes, outbox: &mut mpsc::Receiver<Utf8Bytes>) -> Result<(), WsError> {
+    async fn write_queued(
+        &mut self,
+        first: Utf8Bytes,
+        outbox: &mut mpsc::Receiver<Utf8Bytes>,
+    ) -> Result<(), WsError> {
         self.ws.feed(Message::Text(first)).await?;
         let mut n = 1u64;
         while let Ok(frame) = outbox.try_recv() {
@@ -148,7 +177,13 @@ where
         match msg {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
-                self.ws.send(Message::Text(error_text(ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames", None))).await
+                self.ws
+                    .send(Message::Text(error_text(
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported; send JSON text frames",
+                        None,
+                    )))
+                    .await
             }
             // tungstenite queues the pong; flushing sends it.
             Message::Ping(_) => self.ws.flush().await,
@@ -157,17 +192,26 @@ where
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), WsError> {
-        let reply = ReplyTo { conn: self.conn.to_string(), slot: self.gw.slot };
+        let reply = ReplyTo {
+            conn: self.conn.to_string(),
+            slot: self.gw.slot,
+        };
         match handle_text(&self.user, reply, text, &self.gw.cfg.limits) {
             Inbound::Submit(submission) => {
                 if !self.bucket.try_take(Instant::now()) {
-                    counter!("connect_gateway_sends_total", "result" => "rate_limited").increment(1);
-                    let text = error_text(ErrorCode::RateLimited, "too many sends; slow down and retry with the same id", Some(submission.id.as_str()));
+                    counter!("connect_gateway_sends_total", "result" => "rate_limited")
+                        .increment(1);
+                    let text = error_text(
+                        ErrorCode::RateLimited,
+                        "too many sends; slow down and retry with the same id",
+                        Some(submission.id.as_str()),
+                    );
                     return self.ws.send(Message::Text(text)).await;
                 }
                 let id = submission.id.to_string();
                 let pending = self.gw.bus.submit(&submission);
-                self.publishes.push(Box::pin(async move { (id, pending.await) }));
+                self.publishes
+                    .push(Box::pin(async move { (id, pending.await) }));
                 Ok(())
             }
             Inbound::Ack { .. } => {
@@ -180,10 +224,16 @@ where
 
     async fn reject(&mut self, err: &FrameError) -> Result<(), WsError> {
         counter!("connect_gateway_rejected_frames_total", "code" => err.code.as_str()).increment(1);
-        self.ws.send(Message::Text(err.to_frame().to_text().into())).await
+        self.ws
+            .send(Message::Text(err.to_frame().to_text().into()))
+            .await
     }
 
-    async fn on_published(&mut self, id: String, result: Result<(), PortError>) -> Result<(), WsError> {
+    async fn on_published(
+        &mut self,
+        id: String,
+        result: Result<(), PortError>,
+    ) -> Result<(), WsError> {
         match result {
             Ok(()) => {
                 counter!("connect_gateway_sends_total", "result" => "published").increment(1);
@@ -192,7 +242,11 @@ where
             Err(e) => {
                 warn!(cause = %e, user = %self.user, "publish failed");
                 counter!("connect_gateway_sends_total", "result" => "unavailable").increment(1);
-                let text = error_text(ErrorCode::Unavailable, "message bus unavailable; retry with the same id", Some(&id));
+                let text = error_text(
+                    ErrorCode::Unavailable,
+                    "message bus unavailable; retry with the same id",
+                    Some(&id),
+                );
                 self.ws.send(Message::Text(text)).await
             }
         }
@@ -200,7 +254,10 @@ where
 
     async fn close(&mut self, end: End) {
         if let End::Close(code, reason) = end {
-            let frame = CloseFrame { code, reason: reason.into() };
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
             let _ = self.ws.close(Some(frame)).await;
         }
         info!(user = %self.user, conn = %self.conn, "disconnected");

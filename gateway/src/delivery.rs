@@ -14,10 +14,17 @@ use crate::state::Gateway;
 
 /// A consumer assigned to `slot` only, starting at its end: records for earlier connections of
 /// this slot are not ours (those connections are gone).
-pub fn assigned_consumer(kafka: &KafkaConfig, topic: &str, slot: u32, group: &str) -> anyhow::Result<StreamConsumer> {
+pub fn assigned_consumer(
+    kafka: &KafkaConfig,
+    topic: &str,
+    slot: u32,
+    group: &str,
+) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = kafka.consumer(group).create()?;
     let partition = slot as i32;
-    let (_, high) = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)))?;
+    let (_, high) = tokio::task::block_in_place(|| {
+        consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
+    })?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
     consumer.assign(&tpl)?;
@@ -38,12 +45,14 @@ pub async fn run(consumer: StreamConsumer, gw: Arc<Gateway>) {
                 continue;
             }
         };
-        counter!("connect_gateway_records_total", "partition" => record.partition().to_string()).increment(1);
+        counter!("connect_gateway_records_total", "partition" => record.partition().to_string())
+            .increment(1);
         match decode_delivery(gw.slot, record.headers(), record.payload()) {
             Ok(delivery) => {
                 if let Some(m) = &delivery.message {
                     let now = connect_core::now_ms();
-                    histogram!("connect_delivery_latency_seconds").record(now.saturating_sub(m.ts) as f64 / 1000.0);
+                    histogram!("connect_delivery_latency_seconds")
+                        .record(now.saturating_sub(m.ts) as f64 / 1000.0);
                 }
                 let handed = gw.hub.deliver(delivery);
                 counter!("connect_gateway_deliveries_total").increment(handed.frames as u64);

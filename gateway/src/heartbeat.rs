@@ -24,8 +24,15 @@ pub async fn run(gw: Arc<Gateway>, lease: SlotLease) {
             gw.stop();
             break;
         }
-        let sessions: Vec<Session> =
-            gw.hub.sessions().into_iter().map(|(user, conn)| Session { user, route: gw.route(&conn) }).collect();
+        let sessions: Vec<Session> = gw
+            .hub
+            .sessions()
+            .into_iter()
+            .map(|(user, conn)| Session {
+                user,
+                route: gw.route(&conn),
+            })
+            .collect();
         if let Err(e) = gw.registry.upsert(&sessions).await {
             warn!(cause = %e, count = sessions.len(), "session refresh failed");
         }

@@ -48,8 +48,18 @@ impl Hub {
 
     pub fn add(&self, user: &UserId, conn: Arc<str>, outbox: Outbox) {
         let mut inner = self.lock();
-        inner.users.entry(user.clone()).or_default().push(conn.clone());
-        inner.conns.insert(conn, Entry { user: user.clone(), outbox });
+        inner
+            .users
+            .entry(user.clone())
+            .or_default()
+            .push(conn.clone());
+        inner.conns.insert(
+            conn,
+            Entry {
+                user: user.clone(),
+                outbox,
+            },
+        );
     }
 
     /// Forgets a connection; false if it was not here (already evicted).
@@ -60,7 +70,11 @@ impl Hub {
 
     /// Every local (user, connection).
     pub fn sessions(&self) -> Vec<(UserId, Arc<str>)> {
-        self.lock().conns.iter().map(|(c, e)| (e.user.clone(), c.clone())).collect()
+        self.lock()
+            .conns
+            .iter()
+            .map(|(c, e)| (e.user.clone(), c.clone()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +90,9 @@ impl Hub {
         if let Some(message) = delivery.message {
             let frame = Utf8Bytes::from(message.frame);
             for user in &delivery.recipients {
-                let Some(conns) = inner.users.get(user) else { continue };
+                let Some(conns) = inner.users.get(user) else {
+                    continue;
+                };
                 for conn in conns.iter().filter(|c| Some(&***c) != skip) {
                     match inner.conns[conn].outbox.try_send(frame.clone()) {
                         Ok(()) => handed.frames += 1,
@@ -103,7 +119,9 @@ impl Hub {
 }
 
 fn remove_locked(inner: &mut Inner, conn: &str) -> bool {
-    let Some(entry) = inner.conns.remove(conn) else { return false };
+    let Some(entry) = inner.conns.remove(conn) else {
+        return false;
+    };
     if let Some(conns) = inner.users.get_mut(&entry.user) {
         conns.retain(|c| &**c != conn);
         if conns.is_empty() {
@@ -126,8 +144,16 @@ mod tests {
         Delivery {
             slot: 0,
             recipients: to.iter().map(|u| user(u)).collect(),
-            message: Some(OutboundMessage { conversation: "dm:a:b".into(), seq: 1, ts: 0, frame: "m".into() }),
-            reply: reply_conn.map(|c| Reply { conn: c.into(), frame: "r".into() }),
+            message: Some(OutboundMessage {
+                conversation: "dm:a:b".into(),
+                seq: 1,
+                ts: 0,
+                frame: "m".into(),
+            }),
+            reply: reply_conn.map(|c| Reply {
+                conn: c.into(),
+                frame: "r".into(),
+            }),
         }
     }
 
@@ -141,7 +167,13 @@ mod tests {
         hub.add(&user("a"), "a2".into(), tx2);
         hub.add(&user("b"), "b1".into(), tx3);
         let handed = hub.deliver(delivery(&["a", "b", "nobody"], Some("a1")));
-        assert_eq!(handed, Handed { frames: 3, evicted: 0 });
+        assert_eq!(
+            handed,
+            Handed {
+                frames: 3,
+                evicted: 0
+            }
+        );
         assert_eq!(rx1.try_recv().unwrap().as_str(), "r");
         assert!(rx1.try_recv().is_err());
         assert_eq!(rx2.try_recv().unwrap().as_str(), "m");
@@ -157,7 +189,10 @@ mod tests {
         assert_eq!(hub.deliver(delivery(&["a"], None)).evicted, 1);
         assert_eq!(hub.len(), 0);
         assert_eq!(rx.try_recv().unwrap().as_str(), "m");
-        assert!(matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
         assert!(!hub.remove("a1"));
     }
 }

@@ -29,5 +29,6 @@ async fn main() -> anyhow::Result<()> {
     let metrics = connect_service::telemetry::install_metrics()?;
     let cfg = config::Config::from_env().context("reading the gateway config")?;
     let app = app::Application::build(cfg, metrics).await?;
-    app.run_until_stopped(connect_service::shutdown_signal()).await
+    app.run_until_stopped(connect_service::shutdown_signal())
+        .await
 }

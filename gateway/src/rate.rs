@@ -12,7 +12,12 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
-        Self { rate, burst, tokens: burst, at: now }
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            at: now,
+        }
     }
 
     /// Takes one token if there is one.

@@ -9,9 +9,9 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use connect_service::telemetry::PrometheusHandle;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use connect_service::telemetry::PrometheusHandle;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -23,22 +23,35 @@ use crate::connection;
 use crate::state::Gateway;
 
 pub fn router(gw: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
-    Router::new().route("/ws", get(upgrade)).with_state(gw).merge(connect_service::ops::router(metrics))
+    Router::new()
+        .route("/ws", get(upgrade))
+        .with_state(gw)
+        .merge(connect_service::ops::router(metrics))
 }
 
 /// The contract's HTTP error body.
 pub fn http_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     let body = serde_json::json!({ "error": { "code": code.as_str(), "message": message } });
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
 }
 
 fn query_token(uri: &Uri) -> Option<&str> {
-    uri.query()?.split('&').find_map(|pair| pair.strip_prefix("token="))
+    uri.query()?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
 }
 
 fn header_is(headers: &HeaderMap, name: header::HeaderName, want: &str) -> bool {
@@ -50,11 +63,21 @@ fn header_is(headers: &HeaderMap, name: header::HeaderName, want: &str) -> bool 
 
 async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
     let Some(token) = bearer(req.headers()).or_else(|| query_token(req.uri())) else {
-        return http_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing token");
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing token",
+        );
     };
     let user = match gw.verifier.verify(token) {
         Ok(user) => user,
-        Err(e) => return http_error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, &e.to_string()),
+        Err(e) => {
+            return http_error(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                &e.to_string(),
+            )
+        }
     };
     let headers = req.headers();
     let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
@@ -65,16 +88,34 @@ async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
         {
             derive_accept_key(key.as_bytes())
         }
-        _ => return http_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "expected a WebSocket upgrade (version 13)"),
+        _ => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "expected a WebSocket upgrade (version 13)",
+            )
+        }
     };
     if gw.stopping() {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "gateway is shutting down");
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "gateway is shutting down",
+        );
     }
     let Ok(permit) = gw.permits.clone().try_acquire_owned() else {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "connection limit reached");
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "connection limit reached",
+        );
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
-        return http_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "connection cannot be upgraded");
+        return http_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "connection cannot be upgraded",
+        );
     };
     let guard = gw.tracker.clone();
     tokio::spawn(async move {
@@ -83,7 +124,12 @@ async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
                 let config = WebSocketConfig::default()
                     .max_message_size(Some(gw.cfg.max_ws_message_bytes))
                     .max_frame_size(Some(gw.cfg.max_ws_message_bytes));
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 connection::run(gw, ws, user).await;
             }
             Err(e) => warn!(cause = %e, "upgrade failed"),

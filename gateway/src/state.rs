@@ -49,7 +49,12 @@ impl Gateway {
 
     /// Where a local connection is reached, as recorded in the registry.
     pub fn route(&self, conn: &str) -> SessionRoute {
-        SessionRoute { conn: conn.to_owned(), slot: self.slot, gateway: self.cfg.id.clone(), endpoint: self.cfg.endpoint.clone() }
+        SessionRoute {
+            conn: conn.to_owned(),
+            slot: self.slot,
+            gateway: self.cfg.id.clone(),
+            endpoint: self.cfg.endpoint.clone(),
+        }
     }
 
     /// Asks every part of the gateway to stop.

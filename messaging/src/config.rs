@@ -30,7 +30,9 @@ impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let fault: u64 = env::var("MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS", 0)?;
         if fault > 0 && env::production() {
-            anyhow::bail!("MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS is a test switch; refused in production");
+            anyhow::bail!(
+                "MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS is a test switch; refused in production"
+            );
         }
         Ok(Self {
             ops_addr: env::var("MESSAGING_ADDR", "127.0.0.1:8070".parse()?)?,

@@ -22,7 +22,9 @@ struct Batch {
 }
 
 fn add(batch: &mut Batch, topic: &str, partition: i32, offset: i64, payload: Option<&[u8]>) {
-    batch.next_offsets.insert((topic.to_owned(), partition), offset + 1);
+    batch
+        .next_offsets
+        .insert((topic.to_owned(), partition), offset + 1);
     match decode_submission(payload.unwrap_or_default()) {
         Ok(s) => batch.submissions.push(s),
         Err(e) => {
@@ -33,23 +35,44 @@ fn add(batch: &mut Batch, topic: &str, partition: i32, offset: i64, payload: Opt
 }
 
 /// Waits for one record, then takes whatever else is already fetched, up to `max`.
-async fn next_batch(consumer: &StreamConsumer, max: usize, stop: &mut watch::Receiver<bool>) -> Option<Batch> {
-    let mut batch = Batch { submissions: Vec::new(), next_offsets: HashMap::new() };
+async fn next_batch(
+    consumer: &StreamConsumer,
+    max: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Batch> {
+    let mut batch = Batch {
+        submissions: Vec::new(),
+        next_offsets: HashMap::new(),
+    };
     let first = tokio::select! {
         _ = stop.wait_for(|s| *s) => return None,
         r = consumer.recv() => r,
     };
     match first {
-        Ok(m) => add(&mut batch, m.topic(), m.partition(), m.offset(), m.payload()),
+        Ok(m) => add(
+            &mut batch,
+            m.topic(),
+            m.partition(),
+            m.offset(),
+            m.payload(),
+        ),
         Err(e) => {
             warn!(cause = %e, "incoming_messages read failed");
             tokio::time::sleep(Duration::from_millis(100)).await;
             return Some(batch);
         }
     }
-    while batch.next_offsets.len() + batch.submissions.len() < 2 * max && batch.submissions.len() < max {
+    while batch.next_offsets.len() + batch.submissions.len() < 2 * max
+        && batch.submissions.len() < max
+    {
         match consumer.recv().now_or_never() {
-            Some(Ok(m)) => add(&mut batch, m.topic(), m.partition(), m.offset(), m.payload()),
+            Some(Ok(m)) => add(
+                &mut batch,
+                m.topic(),
+                m.partition(),
+                m.offset(),
+                m.payload(),
+            ),
             _ => break,
         }
     }
@@ -71,13 +94,19 @@ pub async fn run(
         let n = batch.submissions.len();
         let mut backoff = Duration::from_millis(50);
         loop {
-            match step.process(batch.submissions.clone(), connect_core::now_ms()).await {
+            match step
+                .process(batch.submissions.clone(), connect_core::now_ms())
+                .await
+            {
                 Ok(report) => {
                     counter!("connect_messaging_stored_total").increment(report.stored as u64);
-                    counter!("connect_messaging_duplicates_total").increment(report.duplicates as u64);
+                    counter!("connect_messaging_duplicates_total")
+                        .increment(report.duplicates as u64);
                     counter!("connect_messaging_rejected_total").increment(report.rejected as u64);
-                    counter!("connect_messaging_unavailable_total").increment(report.unavailable as u64);
-                    counter!("connect_messaging_records_out_total").increment(report.records as u64);
+                    counter!("connect_messaging_unavailable_total")
+                        .increment(report.unavailable as u64);
+                    counter!("connect_messaging_records_out_total")
+                        .increment(report.records as u64);
                     break;
                 }
                 Err(e) => {
@@ -93,7 +122,10 @@ pub async fn run(
         histogram!("connect_messaging_batch_seconds").record(started.elapsed().as_secs_f64());
         histogram!("connect_messaging_batch_size").record(n as f64);
         if let Some(pause) = fault_pause {
-            info!(ms = pause.as_millis() as u64, "fault injection: batch stored, pausing before the commit");
+            info!(
+                ms = pause.as_millis() as u64,
+                "fault injection: batch stored, pausing before the commit"
+            );
             tokio::time::sleep(pause).await;
         }
         commit(&consumer, &batch.next_offsets);

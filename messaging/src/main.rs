@@ -27,20 +27,46 @@ async fn main() -> anyhow::Result<()> {
     let metrics = connect_service::telemetry::install_metrics()?;
     let cfg = config::Config::from_env().context("reading the messaging config")?;
 
-    let redis = connect_redis::connect(&cfg.redis_url).await.context("connecting to Redis")?;
+    let redis = connect_redis::connect(&cfg.redis_url)
+        .await
+        .context("connecting to Redis")?;
     let dynamo = connect_dynamo::client(&cfg.dynamo).await;
-    let producer: FutureProducer = cfg.kafka.producer().create().context("creating the Kafka producer")?;
+    let producer: FutureProducer = cfg
+        .kafka
+        .producer()
+        .create()
+        .context("creating the Kafka producer")?;
     let ports = Ports {
         registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
-        sequences: Arc::new(DynamoSequences::new(dynamo.clone(), &cfg.tables.sequences, &cfg.region, cfg.dynamo_concurrency)),
-        chat: Arc::new(DynamoChatStore::new(dynamo, &cfg.tables.chat, cfg.dynamo_concurrency)),
+        sequences: Arc::new(DynamoSequences::new(
+            dynamo.clone(),
+            &cfg.tables.sequences,
+            &cfg.region,
+            cfg.dynamo_concurrency,
+        )),
+        chat: Arc::new(DynamoChatStore::new(
+            dynamo,
+            &cfg.tables.chat,
+            cfg.dynamo_concurrency,
+        )),
         dedupe: Arc::new(RedisDedupe::new(redis, cfg.dedupe_ttl)),
-        deliveries: Arc::new(KafkaDeliveryBus::new(producer.clone(), cfg.topics.outgoing.clone())),
+        deliveries: Arc::new(KafkaDeliveryBus::new(
+            producer.clone(),
+            cfg.topics.outgoing.clone(),
+        )),
     };
-    let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().context("creating the Kafka consumer")?;
-    consumer.subscribe(&[&cfg.topics.incoming]).context("subscribing to incoming_messages")?;
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(&cfg.group_id)
+        .create()
+        .context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[&cfg.topics.incoming])
+        .context("subscribing to incoming_messages")?;
 
-    let listener = tokio::net::TcpListener::bind(cfg.ops_addr).await.with_context(|| format!("binding {}", cfg.ops_addr))?;
+    let listener = tokio::net::TcpListener::bind(cfg.ops_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.ops_addr))?;
     info!(ops = %cfg.ops_addr, group = %cfg.group_id, topic = %cfg.topics.incoming, "messaging running");
     let (stop_tx, stop_rx) = watch::channel(false);
     let ops = tokio::spawn({
@@ -53,13 +79,20 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
     });
-    let work = tokio::spawn(consumer::run(consumer, MessagingStep::new(ports), cfg.batch_max, cfg.fault_pause_before_commit, stop_rx));
+    let work = tokio::spawn(consumer::run(
+        consumer,
+        MessagingStep::new(ports),
+        cfg.batch_max,
+        cfg.fault_pause_before_commit,
+        stop_rx,
+    ));
     connect_service::shutdown_signal().await;
     info!("stopping: finishing the batch in hand, then committing");
     stop_tx.send_replace(true);
     let _ = work.await;
     let _ = ops.await;
-    let _ = tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5))).await;
+    let _ = tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
+        .await;
     info!("messaging stopped");
     Ok(())
 }

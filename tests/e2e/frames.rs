@@ -16,14 +16,46 @@ async fn every_bad_frame_gets_its_code_and_the_connection_survives() -> anyhow::
     let cases: Vec<(String, &str, Option<&str>)> = vec![
         ("{not json".into(), "bad_request", None),
         (json!({"type":"dance"}).to_string(), "bad_request", None),
-        (json!({"type":"send","id":"f-1","body":"no target"}).to_string(), "bad_request", Some("f-1")),
-        (json!({"type":"send","id":"f-2","to":"bob"}).to_string(), "bad_request", Some("f-2")),
-        (json!({"type":"send","id":"f-3","to":"not a user!","body":"x"}).to_string(), "bad_request", Some("f-3")),
-        (json!({"type":"send","id":"f-4","to":&bob,"body":big}).to_string(), "too_large", Some("f-4")),
-        (json!({"type":"send","id":"f-5","to":&alice,"body":"me"}).to_string(), "bad_request", Some("f-5")),
-        (json!({"type":"send","id":&long_id,"to":&bob,"body":"x"}).to_string(), "bad_request", Some(long_id.as_str())),
-        (json!({"type":"ack","conversation":"dm:zz:aa","seq":1}).to_string(), "bad_request", None),
-        (json!({"type":"send","pad":"y".repeat(65 * 1024)}).to_string(), "too_large", None),
+        (
+            json!({"type":"send","id":"f-1","body":"no target"}).to_string(),
+            "bad_request",
+            Some("f-1"),
+        ),
+        (
+            json!({"type":"send","id":"f-2","to":"bob"}).to_string(),
+            "bad_request",
+            Some("f-2"),
+        ),
+        (
+            json!({"type":"send","id":"f-3","to":"not a user!","body":"x"}).to_string(),
+            "bad_request",
+            Some("f-3"),
+        ),
+        (
+            json!({"type":"send","id":"f-4","to":&bob,"body":big}).to_string(),
+            "too_large",
+            Some("f-4"),
+        ),
+        (
+            json!({"type":"send","id":"f-5","to":&alice,"body":"me"}).to_string(),
+            "bad_request",
+            Some("f-5"),
+        ),
+        (
+            json!({"type":"send","id":&long_id,"to":&bob,"body":"x"}).to_string(),
+            "bad_request",
+            Some(long_id.as_str()),
+        ),
+        (
+            json!({"type":"ack","conversation":"dm:zz:aa","seq":1}).to_string(),
+            "bad_request",
+            None,
+        ),
+        (
+            json!({"type":"send","pad":"y".repeat(65 * 1024)}).to_string(),
+            "too_large",
+            None,
+        ),
     ];
     for (frame, code, id) in cases {
         a.send_raw(&frame).await?;
@@ -36,7 +68,11 @@ async fn every_bad_frame_gets_its_code_and_the_connection_survives() -> anyhow::
     a.send_binary(b"\x00\x01").await?;
     assert_eq!(a.expect("error").await?["code"], "bad_request");
     // Unknown fields are ignored, and the connection still works.
-    a.send_raw(&json!({"type":"send","id":"ok-1","to":&bob,"body":"still here","extra":{"x":1}}).to_string()).await?;
+    a.send_raw(
+        &json!({"type":"send","id":"ok-1","to":&bob,"body":"still here","extra":{"x":1}})
+            .to_string(),
+    )
+    .await?;
     assert_eq!(a.expect("accepted").await?["seq"], 1);
     Ok(())
 }
@@ -64,7 +100,10 @@ async fn sends_over_the_rate_limit_are_rate_limited_not_dropped() -> anyhow::Res
         }
     }
     assert!(limited > 0, "a burst over GATEWAY_SEND_BURST is limited");
-    assert!(accepted >= 100, "the burst allowance is honoured: {accepted}");
+    assert!(
+        accepted >= 100,
+        "the burst allowance is honoured: {accepted}"
+    );
     // Every accepted one is stored exactly once.
     assert_eq!(stored(&dm(&alice, &bob)).await?.len(), accepted);
     a.expect_silence(Duration::from_millis(200)).await?;

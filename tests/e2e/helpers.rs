@@ -27,11 +27,16 @@ pub fn gateways() -> Vec<String> {
 
 /// A unique user id for this test run.
 pub fn user(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 pub fn issuer() -> TokenIssuer {
-    TokenIssuer::new(&JwtSecret::new(std::env::var("CONNECT_JWT_SECRET").ok(), false).expect("secret"))
+    TokenIssuer::new(
+        &JwtSecret::new(std::env::var("CONNECT_JWT_SECRET").ok(), false).expect("secret"),
+    )
 }
 
 pub fn token(user: &str) -> String {
@@ -39,7 +44,11 @@ pub fn token(user: &str) -> String {
 }
 
 pub fn dm(a: &str, b: &str) -> String {
-    if a < b { format!("dm:{a}:{b}") } else { format!("dm:{b}:{a}") }
+    if a < b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -56,19 +65,29 @@ pub struct Client {
 pub async fn open(gateway: &str, authorization: Option<&str>, query: &str) -> Result<Ws, WsError> {
     let mut req = format!("ws://{gateway}/ws{query}").into_client_request()?;
     if let Some(a) = authorization {
-        req.headers_mut().insert("authorization", a.parse().expect("header"));
+        req.headers_mut()
+            .insert("authorization", a.parse().expect("header"));
     }
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 impl Client {
     pub async fn connect(gateway: &str, user: &str) -> anyhow::Result<Self> {
-        let ws = open(gateway, Some(&format!("Bearer {}", token(user))), "").await.context("upgrade")?;
+        let ws = open(gateway, Some(&format!("Bearer {}", token(user))), "")
+            .await
+            .context("upgrade")?;
         Self::after_upgrade(ws, user).await
     }
 
     pub async fn after_upgrade(ws: Ws, user: &str) -> anyhow::Result<Self> {
-        let mut c = Self { user: user.into(), session: String::new(), gateway: String::new(), ws };
+        let mut c = Self {
+            user: user.into(),
+            session: String::new(),
+            gateway: String::new(),
+            ws,
+        };
         let hello = c.next().await?;
         if hello["type"] != "hello" || hello["user"] != user {
             bail!("expected hello for {user}, got {hello}");
@@ -87,7 +106,8 @@ impl Client {
     }
 
     pub async fn send_to(&mut self, id: &str, to: &str, body: &str) -> anyhow::Result<()> {
-        self.send_raw(&json!({"type":"send","id":id,"to":to,"body":body}).to_string()).await
+        self.send_raw(&json!({"type":"send","id":id,"to":to,"body":body}).to_string())
+            .await
     }
 
     /// The next text frame as JSON (pings are answered by the library).
@@ -145,11 +165,19 @@ impl Client {
 /// GET over plain HTTP/1.0 (metrics, health): (status, body).
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
-    let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -167,7 +195,9 @@ pub async fn metric(addr: &str, name: &str, labels: &str) -> anyhow::Result<f64>
 pub async fn dynamo() -> aws_sdk_dynamodb::Client {
     let cfg = connect_dynamo::DynamoConfig::from_env().expect("dynamo config");
     let cfg = connect_dynamo::DynamoConfig {
-        endpoint: cfg.endpoint.or_else(|| Some("http://127.0.0.1:8000".into())),
+        endpoint: cfg
+            .endpoint
+            .or_else(|| Some("http://127.0.0.1:8000".into())),
         ..cfg
     };
     connect_dynamo::client(&cfg).await
@@ -192,7 +222,8 @@ pub async fn stored(conversation: &str) -> anyhow::Result<Vec<(u64, String, Stri
             .send()
             .await?;
         for item in page.items() {
-            let m = connect_dynamo::item::from_item(item).ok_or_else(|| anyhow!("bad item {item:?}"))?;
+            let m = connect_dynamo::item::from_item(item)
+                .ok_or_else(|| anyhow!("bad item {item:?}"))?;
             out.push((m.seq, m.from.to_string(), m.id.to_string(), m.body));
         }
         start = page.last_evaluated_key;

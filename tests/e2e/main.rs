@@ -1,9 +1,9 @@
 //! End-to-end tests against the real local stack (`make up`): two gateways, messaging, tansu,
 //! Redis and DynamoDB Local, over real connections. Run with `make test`.
 
-mod helpers;
 mod auth;
 mod chat;
 mod crash;
 mod frames;
+mod helpers;
 mod private;

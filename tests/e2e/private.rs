@@ -14,11 +14,17 @@ use crate::helpers::http_get;
 fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/e2e-… → target/<profile>/<name>
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent().and_then(|d| d.parent()).expect("target dir").join(name)
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub struct PrivateStack {
@@ -46,7 +52,12 @@ impl PrivateStack {
     /// Creates the topics and starts a gateway; messaging is started with [`Self::start_messaging`].
     pub async fn start() -> anyhow::Result<Self> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
-        let var = |name: &str, default: &str| (name.to_owned(), std::env::var(name).unwrap_or_else(|_| default.to_owned()));
+        let var = |name: &str, default: &str| {
+            (
+                name.to_owned(),
+                std::env::var(name).unwrap_or_else(|_| default.to_owned()),
+            )
+        };
         let env = vec![
             var("DYNAMODB_ENDPOINT", "http://127.0.0.1:8000"),
             var("REDIS_URL", "redis://127.0.0.1:6380"),
@@ -56,9 +67,20 @@ impl PrivateStack {
             ("INCOMING_PARTITIONS".into(), "2".into()),
             ("OUTGOING_PARTITIONS".into(), "2".into()),
             ("MESSAGING_GROUP_ID".into(), format!("messaging_{id}")),
-            ("RUST_LOG".into(), "warn".into()),
+            // A killed member is noticed within seconds, not the production defaults' tens.
+            ("KAFKA_SESSION_TIMEOUT_MS".into(), "3000".into()),
+            ("KAFKA_MAX_POLL_INTERVAL_MS".into(), "8000".into()),
+            var("E2E_CHILD_LOG", "warn"),
+            (
+                "RUST_LOG".into(),
+                std::env::var("E2E_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ];
-        let status = Command::new(binary("connect-setup")).envs(env.clone()).stdout(Stdio::null()).status().await?;
+        let status = Command::new(binary("connect-setup"))
+            .envs(env.clone())
+            .stdout(Stdio::null())
+            .status()
+            .await?;
         if !status.success() {
             bail!("connect-setup failed: {status}");
         }
@@ -72,7 +94,13 @@ impl PrivateStack {
             .context("starting connect-gateway")?;
         wait_healthy(&gateway, &mut gateway_proc).await?;
         let messaging_ops = format!("127.0.0.1:{}", free_port());
-        Ok(Self { gateway, messaging_ops, env, gateway_proc, messaging: None })
+        Ok(Self {
+            gateway,
+            messaging_ops,
+            env,
+            gateway_proc,
+            messaging: None,
+        })
     }
 
     /// Starts (or restarts) messaging with extra env.

@@ -60,7 +60,10 @@ impl TokenVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
-        Self { key: DecodingKey::from_secret(secret.0.as_bytes()), validation }
+        Self {
+            key: DecodingKey::from_secret(secret.0.as_bytes()),
+            validation,
+        }
     }
 
     /// The user a valid token speaks for.
@@ -79,12 +82,17 @@ pub struct TokenIssuer {
 
 impl TokenIssuer {
     pub fn new(secret: &JwtSecret) -> Self {
-        Self { key: EncodingKey::from_secret(secret.0.as_bytes()) }
+        Self {
+            key: EncodingKey::from_secret(secret.0.as_bytes()),
+        }
     }
 
     /// A token for `user` that expires at `exp` (seconds since the epoch).
     pub fn mint_until(&self, user: &str, exp: u64) -> String {
-        let claims = Claims { sub: user.to_owned(), exp };
+        let claims = Claims {
+            sub: user.to_owned(),
+            exp,
+        };
         encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()
     }
 
@@ -105,16 +113,25 @@ mod tests {
     #[test]
     fn a_minted_token_verifies() {
         let t = TokenIssuer::new(&dev()).mint("alice", 60);
-        assert_eq!(TokenVerifier::new(&dev()).verify(&t).unwrap().as_str(), "alice");
+        assert_eq!(
+            TokenVerifier::new(&dev()).verify(&t).unwrap().as_str(),
+            "alice"
+        );
     }
 
     #[test]
     fn bad_tokens_are_refused() {
         let verifier = TokenVerifier::new(&dev());
         let other = JwtSecret::new(Some("other".into()), false).unwrap();
-        assert!(verifier.verify(&TokenIssuer::new(&other).mint("alice", 60)).is_err());
-        assert!(verifier.verify(&TokenIssuer::new(&dev()).mint_until("alice", 1000)).is_err());
-        assert!(verifier.verify(&TokenIssuer::new(&dev()).mint("bad user", 60)).is_err());
+        assert!(verifier
+            .verify(&TokenIssuer::new(&other).mint("alice", 60))
+            .is_err());
+        assert!(verifier
+            .verify(&TokenIssuer::new(&dev()).mint_until("alice", 1000))
+            .is_err());
+        assert!(verifier
+            .verify(&TokenIssuer::new(&dev()).mint("bad user", 60))
+            .is_err());
         assert!(verifier.verify("not.a.jwt").is_err());
         assert!(verifier.verify("").is_err());
     }

@@ -6,10 +6,16 @@
 pub enum PortError {
     /// The backend did not answer or is overloaded: the same call may succeed later.
     #[error("{backend} unavailable: {message}")]
-    Unavailable { backend: &'static str, message: String },
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
     /// The backend refused the call for good (bad data, wrong schema, ...).
     #[error("{backend} refused the call: {message}")]
-    Rejected { backend: &'static str, message: String },
+    Rejected {
+        backend: &'static str,
+        message: String,
+    },
     /// The conversation's sequence is owned by another region (multi-region homing).
     #[error("conversation {conversation} is homed in region {home}")]
     NotHome { conversation: String, home: String },
@@ -17,11 +23,17 @@ pub enum PortError {
 
 impl PortError {
     pub fn unavailable(backend: &'static str, err: impl std::fmt::Display) -> Self {
-        Self::Unavailable { backend, message: err.to_string() }
+        Self::Unavailable {
+            backend,
+            message: err.to_string(),
+        }
     }
 
     pub fn rejected(backend: &'static str, err: impl std::fmt::Display) -> Self {
-        Self::Rejected { backend, message: err.to_string() }
+        Self::Rejected {
+            backend,
+            message: err.to_string(),
+        }
     }
 
     /// Whether the same call may succeed later.

@@ -1,6 +1,8 @@
 //! What a gateway does with one text frame from a client (pure; the socket lives in the gateway).
 
-use connect_protocol::{ClientFrame, ConversationId, ErrorCode, FrameError, FrameLimits, SendTarget, UserId};
+use connect_protocol::{
+    ClientFrame, ConversationId, ErrorCode, FrameError, FrameLimits, SendTarget, UserId,
+};
 
 use crate::model::{ReplyTo, Submission};
 
@@ -10,7 +12,10 @@ pub enum Inbound {
     /// Publish to `incoming_messages` (key = conversation).
     Submit(Submission),
     /// The client holds every message of `conversation` up to `seq`.
-    Ack { conversation: ConversationId, seq: u64 },
+    Ack {
+        conversation: ConversationId,
+        seq: u64,
+    },
     /// Answer with an `error` frame; the connection stays open.
     Reject(FrameError),
 }
@@ -26,13 +31,23 @@ pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimi
                 SendTarget::User(peer) => match ConversationId::direct(user, &peer) {
                     Ok(c) => c,
                     Err(_) => {
-                        let mut e = FrameError::new(ErrorCode::BadRequest, "cannot send a direct message to yourself");
+                        let mut e = FrameError::new(
+                            ErrorCode::BadRequest,
+                            "cannot send a direct message to yourself",
+                        );
                         e.id = Some(id.to_string());
                         return Inbound::Reject(e);
                     }
                 },
             };
-            Inbound::Submit(Submission { conversation, sender: user.clone(), id, body, reply: Some(reply), event: None })
+            Inbound::Submit(Submission {
+                conversation,
+                sender: user.clone(),
+                id,
+                body,
+                reply: Some(reply),
+                event: None,
+            })
         }
     }
 }
@@ -46,32 +61,69 @@ mod tests {
     }
 
     fn reply() -> ReplyTo {
-        ReplyTo { conn: "c1".into(), slot: 3 }
+        ReplyTo {
+            conn: "c1".into(),
+            slot: 3,
+        }
     }
 
     #[test]
     fn a_direct_send_becomes_a_submission_in_the_dm_conversation() {
-        let r = handle_text(&alice(), reply(), r#"{"type":"send","id":"m1","to":"bob","body":"hi"}"#, &FrameLimits::default());
-        let Inbound::Submit(s) = r else { panic!("{r:?}") };
+        let r = handle_text(
+            &alice(),
+            reply(),
+            r#"{"type":"send","id":"m1","to":"bob","body":"hi"}"#,
+            &FrameLimits::default(),
+        );
+        let Inbound::Submit(s) = r else {
+            panic!("{r:?}")
+        };
         assert_eq!(s.conversation.to_string(), "dm:alice:bob");
         assert_eq!(s.reply, Some(reply()));
-        let r = handle_text(&UserId::parse("zed").unwrap(), reply(), r#"{"type":"send","id":"m1","to":"bob","body":"hi"}"#, &FrameLimits::default());
-        let Inbound::Submit(s) = r else { panic!("{r:?}") };
+        let r = handle_text(
+            &UserId::parse("zed").unwrap(),
+            reply(),
+            r#"{"type":"send","id":"m1","to":"bob","body":"hi"}"#,
+            &FrameLimits::default(),
+        );
+        let Inbound::Submit(s) = r else {
+            panic!("{r:?}")
+        };
         assert_eq!(s.conversation.to_string(), "dm:bob:zed");
     }
 
     #[test]
     fn a_send_to_yourself_is_a_bad_request_with_the_id() {
-        let r = handle_text(&alice(), reply(), r#"{"type":"send","id":"m2","to":"alice","body":"hi"}"#, &FrameLimits::default());
-        let Inbound::Reject(e) = r else { panic!("{r:?}") };
-        assert_eq!((e.code, e.id.as_deref()), (ErrorCode::BadRequest, Some("m2")));
+        let r = handle_text(
+            &alice(),
+            reply(),
+            r#"{"type":"send","id":"m2","to":"alice","body":"hi"}"#,
+            &FrameLimits::default(),
+        );
+        let Inbound::Reject(e) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (ErrorCode::BadRequest, Some("m2"))
+        );
     }
 
     #[test]
     fn group_sends_and_acks_pass_through() {
-        let r = handle_text(&alice(), reply(), r#"{"type":"send","id":"m3","group":"g_1","body":"x"}"#, &FrameLimits::default());
+        let r = handle_text(
+            &alice(),
+            reply(),
+            r#"{"type":"send","id":"m3","group":"g_1","body":"x"}"#,
+            &FrameLimits::default(),
+        );
         assert!(matches!(r, Inbound::Submit(s) if s.conversation.to_string() == "group:g_1"));
-        let r = handle_text(&alice(), reply(), r#"{"type":"ack","conversation":"dm:alice:bob","seq":4}"#, &FrameLimits::default());
+        let r = handle_text(
+            &alice(),
+            reply(),
+            r#"{"type":"ack","conversation":"dm:alice:bob","seq":4}"#,
+            &FrameLimits::default(),
+        );
         assert!(matches!(r, Inbound::Ack { seq: 4, .. }));
     }
 }

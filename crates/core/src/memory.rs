@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use connect_protocol::{ConversationId, UserId};
 
 use crate::model::{Acceptance, DedupeKey, Delivery, Session, SessionRoute, StoredMessage};
-use crate::ports::{ChatStore, DedupeIndex, DeliveryBus, Ports, SequenceAllocator, SessionRegistry};
+use crate::ports::{
+    ChatStore, DedupeIndex, DeliveryBus, Ports, SequenceAllocator, SessionRegistry,
+};
 use crate::PortError;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -49,7 +51,9 @@ impl Memory {
 
     pub fn stored(&self) -> Vec<StoredMessage> {
         let mut v: Vec<_> = lock(&self.messages).values().cloned().collect();
-        v.sort_by(|a, b| (a.conversation.to_string(), a.seq).cmp(&(b.conversation.to_string(), b.seq)));
+        v.sort_by(|a, b| {
+            (a.conversation.to_string(), a.seq).cmp(&(b.conversation.to_string(), b.seq))
+        });
         v
     }
 
@@ -85,7 +89,10 @@ impl SessionRegistry for Memory {
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<SessionRoute>>, PortError> {
         let map = lock(&self.sessions);
-        Ok(users.iter().map(|u| map.get(u).cloned().unwrap_or_default()).collect())
+        Ok(users
+            .iter()
+            .map(|u| map.get(u).cloned().unwrap_or_default())
+            .collect())
     }
 }
 

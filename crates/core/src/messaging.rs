@@ -94,7 +94,9 @@ fn recipients(conversation: &ConversationId) -> Vec<UserId> {
 fn authorize(sub: &Submission) -> Result<(), (ErrorCode, &'static str)> {
     match &sub.conversation {
         ConversationId::Direct { .. } if sub.conversation.is_direct_member(&sub.sender) => Ok(()),
-        ConversationId::Direct { .. } => Err((ErrorCode::Forbidden, "not a member of this conversation")),
+        ConversationId::Direct { .. } => {
+            Err((ErrorCode::Forbidden, "not a member of this conversation"))
+        }
         ConversationId::Group(_) => Err((ErrorCode::NotFound, "no such group")),
     }
 }
@@ -106,7 +108,12 @@ impl MessagingStep {
 
     /// Processes one batch (in partition order). `Err` means nothing could be published: the
     /// caller must not commit and should retry the batch (it is idempotent).
-    pub async fn process(&self, batch: Vec<Submission>, now_ms: u64) -> Result<StepReport, PortError> {
+    pub async fn process(
+        &self,
+        batch: Vec<Submission>,
+        now_ms: u64,
+    ) -> Result<StepReport, PortError> {
+        let t0 = std::time::Instant::now();
         let mut out = Outcome::default();
         let mut valid = Vec::with_capacity(batch.len());
         for sub in batch {
@@ -118,9 +125,17 @@ impl MessagingStep {
         if !valid.is_empty() {
             self.sequence_and_store(valid, now_ms, &mut out).await;
         }
+        let t1 = t0.elapsed();
         let deliveries = self.route(&out).await;
+        let t2 = t0.elapsed();
         out.report.records = deliveries.len();
         self.ports.deliveries.publish(deliveries).await?;
+        tracing::debug!(
+            stored_ms = t1.as_millis() as u64,
+            routed_ms = t2.as_millis() as u64,
+            published_ms = t0.elapsed().as_millis() as u64,
+            "batch phases"
+        );
         Ok(out.report)
     }
 
@@ -131,7 +146,9 @@ impl MessagingStep {
             Ok(known) => known,
             Err(e) => {
                 warn!(cause = %e, "dedupe lookup failed; answering unavailable");
-                valid.iter().for_each(|s| out.fail(s, ErrorCode::Unavailable, "dedupe index unavailable"));
+                valid
+                    .iter()
+                    .for_each(|s| out.fail(s, ErrorCode::Unavailable, "dedupe index unavailable"));
                 return;
             }
         };
@@ -156,15 +173,28 @@ impl MessagingStep {
         let stored = self.store_fresh(&fresh, now_ms, out).await;
         for (sub, i) in repeats {
             match &stored[i] {
-                Some(message) => out.accepted.push(Accepted { message: message.clone(), reply: sub.reply, fan_out: false }),
-                None => out.fail(&sub, ErrorCode::Unavailable, "storage unavailable; retry with the same id"),
+                Some(message) => out.accepted.push(Accepted {
+                    message: message.clone(),
+                    reply: sub.reply,
+                    fan_out: false,
+                }),
+                None => out.fail(
+                    &sub,
+                    ErrorCode::Unavailable,
+                    "storage unavailable; retry with the same id",
+                ),
             }
         }
         self.restore_earlier(earlier, out).await;
     }
 
     /// Allocates and stores fresh submissions; returns the stored message of each (or None).
-    async fn store_fresh(&self, fresh: &[Submission], now_ms: u64, out: &mut Outcome) -> Vec<Option<StoredMessage>> {
+    async fn store_fresh(
+        &self,
+        fresh: &[Submission],
+        now_ms: u64,
+        out: &mut Outcome,
+    ) -> Vec<Option<StoredMessage>> {
         if fresh.is_empty() {
             return Vec::new();
         }
@@ -177,14 +207,24 @@ impl MessagingStep {
             });
             order[i].1 += 1;
         }
+        let t = std::time::Instant::now();
         let mut next: Vec<Result<u64, PortError>> = self.ports.sequences.allocate(&order).await;
+        tracing::debug!(
+            conversations = order.len(),
+            ms = t.elapsed().as_millis() as u64,
+            "allocated"
+        );
 
         let mut messages: Vec<Option<StoredMessage>> = Vec::with_capacity(fresh.len());
         for sub in fresh {
             let i = slot_of[&sub.conversation];
             messages.push(match &mut next[i] {
                 Ok(seq) => {
-                    let acceptance = Acceptance { conversation: sub.conversation.clone(), seq: *seq, ts: now_ms };
+                    let acceptance = Acceptance {
+                        conversation: sub.conversation.clone(),
+                        seq: *seq,
+                        ts: now_ms,
+                    };
                     *seq += 1;
                     Some(message_of(sub, &acceptance))
                 }
@@ -198,7 +238,14 @@ impl MessagingStep {
         }
 
         let to_store: Vec<StoredMessage> = messages.iter().flatten().cloned().collect();
-        if let Err(e) = self.persist(&to_store).await {
+        let t = std::time::Instant::now();
+        let persisted = self.persist(&to_store).await;
+        tracing::debug!(
+            messages = to_store.len(),
+            ms = t.elapsed().as_millis() as u64,
+            "persisted"
+        );
+        if let Err(e) = persisted {
             warn!(cause = %e, count = to_store.len(), "storing the batch failed; answering unavailable");
             messages.iter_mut().for_each(|m| *m = None);
         }
@@ -206,9 +253,17 @@ impl MessagingStep {
             match message {
                 Some(m) => {
                     out.report.stored += 1;
-                    out.accepted.push(Accepted { message: m.clone(), reply: sub.reply.clone(), fan_out: true });
+                    out.accepted.push(Accepted {
+                        message: m.clone(),
+                        reply: sub.reply.clone(),
+                        fan_out: true,
+                    });
                 }
-                None => out.fail(sub, ErrorCode::Unavailable, "storage unavailable; retry with the same id"),
+                None => out.fail(
+                    sub,
+                    ErrorCode::Unavailable,
+                    "storage unavailable; retry with the same id",
+                ),
             }
         }
         messages
@@ -222,8 +277,18 @@ impl MessagingStep {
         let entries: Vec<_> = messages
             .iter()
             .map(|m| {
-                let key = crate::model::DedupeKey { sender: m.from.clone(), id: m.id.clone() };
-                (key, Acceptance { conversation: m.conversation.clone(), seq: m.seq, ts: m.ts })
+                let key = crate::model::DedupeKey {
+                    sender: m.from.clone(),
+                    id: m.id.clone(),
+                };
+                (
+                    key,
+                    Acceptance {
+                        conversation: m.conversation.clone(),
+                        seq: m.seq,
+                        ts: m.ts,
+                    },
+                )
             })
             .collect();
         self.ports.dedupe.remember(&entries).await?;
@@ -244,10 +309,18 @@ impl MessagingStep {
         let results = join_all(messages.iter().map(|m| self.ports.chat.put_if_absent(m))).await;
         for (((sub, _), message), result) in earlier.into_iter().zip(messages).zip(results) {
             match result {
-                Ok(_) => out.accepted.push(Accepted { message, reply: sub.reply, fan_out: true }),
+                Ok(_) => out.accepted.push(Accepted {
+                    message,
+                    reply: sub.reply,
+                    fan_out: true,
+                }),
                 Err(e) => {
                     warn!(cause = %e, "re-storing a remembered message failed");
-                    out.fail(&sub, ErrorCode::Unavailable, "storage unavailable; retry with the same id");
+                    out.fail(
+                        &sub,
+                        ErrorCode::Unavailable,
+                        "storage unavailable; retry with the same id",
+                    );
                 }
             }
         }
@@ -268,23 +341,39 @@ impl MessagingStep {
         let sessions = if users.is_empty() {
             Vec::new()
         } else {
-            self.ports.registry.lookup(&users).await.unwrap_or_else(|e| {
-                warn!(cause = %e, "registry lookup failed; delivering replies only");
-                vec![Vec::new(); users.len()]
-            })
+            self.ports
+                .registry
+                .lookup(&users)
+                .await
+                .unwrap_or_else(|e| {
+                    warn!(cause = %e, "registry lookup failed; delivering replies only");
+                    vec![Vec::new(); users.len()]
+                })
         };
         let sessions_of = |u: &UserId| -> &[SessionRoute] { &sessions[index[u]] };
         let mut deliveries = Vec::new();
         for a in &out.accepted {
-            let targets = if a.fan_out { recipients(&a.message.conversation) } else { Vec::new() };
-            deliveries.extend(plan_deliveries(&a.message, a.reply.as_ref(), &targets, sessions_of));
+            let targets = if a.fan_out {
+                recipients(&a.message.conversation)
+            } else {
+                Vec::new()
+            };
+            deliveries.extend(plan_deliveries(
+                &a.message,
+                a.reply.as_ref(),
+                &targets,
+                sessions_of,
+            ));
         }
         for (reply, err) in &out.errors {
             deliveries.push(Delivery {
                 slot: reply.slot,
                 recipients: Vec::new(),
                 message: None,
-                reply: Some(Reply { conn: reply.conn.clone(), frame: err.to_frame().to_text() }),
+                reply: Some(Reply {
+                    conn: reply.conn.clone(),
+                    frame: err.to_frame().to_text(),
+                }),
             });
         }
         deliveries
@@ -314,7 +403,11 @@ pub fn plan_deliveries<'s>(
             by_slot.push((r.slot, Vec::new()));
         }
     }
-    let frame = if by_slot.iter().any(|(_, users)| !users.is_empty()) { Some(message.frame_text()) } else { None };
+    let frame = if by_slot.iter().any(|(_, users)| !users.is_empty()) {
+        Some(message.frame_text())
+    } else {
+        None
+    };
     by_slot
         .into_iter()
         .map(|(slot, users)| Delivery {
@@ -329,7 +422,10 @@ pub fn plan_deliveries<'s>(
                 _ => None,
             },
             recipients: users,
-            reply: reply.filter(|r| r.slot == slot).map(|r| Reply { conn: r.conn.clone(), frame: message.accepted_text() }),
+            reply: reply.filter(|r| r.slot == slot).map(|r| Reply {
+                conn: r.conn.clone(),
+                frame: message.accepted_text(),
+            }),
         })
         .collect()
 }

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use connect_protocol::{ClientMsgId, ConversationId, GroupEvent, MessageFrame, ServerFrame, UserId};
+use connect_protocol::{
+    ClientMsgId, ConversationId, GroupEvent, MessageFrame, ServerFrame, UserId,
+};
 
 /// Where the answer to a send goes: the sending connection and its gateway's slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +31,10 @@ pub struct Submission {
 impl Submission {
     /// The dedupe key: (sender, client id).
     pub fn dedupe_key(&self) -> DedupeKey {
-        DedupeKey { sender: self.sender.clone(), id: self.id.clone() }
+        DedupeKey {
+            sender: self.sender.clone(),
+            id: self.id.clone(),
+        }
     }
 }
 

@@ -36,7 +36,10 @@ pub trait SessionRegistry: Send + Sync {
     /// Removes sessions, given as (user, connection id).
     async fn remove(&self, sessions: &[(UserId, String)]) -> Result<(), PortError>;
     /// The live sessions of each user (same order as `users`), in one round trip.
-    async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<crate::model::SessionRoute>>, PortError>;
+    async fn lookup(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<Vec<crate::model::SessionRoute>>, PortError>;
 }
 
 /// Per-conversation sequence numbers (DynamoDB sequence table).

@@ -29,14 +29,21 @@ pub struct DynamoChatStore {
 impl DynamoChatStore {
     /// `concurrency`: BatchWriteItem calls in flight at once.
     pub fn new(client: Client, table: impl Into<String>, concurrency: usize) -> Self {
-        Self { client, table: table.into(), concurrency: concurrency.max(1) }
+        Self {
+            client,
+            table: table.into(),
+            concurrency: concurrency.max(1),
+        }
     }
 
     async fn write_chunk(&self, chunk: &[StoredMessage]) -> Result<(), PortError> {
         let mut requests: Vec<WriteRequest> = chunk
             .iter()
             .map(|m| {
-                let put = PutRequest::builder().set_item(Some(to_item(m))).build().map_err(unavailable)?;
+                let put = PutRequest::builder()
+                    .set_item(Some(to_item(m)))
+                    .build()
+                    .map_err(unavailable)?;
                 Ok(WriteRequest::builder().put_request(put).build())
             })
             .collect::<Result<_, PortError>>()?;
@@ -48,20 +55,29 @@ impl DynamoChatStore {
                 .send()
                 .await
                 .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
-            requests = out.unprocessed_items.and_then(|mut m| m.remove(&self.table)).unwrap_or_default();
+            requests = out
+                .unprocessed_items
+                .and_then(|mut m| m.remove(&self.table))
+                .unwrap_or_default();
             if requests.is_empty() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(10 << round.min(6))).await;
         }
-        Err(unavailable(format!("{} items still unprocessed", requests.len())))
+        Err(unavailable(format!(
+            "{} items still unprocessed",
+            requests.len()
+        )))
     }
 }
 
 #[async_trait]
 impl ChatStore for DynamoChatStore {
     async fn put_batch(&self, messages: &[StoredMessage]) -> Result<(), PortError> {
-        let writes: Vec<_> = messages.chunks(BATCH).map(|chunk| self.write_chunk(chunk)).collect();
+        let writes: Vec<_> = messages
+            .chunks(BATCH)
+            .map(|chunk| self.write_chunk(chunk))
+            .collect();
         stream::iter(writes)
             .buffer_unordered(self.concurrency)
             .try_collect::<()>()
@@ -80,7 +96,12 @@ impl ChatStore for DynamoChatStore {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
         }
     }

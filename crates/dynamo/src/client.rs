@@ -22,11 +22,21 @@ pub async fn client(cfg: &DynamoConfig) -> Client {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
         .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .timeout_config(TimeoutConfig::builder().operation_timeout(cfg.timeout).build());
+        .timeout_config(
+            TimeoutConfig::builder()
+                .operation_timeout(cfg.timeout)
+                .build(),
+        );
     if let Some(endpoint) = &cfg.endpoint {
         loader = loader
             .endpoint_url(endpoint)
-            .credentials_provider(Credentials::new("local", "local", None, None, "connect-local"));
+            .credentials_provider(Credentials::new(
+                "local",
+                "local",
+                None,
+                None,
+                "connect-local",
+            ));
     }
     Client::new(&loader.load().await)
 }
@@ -36,7 +46,9 @@ impl DynamoConfig {
     pub fn from_env() -> Result<Self, String> {
         let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let timeout_ms: u64 = match get("DYNAMODB_TIMEOUT_MS") {
-            Some(v) => v.parse().map_err(|_| format!("DYNAMODB_TIMEOUT_MS={v:?} is not a whole number"))?,
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("DYNAMODB_TIMEOUT_MS={v:?} is not a whole number"))?,
             None => 3000,
         };
         Ok(Self {

@@ -71,7 +71,10 @@ mod tests {
             id: ClientMsgId::parse("x:1").unwrap(),
             body: "".into(),
             ts: 17,
-            event: Some(GroupEvent { kind: "member_added".into(), user: Some("dave".into()) }),
+            event: Some(GroupEvent {
+                kind: "member_added".into(),
+                user: Some("dave".into()),
+            }),
         };
         assert_eq!(from_item(&to_item(&m)), Some(m));
     }

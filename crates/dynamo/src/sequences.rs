@@ -23,11 +23,25 @@ pub struct DynamoSequences {
 impl DynamoSequences {
     /// Allocates for conversations homed in `region` (a new conversation is homed where it
     /// starts). `concurrency`: UpdateItem calls in flight at once.
-    pub fn new(client: Client, table: impl Into<String>, region: impl Into<String>, concurrency: usize) -> Self {
-        Self { client, table: table.into(), region: region.into(), concurrency: concurrency.max(1) }
+    pub fn new(
+        client: Client,
+        table: impl Into<String>,
+        region: impl Into<String>,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            region: region.into(),
+            concurrency: concurrency.max(1),
+        }
     }
 
-    async fn allocate_one(&self, conversation: &ConversationId, count: u64) -> Result<u64, PortError> {
+    async fn allocate_one(
+        &self,
+        conversation: &ConversationId,
+        count: u64,
+    ) -> Result<u64, PortError> {
         let result = self
             .client
             .update_item()
@@ -55,8 +69,14 @@ impl DynamoSequences {
                     .ok_or_else(|| PortError::rejected("dynamodb", "UpdateItem returned no seq"))?;
                 Ok(last + 1 - count)
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-                Err(PortError::NotHome { conversation: conversation.to_string(), home: "another region".into() })
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(PortError::NotHome {
+                    conversation: conversation.to_string(),
+                    home: "another region".into(),
+                })
             }
             Err(e) => Err(unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
         }
@@ -66,7 +86,10 @@ impl DynamoSequences {
 #[async_trait]
 impl SequenceAllocator for DynamoSequences {
     async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>> {
-        let calls: Vec<_> = requests.iter().map(|(c, n)| self.allocate_one(c, *n)).collect();
+        let calls: Vec<_> = requests
+            .iter()
+            .map(|(c, n)| self.allocate_one(c, *n))
+            .collect();
         stream::iter(calls)
             .buffered(self.concurrency)
             .collect()

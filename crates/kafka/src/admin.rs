@@ -13,10 +13,16 @@ pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), 
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(|e| e.to_string())?;
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1))).collect();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new, &opts).await.map_err(|e| e.to_string())? {
+    for result in admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| e.to_string())?
+    {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => return Err(format!("creating topic {topic}: {code}")),

@@ -24,7 +24,10 @@ pub struct KafkaSubmissionBus {
 
 impl KafkaSubmissionBus {
     pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
-        Self { producer, topic: topic.into() }
+        Self {
+            producer,
+            topic: topic.into(),
+        }
     }
 }
 
@@ -56,7 +59,11 @@ pub struct KafkaDeliveryBus {
 
 impl KafkaDeliveryBus {
     pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
-        Self { producer, topic: topic.into(), queue_timeout: Duration::from_secs(5) }
+        Self {
+            producer,
+            topic: topic.into(),
+            queue_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -67,9 +74,13 @@ impl DeliveryBus for KafkaDeliveryBus {
             let (headers, value) = encode_delivery(d);
             let slot = d.slot as i32;
             async move {
-                let record: FutureRecord<'_, (), Vec<u8>> =
-                    FutureRecord::to(&self.topic).partition(slot).headers(headers).payload(&value);
-                self.producer.send(record, Timeout::After(self.queue_timeout)).await
+                let record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(&self.topic)
+                    .partition(slot)
+                    .headers(headers)
+                    .payload(&value);
+                self.producer
+                    .send(record, Timeout::After(self.queue_timeout))
+                    .await
             }
         });
         for result in join_all(sends).await {

@@ -27,18 +27,41 @@ pub fn encode_delivery(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
     let mut h = OwnedHeaders::new_with_capacity(6);
     let mut value = Vec::new();
     if let Some(m) = &d.message {
-        let to = d.recipients.iter().map(UserId::as_str).collect::<Vec<_>>().join(",");
+        let to = d
+            .recipients
+            .iter()
+            .map(UserId::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
         h = h
-            .insert(Header { key: "to", value: Some(to.as_bytes()) })
-            .insert(Header { key: "conv", value: Some(m.conversation.as_bytes()) })
-            .insert(Header { key: "seq", value: Some(m.seq.to_string().as_bytes()) })
-            .insert(Header { key: "ts", value: Some(m.ts.to_string().as_bytes()) });
+            .insert(Header {
+                key: "to",
+                value: Some(to.as_bytes()),
+            })
+            .insert(Header {
+                key: "conv",
+                value: Some(m.conversation.as_bytes()),
+            })
+            .insert(Header {
+                key: "seq",
+                value: Some(m.seq.to_string().as_bytes()),
+            })
+            .insert(Header {
+                key: "ts",
+                value: Some(m.ts.to_string().as_bytes()),
+            });
         value = m.frame.as_bytes().to_vec();
     }
     if let Some(r) = &d.reply {
         h = h
-            .insert(Header { key: "reply_conn", value: Some(r.conn.as_bytes()) })
-            .insert(Header { key: "reply", value: Some(r.frame.as_bytes()) });
+            .insert(Header {
+                key: "reply_conn",
+                value: Some(r.conn.as_bytes()),
+            })
+            .insert(Header {
+                key: "reply",
+                value: Some(r.frame.as_bytes()),
+            });
     }
     (h, value)
 }
@@ -49,12 +72,19 @@ fn text(v: Option<&[u8]>, what: &str) -> Result<String, CodecError> {
 }
 
 fn number(v: Option<&[u8]>, what: &str) -> Result<u64, CodecError> {
-    text(v, what)?.parse().map_err(|_| CodecError(format!("header `{what}` is not a number")))
+    text(v, what)?
+        .parse()
+        .map_err(|_| CodecError(format!("header `{what}` is not a number")))
 }
 
 /// Decodes a delivery record read from `slot`'s partition.
-pub fn decode_delivery<H: Headers>(slot: u32, headers: Option<&H>, value: Option<&[u8]>) -> Result<Delivery, CodecError> {
-    let (mut to, mut conv, mut seq, mut ts, mut reply_conn, mut reply) = (None, None, None, None, None, None);
+pub fn decode_delivery<H: Headers>(
+    slot: u32,
+    headers: Option<&H>,
+    value: Option<&[u8]>,
+) -> Result<Delivery, CodecError> {
+    let (mut to, mut conv, mut seq, mut ts, mut reply_conn, mut reply) =
+        (None, None, None, None, None, None);
     if let Some(headers) = headers {
         for h in headers.iter() {
             match h.key {
@@ -88,7 +118,12 @@ pub fn decode_delivery<H: Headers>(slot: u32, headers: Option<&H>, value: Option
         (Some(conn), Some(frame)) => Some(Reply { conn, frame }),
         _ => None,
     };
-    Ok(Delivery { slot, recipients, message, reply })
+    Ok(Delivery {
+        slot,
+        recipients,
+        message,
+        reply,
+    })
 }
 
 #[cfg(test)]
@@ -99,20 +134,39 @@ mod tests {
     fn a_delivery_survives_the_round_trip() {
         let d = Delivery {
             slot: 3,
-            recipients: vec![UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap()],
-            message: Some(OutboundMessage { conversation: "dm:alice:bob".into(), seq: 9, ts: 77, frame: "{\"type\":\"message\"}".into() }),
-            reply: Some(Reply { conn: "c1".into(), frame: "{\"type\":\"accepted\"}".into() }),
+            recipients: vec![
+                UserId::parse("alice").unwrap(),
+                UserId::parse("bob").unwrap(),
+            ],
+            message: Some(OutboundMessage {
+                conversation: "dm:alice:bob".into(),
+                seq: 9,
+                ts: 77,
+                frame: "{\"type\":\"message\"}".into(),
+            }),
+            reply: Some(Reply {
+                conn: "c1".into(),
+                frame: "{\"type\":\"accepted\"}".into(),
+            }),
         };
         let (h, v) = encode_delivery(&d);
         assert_eq!(decode_delivery(3, Some(&h), Some(&v)).unwrap(), d);
-        let reply_only = Delivery { slot: 1, recipients: vec![], message: None, reply: d.reply.clone() };
+        let reply_only = Delivery {
+            slot: 1,
+            recipients: vec![],
+            message: None,
+            reply: d.reply.clone(),
+        };
         let (h, v) = encode_delivery(&reply_only);
         assert_eq!(decode_delivery(1, Some(&h), Some(&v)).unwrap(), reply_only);
     }
 
     #[test]
     fn garbage_headers_are_a_codec_error() {
-        let h = OwnedHeaders::new().insert(Header { key: "seq", value: Some(b"x".as_slice()) });
+        let h = OwnedHeaders::new().insert(Header {
+            key: "seq",
+            value: Some(b"x".as_slice()),
+        });
         assert!(decode_delivery(0, Some(&h), None).is_err());
         assert!(decode_submission(b"{}").is_err());
     }

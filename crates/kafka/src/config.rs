@@ -14,6 +14,14 @@ pub struct KafkaConfig {
     pub linger_ms: u32,
     /// `KAFKA_MESSAGE_TIMEOUT_MS`: how long a produce may take before it is failed.
     pub message_timeout_ms: u32,
+    /// `KAFKA_SESSION_TIMEOUT_MS`: how long a consumer-group member may go silent before its
+    /// partitions move to another member (after a crash: the hand-over delay).
+    pub session_timeout_ms: u32,
+    /// `KAFKA_MAX_POLL_INTERVAL_MS`: a member that does not poll for this long leaves the group;
+    /// also bounds how long a rebalance waits for a member that died.
+    pub max_poll_interval_ms: u32,
+    /// `KAFKA_DEBUG`: librdkafka debug contexts (e.g. `cgrp,fetch`), empty for none.
+    pub debug: Option<String>,
 }
 
 impl KafkaConfig {
@@ -40,27 +48,48 @@ impl KafkaConfig {
             .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
             .set("fetch.error.backoff.ms", "50")
             .set("socket.nagle.disable", "true")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout_ms / 5).max(100).to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.max_poll_interval_ms
+                    .max(self.session_timeout_ms)
+                    .to_string(),
+            );
+        if let Some(d) = &self.debug {
+            c.set("debug", d);
+        }
         c
     }
 }
 
 impl KafkaConfig {
     /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (5), `KAFKA_LINGER_MS` (1),
-    /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000).
+    /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
+    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none).
     pub fn from_env() -> Result<Self, String> {
         fn num(name: &str, default: u32) -> Result<u32, String> {
             match std::env::var(name) {
-                Ok(v) if !v.is_empty() => v.parse().map_err(|_| format!("{name}={v:?} is not a whole number")),
+                Ok(v) if !v.is_empty() => v
+                    .parse()
+                    .map_err(|_| format!("{name}={v:?} is not a whole number")),
                 _ => Ok(default),
             }
         }
         Ok(Self {
-            brokers: std::env::var("KAFKA_BROKERS").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "127.0.0.1:9092".into()),
+            brokers: std::env::var("KAFKA_BROKERS")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "127.0.0.1:9092".into()),
             fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 5)?,
             linger_ms: num("KAFKA_LINGER_MS", 1)?,
             message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
+            session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
+            max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
+            debug: std::env::var("KAFKA_DEBUG").ok().filter(|v| !v.is_empty()),
         })
     }
 }
@@ -75,7 +104,15 @@ pub struct Topics {
 
 impl Topics {
     pub fn from_env() -> Self {
-        let get = |name: &str, default: &str| std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.into());
-        Self { incoming: get("KAFKA_INCOMING_TOPIC", "incoming_messages"), outgoing: get("KAFKA_OUTGOING_TOPIC", "outgoing_messages") }
+        let get = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.into())
+        };
+        Self {
+            incoming: get("KAFKA_INCOMING_TOPIC", "incoming_messages"),
+            outgoing: get("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
+        }
     }
 }

@@ -17,7 +17,10 @@ pub struct FrameLimits {
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        Self { max_frame_bytes: 64 * 1024, max_body_bytes: 16 * 1024 }
+        Self {
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024,
+        }
     }
 }
 
@@ -31,8 +34,15 @@ pub enum SendTarget {
 /// A frame from a client, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
-    Send { id: ClientMsgId, target: SendTarget, body: String },
-    Ack { conversation: ConversationId, seq: u64 },
+    Send {
+        id: ClientMsgId,
+        target: SendTarget,
+        body: String,
+    },
+    Ack {
+        conversation: ConversationId,
+        seq: u64,
+    },
 }
 
 /// A client frame the server refuses; becomes an `error` frame.
@@ -47,7 +57,11 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), id: None }
+        Self {
+            code,
+            message: message.into(),
+            id: None,
+        }
     }
 
     fn with_id(mut self, id: Option<&str>) -> Self {
@@ -57,7 +71,11 @@ impl FrameError {
 
     /// The `error` frame for this error.
     pub fn to_frame(&self) -> ServerFrame<'_> {
-        ServerFrame::Error { code: self.code, message: &self.message, id: self.id.as_deref() }
+        ServerFrame::Error {
+            code: self.code,
+            message: &self.message,
+            id: self.id.as_deref(),
+        }
     }
 }
 
@@ -79,7 +97,11 @@ impl ClientFrame {
         if text.len() > limits.max_frame_bytes {
             return Err(FrameError::new(
                 ErrorCode::TooLarge,
-                format!("frame is {} bytes; the limit is {}", text.len(), limits.max_frame_bytes),
+                format!(
+                    "frame is {} bytes; the limit is {}",
+                    text.len(),
+                    limits.max_frame_bytes
+                ),
             ));
         }
         let value: Value =
@@ -103,7 +125,11 @@ impl ClientFrame {
         if body.len() > limits.max_body_bytes {
             return Err(FrameError::new(
                 ErrorCode::TooLarge,
-                format!("body is {} bytes; the limit is {}", body.len(), limits.max_body_bytes),
+                format!(
+                    "body is {} bytes; the limit is {}",
+                    body.len(),
+                    limits.max_body_bytes
+                ),
             ));
         }
         let target = match (obj.get("to"), obj.get("group")) {
@@ -117,7 +143,11 @@ impl ClientFrame {
                     .map_err(|e| bad(format!("`group`: {e}")))?,
             ),
         };
-        Ok(Self::Send { id, target, body: body.to_owned() })
+        Ok(Self::Send {
+            id,
+            target,
+            body: body.to_owned(),
+        })
     }
 
     fn parse_ack(obj: &Map<String, Value>) -> Result<Self, FrameError> {
@@ -160,8 +190,17 @@ pub struct MessageFrame {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    Hello { user: &'a str, session: &'a str, gateway: &'a str },
-    Accepted { id: &'a str, conversation: &'a str, seq: u64, ts: u64 },
+    Hello {
+        user: &'a str,
+        session: &'a str,
+        gateway: &'a str,
+    },
+    Accepted {
+        id: &'a str,
+        conversation: &'a str,
+        seq: u64,
+        ts: u64,
+    },
     Message(&'a MessageFrame),
     Error {
         code: ErrorCode,
@@ -203,7 +242,13 @@ mod tests {
     #[test]
     fn parses_group_send_and_ack() {
         let f = parse(r#"{"type":"send","id":"c-2","group":"g_7f3a","body":"hi all"}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Send { target: SendTarget::Group(_), .. }));
+        assert!(matches!(
+            f,
+            ClientFrame::Send {
+                target: SendTarget::Group(_),
+                ..
+            }
+        ));
         let f = parse(r#"{"type":"ack","conversation":"dm:alice:bob","seq":17}"#).unwrap();
         assert!(matches!(f, ClientFrame::Ack { seq: 17, .. }));
     }
@@ -215,14 +260,46 @@ mod tests {
             ("[1,2]", ErrorCode::BadRequest, None),
             (r#"{"id":"x"}"#, ErrorCode::BadRequest, None),
             (r#"{"type":"dance"}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"send","id":"c-3","body":"x"}"#, ErrorCode::BadRequest, Some("c-3")),
-            (r#"{"type":"send","id":"c-4","to":"b b","body":"x"}"#, ErrorCode::BadRequest, Some("c-4")),
-            (r#"{"type":"send","id":"c-5","to":"b","group":"g","body":"x"}"#, ErrorCode::BadRequest, Some("c-5")),
-            (r#"{"type":"send","id":"c-6","to":"b","body":7}"#, ErrorCode::BadRequest, Some("c-6")),
-            (r#"{"type":"send","id":"","to":"b","body":"x"}"#, ErrorCode::BadRequest, Some("")),
-            (r#"{"type":"ack","conversation":"dm:b:a","seq":1}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"ack","conversation":"dm:a:b","seq":-1}"#, ErrorCode::BadRequest, None),
-            (r#"{"type":"ack","conversation":"dm:a:b","seq":"1"}"#, ErrorCode::BadRequest, None),
+            (
+                r#"{"type":"send","id":"c-3","body":"x"}"#,
+                ErrorCode::BadRequest,
+                Some("c-3"),
+            ),
+            (
+                r#"{"type":"send","id":"c-4","to":"b b","body":"x"}"#,
+                ErrorCode::BadRequest,
+                Some("c-4"),
+            ),
+            (
+                r#"{"type":"send","id":"c-5","to":"b","group":"g","body":"x"}"#,
+                ErrorCode::BadRequest,
+                Some("c-5"),
+            ),
+            (
+                r#"{"type":"send","id":"c-6","to":"b","body":7}"#,
+                ErrorCode::BadRequest,
+                Some("c-6"),
+            ),
+            (
+                r#"{"type":"send","id":"","to":"b","body":"x"}"#,
+                ErrorCode::BadRequest,
+                Some(""),
+            ),
+            (
+                r#"{"type":"ack","conversation":"dm:b:a","seq":1}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"ack","conversation":"dm:a:b","seq":-1}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
+            (
+                r#"{"type":"ack","conversation":"dm:a:b","seq":"1"}"#,
+                ErrorCode::BadRequest,
+                None,
+            ),
         ];
         for (text, code, id) in cases {
             let e = parse(text).unwrap_err();
@@ -233,18 +310,35 @@ mod tests {
     #[test]
     fn limits_are_enforced() {
         let body = "x".repeat(16 * 1024 + 1);
-        let e = parse(&format!(r#"{{"type":"send","id":"big","to":"bob","body":"{body}"}}"#)).unwrap_err();
-        assert_eq!((e.code, e.id.as_deref()), (ErrorCode::TooLarge, Some("big")));
+        let e = parse(&format!(
+            r#"{{"type":"send","id":"big","to":"bob","body":"{body}"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (ErrorCode::TooLarge, Some("big"))
+        );
         let ok = "x".repeat(16 * 1024);
-        assert!(parse(&format!(r#"{{"type":"send","id":"ok","to":"bob","body":"{ok}"}}"#)).is_ok());
+        assert!(parse(&format!(
+            r#"{{"type":"send","id":"ok","to":"bob","body":"{ok}"}}"#
+        ))
+        .is_ok());
         let huge = format!(r#"{{"type":"send","pad":"{}"}}"#, "x".repeat(64 * 1024));
         assert_eq!(parse(&huge).unwrap_err().code, ErrorCode::TooLarge);
     }
 
     #[test]
     fn server_frames_render_as_the_contract_shows() {
-        let hello = ServerFrame::Hello { user: "alice", session: "s1", gateway: "gw" }.to_text();
-        assert_eq!(hello, r#"{"type":"hello","user":"alice","session":"s1","gateway":"gw"}"#);
+        let hello = ServerFrame::Hello {
+            user: "alice",
+            session: "s1",
+            gateway: "gw",
+        }
+        .to_text();
+        assert_eq!(
+            hello,
+            r#"{"type":"hello","user":"alice","session":"s1","gateway":"gw"}"#
+        );
         let m = MessageFrame {
             conversation: "group:g".into(),
             seq: 5,
@@ -253,7 +347,10 @@ mod tests {
             id: "i".into(),
             body: "".into(),
             ts: 9,
-            event: Some(GroupEvent { kind: "member_added".into(), user: Some("dave".into()) }),
+            event: Some(GroupEvent {
+                kind: "member_added".into(),
+                user: Some("dave".into()),
+            }),
         };
         let v: Value = serde_json::from_str(&ServerFrame::Message(&m).to_text()).unwrap();
         assert_eq!(v["type"], "message");

@@ -21,7 +21,10 @@ fn check_name(s: &str, what: &'static str) -> Result<(), IdError> {
     if s.is_empty() || s.len() > MAX_ID {
         return Err(IdError::Length { what, max: MAX_ID });
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
         return Err(IdError::Charset { what });
     }
     Ok(())
@@ -95,7 +98,10 @@ impl ClientMsgId {
         let s = s.into();
         let n = s.chars().count();
         if n == 0 || n > MAX_ID {
-            return Err(IdError::Length { what: "id", max: MAX_ID });
+            return Err(IdError::Length {
+                what: "id",
+                max: MAX_ID,
+            });
         }
         Ok(Self(s))
     }
@@ -136,8 +142,14 @@ impl ConversationId {
     /// The direct conversation of two different users (in either order).
     pub fn direct(a: &UserId, b: &UserId) -> Result<Self, IdError> {
         match a.as_str().cmp(b.as_str()) {
-            std::cmp::Ordering::Less => Ok(Self::Direct { low: a.clone(), high: b.clone() }),
-            std::cmp::Ordering::Greater => Ok(Self::Direct { low: b.clone(), high: a.clone() }),
+            std::cmp::Ordering::Less => Ok(Self::Direct {
+                low: a.clone(),
+                high: b.clone(),
+            }),
+            std::cmp::Ordering::Greater => Ok(Self::Direct {
+                low: b.clone(),
+                high: a.clone(),
+            }),
             std::cmp::Ordering::Equal => Err(IdError::Conversation),
         }
     }
@@ -214,7 +226,10 @@ mod tests {
 
     #[test]
     fn direct_conversations_order_their_members() {
-        let (a, b) = (UserId::parse("bob").unwrap(), UserId::parse("alice").unwrap());
+        let (a, b) = (
+            UserId::parse("bob").unwrap(),
+            UserId::parse("alice").unwrap(),
+        );
         let c = ConversationId::direct(&a, &b).unwrap();
         assert_eq!(c.to_string(), "dm:alice:bob");
         assert_eq!(ConversationId::parse("dm:alice:bob").unwrap(), c);

@@ -13,5 +13,7 @@ pub mod frames;
 pub mod ids;
 
 pub use error::ErrorCode;
-pub use frames::{ClientFrame, FrameError, FrameLimits, GroupEvent, MessageFrame, SendTarget, ServerFrame};
+pub use frames::{
+    ClientFrame, FrameError, FrameLimits, GroupEvent, MessageFrame, SendTarget, ServerFrame,
+};
 pub use ids::{ClientMsgId, ConversationId, GroupId, IdError, UserId};

@@ -38,7 +38,11 @@ fn decode(v: &str) -> Option<Acceptance> {
     let conversation = ConversationId::parse(parts.next()?).ok()?;
     let seq = parts.next()?.parse().ok()?;
     let ts = parts.next()?.parse().ok()?;
-    Some(Acceptance { conversation, seq, ts })
+    Some(Acceptance {
+        conversation,
+        seq,
+        ts,
+    })
 }
 
 #[async_trait]
@@ -51,8 +55,14 @@ impl DedupeIndex for RedisDedupe {
         keys.iter().for_each(|k| {
             pipe.get(key(k));
         });
-        let values: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
-        Ok(values.iter().map(|v| v.as_deref().and_then(decode)).collect())
+        let values: Vec<Option<String>> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(values
+            .iter()
+            .map(|v| v.as_deref().and_then(decode))
+            .collect())
     }
 
     async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError> {
@@ -63,7 +73,9 @@ impl DedupeIndex for RedisDedupe {
         for (k, a) in entries {
             pipe.set_ex(key(k), encode(a), self.ttl.as_secs()).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 
     async fn forget(&self, keys: &[DedupeKey]) -> Result<(), PortError> {
@@ -74,7 +86,9 @@ impl DedupeIndex for RedisDedupe {
         keys.iter().for_each(|k| {
             pipe.del(key(k)).ignore();
         });
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 }
 
@@ -84,7 +98,11 @@ mod tests {
 
     #[test]
     fn acceptances_round_trip() {
-        let a = Acceptance { conversation: ConversationId::parse("dm:a:b").unwrap(), seq: 12, ts: 99 };
+        let a = Acceptance {
+            conversation: ConversationId::parse("dm:a:b").unwrap(),
+            seq: 12,
+            ts: 99,
+        };
         assert_eq!(decode(&encode(&a)), Some(a));
         assert_eq!(decode("dm:a:b|x|1"), None);
     }

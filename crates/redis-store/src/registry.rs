@@ -25,7 +25,10 @@ fn key(user: &UserId) -> String {
 }
 
 fn encode(route: &SessionRoute, expires_ms: u64) -> String {
-    format!("{}|{}|{}|{}", route.slot, route.gateway, route.endpoint, expires_ms)
+    format!(
+        "{}|{}|{}|{}",
+        route.slot, route.gateway, route.endpoint, expires_ms
+    )
 }
 
 fn decode(conn: String, value: &str, now: u64) -> Option<SessionRoute> {
@@ -34,7 +37,12 @@ fn decode(conn: String, value: &str, now: u64) -> Option<SessionRoute> {
     let gateway = parts.next()?.to_owned();
     let endpoint = parts.next()?.to_owned();
     let expires: u64 = parts.next()?.parse().ok()?;
-    (expires > now).then_some(SessionRoute { conn, slot, gateway, endpoint })
+    (expires > now).then_some(SessionRoute {
+        conn,
+        slot,
+        gateway,
+        endpoint,
+    })
 }
 
 impl RedisRegistry {
@@ -55,10 +63,13 @@ impl SessionRegistry for RedisRegistry {
         let mut pipe = redis::pipe();
         for s in sessions {
             let k = key(&s.user);
-            pipe.hset(&k, &s.route.conn, encode(&s.route, expires)).ignore();
+            pipe.hset(&k, &s.route.conn, encode(&s.route, expires))
+                .ignore();
             pipe.pexpire(&k, ttl_ms as i64).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 
     async fn remove(&self, sessions: &[(UserId, String)]) -> Result<(), PortError> {
@@ -69,7 +80,9 @@ impl SessionRegistry for RedisRegistry {
         for (user, conn) in sessions {
             pipe.hdel(key(user), conn).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(unavailable)
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<SessionRoute>>, PortError> {
@@ -80,13 +93,18 @@ impl SessionRegistry for RedisRegistry {
         for u in users {
             pipe.hgetall(key(u));
         }
-        let maps: Vec<HashMap<String, String>> =
-            pipe.query_async(&mut self.conn.clone()).await.map_err(unavailable)?;
+        let maps: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
         let now = now_ms();
         Ok(maps
             .into_iter()
             .map(|m| {
-                let mut routes: Vec<_> = m.into_iter().filter_map(|(c, v)| decode(c, &v, now)).collect();
+                let mut routes: Vec<_> = m
+                    .into_iter()
+                    .filter_map(|(c, v)| decode(c, &v, now))
+                    .collect();
                 routes.sort_by(|a, b| a.conn.cmp(&b.conn));
                 routes
             })
@@ -100,7 +118,12 @@ mod tests {
 
     #[test]
     fn routes_round_trip_and_expire() {
-        let r = SessionRoute { conn: "c".into(), slot: 2, gateway: "gw-a".into(), endpoint: "http://127.0.0.1:8080".into() };
+        let r = SessionRoute {
+            conn: "c".into(),
+            slot: 2,
+            gateway: "gw-a".into(),
+            endpoint: "http://127.0.0.1:8080".into(),
+        };
         let v = encode(&r, 1000);
         assert_eq!(decode("c".into(), &v, 999), Some(r));
         assert_eq!(decode("c".into(), &v, 1000), None);

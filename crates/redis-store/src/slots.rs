@@ -49,7 +49,13 @@ impl SlotLease {
                 .query_async(&mut conn.clone())
                 .await?;
             if won.is_some() {
-                return Ok(Self { conn, key, owner: owner.to_owned(), slot, ttl });
+                return Ok(Self {
+                    conn,
+                    key,
+                    owner: owner.to_owned(),
+                    slot,
+                    ttl,
+                });
             }
         }
         Err(LeaseError::NoFreeSlot(slots))
@@ -76,7 +82,11 @@ impl SlotLease {
 
     /// Gives the slot back (on shutdown) if still held.
     pub async fn release(&self) -> Result<(), LeaseError> {
-        let _: i64 = Script::new(RELEASE).key(&self.key).arg(&self.owner).invoke_async(&mut self.conn.clone()).await?;
+        let _: i64 = Script::new(RELEASE)
+            .key(&self.key)
+            .arg(&self.owner)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 }

@@ -11,7 +11,10 @@ where
     T::Err: std::fmt::Display,
 {
     match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().map_err(|e| anyhow::anyhow!("{e}")).with_context(|| format!("{name}={v:?}")),
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("{name}={v:?}")),
         _ => Ok(default),
     }
 }

@@ -1,1 +1,303 @@
-fn main() {}
+//! `connect-loadgen`: the benchmark. Drives N pairs of users across the gateways of a running
+//! stack at a fixed offered rate (open loop), then prints throughput (accepted and delivered
+//! messages/s), latency p50/p95/p99 (send → `accepted`, send → delivery at the peer), and the
+//! RSS and CPU time of every process of the stack (from `/proc`, via `.local/pids`).
+//!
+//! ```text
+//! make bench BENCH_ARGS="--pairs 100 --rate 1000 --duration 20"
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use connect_core::auth::{JwtSecret, TokenIssuer};
+
+#[derive(Parser, Clone)]
+#[command(about = "Load generator for Connect Chat (run against `make up` / `make bench`)")]
+struct Args {
+    /// Pairs of users; each pair has one user on the first gateway and one on the second.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Offered messages per second, in total (half each way).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of warm-up (sent, not measured).
+    #[arg(long, default_value_t = 5)]
+    warmup: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Seconds to wait for stragglers after sending stops.
+    #[arg(long, default_value_t = 5)]
+    drain: u64,
+    /// Message body size in bytes (at least the timestamp it carries).
+    #[arg(long, default_value_t = 100)]
+    body: usize,
+    #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
+    gateways: String,
+    /// Where the stack keeps its pid files (for RSS and CPU).
+    #[arg(long, default_value = ".local/pids")]
+    pids: PathBuf,
+    #[arg(long, env = "CONNECT_JWT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+/// What one connection saw inside the measured window.
+struct Stats {
+    accepted: Histogram<u64>,
+    delivered: Histogram<u64>,
+    sent: u64,
+    errors: HashMap<String, u64>,
+}
+
+struct Plan {
+    base: Instant,
+    measure_from: Instant,
+    send_until: Instant,
+    stop_at: Instant,
+}
+
+impl Plan {
+    fn us(&self, t: Instant) -> u64 {
+        t.duration_since(self.base).as_micros() as u64
+    }
+
+    fn measured(&self, sent_us: u64) -> bool {
+        sent_us >= self.us(self.measure_from) && sent_us < self.us(self.send_until)
+    }
+}
+
+/// One load connection: who it is, whom it sends to, and when its ticks fall.
+struct Driver {
+    url: String,
+    token: String,
+    peer: String,
+    period: Duration,
+    offset: Duration,
+    body: usize,
+    plan: std::sync::Arc<Plan>,
+}
+
+async fn drive(d: Driver) -> anyhow::Result<Stats> {
+    let Driver {
+        url,
+        token,
+        peer,
+        period,
+        offset,
+        body,
+        plan,
+    } = d;
+    let mut req = url.into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let mut stats = Stats {
+        accepted: hist(),
+        delivered: hist(),
+        sent: 0,
+        errors: HashMap::new(),
+    };
+    let mut inflight: HashMap<String, u64> = HashMap::new();
+    let mut tick = tokio::time::interval_at(plan.base + offset, period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let pad = "x".repeat(body.saturating_sub(20));
+    let mut k = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if Instant::now() < plan.send_until => {
+                let now_us = plan.us(Instant::now());
+                let id = format!("{k}");
+                k += 1;
+                let frame = json!({"type":"send","id":id,"to":peer,"body":format!("{now_us} {pad}")}).to_string();
+                ws.send(Message::Text(frame.into())).await?;
+                inflight.insert(id, now_us);
+                if plan.measured(now_us) { stats.sent += 1; }
+            }
+            msg = ws.next() => {
+                let Some(msg) = msg else { break };
+                let Message::Text(text) = msg? else { continue };
+                let now_us = plan.us(Instant::now());
+                let f: Value = serde_json::from_str(&text)?;
+                match f["type"].as_str() {
+                    Some("accepted") => {
+                        if let Some(t) = f["id"].as_str().and_then(|id| inflight.remove(id)) {
+                            if plan.measured(t) { stats.accepted.record(now_us - t)?; }
+                        }
+                    }
+                    Some("message") => {
+                        let t: Option<u64> = f["body"].as_str().and_then(|b| b.split(' ').next()?.parse().ok());
+                        if let Some(t) = t.filter(|t| plan.measured(*t)) { stats.delivered.record(now_us.saturating_sub(t).max(1))?; }
+                    }
+                    Some("error") => {
+                        let code = f["code"].as_str().unwrap_or("?").to_owned();
+                        *stats.errors.entry(code).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(plan.stop_at) => break,
+        }
+    }
+    Ok(stats)
+}
+
+/// utime + stime (seconds) and RSS (KiB) of a process.
+fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks as f64 / 100.0, rss))
+}
+
+fn processes(dir: &Path) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".pid")?
+                .to_owned();
+            let pid = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((name, pid))
+        })
+        .collect();
+    out.push(("loadgen".into(), std::process::id()));
+    out.sort();
+    out
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let issuer = TokenIssuer::new(&JwtSecret::new(args.secret.clone(), false)?);
+    let gateways: Vec<&str> = args.gateways.split(',').collect();
+    let run = &uuid_like();
+    let conns = args.pairs * 2;
+    let period = Duration::from_secs_f64(conns as f64 / args.rate);
+    let base = Instant::now() + Duration::from_secs(2);
+    let plan = std::sync::Arc::new(Plan {
+        base,
+        measure_from: base + Duration::from_secs(args.warmup),
+        send_until: base + Duration::from_secs(args.warmup + args.duration),
+        stop_at: base + Duration::from_secs(args.warmup + args.duration + args.drain),
+    });
+    println!(
+        "connect-loadgen: {} pairs ({} connections), offered {:.0} msg/s, body {} B, warm-up {} s, measured {} s",
+        args.pairs, conns, args.rate, args.body, args.warmup, args.duration
+    );
+    let mut tasks = Vec::with_capacity(conns);
+    for i in 0..args.pairs {
+        let (a, b) = (format!("lg{run}a{i}"), format!("lg{run}b{i}"));
+        for (j, (me, peer, gw)) in [
+            (a.clone(), b.clone(), gateways[0]),
+            (b, a, gateways[gateways.len() - 1]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let offset = period.mul_f64(((2 * i + j) as f64 / conns as f64) % 1.0);
+            let token = issuer.mint(&me, 3600);
+            tasks.push(tokio::spawn(drive(Driver {
+                url: format!("ws://{gw}/ws"),
+                token,
+                peer,
+                period,
+                offset,
+                body: args.body,
+                plan: plan.clone(),
+            })));
+        }
+    }
+    tokio::time::sleep_until(plan.measure_from).await;
+    let procs = processes(&args.pids);
+    let before: Vec<_> = procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
+    tokio::time::sleep_until(plan.send_until).await;
+    let after: Vec<_> = procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
+
+    let (mut accepted, mut delivered, mut sent, mut errors) =
+        (hist(), hist(), 0u64, HashMap::<String, u64>::new());
+    for t in tasks {
+        let s = t.await?.context("a connection failed")?;
+        accepted.add(&s.accepted)?;
+        delivered.add(&s.delivered)?;
+        sent += s.sent;
+        for (k, v) in s.errors {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    let secs = args.duration as f64;
+    println!(
+        "sent        {:>9.0} msg/s ({sent} in the window)",
+        sent as f64 / secs
+    );
+    println!("accepted    {:>9.0} msg/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms", accepted.len() as f64 / secs, ms(&accepted, 0.5), ms(&accepted, 0.95), ms(&accepted, 0.99), accepted.max() as f64 / 1000.0);
+    println!("delivered   {:>9.0} msg/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms", delivered.len() as f64 / secs, ms(&delivered, 0.5), ms(&delivered, 0.95), ms(&delivered, 0.99), delivered.max() as f64 / 1000.0);
+    println!(
+        "lost        {} of {sent} sent in the window were not delivered; errors: {errors:?}",
+        sent.saturating_sub(delivered.len())
+    );
+    println!("process         CPU (cores)   RSS MiB");
+    let mut hot_path_cpu = 0.0;
+    for ((name, _), (b, a)) in procs.iter().zip(before.iter().zip(&after)) {
+        if let (Some((cb, _)), Some((ca, rss))) = (b, a) {
+            let cores = (ca - cb) / secs;
+            if name.starts_with("gateway") || name == "messaging" {
+                hot_path_cpu += ca - cb;
+            }
+            println!(
+                "  {name:<14} {cores:>8.2}      {:>8.1}",
+                *rss as f64 / 1024.0
+            );
+        }
+    }
+    if !delivered.is_empty() {
+        println!(
+            "gateway+messaging CPU per delivered message: {:.1} µs",
+            hot_path_cpu * 1e6 / delivered.len() as f64
+        );
+    }
+    Ok(())
+}
+
+/// A short run id so users of different runs never collide.
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("{:x}", t % 0xff_ffff)
+}

@@ -13,13 +13,20 @@ async fn main() -> anyhow::Result<()> {
     let topics = Topics::from_env();
     let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
     let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
-    connect_kafka::ensure_topics(&kafka.brokers, &[(&topics.incoming, incoming), (&topics.outgoing, outgoing)])
+    connect_kafka::ensure_topics(
+        &kafka.brokers,
+        &[(&topics.incoming, incoming), (&topics.outgoing, outgoing)],
+    )
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("creating topics")?;
+    let dynamo =
+        connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
+    let tables = Tables::from_env();
+    connect_dynamo::ensure_tables(&dynamo, &tables, env::var("DYNAMODB_STREAMS", false)?)
         .await
         .map_err(anyhow::Error::msg)
-        .context("creating topics")?;
-    let dynamo = connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
-    let tables = Tables::from_env();
-    connect_dynamo::ensure_tables(&dynamo, &tables).await.map_err(anyhow::Error::msg).context("creating tables")?;
+        .context("creating tables")?;
     println!(
         "topics {} ({incoming} partitions), {} ({outgoing} partitions); tables {}, {}",
         topics.incoming, topics.outgoing, tables.chat, tables.sequences

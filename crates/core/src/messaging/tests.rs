@@ -17,14 +17,27 @@ fn send(from: &str, to: &str, id: &str, conn: &str, slot: u32) -> Submission {
         sender: user(from),
         id: ClientMsgId::parse(id).unwrap(),
         body: format!("body of {id}"),
-        reply: Some(ReplyTo { conn: conn.into(), slot }),
+        reply: Some(ReplyTo {
+            conn: conn.into(),
+            slot,
+        }),
         event: None,
     }
 }
 
 async fn online(mem: &Memory, who: &str, conn: &str, slot: u32) {
-    let route = SessionRoute { conn: conn.into(), slot, gateway: format!("gw{slot}"), endpoint: String::new() };
-    mem.upsert(&[Session { user: user(who), route }]).await.unwrap();
+    let route = SessionRoute {
+        conn: conn.into(),
+        slot,
+        gateway: format!("gw{slot}"),
+        endpoint: String::new(),
+    };
+    mem.upsert(&[Session {
+        user: user(who),
+        route,
+    }])
+    .await
+    .unwrap();
 }
 
 fn frame(text: &str) -> serde_json::Value {
@@ -39,7 +52,10 @@ async fn one_record_per_gateway_with_the_accepted_on_the_senders() {
     online(&mem, "bob", "b1", 0).await;
     online(&mem, "bob", "b2", 1).await;
     let step = MessagingStep::new(mem.ports());
-    let report = step.process(vec![send("alice", "bob", "m1", "a1", 0)], 1000).await.unwrap();
+    let report = step
+        .process(vec![send("alice", "bob", "m1", "a1", 0)], 1000)
+        .await
+        .unwrap();
     assert_eq!(report.stored, 1);
     let mut out = mem.take_published();
     out.sort_by_key(|d| d.slot);
@@ -47,7 +63,10 @@ async fn one_record_per_gateway_with_the_accepted_on_the_senders() {
     for d in &out {
         assert_eq!(d.recipients, vec![user("alice"), user("bob")]);
         let m = frame(&d.message.as_ref().unwrap().frame);
-        assert_eq!((m["seq"].as_u64(), m["from"].as_str(), m["ts"].as_u64()), (Some(1), Some("alice"), Some(1000)));
+        assert_eq!(
+            (m["seq"].as_u64(), m["from"].as_str(), m["ts"].as_u64()),
+            (Some(1), Some("alice"), Some(1000))
+        );
     }
     let reply = out[0].reply.as_ref().unwrap();
     assert_eq!(reply.conn, "a1");
@@ -66,7 +85,11 @@ async fn seqs_follow_batch_order_per_conversation() {
         send("alice", "bob", "m3", "a1", 0),
     ];
     step.process(batch, 5).await.unwrap();
-    let seqs: Vec<_> = mem.stored().iter().map(|m| (m.conversation.to_string(), m.seq, m.id.to_string())).collect();
+    let seqs: Vec<_> = mem
+        .stored()
+        .iter()
+        .map(|m| (m.conversation.to_string(), m.seq, m.id.to_string()))
+        .collect();
     assert_eq!(
         seqs,
         vec![
@@ -87,15 +110,44 @@ async fn a_retried_id_keeps_its_seq_in_the_same_and_in_a_later_batch() {
     let mem = Arc::new(Memory::default());
     let step = MessagingStep::new(mem.ports());
     let report = step
-        .process(vec![send("alice", "bob", "m1", "a1", 0), send("alice", "bob", "m1", "a2", 1)], 7)
+        .process(
+            vec![
+                send("alice", "bob", "m1", "a1", 0),
+                send("alice", "bob", "m1", "a2", 1),
+            ],
+            7,
+        )
         .await
         .unwrap();
     assert_eq!((report.stored, report.duplicates), (1, 1));
-    step.process(vec![send("alice", "bob", "m1", "a3", 0), send("alice", "bob", "m2", "a3", 0)], 9).await.unwrap();
+    step.process(
+        vec![
+            send("alice", "bob", "m1", "a3", 0),
+            send("alice", "bob", "m2", "a3", 0),
+        ],
+        9,
+    )
+    .await
+    .unwrap();
     let stored = mem.stored();
-    assert_eq!(stored.iter().map(|m| (m.id.to_string(), m.seq)).collect::<Vec<_>>(), vec![("m1".into(), 1), ("m2".into(), 2)]);
-    let replies: Vec<_> = mem.take_published().into_iter().filter_map(|d| d.reply).map(|r| frame(&r.frame)).collect();
-    let m1: Vec<_> = replies.iter().filter(|f| f["id"] == "m1").map(|f| (f["seq"].as_u64(), f["ts"].as_u64())).collect();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|m| (m.id.to_string(), m.seq))
+            .collect::<Vec<_>>(),
+        vec![("m1".into(), 1), ("m2".into(), 2)]
+    );
+    let replies: Vec<_> = mem
+        .take_published()
+        .into_iter()
+        .filter_map(|d| d.reply)
+        .map(|r| frame(&r.frame))
+        .collect();
+    let m1: Vec<_> = replies
+        .iter()
+        .filter(|f| f["id"] == "m1")
+        .map(|f| (f["seq"].as_u64(), f["ts"].as_u64()))
+        .collect();
     assert_eq!(m1, vec![(Some(1), Some(7)); 3]);
 }
 
@@ -105,8 +157,14 @@ async fn a_replay_after_a_crash_between_remember_and_write_stores_the_original_s
     let step = MessagingStep::new(mem.ports());
     let sub = send("alice", "bob", "m1", "a1", 0);
     // What a crash leaves: the acceptance remembered (seq 4), the message not written.
-    let acceptance = Acceptance { conversation: sub.conversation.clone(), seq: 4, ts: 3 };
-    mem.remember(&[(sub.dedupe_key(), acceptance)]).await.unwrap();
+    let acceptance = Acceptance {
+        conversation: sub.conversation.clone(),
+        seq: 4,
+        ts: 3,
+    };
+    mem.remember(&[(sub.dedupe_key(), acceptance)])
+        .await
+        .unwrap();
     step.process(vec![sub], 10).await.unwrap();
     let stored = mem.stored();
     assert_eq!((stored.len(), stored[0].seq, stored[0].ts), (1, 4, 3));
@@ -117,16 +175,35 @@ async fn a_store_failure_answers_unavailable_and_leaves_nothing_behind() {
     let mem = Arc::new(Memory::default());
     let step = MessagingStep::new(mem.ports());
     mem.set_chat_down(true);
-    let report = step.process(vec![send("alice", "bob", "m1", "a1", 0)], 1).await.unwrap();
+    let report = step
+        .process(vec![send("alice", "bob", "m1", "a1", 0)], 1)
+        .await
+        .unwrap();
     assert_eq!((report.stored, report.unavailable), (0, 1));
     let out = mem.take_published();
     let err = frame(&out[0].reply.as_ref().unwrap().frame);
-    assert_eq!((err["type"].as_str(), err["code"].as_str(), err["id"].as_str()), (Some("error"), Some("unavailable"), Some("m1")));
+    assert_eq!(
+        (
+            err["type"].as_str(),
+            err["code"].as_str(),
+            err["id"].as_str()
+        ),
+        (Some("error"), Some("unavailable"), Some("m1"))
+    );
     assert!(mem.stored().is_empty());
-    assert!(mem.accepted.lock().unwrap().is_empty(), "acceptance must be forgotten");
+    assert!(
+        mem.accepted.lock().unwrap().is_empty(),
+        "acceptance must be forgotten"
+    );
     mem.set_chat_down(false);
-    step.process(vec![send("alice", "bob", "m1", "a1", 0)], 2).await.unwrap();
-    assert_eq!(mem.stored().len(), 1, "the retry with the same id is stored once");
+    step.process(vec![send("alice", "bob", "m1", "a1", 0)], 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        mem.stored().len(),
+        1,
+        "the retry with the same id is stored once"
+    );
 }
 
 #[tokio::test]
@@ -139,7 +216,11 @@ async fn rules_without_io_reject_with_their_codes() {
     group.conversation = ConversationId::parse("group:g_none").unwrap();
     let report = step.process(vec![intruder, group], 1).await.unwrap();
     assert_eq!(report.rejected, 2);
-    let codes: Vec<_> = mem.take_published().into_iter().map(|d| frame(&d.reply.unwrap().frame)["code"].clone()).collect();
+    let codes: Vec<_> = mem
+        .take_published()
+        .into_iter()
+        .map(|d| frame(&d.reply.unwrap().frame)["code"].clone())
+        .collect();
     assert_eq!(codes, vec!["forbidden", "not_found"]);
     assert!(mem.stored().is_empty());
 }
