@@ -5,8 +5,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use connect_core::messaging::MessagingStep;
+use std::sync::Arc;
+
+use connect_core::messaging::{MessagingStep, Prepared};
 use connect_core::model::Submission;
+use connect_core::ports::DeliveryBus;
 use connect_kafka::codec::decode_submission;
 use connect_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use connect_kafka::rdkafka::{Message, Offset, TopicPartitionList};
@@ -79,56 +82,72 @@ async fn next_batch(
     Some(batch)
 }
 
+/// Publishes a prepared batch (retrying until the bus takes it), then commits its offsets.
+async fn publish_and_commit(
+    deliveries: Arc<dyn DeliveryBus>,
+    consumer: Arc<StreamConsumer>,
+    prepared: Prepared,
+    next_offsets: HashMap<(String, i32), i64>,
+    fault_pause: Option<Duration>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    while let Err(e) = deliveries.publish(prepared.deliveries.clone()).await {
+        warn!(cause = %e, "publishing the batch failed; retrying it before committing");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    let report = &prepared.report;
+    counter!("connect_messaging_stored_total").increment(report.stored as u64);
+    counter!("connect_messaging_duplicates_total").increment(report.duplicates as u64);
+    counter!("connect_messaging_rejected_total").increment(report.rejected as u64);
+    counter!("connect_messaging_unavailable_total").increment(report.unavailable as u64);
+    counter!("connect_messaging_records_out_total").increment(report.records as u64);
+    if let Some(pause) = fault_pause {
+        info!(
+            ms = pause.as_millis() as u64,
+            "fault injection: batch stored and published, pausing before the commit"
+        );
+        tokio::time::sleep(pause).await;
+    }
+    commit(&consumer, &next_offsets);
+}
+
+/// Batch N+1 is prepared (deduped, sequenced, stored) while batch N is being published; batches
+/// are published and committed strictly in order.
 pub async fn run(
     consumer: StreamConsumer,
     step: MessagingStep,
+    deliveries: Arc<dyn DeliveryBus>,
     batch_max: usize,
     fault_pause: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let consumer = Arc::new(consumer);
+    let mut publishing: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(batch) = next_batch(&consumer, batch_max, &mut stop).await {
         if batch.next_offsets.is_empty() {
             continue;
         }
         let started = Instant::now();
         let n = batch.submissions.len();
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match step
-                .process(batch.submissions.clone(), connect_core::now_ms())
-                .await
-            {
-                Ok(report) => {
-                    counter!("connect_messaging_stored_total").increment(report.stored as u64);
-                    counter!("connect_messaging_duplicates_total")
-                        .increment(report.duplicates as u64);
-                    counter!("connect_messaging_rejected_total").increment(report.rejected as u64);
-                    counter!("connect_messaging_unavailable_total")
-                        .increment(report.unavailable as u64);
-                    counter!("connect_messaging_records_out_total")
-                        .increment(report.records as u64);
-                    break;
-                }
-                Err(e) => {
-                    warn!(cause = %e, "publishing the batch failed; retrying it before committing");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if *stop.borrow() {
-                        return;
-                    }
-                }
-            }
-        }
-        histogram!("connect_messaging_batch_seconds").record(started.elapsed().as_secs_f64());
+        let prepared = step
+            .prepare(batch.submissions, connect_core::now_ms())
+            .await;
+        histogram!("connect_messaging_prepare_seconds").record(started.elapsed().as_secs_f64());
         histogram!("connect_messaging_batch_size").record(n as f64);
-        if let Some(pause) = fault_pause {
-            info!(
-                ms = pause.as_millis() as u64,
-                "fault injection: batch stored, pausing before the commit"
-            );
-            tokio::time::sleep(pause).await;
+        if let Some(previous) = publishing.take() {
+            let _ = previous.await;
         }
-        commit(&consumer, &batch.next_offsets);
+        publishing = Some(tokio::spawn(publish_and_commit(
+            deliveries.clone(),
+            consumer.clone(),
+            prepared,
+            batch.next_offsets,
+            fault_pause,
+        )));
+    }
+    if let Some(last) = publishing {
+        let _ = last.await;
     }
 }
 

@@ -36,6 +36,10 @@ async fn main() -> anyhow::Result<()> {
         .producer()
         .create()
         .context("creating the Kafka producer")?;
+    let deliveries: Arc<dyn connect_core::ports::DeliveryBus> = Arc::new(KafkaDeliveryBus::new(
+        producer.clone(),
+        cfg.topics.outgoing.clone(),
+    ));
     let ports = Ports {
         registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
         sequences: Arc::new(DynamoSequences::new(
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let work = tokio::spawn(consumer::run(
         consumer,
         MessagingStep::new(ports),
+        deliveries,
         cfg.batch_max,
         cfg.fault_pause_before_commit,
         stop_rx,

@@ -35,6 +35,13 @@ pub struct StepReport {
     pub records: usize,
 }
 
+/// A batch ready to publish.
+#[derive(Debug)]
+pub struct Prepared {
+    pub deliveries: Vec<Delivery>,
+    pub report: StepReport,
+}
+
 /// The messaging use-case over its ports.
 pub struct MessagingStep {
     ports: Ports,
@@ -106,14 +113,23 @@ impl MessagingStep {
         Self { ports }
     }
 
-    /// Processes one batch (in partition order). `Err` means nothing could be published: the
-    /// caller must not commit and should retry the batch (it is idempotent).
+    /// Processes one batch (in partition order): [`Self::prepare`], then publish. `Err` means
+    /// nothing could be published: the caller must not commit and should retry the batch (it is
+    /// idempotent).
     pub async fn process(
         &self,
         batch: Vec<Submission>,
         now_ms: u64,
     ) -> Result<StepReport, PortError> {
-        let t0 = std::time::Instant::now();
+        let prepared = self.prepare(batch, now_ms).await;
+        self.ports.deliveries.publish(prepared.deliveries).await?;
+        Ok(prepared.report)
+    }
+
+    /// Everything but the publish: dedupe, authorize, sequence, store, route. Never fails: a
+    /// submission that cannot be stored becomes an `error` reply. Publishing the deliveries (in
+    /// batch order) is the caller's, so it can overlap the next batch's preparation.
+    pub async fn prepare(&self, batch: Vec<Submission>, now_ms: u64) -> Prepared {
         let mut out = Outcome::default();
         let mut valid = Vec::with_capacity(batch.len());
         for sub in batch {
@@ -125,18 +141,12 @@ impl MessagingStep {
         if !valid.is_empty() {
             self.sequence_and_store(valid, now_ms, &mut out).await;
         }
-        let t1 = t0.elapsed();
         let deliveries = self.route(&out).await;
-        let t2 = t0.elapsed();
         out.report.records = deliveries.len();
-        self.ports.deliveries.publish(deliveries).await?;
-        tracing::debug!(
-            stored_ms = t1.as_millis() as u64,
-            routed_ms = t2.as_millis() as u64,
-            published_ms = t0.elapsed().as_millis() as u64,
-            "batch phases"
-        );
-        Ok(out.report)
+        Prepared {
+            deliveries,
+            report: out.report,
+        }
     }
 
     /// Dedupe, allocate, remember, store. Every submission ends in `out.accepted` or `out.errors`.
