@@ -25,6 +25,19 @@ export DYNAMODB_ENDPOINT=${DYNAMODB_ENDPOINT:-http://127.0.0.1:$DDB_PORT}
 export AWS_REGION=${AWS_REGION:-us-east-1}
 export CONNECT_JWT_SECRET=${CONNECT_JWT_SECRET:-connect-dev-secret}
 export RUST_LOG=${RUST_LOG:-info}
+# tansu 0.6.0 panics in its idempotent-produce check under concurrent produces (then fails every
+# request), so the local stack's producers are not idempotent; MSK keeps the default (true).
+export KAFKA_IDEMPOTENCE=${KAFKA_IDEMPOTENCE:-false}
+# tansu 0.6.0's group coordinator keeps a dead member as leader after churn and never finishes the
+# rebalance, so the stack's single messaging process takes every partition itself.
+export MESSAGING_STATIC_ASSIGNMENT=${MESSAGING_STATIC_ASSIGNMENT:-true}
+# Every tansu fetch costs it ~2.5 ms of CPU whether or not data is there, and its storage work is
+# serialised: a 10 ms wait and few partitions keep the idle polling of three consumers off the
+# produce path (README: Configuration). MSK has none of these limits.
+export KAFKA_FETCH_WAIT_MS=${KAFKA_FETCH_WAIT_MS:-10}
+export KAFKA_LINGER_MS=${KAFKA_LINGER_MS:-2}
+export INCOMING_PARTITIONS=${INCOMING_PARTITIONS:-2}
+export OUTGOING_PARTITIONS=${OUTGOING_PARTITIONS:-4}
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -119,6 +132,7 @@ start_infra() {
   start dynamodb "$jars" java -Xmx1g -Djava.library.path="$jars/DynamoDBLocal_lib" -jar "$jars/DynamoDBLocal.jar" \
     -sharedDb $storage -port "$DDB_PORT"
   wait_port "$REDIS_PORT" redis
+  until [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; do sleep 0.2; done # AOF loaded
   if [ "$fresh_ddb" = 1 ] && [ "${DYNAMODB_PERSIST:-0}" != 1 ]; then
     # A fresh in-memory DynamoDB has no messages: forget the acceptances that pointed at them.
     redis-cli -p "$REDIS_PORT" --scan --pattern 'dedupe:*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null

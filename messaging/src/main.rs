@@ -64,9 +64,14 @@ async fn main() -> anyhow::Result<()> {
         .consumer(&cfg.group_id)
         .create()
         .context("creating the Kafka consumer")?;
-    consumer
-        .subscribe(&[&cfg.topics.incoming])
-        .context("subscribing to incoming_messages")?;
+    if cfg.static_assignment {
+        consumer::assign_all(&consumer, &cfg.topics.incoming)
+            .context("assigning incoming_messages")?;
+    } else {
+        consumer
+            .subscribe(&[&cfg.topics.incoming])
+            .context("subscribing to incoming_messages")?;
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.ops_addr)
         .await

@@ -67,6 +67,8 @@ impl PrivateStack {
             ("INCOMING_PARTITIONS".into(), "2".into()),
             ("OUTGOING_PARTITIONS".into(), "2".into()),
             ("MESSAGING_GROUP_ID".into(), format!("messaging_{id}")),
+            var("KAFKA_IDEMPOTENCE", "false"),
+            var("MESSAGING_STATIC_ASSIGNMENT", "true"),
             // A killed member is noticed within seconds, not the production defaults' tens.
             ("KAFKA_SESSION_TIMEOUT_MS".into(), "3000".into()),
             ("KAFKA_MAX_POLL_INTERVAL_MS".into(), "8000".into()),

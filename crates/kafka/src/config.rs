@@ -20,16 +20,21 @@ pub struct KafkaConfig {
     /// `KAFKA_MAX_POLL_INTERVAL_MS`: a member that does not poll for this long leaves the group;
     /// also bounds how long a rebalance waits for a member that died.
     pub max_poll_interval_ms: u32,
+    /// `KAFKA_IDEMPOTENCE`: idempotent producers (on for MSK). The local stack turns it off:
+    /// tansu 0.6.0 panics in its idempotent-produce check under concurrent produces, and then
+    /// fails every request. Without it a retried produce may repeat a record: submissions are
+    /// deduped by (sender, id), deliveries are at least once by contract.
+    pub idempotence: bool,
     /// `KAFKA_DEBUG`: librdkafka debug contexts (e.g. `cgrp,fetch`), empty for none.
     pub debug: Option<String>,
 }
 
 impl KafkaConfig {
-    /// An idempotent producer (acks=all, ordered per partition, no duplicates on retry).
+    /// A producer: acks=all; idempotent (ordered, no repeats on retry) unless turned off.
     pub fn producer(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
-            .set("enable.idempotence", "true")
+            .set("enable.idempotence", self.idempotence.to_string())
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.message_timeout_ms.to_string())
@@ -69,7 +74,7 @@ impl KafkaConfig {
 impl KafkaConfig {
     /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (5), `KAFKA_LINGER_MS` (1),
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
-    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none).
+    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_IDEMPOTENCE` (true), `KAFKA_DEBUG` (none).
     pub fn from_env() -> Result<Self, String> {
         fn num(name: &str, default: u32) -> Result<u32, String> {
             match std::env::var(name) {
@@ -89,6 +94,7 @@ impl KafkaConfig {
             message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
             max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
+            idempotence: std::env::var("KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false"),
             debug: std::env::var("KAFKA_DEBUG").ok().filter(|v| !v.is_empty()),
         })
     }
