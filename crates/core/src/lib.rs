@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`auth`]: HS256 JWT verification (and minting, for dev tools and tests).
+//! - [`env`]: env-var reading shared by every binary and adapter config.
 //! - [`model`]: what travels between the parts — [`model::Submission`] (gateway → messaging),
 //!   [`model::StoredMessage`], [`model::Delivery`] (messaging → one gateway), session routes.
 //! - [`ports`]: the traits the adapters implement, one line each, gathered in [`ports::Ports`].
@@ -13,6 +14,7 @@
 //! - [`memory`]: in-memory ports for unit tests of the pure logic.
 
 pub mod auth;
+pub mod env;
 pub mod error;
 pub mod inbound;
 pub mod memory;

@@ -44,7 +44,7 @@ pub async fn client(cfg: &DynamoConfig) -> Client {
 impl DynamoConfig {
     /// From `AWS_REGION` (us-east-1), `DYNAMODB_ENDPOINT` (unset = AWS), `DYNAMODB_TIMEOUT_MS` (3000).
     pub fn from_env() -> Result<Self, String> {
-        let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let get = connect_core::env::optional;
         let timeout_ms: u64 = match get("DYNAMODB_TIMEOUT_MS") {
             Some(v) => v
                 .parse()

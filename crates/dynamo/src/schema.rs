@@ -87,15 +87,10 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
 impl Tables {
     /// From `CHAT_TABLE` (connect_messages) and `SEQUENCE_TABLE` (connect_sequences).
     pub fn from_env() -> Self {
-        let get = |name: &str, default: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| default.into())
-        };
+        use connect_core::env::string;
         Self {
-            chat: get("CHAT_TABLE", "connect_messages"),
-            sequences: get("SEQUENCE_TABLE", "connect_sequences"),
+            chat: string("CHAT_TABLE", "connect_messages"),
+            sequences: string("SEQUENCE_TABLE", "connect_sequences"),
         }
     }
 }

@@ -85,17 +85,14 @@ impl KafkaConfig {
             }
         }
         Ok(Self {
-            brokers: std::env::var("KAFKA_BROKERS")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "127.0.0.1:9092".into()),
+            brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),
             fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 5)?,
             linger_ms: num("KAFKA_LINGER_MS", 1)?,
             message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
             max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
             idempotence: std::env::var("KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false"),
-            debug: std::env::var("KAFKA_DEBUG").ok().filter(|v| !v.is_empty()),
+            debug: connect_core::env::optional("KAFKA_DEBUG"),
         })
     }
 }
@@ -110,15 +107,10 @@ pub struct Topics {
 
 impl Topics {
     pub fn from_env() -> Self {
-        let get = |name: &str, default: &str| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| default.into())
-        };
+        use connect_core::env::string;
         Self {
-            incoming: get("KAFKA_INCOMING_TOPIC", "incoming_messages"),
-            outgoing: get("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
+            incoming: string("KAFKA_INCOMING_TOPIC", "incoming_messages"),
+            outgoing: string("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
         }
     }
 }

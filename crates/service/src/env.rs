@@ -19,15 +19,7 @@ where
     }
 }
 
-/// `name` as a string, or `default`.
-pub fn string(name: &str, default: &str) -> String {
-    optional(name).unwrap_or_else(|| default.to_owned())
-}
-
-/// `name` if set and not empty.
-pub fn optional(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
+pub use connect_core::env::{optional, string};
 
 /// Whether `CONNECT_ENV` says production (stricter checks: no dev secret, no fault injection).
 pub fn production() -> bool {

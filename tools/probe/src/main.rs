@@ -1,6 +1,8 @@
-//! `connect-probe`: how fast can DynamoDB Local go, through the very adapters messaging uses?
-//! Prints items/s of `put_batch` (BatchWriteItem of 25) and allocations/s (UpdateItem ADD), each
-//! with `--concurrency` calls in flight for `--seconds`. The benchmark's ceiling reference.
+//! `connect-probe`: how fast can the local stand-ins go, through the very adapters and client
+//! settings the services use? DynamoDB Local: items/s of `put_batch` (BatchWriteItem of 25) and
+//! allocations/s (UpdateItem ADD), each with `--concurrency` calls in flight for `--seconds`.
+//! The Kafka API broker: records/s produced (200 B, as fast as the producer queue takes them) and
+//! then consumed. The benchmark's ceiling reference.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +24,67 @@ struct Args {
     /// Messages per put_batch call (messaging writes a batch in chunks of 25).
     #[arg(long, default_value_t = 25)]
     batch: usize,
+    /// Records for the Kafka probe (0 skips it).
+    #[arg(long, default_value_t = 20_000)]
+    records: usize,
+    /// Skip the DynamoDB probe.
+    #[arg(long)]
+    no_dynamo: bool,
+}
+
+/// Produces `n` records of 200 B to a fresh 2-partition topic, then consumes them all.
+async fn kafka_probe(n: usize) -> anyhow::Result<()> {
+    use connect_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+    use connect_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+    use connect_kafka::rdkafka::{Offset, TopicPartitionList};
+    let kafka = connect_kafka::KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
+    let topic = format!("probe_{}", connect_core::now_ms());
+    connect_kafka::ensure_topics(&kafka.brokers, &[(&topic, 2)])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let producer: FutureProducer = kafka.producer().create()?;
+    let payload = vec![b'x'; 200];
+    let started = Instant::now();
+    let sends: Vec<_> = (0..n)
+        .map(|i| {
+            let key = format!("k{}", i % 64);
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            producer.send_result(record).map_err(|(e, _)| e)
+        })
+        .collect();
+    let queued: Vec<_> = sends.into_iter().flatten().collect();
+    let rejected = n - queued.len();
+    let failed = rejected
+        + futures_util::future::join_all(queued)
+            .await
+            .into_iter()
+            .filter(|r| !matches!(r, Ok(Ok(_))))
+            .count();
+    let produce = started.elapsed().as_secs_f64();
+    println!(
+        "kafka produce               {:>8.0} /s   ({failed} failed)",
+        n as f64 / produce
+    );
+    let consumer: StreamConsumer = kafka.consumer(&topic).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..2 {
+        tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let mut got = 0;
+    while got < n - failed {
+        match tokio::time::timeout(Duration::from_secs(10), consumer.recv()).await {
+            Ok(Ok(_)) => got += 1,
+            _ => break,
+        }
+    }
+    println!(
+        "kafka consume               {:>8.0} /s   ({got} of {})",
+        got as f64 / started.elapsed().as_secs_f64(),
+        n - failed
+    );
+    Ok(())
 }
 
 fn message(conversation: &ConversationId, seq: u64) -> StoredMessage {
@@ -72,6 +135,12 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.records > 0 {
+        kafka_probe(args.records).await?;
+    }
+    if args.no_dynamo {
+        return Ok(());
+    }
     let client =
         connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
     let tables = Tables::from_env();
