@@ -121,7 +121,7 @@ start_infra() {
   start redis "$LOCAL/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$LOCAL/redis" \
     --appendonly yes --appendfsync everysec --save "" --protected-mode no
   start kafka "$LOCAL/kafka" env RUST_LOG="${TANSU_LOG:-warn}" tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://tansu.db
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "${TANSU_STORAGE:-sqlite://tansu.db}"
   local jars storage; jars=$(ddb_jar_dir)
   # In memory by default: on this kind of machine DynamoDB Local on disk syncs every write and
   # tops out near 700 items/s (BatchWriteItem) against ~4,300 in memory. DYNAMODB_PERSIST=1 keeps

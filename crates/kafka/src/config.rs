@@ -10,6 +10,9 @@ pub struct KafkaConfig {
     /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a fetch. tansu does not wake a waiting
     /// fetch when data arrives, so locally this is a latency floor per hop (MSK wakes fetches).
     pub fetch_wait_ms: u32,
+    /// `KAFKA_FETCH_MIN_BYTES`: the broker may hold a fetch (up to the fetch wait) until this
+    /// much data is there: fewer, fuller fetches under load.
+    pub fetch_min_bytes: u32,
     /// `KAFKA_LINGER_MS`: how long the producer batches before sending.
     pub linger_ms: u32,
     /// `KAFKA_MESSAGE_TIMEOUT_MS`: how long a produce may take before it is failed.
@@ -51,6 +54,7 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
+            .set("fetch.min.bytes", self.fetch_min_bytes.max(1).to_string())
             .set("fetch.error.backoff.ms", "50")
             .set("socket.nagle.disable", "true")
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
@@ -88,6 +92,7 @@ impl KafkaConfig {
             brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),
             fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 5)?,
             linger_ms: num("KAFKA_LINGER_MS", 1)?,
+            fetch_min_bytes: num("KAFKA_FETCH_MIN_BYTES", 1)?,
             message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
             max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
