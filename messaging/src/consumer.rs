@@ -65,9 +65,8 @@ async fn next_batch(
             return Some(batch);
         }
     }
-    while batch.next_offsets.len() + batch.submissions.len() < 2 * max
-        && batch.submissions.len() < max
-    {
+    // At most `max` records, counted whether or not they decode.
+    for _ in 1..max {
         match consumer.recv().now_or_never() {
             Some(Ok(m)) => add(
                 &mut batch,
@@ -113,7 +112,7 @@ async fn publish_and_commit(
     fault_pause: Option<Duration>,
 ) {
     let mut backoff = Duration::from_millis(50);
-    while let Err(e) = deliveries.publish(prepared.deliveries.clone()).await {
+    while let Err(e) = deliveries.publish(&prepared.deliveries).await {
         warn!(cause = %e, "publishing the batch failed; retrying it before committing");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));

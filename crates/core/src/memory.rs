@@ -157,8 +157,8 @@ impl DedupeIndex for Memory {
 
 #[async_trait]
 impl DeliveryBus for Memory {
-    async fn publish(&self, deliveries: Vec<Delivery>) -> Result<(), PortError> {
-        lock(&self.published).extend(deliveries);
+    async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError> {
+        lock(&self.published).extend_from_slice(deliveries);
         Ok(())
     }
 }

@@ -122,7 +122,7 @@ impl MessagingStep {
         now_ms: u64,
     ) -> Result<StepReport, PortError> {
         let prepared = self.prepare(batch, now_ms).await;
-        self.ports.deliveries.publish(prepared.deliveries).await?;
+        self.ports.deliveries.publish(&prepared.deliveries).await?;
         Ok(prepared.report)
     }
 

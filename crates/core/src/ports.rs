@@ -25,7 +25,7 @@ pub trait SubmissionBus: Send + Sync {
 #[async_trait]
 pub trait DeliveryBus: Send + Sync {
     /// Publishes every delivery to its slot's partition and waits until all are acked.
-    async fn publish(&self, deliveries: Vec<Delivery>) -> Result<(), PortError>;
+    async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError>;
 }
 
 /// Which users have live sessions where (Redis, region-local).

@@ -69,7 +69,7 @@ impl KafkaDeliveryBus {
 
 #[async_trait]
 impl DeliveryBus for KafkaDeliveryBus {
-    async fn publish(&self, deliveries: Vec<Delivery>) -> Result<(), PortError> {
+    async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError> {
         let sends = deliveries.iter().map(|d| {
             let (headers, value) = encode_delivery(d);
             let slot = d.slot as i32;
