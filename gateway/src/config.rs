@@ -8,6 +8,7 @@ use anyhow::Context;
 use connect_core::auth::JwtSecret;
 use connect_kafka::{KafkaConfig, Topics};
 use connect_protocol::FrameLimits;
+use connect_redis::OfflineLimits;
 use connect_service::env;
 
 #[derive(Debug, Clone)]
@@ -31,6 +32,11 @@ pub struct Config {
     pub session_ttl: Duration,
     pub slot_ttl: Duration,
     pub drain_timeout: Duration,
+    /// `CONNECT_INTERNAL_TOKEN`: required on `/@connections` calls.
+    pub internal_token: String,
+    pub max_unacked: usize,
+    pub max_post_bytes: usize,
+    pub offline: OfflineLimits,
 }
 
 impl Config {
@@ -68,6 +74,10 @@ impl Config {
             session_ttl: secs("SESSION_TTL_SECS", 60)?,
             slot_ttl: secs("SLOT_LEASE_TTL_SECS", 15)?,
             drain_timeout: secs("GATEWAY_DRAIN_SECS", 10)?,
+            internal_token: connect_core::auth::internal_token(env::production())?,
+            max_unacked: env::var("GATEWAY_MAX_UNACKED", 4096)?,
+            max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
+            offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
         })
     }
 }

@@ -1,6 +1,9 @@
 //! One client connection: a single `select!` over socket reads, the outbound queue, publish
-//! acks, the ping tick and shutdown.
+//! acks, the ping tick and shutdown. Messages written to the client stay held until it acks
+//! them; when the connection ends, what is still held (or still queued) goes back to the
+//! user's offline store.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,10 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
 use connect_core::inbound::{handle_text, Inbound};
-use connect_core::model::{ReplyTo, Session};
+use connect_core::model::{OfflineEntry, ReplyTo, Session, UserConnected};
 use connect_core::PortError;
 use connect_protocol::{ErrorCode, FrameError, ServerFrame, UserId};
 
+use crate::hub::{ConnInfo, Out};
 use crate::rate::TokenBucket;
 use crate::state::Gateway;
 
@@ -40,20 +44,39 @@ struct Connection<S> {
     conn: Arc<str>,
     bucket: TokenBucket,
     publishes: FuturesUnordered<Publish>,
+    /// Messages written and not yet acked: conversation → seq → frame.
+    unacked: HashMap<Arc<str>, BTreeMap<u64, Utf8Bytes>>,
+    unacked_count: usize,
+    /// Set when the loop must end after the current step.
+    end: Option<End>,
 }
 
 fn error_text(code: ErrorCode, message: &str, id: Option<&str>) -> Utf8Bytes {
     ServerFrame::Error { code, message, id }.to_text().into()
 }
 
-/// Serves an upgraded socket for `user` until either side ends it.
-pub async fn run<S>(gw: Arc<Gateway>, ws: WebSocketStream<S>, user: UserId)
+/// Who is at the other end, as the upgrade request told.
+pub struct Peer {
+    pub user: UserId,
+    pub source_ip: String,
+    pub user_agent: String,
+}
+
+/// Serves an upgraded socket for `peer.user` until either side ends it.
+pub async fn run<S>(gw: Arc<Gateway>, ws: WebSocketStream<S>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let user = peer.user;
     let conn: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
-    let (tx, rx) = mpsc::channel(gw.cfg.outbound_queue);
-    gw.hub.add(&user, conn.clone(), tx);
+    let (tx, mut rx) = mpsc::channel(gw.cfg.outbound_queue);
+    let info = ConnInfo {
+        user: user.clone(),
+        connected_at_ms: connect_core::now_ms(),
+        source_ip: peer.source_ip,
+        user_agent: peer.user_agent,
+    };
+    gw.hub.add(info, conn.clone(), tx);
     let bucket = TokenBucket::new(gw.cfg.send_rate, gw.cfg.send_burst, Instant::now());
     let mut c = Connection {
         gw: gw.clone(),
@@ -62,11 +85,15 @@ where
         conn: conn.clone(),
         bucket,
         publishes: FuturesUnordered::new(),
+        unacked: HashMap::new(),
+        unacked_count: 0,
+        end: None,
     };
     gauge!("connect_gateway_connections").increment(1.0);
     match c.open().await {
         Ok(()) => {
-            let end = c.serve(rx).await;
+            c.announce();
+            let end = c.serve(&mut rx).await;
             c.close(end).await;
         }
         Err(e) => {
@@ -89,6 +116,20 @@ where
         .await
     {
         warn!(cause = %e, user = %user, "could not remove the session; it expires with its TTL");
+    }
+    let held = c.take_unacked(&mut rx);
+    if !held.is_empty() {
+        let ports = connect_core::offline::ParkPorts {
+            offline: &*gw.offline,
+            registry: &*gw.registry,
+            events: &*gw.events,
+        };
+        match connect_core::offline::park_unacked(ports, &user, held).await {
+            Ok(n) => counter!("connect_gateway_parked_total").increment(n as u64),
+            Err(e) => {
+                warn!(cause = %e, user = %user, "could not park unacked messages; history has them")
+            }
+        }
     }
     gauge!("connect_gateway_connections").decrement(1.0);
 }
@@ -117,16 +158,109 @@ where
         Ok(())
     }
 
-    async fn serve(&mut self, mut outbox: mpsc::Receiver<Utf8Bytes>) -> End {
+    /// Publishes `user_connected` for this connection, so its offline store is drained to it.
+    fn announce(&self) {
+        let event = UserConnected {
+            user: self.user.clone(),
+            conn: self.conn.to_string(),
+            gateway: self.gw.cfg.id.clone(),
+            endpoint: self.gw.cfg.endpoint.clone(),
+            ts: connect_core::now_ms(),
+        };
+        let pending = self.gw.events.connected(&event);
+        tokio::spawn(async move {
+            if let Err(e) = pending.await {
+                counter!("connect_gateway_announce_failures_total").increment(1);
+                warn!(cause = %e, user = %event.user, "user_connected publish failed; the offline store waits for the next connection");
+            }
+        });
+    }
+
+    /// What the client was given and did not ack, plus what is still queued for it.
+    fn take_unacked(&mut self, outbox: &mut mpsc::Receiver<Out>) -> Vec<OfflineEntry> {
+        outbox.close();
+        while let Ok(out) = outbox.try_recv() {
+            self.hold(out);
+        }
+        let user = &self.user;
+        std::mem::take(&mut self.unacked)
+            .into_iter()
+            .flat_map(|(conversation, held)| {
+                held.into_iter().map(move |(seq, frame)| OfflineEntry {
+                    user: user.clone(),
+                    conversation: conversation.to_string(),
+                    seq,
+                    frame: frame.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Holds a message frame until acked; false for other frames.
+    fn hold(&mut self, out: Out) -> Option<Utf8Bytes> {
+        match out {
+            Out::Frame(frame) => Some(frame),
+            Out::Message {
+                frame,
+                conversation,
+                seq,
+            } => {
+                let held = self.unacked.entry(conversation).or_default();
+                if held.insert(seq, frame.clone()).is_none() {
+                    self.unacked_count += 1;
+                }
+                if self.unacked_count > self.gw.cfg.max_unacked && self.end.is_none() {
+                    counter!("connect_gateway_unacked_overflow_total").increment(1);
+                    self.end = Some(End::Close(
+                        CloseCode::Policy,
+                        "too many unacked messages: ack what you hold",
+                    ));
+                }
+                Some(frame)
+            }
+            Out::Close => {
+                self.end
+                    .get_or_insert(End::Close(CloseCode::Normal, "closed by the server"));
+                None
+            }
+        }
+    }
+
+    /// The client holds `conversation` up to `seq`: forget those here and in the store.
+    fn ack(&mut self, conversation: &str, seq: u64) {
+        if let Some(held) = self.unacked.get_mut(conversation) {
+            let keep = held.split_off(&(seq.saturating_add(1)));
+            self.unacked_count -= held.len();
+            *held = keep;
+            if held.is_empty() {
+                self.unacked.remove(conversation);
+            }
+        }
+        let (offline, user, conversation) = (
+            self.gw.offline.clone(),
+            self.user.clone(),
+            conversation.to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = offline.ack(&user, &conversation, seq).await {
+                warn!(cause = %e, user = %user, "offline ack failed; the entries may come again");
+            }
+        });
+    }
+
+    async fn serve(&mut self, outbox: &mut mpsc::Receiver<Out>) -> End {
         let gw = self.gw.clone();
         let mut ping = tokio::time::interval(gw.cfg.ping_interval);
         ping.tick().await;
         let mut last_seen = Instant::now();
         loop {
+            if let Some(end) = self.end.take() {
+                return end;
+            }
             let step = tokio::select! {
                 () = gw.stopped() => return End::Close(CloseCode::Away, "server shutting down"),
                 out = outbox.recv() => match out {
-                    Some(frame) => self.write_queued(frame, &mut outbox).await,
+                    Some(out) => self.write_queued(out, outbox).await,
                     None => return End::Close(CloseCode::Policy, "slow consumer: outbound queue full"),
                 },
                 inbound = self.ws.next() => {
@@ -160,14 +294,21 @@ where
     /// Writes a queued frame and whatever else is queued, with one flush.
     async fn write_queued(
         &mut self,
-        first: Utf8Bytes,
-        outbox: &mut mpsc::Receiver<Utf8Bytes>,
+        first: Out,
+        outbox: &mut mpsc::Receiver<Out>,
     ) -> Result<(), WsError> {
-        self.ws.feed(Message::Text(first)).await?;
-        let mut n = 1u64;
-        while let Ok(frame) = outbox.try_recv() {
-            self.ws.feed(Message::Text(frame)).await?;
-            n += 1;
+        let mut n = 0u64;
+        let mut next = Some(first);
+        while let Some(out) = next {
+            if let Some(frame) = self.hold(out) {
+                self.ws.feed(Message::Text(frame)).await?;
+                n += 1;
+            }
+            next = if self.end.is_some() {
+                None
+            } else {
+                outbox.try_recv().ok()
+            };
         }
         counter!("connect_gateway_frames_out_total").increment(n);
         self.ws.flush().await
@@ -214,8 +355,9 @@ where
                     .push(Box::pin(async move { (id, pending.await) }));
                 Ok(())
             }
-            Inbound::Ack { .. } => {
+            Inbound::Ack { conversation, seq } => {
                 counter!("connect_gateway_acks_total").increment(1);
+                self.ack(&conversation.to_string(), seq);
                 Ok(())
             }
             Inbound::Reject(err) => self.reject(&err).await,

@@ -2,7 +2,8 @@
 //!
 //! Delivery never blocks: each connection has a bounded queue (`GATEWAY_OUTBOUND_QUEUE`); a
 //! connection whose queue is full is a slow consumer and is evicted (its queue closes, its task
-//! closes the socket). Nothing is lost by that: history holds every accepted message.
+//! closes the socket). Nothing is lost by that: the connection puts what it was given and was not
+//! acked back into the user's offline store, and history holds every accepted message.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,11 +14,35 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use connect_core::model::Delivery;
 use connect_protocol::UserId;
 
+/// What a connection's task is handed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    /// A frame that needs no ack (`accepted`, `error`, a management API post).
+    Frame(Utf8Bytes),
+    /// A `message` frame: held as unacked until the client acks its (conversation, seq).
+    Message {
+        frame: Utf8Bytes,
+        conversation: Arc<str>,
+        seq: u64,
+    },
+    /// Close the connection (management API `DELETE /@connections/{id}`).
+    Close,
+}
+
 /// A connection's outbound queue.
-pub type Outbox = mpsc::Sender<Utf8Bytes>;
+pub type Outbox = mpsc::Sender<Out>;
+
+/// What the management API's `GET /@connections/{id}` tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub user: UserId,
+    pub connected_at_ms: u64,
+    pub source_ip: String,
+    pub user_agent: String,
+}
 
 struct Entry {
-    user: UserId,
+    info: ConnInfo,
     outbox: Outbox,
 }
 
@@ -34,6 +59,8 @@ pub struct Handed {
     pub frames: usize,
     /// Connections evicted as slow consumers.
     pub evicted: usize,
+    /// Recipients with no connection here any more (they left after the registry lookup).
+    pub absent: Vec<UserId>,
 }
 
 #[derive(Default)]
@@ -46,20 +73,32 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn add(&self, user: &UserId, conn: Arc<str>, outbox: Outbox) {
+    pub fn add(&self, info: ConnInfo, conn: Arc<str>, outbox: Outbox) {
         let mut inner = self.lock();
         inner
             .users
-            .entry(user.clone())
+            .entry(info.user.clone())
             .or_default()
             .push(conn.clone());
-        inner.conns.insert(
-            conn,
-            Entry {
-                user: user.clone(),
-                outbox,
-            },
-        );
+        inner.conns.insert(conn, Entry { info, outbox });
+    }
+
+    pub fn info(&self, conn: &str) -> Option<ConnInfo> {
+        self.lock().conns.get(conn).map(|e| e.info.clone())
+    }
+
+    /// Queues `out` to one connection. False if it is not here; a full queue evicts it (and
+    /// answers false: what was posted did not reach it).
+    pub fn post(&self, conn: &str, out: Out) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.conns.get(conn) else {
+            return false;
+        };
+        if entry.outbox.try_send(out).is_ok() {
+            return true;
+        }
+        remove_locked(&mut inner, conn);
+        false
     }
 
     /// Forgets a connection; false if it was not here (already evicted).
@@ -73,7 +112,7 @@ impl Hub {
         self.lock()
             .conns
             .iter()
-            .map(|(c, e)| (e.user.clone(), c.clone()))
+            .map(|(c, e)| (e.info.user.clone(), c.clone()))
             .collect()
     }
 
@@ -89,12 +128,19 @@ impl Hub {
         let skip = delivery.reply.as_ref().map(|r| r.conn.as_str());
         if let Some(message) = delivery.message {
             let frame = Utf8Bytes::from(message.frame);
+            let conversation: Arc<str> = message.conversation.into();
             for user in &delivery.recipients {
                 let Some(conns) = inner.users.get(user) else {
+                    handed.absent.push(user.clone());
                     continue;
                 };
                 for conn in conns.iter().filter(|c| Some(&***c) != skip) {
-                    match inner.conns[conn].outbox.try_send(frame.clone()) {
+                    let out = Out::Message {
+                        frame: frame.clone(),
+                        conversation: conversation.clone(),
+                        seq: message.seq,
+                    };
+                    match inner.conns[conn].outbox.try_send(out) {
                         Ok(()) => handed.frames += 1,
                         Err(_) => slow.push(conn.clone()),
                     }
@@ -103,7 +149,10 @@ impl Hub {
         }
         if let Some(reply) = delivery.reply {
             if let Some(entry) = inner.conns.get(reply.conn.as_str()) {
-                match entry.outbox.try_send(Utf8Bytes::from(reply.frame)) {
+                match entry
+                    .outbox
+                    .try_send(Out::Frame(Utf8Bytes::from(reply.frame)))
+                {
                     Ok(()) => handed.frames += 1,
                     Err(_) => slow.push(reply.conn.into()),
                 }
@@ -122,10 +171,10 @@ fn remove_locked(inner: &mut Inner, conn: &str) -> bool {
     let Some(entry) = inner.conns.remove(conn) else {
         return false;
     };
-    if let Some(conns) = inner.users.get_mut(&entry.user) {
+    if let Some(conns) = inner.users.get_mut(&entry.info.user) {
         conns.retain(|c| &**c != conn);
         if conns.is_empty() {
-            inner.users.remove(&entry.user);
+            inner.users.remove(&entry.info.user);
         }
     }
     true
@@ -138,6 +187,22 @@ mod tests {
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).unwrap()
+    }
+
+    fn info(u: &str) -> ConnInfo {
+        ConnInfo {
+            user: user(u),
+            connected_at_ms: 0,
+            source_ip: String::new(),
+            user_agent: String::new(),
+        }
+    }
+
+    fn text(out: Out) -> String {
+        match out {
+            Out::Frame(f) | Out::Message { frame: f, .. } => f.to_string(),
+            Out::Close => "close".into(),
+        }
     }
 
     fn delivery(to: &[&str], reply_conn: Option<&str>) -> Delivery {
@@ -163,36 +228,69 @@ mod tests {
         let (tx1, mut rx1) = mpsc::channel(4);
         let (tx2, mut rx2) = mpsc::channel(4);
         let (tx3, mut rx3) = mpsc::channel(4);
-        hub.add(&user("a"), "a1".into(), tx1);
-        hub.add(&user("a"), "a2".into(), tx2);
-        hub.add(&user("b"), "b1".into(), tx3);
+        hub.add(info("a"), "a1".into(), tx1);
+        hub.add(info("a"), "a2".into(), tx2);
+        hub.add(info("b"), "b1".into(), tx3);
         let handed = hub.deliver(delivery(&["a", "b", "nobody"], Some("a1")));
         assert_eq!(
             handed,
             Handed {
                 frames: 3,
-                evicted: 0
+                evicted: 0,
+                absent: vec![user("nobody")],
             }
         );
-        assert_eq!(rx1.try_recv().unwrap().as_str(), "r");
+        assert_eq!(text(rx1.try_recv().unwrap()), "r");
         assert!(rx1.try_recv().is_err());
-        assert_eq!(rx2.try_recv().unwrap().as_str(), "m");
-        assert_eq!(rx3.try_recv().unwrap().as_str(), "m");
+        assert_eq!(
+            rx2.try_recv().unwrap(),
+            Out::Message {
+                frame: "m".into(),
+                conversation: "dm:a:b".into(),
+                seq: 1
+            }
+        );
+        assert_eq!(text(rx3.try_recv().unwrap()), "m");
     }
 
     #[test]
     fn a_full_queue_evicts_the_slow_connection() {
         let hub = Hub::default();
         let (tx, mut rx) = mpsc::channel(1);
-        hub.add(&user("a"), "a1".into(), tx);
+        hub.add(info("a"), "a1".into(), tx);
         assert_eq!(hub.deliver(delivery(&["a"], None)).frames, 1);
         assert_eq!(hub.deliver(delivery(&["a"], None)).evicted, 1);
         assert_eq!(hub.len(), 0);
-        assert_eq!(rx.try_recv().unwrap().as_str(), "m");
+        assert_eq!(text(rx.try_recv().unwrap()), "m");
         assert!(matches!(
             rx.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
         assert!(!hub.remove("a1"));
+    }
+}
+
+#[cfg(test)]
+mod post_tests {
+    use super::*;
+
+    #[test]
+    fn a_post_reaches_a_known_connection_only() {
+        let hub = Hub::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        let info = ConnInfo {
+            user: UserId::parse("a").unwrap(),
+            connected_at_ms: 5,
+            source_ip: "127.0.0.1".into(),
+            user_agent: "t".into(),
+        };
+        hub.add(info.clone(), "a1".into(), tx);
+        assert_eq!(hub.info("a1"), Some(info));
+        assert!(hub.post("a1", Out::Frame("x".into())));
+        assert!(!hub.post("nope", Out::Frame("x".into())));
+        // The queue is full: the connection is evicted and the post did not land.
+        assert!(!hub.post("a1", Out::Frame("y".into())));
+        assert_eq!(hub.len(), 0);
+        assert_eq!(rx.try_recv().unwrap(), Out::Frame("x".into()));
     }
 }

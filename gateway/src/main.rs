@@ -17,6 +17,7 @@ mod connection;
 mod delivery;
 mod heartbeat;
 mod hub;
+mod management;
 mod rate;
 mod server;
 mod state;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,7 +25,8 @@ use crate::state::Gateway;
 pub fn router(gw: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
-        .with_state(gw)
+        .with_state(gw.clone())
+        .merge(crate::management::router(gw))
         .merge(connect_service::ops::router(metrics))
 }
 
@@ -61,7 +62,11 @@ fn header_is(headers: &HeaderMap, name: header::HeaderName, want: &str) -> bool 
         .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
 }
 
-async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
+async fn upgrade(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
+    mut req: Request,
+) -> Response {
     let Some(token) = bearer(req.headers()).or_else(|| query_token(req.uri())) else {
         return http_error(
             StatusCode::UNAUTHORIZED,
@@ -117,6 +122,16 @@ async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
             "connection cannot be upgraded",
         );
     };
+    let peer = connection::Peer {
+        user,
+        source_ip: addr.ip().to_string(),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    };
     let guard = gw.tracker.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -130,7 +145,7 @@ async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Response {
                     Some(config),
                 )
                 .await;
-                connection::run(gw, ws, user).await;
+                connection::run(gw, ws, peer).await;
             }
             Err(e) => warn!(cause = %e, "upgrade failed"),
         }

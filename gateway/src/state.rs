@@ -6,10 +6,18 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use connect_core::auth::TokenVerifier;
 use connect_core::model::SessionRoute;
-use connect_core::ports::{SessionRegistry, SubmissionBus};
+use connect_core::ports::{ConnectionEvents, OfflineStore, SessionRegistry, SubmissionBus};
 
 use crate::config::Config;
 use crate::hub::Hub;
+
+/// The backends a gateway talks to.
+pub struct GatewayPorts {
+    pub bus: Arc<dyn SubmissionBus>,
+    pub registry: Arc<dyn SessionRegistry>,
+    pub offline: Arc<dyn OfflineStore>,
+    pub events: Arc<dyn ConnectionEvents>,
+}
 
 pub struct Gateway {
     pub cfg: Config,
@@ -19,6 +27,8 @@ pub struct Gateway {
     pub hub: Hub,
     pub bus: Arc<dyn SubmissionBus>,
     pub registry: Arc<dyn SessionRegistry>,
+    pub offline: Arc<dyn OfflineStore>,
+    pub events: Arc<dyn ConnectionEvents>,
     /// Caps open connections (`GATEWAY_MAX_CONNECTIONS`).
     pub permits: Arc<Semaphore>,
     /// Each connection holds a clone; when all are dropped the gateway has drained.
@@ -27,13 +37,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(
-        cfg: Config,
-        slot: u32,
-        bus: Arc<dyn SubmissionBus>,
-        registry: Arc<dyn SessionRegistry>,
-        tracker: mpsc::Sender<()>,
-    ) -> Self {
+    pub fn new(cfg: Config, slot: u32, ports: GatewayPorts, tracker: mpsc::Sender<()>) -> Self {
+        let GatewayPorts {
+            bus,
+            registry,
+            offline,
+            events,
+        } = ports;
         Self {
             verifier: TokenVerifier::new(&cfg.secret),
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -43,6 +53,8 @@ impl Gateway {
             slot,
             bus,
             registry,
+            offline,
+            events,
             tracker,
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use connect_dynamo::{DynamoConfig, Tables};
 use connect_kafka::{KafkaConfig, Topics};
+use connect_redis::OfflineLimits;
 use connect_service::env;
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,7 @@ pub struct Config {
     pub dynamo_concurrency: usize,
     pub dedupe_ttl: Duration,
     pub session_ttl: Duration,
+    pub offline: OfflineLimits,
     /// Fault injection for the crash test: pause after a batch is stored and published, before
     /// its offsets are committed. Refused in production.
     pub fault_pause_before_commit: Option<Duration>,
@@ -53,6 +55,7 @@ impl Config {
             dynamo_concurrency: env::var("DYNAMODB_CONCURRENCY", 16)?,
             dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
             session_ttl: Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?),
+            offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
             fault_pause_before_commit: (fault > 0).then(|| Duration::from_millis(fault)),
         })
     }

@@ -81,28 +81,6 @@ async fn next_batch(
     Some(batch)
 }
 
-/// Takes every partition of `topic`, each resuming from the group's committed offset (or the
-/// earliest record when none was committed).
-pub fn assign_all(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<()> {
-    let metadata = tokio::task::block_in_place(|| {
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
-    })?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Stored)?;
-    }
-    consumer.assign(&tpl)?;
-    info!(topic, partitions, "assigned every partition statically");
-    Ok(())
-}
-
 /// Publishes a prepared batch (retrying until the bus takes it), then commits its offsets.
 async fn publish_and_commit(
     deliveries: Arc<dyn DeliveryBus>,

@@ -17,7 +17,7 @@ use connect_dynamo::{DynamoChatStore, DynamoSequences};
 use connect_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
 use connect_kafka::KafkaDeliveryBus;
-use connect_redis::{RedisDedupe, RedisRegistry};
+use connect_redis::{RedisDedupe, RedisOffline, RedisRegistry};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -53,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
             &cfg.tables.chat,
             cfg.dynamo_concurrency,
         )),
-        dedupe: Arc::new(RedisDedupe::new(redis, cfg.dedupe_ttl)),
+        dedupe: Arc::new(RedisDedupe::new(redis.clone(), cfg.dedupe_ttl)),
+        offline: Arc::new(RedisOffline::new(redis, cfg.offline)),
         deliveries: Arc::new(KafkaDeliveryBus::new(
             producer.clone(),
             cfg.topics.outgoing.clone(),
@@ -65,7 +66,8 @@ async fn main() -> anyhow::Result<()> {
         .create()
         .context("creating the Kafka consumer")?;
     if cfg.static_assignment {
-        consumer::assign_all(&consumer, &cfg.topics.incoming)
+        connect_kafka::assign_all(&consumer, &cfg.topics.incoming)
+            .map_err(anyhow::Error::msg)
             .context("assigning incoming_messages")?;
     } else {
         consumer

@@ -232,3 +232,47 @@ pub async fn stored(conversation: &str) -> anyhow::Result<Vec<(u64, String, Stri
         }
     }
 }
+
+/// The local HTTP API (`CONNECT_API`, default 127.0.0.1:8090).
+pub fn api_addr() -> String {
+    std::env::var("CONNECT_API").unwrap_or_else(|_| "127.0.0.1:8090".into())
+}
+
+/// GET on the HTTP API as `user` (no token when None): (status, JSON body).
+pub async fn api_get(path: &str, user: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    let addr = api_addr();
+    let mut s = TcpStream::connect(&addr).await?;
+    let auth = user
+        .map(|u| format!("Authorization: Bearer {}\r\n", token(u)))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let status = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+impl Client {
+    pub async fn ack(&mut self, conversation: &str, seq: u64) -> anyhow::Result<()> {
+        self.send_raw(&json!({"type":"ack","conversation":conversation,"seq":seq}).to_string())
+            .await
+    }
+
+    /// The seqs of every `message` frame that arrives until `quiet` passes without one.
+    pub async fn drain_messages(&mut self, quiet: Duration) -> anyhow::Result<Vec<u64>> {
+        let mut seqs = Vec::new();
+        while let Ok(f) = self.next_within(quiet).await {
+            if f["type"] != "message" {
+                bail!("{}: expected messages, got {f}", self.user);
+            }
+            seqs.push(f["seq"].as_u64().ok_or_else(|| anyhow!("no seq in {f}"))?);
+        }
+        Ok(seqs)
+    }
+}

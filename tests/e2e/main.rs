@@ -6,4 +6,6 @@ mod chat;
 mod crash;
 mod frames;
 mod helpers;
+mod history;
+mod offline;
 mod private;

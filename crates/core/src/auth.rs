@@ -8,15 +8,48 @@ use connect_protocol::UserId;
 /// The documented development secret of the local stack. Refused in production.
 pub const DEV_SECRET: &str = "connect-dev-secret";
 
+/// The header that carries the internal token on a gateway's `/@connections` calls.
+pub const INTERNAL_TOKEN_HEADER: &str = "x-connect-internal-token";
+
+/// The local stack's internal token for a gateway's `/@connections` API. Refused in production.
+pub const DEV_INTERNAL_TOKEN: &str = "connect-dev-internal";
+
 /// Why a token or a secret is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("invalid token: {0}")]
     InvalidToken(String),
-    #[error("CONNECT_JWT_SECRET is not set")]
-    NoSecret,
-    #[error("refusing to run in production with the development JWT secret")]
-    DevSecretInProduction,
+    #[error("{0} is not set")]
+    NoSecret(&'static str),
+    #[error("refusing to run in production with the development value of {0}")]
+    DevSecretInProduction(&'static str),
+}
+
+/// A secret from env var `name`'s value: outside production, unset means `dev`; in production
+/// unset, empty or `dev` is refused.
+pub fn secret(
+    name: &'static str,
+    value: Option<String>,
+    production: bool,
+    dev: &str,
+) -> Result<String, AuthError> {
+    match value.filter(|v| !v.is_empty()) {
+        Some(v) if production && v == dev => Err(AuthError::DevSecretInProduction(name)),
+        Some(v) => Ok(v),
+        None if production => Err(AuthError::NoSecret(name)),
+        None => Ok(dev.to_owned()),
+    }
+}
+
+/// `CONNECT_INTERNAL_TOKEN`: what a gateway's management API wants in
+/// `x-connect-internal-token`, and what the offline-delivery function sends.
+pub fn internal_token(production: bool) -> Result<String, AuthError> {
+    secret(
+        "CONNECT_INTERNAL_TOKEN",
+        crate::env::optional("CONNECT_INTERNAL_TOKEN"),
+        production,
+        DEV_INTERNAL_TOKEN,
+    )
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,12 +72,7 @@ impl JwtSecret {
     /// The secret from `CONNECT_JWT_SECRET`'s value. Outside production an unset secret means the
     /// development secret; in production an unset, empty or development secret is refused.
     pub fn new(value: Option<String>, production: bool) -> Result<Self, AuthError> {
-        match value.filter(|v| !v.is_empty()) {
-            Some(v) if production && v == DEV_SECRET => Err(AuthError::DevSecretInProduction),
-            Some(v) => Ok(Self(v)),
-            None if production => Err(AuthError::NoSecret),
-            None => Ok(Self(DEV_SECRET.to_owned())),
-        }
+        secret("CONNECT_JWT_SECRET", value, production, DEV_SECRET).map(Self)
     }
 }
 

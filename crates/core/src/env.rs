@@ -9,3 +9,20 @@ pub fn optional(name: &str) -> Option<String> {
 pub fn string(name: &str, default: &str) -> String {
     optional(name).unwrap_or_else(|| default.to_owned())
 }
+
+/// `name` parsed as `T`, or `default` when unset or empty; the error names the variable.
+pub fn parsed<T>(name: &str, default: T) -> Result<T, String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match optional(name) {
+        Some(v) => v.parse().map_err(|e| format!("{name}={v:?}: {e}")),
+        None => Ok(default),
+    }
+}
+
+/// Whether `CONNECT_ENV` says production (stricter checks: no dev secret, no fault injection).
+pub fn production() -> bool {
+    optional("CONNECT_ENV").is_some_and(|v| v == "production")
+}

@@ -10,16 +10,20 @@
 //! - [`ports`]: the traits the adapters implement, one line each, gathered in [`ports::Ports`].
 //! - [`messaging`]: the messaging step — dedupe, authorize, sequence, persist, route.
 //! - [`inbound`]: what a gateway does with one client frame (pure).
+//! - [`offline`]: draining a user's offline store to a new connection.
+//! - [`history`]: the history read: parameters, authorization, one page.
 //! - [`error`]: [`PortError`], retryable or final.
 //! - [`memory`]: in-memory ports for unit tests of the pure logic.
 
 pub mod auth;
 pub mod env;
 pub mod error;
+pub mod history;
 pub mod inbound;
 pub mod memory;
 pub mod messaging;
 pub mod model;
+pub mod offline;
 pub mod ports;
 
 pub use error::PortError;

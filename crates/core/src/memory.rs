@@ -1,7 +1,7 @@
 //! In-memory implementations of the ports, for unit tests of the pure logic. Never used in place
 //! of the real backends in end-to-end tests or in the services.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -9,9 +9,14 @@ use async_trait::async_trait;
 
 use connect_protocol::{ConversationId, UserId};
 
-use crate::model::{Acceptance, DedupeKey, Delivery, Session, SessionRoute, StoredMessage};
+use crate::history::{Page, Range};
+use crate::model::{
+    Acceptance, DedupeKey, Delivery, OfflineEntry, Session, SessionRoute, StoredMessage,
+    UserConnected,
+};
 use crate::ports::{
-    ChatStore, DedupeIndex, DeliveryBus, Ports, SequenceAllocator, SessionRegistry,
+    ChatStore, ConnectionEvents, ConnectionPusher, DedupeIndex, DeliveryBus, HistoryStore,
+    OfflineStore, PendingPublish, Ports, PushError, SequenceAllocator, SessionRegistry,
 };
 use crate::PortError;
 
@@ -28,6 +33,14 @@ pub struct Memory {
     pub accepted: Mutex<HashMap<DedupeKey, Acceptance>>,
     pub published: Mutex<Vec<Delivery>>,
     pub chat_down: AtomicBool,
+    /// (user, conversation) → seq → frame.
+    pub offline: Mutex<BTreeMap<(UserId, String), BTreeMap<u64, String>>>,
+    /// What was pushed to connections: (connection, data).
+    pub pushed: Mutex<Vec<(String, String)>>,
+    /// Connections that answer a push with 410.
+    pub gone: Mutex<HashSet<String>>,
+    /// `user_connected` events published.
+    pub announced: Mutex<Vec<UserConnected>>,
 }
 
 impl Memory {
@@ -38,6 +51,7 @@ impl Memory {
             chat: self.clone(),
             dedupe: self.clone(),
             deliveries: self.clone(),
+            offline: self.clone(),
         }
     }
 
@@ -55,6 +69,30 @@ impl Memory {
             (a.conversation.to_string(), a.seq).cmp(&(b.conversation.to_string(), b.seq))
         });
         v
+    }
+
+    pub fn take_pushed(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *lock(&self.pushed))
+    }
+
+    pub fn take_announced(&self) -> Vec<UserConnected> {
+        std::mem::take(&mut *lock(&self.announced))
+    }
+
+    pub fn set_gone(&self, conn: &str) {
+        lock(&self.gone).insert(conn.to_owned());
+    }
+
+    /// The seqs held for `user` in `conversation`.
+    pub fn offline_seqs(&self, user: &str, conversation: &str) -> Vec<u64> {
+        let key = (
+            UserId::parse(user).expect("user id"),
+            conversation.to_owned(),
+        );
+        lock(&self.offline)
+            .get(&key)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     fn check_chat(&self) -> Result<(), PortError> {
@@ -160,5 +198,117 @@ impl DeliveryBus for Memory {
     async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError> {
         lock(&self.published).extend_from_slice(deliveries);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl OfflineStore for Memory {
+    async fn append(&self, entries: &[OfflineEntry]) -> Result<(), PortError> {
+        let mut map = lock(&self.offline);
+        for e in entries {
+            map.entry((e.user.clone(), e.conversation.clone()))
+                .or_default()
+                .insert(e.seq, e.frame.clone());
+        }
+        Ok(())
+    }
+
+    async fn ack(&self, user: &UserId, conversation: &str, seq: u64) -> Result<(), PortError> {
+        let mut map = lock(&self.offline);
+        let key = (user.clone(), conversation.to_owned());
+        if let Some(entries) = map.get_mut(&key) {
+            entries.retain(|s, _| *s > seq);
+            if entries.is_empty() {
+                map.remove(&key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn conversations(&self, user: &UserId) -> Result<Vec<String>, PortError> {
+        Ok(lock(&self.offline)
+            .keys()
+            .filter(|(u, _)| u == user)
+            .map(|(_, c)| c.clone())
+            .collect())
+    }
+
+    async fn page(
+        &self,
+        user: &UserId,
+        conversation: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, PortError> {
+        let map = lock(&self.offline);
+        Ok(map
+            .get(&(user.clone(), conversation.to_owned()))
+            .map(|m| {
+                m.range(after + 1..)
+                    .take(limit)
+                    .map(|(s, f)| (*s, f.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl ConnectionPusher for Memory {
+    async fn post(&self, _endpoint: &str, conn: &str, data: &str) -> Result<(), PushError> {
+        if lock(&self.gone).contains(conn) {
+            return Err(PushError::Gone);
+        }
+        lock(&self.pushed).push((conn.to_owned(), data.to_owned()));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HistoryStore for Memory {
+    async fn page(
+        &self,
+        conversation: &ConversationId,
+        range: Range,
+        limit: u32,
+    ) -> Result<Page, PortError> {
+        self.check_chat()?;
+        let conv = conversation.to_string();
+        let all: Vec<StoredMessage> = self
+            .stored()
+            .into_iter()
+            .filter(|m| m.conversation.to_string() == conv)
+            .collect();
+        let limit = limit as usize;
+        let (mut messages, has_more) = match range {
+            Range::After { after, before } => {
+                let mut v: Vec<_> = all
+                    .into_iter()
+                    .filter(|m| m.seq > after && before.is_none_or(|b| m.seq < b))
+                    .collect();
+                let more = v.len() > limit;
+                v.truncate(limit);
+                (v, more)
+            }
+            Range::Before { before } => {
+                let mut v: Vec<_> = all
+                    .into_iter()
+                    .rev()
+                    .filter(|m| before.is_none_or(|b| m.seq < b))
+                    .collect();
+                let more = v.len() > limit;
+                v.truncate(limit);
+                (v, more)
+            }
+        };
+        messages.sort_by_key(|m| m.seq);
+        Ok(Page { messages, has_more })
+    }
+}
+
+impl ConnectionEvents for Memory {
+    fn connected(&self, event: &UserConnected) -> PendingPublish {
+        lock(&self.announced).push(event.clone());
+        Box::pin(std::future::ready(Ok(())))
     }
 }

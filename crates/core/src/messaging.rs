@@ -20,7 +20,8 @@ use tracing::warn;
 use connect_protocol::{ConversationId, ErrorCode, FrameError, UserId};
 
 use crate::model::{
-    Acceptance, Delivery, OutboundMessage, Reply, ReplyTo, SessionRoute, StoredMessage, Submission,
+    Acceptance, Delivery, OfflineEntry, OutboundMessage, Reply, ReplyTo, SessionRoute,
+    StoredMessage, Submission,
 };
 use crate::ports::Ports;
 use crate::PortError;
@@ -33,6 +34,8 @@ pub struct StepReport {
     pub rejected: usize,
     pub unavailable: usize,
     pub records: usize,
+    /// Offline-store entries written for recipients with no live session.
+    pub parked: usize,
 }
 
 /// A batch ready to publish.
@@ -141,7 +144,7 @@ impl MessagingStep {
         if !valid.is_empty() {
             self.sequence_and_store(valid, now_ms, &mut out).await;
         }
-        let deliveries = self.route(&out).await;
+        let deliveries = self.route(&mut out).await;
         out.report.records = deliveries.len();
         Prepared {
             deliveries,
@@ -336,8 +339,9 @@ impl MessagingStep {
         }
     }
 
-    /// Looks every recipient up once and builds one delivery per (message, target gateway).
-    async fn route(&self, out: &Outcome) -> Vec<Delivery> {
+    /// Looks every recipient up once and builds one delivery per (message, target gateway);
+    /// parks the message for recipients with no live session.
+    async fn route(&self, out: &mut Outcome) -> Vec<Delivery> {
         let mut users: Vec<UserId> = Vec::new();
         let mut index: HashMap<UserId, usize> = HashMap::new();
         for a in out.accepted.iter().filter(|a| a.fan_out) {
@@ -348,32 +352,32 @@ impl MessagingStep {
                 });
             }
         }
-        let sessions = if users.is_empty() {
-            Vec::new()
-        } else {
-            self.ports
-                .registry
-                .lookup(&users)
-                .await
-                .unwrap_or_else(|e| {
-                    warn!(cause = %e, "registry lookup failed; delivering replies only");
-                    vec![Vec::new(); users.len()]
-                })
-        };
+        let sessions = self.lookup(&users).await;
         let sessions_of = |u: &UserId| -> &[SessionRoute] { &sessions[index[u]] };
         let mut deliveries = Vec::new();
-        for a in &out.accepted {
+        let mut offline: Vec<(usize, UserId)> = Vec::new();
+        for (i, a) in out.accepted.iter().enumerate() {
             let targets = if a.fan_out {
                 recipients(&a.message.conversation)
             } else {
                 Vec::new()
             };
+            offline.extend(
+                targets
+                    .iter()
+                    .filter(|u| **u != a.message.from && sessions_of(u).is_empty())
+                    .map(|u| (i, u.clone())),
+            );
             deliveries.extend(plan_deliveries(
                 &a.message,
                 a.reply.as_ref(),
                 &targets,
                 sessions_of,
             ));
+        }
+        if !offline.is_empty() {
+            deliveries.extend(self.park(&out.accepted, &offline).await);
+            out.report.parked += offline.len();
         }
         for (reply, err) in &out.errors {
             deliveries.push(Delivery {
@@ -387,6 +391,60 @@ impl MessagingStep {
             });
         }
         deliveries
+    }
+
+    /// The live sessions of each user (none for all when the registry is down: the messages
+    /// are stored, and the offline store or history gives them to the recipients later).
+    async fn lookup(&self, users: &[UserId]) -> Vec<Vec<SessionRoute>> {
+        if users.is_empty() {
+            return Vec::new();
+        }
+        self.ports.registry.lookup(users).await.unwrap_or_else(|e| {
+            warn!(cause = %e, "registry lookup failed; delivering replies only");
+            vec![Vec::new(); users.len()]
+        })
+    }
+
+    /// Writes `(message, user)` pairs to the users' offline stores, then looks the users up
+    /// again: one who connected meanwhile may have drained the store before the write, so they
+    /// get the message live too (at least once).
+    async fn park(&self, accepted: &[Accepted], offline: &[(usize, UserId)]) -> Vec<Delivery> {
+        let entries: Vec<OfflineEntry> = offline
+            .iter()
+            .map(|(i, user)| {
+                let m = &accepted[*i].message;
+                OfflineEntry {
+                    user: user.clone(),
+                    conversation: m.conversation.to_string(),
+                    seq: m.seq,
+                    frame: m.frame_text(),
+                }
+            })
+            .collect();
+        if let Err(e) = self.ports.offline.append(&entries).await {
+            // Stored in the chat table all the same: history gives it to them.
+            warn!(cause = %e, count = entries.len(), "offline store write failed");
+        }
+        let mut users: Vec<UserId> = offline.iter().map(|(_, u)| u.clone()).collect();
+        users.sort();
+        users.dedup();
+        let sessions = self.lookup(&users).await;
+        let mut late = Vec::new();
+        for (i, user) in offline {
+            let Ok(at) = users.binary_search(user) else {
+                continue;
+            };
+            if sessions[at].is_empty() {
+                continue;
+            }
+            late.extend(plan_deliveries(
+                &accepted[*i].message,
+                None,
+                std::slice::from_ref(user),
+                |_| sessions[at].as_slice(),
+            ));
+        }
+        late
     }
 }
 

@@ -144,3 +144,27 @@ pub struct Delivery {
     pub message: Option<OutboundMessage>,
     pub reply: Option<Reply>,
 }
+
+/// A message kept for a user until they ack it: in their offline store (Redis, per user and
+/// conversation, bounded), drained to their next connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineEntry {
+    pub user: UserId,
+    pub conversation: String,
+    pub seq: u64,
+    /// The `message` frame text, exactly as a live delivery carries it.
+    pub frame: String,
+}
+
+/// A record on `user_connected` (key = user): a connection that the offline store should be
+/// drained to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserConnected {
+    pub user: UserId,
+    /// The connection id (the `session` of `hello`).
+    pub conn: String,
+    pub gateway: String,
+    /// The gateway's API Gateway Management API endpoint.
+    pub endpoint: String,
+    pub ts: u64,
+}

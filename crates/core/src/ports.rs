@@ -9,7 +9,10 @@ use async_trait::async_trait;
 
 use connect_protocol::{ConversationId, UserId};
 
-use crate::model::{Acceptance, DedupeKey, Delivery, Session, StoredMessage, Submission};
+use crate::model::{
+    Acceptance, DedupeKey, Delivery, OfflineEntry, Session, StoredMessage, Submission,
+    UserConnected,
+};
 use crate::PortError;
 
 /// A publish that was enqueued in order and completes when the bus has it durably.
@@ -70,6 +73,60 @@ pub trait DedupeIndex: Send + Sync {
     async fn forget(&self, keys: &[DedupeKey]) -> Result<(), PortError>;
 }
 
+/// Messages kept per user until acked (Redis, region-local).
+#[async_trait]
+pub trait OfflineStore: Send + Sync {
+    /// Adds entries; adding the same (user, conversation, seq) twice keeps one. Each
+    /// (user, conversation) keeps at most the store's bound, dropping the oldest.
+    async fn append(&self, entries: &[OfflineEntry]) -> Result<(), PortError>;
+    /// Removes the user's entries of `conversation` up to and including `seq`.
+    async fn ack(&self, user: &UserId, conversation: &str, seq: u64) -> Result<(), PortError>;
+    /// The conversations that hold entries for `user`, in byte order.
+    async fn conversations(&self, user: &UserId) -> Result<Vec<String>, PortError>;
+    /// Up to `limit` entries of `conversation` above `after`, as (seq, frame), ascending.
+    async fn page(
+        &self,
+        user: &UserId,
+        conversation: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, PortError>;
+}
+
+/// Why a push to a connection failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PushError {
+    /// The connection is gone (API Gateway's 410): later pushes to it are pointless.
+    #[error("connection gone")]
+    Gone,
+    #[error(transparent)]
+    Failed(#[from] PortError),
+}
+
+/// Pushes data to one client connection: the API Gateway Management API's PostToConnection.
+#[async_trait]
+pub trait ConnectionPusher: Send + Sync {
+    async fn post(&self, endpoint: &str, conn: &str, data: &str) -> Result<(), PushError>;
+}
+
+/// Announces a new connection (`user_connected`), so its offline store gets drained to it.
+pub trait ConnectionEvents: Send + Sync {
+    fn connected(&self, event: &UserConnected) -> PendingPublish;
+}
+
+/// History reads: one page of a conversation.
+#[async_trait]
+pub trait HistoryStore: Send + Sync {
+    /// Up to `limit` messages of `conversation` in `range`, ascending by seq, and whether more
+    /// lie beyond the page in the direction of paging. One query per call.
+    async fn page(
+        &self,
+        conversation: &ConversationId,
+        range: crate::history::Range,
+        limit: u32,
+    ) -> Result<crate::history::Page, PortError>;
+}
+
 /// Everything the messaging step needs.
 #[derive(Clone)]
 pub struct Ports {
@@ -78,4 +135,5 @@ pub struct Ports {
     pub chat: Arc<dyn ChatStore>,
     pub dedupe: Arc<dyn DedupeIndex>,
     pub deliveries: Arc<dyn DeliveryBus>,
+    pub offline: Arc<dyn OfflineStore>,
 }

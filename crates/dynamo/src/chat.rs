@@ -106,3 +106,70 @@ impl ChatStore for DynamoChatStore {
         }
     }
 }
+
+#[async_trait]
+impl connect_core::ports::HistoryStore for DynamoChatStore {
+    async fn page(
+        &self,
+        conversation: &connect_protocol::ConversationId,
+        range: connect_core::history::Range,
+        limit: u32,
+    ) -> Result<connect_core::history::Page, PortError> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        use connect_core::history::{Page, Range};
+
+        let n = |v: u64| AttributeValue::N(v.to_string());
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .expression_attribute_names("#c", "conversation")
+            .expression_attribute_values(":c", AttributeValue::S(conversation.to_string()))
+            // One more than asked: its presence says `has_more`.
+            .limit(limit as i32 + 1);
+        if !matches!(range, Range::Before { before: None }) {
+            query = query.expression_attribute_names("#s", "seq");
+        }
+        let ascending = match range {
+            Range::After { after, before } => {
+                query = match before {
+                    // Both bounds are exclusive; BETWEEN is inclusive.
+                    Some(b) => query
+                        .key_condition_expression("#c = :c AND #s BETWEEN :a AND :b")
+                        .expression_attribute_values(":a", n(after.saturating_add(1)))
+                        .expression_attribute_values(":b", n(b.saturating_sub(1))),
+                    None => query
+                        .key_condition_expression("#c = :c AND #s > :a")
+                        .expression_attribute_values(":a", n(after)),
+                };
+                true
+            }
+            Range::Before { before: Some(b) } => {
+                query = query
+                    .key_condition_expression("#c = :c AND #s < :b")
+                    .expression_attribute_values(":b", n(b));
+                false
+            }
+            Range::Before { before: None } => {
+                query = query.key_condition_expression("#c = :c");
+                false
+            }
+        };
+        let out = query
+            .scan_index_forward(ascending)
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        let mut messages: Vec<StoredMessage> = out
+            .items()
+            .iter()
+            .filter_map(crate::item::from_item)
+            .collect();
+        let has_more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        if !ascending {
+            messages.reverse();
+        }
+        Ok(Page { messages, has_more })
+    }
+}

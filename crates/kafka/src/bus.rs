@@ -7,8 +7,8 @@ use futures_util::future::join_all;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use connect_core::model::{Delivery, Submission};
-use connect_core::ports::{DeliveryBus, PendingPublish, SubmissionBus};
+use connect_core::model::{Delivery, Submission, UserConnected};
+use connect_core::ports::{ConnectionEvents, DeliveryBus, PendingPublish, SubmissionBus};
 use connect_core::PortError;
 
 use crate::codec::{encode_delivery, encode_submission};
@@ -31,21 +31,53 @@ impl KafkaSubmissionBus {
     }
 }
 
+/// Enqueues one record now; the future resolves when the broker has it.
+fn publish(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> PendingPublish {
+    let record = FutureRecord::to(topic).key(key).payload(payload);
+    match producer.send_result(record) {
+        Ok(fut) => Box::pin(async move {
+            match fut.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(PortError::unavailable(BACKEND, e)),
+                Err(_) => Err(PortError::unavailable(BACKEND, "producer closed")),
+            }
+        }),
+        Err((e, _)) => Box::pin(std::future::ready(Err(PortError::unavailable(BACKEND, e)))),
+    }
+}
+
 impl SubmissionBus for KafkaSubmissionBus {
     fn submit(&self, submission: &Submission) -> PendingPublish {
         let key = submission.conversation.to_string();
-        let payload = encode_submission(submission);
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        match self.producer.send_result(record) {
-            Ok(fut) => Box::pin(async move {
-                match fut.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(PortError::unavailable(BACKEND, e)),
-                    Err(_) => Err(PortError::unavailable(BACKEND, "producer closed")),
-                }
-            }),
-            Err((e, _)) => Box::pin(std::future::ready(Err(PortError::unavailable(BACKEND, e)))),
+        publish(
+            &self.producer,
+            &self.topic,
+            &key,
+            &encode_submission(submission),
+        )
+    }
+}
+
+/// Publishes `user_connected` records (key = user, value = JSON).
+#[derive(Clone)]
+pub struct KafkaConnectionEvents {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaConnectionEvents {
+    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+        Self {
+            producer,
+            topic: topic.into(),
         }
+    }
+}
+
+impl ConnectionEvents for KafkaConnectionEvents {
+    fn connected(&self, event: &UserConnected) -> PendingPublish {
+        let payload = serde_json::to_vec(event).unwrap_or_default();
+        publish(&self.producer, &self.topic, event.user.as_str(), &payload)
     }
 }
 

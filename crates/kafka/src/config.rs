@@ -80,14 +80,7 @@ impl KafkaConfig {
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
     /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_IDEMPOTENCE` (true), `KAFKA_DEBUG` (none).
     pub fn from_env() -> Result<Self, String> {
-        fn num(name: &str, default: u32) -> Result<u32, String> {
-            match std::env::var(name) {
-                Ok(v) if !v.is_empty() => v
-                    .parse()
-                    .map_err(|_| format!("{name}={v:?} is not a whole number")),
-                _ => Ok(default),
-            }
-        }
+        use connect_core::env::parsed as num;
         Ok(Self {
             brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),
             fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 5)?,
@@ -108,6 +101,7 @@ impl KafkaConfig {
 pub struct Topics {
     pub incoming: String,
     pub outgoing: String,
+    pub user_connected: String,
 }
 
 impl Topics {
@@ -116,6 +110,7 @@ impl Topics {
         Self {
             incoming: string("KAFKA_INCOMING_TOPIC", "incoming_messages"),
             outgoing: string("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
+            user_connected: string("KAFKA_USER_CONNECTED_TOPIC", "user_connected"),
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod bus;
 pub mod codec;
 pub mod config;
 
-pub use admin::ensure_topics;
-pub use bus::{KafkaDeliveryBus, KafkaSubmissionBus};
+pub use admin::{assign_all, ensure_topics};
+pub use bus::{KafkaConnectionEvents, KafkaDeliveryBus, KafkaSubmissionBus};
 pub use config::{KafkaConfig, Topics};
 pub use rdkafka;

@@ -2,26 +2,13 @@
 
 use std::str::FromStr;
 
-use anyhow::Context;
-
 /// `name` parsed as `T`, or `default` when unset or empty.
 pub fn var<T>(name: &str, default: T) -> anyhow::Result<T>
 where
     T: FromStr,
     T::Err: std::fmt::Display,
 {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("{name}={v:?}")),
-        _ => Ok(default),
-    }
+    connect_core::env::parsed(name, default).map_err(anyhow::Error::msg)
 }
 
-pub use connect_core::env::{optional, string};
-
-/// Whether `CONNECT_ENV` says production (stricter checks: no dev secret, no fault injection).
-pub fn production() -> bool {
-    optional("CONNECT_ENV").is_some_and(|v| v == "production")
-}
+pub use connect_core::env::{optional, production, string};

@@ -13,9 +13,14 @@ async fn main() -> anyhow::Result<()> {
     let topics = Topics::from_env();
     let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
     let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
+    let connected: i32 = env::var("USER_CONNECTED_PARTITIONS", 1)?;
     connect_kafka::ensure_topics(
         &kafka.brokers,
-        &[(&topics.incoming, incoming), (&topics.outgoing, outgoing)],
+        &[
+            (&topics.incoming, incoming),
+            (&topics.outgoing, outgoing),
+            (&topics.user_connected, connected),
+        ],
     )
     .await
     .map_err(anyhow::Error::msg)
@@ -28,8 +33,8 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("creating tables")?;
     println!(
-        "topics {} ({incoming} partitions), {} ({outgoing} partitions); tables {}, {}",
-        topics.incoming, topics.outgoing, tables.chat, tables.sequences
+        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}); tables {}, {}",
+        topics.incoming, topics.outgoing, topics.user_connected, tables.chat, tables.sequences
     );
     Ok(())
 }

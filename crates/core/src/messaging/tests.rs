@@ -224,3 +224,49 @@ async fn rules_without_io_reject_with_their_codes() {
     assert_eq!(codes, vec!["forbidden", "not_found"]);
     assert!(mem.stored().is_empty());
 }
+
+#[tokio::test]
+async fn an_offline_recipient_gets_an_offline_entry_and_the_sender_none() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "alice", "a1", 0).await;
+    let step = MessagingStep::new(mem.ports());
+    let report = step
+        .process(
+            vec![
+                send("alice", "bob", "m1", "a1", 0),
+                send("alice", "bob", "m2", "a1", 0),
+            ],
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.parked, 2);
+    assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [1, 2]);
+    assert!(mem.offline_seqs("alice", "dm:alice:bob").is_empty());
+    let held = mem
+        .offline
+        .lock()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .get(&1)
+        .cloned()
+        .unwrap();
+    assert_eq!(frame(&held)["type"], "message");
+    assert_eq!(frame(&held)["id"], "m1");
+
+    // Online now: no entry, a live delivery.
+    online(&mem, "bob", "b1", 1).await;
+    mem.take_published();
+    let report = step
+        .process(vec![send("alice", "bob", "m3", "a1", 0)], 6)
+        .await
+        .unwrap();
+    assert_eq!(report.parked, 0);
+    assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [1, 2]);
+    assert!(mem
+        .take_published()
+        .iter()
+        .any(|d| d.slot == 1 && d.recipients == vec![user("bob")]));
+}

@@ -1,0 +1,232 @@
+//! The HTTP API's handlers over `lambda_http` types. The same [`HttpApi::handle`] runs inside
+//! each Lambda (`functions/history`, …) and behind the local HTTP API (`connect-local-api`), which
+//! turns each request into the API Gateway HTTP API v2 event AWS would send ([`event_json`]).
+//! Logic lives in `connect_core::history`; this crate maps HTTP to it and back.
+
+use std::sync::Arc;
+
+use lambda_http::{Body, Request, RequestExt, Response};
+
+use connect_core::auth::TokenVerifier;
+use connect_core::history::{self, ApiError, PageBody};
+use connect_core::ports::HistoryStore;
+use connect_protocol::{ErrorCode, UserId};
+
+/// One route of the HTTP API and the function that serves it in AWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub function: &'static str,
+}
+
+impl Route {
+    /// API Gateway's `routeKey`.
+    pub fn key(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+pub const HISTORY: Route = Route {
+    method: "GET",
+    path: "/v1/conversations/{conversation}/messages",
+    function: "history",
+};
+
+/// Every route, as `template.yaml` declares them.
+pub const ROUTES: &[Route] = &[HISTORY];
+
+/// The route that serves `method path`, with its path parameters (still percent-encoded, as
+/// API Gateway passes them).
+pub fn match_route(method: &str, path: &str) -> Option<(Route, Vec<(String, String)>)> {
+    ROUTES.iter().find_map(|route| {
+        if !route.method.eq_ignore_ascii_case(method) {
+            return None;
+        }
+        let want: Vec<&str> = route.path.split('/').collect();
+        let got: Vec<&str> = path.split('/').collect();
+        if want.len() != got.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (w, g) in want.iter().zip(&got) {
+            match w.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                Some(name) if !g.is_empty() => params.push((name.to_owned(), (*g).to_owned())),
+                Some(_) => return None,
+                None if w == g => {}
+                None => return None,
+            }
+        }
+        Some((*route, params))
+    })
+}
+
+/// The API Gateway HTTP API (payload 2.0) event for a request, as JSON text.
+pub fn event_json(
+    route: &Route,
+    params: &[(String, String)],
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    body: &str,
+    source_ip: &str,
+) -> String {
+    let query_params: serde_json::Map<String, serde_json::Value> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), serde_json::Value::String(v.to_owned()))
+        })
+        .collect();
+    let header_map: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), serde_json::Value::String(v.clone())))
+        .collect();
+    let path_params: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let now = connect_core::now_ms();
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": route.key(),
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": header_map,
+        "queryStringParameters": if query_params.is_empty() { serde_json::Value::Null } else { query_params.into() },
+        "pathParameters": path_params,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "local",
+            "domainName": "127.0.0.1",
+            "domainPrefix": "local",
+            "http": {
+                "method": route.method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": source_ip,
+                "userAgent": header_map_get(headers, "user-agent"),
+            },
+            "requestId": format!("local-{now}"),
+            "routeKey": route.key(),
+            "stage": "$default",
+            "time": "",
+            "timeEpoch": now,
+        },
+        "body": if body.is_empty() { serde_json::Value::Null } else { body.into() },
+        "isBase64Encoded": false,
+    })
+    .to_string()
+}
+
+fn header_map_get(headers: &[(String, String)], name: &str) -> String {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// `%XX` escapes decoded (path parameters such as `dm%3Aalice%3Abob`).
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json(status: u16, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::Text(body))
+        .unwrap_or_default()
+}
+
+fn error(e: &ApiError) -> Response<Body> {
+    json(e.status(), e.body())
+}
+
+/// The HTTP API over its ports.
+#[derive(Clone)]
+pub struct HttpApi {
+    verifier: TokenVerifier,
+    history: Arc<dyn HistoryStore>,
+}
+
+impl HttpApi {
+    /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET`, `CONNECT_ENV`, `AWS_REGION`,
+    /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`.
+    pub async fn from_env() -> Result<Self, String> {
+        use connect_core::env::{optional, production};
+        let secret =
+            connect_core::auth::JwtSecret::new(optional("CONNECT_JWT_SECRET"), production())
+                .map_err(|e| e.to_string())?;
+        let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
+        let tables = connect_dynamo::Tables::from_env();
+        let store = connect_dynamo::DynamoChatStore::new(dynamo, &tables.chat, 1);
+        Ok(Self::new(TokenVerifier::new(&secret), Arc::new(store)))
+    }
+
+    pub fn new(verifier: TokenVerifier, history: Arc<dyn HistoryStore>) -> Self {
+        Self { verifier, history }
+    }
+
+    /// Serves one request (any route of [`ROUTES`]).
+    pub async fn handle(&self, req: Request) -> Response<Body> {
+        let route = req.uri().path().to_owned();
+        let result = match match_route(req.method().as_str(), &route) {
+            Some((r, _)) if r == HISTORY => self.history(&req).await,
+            _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+        };
+        result.unwrap_or_else(|e| error(&e))
+    }
+
+    fn caller(&self, req: &Request) -> Result<UserId, ApiError> {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
+        self.verifier
+            .verify(token.trim())
+            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))
+    }
+
+    async fn history(&self, req: &Request) -> Result<Response<Body>, ApiError> {
+        let caller = self.caller(req)?;
+        let params = req.path_parameters();
+        let conversation = params
+            .first("conversation")
+            .map(percent_decode)
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing conversation"))?;
+        let query_params = req.query_string_parameters();
+        let query = history::Query::parse(&conversation, |name| query_params.first(name))?;
+        let page = history::read(&*self.history, &caller, &query).await?;
+        let body = serde_json::to_string(&PageBody::from(page))
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(json(200, body))
+    }
+}
+
+#[cfg(test)]
+mod tests;

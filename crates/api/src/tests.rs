@@ -1,0 +1,148 @@
+use std::sync::Arc;
+
+use connect_core::auth::{JwtSecret, TokenIssuer};
+use connect_core::memory::Memory;
+use connect_core::model::StoredMessage;
+use connect_core::ports::ChatStore;
+use connect_protocol::{ClientMsgId, ConversationId, UserId};
+
+use super::*;
+
+fn api(mem: &Arc<Memory>) -> HttpApi {
+    let secret = JwtSecret::new(None, false).unwrap();
+    HttpApi::new(TokenVerifier::new(&secret), mem.clone())
+}
+
+fn token(user: &str) -> String {
+    TokenIssuer::new(&JwtSecret::new(None, false).unwrap()).mint(user, 60)
+}
+
+/// A request as the local API builds it, parsed as the Lambda runtime parses it.
+fn get(path_and_query: &str, user: Option<&str>) -> Request {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let (route, params) = match_route("GET", path).expect("a route");
+    let headers: Vec<(String, String)> = user
+        .map(|u| vec![("Authorization".into(), format!("Bearer {}", token(u)))])
+        .unwrap_or_default();
+    let event = event_json(&route, &params, path, query, &headers, "", "127.0.0.1");
+    lambda_http::request::from_str(&event).expect("an API Gateway v2 event")
+}
+
+async fn seed(mem: &Memory, n: u64) {
+    let messages: Vec<StoredMessage> = (1..=n)
+        .map(|seq| StoredMessage {
+            conversation: ConversationId::parse("dm:alice:bob").unwrap(),
+            seq,
+            from: UserId::parse("alice").unwrap(),
+            id: ClientMsgId::parse(format!("m{seq}")).unwrap(),
+            body: format!("b{seq}"),
+            ts: seq,
+            event: None,
+        })
+        .collect();
+    mem.put_batch(&messages).await.unwrap();
+}
+
+async fn page(api: &HttpApi, q: &str) -> (u16, Vec<u64>, serde_json::Value) {
+    let res = api
+        .handle(get(
+            &format!("/v1/conversations/dm%3Aalice%3Abob/messages{q}"),
+            Some("bob"),
+        ))
+        .await;
+    let status = res.status().as_u16();
+    let body: serde_json::Value = match res.body() {
+        Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let seqs = body["messages"]
+        .as_array()
+        .map(|a| a.iter().map(|m| m["seq"].as_u64().unwrap()).collect())
+        .unwrap_or_default();
+    (status, seqs, body)
+}
+
+#[tokio::test]
+async fn pages_as_the_contract_says() {
+    let mem = Arc::new(Memory::default());
+    seed(&mem, 120).await;
+    let api = api(&mem);
+
+    let (s, seqs, body) = page(&api, "").await;
+    assert_eq!(
+        (s, seqs, body["has_more"].as_bool()),
+        (200, (71..=120).collect(), Some(true))
+    );
+    assert_eq!(body["messages"][0]["from"], "alice");
+    assert_eq!(body["messages"][0]["conversation"], "dm:alice:bob");
+    assert!(body["messages"][0].get("type").is_none());
+
+    let (_, seqs, body) = page(&api, "?after=0&limit=100").await;
+    assert_eq!(
+        (seqs, body["has_more"].as_bool()),
+        ((1..=100).collect(), Some(true))
+    );
+    let (_, seqs, body) = page(&api, "?after=100").await;
+    assert_eq!(
+        (seqs, body["has_more"].as_bool()),
+        ((101..=120).collect(), Some(false))
+    );
+    let (_, seqs, body) = page(&api, "?before=51&limit=50").await;
+    assert_eq!(
+        (seqs, body["has_more"].as_bool()),
+        ((1..=50).collect(), Some(false))
+    );
+    let (_, seqs, body) = page(&api, "?before=52&limit=50").await;
+    assert_eq!(
+        (seqs, body["has_more"].as_bool()),
+        ((2..=51).collect(), Some(true))
+    );
+
+    let (s, _, body) = page(&api, "?limit=5000").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}
+
+#[tokio::test]
+async fn strangers_and_the_anonymous_are_refused() {
+    let mem = Arc::new(Memory::default());
+    seed(&mem, 3).await;
+    let api = api(&mem);
+    let res = api
+        .handle(get(
+            "/v1/conversations/dm:alice:bob/messages",
+            Some("carol"),
+        ))
+        .await;
+    assert_eq!(res.status().as_u16(), 403);
+    let res = api
+        .handle(get("/v1/conversations/dm:alice:bob/messages", None))
+        .await;
+    assert_eq!(res.status().as_u16(), 401);
+}
+
+#[test]
+fn routes_match_with_their_parameters() {
+    let (r, p) = match_route("GET", "/v1/conversations/dm:a:b/messages").unwrap();
+    assert_eq!(r, HISTORY);
+    assert_eq!(p, vec![("conversation".to_owned(), "dm:a:b".to_owned())]);
+    assert!(match_route("POST", "/v1/conversations/dm:a:b/messages").is_none());
+    assert!(match_route("GET", "/v1/conversations//messages").is_none());
+    assert!(match_route("GET", "/v1/conversations/x/messages/y").is_none());
+    assert_eq!(percent_decode("dm%3Aa%3Ab"), "dm:a:b");
+    assert_eq!(percent_decode("a%zz%"), "a%zz%");
+}
+
+#[tokio::test]
+async fn the_sample_event_reads_a_page() {
+    let mem = Arc::new(Memory::default());
+    seed(&mem, 3).await;
+    let req = lambda_http::request::from_str(include_str!("../../../events/history.json"))
+        .expect("events/history.json is an API Gateway v2 event");
+    let res = api(&mem).handle(req).await;
+    assert_eq!(res.status().as_u16(), 200, "{:?}", res.body());
+}

@@ -1,0 +1,101 @@
+//! API Gateway Management API adapter: [`ManagementPusher`] implements
+//! [`ConnectionPusher`] with `aws-sdk-apigatewaymanagement`'s `PostToConnection`, pointed at the
+//! endpoint recorded with each session: a real API Gateway WebSocket API, or a gateway's own
+//! `/@connections` (which also wants the internal token header, [`INTERNAL_TOKEN_HEADER`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
+use aws_sdk_apigatewaymanagement::config::Credentials;
+use aws_sdk_apigatewaymanagement::primitives::Blob;
+use aws_sdk_apigatewaymanagement::Client;
+
+use connect_core::ports::{ConnectionPusher, PushError};
+use connect_core::PortError;
+
+pub use connect_core::auth::INTERNAL_TOKEN_HEADER;
+
+/// One SDK client per management endpoint, built on first use.
+pub struct ManagementPusher {
+    sdk: SdkConfig,
+    token: Option<String>,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl ManagementPusher {
+    /// `region`: `AWS_REGION`. In production the default credential chain signs the calls;
+    /// elsewhere static local credentials do (a gateway does not check SigV4, it checks `token`).
+    pub async fn new(region: &str, production: bool, token: Option<String>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(5))
+                    .build(),
+            );
+        if !production {
+            loader = loader.credentials_provider(Credentials::new(
+                "local",
+                "local",
+                None,
+                None,
+                "connect-local",
+            ));
+        }
+        Self {
+            sdk: loader.load().await,
+            token,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, endpoint: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry(endpoint.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk)
+                    .endpoint_url(endpoint)
+                    .build();
+                Client::from_conf(config)
+            })
+            .clone()
+    }
+}
+
+#[async_trait]
+impl ConnectionPusher for ManagementPusher {
+    async fn post(&self, endpoint: &str, conn: &str, data: &str) -> Result<(), PushError> {
+        let call = self
+            .client(endpoint)
+            .post_to_connection()
+            .connection_id(conn)
+            .data(Blob::new(data.as_bytes().to_vec()));
+        let result = match self.token.clone() {
+            Some(token) => {
+                call.customize()
+                    .mutate_request(move |req| {
+                        req.headers_mut()
+                            .insert(INTERNAL_TOKEN_HEADER, token.clone());
+                    })
+                    .send()
+                    .await
+            }
+            None => call.send().await,
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_gone_exception()) => {
+                Err(PushError::Gone)
+            }
+            Err(e) => Err(PushError::Failed(PortError::unavailable(
+                "apigatewaymanagement",
+                aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e),
+            ))),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The history use-case: `GET /v1/conversations/{conversation}/messages` (PROTOCOL.md, History).
+//! Parsing and authorization are here; the HTTP and Lambda adapters only move bytes.
+
+use connect_protocol::{ConversationId, ErrorCode, MessageFrame, UserId};
+use serde::Serialize;
+
+use crate::model::StoredMessage;
+use crate::ports::HistoryStore;
+use crate::PortError;
+
+/// `limit` when the request has none.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// The largest `limit` a request may ask for.
+pub const MAX_LIMIT: u32 = 100;
+
+/// Which messages a page covers (bounds are exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// The first messages above `after` (and below `before`, when given): ascending paging.
+    After { after: u64, before: Option<u64> },
+    /// The last messages below `before` (or below the end): descending paging.
+    Before { before: Option<u64> },
+}
+
+/// One page, ascending by seq.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub messages: Vec<StoredMessage>,
+    /// Whether more messages lie beyond the page in the direction of paging.
+    pub has_more: bool,
+}
+
+/// The response body.
+#[derive(Debug, Serialize)]
+pub struct PageBody {
+    pub messages: Vec<MessageFrame>,
+    pub has_more: bool,
+}
+
+impl From<Page> for PageBody {
+    fn from(p: Page) -> Self {
+        Self {
+            messages: p.messages.iter().map(StoredMessage::to_frame).collect(),
+            has_more: p.has_more,
+        }
+    }
+}
+
+/// A request refused with one of the contract's codes (HTTP status from [`ErrorCode`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.http_status()
+    }
+
+    /// `{"error":{"code":"…","message":"…"}}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "error": { "code": self.code.as_str(), "message": self.message } })
+            .to_string()
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(e: PortError) -> Self {
+        tracing::warn!(cause = %e, "backend call failed");
+        Self::new(ErrorCode::Unavailable, "a backend is unavailable; retry")
+    }
+}
+
+/// A parsed history request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub conversation: ConversationId,
+    pub range: Range,
+    pub limit: u32,
+}
+
+fn whole_number(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
+    value
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("`{name}` must be a whole number"),
+                )
+            })
+        })
+        .transpose()
+}
+
+impl Query {
+    /// Parses the path's conversation and the query parameters (`param(name)`).
+    pub fn parse<'a>(
+        conversation: &str,
+        param: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Self, ApiError> {
+        let conversation = ConversationId::parse(conversation).map_err(|e| {
+            ApiError::new(ErrorCode::BadRequest, format!("bad conversation id: {e}"))
+        })?;
+        let after = whole_number("after", param("after"))?;
+        let before = whole_number("before", param("before"))?;
+        let limit = match whole_number("limit", param("limit"))? {
+            None => DEFAULT_LIMIT,
+            Some(l) if (1..=u64::from(MAX_LIMIT)).contains(&l) => l as u32,
+            Some(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("`limit` must be between 1 and {MAX_LIMIT}"),
+                ))
+            }
+        };
+        let range = match after {
+            Some(after) => Range::After { after, before },
+            None => Range::Before { before },
+        };
+        Ok(Self {
+            conversation,
+            range,
+            limit,
+        })
+    }
+}
+
+/// Who may read a conversation.
+pub fn authorize(caller: &UserId, conversation: &ConversationId) -> Result<(), ApiError> {
+    match conversation {
+        ConversationId::Direct { .. } if conversation.is_direct_member(caller) => Ok(()),
+        ConversationId::Direct { .. } => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "not a member of this conversation",
+        )),
+        // Groups arrive with the group table; until then no group exists.
+        ConversationId::Group(_) => Err(ApiError::new(ErrorCode::NotFound, "no such group")),
+    }
+}
+
+/// Reads one page for `caller`.
+pub async fn read(
+    store: &dyn HistoryStore,
+    caller: &UserId,
+    query: &Query,
+) -> Result<Page, ApiError> {
+    authorize(caller, &query.conversation)?;
+    if let Range::After {
+        after,
+        before: Some(before),
+    } = query.range
+    {
+        if before <= after.saturating_add(1) {
+            return Ok(Page::default());
+        }
+    }
+    if let Range::Before {
+        before: Some(0 | 1),
+    } = query.range
+    {
+        return Ok(Page::default());
+    }
+    Ok(store
+        .page(&query.conversation, query.range, query.limit)
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(params: &[(&str, &str)]) -> Result<Query, ApiError> {
+        Query::parse("dm:alice:bob", |name| {
+            params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+        })
+    }
+
+    #[test]
+    fn parameters_parse_as_the_contract_says() {
+        let d = q(&[]).unwrap();
+        assert_eq!(d.limit, 50);
+        assert_eq!(d.range, Range::Before { before: None });
+        let a = q(&[("after", "100"), ("limit", "100")]).unwrap();
+        assert_eq!(
+            a.range,
+            Range::After {
+                after: 100,
+                before: None
+            }
+        );
+        assert_eq!(a.limit, 100);
+        let b = q(&[("before", "51"), ("limit", "1")]).unwrap();
+        assert_eq!(b.range, Range::Before { before: Some(51) });
+        for bad in [
+            [("limit", "0")],
+            [("limit", "101")],
+            [("limit", "5000")],
+            [("after", "-1")],
+            [("before", "1.5")],
+            [("after", "x")],
+        ] {
+            let e = q(&bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad:?}");
+            assert_eq!(e.status(), 400);
+        }
+        assert_eq!(
+            Query::parse("nope", |_| None).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn only_members_read_a_direct_conversation() {
+        let c = ConversationId::parse("dm:alice:bob").unwrap();
+        assert!(authorize(&UserId::parse("alice").unwrap(), &c).is_ok());
+        let e = authorize(&UserId::parse("carol").unwrap(), &c).unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert_eq!(
+            e.body(),
+            r#"{"error":{"code":"forbidden","message":"not a member of this conversation"}}"#
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! `connect-event-poller`: the local stack's stand-in for a Lambda event-source mapping on MSK.
+//! It reads a topic (every partition, resuming from its group's committed offsets), turns each
+//! batch into the MSK event JSON AWS sends (records keyed `topic-partition`, key and value
+//! base64), and invokes the function through the Lambda Invoke API
+//! (`POST {LAMBDA_ENDPOINT}/2015-03-31/functions/{name}/invocations`, which `cargo lambda watch`
+//! serves locally). Offsets are committed only after the function succeeded; a failed
+//! invocation is retried with backoff, as the MSK trigger does.
+//!
+//! Config: `KAFKA_*`, `EVENT_SOURCE_TOPIC` (user_connected), `EVENT_FUNCTION`
+//! (offline-delivery), `EVENT_GROUP_ID` (lambda-<function>), `LAMBDA_ENDPOINT`
+//! (http://127.0.0.1:9000), `EVENT_BATCH_MAX` (100).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use bytes::Bytes;
+use connect_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use connect_kafka::rdkafka::message::BorrowedMessage;
+use connect_kafka::rdkafka::{Message, Offset, TopicPartitionList};
+use connect_kafka::KafkaConfig;
+use connect_service::env;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn b64(bytes: Option<&[u8]>) -> Value {
+    bytes.map_or(Value::Null, |b| {
+        Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+    })
+}
+
+/// One MSK record as AWS shapes it.
+fn record_json(m: &BorrowedMessage<'_>) -> Value {
+    json!({
+        "topic": m.topic(),
+        "partition": m.partition(),
+        "offset": m.offset(),
+        "timestamp": m.timestamp().to_millis().unwrap_or(0),
+        "timestampType": "CREATE_TIME",
+        "key": b64(m.key()),
+        "value": b64(m.payload()),
+        "headers": [],
+    })
+}
+
+/// The MSK event for a batch: `records` maps "topic-partition" to its records in order.
+fn event_json(brokers: &str, batch: &BTreeMap<String, Vec<Value>>) -> String {
+    json!({
+        "eventSource": "aws:kafka",
+        "eventSourceArn": "arn:aws:kafka:us-east-1:000000000000:cluster/connect-local/local",
+        "bootstrapServers": brokers,
+        "records": batch,
+    })
+    .to_string()
+}
+
+/// Invokes the function once; `Err` on a transport failure, a non-2xx status or a function error.
+async fn invoke(client: &HttpClient, url: &str, event: String) -> anyhow::Result<String> {
+    let req = http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(event)))?;
+    let res = client.request(req).await.context("invoke request")?;
+    let status = res.status();
+    let function_error = res.headers().get("x-amz-function-error").cloned();
+    let body = res.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() || function_error.is_some() {
+        anyhow::bail!("function failed ({status}): {body}");
+    }
+    Ok(body)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    connect_service::telemetry::init_tracing();
+    let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
+    let topic = env::string("EVENT_SOURCE_TOPIC", "user_connected");
+    let function = env::string("EVENT_FUNCTION", "offline-delivery");
+    let group = env::string("EVENT_GROUP_ID", &format!("lambda-{function}"));
+    let endpoint = env::string("LAMBDA_ENDPOINT", "http://127.0.0.1:9000");
+    let max: usize = env::var("EVENT_BATCH_MAX", 100)?;
+    let url = format!("{endpoint}/2015-03-31/functions/{function}/invocations");
+
+    let consumer: StreamConsumer = kafka.consumer(&group).create()?;
+    connect_kafka::assign_all(&consumer, &topic).map_err(anyhow::Error::msg)?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    info!(%topic, %url, "polling");
+
+    let stop = connect_service::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let first = tokio::select! {
+            () = &mut stop => break,
+            r = consumer.recv() => r,
+        };
+        let first = match first {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(cause = %e, "read failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut batch: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut add = |m: &BorrowedMessage<'_>| {
+            batch
+                .entry(format!("{}-{}", m.topic(), m.partition()))
+                .or_default()
+                .push(record_json(m));
+            next.insert(m.partition(), m.offset() + 1);
+        };
+        add(&first);
+        drop(first);
+        let mut n = 1;
+        while n < max {
+            match futures_now(&consumer) {
+                Some(m) => {
+                    add(&m);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        let event = event_json(&kafka.brokers, &batch);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match invoke(&client, &url, event.clone()).await {
+                Ok(result) => {
+                    info!(records = n, %result, "invoked");
+                    break;
+                }
+                Err(e) => {
+                    warn!(cause = %e, records = n, "invocation failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in next {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            warn!(cause = %e, "commit failed; the batch may be delivered again");
+        }
+    }
+    Ok(())
+}
+
+/// A record that is already fetched, without waiting.
+fn futures_now(consumer: &StreamConsumer) -> Option<BorrowedMessage<'_>> {
+    use futures_util::FutureExt;
+    consumer.recv().now_or_never()?.ok()
+}

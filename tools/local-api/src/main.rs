@@ -1,0 +1,95 @@
+//! `connect-local-api`: the local stack's HTTP API (`LOCAL_API_ADDR`, 127.0.0.1:8090). Like API
+//! Gateway's HTTP API it matches the route, builds the payload-2.0 event JSON, and hands it to
+//! the very handler the Lambda runs (`connect_api::HttpApi::handle`, parsed by `lambda_http` as
+//! the Lambda runtime parses it); the handler's response goes back as it is.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::body::{to_bytes, Body};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tracing::info;
+
+use connect_api::{event_json, match_route, HttpApi};
+
+/// API Gateway's payload limit.
+const MAX_BODY: usize = 10 * 1024 * 1024;
+
+fn contract_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "error": { "code": code, "message": message } }).to_string(),
+    )
+        .into_response()
+}
+
+async fn serve(
+    State(api): State<HttpApi>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
+    let Some((route, params)) = match_route(parts.method.as_str(), &path) else {
+        return contract_error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    };
+    let Ok(body) = to_bytes(body, MAX_BODY).await else {
+        return contract_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large");
+    };
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let event = event_json(
+        &route,
+        &params,
+        &path,
+        &query,
+        &headers,
+        &String::from_utf8_lossy(&body),
+        &peer.ip().to_string(),
+    );
+    let request = match lambda_http::request::from_str(&event) {
+        Ok(r) => r,
+        Err(e) => {
+            return contract_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+        }
+    };
+    let response = api.handle(request).await;
+    let (parts, body) = response.into_parts();
+    let bytes: Vec<u8> = match body {
+        lambda_http::Body::Empty => Vec::new(),
+        lambda_http::Body::Text(t) => t.into_bytes(),
+        lambda_http::Body::Binary(b) => b,
+        _ => Vec::new(),
+    };
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    connect_service::telemetry::init_tracing();
+    let addr: SocketAddr = connect_service::env::var("LOCAL_API_ADDR", "127.0.0.1:8090".parse()?)?;
+    let api = HttpApi::from_env()
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("configuring the HTTP API")?;
+    let app = Router::new().fallback(serve).with_state(api);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    info!(%addr, "local HTTP API listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(connect_service::shutdown_signal())
+    .await?;
+    Ok(())
+}
