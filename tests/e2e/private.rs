@@ -137,3 +137,35 @@ impl Drop for PrivateStack {
         }
     }
 }
+
+/// One more gateway on the shared stack (shared topics, a free slot), for tests that kill it.
+pub struct ExtraGateway {
+    pub addr: String,
+    pub process: Child,
+}
+
+impl ExtraGateway {
+    pub async fn start() -> anyhow::Result<Self> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let mut process = Command::new(binary("connect-gateway"))
+            .env("GATEWAY_ADDR", &addr)
+            .env("GATEWAY_ID", format!("gw-extra-{id}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting connect-gateway")?;
+        wait_healthy(&addr, &mut process).await?;
+        Ok(Self { addr, process })
+    }
+
+    /// SIGKILL: no drain, no deregistration, nothing parked.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.process.start_kill()?;
+        self.process.wait().await?;
+        Ok(())
+    }
+}
