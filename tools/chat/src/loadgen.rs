@@ -117,6 +117,9 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let pad = "x".repeat(body.saturating_sub(20));
     let mut k = 0u64;
+    // Acks, as a client sends them: the highest seq held, every ACK_EVERY messages and at the end.
+    const ACK_EVERY: u64 = 50;
+    let (mut held, mut unacked): (Option<(String, u64)>, u64) = (None, 0);
     loop {
         tokio::select! {
             _ = tick.tick(), if Instant::now() < plan.send_until => {
@@ -140,6 +143,14 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                         }
                     }
                     Some("message") => {
+                        if let (Some(c), Some(seq)) = (f["conversation"].as_str(), f["seq"].as_u64()) {
+                            held = Some((c.to_owned(), seq));
+                            unacked += 1;
+                            if unacked >= ACK_EVERY {
+                                unacked = 0;
+                                ws.send(Message::Text(json!({"type":"ack","conversation":c,"seq":seq}).to_string().into())).await?;
+                            }
+                        }
                         let t: Option<u64> = f["body"].as_str().and_then(|b| b.split(' ').next()?.parse().ok());
                         if let Some(t) = t.filter(|t| plan.measured(*t)) { stats.delivered.record(now_us.saturating_sub(t).max(1))?; }
                     }
@@ -153,6 +164,15 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
             _ = tokio::time::sleep_until(plan.stop_at) => break,
         }
     }
+    if let (Some((c, seq)), true) = (held, unacked > 0) {
+        ws.send(Message::Text(
+            json!({"type":"ack","conversation":c,"seq":seq})
+                .to_string()
+                .into(),
+        ))
+        .await?;
+    }
+    let _ = ws.close(None).await;
     Ok(stats)
 }
 
