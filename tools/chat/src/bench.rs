@@ -134,7 +134,7 @@ async fn history(
             for i in 0..per {
                 // Pages all over the conversation: the latest, and `before` anywhere.
                 let k = (w * per + i) as u64;
-                let q = if k % 10 == 0 {
+                let q = if k.is_multiple_of(10) {
                     "limit=50".to_owned()
                 } else {
                     format!("before={}&limit=50", 51 + (k * 7919) % (messages - 50))
