@@ -240,13 +240,29 @@ pub fn api_addr() -> String {
 
 /// GET on the HTTP API as `user` (no token when None): (status, JSON body).
 pub async fn api_get(path: &str, user: Option<&str>) -> anyhow::Result<(u16, Value)> {
+    api_call("GET", path, user, "").await
+}
+
+/// A request to the HTTP API as `user` (no token when None): (status, JSON body or Null).
+pub async fn api_call(
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
     let addr = api_addr();
     let mut s = TcpStream::connect(&addr).await?;
     let auth = user
         .map(|u| format!("Authorization: Bearer {}\r\n", token(u)))
         .unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
-        .await?;
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
     let status = buf

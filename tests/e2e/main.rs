@@ -5,6 +5,7 @@ mod auth;
 mod chat;
 mod crash;
 mod frames;
+mod groups;
 mod helpers;
 mod history;
 mod offline;

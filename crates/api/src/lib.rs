@@ -8,6 +8,7 @@ use std::sync::Arc;
 use lambda_http::{Body, Request, RequestExt, Response};
 
 use connect_core::auth::TokenVerifier;
+use connect_core::groups::{self, GroupStore, Groups};
 use connect_core::history::{self, ApiError, PageBody};
 use connect_core::ports::HistoryStore;
 use connect_protocol::{ErrorCode, UserId};
@@ -33,8 +34,29 @@ pub const HISTORY: Route = Route {
     function: "history",
 };
 
+const fn groups(method: &'static str, path: &'static str) -> Route {
+    Route {
+        method,
+        path,
+        function: "groups",
+    }
+}
+
+pub const CREATE_GROUP: Route = groups("POST", "/v1/groups");
+pub const LIST_GROUPS: Route = groups("GET", "/v1/groups");
+pub const GET_GROUP: Route = groups("GET", "/v1/groups/{group}");
+pub const ADD_MEMBER: Route = groups("POST", "/v1/groups/{group}/members");
+pub const REMOVE_MEMBER: Route = groups("DELETE", "/v1/groups/{group}/members/{user}");
+
 /// Every route, as `template.yaml` declares them.
-pub const ROUTES: &[Route] = &[HISTORY];
+pub const ROUTES: &[Route] = &[
+    HISTORY,
+    CREATE_GROUP,
+    LIST_GROUPS,
+    GET_GROUP,
+    ADD_MEMBER,
+    REMOVE_MEMBER,
+];
 
 /// The route that serves `method path`, with its path parameters (still percent-encoded, as
 /// API Gateway passes them).
@@ -167,11 +189,25 @@ fn error(e: &ApiError) -> Response<Body> {
 pub struct HttpApi {
     verifier: TokenVerifier,
     history: Arc<dyn HistoryStore>,
+    groups: Arc<dyn GroupStore>,
+    max_members: usize,
+}
+
+/// Serves `HttpApi::from_env()` as a Lambda (API Gateway HTTP API v2 events): the whole `main`
+/// of every HTTP function.
+pub async fn run_lambda() -> Result<(), lambda_http::Error> {
+    let api = HttpApi::from_env().await?;
+    let api = &api;
+    lambda_http::run(lambda_http::service_fn(move |req: Request| async move {
+        Ok::<_, std::convert::Infallible>(api.handle(req).await)
+    }))
+    .await
 }
 
 impl HttpApi {
     /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET`, `CONNECT_ENV`, `AWS_REGION`,
-    /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`.
+    /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`,
+    /// `GROUP_MAX_MEMBERS` (10000).
     pub async fn from_env() -> Result<Self, String> {
         use connect_core::env::{optional, production};
         let secret =
@@ -179,12 +215,36 @@ impl HttpApi {
                 .map_err(|e| e.to_string())?;
         let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
         let tables = connect_dynamo::Tables::from_env();
-        let store = connect_dynamo::DynamoChatStore::new(dynamo, &tables.chat, 1);
-        Ok(Self::new(TokenVerifier::new(&secret), Arc::new(store)))
+        let store = connect_dynamo::DynamoChatStore::new(dynamo.clone(), &tables.chat, 1);
+        let groups = connect_dynamo::DynamoGroups::new(dynamo, &tables.groups);
+        let max_members = connect_core::env::parsed("GROUP_MAX_MEMBERS", 10_000)?;
+        Ok(Self::new(
+            TokenVerifier::new(&secret),
+            Arc::new(store),
+            Arc::new(groups),
+            max_members,
+        ))
     }
 
-    pub fn new(verifier: TokenVerifier, history: Arc<dyn HistoryStore>) -> Self {
-        Self { verifier, history }
+    pub fn new(
+        verifier: TokenVerifier,
+        history: Arc<dyn HistoryStore>,
+        groups: Arc<dyn GroupStore>,
+        max_members: usize,
+    ) -> Self {
+        Self {
+            verifier,
+            history,
+            groups,
+            max_members,
+        }
+    }
+
+    fn admin(&self) -> Groups<'_> {
+        Groups {
+            store: &*self.groups,
+            max_members: self.max_members,
+        }
     }
 
     /// Serves one request (any route of [`ROUTES`]).
@@ -192,7 +252,8 @@ impl HttpApi {
         let route = req.uri().path().to_owned();
         let result = match match_route(req.method().as_str(), &route) {
             Some((r, _)) if r == HISTORY => self.history(&req).await,
-            _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+            Some((r, _)) => self.groups(r, &req).await,
+            None => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         };
         result.unwrap_or_else(|e| error(&e))
     }
@@ -221,10 +282,55 @@ impl HttpApi {
             .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing conversation"))?;
         let query_params = req.query_string_parameters();
         let query = history::Query::parse(&conversation, |name| query_params.first(name))?;
-        let page = history::read(&*self.history, &caller, &query).await?;
+        let page = history::read(&*self.history, &*self.groups, &caller, &query).await?;
         let body = serde_json::to_string(&PageBody::from(page))
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         Ok(json(200, body))
+    }
+}
+
+impl HttpApi {
+    async fn groups(&self, route: Route, req: &Request) -> Result<Response<Body>, ApiError> {
+        let caller = self.caller(req)?;
+        let params = req.path_parameters();
+        let param = |name: &str| params.first(name).map(percent_decode).unwrap_or_default();
+        let body: &[u8] = match req.body() {
+            Body::Text(t) => t.as_bytes(),
+            Body::Binary(b) => b,
+            _ => b"",
+        };
+        let admin = self.admin();
+        let to_json = |v: serde_json::Value, status: u16| Ok(json(status, v.to_string()));
+        match route {
+            r if r == CREATE_GROUP => {
+                let group = admin.create(&caller, groups::body(body)?).await?;
+                to_json(serde_json::to_value(group).unwrap_or_default(), 201)
+            }
+            r if r == LIST_GROUPS => {
+                let list = admin.list(&caller).await?;
+                to_json(serde_json::json!({ "groups": list }), 200)
+            }
+            r if r == GET_GROUP => {
+                let group = admin
+                    .get(&caller, &groups::group_id(&param("group"))?)
+                    .await?;
+                to_json(serde_json::to_value(group).unwrap_or_default(), 200)
+            }
+            r if r == ADD_MEMBER => {
+                let id = groups::group_id(&param("group"))?;
+                let group = admin.add(&caller, &id, groups::body(body)?).await?;
+                to_json(serde_json::to_value(group).unwrap_or_default(), 200)
+            }
+            r if r == REMOVE_MEMBER => {
+                let id = groups::group_id(&param("group"))?;
+                admin.remove(&caller, &id, &param("user")).await?;
+                Ok(Response::builder()
+                    .status(204)
+                    .body(Body::Empty)
+                    .unwrap_or_default())
+            }
+            _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::*;
 
 fn api(mem: &Arc<Memory>) -> HttpApi {
     let secret = JwtSecret::new(None, false).unwrap();
-    HttpApi::new(TokenVerifier::new(&secret), mem.clone())
+    HttpApi::new(TokenVerifier::new(&secret), mem.clone(), mem.clone(), 100)
 }
 
 fn token(user: &str) -> String {
@@ -145,4 +145,111 @@ async fn the_sample_event_reads_a_page() {
         .expect("events/history.json is an API Gateway v2 event");
     let res = api(&mem).handle(req).await;
     assert_eq!(res.status().as_u16(), 200, "{:?}", res.body());
+}
+
+/// A request with a method and body, as the local API builds it.
+fn call(method: &str, path: &str, user: &str, body: &str) -> Request {
+    let (route, params) = match_route(method, path).expect("a route");
+    let headers = vec![("Authorization".into(), format!("Bearer {}", token(user)))];
+    let event = event_json(&route, &params, path, "", &headers, body, "127.0.0.1");
+    lambda_http::request::from_str(&event).expect("an API Gateway v2 event")
+}
+
+fn json_of(res: &Response<Body>) -> serde_json::Value {
+    match res.body() {
+        Body::Text(t) => serde_json::from_str(t).unwrap(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn the_group_routes_through_api_gateway_events() {
+    let mem = Arc::new(Memory::default());
+    let api = api(&mem);
+    let res = api
+        .handle(call(
+            "POST",
+            "/v1/groups",
+            "alice",
+            r#"{"name":"Trip","members":["bob"]}"#,
+        ))
+        .await;
+    assert_eq!(res.status().as_u16(), 201);
+    let g = json_of(&res);
+    assert_eq!(g["owner"], "alice");
+    assert_eq!(g["members"], serde_json::json!(["alice", "bob"]));
+    let id = g["group"].as_str().unwrap().to_owned();
+
+    let res = api
+        .handle(call("GET", &format!("/v1/groups/{id}"), "bob", ""))
+        .await;
+    assert_eq!(
+        (res.status().as_u16(), json_of(&res)["name"].as_str()),
+        (200, Some("Trip"))
+    );
+    let res = api.handle(call("GET", "/v1/groups", "bob", "")).await;
+    assert_eq!(json_of(&res)["groups"][0]["group"], id.as_str());
+    let res = api
+        .handle(call(
+            "POST",
+            &format!("/v1/groups/{id}/members"),
+            "bob",
+            r#"{"user":"dave"}"#,
+        ))
+        .await;
+    assert_eq!(res.status().as_u16(), 200);
+    let res = api
+        .handle(call(
+            "DELETE",
+            &format!("/v1/groups/{id}/members/alice"),
+            "bob",
+            "",
+        ))
+        .await;
+    assert_eq!(res.status().as_u16(), 403);
+    let res = api
+        .handle(call(
+            "DELETE",
+            &format!("/v1/groups/{id}/members/dave"),
+            "alice",
+            "",
+        ))
+        .await;
+    assert_eq!(res.status().as_u16(), 204);
+    let res = api
+        .handle(call("GET", "/v1/groups/g_nope", "bob", ""))
+        .await;
+    assert_eq!(res.status().as_u16(), 404);
+    let res = api
+        .handle(call("POST", "/v1/groups", "alice", "{not json"))
+        .await;
+    assert_eq!(res.status().as_u16(), 400);
+    // A group's history: members only.
+    let res = api
+        .handle(call(
+            "GET",
+            &format!("/v1/conversations/group:{id}/messages"),
+            "dave",
+            "",
+        ))
+        .await;
+    assert_eq!(res.status().as_u16(), 403);
+    let res = api
+        .handle(call(
+            "GET",
+            &format!("/v1/conversations/group:{id}/messages"),
+            "bob",
+            "",
+        ))
+        .await;
+    assert_eq!(res.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn the_groups_sample_event_creates_a_group() {
+    let mem = Arc::new(Memory::default());
+    let req = lambda_http::request::from_str(include_str!("../../../events/groups.json"))
+        .expect("events/groups.json is an API Gateway v2 event");
+    let res = api(&mem).handle(req).await;
+    assert_eq!(res.status().as_u16(), 201, "{:?}", res.body());
 }

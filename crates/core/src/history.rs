@@ -4,6 +4,7 @@
 use connect_protocol::{ConversationId, ErrorCode, MessageFrame, UserId};
 use serde::Serialize;
 
+use crate::groups::GroupStore;
 use crate::model::StoredMessage;
 use crate::ports::HistoryStore;
 use crate::PortError;
@@ -134,26 +135,41 @@ impl Query {
     }
 }
 
-/// Who may read a conversation.
-pub fn authorize(caller: &UserId, conversation: &ConversationId) -> Result<(), ApiError> {
+/// Who may read a conversation: the two of a direct one; the current members of a group.
+pub async fn authorize(
+    groups: &dyn GroupStore,
+    caller: &UserId,
+    conversation: &ConversationId,
+) -> Result<(), ApiError> {
     match conversation {
         ConversationId::Direct { .. } if conversation.is_direct_member(caller) => Ok(()),
         ConversationId::Direct { .. } => Err(ApiError::new(
             ErrorCode::Forbidden,
             "not a member of this conversation",
         )),
-        // Groups arrive with the group table; until then no group exists.
-        ConversationId::Group(_) => Err(ApiError::new(ErrorCode::NotFound, "no such group")),
+        ConversationId::Group(g) => {
+            if groups.is_member(g, caller).await? {
+                Ok(())
+            } else if groups.meta(g).await?.is_none() {
+                Err(ApiError::new(ErrorCode::NotFound, "no such group"))
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "not a member of this group",
+                ))
+            }
+        }
     }
 }
 
 /// Reads one page for `caller`.
 pub async fn read(
     store: &dyn HistoryStore,
+    groups: &dyn GroupStore,
     caller: &UserId,
     query: &Query,
 ) -> Result<Page, ApiError> {
-    authorize(caller, &query.conversation)?;
+    authorize(groups, caller, &query.conversation).await?;
     if let Range::After {
         after,
         before: Some(before),
@@ -218,11 +234,21 @@ mod tests {
         );
     }
 
-    #[test]
-    fn only_members_read_a_direct_conversation() {
+    #[tokio::test]
+    async fn only_members_read_a_conversation() {
+        let groups = crate::memory::Memory::default();
         let c = ConversationId::parse("dm:alice:bob").unwrap();
-        assert!(authorize(&UserId::parse("alice").unwrap(), &c).is_ok());
-        let e = authorize(&UserId::parse("carol").unwrap(), &c).unwrap_err();
+        assert!(authorize(&groups, &UserId::parse("alice").unwrap(), &c)
+            .await
+            .is_ok());
+        let g = ConversationId::parse("group:g_x").unwrap();
+        let e = authorize(&groups, &UserId::parse("alice").unwrap(), &g)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), 404);
+        let e = authorize(&groups, &UserId::parse("carol").unwrap(), &c)
+            .await
+            .unwrap_err();
         assert_eq!(e.status(), 403);
         assert_eq!(
             e.body(),

@@ -12,12 +12,14 @@
 //! - [`inbound`]: what a gateway does with one client frame (pure).
 //! - [`offline`]: draining a user's offline store to a new connection.
 //! - [`history`]: the history read: parameters, authorization, one page.
+//! - [`groups`]: group administration and its rules.
 //! - [`error`]: [`PortError`], retryable or final.
 //! - [`memory`]: in-memory ports for unit tests of the pure logic.
 
 pub mod auth;
 pub mod env;
 pub mod error;
+pub mod groups;
 pub mod history;
 pub mod inbound;
 pub mod memory;

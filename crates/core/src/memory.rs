@@ -39,6 +39,8 @@ pub struct Memory {
     pub pushed: Mutex<Vec<(String, String)>>,
     /// Connections that answer a push with 410.
     pub gone: Mutex<HashSet<String>>,
+    /// Groups: meta and members.
+    pub groups: Mutex<BTreeMap<connect_protocol::GroupId, crate::groups::Group>>,
     /// `user_connected` events published.
     pub announced: Mutex<Vec<UserConnected>>,
 }
@@ -310,5 +312,84 @@ impl ConnectionEvents for Memory {
     fn connected(&self, event: &UserConnected) -> PendingPublish {
         lock(&self.announced).push(event.clone());
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[async_trait]
+impl crate::groups::GroupStore for Memory {
+    async fn create(&self, group: &crate::groups::Group) -> Result<(), PortError> {
+        lock(&self.groups).insert(group.group.clone(), group.clone());
+        Ok(())
+    }
+
+    async fn meta(
+        &self,
+        group: &connect_protocol::GroupId,
+    ) -> Result<Option<crate::groups::GroupSummary>, PortError> {
+        Ok(lock(&self.groups)
+            .get(group)
+            .map(|g| crate::groups::GroupSummary {
+                group: g.group.clone(),
+                name: g.name.clone(),
+                owner: g.owner.clone(),
+            }))
+    }
+
+    async fn members(&self, group: &connect_protocol::GroupId) -> Result<Vec<UserId>, PortError> {
+        Ok(lock(&self.groups)
+            .get(group)
+            .map(|g| g.members.clone())
+            .unwrap_or_default())
+    }
+
+    async fn is_member(
+        &self,
+        group: &connect_protocol::GroupId,
+        user: &UserId,
+    ) -> Result<bool, PortError> {
+        Ok(lock(&self.groups)
+            .get(group)
+            .is_some_and(|g| g.members.contains(user)))
+    }
+
+    async fn add_member(
+        &self,
+        group: &connect_protocol::GroupId,
+        user: &UserId,
+    ) -> Result<(), PortError> {
+        if let Some(g) = lock(&self.groups).get_mut(group) {
+            if !g.members.contains(user) {
+                g.members.push(user.clone());
+                g.members.sort();
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_member(
+        &self,
+        group: &connect_protocol::GroupId,
+        user: &UserId,
+    ) -> Result<bool, PortError> {
+        Ok(lock(&self.groups).get_mut(group).is_some_and(|g| {
+            let before = g.members.len();
+            g.members.retain(|m| m != user);
+            g.members.len() < before
+        }))
+    }
+
+    async fn groups_of(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<crate::groups::GroupSummary>, PortError> {
+        Ok(lock(&self.groups)
+            .values()
+            .filter(|g| g.members.contains(user))
+            .map(|g| crate::groups::GroupSummary {
+                group: g.group.clone(),
+                name: g.name.clone(),
+                owner: g.owner.clone(),
+            })
+            .collect())
     }
 }

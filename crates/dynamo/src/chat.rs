@@ -1,9 +1,6 @@
 //! The chat table: one item per message, key (`conversation`, `seq`).
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -14,10 +11,7 @@ use connect_core::PortError;
 use crate::item::to_item;
 use crate::unavailable;
 
-/// BatchWriteItem takes at most 25 puts.
-const BATCH: usize = 25;
-/// Rounds of re-sending unprocessed items before the batch is failed.
-const UNPROCESSED_ROUNDS: u32 = 8;
+use crate::BATCH;
 
 #[derive(Clone)]
 pub struct DynamoChatStore {
@@ -37,37 +31,12 @@ impl DynamoChatStore {
     }
 
     async fn write_chunk(&self, chunk: &[StoredMessage]) -> Result<(), PortError> {
-        let mut requests: Vec<WriteRequest> = chunk
-            .iter()
-            .map(|m| {
-                let put = PutRequest::builder()
-                    .set_item(Some(to_item(m)))
-                    .build()
-                    .map_err(unavailable)?;
-                Ok(WriteRequest::builder().put_request(put).build())
-            })
-            .collect::<Result<_, PortError>>()?;
-        for round in 0..UNPROCESSED_ROUNDS {
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests)
-                .send()
-                .await
-                .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut m| m.remove(&self.table))
-                .unwrap_or_default();
-            if requests.is_empty() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(10 << round.min(6))).await;
-        }
-        Err(unavailable(format!(
-            "{} items still unprocessed",
-            requests.len()
-        )))
+        crate::batch_put(
+            &self.client,
+            &self.table,
+            chunk.iter().map(to_item).collect(),
+        )
+        .await
     }
 }
 

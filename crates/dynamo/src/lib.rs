@@ -6,11 +6,14 @@
 //! - [`chat`]: [`DynamoChatStore`], the chat table (`conversation` + `seq`).
 //! - [`sequences`]: [`DynamoSequences`], the sequence table: one atomic `ADD n` per conversation,
 //!   guarded by the conversation's home region.
+//! - [`groups`]: [`DynamoGroups`], the group table (meta item + one item per member, index
+//!   `by_user`).
 //! - [`schema`]: table definitions and [`schema::ensure_tables`].
 //! - [`item`]: message ⇄ item mapping.
 
 pub mod chat;
 pub mod client;
+pub mod groups;
 pub mod item;
 pub mod schema;
 pub mod sequences;
@@ -18,6 +21,7 @@ pub mod sequences;
 pub use aws_sdk_dynamodb::Client;
 pub use chat::DynamoChatStore;
 pub use client::{client, DynamoConfig};
+pub use groups::DynamoGroups;
 pub use schema::{ensure_tables, Tables};
 pub use sequences::DynamoSequences;
 
@@ -25,4 +29,48 @@ use connect_core::PortError;
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> PortError {
     PortError::unavailable("dynamodb", e)
+}
+
+/// BatchWriteItem takes at most 25 puts.
+pub(crate) const BATCH: usize = 25;
+/// Rounds of re-sending unprocessed items before the batch is failed.
+const UNPROCESSED_ROUNDS: u32 = 8;
+
+/// Puts up to [`BATCH`] items with one BatchWriteItem, re-sending unprocessed ones with backoff.
+pub(crate) async fn batch_put(
+    client: &Client,
+    table: &str,
+    items: Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
+) -> Result<(), PortError> {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let mut requests: Vec<WriteRequest> = items
+        .into_iter()
+        .map(|item| {
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(unavailable)?;
+            Ok(WriteRequest::builder().put_request(put).build())
+        })
+        .collect::<Result<_, PortError>>()?;
+    for round in 0..UNPROCESSED_ROUNDS {
+        let out = client
+            .batch_write_item()
+            .request_items(table, requests)
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        requests = out
+            .unprocessed_items
+            .and_then(|mut m| m.remove(table))
+            .unwrap_or_default();
+        if requests.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
+    }
+    Err(unavailable(format!(
+        "{} items still unprocessed",
+        requests.len()
+    )))
 }

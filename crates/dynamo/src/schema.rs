@@ -1,16 +1,17 @@
 //! Table definitions; [`ensure_tables`] creates what is missing (idempotent).
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    StreamSpecification, StreamViewType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
 };
 use aws_sdk_dynamodb::Client;
 
-/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`).
+/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`).
 #[derive(Debug, Clone)]
 pub struct Tables {
     pub chat: String,
     pub sequences: String,
+    pub groups: String,
 }
 
 fn attr(name: &str, t: ScalarAttributeType) -> AttributeDefinition {
@@ -29,19 +30,25 @@ fn key(name: &str, t: KeyType) -> KeySchemaElement {
         .expect("static definition")
 }
 
-async fn create(
-    client: &Client,
-    name: &str,
-    range: Option<(&str, ScalarAttributeType)>,
+/// One table: hash key, optional range key (both S unless given), optional index, stream.
+struct Spec<'a> {
+    name: &'a str,
+    hash: &'a str,
+    range: Option<(&'a str, ScalarAttributeType)>,
+    /// (index name, hash, range), keys only.
+    index: Option<(&'a str, &'a str, &'a str)>,
     stream: bool,
-) -> Result<(), String> {
+}
+
+async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
+    let name = spec.name;
     let mut req = client
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("conversation", ScalarAttributeType::S))
-        .key_schema(key("conversation", KeyType::Hash));
-    if stream {
+        .attribute_definitions(attr(spec.hash, ScalarAttributeType::S))
+        .key_schema(key(spec.hash, KeyType::Hash));
+    if spec.stream {
         req = req.stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
@@ -50,10 +57,29 @@ async fn create(
                 .map_err(|e| e.to_string())?,
         );
     }
-    if let Some((range, t)) = range {
+    if let Some((range, t)) = &spec.range {
         req = req
-            .attribute_definitions(attr(range, t))
+            .attribute_definitions(attr(range, t.clone()))
             .key_schema(key(range, KeyType::Range));
+    }
+    if let Some((index, hash, range)) = spec.index {
+        req = req.attribute_definitions(attr(hash, ScalarAttributeType::S));
+        if Some(range) != spec.range.as_ref().map(|r| r.0) && range != spec.hash {
+            req = req.attribute_definitions(attr(range, ScalarAttributeType::S));
+        }
+        req = req.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(index)
+                .key_schema(key(hash, KeyType::Hash))
+                .key_schema(key(range, KeyType::Range))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
     }
     match req.send().await {
         Ok(_) => Ok(()),
@@ -70,27 +96,46 @@ async fn create(
     }
 }
 
-/// Creates the chat and sequence tables if missing. `streams`: whether they get a stream (AWS
-/// global tables need one; locally nothing reads them, and DynamoDB Local pays for each record).
+/// Creates the chat, sequence and group tables if missing. `streams`: whether the chat and
+/// sequence tables get a stream (AWS global tables need one; locally nothing reads them, and
+/// DynamoDB Local pays for each record). The group table always has one: the group-events
+/// function reads it.
 pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> Result<(), String> {
+    let conversation = |name, range, stream| Spec {
+        name,
+        hash: "conversation",
+        range,
+        index: None,
+        stream,
+    };
     create(
         client,
-        &tables.chat,
-        Some(("seq", ScalarAttributeType::N)),
-        streams,
+        conversation(&tables.chat, Some(("seq", ScalarAttributeType::N)), streams),
     )
     .await?;
-    create(client, &tables.sequences, None, streams).await?;
-    Ok(())
+    create(client, conversation(&tables.sequences, None, streams)).await?;
+    create(
+        client,
+        Spec {
+            name: &tables.groups,
+            hash: "group",
+            range: Some(("item", ScalarAttributeType::S)),
+            index: Some((crate::groups::BY_USER, "user", "group")),
+            stream: true,
+        },
+    )
+    .await
 }
 
 impl Tables {
-    /// From `CHAT_TABLE` (connect_messages) and `SEQUENCE_TABLE` (connect_sequences).
+    /// From `CHAT_TABLE` (connect_messages), `SEQUENCE_TABLE` (connect_sequences) and
+    /// `GROUP_TABLE` (connect_groups).
     pub fn from_env() -> Self {
         use connect_core::env::string;
         Self {
             chat: string("CHAT_TABLE", "connect_messages"),
             sequences: string("SEQUENCE_TABLE", "connect_sequences"),
+            groups: string("GROUP_TABLE", "connect_groups"),
         }
     }
 }

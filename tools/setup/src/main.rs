@@ -33,8 +33,8 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("creating tables")?;
     println!(
-        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}); tables {}, {}",
-        topics.incoming, topics.outgoing, topics.user_connected, tables.chat, tables.sequences
+        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}); tables {}, {}, {}",
+        topics.incoming, topics.outgoing, topics.user_connected, tables.chat, tables.sequences, tables.groups
     );
     Ok(())
 }

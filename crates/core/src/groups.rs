@@ -1,0 +1,371 @@
+//! Group administration (PROTOCOL.md, Groups): the rules of the group routes, over a
+//! [`GroupStore`]. The caller of `create` is the owner and a member; any member adds; the owner
+//! removes anyone but themselves; a member removes themselves; non-members get 403, a missing
+//! group 404.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use connect_protocol::{ErrorCode, GroupId, UserId};
+
+use crate::history::ApiError;
+use crate::PortError;
+
+/// The longest group name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// A group as the contract shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Group {
+    pub group: GroupId,
+    pub name: String,
+    pub owner: UserId,
+    /// Sorted.
+    pub members: Vec<UserId>,
+}
+
+/// A group in `GET /v1/groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSummary {
+    pub group: GroupId,
+    pub name: String,
+    pub owner: UserId,
+}
+
+/// The group table (DynamoDB: a meta item and one item per member, an index user → groups).
+#[async_trait]
+pub trait GroupStore: Send + Sync {
+    /// Writes a new group (its id is fresh).
+    async fn create(&self, group: &Group) -> Result<(), PortError>;
+    /// The group's meta data (no members), or None.
+    async fn meta(&self, group: &GroupId) -> Result<Option<GroupSummary>, PortError>;
+    /// The members, sorted.
+    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, PortError>;
+    async fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError>;
+    /// Adds a member (adding a member again is a no-op).
+    async fn add_member(&self, group: &GroupId, user: &UserId) -> Result<(), PortError>;
+    /// Removes a member; false if they were not one.
+    async fn remove_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError>;
+    /// The groups `user` is a member of.
+    async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
+}
+
+/// `POST /v1/groups` body.
+#[derive(Debug, Deserialize)]
+pub struct CreateGroup {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// `POST /v1/groups/{group}/members` body.
+#[derive(Debug, Deserialize)]
+pub struct AddMember {
+    pub user: String,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+fn user_id(s: &str) -> Result<UserId, ApiError> {
+    UserId::parse(s).map_err(|e| bad(format!("bad user id {s:?}: {e}")))
+}
+
+/// Parses a JSON body into `T` (400 with the reason otherwise).
+pub fn body<T: for<'de> Deserialize<'de>>(text: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(text).map_err(|e| bad(format!("bad JSON body: {e}")))
+}
+
+/// Parses a group id from a path (404: no such group can have a malformed id).
+pub fn group_id(s: &str) -> Result<GroupId, ApiError> {
+    GroupId::parse(s).map_err(|_| ApiError::new(ErrorCode::NotFound, "no such group"))
+}
+
+/// Group admin over its store; `max_members` bounds a group (`GROUP_MAX_MEMBERS`).
+pub struct Groups<'a> {
+    pub store: &'a dyn GroupStore,
+    pub max_members: usize,
+}
+
+impl Groups<'_> {
+    pub async fn create(&self, caller: &UserId, req: CreateGroup) -> Result<Group, ApiError> {
+        let name = req.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            return Err(bad(format!(
+                "`name` must be 1 to {MAX_NAME_CHARS} characters"
+            )));
+        }
+        let mut members = req
+            .members
+            .iter()
+            .map(|m| user_id(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        members.push(caller.clone());
+        members.sort();
+        members.dedup();
+        if members.len() > self.max_members {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("a group has at most {} members", self.max_members),
+            ));
+        }
+        let group = Group {
+            group: GroupId::parse(format!(
+                "g_{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..16]
+            ))
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?,
+            name,
+            owner: caller.clone(),
+            members,
+        };
+        self.store.create(&group).await?;
+        Ok(group)
+    }
+
+    /// The group's meta data, if `caller` may see it (404 / 403 otherwise).
+    async fn visible(&self, caller: &UserId, id: &GroupId) -> Result<GroupSummary, ApiError> {
+        let Some(meta) = self.store.meta(id).await? else {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such group"));
+        };
+        if !self.store.is_member(id, caller).await? {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "not a member of this group",
+            ));
+        }
+        Ok(meta)
+    }
+
+    pub async fn get(&self, caller: &UserId, id: &GroupId) -> Result<Group, ApiError> {
+        let meta = self.visible(caller, id).await?;
+        Ok(Group {
+            members: self.store.members(id).await?,
+            group: meta.group,
+            name: meta.name,
+            owner: meta.owner,
+        })
+    }
+
+    pub async fn list(&self, caller: &UserId) -> Result<Vec<GroupSummary>, ApiError> {
+        let mut groups = self.store.groups_of(caller).await?;
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(groups)
+    }
+
+    pub async fn add(
+        &self,
+        caller: &UserId,
+        id: &GroupId,
+        req: AddMember,
+    ) -> Result<Group, ApiError> {
+        let user = user_id(&req.user)?;
+        self.visible(caller, id).await?;
+        if !self.store.is_member(id, &user).await? {
+            if self.store.members(id).await?.len() >= self.max_members {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("a group has at most {} members", self.max_members),
+                ));
+            }
+            self.store.add_member(id, &user).await?;
+        }
+        self.get(caller, id).await
+    }
+
+    pub async fn remove(&self, caller: &UserId, id: &GroupId, user: &str) -> Result<(), ApiError> {
+        let user = user_id(user)?;
+        let meta = self.visible(caller, id).await?;
+        let allowed = if caller == &meta.owner {
+            user != meta.owner
+        } else {
+            &user == caller
+        };
+        if !allowed {
+            let why = if caller == &meta.owner {
+                "the owner cannot leave the group"
+            } else {
+                "only the owner removes other members"
+            };
+            return Err(ApiError::new(ErrorCode::Forbidden, why));
+        }
+        if !self.store.remove_member(id, &user).await? {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "not a member of this group",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::Memory;
+
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn groups(mem: &Memory) -> Groups<'_> {
+        Groups {
+            store: mem,
+            max_members: 4,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_rules_of_the_group_routes() {
+        let mem = Memory::default();
+        let g = groups(&mem);
+        let trip = g
+            .create(
+                &u("alice"),
+                CreateGroup {
+                    name: " Trip ".into(),
+                    members: vec!["bob".into(), "carol".into(), "bob".into()],
+                },
+            )
+            .await
+            .unwrap();
+        assert!(trip.group.as_str().starts_with("g_"));
+        assert_eq!((trip.name.as_str(), trip.owner.as_str()), ("Trip", "alice"));
+        assert_eq!(trip.members, [u("alice"), u("bob"), u("carol")]);
+        let id = trip.group.clone();
+
+        assert_eq!(g.get(&u("bob"), &id).await.unwrap(), trip);
+        assert_eq!(g.get(&u("dave"), &id).await.unwrap_err().status(), 403);
+        assert_eq!(
+            g.get(&u("bob"), &GroupId::parse("g_none").unwrap())
+                .await
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(g.list(&u("carol")).await.unwrap().len(), 1);
+        assert!(g.list(&u("dave")).await.unwrap().is_empty());
+
+        // Any member adds; a non-member cannot.
+        let after = g
+            .add(
+                &u("bob"),
+                &id,
+                AddMember {
+                    user: "dave".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(after.members.contains(&u("dave")));
+        assert_eq!(
+            g.add(
+                &u("erin"),
+                &id,
+                AddMember {
+                    user: "erin".into()
+                }
+            )
+            .await
+            .unwrap_err()
+            .status(),
+            403
+        );
+        assert_eq!(
+            g.add(
+                &u("bob"),
+                &id,
+                AddMember {
+                    user: "erin".into()
+                }
+            )
+            .await
+            .unwrap_err()
+            .code,
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            g.add(
+                &u("bob"),
+                &id,
+                AddMember {
+                    user: "bad id".into()
+                }
+            )
+            .await
+            .unwrap_err()
+            .status(),
+            400
+        );
+
+        // A member cannot remove the owner or others; the owner removes anyone but themselves.
+        assert_eq!(
+            g.remove(&u("bob"), &id, "alice")
+                .await
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            g.remove(&u("bob"), &id, "carol")
+                .await
+                .unwrap_err()
+                .status(),
+            403
+        );
+        assert_eq!(
+            g.remove(&u("alice"), &id, "alice")
+                .await
+                .unwrap_err()
+                .status(),
+            403
+        );
+        g.remove(&u("alice"), &id, "carol").await.unwrap();
+        assert_eq!(g.get(&u("carol"), &id).await.unwrap_err().status(), 403);
+        g.remove(&u("dave"), &id, "dave").await.unwrap();
+        assert_eq!(
+            g.get(&u("alice"), &id).await.unwrap().members,
+            [u("alice"), u("bob")]
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_creates_are_refused() {
+        let mem = Memory::default();
+        let g = groups(&mem);
+        let create = |name: &str, members: &[&str]| CreateGroup {
+            name: name.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        assert_eq!(
+            g.create(&u("a"), create("", &[]))
+                .await
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            g.create(&u("a"), create(&"x".repeat(101), &[]))
+                .await
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            g.create(&u("a"), create("n", &["no way"]))
+                .await
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            g.create(&u("a"), create("n", &["b", "c", "d", "e"]))
+                .await
+                .unwrap_err()
+                .status(),
+            413
+        );
+        assert!(body::<CreateGroup>(b"{\"members\":[]}").is_err());
+    }
+}

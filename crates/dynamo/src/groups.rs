@@ -1,0 +1,245 @@
+//! The group table: key (`group`, `item`); `item` = `meta` (name, owner) or `m#<user>` (one per
+//! member, with `user`). The sparse global index `by_user` (`user`, `group`) lists a user's
+//! groups. Its stream feeds the group-events function.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::Client;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use connect_core::groups::{Group, GroupStore, GroupSummary};
+use connect_core::PortError;
+use connect_protocol::{GroupId, UserId};
+
+use crate::{unavailable, BATCH};
+
+/// The index from user to groups.
+pub const BY_USER: &str = "by_user";
+const META: &str = "meta";
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn member_key(user: &UserId) -> String {
+    format!("m#{user}")
+}
+
+fn get<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
+    item.get(k)?.as_s().ok().map(String::as_str)
+}
+
+fn summary(item: &HashMap<String, AttributeValue>) -> Option<GroupSummary> {
+    Some(GroupSummary {
+        group: GroupId::parse(get(item, "group")?).ok()?,
+        name: get(item, "name")?.to_owned(),
+        owner: UserId::parse(get(item, "owner")?).ok()?,
+    })
+}
+
+fn err<E: std::error::Error + 'static>(
+    e: aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> PortError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync,
+{
+    unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))
+}
+
+#[derive(Clone)]
+pub struct DynamoGroups {
+    client: Client,
+    table: String,
+}
+
+impl DynamoGroups {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn member_item(&self, group: &GroupId, user: &UserId) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("group".to_owned(), s(group.as_str())),
+            ("item".to_owned(), s(member_key(user))),
+            ("user".to_owned(), s(user.as_str())),
+        ])
+    }
+}
+
+#[async_trait]
+impl GroupStore for DynamoGroups {
+    async fn create(&self, group: &Group) -> Result<(), PortError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("group", s(group.group.as_str()))
+            .item("item", s(META))
+            .item("name", s(&group.name))
+            .item("owner", s(group.owner.as_str()))
+            .condition_expression("attribute_not_exists(#g)")
+            .expression_attribute_names("#g", "group")
+            .send()
+            .await
+            .map_err(err)?;
+        let items: Vec<_> = group
+            .members
+            .iter()
+            .map(|m| self.member_item(&group.group, m))
+            .collect();
+        let writes: Vec<_> = items
+            .chunks(BATCH)
+            .map(|chunk| crate::batch_put(&self.client, &self.table, chunk.to_vec()))
+            .collect();
+        stream::iter(writes)
+            .buffer_unordered(8)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn meta(&self, group: &GroupId) -> Result<Option<GroupSummary>, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("group", s(group.as_str()))
+            .key("item", s(META))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(out.item().and_then(summary))
+    }
+
+    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, PortError> {
+        let mut members = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#g = :g AND begins_with(#i, :m)")
+                .expression_attribute_names("#g", "group")
+                .expression_attribute_names("#i", "item")
+                .expression_attribute_values(":g", s(group.as_str()))
+                .expression_attribute_values(":m", s("m#"))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(err)?;
+            members.extend(
+                out.items()
+                    .iter()
+                    .filter_map(|i| UserId::parse(get(i, "user")?).ok()),
+            );
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                members.sort();
+                return Ok(members);
+            }
+        }
+    }
+
+    async fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("group", s(group.as_str()))
+            .key("item", s(member_key(user)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(out.item().is_some())
+    }
+
+    async fn add_member(&self, group: &GroupId, user: &UserId) -> Result<(), PortError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.member_item(group, user)))
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("group", s(group.as_str()))
+            .key("item", s(member_key(user)))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(err)?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError> {
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_USER)
+                .key_condition_expression("#u = :u")
+                .expression_attribute_names("#u", "user")
+                .expression_attribute_values(":u", s(user.as_str()))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(err)?;
+            ids.extend(
+                out.items()
+                    .iter()
+                    .filter_map(|i| get(i, "group").map(str::to_owned)),
+            );
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        let mut groups = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let keys: Vec<_> = chunk
+                .iter()
+                .map(|g| HashMap::from([("group".to_owned(), s(g)), ("item".to_owned(), s(META))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .build()
+                    .map_err(unavailable)?,
+            );
+            while let Some(req) = request.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, req)
+                    .send()
+                    .await
+                    .map_err(err)?;
+                if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
+                    groups.extend(items.iter().filter_map(summary));
+                }
+                request = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+            }
+        }
+        Ok(groups)
+    }
+}
