@@ -39,11 +39,11 @@ fn summary(item: &HashMap<String, AttributeValue>) -> Option<GroupSummary> {
     })
 }
 
-fn err<E: std::error::Error + 'static>(
+fn err<E>(
     e: aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
 ) -> PortError
 where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync,
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + Send + Sync + 'static,
 {
     unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))
 }
