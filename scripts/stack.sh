@@ -167,9 +167,14 @@ start_services() {
   start_service local-api "$(bin connect-local-api)" "$LOCAL_API_PORT" LOCAL_API_ADDR="127.0.0.1:$LOCAL_API_PORT"
   # The Lambdas run under `cargo lambda watch` (the Lambda runtime and Invoke APIs, as in AWS),
   # from the binaries just built; the poller feeds offline-delivery from user_connected.
-  local release=""; [ "$PROFILE" = release ] && release="--release"
+  # --ignore-changes: a function is rebuilt by `make up` (which restarts this when a function
+  # binary is newer), not behind a running test's back.
+  local release="" f; [ "$PROFILE" = release ] && release="--release"
+  for f in "$ROOT"/functions/*/; do
+    if alive lambda && [ "$(bin "$(basename "$f")")" -nt "$LOCAL/pids/lambda.pid" ]; then log "restarting the Lambdas (new build)"; stop lambda; break; fi
+  done
   # shellcheck disable=SC2086
-  start lambda "$ROOT" cargo lambda watch $release --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
+  start lambda "$ROOT" cargo lambda watch $release --ignore-changes --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
   wait_port "$LAMBDA_PORT" lambda
   # user_connected is light and latency-tolerant (the MSK trigger itself batches for up to
   # hundreds of ms): a long fetch wait keeps this fourth consumer's polling off tansu's one core.

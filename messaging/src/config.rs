@@ -28,6 +28,9 @@ pub struct Config {
     pub dedupe_ttl: Duration,
     pub session_ttl: Duration,
     pub offline: OfflineLimits,
+    /// Membership cache: entries live this long at most (group events invalidate them sooner).
+    pub group_cache_ttl: Duration,
+    pub group_cache_max: usize,
     /// Fault injection for the crash test: pause after a batch is stored and published, before
     /// its offsets are committed. Refused in production.
     pub fault_pause_before_commit: Option<Duration>,
@@ -56,6 +59,8 @@ impl Config {
             dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
             session_ttl: Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?),
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
+            group_cache_ttl: Duration::from_secs(env::var("GROUP_CACHE_TTL_SECS", 60)?),
+            group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,
             fault_pause_before_commit: (fault > 0).then(|| Duration::from_millis(fault)),
         })
     }

@@ -11,6 +11,7 @@ mod consumer;
 use std::sync::Arc;
 
 use anyhow::Context;
+use connect_core::groups::MembershipCache;
 use connect_core::messaging::MessagingStep;
 use connect_core::ports::Ports;
 use connect_dynamo::{DynamoChatStore, DynamoSequences};
@@ -47,6 +48,14 @@ async fn main() -> anyhow::Result<()> {
             &cfg.tables.sequences,
             &cfg.region,
             cfg.dynamo_concurrency,
+        )),
+        groups: Arc::new(MembershipCache::new(
+            Arc::new(connect_dynamo::DynamoGroups::new(
+                dynamo.clone(),
+                &cfg.tables.groups,
+            )),
+            cfg.group_cache_ttl,
+            cfg.group_cache_max,
         )),
         chat: Arc::new(DynamoChatStore::new(
             dynamo,

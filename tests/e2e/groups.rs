@@ -99,3 +99,77 @@ async fn group_admin_follows_the_contract() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+async fn create_group(owner: &str, members: &[&str]) -> anyhow::Result<String> {
+    let (status, g) = api_call(
+        "POST",
+        "/v1/groups",
+        Some(owner),
+        &json!({"name": "Team", "members": members}).to_string(),
+    )
+    .await?;
+    anyhow::ensure!(status == 201, "create: {status} {g}");
+    Ok(g["group"].as_str().unwrap_or_default().to_owned())
+}
+
+impl Client {
+    pub async fn send_group(&mut self, id: &str, group: &str, body: &str) -> anyhow::Result<()> {
+        self.send_raw(&json!({"type":"send","id":id,"group":group,"body":body}).to_string())
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_group_message_reaches_every_members_connections() -> anyhow::Result<()> {
+    let gw = gateways();
+    let (alice, bob, carol, erin) = (user("alice"), user("bob"), user("carol"), user("erin"));
+    let group = create_group(&alice, &[&bob, &carol]).await?;
+    let conversation = format!("group:{group}");
+    let mut a1 = Client::connect(&gw[0], &alice).await?;
+    let mut a2 = Client::connect(&gw[1], &alice).await?;
+    let mut b = Client::connect(&gw[0], &bob).await?;
+    let mut c = Client::connect(&gw[1], &carol).await?;
+    let mut e = Client::connect(&gw[1], &erin).await?;
+
+    a1.send_group("g1", &group, "hello team").await?;
+    let acc = a1.expect("accepted").await?;
+    assert_eq!(
+        (acc["conversation"].as_str(), acc["seq"].as_u64()),
+        (Some(conversation.as_str()), Some(1))
+    );
+    for client in [&mut a2, &mut b, &mut c] {
+        let m = client.expect("message").await?;
+        assert_eq!(m["group"], group.as_str());
+        assert_eq!(
+            (m["conversation"].as_str(), m["seq"].as_u64()),
+            (Some(conversation.as_str()), Some(1))
+        );
+        assert_eq!(
+            (m["from"].as_str(), m["body"].as_str()),
+            (Some(alice.as_str()), Some("hello team"))
+        );
+    }
+    e.send_group("x1", &group, "let me in").await?;
+    let err = e.expect("error").await?;
+    assert_eq!(
+        (err["code"].as_str(), err["id"].as_str()),
+        (Some("forbidden"), Some("x1"))
+    );
+    e.send_group("x2", "g_nosuchgroup", "anyone?").await?;
+    assert_eq!(e.expect("error").await?["code"], "not_found");
+    e.expect_silence(std::time::Duration::from_millis(300))
+        .await?;
+
+    // An offline member gets the group's messages on reconnect.
+    c.ack(&conversation, 1).await?;
+    c.close().await;
+    b.send_group("b1", &group, "carol is away").await?;
+    assert_eq!(b.expect("accepted").await?["seq"], 2);
+    let mut c = Client::connect(&gw[0], &carol).await?;
+    let m = c.expect("message").await?;
+    assert_eq!(
+        (m["seq"].as_u64(), m["group"].as_str()),
+        (Some(2), Some(group.as_str()))
+    );
+    Ok(())
+}

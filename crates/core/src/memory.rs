@@ -54,6 +54,11 @@ impl Memory {
             dedupe: self.clone(),
             deliveries: self.clone(),
             offline: self.clone(),
+            groups: Arc::new(crate::groups::MembershipCache::new(
+                self.clone(),
+                std::time::Duration::from_secs(60),
+                1000,
+            )),
         }
     }
 

@@ -13,11 +13,12 @@
 //! senders get `unavailable` (retry with the same id).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures_util::future::join_all;
 use tracing::warn;
 
-use connect_protocol::{ConversationId, ErrorCode, FrameError, UserId};
+use connect_protocol::{ConversationId, ErrorCode, FrameError, GroupId, UserId};
 
 use crate::model::{
     Acceptance, Delivery, OfflineEntry, OutboundMessage, Reply, ReplyTo, SessionRoute,
@@ -60,6 +61,8 @@ struct Accepted {
 
 #[derive(Default)]
 struct Outcome {
+    /// Who receives each valid submission, decided when it was authorized.
+    audience: HashMap<crate::model::DedupeKey, Arc<[UserId]>>,
     accepted: Vec<Accepted>,
     errors: Vec<(ReplyTo, FrameError)>,
     report: StepReport,
@@ -92,22 +95,64 @@ fn message_of(sub: &Submission, acceptance: &Acceptance) -> StoredMessage {
     }
 }
 
-/// Who receives a message of this conversation.
-fn recipients(conversation: &ConversationId) -> Vec<UserId> {
-    match conversation {
-        ConversationId::Direct { low, high } => vec![low.clone(), high.clone()],
-        ConversationId::Group(_) => Vec::new(),
-    }
-}
+/// Why a submission is refused before sequencing.
+type Refusal = (ErrorCode, &'static str);
 
-/// Checks a submission against the rules that need no I/O.
-fn authorize(sub: &Submission) -> Result<(), (ErrorCode, &'static str)> {
-    match &sub.conversation {
-        ConversationId::Direct { .. } if sub.conversation.is_direct_member(&sub.sender) => Ok(()),
-        ConversationId::Direct { .. } => {
-            Err((ErrorCode::Forbidden, "not a member of this conversation"))
+impl MessagingStep {
+    /// Who receives a submission, checking that its sender may send it. A group's system message
+    /// (from the group-events function) first drops the group from the membership cache, so the
+    /// change holds from this event on; a removed member also receives their removal.
+    async fn audience(
+        &self,
+        sub: &Submission,
+        view: &mut HashMap<GroupId, crate::groups::Members>,
+    ) -> Result<Arc<[UserId]>, Refusal> {
+        match &sub.conversation {
+            ConversationId::Direct { low, high }
+                if sub.conversation.is_direct_member(&sub.sender) =>
+            {
+                Ok(Arc::from([low.clone(), high.clone()]))
+            }
+            ConversationId::Direct { .. } => {
+                Err((ErrorCode::Forbidden, "not a member of this conversation"))
+            }
+            ConversationId::Group(group) => {
+                if sub.event.is_some() {
+                    self.ports.groups.invalidate(group);
+                    view.remove(group);
+                }
+                let members = match view.get(group) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = self.ports.groups.members(group).await.map_err(|e| {
+                            warn!(cause = %e, %group, "membership lookup failed");
+                            (
+                                ErrorCode::Unavailable,
+                                "group directory unavailable; retry with the same id",
+                            )
+                        })?;
+                        view.insert(group.clone(), m.clone());
+                        m
+                    }
+                };
+                match (&sub.event, members) {
+                    (Some(event), members) => {
+                        let mut all: Vec<UserId> = members.map(|m| m.to_vec()).unwrap_or_default();
+                        if let Some(user) =
+                            event.user.as_deref().and_then(|u| UserId::parse(u).ok())
+                        {
+                            if !all.contains(&user) {
+                                all.push(user);
+                            }
+                        }
+                        Ok(all.into())
+                    }
+                    (None, None) => Err((ErrorCode::NotFound, "no such group")),
+                    (None, Some(m)) if m.contains(&sub.sender) => Ok(m),
+                    (None, Some(_)) => Err((ErrorCode::Forbidden, "not a member of this group")),
+                }
+            }
         }
-        ConversationId::Group(_) => Err((ErrorCode::NotFound, "no such group")),
     }
 }
 
@@ -135,9 +180,13 @@ impl MessagingStep {
     pub async fn prepare(&self, batch: Vec<Submission>, now_ms: u64) -> Prepared {
         let mut out = Outcome::default();
         let mut valid = Vec::with_capacity(batch.len());
+        let mut view = HashMap::new();
         for sub in batch {
-            match authorize(&sub) {
-                Ok(()) => valid.push(sub),
+            match self.audience(&sub, &mut view).await {
+                Ok(audience) => {
+                    out.audience.entry(sub.dedupe_key()).or_insert(audience);
+                    valid.push(sub);
+                }
                 Err((code, message)) => out.fail(&sub, code, message),
             }
         }
@@ -342,10 +391,20 @@ impl MessagingStep {
     /// Looks every recipient up once and builds one delivery per (message, target gateway);
     /// parks the message for recipients with no live session.
     async fn route(&self, out: &mut Outcome) -> Vec<Delivery> {
+        let audience = |a: &Accepted| -> Vec<UserId> {
+            let key = crate::model::DedupeKey {
+                sender: a.message.from.clone(),
+                id: a.message.id.clone(),
+            };
+            out.audience
+                .get(&key)
+                .map(|r| r.to_vec())
+                .unwrap_or_default()
+        };
         let mut users: Vec<UserId> = Vec::new();
         let mut index: HashMap<UserId, usize> = HashMap::new();
         for a in out.accepted.iter().filter(|a| a.fan_out) {
-            for user in recipients(&a.message.conversation) {
+            for user in audience(a) {
                 index.entry(user.clone()).or_insert_with(|| {
                     users.push(user);
                     users.len() - 1
@@ -357,11 +416,7 @@ impl MessagingStep {
         let mut deliveries = Vec::new();
         let mut offline: Vec<(usize, UserId)> = Vec::new();
         for (i, a) in out.accepted.iter().enumerate() {
-            let targets = if a.fan_out {
-                recipients(&a.message.conversation)
-            } else {
-                Vec::new()
-            };
+            let targets = if a.fan_out { audience(a) } else { Vec::new() };
             offline.extend(
                 targets
                     .iter()

@@ -136,4 +136,5 @@ pub struct Ports {
     pub dedupe: Arc<dyn DedupeIndex>,
     pub deliveries: Arc<dyn DeliveryBus>,
     pub offline: Arc<dyn OfflineStore>,
+    pub groups: Arc<crate::groups::MembershipCache>,
 }

@@ -8,7 +8,8 @@
 //!
 //! Config: `KAFKA_*`, `EVENT_SOURCE_TOPIC` (user_connected), `EVENT_FUNCTION`
 //! (offline-delivery), `EVENT_GROUP_ID` (lambda-<function>), `LAMBDA_ENDPOINT`
-//! (http://127.0.0.1:9000), `EVENT_BATCH_MAX` (100).
+//! (http://127.0.0.1:9000), `EVENT_BATCH_MAX` (100), `EVENT_INVOKE_TIMEOUT_SECS` (60: an
+//! invocation without an answer by then is retried).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -61,14 +62,25 @@ fn event_json(brokers: &str, batch: &BTreeMap<String, Vec<Value>>) -> String {
 }
 
 /// Invokes the function once; `Err` on a transport failure, a non-2xx status or a function error.
-async fn invoke(client: &HttpClient, url: &str, event: String) -> anyhow::Result<String> {
+async fn invoke(
+    client: &HttpClient,
+    url: &str,
+    event: String,
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let req = http::Request::post(url)
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(event)))?;
-    let res = client.request(req).await.context("invoke request")?;
+    let res = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .context("invocation timed out")?
+        .context("invoke request")?;
     let status = res.status();
     let function_error = res.headers().get("x-amz-function-error").cloned();
-    let body = res.into_body().collect().await?.to_bytes();
+    let body = tokio::time::timeout(timeout, res.into_body().collect())
+        .await
+        .context("invocation timed out")??
+        .to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() || function_error.is_some() {
         anyhow::bail!("function failed ({status}): {body}");
@@ -85,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let group = env::string("EVENT_GROUP_ID", &format!("lambda-{function}"));
     let endpoint = env::string("LAMBDA_ENDPOINT", "http://127.0.0.1:9000");
     let max: usize = env::var("EVENT_BATCH_MAX", 100)?;
+    let timeout = Duration::from_secs(env::var("EVENT_INVOKE_TIMEOUT_SECS", 60)?);
     let url = format!("{endpoint}/2015-03-31/functions/{function}/invocations");
 
     let consumer: StreamConsumer = kafka.consumer(&group).create()?;
@@ -131,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         let event = event_json(&kafka.brokers, &batch);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match invoke(&client, &url, event.clone()).await {
+            match invoke(&client, &url, event.clone(), timeout).await {
                 Ok(result) => {
                     info!(records = n, %result, "invoked");
                     break;

@@ -270,3 +270,124 @@ async fn an_offline_recipient_gets_an_offline_entry_and_the_sender_none() {
         .iter()
         .any(|d| d.slot == 1 && d.recipients == vec![user("bob")]));
 }
+
+async fn trip(mem: &Memory, members: &[&str]) -> connect_protocol::GroupId {
+    use crate::groups::{Group, GroupStore};
+    let id = connect_protocol::GroupId::parse("g_trip").unwrap();
+    let mut members: Vec<UserId> = members.iter().map(|m| user(m)).collect();
+    members.sort();
+    mem.create(&Group {
+        group: id.clone(),
+        name: "Trip".into(),
+        owner: members[0].clone(),
+        members,
+    })
+    .await
+    .unwrap();
+    id
+}
+
+fn group_send(from: &str, id: &str, conn: &str, slot: u32) -> Submission {
+    Submission {
+        conversation: ConversationId::parse("group:g_trip").unwrap(),
+        sender: user(from),
+        id: ClientMsgId::parse(id).unwrap(),
+        body: "hi all".into(),
+        reply: Some(ReplyTo {
+            conn: conn.into(),
+            slot,
+        }),
+        event: None,
+    }
+}
+
+#[tokio::test]
+async fn a_group_message_goes_once_per_gateway_to_its_members_only() {
+    let mem = Arc::new(Memory::default());
+    trip(&mem, &["alice", "bob", "carol", "dave"]).await;
+    online(&mem, "alice", "a1", 0).await;
+    online(&mem, "bob", "b1", 0).await;
+    online(&mem, "carol", "c1", 1).await;
+    online(&mem, "erin", "e1", 1).await;
+    let step = MessagingStep::new(mem.ports());
+    let report = step
+        .process(
+            vec![
+                group_send("alice", "m1", "a1", 0),
+                group_send("erin", "x1", "e1", 1),
+            ],
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.stored, report.rejected, report.parked), (1, 1, 1));
+    let mut out = mem.take_published();
+    out.sort_by_key(|d| (d.slot, d.message.is_none()));
+    let with_message: Vec<_> = out.iter().filter(|d| d.message.is_some()).collect();
+    assert_eq!(with_message.len(), 2, "one record per gateway: {out:?}");
+    assert_eq!(with_message[0].recipients, [user("alice"), user("bob")]);
+    assert_eq!(with_message[1].recipients, [user("carol")]);
+    let m = frame(&with_message[0].message.as_ref().unwrap().frame);
+    assert_eq!(
+        (m["group"].as_str(), m["seq"].as_u64()),
+        (Some("g_trip"), Some(1))
+    );
+    assert_eq!(mem.offline_seqs("dave", "group:g_trip"), [1]);
+    let refusal = out
+        .iter()
+        .find_map(|d| d.reply.as_ref().filter(|r| r.conn == "e1"))
+        .unwrap();
+    assert_eq!(frame(&refusal.frame)["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn a_membership_change_holds_from_its_event_on() {
+    use crate::groups::GroupStore;
+    let mem = Arc::new(Memory::default());
+    let id = trip(&mem, &["alice", "bob", "carol"]).await;
+    for (who, conn) in [("alice", "a1"), ("bob", "b1"), ("carol", "c1")] {
+        online(&mem, who, conn, 0).await;
+    }
+    let step = MessagingStep::new(mem.ports());
+    step.process(vec![group_send("alice", "m1", "a1", 0)], 1)
+        .await
+        .unwrap();
+    mem.take_published();
+
+    // Removed in the table: the cached membership still says carol until the event passes.
+    mem.remove_member(&id, &user("carol")).await.unwrap();
+    let removal = Submission {
+        event: Some(connect_protocol::GroupEvent {
+            kind: "member_removed".into(),
+            user: Some("carol".into()),
+        }),
+        reply: None,
+        body: String::new(),
+        ..group_send("alice", "ev-1", "a1", 0)
+    };
+    step.process(vec![removal, group_send("alice", "m2", "a1", 0)], 2)
+        .await
+        .unwrap();
+    let out = mem.take_published();
+    let to = |seq: u64| -> Vec<UserId> {
+        out.iter()
+            .filter(|d| d.message.as_ref().is_some_and(|m| m.seq == seq))
+            .flat_map(|d| d.recipients.clone())
+            .collect()
+    };
+    assert!(to(2).contains(&user("carol")), "carol gets her own removal");
+    assert!(!to(3).contains(&user("carol")), "and nothing after it");
+    assert!(to(3).contains(&user("bob")));
+    assert_eq!(
+        frame(
+            &out.iter()
+                .find(|d| d.message.as_ref().is_some_and(|m| m.seq == 2))
+                .unwrap()
+                .message
+                .as_ref()
+                .unwrap()
+                .frame
+        )["event"]["kind"],
+        "member_removed"
+    );
+}
