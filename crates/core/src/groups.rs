@@ -200,6 +200,70 @@ impl Groups<'_> {
     }
 }
 
+/// Messaging's view of group membership: members per group, cached (bounded, with a TTL as a
+/// safety net) and invalidated when a group's system message passes through messaging, so a
+/// change holds from its own event's seq on.
+pub struct MembershipCache {
+    store: std::sync::Arc<dyn GroupStore>,
+    ttl: std::time::Duration,
+    max: usize,
+    map: std::sync::Mutex<std::collections::HashMap<GroupId, (std::time::Instant, Members)>>,
+}
+
+/// A group's members (None: no such group).
+pub type Members = Option<std::sync::Arc<[UserId]>>;
+
+impl MembershipCache {
+    pub fn new(
+        store: std::sync::Arc<dyn GroupStore>,
+        ttl: std::time::Duration,
+        max: usize,
+    ) -> Self {
+        Self {
+            store,
+            ttl,
+            max: max.max(1),
+            map: Default::default(),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<GroupId, (std::time::Instant, Members)>>
+    {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The members of `group`, from the cache or the store.
+    pub async fn members(&self, group: &GroupId) -> Result<Members, PortError> {
+        if let Some((at, members)) = self.lock().get(group) {
+            if at.elapsed() < self.ttl {
+                return Ok(members.clone());
+            }
+        }
+        let members = self.store.members(group).await?;
+        // A group always has its owner: no members means no group.
+        let members: Members = (!members.is_empty()).then(|| members.into());
+        let mut map = self.lock();
+        if map.len() >= self.max {
+            // Evict the oldest entry: O(n), rare (only when full).
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(g, _)| g.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(group.clone(), (std::time::Instant::now(), members.clone()));
+        Ok(members)
+    }
+
+    pub fn invalidate(&self, group: &GroupId) {
+        self.lock().remove(group);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,69 +431,5 @@ mod tests {
             413
         );
         assert!(body::<CreateGroup>(b"{\"members\":[]}").is_err());
-    }
-}
-
-/// Messaging's view of group membership: members per group, cached (bounded, with a TTL as a
-/// safety net) and invalidated when a group's system message passes through messaging, so a
-/// change holds from its own event's seq on.
-pub struct MembershipCache {
-    store: std::sync::Arc<dyn GroupStore>,
-    ttl: std::time::Duration,
-    max: usize,
-    map: std::sync::Mutex<std::collections::HashMap<GroupId, (std::time::Instant, Members)>>,
-}
-
-/// A group's members (None: no such group).
-pub type Members = Option<std::sync::Arc<[UserId]>>;
-
-impl MembershipCache {
-    pub fn new(
-        store: std::sync::Arc<dyn GroupStore>,
-        ttl: std::time::Duration,
-        max: usize,
-    ) -> Self {
-        Self {
-            store,
-            ttl,
-            max: max.max(1),
-            map: Default::default(),
-        }
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<GroupId, (std::time::Instant, Members)>>
-    {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The members of `group`, from the cache or the store.
-    pub async fn members(&self, group: &GroupId) -> Result<Members, PortError> {
-        if let Some((at, members)) = self.lock().get(group) {
-            if at.elapsed() < self.ttl {
-                return Ok(members.clone());
-            }
-        }
-        let members = self.store.members(group).await?;
-        // A group always has its owner: no members means no group.
-        let members: Members = (!members.is_empty()).then(|| members.into());
-        let mut map = self.lock();
-        if map.len() >= self.max {
-            // Evict the oldest entry: O(n), rare (only when full).
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(g, _)| g.clone())
-            {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(group.clone(), (std::time::Instant::now(), members.clone()));
-        Ok(members)
-    }
-
-    pub fn invalidate(&self, group: &GroupId) {
-        self.lock().remove(group);
     }
 }
