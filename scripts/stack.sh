@@ -180,6 +180,9 @@ start_services() {
   # hundreds of ms): a long fetch wait keeps this fourth consumer's polling off tansu's one core.
   start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery \
     KAFKA_FETCH_WAIT_MS="${EVENT_FETCH_WAIT_MS:-100}"
+  # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling).
+  start_service group-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_SOURCE_KIND=dynamodb \
+    EVENT_FUNCTION=group-events EVENT_SOURCE_TABLE="${GROUP_TABLE:-connect_groups}"
 }
 
 # Every function under functions/ runs under `cargo lambda invoke` with its events/ sample.
@@ -211,7 +214,7 @@ up() {
 
 down() {
   local name
-  for name in event-poller lambda local-api messaging $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
+  for name in group-poller event-poller lambda local-api messaging $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
   log "stopped"
 }
 
@@ -221,8 +224,8 @@ status() {
   for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
   echo "  messaging    http://127.0.0.1:$MESSAGING_OPS_PORT/healthz  /metrics"
   echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history; same handlers as the Lambdas)"
-  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, offline-delivery"
-  echo "  poller       user_connected → offline-delivery"
+  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, groups, offline-delivery, group-events"
+  echo "  pollers      user_connected → offline-delivery; group table stream → group-events"
   echo "  Kafka API    127.0.0.1:$KAFKA_PORT (tansu $TANSU_VERSION, sqlite storage)"
   echo "  Redis        $REDIS_URL"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"

@@ -123,26 +123,29 @@ impl Client {
 async fn a_group_message_reaches_every_members_connections() -> anyhow::Result<()> {
     let gw = gateways();
     let (alice, bob, carol, erin) = (user("alice"), user("bob"), user("carol"), user("erin"));
-    let group = create_group(&alice, &[&bob, &carol]).await?;
-    let conversation = format!("group:{group}");
     let mut a1 = Client::connect(&gw[0], &alice).await?;
     let mut a2 = Client::connect(&gw[1], &alice).await?;
     let mut b = Client::connect(&gw[0], &bob).await?;
     let mut c = Client::connect(&gw[1], &carol).await?;
     let mut e = Client::connect(&gw[1], &erin).await?;
+    let group = create_group(&alice, &[&bob, &carol]).await?;
+    let conversation = format!("group:{group}");
+    for client in [&mut a1, &mut a2, &mut b, &mut c] {
+        expect_event(client, 1, "group_created", &alice, None).await?;
+    }
 
     a1.send_group("g1", &group, "hello team").await?;
     let acc = a1.expect("accepted").await?;
     assert_eq!(
         (acc["conversation"].as_str(), acc["seq"].as_u64()),
-        (Some(conversation.as_str()), Some(1))
+        (Some(conversation.as_str()), Some(2))
     );
     for client in [&mut a2, &mut b, &mut c] {
         let m = client.expect("message").await?;
         assert_eq!(m["group"], group.as_str());
         assert_eq!(
             (m["conversation"].as_str(), m["seq"].as_u64()),
-            (Some(conversation.as_str()), Some(1))
+            (Some(conversation.as_str()), Some(2))
         );
         assert_eq!(
             (m["from"].as_str(), m["body"].as_str()),
@@ -161,15 +164,88 @@ async fn a_group_message_reaches_every_members_connections() -> anyhow::Result<(
         .await?;
 
     // An offline member gets the group's messages on reconnect.
-    c.ack(&conversation, 1).await?;
+    c.ack(&conversation, 2).await?;
     c.close().await;
     b.send_group("b1", &group, "carol is away").await?;
-    assert_eq!(b.expect("accepted").await?["seq"], 2);
+    assert_eq!(b.expect("accepted").await?["seq"], 3);
     let mut c = Client::connect(&gw[0], &carol).await?;
     let m = c.expect("message").await?;
     assert_eq!(
         (m["seq"].as_u64(), m["group"].as_str()),
-        (Some(2), Some(group.as_str()))
+        (Some(3), Some(group.as_str()))
     );
+    Ok(())
+}
+
+/// Waits for the next `message` and checks it is the group event `kind` (about `user`) by `from`.
+async fn expect_event(
+    c: &mut Client,
+    seq: u64,
+    kind: &str,
+    from: &str,
+    user: Option<&str>,
+) -> anyhow::Result<()> {
+    let m = c.expect("message").await?;
+    anyhow::ensure!(
+        m["seq"].as_u64() == Some(seq)
+            && m["event"]["kind"] == kind
+            && m["from"] == from
+            && m["body"] == ""
+            && m["event"]["user"].as_str() == user,
+        "{}: expected {kind} #{seq} by {from}, got {m}",
+        c.user
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn membership_changes_are_group_events_and_hold_for_later_messages() -> anyhow::Result<()> {
+    let gw = gateways();
+    let (alice, bob, carol, dave) = (user("alice"), user("bob"), user("carol"), user("dave"));
+    let mut a = Client::connect(&gw[0], &alice).await?;
+    let mut b = Client::connect(&gw[1], &bob).await?;
+    let mut c = Client::connect(&gw[1], &carol).await?;
+    let mut d = Client::connect(&gw[0], &dave).await?;
+    let group = create_group(&alice, &[&bob, &carol]).await?;
+    for client in [&mut a, &mut b, &mut c] {
+        expect_event(client, 1, "group_created", &alice, None).await?;
+    }
+
+    let (status, _) = api_call(
+        "POST",
+        &format!("/v1/groups/{group}/members"),
+        Some(&bob),
+        &json!({ "user": dave }).to_string(),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    for client in [&mut a, &mut b, &mut c, &mut d] {
+        expect_event(client, 2, "member_added", &bob, Some(&dave)).await?;
+    }
+
+    let (status, _) = api_call(
+        "DELETE",
+        &format!("/v1/groups/{group}/members/{carol}"),
+        Some(&alice),
+        "",
+    )
+    .await?;
+    assert_eq!(status, 204);
+    for client in [&mut a, &mut b, &mut c, &mut d] {
+        expect_event(client, 3, "member_removed", &alice, Some(&carol)).await?;
+    }
+
+    a.send_group("after", &group, "carol is gone").await?;
+    assert_eq!(a.expect("accepted").await?["seq"], 4);
+    for client in [&mut b, &mut d] {
+        let m = client.expect("message").await?;
+        assert_eq!(
+            (m["seq"].as_u64(), m["body"].as_str()),
+            (Some(4), Some("carol is gone"))
+        );
+    }
+    c.expect_silence(std::time::Duration::from_secs(2)).await?;
+    c.send_group("nope", &group, "still here?").await?;
+    assert_eq!(c.expect("error").await?["code"], "forbidden");
     Ok(())
 }

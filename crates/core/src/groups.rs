@@ -42,10 +42,21 @@ pub trait GroupStore: Send + Sync {
     /// The members, sorted.
     async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, PortError>;
     async fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError>;
-    /// Adds a member (adding a member again is a no-op).
-    async fn add_member(&self, group: &GroupId, user: &UserId) -> Result<(), PortError>;
-    /// Removes a member; false if they were not one.
-    async fn remove_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError>;
+    /// Adds a member on `by`'s request (adding a member again is a no-op).
+    async fn add_member(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        by: &UserId,
+    ) -> Result<(), PortError>;
+    /// Removes a member on `by`'s request (the stream's old image says who); false if they
+    /// were not one.
+    async fn remove_member(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        by: &UserId,
+    ) -> Result<bool, PortError>;
     /// The groups `user` is a member of.
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
 }
@@ -169,7 +180,7 @@ impl Groups<'_> {
                     format!("a group has at most {} members", self.max_members),
                 ));
             }
-            self.store.add_member(id, &user).await?;
+            self.store.add_member(id, &user, caller).await?;
         }
         self.get(caller, id).await
     }
@@ -190,7 +201,7 @@ impl Groups<'_> {
             };
             return Err(ApiError::new(ErrorCode::Forbidden, why));
         }
-        if !self.store.remove_member(id, &user).await? {
+        if !self.store.remove_member(id, &user, caller).await? {
             return Err(ApiError::new(
                 ErrorCode::NotFound,
                 "not a member of this group",
@@ -261,6 +272,96 @@ impl MembershipCache {
 
     pub fn invalidate(&self, group: &GroupId) {
         self.lock().remove(group);
+    }
+}
+
+/// A change to a group, read from the group table's stream; it becomes a system message of
+/// the group's conversation (so it gets a seq like any message, and messaging drops the group
+/// from its membership cache when it passes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupChange {
+    /// The stream record's id: the system message's client id is derived from it, so a record
+    /// delivered twice is one message.
+    pub event_id: String,
+    pub group: GroupId,
+    /// `group_created`, `member_added`, `member_removed`.
+    pub kind: &'static str,
+    /// Who made the change (`from` of the message).
+    pub by: UserId,
+    /// Who was added or removed.
+    pub user: Option<UserId>,
+}
+
+fn attr<'a>(image: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    image.get(name)?.get("S")?.as_str()
+}
+
+impl GroupChange {
+    /// From a stream record (`INSERT` / `MODIFY` / `REMOVE`, images in DynamoDB JSON). Members
+    /// written with the group are covered by its `group_created`; other records are no change.
+    pub fn from_record(
+        event_id: &str,
+        event_name: &str,
+        new: &serde_json::Value,
+        old: &serde_json::Value,
+    ) -> Option<Self> {
+        let image = if event_name == "REMOVE" { old } else { new };
+        let group = GroupId::parse(attr(image, "group")?).ok()?;
+        let item = attr(image, "item")?;
+        let user = |name| attr(image, name).and_then(|u| UserId::parse(u).ok());
+        let (kind, by, member) = match (event_name, item) {
+            ("INSERT", "meta") => ("group_created", user("owner")?, None),
+            ("INSERT", i) if i.starts_with("m#") => {
+                if image.get("initial").and_then(|v| v.get("BOOL"))
+                    == Some(&serde_json::Value::Bool(true))
+                {
+                    return None;
+                }
+                let member = user("user")?;
+                (
+                    "member_added",
+                    user("by").unwrap_or_else(|| member.clone()),
+                    Some(member),
+                )
+            }
+            ("REMOVE", i) if i.starts_with("m#") => {
+                let member = user("user")?;
+                (
+                    "member_removed",
+                    user("removed_by").unwrap_or_else(|| member.clone()),
+                    Some(member),
+                )
+            }
+            _ => return None,
+        };
+        Some(Self {
+            event_id: event_id.to_owned(),
+            group,
+            kind,
+            by,
+            user: member,
+        })
+    }
+
+    /// The system message for `incoming_messages`.
+    pub fn submission(&self) -> crate::model::Submission {
+        let id: String = format!("ev-{}", self.event_id)
+            .chars()
+            .filter(char::is_ascii_graphic)
+            .take(64)
+            .collect();
+        crate::model::Submission {
+            conversation: connect_protocol::ConversationId::group(self.group.clone()),
+            sender: self.by.clone(),
+            id: connect_protocol::ClientMsgId::parse(id)
+                .unwrap_or_else(|_| connect_protocol::ClientMsgId::parse("ev").expect("static id")),
+            body: String::new(),
+            reply: None,
+            event: Some(connect_protocol::GroupEvent {
+                kind: self.kind.to_owned(),
+                user: self.user.as_ref().map(ToString::to_string),
+            }),
+        }
     }
 }
 
@@ -431,5 +532,44 @@ mod tests {
             413
         );
         assert!(body::<CreateGroup>(b"{\"members\":[]}").is_err());
+    }
+
+    #[test]
+    fn stream_records_become_system_messages() {
+        use serde_json::json;
+        let meta =
+            json!({"group":{"S":"g_1"},"item":{"S":"meta"},"name":{"S":"T"},"owner":{"S":"alice"}});
+        let c = GroupChange::from_record("e1", "INSERT", &meta, &json!({})).unwrap();
+        assert_eq!(
+            (c.kind, c.by.as_str(), c.user.as_ref()),
+            ("group_created", "alice", None)
+        );
+        let sub = c.submission();
+        assert_eq!(sub.conversation.to_string(), "group:g_1");
+        assert_eq!(sub.id.as_str(), "ev-e1");
+        assert!(sub.reply.is_none() && sub.body.is_empty());
+        assert_eq!(sub.event.unwrap().kind, "group_created");
+
+        let initial = json!({"group":{"S":"g_1"},"item":{"S":"m#bob"},"user":{"S":"bob"},"by":{"S":"alice"},"initial":{"BOOL":true}});
+        assert!(GroupChange::from_record("e2", "INSERT", &initial, &json!({})).is_none());
+        let added =
+            json!({"group":{"S":"g_1"},"item":{"S":"m#dave"},"user":{"S":"dave"},"by":{"S":"bob"}});
+        let c = GroupChange::from_record("e3", "INSERT", &added, &json!({})).unwrap();
+        assert_eq!(
+            (c.kind, c.by.as_str(), c.user.unwrap().as_str()),
+            ("member_added", "bob", "dave")
+        );
+        let removed = json!({"group":{"S":"g_1"},"item":{"S":"m#carol"},"user":{"S":"carol"},"by":{"S":"alice"},"removed_by":{"S":"alice"}});
+        assert!(GroupChange::from_record("e4", "MODIFY", &removed, &removed).is_none());
+        let c = GroupChange::from_record("e5", "REMOVE", &json!({}), &removed).unwrap();
+        assert_eq!(
+            (c.kind, c.by.as_str(), c.user.clone().unwrap().as_str()),
+            ("member_removed", "alice", "carol")
+        );
+        let long = GroupChange {
+            event_id: "x".repeat(100),
+            ..c
+        };
+        assert_eq!(long.submission().id.as_str().len(), 64);
     }
 }

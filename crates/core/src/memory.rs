@@ -361,6 +361,7 @@ impl crate::groups::GroupStore for Memory {
         &self,
         group: &connect_protocol::GroupId,
         user: &UserId,
+        _by: &UserId,
     ) -> Result<(), PortError> {
         if let Some(g) = lock(&self.groups).get_mut(group) {
             if !g.members.contains(user) {
@@ -375,6 +376,7 @@ impl crate::groups::GroupStore for Memory {
         &self,
         group: &connect_protocol::GroupId,
         user: &UserId,
+        _by: &UserId,
     ) -> Result<bool, PortError> {
         Ok(lock(&self.groups).get_mut(group).is_some_and(|g| {
             let before = g.members.len();

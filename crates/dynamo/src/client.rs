@@ -19,6 +19,11 @@ pub struct DynamoConfig {
 }
 
 pub async fn client(cfg: &DynamoConfig) -> Client {
+    Client::new(&sdk_config(cfg).await)
+}
+
+/// The SDK config behind [`client`], for other clients of the same endpoint (DynamoDB Streams).
+pub async fn sdk_config(cfg: &DynamoConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
         .retry_config(RetryConfig::standard().with_max_attempts(3))
@@ -38,7 +43,7 @@ pub async fn client(cfg: &DynamoConfig) -> Client {
                 "connect-local",
             ));
     }
-    Client::new(&loader.load().await)
+    loader.load().await
 }
 
 impl DynamoConfig {

@@ -62,12 +62,25 @@ impl DynamoGroups {
         }
     }
 
-    fn member_item(&self, group: &GroupId, user: &UserId) -> HashMap<String, AttributeValue> {
-        HashMap::from([
+    /// A member item; `initial` marks the members written with the group (its `group_created`
+    /// event covers them).
+    fn member_item(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        by: &UserId,
+        initial: bool,
+    ) -> HashMap<String, AttributeValue> {
+        let mut item = HashMap::from([
             ("group".to_owned(), s(group.as_str())),
             ("item".to_owned(), s(member_key(user))),
             ("user".to_owned(), s(user.as_str())),
-        ])
+            ("by".to_owned(), s(by.as_str())),
+        ]);
+        if initial {
+            item.insert("initial".to_owned(), AttributeValue::Bool(true));
+        }
+        item
     }
 }
 
@@ -89,7 +102,7 @@ impl GroupStore for DynamoGroups {
         let items: Vec<_> = group
             .members
             .iter()
-            .map(|m| self.member_item(&group.group, m))
+            .map(|m| self.member_item(&group.group, m, &group.owner, true))
             .collect();
         let writes: Vec<_> = items
             .chunks(BATCH)
@@ -160,18 +173,64 @@ impl GroupStore for DynamoGroups {
         Ok(out.item().is_some())
     }
 
-    async fn add_member(&self, group: &GroupId, user: &UserId) -> Result<(), PortError> {
-        self.client
+    async fn add_member(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        by: &UserId,
+    ) -> Result<(), PortError> {
+        let result = self
+            .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(self.member_item(group, user)))
+            .set_item(Some(self.member_item(group, user, by, false)))
+            .condition_expression("attribute_not_exists(#i)")
+            .expression_attribute_names("#i", "item")
             .send()
-            .await
-            .map_err(err)?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Already a member: no change, no event.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 
-    async fn remove_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError> {
+    async fn remove_member(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        by: &UserId,
+    ) -> Result<bool, PortError> {
+        // Record who removes, so the stream's REMOVE image (and the member_removed event) says.
+        let marked = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("group", s(group.as_str()))
+            .key("item", s(member_key(user)))
+            .update_expression("SET #r = :by")
+            .condition_expression("attribute_exists(#i)")
+            .expression_attribute_names("#r", "removed_by")
+            .expression_attribute_names("#i", "item")
+            .expression_attribute_values(":by", s(by.as_str()))
+            .send()
+            .await;
+        match marked {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(err(e)),
+        }
         let out = self
             .client
             .delete_item()

@@ -20,7 +20,7 @@ pub mod sequences;
 
 pub use aws_sdk_dynamodb::Client;
 pub use chat::DynamoChatStore;
-pub use client::{client, DynamoConfig};
+pub use client::{client, sdk_config, DynamoConfig};
 pub use groups::DynamoGroups;
 pub use schema::{ensure_tables, Tables};
 pub use sequences::DynamoSequences;

@@ -1,12 +1,15 @@
-//! `connect-event-poller`: the local stack's stand-in for a Lambda event-source mapping on MSK.
-//! It reads a topic (every partition, resuming from its group's committed offsets), turns each
+//! `connect-event-poller`: the local stack's stand-in for a Lambda event-source mapping, on MSK
+//! (`EVENT_SOURCE_KIND=kafka`, the default) or on a DynamoDB stream (`dynamodb`, see
+//! [`stream`]). In Kafka mode it reads a topic (every partition, resuming from its group's committed offsets), turns each
 //! batch into the MSK event JSON AWS sends (records keyed `topic-partition`, key and value
 //! base64), and invokes the function through the Lambda Invoke API
 //! (`POST {LAMBDA_ENDPOINT}/2015-03-31/functions/{name}/invocations`, which `cargo lambda watch`
 //! serves locally). Offsets are committed only after the function succeeded; a failed
 //! invocation is retried with backoff, as the MSK trigger does.
 //!
-//! Config: `KAFKA_*`, `EVENT_SOURCE_TOPIC` (user_connected), `EVENT_FUNCTION`
+//! Config: `EVENT_SOURCE_KIND`; for Kafka `KAFKA_*`, `EVENT_SOURCE_TOPIC` (user_connected);
+//! for a stream `EVENT_SOURCE_TABLE` (connect_groups), `REDIS_URL` (checkpoints),
+//! `EVENT_POLL_MS` (100), `DYNAMODB_ENDPOINT`; and for both `EVENT_FUNCTION`
 //! (offline-delivery), `EVENT_GROUP_ID` (lambda-<function>), `LAMBDA_ENDPOINT`
 //! (http://127.0.0.1:9000), `EVENT_BATCH_MAX` (100), `EVENT_INVOKE_TIMEOUT_SECS` (60: an
 //! invocation without an answer by then is retried).
@@ -27,6 +30,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tracing::{info, warn};
+
+mod stream;
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -88,22 +93,66 @@ async fn invoke(
     Ok(body)
 }
 
+/// Invokes one function through the Lambda Invoke API.
+pub struct Invoker {
+    client: HttpClient,
+    url: String,
+    timeout: Duration,
+}
+
+impl Invoker {
+    /// Invokes until the function succeeds (backoff up to 5 s), as an event-source mapping
+    /// retries; returns the function's result.
+    pub async fn invoke_until_ok(&self, event: String) -> String {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match invoke(&self.client, &self.url, event.clone(), self.timeout).await {
+                Ok(result) => return result,
+                Err(e) => {
+                    warn!(cause = %e, "invocation failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();
+    let function = env::string("EVENT_FUNCTION", "offline-delivery");
+    let endpoint = env::string("LAMBDA_ENDPOINT", "http://127.0.0.1:9000");
+    let invoker = Invoker {
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        url: format!("{endpoint}/2015-03-31/functions/{function}/invocations"),
+        timeout: Duration::from_secs(env::var("EVENT_INVOKE_TIMEOUT_SECS", 60)?),
+    };
+    info!(url = %invoker.url, "invoking");
+    match env::string("EVENT_SOURCE_KIND", "kafka").as_str() {
+        "kafka" => run_kafka(invoker, &function).await,
+        "dynamodb" => {
+            stream::run(
+                invoker,
+                env::string("EVENT_SOURCE_TABLE", "connect_groups"),
+                env::string("REDIS_URL", "redis://127.0.0.1:6380"),
+                Duration::from_millis(env::var("EVENT_POLL_MS", 100)?),
+            )
+            .await
+        }
+        other => anyhow::bail!("EVENT_SOURCE_KIND={other:?}: expected kafka or dynamodb"),
+    }
+}
+
+async fn run_kafka(invoker: Invoker, function: &str) -> anyhow::Result<()> {
     let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
     let topic = env::string("EVENT_SOURCE_TOPIC", "user_connected");
-    let function = env::string("EVENT_FUNCTION", "offline-delivery");
     let group = env::string("EVENT_GROUP_ID", &format!("lambda-{function}"));
-    let endpoint = env::string("LAMBDA_ENDPOINT", "http://127.0.0.1:9000");
     let max: usize = env::var("EVENT_BATCH_MAX", 100)?;
-    let timeout = Duration::from_secs(env::var("EVENT_INVOKE_TIMEOUT_SECS", 60)?);
-    let url = format!("{endpoint}/2015-03-31/functions/{function}/invocations");
 
     let consumer: StreamConsumer = kafka.consumer(&group).create()?;
     connect_kafka::assign_all(&consumer, &topic).map_err(anyhow::Error::msg)?;
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    info!(%topic, %url, "polling");
+    info!(%topic, "polling");
 
     let stop = connect_service::shutdown_signal();
     tokio::pin!(stop);
@@ -141,21 +190,10 @@ async fn main() -> anyhow::Result<()> {
                 None => break,
             }
         }
-        let event = event_json(&kafka.brokers, &batch);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match invoke(&client, &url, event.clone(), timeout).await {
-                Ok(result) => {
-                    info!(records = n, %result, "invoked");
-                    break;
-                }
-                Err(e) => {
-                    warn!(cause = %e, records = n, "invocation failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let result = invoker
+            .invoke_until_ok(event_json(&kafka.brokers, &batch))
+            .await;
+        info!(records = n, %result, "invoked");
         let mut tpl = TopicPartitionList::new();
         for (partition, offset) in next {
             tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;

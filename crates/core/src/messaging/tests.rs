@@ -355,7 +355,9 @@ async fn a_membership_change_holds_from_its_event_on() {
     mem.take_published();
 
     // Removed in the table: the cached membership still says carol until the event passes.
-    mem.remove_member(&id, &user("carol")).await.unwrap();
+    mem.remove_member(&id, &user("carol"), &user("alice"))
+        .await
+        .unwrap();
     let removal = Submission {
         event: Some(connect_protocol::GroupEvent {
             kind: "member_removed".into(),

@@ -1,0 +1,89 @@
+//! Lambda `group-events`: triggered by the group table's DynamoDB stream. Each change (group
+//! created, member added, member removed) becomes a system message of the group's conversation
+//! on `incoming_messages` (`connect_core::groups::GroupChange`): messaging gives it a seq, fans
+//! it out and drops the group from its membership cache. Records that could not be published
+//! are reported as batch item failures, so only they are retried.
+//!
+//! Config: `KAFKA_*`, `KAFKA_INCOMING_TOPIC`.
+
+use aws_lambda_events::event::dynamodb::Event;
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use connect_core::groups::GroupChange;
+use connect_core::ports::SubmissionBus;
+use connect_kafka::rdkafka::producer::FutureProducer;
+use connect_kafka::{KafkaConfig, KafkaSubmissionBus, Topics};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use tracing::{info, warn};
+
+/// The changes of an event, each with the sequence number that identifies its record.
+fn changes(event: &Event) -> Vec<(Option<String>, GroupChange)> {
+    event
+        .records
+        .iter()
+        .filter_map(|r| {
+            let new = serde_json::to_value(&r.change.new_image).unwrap_or_default();
+            let old = serde_json::to_value(&r.change.old_image).unwrap_or_default();
+            let change = GroupChange::from_record(&r.event_id, &r.event_name, &new, &old)?;
+            Some((r.change.sequence_number.clone(), change))
+        })
+        .collect()
+}
+
+async fn handle(
+    bus: &KafkaSubmissionBus,
+    event: LambdaEvent<Event>,
+) -> Result<DynamoDbEventResponse, Error> {
+    let changes = changes(&event.payload);
+    // Enqueue in stream order, then wait for all: per-group order is kept by the partition key.
+    let pending: Vec<_> = changes
+        .iter()
+        .map(|(seq, c)| (seq.clone(), c, bus.submit(&c.submission())))
+        .collect();
+    let mut response = DynamoDbEventResponse::default();
+    let mut failed = false;
+    for (seq, change, publish) in pending {
+        // After a failure, later records of the batch are retried too (order per group).
+        match publish.await {
+            Ok(()) if !failed => {
+                info!(group = %change.group, kind = change.kind, "group event published")
+            }
+            result => {
+                if let Err(e) = result {
+                    warn!(cause = %e, group = %change.group, "publishing a group event failed");
+                }
+                failed = true;
+                let mut failure = DynamoDbBatchItemFailure::default();
+                failure.item_identifier = seq;
+                response.batch_item_failures.push(failure);
+            }
+        }
+    }
+    Ok(response)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    connect_service::telemetry::init_tracing();
+    let kafka = KafkaConfig::from_env()?;
+    let producer: FutureProducer = kafka.producer().create()?;
+    let bus = KafkaSubmissionBus::new(producer, Topics::from_env().incoming);
+    let bus = &bus;
+    lambda_runtime::run(service_fn(move |event| handle(bus, event))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_event_is_a_member_added() {
+        let event: Event =
+            serde_json::from_str(include_str!("../../../events/group-events.json")).unwrap();
+        let got = changes(&event);
+        assert_eq!(got.len(), 1);
+        let (seq, change) = &got[0];
+        assert_eq!(seq.as_deref(), Some("4421584500000000017450439091"));
+        assert_eq!((change.kind, change.by.as_str()), ("member_added", "bob"));
+        assert_eq!(change.user.as_ref().unwrap().as_str(), "dave");
+    }
+}
