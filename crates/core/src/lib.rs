@@ -12,7 +12,9 @@
 //! - [`inbound`]: what a gateway does with one client frame (pure).
 //! - [`offline`]: draining a user's offline store to a new connection.
 //! - [`history`]: the history read: parameters, authorization, one page.
-//! - [`groups`]: group administration and its rules.
+//! - [`groups`]: group administration and its rules, group changes as system messages,
+//!   messaging's membership cache.
+//! - [`sequencer`]: batched seq allocation (the sequencer function).
 //! - [`error`]: [`PortError`], retryable or final.
 //! - [`memory`]: in-memory ports for unit tests of the pure logic.
 
@@ -27,6 +29,7 @@ pub mod messaging;
 pub mod model;
 pub mod offline;
 pub mod ports;
+pub mod sequencer;
 
 pub use error::PortError;
 
