@@ -249,3 +249,46 @@ async fn membership_changes_are_group_events_and_hold_for_later_messages() -> an
     assert_eq!(c.expect("error").await?["code"], "forbidden");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_group_message_costs_one_record_per_gateway_not_per_member() -> anyhow::Result<()> {
+    use crate::private::PrivateStack;
+    // A private slice: its own topics, two gateways and messaging, so its counters are ours.
+    let mut stack = PrivateStack::start().await?;
+    let second = stack.add_gateway().await?;
+    stack.start_messaging(&[]).await?;
+    let members: Vec<String> = (0..10).map(|i| user(&format!("m{i}"))).collect();
+    let refs: Vec<&str> = members[1..].iter().map(String::as_str).collect();
+    let group = create_group(&members[0], &refs).await?;
+    let mut clients = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let gw = if i % 2 == 0 {
+            stack.gateway.clone()
+        } else {
+            second.clone()
+        };
+        clients.push(Client::connect(&gw, m).await?);
+    }
+    let records = || {
+        metric(
+            &stack.messaging_ops,
+            "connect_messaging_records_out_total",
+            "",
+        )
+    };
+    let before = records().await?;
+    for k in 0..3 {
+        clients[0]
+            .send_group(&format!("r{k}"), &group, "count me")
+            .await?;
+        clients[0].expect("accepted").await?;
+        for c in clients.iter_mut().skip(1) {
+            assert_eq!(c.expect("message").await?["body"], "count me");
+        }
+    }
+    let after = records().await?;
+    // 3 messages × 2 gateways with online members (the sender's `accepted` rides on one of them),
+    // not 3 × 10 members.
+    assert_eq!(after - before, 6.0, "records published");
+    Ok(())
+}

@@ -32,6 +32,7 @@ pub struct PrivateStack {
     pub messaging_ops: String,
     env: Vec<(String, String)>,
     gateway_proc: Child,
+    more_gateways: Vec<Child>,
     pub messaging: Option<Child>,
 }
 
@@ -101,6 +102,7 @@ impl PrivateStack {
             messaging_ops,
             env,
             gateway_proc,
+            more_gateways: Vec::new(),
             messaging: None,
         })
     }
@@ -119,6 +121,23 @@ impl PrivateStack {
         Ok(())
     }
 
+    /// Starts another gateway on this slice's topics (it leases the next free slot); returns
+    /// its address. It is killed with the slice.
+    pub async fn add_gateway(&mut self) -> anyhow::Result<String> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let mut child = Command::new(binary("connect-gateway"))
+            .envs(self.env.clone())
+            .env("GATEWAY_ADDR", &addr)
+            .env("GATEWAY_ID", format!("gw-more-{id}"))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting connect-gateway")?;
+        wait_healthy(&addr, &mut child).await?;
+        self.more_gateways.push(child);
+        Ok(addr)
+    }
+
     /// SIGKILL, no goodbye: nothing is flushed or committed.
     pub async fn kill_messaging(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.messaging.take() {
@@ -132,6 +151,9 @@ impl PrivateStack {
 impl Drop for PrivateStack {
     fn drop(&mut self) {
         let _ = self.gateway_proc.start_kill();
+        for g in &mut self.more_gateways {
+            let _ = g.start_kill();
+        }
         if let Some(m) = &mut self.messaging {
             let _ = m.start_kill();
         }
