@@ -3,6 +3,8 @@
 //! ```text
 //! connect-bench history --messages 100000 --reads 2000   # 50-message pages via the HTTP API
 //! connect-bench drain --queued 10000                      # offline drain to a reconnecting user
+//! connect-bench group --members 1000 --online 1000 --messages 50 --rate 5     # fan-out latency
+//! connect-bench group --members 10000 --online 1000 --messages 300 --rate 20 # mostly offline
 //! ```
 //! Both seed their data through the production adapters (DynamoDB chat store, Redis offline
 //! store), then measure through the real entry points (the local HTTP API; a WebSocket to a
@@ -54,6 +56,29 @@ enum What {
         concurrency: usize,
         #[arg(long, default_value = "127.0.0.1:8090")]
         api: String,
+    },
+    /// A group of N members, some online across the gateways: send → last delivery, throughput,
+    /// and the stack's CPU per group message.
+    Group {
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Members connected (the first ones), alternating between the gateways.
+        #[arg(long, default_value_t = 1000)]
+        online: usize,
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Group messages offered per second.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+        /// Seconds to wait for deliveries after the last send.
+        #[arg(long, default_value_t = 5)]
+        drain: u64,
+        #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
+        gateways: String,
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        api: String,
+        #[arg(long, default_value = ".local/pids")]
+        pids: std::path::PathBuf,
     },
     /// A user with N queued messages connects: how fast do they arrive?
     Drain {
@@ -244,6 +269,215 @@ async fn drain(
     Ok(())
 }
 
+struct GroupRun {
+    members: usize,
+    online: usize,
+    messages: usize,
+    rate: f64,
+    drain: u64,
+    gateways: String,
+    api: String,
+    pids: std::path::PathBuf,
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(issuer: &TokenIssuer, gateway: &str, user: &str) -> anyhow::Result<Ws> {
+    let mut req = format!("ws://{gateway}/ws").into_client_request()?;
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", issuer.mint(user, 3600)).parse()?,
+    );
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// Reads `message` frames (not group events) until `stop`: (seq, arrival) each; acks as it goes.
+async fn read_group(
+    mut ws: Ws,
+    conversation: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<(u64, Instant)>> {
+    use futures_util::SinkExt;
+    let mut got = Vec::new();
+    let mut held = 0;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            m = ws.next() => m,
+        };
+        let Some(Ok(Message::Text(text))) = msg else {
+            break;
+        };
+        let f: serde_json::Value = serde_json::from_str(&text)?;
+        if f["type"] != "message" {
+            continue;
+        }
+        let seq = f["seq"].as_u64().unwrap_or(0);
+        held = held.max(seq);
+        if f.get("event").is_none() {
+            got.push((seq, Instant::now()));
+        }
+        if got.len() % 100 == 0 {
+            let ack = serde_json::json!({"type":"ack","conversation":conversation,"seq":held})
+                .to_string();
+            ws.send(Message::Text(ack.into())).await?;
+        }
+    }
+    let ack = serde_json::json!({"type":"ack","conversation":conversation,"seq":held}).to_string();
+    let _ = ws.send(Message::Text(ack.into())).await;
+    let _ = ws.close(None).await;
+    Ok(got)
+}
+
+async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    let gateways: Vec<String> = run.gateways.split(',').map(str::to_owned).collect();
+    let tag = unique("grp");
+    let members: Vec<String> = (0..run.members).map(|i| format!("{tag}_{i}")).collect();
+    let client: Client<_, http_body_util::Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let body = serde_json::json!({"name": "bench", "members": &members[1..]}).to_string();
+    let req = http::Request::post(format!("http://{}/v1/groups", run.api))
+        .header(
+            "authorization",
+            format!("Bearer {}", issuer.mint(&members[0], 3600)),
+        )
+        .body(http_body_util::Full::new(Bytes::from(body)))?;
+    let t = Instant::now();
+    let res = client.request(req).await?;
+    let status = res.status();
+    let created: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await?.to_bytes())?;
+    if status != 201 {
+        bail!("creating the group: {status} {created}");
+    }
+    let group_id = created["group"].as_str().unwrap_or_default().to_owned();
+    let conversation = format!("group:{group_id}");
+    println!(
+        "group of {} created in {:.2} s; connecting {} members",
+        run.members,
+        t.elapsed().as_secs_f64(),
+        run.online
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::new();
+    for chunk in members[..run.online.min(run.members)]
+        .chunks(50)
+        .enumerate()
+        .map(|(c, m)| (c * 50, m))
+        .collect::<Vec<_>>()
+    {
+        let (base, names) = chunk;
+        let opened = futures_util::future::join_all(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, m)| open(issuer, &gateways[(base + i) % gateways.len()], m)),
+        )
+        .await;
+        for ws in opened {
+            readers.push(tokio::spawn(read_group(
+                ws?,
+                conversation.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
+    // Let the group's own event and the connects settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut sender = open(issuer, &gateways[0], &members[0]).await?;
+    let usage = connect_chat::procs::Usage::start(&run.pids);
+    let started = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / run.rate.max(0.001));
+    let mut sent_at: std::collections::HashMap<String, Instant> = Default::default();
+    let mut accepted: Vec<(u64, Instant, Instant)> = Vec::new(); // seq, sent, accepted
+    let mut errors = 0;
+    let mut tick = tokio::time::interval(period);
+    let mut k = 0;
+    let deadline = loop {
+        tokio::select! {
+            _ = tick.tick(), if k < run.messages => {
+                let id = format!("b{k}");
+                k += 1;
+                let frame = serde_json::json!({"type":"send","id":id,"group":group_id,"body":"fan-out benchmark message"}).to_string();
+                sender.send(Message::Text(frame.into())).await?;
+                sent_at.insert(id, Instant::now());
+            }
+            m = sender.next() => {
+                let Some(Ok(Message::Text(text))) = m else { bail!("the sender's connection closed") };
+                let f: serde_json::Value = serde_json::from_str(&text)?;
+                match f["type"].as_str() {
+                    Some("accepted") => {
+                        if let Some(t) = f["id"].as_str().and_then(|id| sent_at.remove(id)) {
+                            accepted.push((f["seq"].as_u64().unwrap_or(0), t, Instant::now()));
+                        }
+                    }
+                    Some("error") => errors += 1,
+                    _ => {}
+                }
+                if accepted.len() + errors >= run.messages {
+                    break Instant::now();
+                }
+            }
+        }
+    };
+    let send_secs = (deadline - started).as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(run.drain)).await;
+    let usage = usage.stop();
+    let _ = stop_tx.send(true);
+    let mut arrivals: std::collections::HashMap<u64, Vec<Instant>> = Default::default();
+    let mut receivers = 0;
+    for r in readers {
+        receivers += 1;
+        for (seq, at) in r.await?? {
+            arrivals.entry(seq).or_default().push(at);
+        }
+    }
+    let mut last = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut each = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut complete = 0;
+    let mut deliveries = 0usize;
+    for (seq, sent, _) in &accepted {
+        let got = arrivals.get(seq).map(Vec::as_slice).unwrap_or_default();
+        deliveries += got.len();
+        for at in got {
+            each.record(at.duration_since(*sent).as_micros().max(1) as u64)?;
+        }
+        // The sender's own reader connection is among the receivers.
+        if got.len() >= receivers {
+            complete += 1;
+            let max = got.iter().max().copied().unwrap_or(*sent);
+            last.record(max.duration_since(*sent).as_micros().max(1) as u64)?;
+        }
+    }
+    println!(
+        "{} group messages to {} members ({} online on {} gateways): {} accepted at {:.1} msg/s ({} errors), {} deliveries ({:.0}/s)",
+        run.messages, run.members, receivers, gateways.len(), accepted.len(), accepted.len() as f64 / send_secs, errors, deliveries, deliveries as f64 / send_secs
+    );
+    println!(
+        "send → last delivery ({complete} messages reached every online member): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms(&last, 0.5), ms(&last, 0.95), ms(&last, 0.99), last.max() as f64 / 1000.0
+    );
+    println!(
+        "send → each delivery: p50 {:.1} ms, p99 {:.1} ms",
+        ms(&each, 0.5),
+        ms(&each, 0.99)
+    );
+    let secs = send_secs + run.drain as f64;
+    let hot = usage.print(secs);
+    if !accepted.is_empty() {
+        println!(
+            "gateway+messaging CPU per group message: {:.2} ms ({:.1} µs per delivery or parked copy)",
+            hot * 1e3 / accepted.len() as f64,
+            hot * 1e6 / (accepted.len() * (run.members - 1)).max(1) as f64
+        );
+    }
+    Ok(())
+}
+
 trait Ack {
     async fn send_ack(&mut self, conversation: &str, seq: u64) -> anyhow::Result<()>;
 }
@@ -279,5 +513,27 @@ async fn main() -> anyhow::Result<()> {
             gateway,
             redis,
         } => drain(&issuer, queued, &gateway, &redis).await,
+        What::Group {
+            members,
+            online,
+            messages,
+            rate,
+            drain,
+            gateways,
+            api,
+            pids,
+        } => {
+            let run = GroupRun {
+                members,
+                online,
+                messages,
+                rate,
+                drain,
+                gateways,
+                api,
+                pids,
+            };
+            group(&issuer, run).await
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use connect_chat::procs::Usage;
 use connect_core::auth::{JwtSecret, TokenIssuer};
 
 #[derive(Parser, Clone)]
@@ -176,46 +177,6 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
     Ok(stats)
 }
 
-/// utime + stime (seconds) and RSS (KiB) of a process.
-fn proc_usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks as f64 / 100.0, rss))
-}
-
-fn processes(dir: &Path) -> Vec<(String, u32)> {
-    let mut out: Vec<(String, u32)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e
-                .file_name()
-                .to_string_lossy()
-                .strip_suffix(".pid")?
-                .to_owned();
-            let pid = std::fs::read_to_string(e.path())
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((name, pid))
-        })
-        .collect();
-    out.push(("loadgen".into(), std::process::id()));
-    out.sort();
-    out
-}
-
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -263,10 +224,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep_until(plan.measure_from).await;
-    let procs = processes(&args.pids);
-    let before: Vec<_> = procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
+    let usage = Usage::start(&args.pids);
     tokio::time::sleep_until(plan.send_until).await;
-    let after: Vec<_> = procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
+    let usage = usage.stop();
 
     let (mut accepted, mut delivered, mut sent, mut errors) =
         (hist(), hist(), 0u64, HashMap::<String, u64>::new());
@@ -290,20 +250,7 @@ async fn main() -> anyhow::Result<()> {
         "lost        {} of {sent} sent in the window were not delivered; errors: {errors:?}",
         sent.saturating_sub(delivered.len())
     );
-    println!("process         CPU (cores)   RSS MiB");
-    let mut hot_path_cpu = 0.0;
-    for ((name, _), (b, a)) in procs.iter().zip(before.iter().zip(&after)) {
-        if let (Some((cb, _)), Some((ca, rss))) = (b, a) {
-            let cores = (ca - cb) / secs;
-            if name.starts_with("gateway") || name == "messaging" {
-                hot_path_cpu += ca - cb;
-            }
-            println!(
-                "  {name:<14} {cores:>8.2}      {:>8.1}",
-                *rss as f64 / 1024.0
-            );
-        }
-    }
+    let hot_path_cpu = usage.print(secs);
     if !delivered.is_empty() {
         println!(
             "gateway+messaging CPU per delivered message: {:.1} µs",

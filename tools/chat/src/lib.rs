@@ -1,0 +1,3 @@
+//! Shared by the client tools and benchmarks.
+
+pub mod procs;

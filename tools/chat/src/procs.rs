@@ -1,0 +1,88 @@
+//! CPU time and RSS of the stack's processes (from `/proc`, via the pid files of
+//! `.local/pids`), for the benchmarks.
+
+use std::path::Path;
+
+/// utime + stime (seconds) and RSS (KiB) of a process.
+pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks as f64 / 100.0, rss))
+}
+
+pub fn processes(dir: &Path) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".pid")?
+                .to_owned();
+            let pid = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((name, pid))
+        })
+        .collect();
+    out.push(("this benchmark".into(), std::process::id()));
+    out.sort();
+    out
+}
+
+/// CPU and RSS of every process between [`Usage::start`] and [`Usage::stop`].
+pub struct Usage {
+    procs: Vec<(String, u32)>,
+    before: Vec<Option<(f64, u64)>>,
+    after: Vec<Option<(f64, u64)>>,
+}
+
+impl Usage {
+    pub fn start(pids: &Path) -> Self {
+        let procs = processes(pids);
+        let before = procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
+        Self {
+            procs,
+            before,
+            after: Vec::new(),
+        }
+    }
+
+    pub fn stop(mut self) -> Self {
+        self.after = self.procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
+        self
+    }
+
+    /// Prints cores used over `secs` and RSS per process; returns the CPU seconds of the hot
+    /// path (gateways + messaging).
+    pub fn print(&self, secs: f64) -> f64 {
+        println!("process         CPU (cores)   RSS MiB");
+        let mut hot_path_cpu = 0.0;
+        for ((name, _), (b, a)) in self.procs.iter().zip(self.before.iter().zip(&self.after)) {
+            if let (Some((cb, _)), Some((ca, rss))) = (b, a) {
+                if name.starts_with("gateway") || name == "messaging" {
+                    hot_path_cpu += ca - cb;
+                }
+                println!(
+                    "  {name:<14} {:>8.2}      {:>8.1}",
+                    (ca - cb) / secs,
+                    *rss as f64 / 1024.0
+                );
+            }
+        }
+        hot_path_cpu
+    }
+}
