@@ -86,19 +86,10 @@ impl DynamoGroups {
 
 #[async_trait]
 impl GroupStore for DynamoGroups {
+    /// Members first, the meta item last: the meta item is the commit point, so the group (and
+    /// its `group_created` event, which makes messaging read the member list) appears only with
+    /// every initial member in place.
     async fn create(&self, group: &Group) -> Result<(), PortError> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("group", s(group.group.as_str()))
-            .item("item", s(META))
-            .item("name", s(&group.name))
-            .item("owner", s(group.owner.as_str()))
-            .condition_expression("attribute_not_exists(#g)")
-            .expression_attribute_names("#g", "group")
-            .send()
-            .await
-            .map_err(err)?;
         let items: Vec<_> = group
             .members
             .iter()
@@ -111,7 +102,20 @@ impl GroupStore for DynamoGroups {
         stream::iter(writes)
             .buffer_unordered(8)
             .try_collect::<()>()
+            .await?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("group", s(group.group.as_str()))
+            .item("item", s(META))
+            .item("name", s(&group.name))
+            .item("owner", s(group.owner.as_str()))
+            .condition_expression("attribute_not_exists(#g)")
+            .expression_attribute_names("#g", "group")
+            .send()
             .await
+            .map_err(err)?;
+        Ok(())
     }
 
     async fn meta(&self, group: &GroupId) -> Result<Option<GroupSummary>, PortError> {

@@ -355,7 +355,8 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
     let group_id = created["group"].as_str().unwrap_or_default().to_owned();
     let conversation = format!("group:{group_id}");
     println!(
-        "group of {} created in {:.2} s; connecting {} members",
+        "group {group_id} ({}) of {} created in {:.2} s; connecting {} members",
+        members[0],
         run.members,
         t.elapsed().as_secs_f64(),
         run.online
@@ -407,7 +408,11 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
                 sent_at.insert(id, Instant::now());
             }
             m = sender.next() => {
-                let Some(Ok(Message::Text(text))) = m else { bail!("the sender's connection closed") };
+                let text = match m {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => bail!("the sender's connection closed"),
+                    Some(Ok(_)) => continue,
+                };
                 let f: serde_json::Value = serde_json::from_str(&text)?;
                 match f["type"].as_str() {
                     Some("accepted") => {
