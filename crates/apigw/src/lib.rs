@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
 use aws_sdk_apigatewaymanagement::config::Credentials;
+use aws_sdk_apigatewaymanagement::error::SdkError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_sdk_apigatewaymanagement::Client;
 
@@ -90,6 +91,13 @@ impl ConnectionPusher for ManagementPusher {
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_gone_exception()) => {
+                Err(PushError::Gone)
+            }
+            // The endpoint does not answer: its gateway is gone, and the connection with it.
+            // (Failing instead would block every later record of the partition behind one dead
+            // gateway; the entries stay in the store for the user's next connection.)
+            Err(e @ (SdkError::DispatchFailure(_) | SdkError::TimeoutError(_))) => {
+                tracing::warn!(endpoint, conn, cause = %aws_sdk_apigatewaymanagement::error::DisplayErrorContext(e), "management endpoint unreachable; treating the connection as gone");
                 Err(PushError::Gone)
             }
             Err(e) => Err(PushError::Failed(PortError::unavailable(
