@@ -221,7 +221,7 @@ pub struct MembershipCache {
     map: std::sync::Mutex<std::collections::HashMap<GroupId, (std::time::Instant, Members)>>,
 }
 
-/// A group's members (None: no such group).
+/// A group's members, sorted (None: no such group).
 pub type Members = Option<std::sync::Arc<[UserId]>>;
 
 impl MembershipCache {
@@ -252,7 +252,9 @@ impl MembershipCache {
                 return Ok(members.clone());
             }
         }
-        let members = self.store.members(group).await?;
+        let mut members = self.store.members(group).await?;
+        // Sorted, so a membership check is a binary search even in a 10,000-member group.
+        members.sort();
         // A group always has its owner: no members means no group.
         let members: Members = (!members.is_empty()).then(|| members.into());
         let mut map = self.lock();

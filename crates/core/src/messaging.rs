@@ -148,7 +148,7 @@ impl MessagingStep {
                         Ok(all.into())
                     }
                     (None, None) => Err((ErrorCode::NotFound, "no such group")),
-                    (None, Some(m)) if m.contains(&sub.sender) => Ok(m),
+                    (None, Some(m)) if m.binary_search(&sub.sender).is_ok() => Ok(m),
                     (None, Some(_)) => Err((ErrorCode::Forbidden, "not a member of this group")),
                 }
             }
