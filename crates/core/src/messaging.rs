@@ -391,22 +391,23 @@ impl MessagingStep {
     /// Looks every recipient up once and builds one delivery per (message, target gateway);
     /// parks the message for recipients with no live session.
     async fn route(&self, out: &mut Outcome) -> Vec<Delivery> {
-        let audience = |a: &Accepted| -> Vec<UserId> {
+        let no_one: &[UserId] = &[];
+        let audience = |a: &Accepted| -> &[UserId] {
+            if !a.fan_out {
+                return no_one;
+            }
             let key = crate::model::DedupeKey {
                 sender: a.message.from.clone(),
                 id: a.message.id.clone(),
             };
-            out.audience
-                .get(&key)
-                .map(|r| r.to_vec())
-                .unwrap_or_default()
+            out.audience.get(&key).map_or(no_one, |r| &r[..])
         };
         let mut users: Vec<UserId> = Vec::new();
         let mut index: HashMap<UserId, usize> = HashMap::new();
-        for a in out.accepted.iter().filter(|a| a.fan_out) {
+        for a in &out.accepted {
             for user in audience(a) {
                 index.entry(user.clone()).or_insert_with(|| {
-                    users.push(user);
+                    users.push(user.clone());
                     users.len() - 1
                 });
             }
@@ -416,7 +417,7 @@ impl MessagingStep {
         let mut deliveries = Vec::new();
         let mut offline: Vec<(usize, UserId)> = Vec::new();
         for (i, a) in out.accepted.iter().enumerate() {
-            let targets = if a.fan_out { audience(a) } else { Vec::new() };
+            let targets = audience(a);
             offline.extend(
                 targets
                     .iter()
@@ -426,7 +427,7 @@ impl MessagingStep {
             deliveries.extend(plan_deliveries(
                 &a.message,
                 a.reply.as_ref(),
-                &targets,
+                targets,
                 sessions_of,
             ));
         }
@@ -464,15 +465,22 @@ impl MessagingStep {
     /// again: one who connected meanwhile may have drained the store before the write, so they
     /// get the message live too (at least once).
     async fn park(&self, accepted: &[Accepted], offline: &[(usize, UserId)]) -> Vec<Delivery> {
+        // One rendering per message, however many members it is parked for (`offline` lists
+        // each message's users together).
+        let mut rendered: Option<(usize, String, String)> = None;
         let entries: Vec<OfflineEntry> = offline
             .iter()
             .map(|(i, user)| {
-                let m = &accepted[*i].message;
+                if rendered.as_ref().is_none_or(|(at, _, _)| at != i) {
+                    let m = &accepted[*i].message;
+                    rendered = Some((*i, m.conversation.to_string(), m.frame_text()));
+                }
+                let (_, conversation, frame) = rendered.as_ref().expect("rendered above");
                 OfflineEntry {
                     user: user.clone(),
-                    conversation: m.conversation.to_string(),
-                    seq: m.seq,
-                    frame: m.frame_text(),
+                    conversation: conversation.clone(),
+                    seq: accepted[*i].message.seq,
+                    frame: frame.clone(),
                 }
             })
             .collect();
