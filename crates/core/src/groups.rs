@@ -99,7 +99,25 @@ pub struct Groups<'a> {
     pub max_members: usize,
 }
 
+impl GroupSummary {
+    fn with_members(self, members: Vec<UserId>) -> Group {
+        Group {
+            group: self.group,
+            name: self.name,
+            owner: self.owner,
+            members,
+        }
+    }
+}
+
 impl Groups<'_> {
+    fn too_many(&self) -> ApiError {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("a group has at most {} members", self.max_members),
+        )
+    }
+
     pub async fn create(&self, caller: &UserId, req: CreateGroup) -> Result<Group, ApiError> {
         let name = req.name.trim().to_owned();
         if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
@@ -116,10 +134,7 @@ impl Groups<'_> {
         members.sort();
         members.dedup();
         if members.len() > self.max_members {
-            return Err(ApiError::new(
-                ErrorCode::TooLarge,
-                format!("a group has at most {} members", self.max_members),
-            ));
+            return Err(self.too_many());
         }
         let group = Group {
             group: GroupId::parse(format!(
@@ -151,12 +166,7 @@ impl Groups<'_> {
 
     pub async fn get(&self, caller: &UserId, id: &GroupId) -> Result<Group, ApiError> {
         let meta = self.visible(caller, id).await?;
-        Ok(Group {
-            members: self.store.members(id).await?,
-            group: meta.group,
-            name: meta.name,
-            owner: meta.owner,
-        })
+        Ok(meta.with_members(self.store.members(id).await?))
     }
 
     pub async fn list(&self, caller: &UserId) -> Result<Vec<GroupSummary>, ApiError> {
@@ -172,17 +182,17 @@ impl Groups<'_> {
         req: AddMember,
     ) -> Result<Group, ApiError> {
         let user = user_id(&req.user)?;
-        self.visible(caller, id).await?;
-        if !self.store.is_member(id, &user).await? {
-            if self.store.members(id).await?.len() >= self.max_members {
-                return Err(ApiError::new(
-                    ErrorCode::TooLarge,
-                    format!("a group has at most {} members", self.max_members),
-                ));
+        let meta = self.visible(caller, id).await?;
+        // One read of the members answers "already one?", the size bound and the response.
+        let mut members = self.store.members(id).await?;
+        if let Err(at) = members.binary_search(&user) {
+            if members.len() >= self.max_members {
+                return Err(self.too_many());
             }
             self.store.add_member(id, &user, caller).await?;
+            members.insert(at, user);
         }
-        self.get(caller, id).await
+        Ok(meta.with_members(members))
     }
 
     pub async fn remove(&self, caller: &UserId, id: &GroupId, user: &str) -> Result<(), ApiError> {
