@@ -48,6 +48,27 @@ where
     unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))
 }
 
+/// Every item a query matches, page after page.
+async fn query_all(
+    query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+) -> Result<Vec<HashMap<String, AttributeValue>>, PortError> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let out = query
+            .clone()
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(err)?;
+        items.extend(out.items.unwrap_or_default());
+        start = out.last_evaluated_key;
+        if start.is_none() {
+            return Ok(items);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct DynamoGroups {
     client: Client,
@@ -133,34 +154,23 @@ impl GroupStore for DynamoGroups {
     }
 
     async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, PortError> {
-        let mut members = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#g = :g AND begins_with(#i, :m)")
-                .expression_attribute_names("#g", "group")
-                .expression_attribute_names("#i", "item")
-                .expression_attribute_values(":g", s(group.as_str()))
-                .expression_attribute_values(":m", s("m#"))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(err)?;
-            members.extend(
-                out.items()
-                    .iter()
-                    .filter_map(|i| UserId::parse(get(i, "user")?).ok()),
-            );
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                members.sort();
-                return Ok(members);
-            }
-        }
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#g = :g AND begins_with(#i, :m)")
+            .expression_attribute_names("#g", "group")
+            .expression_attribute_names("#i", "item")
+            .expression_attribute_values(":g", s(group.as_str()))
+            .expression_attribute_values(":m", s("m#"))
+            .consistent_read(true);
+        let mut members: Vec<UserId> = query_all(query)
+            .await?
+            .iter()
+            .filter_map(|i| UserId::parse(get(i, "user")?).ok())
+            .collect();
+        members.sort();
+        Ok(members)
     }
 
     async fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError> {
@@ -249,31 +259,19 @@ impl GroupStore for DynamoGroups {
     }
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError> {
-        let mut ids = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(BY_USER)
-                .key_condition_expression("#u = :u")
-                .expression_attribute_names("#u", "user")
-                .expression_attribute_values(":u", s(user.as_str()))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(err)?;
-            ids.extend(
-                out.items()
-                    .iter()
-                    .filter_map(|i| get(i, "group").map(str::to_owned)),
-            );
-            start = out.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(BY_USER)
+            .key_condition_expression("#u = :u")
+            .expression_attribute_names("#u", "user")
+            .expression_attribute_values(":u", s(user.as_str()));
+        let ids: Vec<String> = query_all(query)
+            .await?
+            .iter()
+            .filter_map(|i| get(i, "group").map(str::to_owned))
+            .collect();
         let mut groups = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(100) {
             let keys: Vec<_> = chunk
