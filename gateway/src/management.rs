@@ -13,7 +13,8 @@ use std::sync::Arc;
 use aws_smithy_types::date_time::{DateTime, Format};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -33,6 +34,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
                 .get(get_connection)
                 .delete(delete_connection),
         )
+        .route_layer(middleware::from_fn_with_state(gw.clone(), require_token))
         .with_state(gw)
 }
 
@@ -57,32 +59,33 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(gw: &Gateway, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let given = headers
+/// Every management call carries the internal token, or gets 403.
+async fn require_token(
+    State(gw): State<Arc<Gateway>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let given = req
+        .headers()
         .get(INTERNAL_TOKEN_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
     if same(given, gw.cfg.internal_token.as_bytes()) {
-        Ok(())
-    } else {
-        counter!("connect_gateway_management_calls_total", "result" => "forbidden").increment(1);
-        Err(Box::new(exception(
-            StatusCode::FORBIDDEN,
-            "ForbiddenException",
-            "missing or wrong internal token",
-        )))
+        return next.run(req).await;
     }
+    counter!("connect_gateway_management_calls_total", "result" => "forbidden").increment(1);
+    exception(
+        StatusCode::FORBIDDEN,
+        "ForbiddenException",
+        "missing or wrong internal token",
+    )
 }
 
 async fn post_to_connection(
     State(gw): State<Arc<Gateway>>,
     Path(connection): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorized(&gw, &headers) {
-        return *r;
-    }
     if body.len() > gw.cfg.max_post_bytes {
         return exception(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,11 +118,7 @@ fn timestamp(ms: u64) -> String {
 async fn get_connection(
     State(gw): State<Arc<Gateway>>,
     Path(connection): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&gw, &headers) {
-        return *r;
-    }
     let Some(info) = gw.hub.info(&connection) else {
         return gone();
     };
@@ -139,11 +138,7 @@ async fn get_connection(
 async fn delete_connection(
     State(gw): State<Arc<Gateway>>,
     Path(connection): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&gw, &headers) {
-        return *r;
-    }
     if gw.hub.info(&connection).is_none() {
         return gone();
     }
