@@ -32,11 +32,10 @@ pub fn router(gw: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
 
 /// The contract's HTTP error body.
 pub fn http_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "code": code.as_str(), "message": message } });
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        connect_core::ApiError::new(code, message).body(),
     )
         .into_response()
 }

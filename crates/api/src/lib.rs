@@ -9,8 +9,9 @@ use lambda_http::{Body, Request, RequestExt, Response};
 
 use connect_core::auth::TokenVerifier;
 use connect_core::groups::{self, GroupStore, Groups};
-use connect_core::history::{self, ApiError, PageBody};
+use connect_core::history::{self, PageBody};
 use connect_core::ports::HistoryStore;
+use connect_core::ApiError;
 use connect_protocol::{ErrorCode, UserId};
 
 /// One route of the HTTP API and the function that serves it in AWS.

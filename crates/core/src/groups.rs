@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use connect_protocol::{ErrorCode, GroupId, UserId};
 
-use crate::history::ApiError;
+use crate::ApiError;
 use crate::PortError;
 
 /// The longest group name, in characters.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::groups::GroupStore;
 use crate::model::StoredMessage;
 use crate::ports::HistoryStore;
-use crate::PortError;
+pub use crate::ApiError;
 
 /// `limit` when the request has none.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -44,40 +44,6 @@ impl From<Page> for PageBody {
             messages: p.messages.iter().map(StoredMessage::to_frame).collect(),
             has_more: p.has_more,
         }
-    }
-}
-
-/// A request refused with one of the contract's codes (HTTP status from [`ErrorCode`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ApiError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn status(&self) -> u16 {
-        self.code.http_status()
-    }
-
-    /// `{"error":{"code":"…","message":"…"}}`.
-    pub fn body(&self) -> String {
-        serde_json::json!({ "error": { "code": self.code.as_str(), "message": self.message } })
-            .to_string()
-    }
-}
-
-impl From<PortError> for ApiError {
-    fn from(e: PortError) -> Self {
-        tracing::warn!(cause = %e, "backend call failed");
-        Self::new(ErrorCode::Unavailable, "a backend is unavailable; retry")
     }
 }
 

@@ -15,7 +15,7 @@
 //! - [`groups`]: group administration and its rules, group changes as system messages,
 //!   messaging's membership cache.
 //! - [`sequencer`]: batched seq allocation (the sequencer function).
-//! - [`error`]: [`PortError`], retryable or final.
+//! - [`error`]: [`PortError`], retryable or final; [`ApiError`], an HTTP answer with a contract code.
 //! - [`memory`]: in-memory ports for unit tests of the pure logic.
 
 pub mod auth;
@@ -31,7 +31,7 @@ pub mod offline;
 pub mod ports;
 pub mod sequencer;
 
-pub use error::PortError;
+pub use error::{ApiError, PortError};
 
 /// Milliseconds since the epoch, from the system clock.
 pub fn now_ms() -> u64 {

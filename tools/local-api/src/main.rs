@@ -14,15 +14,19 @@ use axum::Router;
 use tracing::info;
 
 use connect_api::{event_json, match_route, HttpApi};
+use connect_core::ApiError;
+use connect_protocol::ErrorCode;
 
 /// API Gateway's payload limit.
 const MAX_BODY: usize = 10 * 1024 * 1024;
 
-fn contract_error(status: StatusCode, code: &str, message: &str) -> Response {
+/// An error answered here, before any handler runs, in the contract's shape.
+fn contract_error(code: ErrorCode, message: &str) -> Response {
+    let e = ApiError::new(code, message);
     (
-        status,
+        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "error": { "code": code, "message": message } }).to_string(),
+        e.body(),
     )
         .into_response()
 }
@@ -36,10 +40,10 @@ async fn serve(
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or_default().to_owned();
     let Some((route, params)) = match_route(parts.method.as_str(), &path) else {
-        return contract_error(StatusCode::NOT_FOUND, "not_found", "no such route");
+        return contract_error(ErrorCode::NotFound, "no such route");
     };
     let Ok(body) = to_bytes(body, MAX_BODY).await else {
-        return contract_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large");
+        return contract_error(ErrorCode::TooLarge, "body too large");
     };
     let headers: Vec<(String, String)> = parts
         .headers
@@ -58,7 +62,7 @@ async fn serve(
     let request = match lambda_http::request::from_str(&event) {
         Ok(r) => r,
         Err(e) => {
-            return contract_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+            return contract_error(ErrorCode::BadRequest, &e.to_string());
         }
     };
     let response = api.handle(request).await;
