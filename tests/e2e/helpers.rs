@@ -162,23 +162,41 @@ impl Client {
     }
 }
 
-/// GET over plain HTTP/1.0 (metrics, health): (status, body).
-pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// One HTTP/1.0 request on a fresh connection: (status, the whole response: head and body).
+pub async fn http_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let status = buf
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    s.write_all(format!("{head}\r\n{body}").as_bytes()).await?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).await?;
+    let status = response
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, response))
+}
+
+fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// GET over plain HTTP/1.0 (metrics, health): (status, body).
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let (status, response) = http_raw(addr, "GET", path, &[], "").await?;
+    Ok((status, body_of(&response).to_owned()))
 }
 
 /// A gateway's metric value (sum over series whose labels contain `labels`).
@@ -250,28 +268,15 @@ pub async fn api_call(
     user: Option<&str>,
     body: &str,
 ) -> anyhow::Result<(u16, Value)> {
-    let addr = api_addr();
-    let mut s = TcpStream::connect(&addr).await?;
-    let auth = user
-        .map(|u| format!("Authorization: Bearer {}\r\n", token(u)))
-        .unwrap_or_default();
-    s.write_all(
-        format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let status = buf
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let mut headers = vec![("Content-Type", "application/json".to_owned())];
+    if let Some(u) = user {
+        headers.push(("Authorization", format!("Bearer {}", token(u))));
+    }
+    let (status, response) = http_raw(&api_addr(), method, path, &headers, body).await?;
+    Ok((
+        status,
+        serde_json::from_str(body_of(&response)).unwrap_or(Value::Null),
+    ))
 }
 
 impl Client {

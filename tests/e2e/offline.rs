@@ -185,19 +185,13 @@ async fn the_management_api_wants_the_internal_token() -> anyhow::Result<()> {
     let call = |method: &'static str, conn: String, token: Option<String>, body: &'static str| {
         let addr = gw[0].clone();
         async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(&addr).await?;
-            let auth = token
-                .map(|t| format!("x-connect-internal-token: {t}\r\n"))
+            let headers: Vec<_> = token
+                .map(|t| vec![(connect_core::auth::INTERNAL_TOKEN_HEADER, t)])
                 .unwrap_or_default();
-            let req = format!(
-                "{method} /@connections/{conn} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            s.write_all(req.as_bytes()).await?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).await?;
-            anyhow::Ok(out)
+            let path = format!("/@connections/{conn}");
+            http_raw(&addr, method, &path, &headers, body)
+                .await
+                .map(|(_, response)| response)
         }
     };
     let forbidden = call("POST", b.session.clone(), None, "{}").await?;
