@@ -59,27 +59,7 @@ enum What {
     },
     /// A group of N members, some online across the gateways: send → last delivery, throughput,
     /// and the stack's CPU per group message.
-    Group {
-        #[arg(long, default_value_t = 1000)]
-        members: usize,
-        /// Members connected (the first ones), alternating between the gateways.
-        #[arg(long, default_value_t = 1000)]
-        online: usize,
-        #[arg(long, default_value_t = 50)]
-        messages: usize,
-        /// Group messages offered per second.
-        #[arg(long, default_value_t = 5.0)]
-        rate: f64,
-        /// Seconds to wait for deliveries after the last send.
-        #[arg(long, default_value_t = 5)]
-        drain: u64,
-        #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
-        gateways: String,
-        #[arg(long, default_value = "127.0.0.1:8090")]
-        api: String,
-        #[arg(long, default_value = ".local/pids")]
-        pids: std::path::PathBuf,
-    },
+    Group(GroupRun),
     /// A user with N queued messages connects: how fast do they arrive?
     Drain {
         #[arg(long, default_value_t = 10_000)]
@@ -269,14 +249,26 @@ async fn drain(
     Ok(())
 }
 
+#[derive(clap::Args)]
 struct GroupRun {
+    #[arg(long, default_value_t = 1000)]
     members: usize,
+    /// Members connected (the first ones), alternating between the gateways.
+    #[arg(long, default_value_t = 1000)]
     online: usize,
+    #[arg(long, default_value_t = 50)]
     messages: usize,
+    /// Group messages offered per second.
+    #[arg(long, default_value_t = 5.0)]
     rate: f64,
+    /// Seconds to wait for deliveries after the last send.
+    #[arg(long, default_value_t = 5)]
     drain: u64,
+    #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
     gateways: String,
+    #[arg(long, default_value = "127.0.0.1:8090")]
     api: String,
+    #[arg(long, default_value = ".local/pids")]
     pids: std::path::PathBuf,
 }
 
@@ -518,27 +510,6 @@ async fn main() -> anyhow::Result<()> {
             gateway,
             redis,
         } => drain(&issuer, queued, &gateway, &redis).await,
-        What::Group {
-            members,
-            online,
-            messages,
-            rate,
-            drain,
-            gateways,
-            api,
-            pids,
-        } => {
-            let run = GroupRun {
-                members,
-                online,
-                messages,
-                rate,
-                drain,
-                gateways,
-                api,
-                pids,
-            };
-            group(&issuer, run).await
-        }
+        What::Group(run) => group(&issuer, run).await,
     }
 }

@@ -182,7 +182,7 @@ async fn run_kafka(invoker: Invoker, function: &str) -> anyhow::Result<()> {
         drop(first);
         let mut n = 1;
         while n < max {
-            match futures_now(&consumer) {
+            match already_fetched(&consumer) {
                 Some(m) => {
                     add(&m);
                     n += 1;
@@ -206,7 +206,7 @@ async fn run_kafka(invoker: Invoker, function: &str) -> anyhow::Result<()> {
 }
 
 /// A record that is already fetched, without waiting.
-fn futures_now(consumer: &StreamConsumer) -> Option<BorrowedMessage<'_>> {
+fn already_fetched(consumer: &StreamConsumer) -> Option<BorrowedMessage<'_>> {
     use futures_util::FutureExt;
     consumer.recv().now_or_never()?.ok()
 }
