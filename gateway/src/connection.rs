@@ -119,12 +119,7 @@ where
     }
     let held = c.take_unacked(&mut rx);
     if !held.is_empty() {
-        let ports = connect_core::offline::ParkPorts {
-            offline: &*gw.offline,
-            registry: &*gw.registry,
-            events: &*gw.events,
-        };
-        match connect_core::offline::park_unacked(ports, &user, held).await {
+        match connect_core::offline::park_unacked(gw.park_ports(), held).await {
             Ok(n) => counter!("connect_gateway_parked_total").increment(n as u64),
             Err(e) => {
                 warn!(cause = %e, user = %user, "could not park unacked messages; history has them")

@@ -18,22 +18,18 @@ use crate::state::Gateway;
 /// Recipients the registry placed here but whose connections closed before the record came:
 /// the message goes to their offline stores (their closing connections parked what they held).
 async fn park_for_absent(gw: Arc<Gateway>, message: OutboundMessage, users: Vec<UserId>) {
-    let ports = connect_core::offline::ParkPorts {
-        offline: &*gw.offline,
-        registry: &*gw.registry,
-        events: &*gw.events,
-    };
-    for user in users {
-        let entry = OfflineEntry {
-            user: user.clone(),
+    let entries: Vec<OfflineEntry> = users
+        .into_iter()
+        .map(|user| OfflineEntry {
+            user,
             conversation: message.conversation.clone(),
             seq: message.seq,
             frame: message.frame.clone(),
-        };
-        match connect_core::offline::park_unacked(ports, &user, vec![entry]).await {
-            Ok(n) => counter!("connect_gateway_parked_total").increment(n as u64),
-            Err(e) => warn!(cause = %e, user = %user, "could not park a message; history has it"),
-        }
+        })
+        .collect();
+    match connect_core::offline::park_unacked(gw.park_ports(), entries).await {
+        Ok(n) => counter!("connect_gateway_parked_total").increment(n as u64),
+        Err(e) => warn!(cause = %e, "could not park a message; history has it"),
     }
 }
 

@@ -69,6 +69,15 @@ impl Gateway {
         }
     }
 
+    /// What parking unacked messages needs.
+    pub fn park_ports(&self) -> connect_core::offline::ParkPorts<'_> {
+        connect_core::offline::ParkPorts {
+            offline: &*self.offline,
+            registry: &*self.registry,
+            events: &*self.events,
+        }
+    }
+
     /// Asks every part of the gateway to stop.
     pub fn stop(&self) {
         self.stop.send_replace(true);

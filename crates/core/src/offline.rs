@@ -62,26 +62,35 @@ pub struct ParkPorts<'a> {
     pub events: &'a dyn ConnectionEvents,
 }
 
-/// Puts what a closed connection of `user` was given and did not ack back into their offline
-/// store, then announces every live session of the user (one that connected meanwhile may have
-/// drained the store before the write). Call it after the closed session left the registry.
+/// Puts messages that were handed to connections and not acked (a closed connection's, or a
+/// record's for users who left) back into their users' offline stores, in one write; then looks
+/// those users up once and announces each of their live sessions (one that connected meanwhile
+/// may have drained its store before the write). Call it after the closed sessions left the
+/// registry.
 pub async fn park_unacked(
     ports: ParkPorts<'_>,
-    user: &UserId,
     entries: Vec<OfflineEntry>,
 ) -> Result<usize, PortError> {
     ports.offline.append(&entries).await?;
-    let sessions = ports.registry.lookup(std::slice::from_ref(user)).await?;
-    for route in sessions.into_iter().flatten() {
-        let event = UserConnected {
-            user: user.clone(),
-            conn: route.conn,
-            gateway: route.gateway,
-            endpoint: route.endpoint,
-            ts: crate::now_ms(),
-        };
-        if let Err(e) = ports.events.connected(&event).await {
-            tracing::warn!(cause = %e, user = %user, "could not announce a live session after parking");
+    let mut users: Vec<UserId> = entries.iter().map(|e| e.user.clone()).collect();
+    users.sort();
+    users.dedup();
+    let sessions = ports.registry.lookup(&users).await?;
+    let announced = users.iter().zip(sessions).flat_map(|(user, routes)| {
+        routes.into_iter().map(move |route| {
+            let event = UserConnected {
+                user: user.clone(),
+                conn: route.conn,
+                gateway: route.gateway,
+                endpoint: route.endpoint,
+                ts: crate::now_ms(),
+            };
+            ports.events.connected(&event)
+        })
+    });
+    for result in futures_util::future::join_all(announced.collect::<Vec<_>>()).await {
+        if let Err(e) = result {
+            tracing::warn!(cause = %e, "could not announce a live session after parking");
         }
     }
     Ok(entries.len())
@@ -158,7 +167,7 @@ mod tests {
             registry: &*mem,
             events: &*mem,
         };
-        park_unacked(ports, &bob, vec![entry("dm:alice:bob", 4)])
+        park_unacked(ports, vec![entry("dm:alice:bob", 4)])
             .await
             .unwrap();
         assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [4]);
@@ -176,7 +185,7 @@ mod tests {
         }])
         .await
         .unwrap();
-        park_unacked(ports, &bob, vec![entry("dm:alice:bob", 5)])
+        park_unacked(ports, vec![entry("dm:alice:bob", 5)])
             .await
             .unwrap();
         assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [4, 5]);
