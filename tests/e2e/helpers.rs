@@ -59,6 +59,8 @@ pub struct Client {
     pub session: String,
     pub gateway: String,
     ws: Ws,
+    /// (conversation, seq) of every `message` taken with [`Client::expect_fresh`].
+    seen: std::collections::HashSet<(String, u64)>,
 }
 
 /// Opens `/ws` on `gateway` with an optional Authorization header value and query string.
@@ -87,6 +89,7 @@ impl Client {
             session: String::new(),
             gateway: String::new(),
             ws,
+            seen: Default::default(),
         };
         let hello = c.next().await?;
         if hello["type"] != "hello" || hello["user"] != user {
@@ -137,6 +140,51 @@ impl Client {
             bail!("{}: expected {kind}, got {f}", self.user);
         }
         Ok(f)
+    }
+
+    /// Like [`Client::expect`], but drops a `message` whose (conversation, seq) this connection
+    /// already took, as PROTOCOL.md's clients do (delivery is at least once).
+    pub async fn expect_fresh(&mut self, kind: &str) -> anyhow::Result<Value> {
+        let f = self.next_fresh().await?;
+        if f["type"] != kind {
+            bail!("{}: expected {kind}, got {f}", self.user);
+        }
+        Ok(f)
+    }
+
+    /// The next frame that is not a repeat of a `message` this connection already took.
+    pub async fn next_fresh(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let f = self.next().await?;
+            if f["type"] == "message" {
+                let key = (
+                    f["conversation"].as_str().unwrap_or_default().to_owned(),
+                    f["seq"].as_u64().unwrap_or_default(),
+                );
+                if !self.seen.insert(key) {
+                    continue;
+                }
+            }
+            return Ok(f);
+        }
+    }
+
+    /// Asserts that nothing but repeats of messages already taken arrives within `wait`.
+    pub async fn expect_nothing_fresh(&mut self, wait: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(f) = self.next_within(left).await else {
+                return Ok(());
+            };
+            let key = (
+                f["conversation"].as_str().unwrap_or_default().to_owned(),
+                f["seq"].as_u64().unwrap_or_default(),
+            );
+            if f["type"] != "message" || !self.seen.contains(&key) {
+                bail!("{}: expected nothing new, got {f}", self.user);
+            }
+        }
     }
 
     /// Asserts that no frame arrives within `wait`.
