@@ -110,6 +110,15 @@ wait_port() {
   log "$name did not open port $port in 60 s"; return 1
 }
 
+# claim NAME PORT: refuses to go on when PORT is taken by something this stack did not start
+# (another checkout's stack, say): the services would silently share its backends.
+claim() {
+  local name=$1 port=$2
+  if ! alive "$name" && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port ($name) is in use by a process this stack did not start; stop it first"; exit 1
+  fi
+}
+
 stop() {
   local name=$1 f="$LOCAL/pids/$1.pid" pid i
   [ -f "$f" ] || return 0
@@ -123,6 +132,7 @@ stop() {
 }
 
 start_infra() {
+  claim redis "$REDIS_PORT"; claim kafka "$KAFKA_PORT"; claim dynamodb "$DDB_PORT"
   start redis "$LOCAL/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$LOCAL/redis" \
     --appendonly yes --appendfsync everysec --save "" --protected-mode no
   # tansu's sqlite storage slows down as it fills (measured: 100 msg/s fine on a fresh broker,
@@ -160,6 +170,8 @@ start_service() {
 
 start_services() {
   local port
+  for port in $GATEWAY_PORTS; do claim "gateway-$port" "$port"; done
+  claim messaging "$MESSAGING_OPS_PORT"; claim local-api "$LOCAL_API_PORT"; claim lambda "$LAMBDA_PORT"
   for port in $GATEWAY_PORTS; do
     start_service "gateway-$port" "$(bin connect-gateway)" "$port" GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_ID="gw-$port"
   done
