@@ -22,4 +22,4 @@ lint:
 
 bench:  ## the load generator against a release-built stack (see README: Benchmarks)
 	PROFILE=release scripts/stack.sh up
-	cargo run --release -q -p connect-chat --bin connect-loadgen -- $(BENCH_ARGS)
+	cargo run --release -q -p connect-bench --bin connect-loadgen -- $(BENCH_ARGS)

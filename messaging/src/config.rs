@@ -14,11 +14,6 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: Topics,
     pub group_id: String,
-    /// Take every partition of `incoming_messages` (resuming from the group's committed offsets)
-    /// instead of joining the group's rebalance protocol. For a single messaging process on a
-    /// broker whose group coordinator cannot be trusted (tansu 0.6.0 keeps a dead member as
-    /// leader and never completes the rebalance).
-    pub static_assignment: bool,
     pub batch_max: usize,
     pub redis_url: String,
     pub dynamo: DynamoConfig,
@@ -49,7 +44,6 @@ impl Config {
             kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
             topics: Topics::from_env(),
             group_id: env::string("MESSAGING_GROUP_ID", "messaging"),
-            static_assignment: env::var("MESSAGING_STATIC_ASSIGNMENT", false)?,
             batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,

@@ -15,7 +15,6 @@ use connect_core::groups::MembershipCache;
 use connect_core::messaging::MessagingStep;
 use connect_core::ports::Ports;
 use connect_dynamo::{DynamoChatStore, DynamoSequences};
-use connect_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
 use connect_kafka::KafkaDeliveryBus;
 use connect_redis::{RedisDedupe, RedisOffline, RedisRegistry};
@@ -64,26 +63,11 @@ async fn main() -> anyhow::Result<()> {
         )),
         dedupe: Arc::new(RedisDedupe::new(redis.clone(), cfg.dedupe_ttl)),
         offline: Arc::new(RedisOffline::new(redis, cfg.offline)),
-        deliveries: Arc::new(KafkaDeliveryBus::new(
-            producer.clone(),
-            cfg.topics.outgoing.clone(),
-        )),
+        deliveries: deliveries.clone(),
     };
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .consumer(&cfg.group_id)
-        .create()
-        .context("creating the Kafka consumer")?;
-    if cfg.static_assignment {
-        connect_kafka::assign_all(&consumer, &cfg.topics.incoming)
-            .map_err(anyhow::Error::msg)
-            .context("assigning incoming_messages")?;
-    } else {
-        consumer
-            .subscribe(&[&cfg.topics.incoming])
-            .context("subscribing to incoming_messages")?;
-    }
-
+    let consumer =
+        connect_kafka::GroupConsumer::subscribe(&cfg.kafka, &cfg.group_id, &[&cfg.topics.incoming])
+            .context("joining the messaging consumer group")?;
     let listener = tokio::net::TcpListener::bind(cfg.ops_addr)
         .await
         .with_context(|| format!("binding {}", cfg.ops_addr))?;

@@ -1,5 +1,6 @@
-//! End-to-end tests against the real local stack (`make up`): two gateways, messaging, tansu,
-//! Redis and DynamoDB Local, over real connections. Run with `make test`.
+//! End-to-end tests against the real local stack (`make up`): two gateways, two messaging
+//! processes in one consumer group, Apache Kafka, Redis and DynamoDB Local, over real
+//! connections. Run with `make test`.
 
 mod auth;
 mod chat;
@@ -10,3 +11,4 @@ mod helpers;
 mod history;
 mod offline;
 mod private;
+mod rebalance;

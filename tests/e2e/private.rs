@@ -1,6 +1,7 @@
 //! A private slice of the stack for tests that kill or misconfigure processes: its own topics,
-//! its own gateway and messaging processes (the real binaries), on the shared Redis, Kafka API
-//! broker and DynamoDB Local. Processes are killed when the slice is dropped.
+//! its own gateway and messaging processes (the real binaries; messaging in its own consumer
+//! group), on the shared Redis, Kafka and DynamoDB Local. Processes are killed when the slice is
+//! dropped.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -27,13 +28,16 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Partitions of the slice's `incoming_messages`.
+pub const INCOMING_PARTITIONS: usize = 6;
+
 pub struct PrivateStack {
     pub gateway: String,
-    pub messaging_ops: String,
     env: Vec<(String, String)>,
     gateway_proc: Child,
     more_gateways: Vec<Child>,
-    pub messaging: Option<Child>,
+    /// The running messaging processes: (ops address, process), oldest first.
+    messaging: Vec<(String, Child)>,
 }
 
 async fn wait_healthy(addr: &str, child: &mut Child) -> anyhow::Result<()> {
@@ -65,11 +69,12 @@ impl PrivateStack {
             var("KAFKA_BROKERS", "127.0.0.1:9092"),
             ("KAFKA_INCOMING_TOPIC".into(), format!("incoming_{id}")),
             ("KAFKA_OUTGOING_TOPIC".into(), format!("outgoing_{id}")),
-            ("INCOMING_PARTITIONS".into(), "2".into()),
+            (
+                "INCOMING_PARTITIONS".into(),
+                INCOMING_PARTITIONS.to_string(),
+            ),
             ("OUTGOING_PARTITIONS".into(), "2".into()),
             ("MESSAGING_GROUP_ID".into(), format!("messaging_{id}")),
-            var("KAFKA_IDEMPOTENCE", "false"),
-            var("MESSAGING_STATIC_ASSIGNMENT", "true"),
             // A killed member is noticed within seconds, not the production defaults' tens.
             ("KAFKA_SESSION_TIMEOUT_MS".into(), "3000".into()),
             ("KAFKA_MAX_POLL_INTERVAL_MS".into(), "8000".into()),
@@ -96,29 +101,29 @@ impl PrivateStack {
             .spawn()
             .context("starting connect-gateway")?;
         wait_healthy(&gateway, &mut gateway_proc).await?;
-        let messaging_ops = format!("127.0.0.1:{}", free_port());
         Ok(Self {
             gateway,
-            messaging_ops,
             env,
             gateway_proc,
             more_gateways: Vec::new(),
-            messaging: None,
+            messaging: Vec::new(),
         })
     }
 
-    /// Starts (or restarts) messaging with extra env.
-    pub async fn start_messaging(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+    /// Starts one more messaging process (same consumer group) with extra env; returns its ops
+    /// address (`/healthz`, `/metrics`).
+    pub async fn start_messaging(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<String> {
+        let ops = format!("127.0.0.1:{}", free_port());
         let mut child = Command::new(binary("connect-messaging"))
             .envs(self.env.clone())
             .envs(extra.iter().copied())
-            .env("MESSAGING_ADDR", &self.messaging_ops)
+            .env("MESSAGING_ADDR", &ops)
             .kill_on_drop(true)
             .spawn()
             .context("starting connect-messaging")?;
-        wait_healthy(&self.messaging_ops, &mut child).await?;
-        self.messaging = Some(child);
-        Ok(())
+        wait_healthy(&ops, &mut child).await?;
+        self.messaging.push((ops.clone(), child));
+        Ok(ops)
     }
 
     /// Starts another gateway on this slice's topics (it leases the next free slot); returns
@@ -138,12 +143,19 @@ impl PrivateStack {
         Ok(addr)
     }
 
-    /// SIGKILL, no goodbye: nothing is flushed or committed.
+    /// SIGKILL every messaging process, no goodbye: nothing is flushed or committed.
     pub async fn kill_messaging(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.messaging.take() {
-            child.start_kill()?;
-            child.wait().await?;
+        while !self.messaging.is_empty() {
+            self.kill_messaging_at(0).await?;
         }
+        Ok(())
+    }
+
+    /// SIGKILL the `i`-th running messaging process (oldest first).
+    pub async fn kill_messaging_at(&mut self, i: usize) -> anyhow::Result<()> {
+        let (_, mut child) = self.messaging.remove(i);
+        child.start_kill()?;
+        child.wait().await?;
         Ok(())
     }
 }
@@ -154,7 +166,7 @@ impl Drop for PrivateStack {
         for g in &mut self.more_gateways {
             let _ = g.start_kill();
         }
-        if let Some(m) = &mut self.messaging {
+        for (_, m) in &mut self.messaging {
             let _ = m.start_kill();
         }
     }

@@ -5,9 +5,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
 
 /// Creates each (topic, partitions) that does not exist yet.
 pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), String> {
@@ -31,31 +29,4 @@ pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), 
         }
     }
     Ok(())
-}
-
-/// Takes every partition of `topic` without the group's rebalance protocol, each resuming from
-/// the group's committed offset (or per `auto.offset.reset` when none was committed). For one
-/// consumer per group on a broker whose group coordinator cannot be trusted (tansu 0.6.0).
-pub fn assign_all(consumer: &StreamConsumer, topic: &str) -> Result<usize, String> {
-    let metadata = tokio::task::block_in_place(|| {
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
-    })
-    .map_err(|e| e.to_string())?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    if partitions == 0 {
-        return Err(format!("topic {topic} has no partitions"));
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Stored)
-            .map_err(|e| e.to_string())?;
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    tracing::info!(topic, partitions, "assigned every partition statically");
-    Ok(partitions)
 }

@@ -7,8 +7,8 @@ use rdkafka::config::ClientConfig;
 pub struct KafkaConfig {
     /// `KAFKA_BROKERS`.
     pub brokers: String,
-    /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a fetch. tansu does not wake a waiting
-    /// fetch when data arrives, so locally this is a latency floor per hop (MSK wakes fetches).
+    /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a fetch while no data is there. Kafka
+    /// answers a waiting fetch as soon as data arrives, so this bounds idle polling, not latency.
     pub fetch_wait_ms: u32,
     /// `KAFKA_FETCH_MIN_BYTES`: the broker may hold a fetch (up to the fetch wait) until this
     /// much data is there: fewer, fuller fetches under load.
@@ -23,21 +23,16 @@ pub struct KafkaConfig {
     /// `KAFKA_MAX_POLL_INTERVAL_MS`: a member that does not poll for this long leaves the group;
     /// also bounds how long a rebalance waits for a member that died.
     pub max_poll_interval_ms: u32,
-    /// `KAFKA_IDEMPOTENCE`: idempotent producers (on for MSK). The local stack turns it off:
-    /// tansu 0.6.0 panics in its idempotent-produce check under concurrent produces, and then
-    /// fails every request. Without it a retried produce may repeat a record: submissions are
-    /// deduped by (sender, id), deliveries are at least once by contract.
-    pub idempotence: bool,
     /// `KAFKA_DEBUG`: librdkafka debug contexts (e.g. `cgrp,fetch`), empty for none.
     pub debug: Option<String>,
 }
 
 impl KafkaConfig {
-    /// A producer: acks=all; idempotent (ordered, no repeats on retry) unless turned off.
+    /// A producer: acks=all, idempotent (ordered, no repeats on retry).
     pub fn producer(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
-            .set("enable.idempotence", self.idempotence.to_string())
+            .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.message_timeout_ms.to_string())
@@ -76,20 +71,19 @@ impl KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (5), `KAFKA_LINGER_MS` (1),
+    /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (100), `KAFKA_LINGER_MS` (1),
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
-    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_IDEMPOTENCE` (true), `KAFKA_DEBUG` (none).
+    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none).
     pub fn from_env() -> Result<Self, String> {
         use connect_core::env::parsed as num;
         Ok(Self {
             brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),
-            fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 5)?,
+            fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 100)?,
             linger_ms: num("KAFKA_LINGER_MS", 1)?,
             fetch_min_bytes: num("KAFKA_FETCH_MIN_BYTES", 1)?,
             message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
             max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
-            idempotence: std::env::var("KAFKA_IDEMPOTENCE").map_or(true, |v| v != "false"),
             debug: connect_core::env::optional("KAFKA_DEBUG"),
         })
     }

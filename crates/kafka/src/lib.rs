@@ -6,6 +6,8 @@
 //! - [`codec`]: the record formats — `incoming_messages` (JSON [`Submission`]) and
 //!   `outgoing_messages` (the frame as value, routing in headers, so a gateway parses no JSON).
 //! - [`bus`]: [`KafkaSubmissionBus`] and [`KafkaDeliveryBus`], the core's bus ports.
+//! - [`group`]: [`GroupConsumer`], a consumer-group member that finishes and commits its work
+//!   before a rebalance gives its partitions away.
 //! - [`admin`]: [`ensure_topics`], idempotent topic creation.
 //!
 //! [`Submission`]: connect_core::model::Submission
@@ -14,8 +16,10 @@ pub mod admin;
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod group;
 
-pub use admin::{assign_all, ensure_topics};
+pub use admin::ensure_topics;
 pub use bus::{KafkaConnectionEvents, KafkaDeliveryBus, KafkaSubmissionBus};
 pub use config::{KafkaConfig, Topics};
+pub use group::{Batch, GroupConsumer, PartitionKey};
 pub use rdkafka;

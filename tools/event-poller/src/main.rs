@@ -1,6 +1,6 @@
 //! `connect-event-poller`: the local stack's stand-in for a Lambda event-source mapping, on MSK
 //! (`EVENT_SOURCE_KIND=kafka`, the default) or on a DynamoDB stream (`dynamodb`, see
-//! [`stream`]). In Kafka mode it reads a topic (every partition, resuming from its group's committed offsets), turns each
+//! [`stream`]). In Kafka mode it reads a topic as a member of its consumer group (`EVENT_GROUP_ID`), turns each
 //! batch into the MSK event JSON AWS sends (records keyed `topic-partition`, key and value
 //! base64), and invokes the function through the Lambda Invoke API
 //! (`POST {LAMBDA_ENDPOINT}/2015-03-31/functions/{name}/invocations`, which `cargo lambda watch`
@@ -20,15 +20,15 @@ use std::time::Duration;
 use anyhow::Context;
 use base64::Engine;
 use bytes::Bytes;
-use connect_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use connect_kafka::rdkafka::message::BorrowedMessage;
-use connect_kafka::rdkafka::{Message, Offset, TopicPartitionList};
-use connect_kafka::KafkaConfig;
+use connect_kafka::rdkafka::Message;
+use connect_kafka::{GroupConsumer, KafkaConfig};
 use connect_service::env;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 mod stream;
@@ -41,7 +41,11 @@ fn b64(bytes: Option<&[u8]>) -> Value {
     })
 }
 
-/// One MSK record as AWS shapes it.
+/// One MSK record as AWS shapes it, under its "topic-partition" key.
+fn record(m: &BorrowedMessage<'_>) -> Option<(String, Value)> {
+    Some((format!("{}-{}", m.topic(), m.partition()), record_json(m)))
+}
+
 fn record_json(m: &BorrowedMessage<'_>) -> Value {
     json!({
         "topic": m.topic(),
@@ -150,63 +154,30 @@ async fn run_kafka(invoker: Invoker, function: &str) -> anyhow::Result<()> {
     let group = env::string("EVENT_GROUP_ID", &format!("lambda-{function}"));
     let max: usize = env::var("EVENT_BATCH_MAX", 100)?;
 
-    let consumer: StreamConsumer = kafka.consumer(&group).create()?;
-    connect_kafka::assign_all(&consumer, &topic).map_err(anyhow::Error::msg)?;
-    info!(%topic, "polling");
+    let consumer = GroupConsumer::subscribe(&kafka, &group, &[&topic])?;
+    info!(%topic, %group, "polling");
 
-    let stop = connect_service::shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        let first = tokio::select! {
-            () = &mut stop => break,
-            r = consumer.recv() => r,
-        };
-        let first = match first {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(cause = %e, "read failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let mut batch: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut add = |m: &BorrowedMessage<'_>| {
-            batch
-                .entry(format!("{}-{}", m.topic(), m.partition()))
-                .or_default()
-                .push(record_json(m));
-            next.insert(m.partition(), m.offset() + 1);
-        };
-        add(&first);
-        drop(first);
-        let mut n = 1;
-        while n < max {
-            match already_fetched(&consumer) {
-                Some(m) => {
-                    add(&m);
-                    n += 1;
-                }
-                None => break,
-            }
+    let (stop_tx, mut stop) = watch::channel(false);
+    tokio::spawn(async move {
+        connect_service::shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    while let Some(batch) = consumer.next_batch(max, record, &mut stop).await {
+        if batch.is_empty() {
+            continue;
+        }
+        let (records, next_offsets) = batch.into_items();
+        let n = records.len();
+        let mut event: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for (key, value) in records {
+            event.entry(key).or_default().push(value);
         }
         let result = invoker
-            .invoke_until_ok(event_json(&kafka.brokers, &batch))
+            .invoke_until_ok(event_json(&kafka.brokers, &event))
             .await;
         info!(records = n, %result, "invoked");
-        let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in next {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-        }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            warn!(cause = %e, "commit failed; the batch may be delivered again");
-        }
+        consumer.commit(&next_offsets);
     }
+    consumer.commit_sync();
     Ok(())
-}
-
-/// A record that is already fetched, without waiting.
-fn already_fetched(consumer: &StreamConsumer) -> Option<BorrowedMessage<'_>> {
-    use futures_util::FutureExt;
-    consumer.recv().now_or_never()?.ok()
 }

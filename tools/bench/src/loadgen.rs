@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use connect_chat::procs::Usage;
+use connect_bench::procs::Usage;
 use connect_core::auth::{JwtSecret, TokenIssuer};
 
 #[derive(Parser, Clone)]

@@ -382,7 +382,7 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut sender = open(issuer, &gateways[0], &members[0]).await?;
-    let usage = connect_chat::procs::Usage::start(&run.pids);
+    let usage = connect_bench::procs::Usage::start(&run.pids);
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / run.rate.max(0.001));
     let mut sent_at: std::collections::HashMap<String, Instant> = Default::default();

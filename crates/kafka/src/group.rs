@@ -1,0 +1,227 @@
+//! A consumer-group member that gives partitions away cleanly: [`GroupConsumer`].
+//!
+//! Work on a batch may still be running (publishing, committing) while the next batch is being
+//! read. When a rebalance takes partitions from this member, the revoke callback (which runs
+//! inside `recv`, on the reading task) first waits for that work, then commits synchronously,
+//! so the next owner starts exactly after the last batch this member finished. Records of a
+//! revoked partition that were read but not yet handed out are dropped from the batch being
+//! gathered: the next owner reads them again from the committed offset. Rebalances are
+//! cooperative (`cooperative-sticky`): only the partitions that move stop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::KafkaConfig;
+
+/// (topic, partition).
+pub type PartitionKey = (String, i32);
+
+/// What the rebalance callback and the reading task share.
+#[derive(Default)]
+struct Gate {
+    /// The work on the last batch, if it may still run; finished before partitions go.
+    in_flight: Mutex<Option<JoinHandle<()>>>,
+    /// Partitions revoked since the batch being gathered started.
+    revoked: Mutex<Vec<PartitionKey>>,
+}
+
+/// The consumer's context: finishes and commits in-flight work before a revoke completes.
+pub struct GroupContext {
+    gate: Arc<Gate>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            if let Rebalance::Assign(tpl) = rebalance {
+                info!(partitions = ?partitions(tpl), "partitions assigned");
+            }
+            return;
+        };
+        let work = self.gate.in_flight.lock().expect("gate lock").take();
+        if let Some(work) = work {
+            // The callback runs inside `recv` on a runtime worker: let the runtime move its
+            // other tasks away while this one waits for the batch's publish and commit.
+            tokio::task::block_in_place(|| {
+                let _ = tokio::runtime::Handle::current().block_on(work);
+            });
+        }
+        if consumer.assignment_lost() {
+            warn!(partitions = ?partitions(tpl), "partitions lost (session expired); not committing");
+        } else {
+            commit_stored(consumer, CommitMode::Sync);
+        }
+        info!(partitions = ?partitions(tpl), "partitions revoked");
+        self.gate
+            .revoked
+            .lock()
+            .expect("gate lock")
+            .extend(partitions(tpl));
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            warn!(cause = %e, "offset commit failed");
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<PartitionKey> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+/// A batch: items in partition order, and the next offset to commit per partition.
+pub struct Batch<T> {
+    items: Vec<(PartitionKey, T)>,
+    pub next_offsets: HashMap<PartitionKey, i64>,
+}
+
+impl<T> Batch<T> {
+    /// True when no record was read (a read error ends a batch early).
+    pub fn is_empty(&self) -> bool {
+        self.next_offsets.is_empty()
+    }
+
+    /// The decoded items, in the order read.
+    pub fn into_items(self) -> (Vec<T>, HashMap<PartitionKey, i64>) {
+        (
+            self.items.into_iter().map(|(_, t)| t).collect(),
+            self.next_offsets,
+        )
+    }
+
+    fn drop_partitions(&mut self, gone: &[PartitionKey]) {
+        self.items.retain(|(p, _)| !gone.contains(p));
+        self.next_offsets.retain(|p, _| !gone.contains(p));
+    }
+}
+
+/// A consumer-group member reading batches; see the module docs.
+pub struct GroupConsumer {
+    consumer: StreamConsumer<GroupContext>,
+    gate: Arc<Gate>,
+}
+
+impl GroupConsumer {
+    /// Joins `group_id` and subscribes to `topics` (cooperative-sticky assignment).
+    pub fn subscribe(config: &KafkaConfig, group_id: &str, topics: &[&str]) -> KafkaResult<Self> {
+        let gate = Arc::new(Gate::default());
+        let consumer: StreamConsumer<GroupContext> = config
+            .consumer(group_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create_with_context(GroupContext { gate: gate.clone() })?;
+        consumer.subscribe(topics)?;
+        Ok(Self { consumer, gate })
+    }
+
+    /// Waits for one record, then takes what is already fetched, up to `max` records in all.
+    /// `decode` turns a record into an item (None: skipped, its offset still committed).
+    /// Returns None once `stop` is set.
+    pub async fn next_batch<T>(
+        &self,
+        max: usize,
+        mut decode: impl FnMut(&BorrowedMessage<'_>) -> Option<T>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<Batch<T>> {
+        let mut batch = Batch {
+            items: Vec::new(),
+            next_offsets: HashMap::new(),
+        };
+        self.gate.revoked.lock().expect("gate lock").clear();
+        let first = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return None,
+            r = self.consumer.recv() => r,
+        };
+        let mut next = Some(first);
+        let mut read = 0;
+        while let Some(record) = next.take() {
+            read += 1;
+            match record {
+                Ok(m) => {
+                    let gone = std::mem::take(&mut *self.gate.revoked.lock().expect("gate lock"));
+                    if !gone.is_empty() {
+                        batch.drop_partitions(&gone);
+                    }
+                    let key = (m.topic().to_owned(), m.partition());
+                    batch.next_offsets.insert(key.clone(), m.offset() + 1);
+                    if let Some(item) = decode(&m) {
+                        batch.items.push((key, item));
+                    }
+                }
+                Err(e) => {
+                    warn!(cause = %e, "read failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
+            }
+            if read < max {
+                next = self.consumer.recv().now_or_never();
+            }
+        }
+        let gone = std::mem::take(&mut *self.gate.revoked.lock().expect("gate lock"));
+        batch.drop_partitions(&gone);
+        Some(batch)
+    }
+
+    /// Hands over the work on the last batch: a revoke waits for it before giving its
+    /// partitions away. The previous work must have been awaited with [`Self::finish`].
+    pub fn set_in_flight(&self, work: JoinHandle<()>) {
+        *self.gate.in_flight.lock().expect("gate lock") = Some(work);
+    }
+
+    /// Waits for the work handed over with [`Self::set_in_flight`], if any.
+    pub async fn finish(&self) {
+        let work = self.gate.in_flight.lock().expect("gate lock").take();
+        if let Some(work) = work {
+            let _ = work.await;
+        }
+    }
+
+    /// Marks a batch done: its offsets are stored and committed (asynchronously; a revoke
+    /// commits synchronously). A partition revoked meanwhile is skipped: its new owner replays.
+    pub fn commit(&self, next_offsets: &HashMap<PartitionKey, i64>) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next_offsets {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+                warn!(cause = %e, "bad offset");
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            warn!(cause = %e, "storing offsets failed (partition revoked?)");
+            return;
+        }
+        commit_stored(&self.consumer, CommitMode::Async);
+    }
+
+    /// Commits what was stored, waiting for the broker (on shutdown).
+    pub fn commit_sync(&self) {
+        commit_stored(&self.consumer, CommitMode::Sync);
+    }
+}
+
+/// Commits the stored offsets; nothing stored since the last commit is not an error.
+fn commit_stored<C: Consumer<GroupContext>>(consumer: &C, mode: CommitMode) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) => {}
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => warn!(cause = %e, "offset commit failed"),
+    }
+}
