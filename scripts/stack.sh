@@ -37,6 +37,11 @@ export RUST_LOG=${RUST_LOG:-info}
 # Local messaging processes lose a crashed member's partitions within 6 s (MSK tasks keep the
 # 10 s default).
 export KAFKA_SESSION_TIMEOUT_MS=${KAFKA_SESSION_TIMEOUT_MS:-6000}
+# Everything shares 2 cores here: a fetch waits up to 10 ms for 64 KiB, so under load each
+# consumer fetches at most ~100 times a second instead of once per record (measured at
+# 1,500 msg/s: p50 68 ms / p99 334 ms against 108 / 546 with the fetch-per-record default).
+export KAFKA_FETCH_MIN_BYTES=${KAFKA_FETCH_MIN_BYTES:-65536}
+export KAFKA_FETCH_WAIT_MS=${KAFKA_FETCH_WAIT_MS:-10}
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -23,6 +23,13 @@ pub struct Config {
     pub secret: JwtSecret,
     pub limits: FrameLimits,
     pub max_ws_message_bytes: usize,
+    /// `GATEWAY_WS_READ_BUFFER_BYTES`: each connection's WebSocket read buffer, allocated up
+    /// front (the library's default is 128 KiB; chat frames are far smaller, and a large frame
+    /// just takes more reads).
+    pub ws_read_buffer: usize,
+    /// `GATEWAY_WS_WRITE_BUFFER_BYTES`: frames are gathered up to this before a write (a flush
+    /// always writes); grown only when used.
+    pub ws_write_buffer: usize,
     pub max_connections: usize,
     pub outbound_queue: usize,
     pub send_rate: f64,
@@ -65,6 +72,8 @@ impl Config {
                 max_body_bytes: env::var("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,
             },
             max_ws_message_bytes: env::var("GATEWAY_MAX_WS_MESSAGE_BYTES", 1024 * 1024)?,
+            ws_read_buffer: env::var("GATEWAY_WS_READ_BUFFER_BYTES", 2048)?,
+            ws_write_buffer: env::var("GATEWAY_WS_WRITE_BUFFER_BYTES", 8192)?,
             max_connections: env::var("GATEWAY_MAX_CONNECTIONS", 50_000)?,
             outbound_queue: env::var("GATEWAY_OUTBOUND_QUEUE", 1024)?,
             send_rate: env::var("GATEWAY_SEND_RATE", 50.0)?,

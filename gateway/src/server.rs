@@ -136,6 +136,8 @@ async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
+                    .read_buffer_size(gw.cfg.ws_read_buffer)
+                    .write_buffer_size(gw.cfg.ws_write_buffer)
                     .max_message_size(Some(gw.cfg.max_ws_message_bytes))
                     .max_frame_size(Some(gw.cfg.max_ws_message_bytes));
                 let ws = WebSocketStream::from_raw_socket(

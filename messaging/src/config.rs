@@ -15,11 +15,18 @@ pub struct Config {
     pub topics: Topics,
     pub group_id: String,
     pub batch_max: usize,
+    /// `MESSAGING_SHED_AFTER_MS`: a client send that waited longer than this since the gateway
+    /// took it is answered `unavailable` unprocessed (overload; 0: never).
+    pub shed_after_ms: u64,
     pub redis_url: String,
     pub dynamo: DynamoConfig,
     pub tables: Tables,
     pub region: String,
     pub dynamo_concurrency: usize,
+    /// `SEQ_BLOCK_MAX`: most seqs a busy conversation reserves ahead (0: exact allocation).
+    pub seq_block_max: u64,
+    /// `SEQ_BLOCK_CONVERSATIONS`: conversations tracked for blocks at once.
+    pub seq_block_conversations: usize,
     pub dedupe_ttl: Duration,
     pub session_ttl: Duration,
     pub offline: OfflineLimits,
@@ -45,11 +52,14 @@ impl Config {
             topics: Topics::from_env(),
             group_id: env::string("MESSAGING_GROUP_ID", "messaging"),
             batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
+            shed_after_ms: env::var("MESSAGING_SHED_AFTER_MS", 400)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
             tables: Tables::from_env(),
             region: env::string("CONNECT_REGION", "local"),
             dynamo_concurrency: env::var("DYNAMODB_CONCURRENCY", 16)?,
+            seq_block_max: env::var("SEQ_BLOCK_MAX", 64)?,
+            seq_block_conversations: env::var("SEQ_BLOCK_CONVERSATIONS", 100_000)?,
             dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
             session_ttl: Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?),
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,

@@ -51,6 +51,7 @@ async fn publish_and_commit(
     counter!("connect_messaging_rejected_total").increment(report.rejected as u64);
     counter!("connect_messaging_unavailable_total").increment(report.unavailable as u64);
     counter!("connect_messaging_records_out_total").increment(report.records as u64);
+    counter!("connect_messaging_shed_total").increment(report.shed as u64);
     if let Some(pause) = fault_pause {
         info!(
             ms = pause.as_millis() as u64,
@@ -75,6 +76,12 @@ pub async fn run(
             continue;
         }
         let (submissions, next_offsets) = batch.into_items();
+        let now = connect_core::now_ms();
+        for s in submissions.iter().filter(|s| s.submitted_ms > 0) {
+            // Gateway → messaging: the Kafka hop plus the wait for earlier batches.
+            histogram!("connect_messaging_wait_seconds")
+                .record(now.saturating_sub(s.submitted_ms) as f64 / 1000.0);
+        }
         let started = Instant::now();
         let n = submissions.len();
         let prepared = step.prepare(submissions, connect_core::now_ms()).await;
@@ -89,6 +96,5 @@ pub async fn run(
             fault_pause,
         )));
     }
-    consumer.finish().await;
-    consumer.commit_sync();
+    consumer.close().await;
 }

@@ -14,6 +14,7 @@ use anyhow::Context;
 use connect_core::groups::MembershipCache;
 use connect_core::messaging::MessagingStep;
 use connect_core::ports::Ports;
+use connect_core::seqblocks::SequenceBlocks;
 use connect_dynamo::{DynamoChatStore, DynamoSequences};
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
 use connect_kafka::KafkaDeliveryBus;
@@ -40,14 +41,19 @@ async fn main() -> anyhow::Result<()> {
         producer.clone(),
         cfg.topics.outgoing.clone(),
     ));
-    let ports = Ports {
-        registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
-        sequences: Arc::new(DynamoSequences::new(
+    let sequences = Arc::new(SequenceBlocks::new(
+        Arc::new(DynamoSequences::new(
             dynamo.clone(),
             &cfg.tables.sequences,
             &cfg.region,
             cfg.dynamo_concurrency,
         )),
+        cfg.seq_block_max,
+        cfg.seq_block_conversations,
+    ));
+    let ports = Ports {
+        registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
+        sequences: sequences.clone(),
         groups: Arc::new(MembershipCache::new(
             Arc::new(connect_dynamo::DynamoGroups::new(
                 dynamo.clone(),
@@ -68,6 +74,17 @@ async fn main() -> anyhow::Result<()> {
     let consumer =
         connect_kafka::GroupConsumer::subscribe(&cfg.kafka, &cfg.group_id, &[&cfg.topics.incoming])
             .context("joining the messaging consumer group")?;
+    // Seqs reserved ahead go back before this process's partitions move.
+    consumer.on_revoke({
+        let sequences = sequences.clone();
+        Arc::new(move || {
+            let sequences = sequences.clone();
+            Box::pin(async move {
+                let n = sequences.give_back_all().await;
+                info!(conversations = n, "gave unused seqs back");
+            })
+        })
+    });
     let listener = tokio::net::TcpListener::bind(cfg.ops_addr)
         .await
         .with_context(|| format!("binding {}", cfg.ops_addr))?;
@@ -85,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let work = tokio::spawn(consumer::run(
         consumer,
-        MessagingStep::new(ports),
+        MessagingStep::new(ports).shed_after_ms(cfg.shed_after_ms),
         deliveries,
         cfg.batch_max,
         cfg.fault_pause_before_commit,

@@ -195,14 +195,25 @@ impl Client {
         }
     }
 
-    /// Sends and waits for this send's `accepted`, returning its seq.
+    /// Sends and waits for this send's `accepted`, returning its seq. Like a PROTOCOL.md client
+    /// it sends again with the same id on `unavailable` (a busy or restarting messaging).
     pub async fn send_accepted(&mut self, id: &str, to: &str, body: &str) -> anyhow::Result<u64> {
-        self.send_to(id, to, body).await?;
-        let f = self.expect("accepted").await?;
-        if f["id"] != id {
-            bail!("accepted for another id: {f}");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            self.send_to(id, to, body).await?;
+            let f = self.next().await?;
+            if f["type"] == "error" && f["code"] == "unavailable" && f["id"] == id {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("{}: still unavailable: {f}", self.user);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            if f["type"] != "accepted" || f["id"] != id {
+                bail!("{}: expected accepted for {id}, got {f}", self.user);
+            }
+            return f["seq"].as_u64().ok_or_else(|| anyhow!("no seq in {f}"));
         }
-        f["seq"].as_u64().ok_or_else(|| anyhow!("no seq in {f}"))
     }
 
     pub async fn close(mut self) {

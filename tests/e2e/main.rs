@@ -10,5 +10,6 @@ mod groups;
 mod helpers;
 mod history;
 mod offline;
+mod overload;
 mod private;
 mod rebalance;

@@ -69,6 +69,12 @@ impl PrivateStack {
             var("KAFKA_BROKERS", "127.0.0.1:9092"),
             ("KAFKA_INCOMING_TOPIC".into(), format!("incoming_{id}")),
             ("KAFKA_OUTGOING_TOPIC".into(), format!("outgoing_{id}")),
+            // Its own: the shared stack's offline-delivery must not drain to gateways of a slice
+            // that is gone.
+            (
+                "KAFKA_USER_CONNECTED_TOPIC".into(),
+                format!("user_connected_{id}"),
+            ),
             (
                 "INCOMING_PARTITIONS".into(),
                 INCOMING_PARTITIONS.to_string(),

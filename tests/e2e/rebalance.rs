@@ -1,6 +1,6 @@
 //! Messaging as a consumer group under a steady stream: a member killed with SIGKILL, a member
-//! joining mid-stream. Nothing accepted is lost, seqs are never reused, a seq is skipped only
-//! by a message in flight at the crash, and each conversation keeps its order.
+//! joining mid-stream. Nothing accepted is lost, seqs are never reused, seqs are skipped only
+//! after the crash (at most once per conversation), and each conversation keeps its order.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,8 +139,7 @@ struct Checked {
 }
 
 /// Stops the streams and checks each conversation: ids accepted once each with strictly
-/// increasing seqs; a skipped seq only for a message in flight at `crash` (at most one per
-/// conversation); the chat table holds exactly the accepted (seq, id) pairs; the receiver got
+/// increasing seqs; at most one gap, and only after `crash`; the chat table holds exactly the accepted (seq, id) pairs; the receiver got
 /// every one of them, in seq order apart from repeats.
 async fn stop_and_check(streams: Streams, crash: Option<Instant>) -> anyhow::Result<Vec<Checked>> {
     streams.stop.store(true, Ordering::Relaxed);
@@ -154,7 +153,9 @@ async fn stop_and_check(streams: Streams, crash: Option<Instant>) -> anyhow::Res
         let sent = sender.await??;
         let got = receiver.await?;
         anyhow::ensure!(sent.len() >= 5, "{conversation}: only {} sent", sent.len());
-        let mut skipped = 0;
+        // A crash may leave one gap per conversation: the rest of the seqs the killed process
+        // had reserved, skipped by the first message the next owner accepts.
+        let mut gaps = 0;
         for w in sent.windows(2) {
             let (a, b) = (&w[0], &w[1]);
             anyhow::ensure!(
@@ -164,16 +165,17 @@ async fn stop_and_check(streams: Streams, crash: Option<Instant>) -> anyhow::Res
                 a.seq
             );
             if b.seq != a.seq + 1 {
-                let in_flight_at_crash = crash.is_some_and(|c| b.sent <= c && b.accepted >= c);
+                gaps += 1;
+                let after_crash = crash.is_some_and(|c| b.accepted >= c);
                 anyhow::ensure!(
-                    in_flight_at_crash,
-                    "{conversation}: seq {} skipped outside a crash",
-                    a.seq + 1
+                    after_crash,
+                    "{conversation}: seqs {}..{} skipped without a crash",
+                    a.seq + 1,
+                    b.seq - 1
                 );
-                skipped += b.seq - a.seq - 1;
             }
         }
-        anyhow::ensure!(skipped <= 1, "{conversation}: {skipped} seqs skipped");
+        anyhow::ensure!(gaps <= 1, "{conversation}: {gaps} gaps");
         let accepted: BTreeMap<u64, String> = sent.iter().map(|s| (s.seq, s.id.clone())).collect();
         let rows: BTreeMap<u64, String> = stored(&conversation)
             .await?

@@ -373,6 +373,7 @@ impl GroupChange {
                 kind: self.kind.to_owned(),
                 user: self.user.as_ref().map(ToString::to_string),
             }),
+            submitted_ms: 0,
         }
     }
 }

@@ -47,6 +47,7 @@ pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimi
                 body,
                 reply: Some(reply),
                 event: None,
+                submitted_ms: crate::now_ms(),
             })
         }
     }

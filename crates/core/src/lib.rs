@@ -15,6 +15,8 @@
 //! - [`groups`]: group administration and its rules, group changes as system messages,
 //!   messaging's membership cache.
 //! - [`sequencer`]: batched seq allocation (the sequencer function).
+//! - [`seqblocks`]: messaging's seq blocks: busy conversations reserve ahead, one atomic add
+//!   per block.
 //! - [`error`]: [`PortError`], retryable or final; [`ApiError`], an HTTP answer with a contract code.
 //! - [`memory`]: in-memory ports for unit tests of the pure logic.
 
@@ -29,6 +31,7 @@ pub mod messaging;
 pub mod model;
 pub mod offline;
 pub mod ports;
+pub mod seqblocks;
 pub mod sequencer;
 
 pub use error::{ApiError, PortError};

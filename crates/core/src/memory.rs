@@ -154,6 +154,22 @@ impl SequenceAllocator for Memory {
             })
             .collect()
     }
+
+    async fn give_back(
+        &self,
+        conversation: &ConversationId,
+        from: u64,
+        last: u64,
+    ) -> Result<bool, PortError> {
+        let mut map = lock(&self.seqs);
+        match map.get_mut(conversation) {
+            Some(at) if *at == last => {
+                *at = from - 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 #[async_trait]

@@ -37,6 +37,8 @@ pub struct StepReport {
     pub records: usize,
     /// Offline-store entries written for recipients with no live session.
     pub parked: usize,
+    /// Client sends refused unprocessed because they waited too long (overload).
+    pub shed: usize,
 }
 
 /// A batch ready to publish.
@@ -49,6 +51,9 @@ pub struct Prepared {
 /// The messaging use-case over its ports.
 pub struct MessagingStep {
     ports: Ports,
+    /// Client sends older than this when their batch starts are answered `unavailable`
+    /// without being processed (0: never).
+    shed_after_ms: u64,
 }
 
 /// A message that will be delivered, with the connection to answer.
@@ -158,7 +163,26 @@ impl MessagingStep {
 
 impl MessagingStep {
     pub fn new(ports: Ports) -> Self {
-        Self { ports }
+        Self {
+            ports,
+            shed_after_ms: 0,
+        }
+    }
+
+    /// Refuses new client sends that waited longer than `ms` (since the gateway took them) with
+    /// `unavailable`, unsequenced and unstored: under overload the backlog is answered quickly
+    /// and the capacity goes to sends that can still be answered in time. A send accepted
+    /// before (a batch replayed after a crash, a retry) and system messages are never shed.
+    pub fn shed_after_ms(mut self, ms: u64) -> Self {
+        self.shed_after_ms = ms;
+        self
+    }
+
+    fn stale(&self, sub: &Submission, now_ms: u64) -> bool {
+        self.shed_after_ms > 0
+            && sub.event.is_none()
+            && sub.submitted_ms > 0
+            && now_ms.saturating_sub(sub.submitted_ms) > self.shed_after_ms
     }
 
     /// Processes one batch (in partition order): [`Self::prepare`], then publish. `Err` means
@@ -222,7 +246,16 @@ impl MessagingStep {
         let mut earlier: Vec<(Submission, Acceptance)> = Vec::new();
         for ((sub, key), known) in valid.into_iter().zip(keys).zip(known) {
             if let Some(acceptance) = known {
+                // Accepted before (a replay after a crash, a retry): answered and fanned out
+                // however late, so nothing stored goes undelivered.
                 earlier.push((sub, acceptance));
+            } else if self.stale(&sub, now_ms) {
+                out.report.shed += 1;
+                out.fail(
+                    &sub,
+                    ErrorCode::Unavailable,
+                    "overloaded; retry with the same id",
+                );
             } else if let Some(&i) = first_of.get(&key) {
                 repeats.push((sub, i));
             } else {

@@ -26,6 +26,14 @@ pub struct Submission {
     /// A group change (system message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<GroupEvent>,
+    /// When the gateway took the send (ms since the epoch; 0 = unknown): messaging refuses a
+    /// client send that waited too long (overload shedding).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub submitted_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Submission {

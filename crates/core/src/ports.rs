@@ -51,6 +51,14 @@ pub trait SequenceAllocator: Send + Sync {
     /// Reserves `count` consecutive seqs for each conversation; returns the first of each range
     /// (same order as `requests`). One atomic add per conversation.
     async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>>;
+    /// Returns the unused seqs `from..=last` of a reservation, only if nothing was allocated
+    /// after `last` (the next allocation then starts at `from`); `Ok(false)` otherwise.
+    async fn give_back(
+        &self,
+        conversation: &ConversationId,
+        from: u64,
+        last: u64,
+    ) -> Result<bool, PortError>;
 }
 
 /// The chat table: messages by (conversation, seq).

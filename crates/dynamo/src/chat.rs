@@ -54,6 +54,7 @@ impl ChatStore for DynamoChatStore {
     }
 
     async fn put_if_absent(&self, message: &StoredMessage) -> Result<bool, PortError> {
+        crate::requested("PutItem");
         let result = self
             .client
             .put_item()

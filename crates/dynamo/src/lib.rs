@@ -31,6 +31,12 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> PortError {
     PortError::unavailable("dynamodb", e)
 }
 
+/// Counts one request to DynamoDB (`connect_dynamodb_requests_total{op}`): the benchmarks
+/// divide it by the messages carried.
+pub(crate) fn requested(op: &'static str) {
+    metrics::counter!("connect_dynamodb_requests_total", "op" => op).increment(1);
+}
+
 /// BatchWriteItem takes at most 25 puts.
 pub(crate) const BATCH: usize = 25;
 /// Rounds of re-sending unprocessed items before the batch is failed.
@@ -54,6 +60,7 @@ pub(crate) async fn batch_put(
         })
         .collect::<Result<_, PortError>>()?;
     for round in 0..UNPROCESSED_ROUNDS {
+        requested("BatchWriteItem");
         let out = client
             .batch_write_item()
             .request_items(table, requests)

@@ -1,5 +1,6 @@
 //! The sequence table: `conversation` → `seq` (last allocated), `home` (region that owns the
-//! sequence) and `epoch` (bumped when the home moves). Only the home region allocates.
+//! sequence) and `epoch` (bumped when the home moves). Only the home region allocates; unused
+//! seqs of a reservation go back only while nothing was allocated after them.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
@@ -42,6 +43,7 @@ impl DynamoSequences {
         conversation: &ConversationId,
         count: u64,
     ) -> Result<u64, PortError> {
+        crate::requested("UpdateItem");
         let result = self
             .client
             .update_item()
@@ -94,5 +96,38 @@ impl SequenceAllocator for DynamoSequences {
             .buffered(self.concurrency)
             .collect()
             .await
+    }
+
+    async fn give_back(
+        &self,
+        conversation: &ConversationId,
+        from: u64,
+        last: u64,
+    ) -> Result<bool, PortError> {
+        crate::requested("UpdateItem");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("conversation", AttributeValue::S(conversation.to_string()))
+            .update_expression("SET #seq = :kept")
+            .condition_expression("#seq = :last AND #home = :region")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_names("#home", "home")
+            .expression_attribute_values(":kept", AttributeValue::N((from - 1).to_string()))
+            .expression_attribute_values(":last", AttributeValue::N(last.to_string()))
+            .expression_attribute_values(":region", AttributeValue::S(self.region.clone()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
+        }
     }
 }

@@ -71,7 +71,7 @@ impl KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (100), `KAFKA_LINGER_MS` (1),
+    /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (100), `KAFKA_LINGER_MS` (5),
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
     /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none).
     pub fn from_env() -> Result<Self, String> {
@@ -79,7 +79,7 @@ impl KafkaConfig {
         Ok(Self {
             brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),
             fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 100)?,
-            linger_ms: num("KAFKA_LINGER_MS", 1)?,
+            linger_ms: num("KAFKA_LINGER_MS", 5)?,
             fetch_min_bytes: num("KAFKA_FETCH_MIN_BYTES", 1)?,
             message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -29,6 +30,9 @@ use crate::KafkaConfig;
 /// (topic, partition).
 pub type PartitionKey = (String, i32);
 
+/// Work to do before partitions are given away, after the batch in flight has finished.
+pub type RevokeHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// What the rebalance callback and the reading task share.
 #[derive(Default)]
 struct Gate {
@@ -36,6 +40,7 @@ struct Gate {
     in_flight: Mutex<Option<JoinHandle<()>>>,
     /// Partitions revoked since the batch being gathered started.
     revoked: Mutex<Vec<PartitionKey>>,
+    on_revoke: Mutex<Option<RevokeHook>>,
 }
 
 /// The consumer's context: finishes and commits in-flight work before a revoke completes.
@@ -54,13 +59,18 @@ impl ConsumerContext for GroupContext {
             return;
         };
         let work = self.gate.in_flight.lock().expect("gate lock").take();
-        if let Some(work) = work {
-            // The callback runs inside `recv` on a runtime worker: let the runtime move its
-            // other tasks away while this one waits for the batch's publish and commit.
-            tokio::task::block_in_place(|| {
-                let _ = tokio::runtime::Handle::current().block_on(work);
-            });
-        }
+        let hook = self.gate.on_revoke.lock().expect("gate lock").clone();
+        // The callback runs inside `recv` on a runtime worker: let the runtime move its other
+        // tasks away while this one waits for the batch's publish and commit, then the hook.
+        tokio::task::block_in_place(|| {
+            let rt = tokio::runtime::Handle::current();
+            if let Some(work) = work {
+                let _ = rt.block_on(work);
+            }
+            if let Some(hook) = hook {
+                rt.block_on(hook());
+            }
+        });
         if consumer.assignment_lost() {
             warn!(partitions = ?partitions(tpl), "partitions lost (session expired); not committing");
         } else {
@@ -181,6 +191,12 @@ impl GroupConsumer {
         Some(batch)
     }
 
+    /// Runs `hook` whenever partitions are revoked, after the batch in flight has finished and
+    /// before the offsets are committed and the partitions move.
+    pub fn on_revoke(&self, hook: RevokeHook) {
+        *self.gate.on_revoke.lock().expect("gate lock") = Some(hook);
+    }
+
     /// Hands over the work on the last batch: a revoke waits for it before giving its
     /// partitions away. The previous work must have been awaited with [`Self::finish`].
     pub fn set_in_flight(&self, work: JoinHandle<()>) {
@@ -211,9 +227,20 @@ impl GroupConsumer {
         commit_stored(&self.consumer, CommitMode::Async);
     }
 
-    /// Commits what was stored, waiting for the broker (on shutdown).
+    /// Commits what was stored, waiting for the broker.
     pub fn commit_sync(&self) {
         commit_stored(&self.consumer, CommitMode::Sync);
+    }
+
+    /// Before leaving the group (shutdown): finishes the batch in flight, runs the revoke hook
+    /// and commits, as a revoke would.
+    pub async fn close(&self) {
+        self.finish().await;
+        let hook = self.gate.on_revoke.lock().expect("gate lock").clone();
+        if let Some(hook) = hook {
+            hook().await;
+        }
+        self.commit_sync();
     }
 }
 

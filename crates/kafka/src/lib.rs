@@ -21,5 +21,5 @@ pub mod group;
 pub use admin::ensure_topics;
 pub use bus::{KafkaConnectionEvents, KafkaDeliveryBus, KafkaSubmissionBus};
 pub use config::{KafkaConfig, Topics};
-pub use group::{Batch, GroupConsumer, PartitionKey};
+pub use group::{Batch, GroupConsumer, PartitionKey, RevokeHook};
 pub use rdkafka;

@@ -5,10 +5,13 @@
 //! connect-bench drain --queued 10000                      # offline drain to a reconnecting user
 //! connect-bench group --members 1000 --online 1000 --messages 50 --rate 5     # fan-out latency
 //! connect-bench group --members 10000 --online 1000 --messages 300 --rate 20 # mostly offline
+//! connect-bench idle --connections 19000 --sources 8                          # idle density
 //! ```
 //! Both seed their data through the production adapters (DynamoDB chat store, Redis offline
 //! store), then measure through the real entry points (the local HTTP API; a WebSocket to a
 //! gateway, fed by the event poller and the offline-delivery Lambda).
+
+mod idle;
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +63,8 @@ enum What {
     /// A group of N members, some online across the gateways: send → last delivery, throughput,
     /// and the stack's CPU per group message.
     Group(GroupRun),
+    /// N idle authenticated connections to one gateway: its RSS per connection, and after close.
+    Idle(idle::IdleRun),
     /// A user with N queued messages connects: how fast do they arrive?
     Drain {
         #[arg(long, default_value_t = 10_000)]
@@ -511,5 +516,6 @@ async fn main() -> anyhow::Result<()> {
             redis,
         } => drain(&issuer, queued, &gateway, &redis).await,
         What::Group(run) => group(&issuer, run).await,
+        What::Idle(run) => idle::idle(&issuer, run).await,
     }
 }

@@ -51,6 +51,15 @@ struct Args {
     pids: PathBuf,
     #[arg(long, env = "CONNECT_JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Redis, for its command counts.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6380")]
+    redis: String,
+    /// The services' ops addresses (`/metrics`), for their backend request counts.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080,127.0.0.1:8081,127.0.0.1:8070,127.0.0.1:8071"
+    )]
+    ops: String,
 }
 
 fn hist() -> Histogram<u64> {
@@ -61,6 +70,8 @@ fn hist() -> Histogram<u64> {
 struct Stats {
     accepted: Histogram<u64>,
     delivered: Histogram<u64>,
+    /// Send → `error` answering it (refusals: `rate_limited`, `unavailable`).
+    refused: Histogram<u64>,
     sent: u64,
     errors: HashMap<String, u64>,
 }
@@ -110,6 +121,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
     let mut stats = Stats {
         accepted: hist(),
         delivered: hist(),
+        refused: hist(),
         sent: 0,
         errors: HashMap::new(),
     };
@@ -158,6 +170,9 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                     Some("error") => {
                         let code = f["code"].as_str().unwrap_or("?").to_owned();
                         *stats.errors.entry(code).or_default() += 1;
+                        if let Some(t) = f["id"].as_str().and_then(|id| inflight.remove(id)) {
+                            if plan.measured(t) { stats.refused.record((now_us - t).max(1))?; }
+                        }
                     }
                     _ => {}
                 }
@@ -225,15 +240,18 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep_until(plan.measure_from).await;
     let usage = Usage::start(&args.pids);
+    let backends = Backends::read(&args).await;
     tokio::time::sleep_until(plan.send_until).await;
     let usage = usage.stop();
+    let backends = Backends::read(&args).await.minus(&backends);
 
-    let (mut accepted, mut delivered, mut sent, mut errors) =
-        (hist(), hist(), 0u64, HashMap::<String, u64>::new());
+    let (mut accepted, mut delivered, mut refused, mut sent, mut errors) =
+        (hist(), hist(), hist(), 0u64, HashMap::<String, u64>::new());
     for t in tasks {
         let s = t.await?.context("a connection failed")?;
         accepted.add(&s.accepted)?;
         delivered.add(&s.delivered)?;
+        refused.add(&s.refused)?;
         sent += s.sent;
         for (k, v) in s.errors {
             *errors.entry(k).or_default() += v;
@@ -250,6 +268,10 @@ async fn main() -> anyhow::Result<()> {
         "lost        {} of {sent} sent in the window were not delivered; errors: {errors:?}",
         sent.saturating_sub(delivered.len())
     );
+    if !refused.is_empty() {
+        println!("refused     {:>9.0} msg/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms", refused.len() as f64 / secs, ms(&refused, 0.5), ms(&refused, 0.95), ms(&refused, 0.99), refused.max() as f64 / 1000.0);
+    }
+    backends.print(accepted.len());
     let hot_path_cpu = usage.print(secs);
     if !delivered.is_empty() {
         println!(
@@ -258,6 +280,109 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Backend requests during the measured window: Redis commands (`INFO commandstats`), DynamoDB
+/// requests and Kafka records (the services' `/metrics`).
+#[derive(Default)]
+struct Backends {
+    counts: Vec<(String, f64)>,
+}
+
+impl Backends {
+    async fn read(args: &Args) -> Self {
+        let mut counts = Vec::new();
+        if let Ok(client) = redis::Client::open(args.redis.as_str()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                for line in info.lines() {
+                    // cmdstat_get:calls=12,usec=…
+                    if let Some((cmd, rest)) = line
+                        .strip_prefix("cmdstat_")
+                        .and_then(|l| l.split_once(':'))
+                    {
+                        let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="));
+                        if let Some(n) = calls.and_then(|n| n.parse::<f64>().ok()) {
+                            counts.push((format!("redis {cmd}"), n));
+                        }
+                    }
+                }
+            }
+        }
+        let ops: Vec<String> = args.ops.split(',').map(str::to_owned).collect();
+        for (metric, label) in [
+            ("connect_dynamodb_requests_total", "dynamodb"),
+            ("connect_gateway_sends_total", "kafka records in (incoming)"),
+            (
+                "connect_messaging_records_out_total",
+                "kafka records out (outgoing)",
+            ),
+        ] {
+            let mut series: HashMap<String, f64> = HashMap::new();
+            for addr in &ops {
+                for (name, v) in scrape(addr, metric).await {
+                    *series.entry(name).or_default() += v;
+                }
+            }
+            for (name, v) in series {
+                counts.push((format!("{label} {name}"), v));
+            }
+        }
+        Self { counts }
+    }
+
+    fn minus(self, before: &Self) -> Self {
+        let old: HashMap<&str, f64> = before
+            .counts
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        let mut counts: Vec<(String, f64)> = self
+            .counts
+            .into_iter()
+            .map(|(k, v)| {
+                let d = v - old.get(k.as_str()).copied().unwrap_or(0.0);
+                (k, d)
+            })
+            .filter(|(_, d)| *d > 0.0)
+            .collect();
+        counts.sort_by(|a, b| a.0.cmp(&b.0));
+        Self { counts }
+    }
+
+    fn print(&self, messages: u64) {
+        if messages == 0 {
+            return;
+        }
+        println!("backend requests per accepted message:");
+        for (name, n) in &self.counts {
+            println!("  {name:<60} {:>8.3}", n / messages as f64);
+        }
+    }
+}
+
+/// The series of `metric` on a service's `/metrics`: (labels, value).
+async fn scrape(addr: &str, metric: &str) -> Vec<(String, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return Vec::new();
+    };
+    let req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = String::new();
+    if s.write_all(req.as_bytes()).await.is_err() || s.read_to_string(&mut body).await.is_err() {
+        return Vec::new();
+    }
+    body.lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            Some((name.trim_start_matches(metric).to_owned(), v.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A short run id so users of different runs never collide.

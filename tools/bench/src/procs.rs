@@ -73,7 +73,7 @@ impl Usage {
         let mut hot_path_cpu = 0.0;
         for ((name, _), (b, a)) in self.procs.iter().zip(self.before.iter().zip(&self.after)) {
             if let (Some((cb, _)), Some((ca, rss))) = (b, a) {
-                if name.starts_with("gateway") || name == "messaging" {
+                if name.starts_with("gateway") || name.starts_with("messaging") {
                     hot_path_cpu += ca - cb;
                 }
                 println!(

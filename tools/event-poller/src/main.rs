@@ -178,6 +178,6 @@ async fn run_kafka(invoker: Invoker, function: &str) -> anyhow::Result<()> {
         info!(records = n, %result, "invoked");
         consumer.commit(&next_offsets);
     }
-    consumer.commit_sync();
+    consumer.close().await;
     Ok(())
 }

@@ -22,6 +22,7 @@ fn send(from: &str, to: &str, id: &str, conn: &str, slot: u32) -> Submission {
             slot,
         }),
         event: None,
+        submitted_ms: 0,
     }
 }
 
@@ -298,6 +299,7 @@ fn group_send(from: &str, id: &str, conn: &str, slot: u32) -> Submission {
             slot,
         }),
         event: None,
+        submitted_ms: 0,
     }
 }
 
@@ -392,4 +394,61 @@ async fn a_membership_change_holds_from_its_event_on() {
         )["event"]["kind"],
         "member_removed"
     );
+}
+
+#[tokio::test]
+async fn sends_that_waited_too_long_are_refused_unprocessed_and_a_retry_goes_through() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "alice", "a1", 0).await;
+    let step = MessagingStep::new(mem.ports()).shed_after_ms(500);
+    let late = Submission {
+        submitted_ms: 10_000,
+        ..send("alice", "bob", "late", "a1", 0)
+    };
+    let fresh = Submission {
+        submitted_ms: 10_400,
+        ..send("alice", "bob", "fresh", "a1", 0)
+    };
+    let report = step.process(vec![late, fresh], 10_600).await.unwrap();
+    assert_eq!((report.shed, report.stored), (1, 1));
+    let replies: Vec<serde_json::Value> = mem
+        .take_published()
+        .iter()
+        .filter_map(|d| d.reply.as_ref().map(|r| frame(&r.frame)))
+        .collect();
+    let late_reply = replies.iter().find(|f| f["id"] == "late").unwrap();
+    assert_eq!(
+        (late_reply["type"].as_str(), late_reply["code"].as_str()),
+        (Some("error"), Some("unavailable"))
+    );
+    let fresh_reply = replies.iter().find(|f| f["id"] == "fresh").unwrap();
+    assert_eq!(
+        (fresh_reply["type"].as_str(), fresh_reply["seq"].as_u64()),
+        (Some("accepted"), Some(1))
+    );
+    // Nothing of the shed send was stored or remembered: its retry is a new message (seq 2).
+    let retry = Submission {
+        submitted_ms: 11_000,
+        ..send("alice", "bob", "late", "a1", 0)
+    };
+    let report = step.process(vec![retry], 11_100).await.unwrap();
+    assert_eq!((report.shed, report.stored), (0, 1));
+    // A send accepted before is answered with its seq however late (a replay after a crash).
+    let replay = Submission {
+        submitted_ms: 1,
+        ..send("alice", "bob", "fresh", "a1", 0)
+    };
+    let report = step.process(vec![replay], 99_999).await.unwrap();
+    assert_eq!((report.shed, report.duplicates), (0, 1));
+    // System messages are never shed.
+    let event = Submission {
+        event: Some(connect_protocol::GroupEvent {
+            kind: "member_added".into(),
+            user: Some("bob".into()),
+        }),
+        reply: None,
+        submitted_ms: 1,
+        ..send("alice", "bob", "ev", "a1", 0)
+    };
+    assert_eq!(step.process(vec![event], 99_999).await.unwrap().shed, 0);
 }

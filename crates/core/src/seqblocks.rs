@@ -1,0 +1,207 @@
+//! Sequence blocks: messaging reserves seqs ahead for busy conversations, so a conversation
+//! that carries many messages costs one atomic add per block instead of one per batch.
+//!
+//! Only the messaging process that owns a conversation's partition allocates for it, so the
+//! seqs it reserved are its own to hand out in order. A block grows (doubling, up to
+//! `max_block`) while the conversation uses its blocks up within [`BUSY`], and shrinks back when
+//! it does not; a quiet conversation reserves exactly what it needs. Unused seqs are given back
+//! ([`SequenceBlocks::give_back_all`]) before the process loses its partitions (rebalance,
+//! shutdown), with a conditional write that succeeds only if nobody allocated after the block:
+//! the next owner continues without a gap. A crash leaves at most one block's remainder as a gap,
+//! never a reuse (every reservation is the allocator's atomic add).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use tracing::{info, warn};
+
+use connect_protocol::ConversationId;
+
+use crate::ports::SequenceAllocator;
+use crate::PortError;
+
+/// A block used up within this long makes the next one twice as large.
+pub const BUSY: Duration = Duration::from_secs(1);
+/// A block that lasted longer than this makes the next one half as large.
+pub const QUIET: Duration = Duration::from_secs(10);
+
+/// The seqs a conversation has reserved and not handed out yet: `next..=last`.
+#[derive(Debug, Clone)]
+struct Block {
+    next: u64,
+    last: u64,
+    /// Seqs reserved beyond what was asked for, next time.
+    ahead: u64,
+    reserved_at: Instant,
+}
+
+impl Block {
+    fn left(&self) -> u64 {
+        (self.last + 1).saturating_sub(self.next)
+    }
+}
+
+/// A [`SequenceAllocator`] that reserves blocks from another one (see the module docs).
+pub struct SequenceBlocks {
+    inner: Arc<dyn SequenceAllocator>,
+    blocks: Mutex<HashMap<ConversationId, Block>>,
+    max_block: u64,
+    max_conversations: usize,
+}
+
+/// A request the block cannot cover: `n + ahead` are reserved anew. When the new range starts
+/// right after the old block, the old block's rest is handed out first (and the extra joins the
+/// block); otherwise (someone else allocated meanwhile) the rest is skipped.
+struct Shortfall {
+    index: usize,
+    held: Option<(u64, u64)>,
+    ahead: u64,
+}
+
+impl SequenceBlocks {
+    /// `max_block`: most seqs reserved ahead per conversation (0: none, exact allocation);
+    /// `max_conversations`: conversations that may hold a block at once (others allocate
+    /// exactly).
+    pub fn new(
+        inner: Arc<dyn SequenceAllocator>,
+        max_block: u64,
+        max_conversations: usize,
+    ) -> Self {
+        Self {
+            inner,
+            blocks: Mutex::new(HashMap::new()),
+            max_block,
+            max_conversations,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConversationId, Block>> {
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How far ahead to reserve after `old` ran out now.
+    fn next_ahead(&self, old: Option<&Block>, now: Instant) -> u64 {
+        let Some(old) = old.filter(|_| self.max_block > 0) else {
+            return 0;
+        };
+        let lasted = now.duration_since(old.reserved_at);
+        if lasted < BUSY {
+            (old.ahead * 2).clamp(1, self.max_block)
+        } else if lasted > QUIET {
+            old.ahead / 2
+        } else {
+            old.ahead.min(self.max_block)
+        }
+    }
+
+    /// Gives every unused seq back to the inner allocator (before partitions move or the process
+    /// stops); returns how many conversations gave some back.
+    pub async fn give_back_all(&self) -> usize {
+        let blocks: Vec<(ConversationId, Block)> = self.lock().drain().collect();
+        let unused: Vec<_> = blocks.into_iter().filter(|(_, b)| b.left() > 0).collect();
+        let results = join_all(
+            unused
+                .iter()
+                .map(|(c, b)| self.inner.give_back(c, b.next, b.last)),
+        )
+        .await;
+        let mut given = 0;
+        for ((c, b), r) in unused.iter().zip(results) {
+            match r {
+                Ok(true) => given += 1,
+                Ok(false) => {
+                    info!(conversation = %c, from = b.next, to = b.last, "seqs not given back: allocated past them")
+                }
+                Err(e) => {
+                    warn!(cause = %e, conversation = %c, "giving seqs back failed; they become a gap")
+                }
+            }
+        }
+        given
+    }
+}
+
+#[async_trait]
+impl SequenceAllocator for SequenceBlocks {
+    async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>> {
+        let now = Instant::now();
+        let mut out: Vec<Option<Result<u64, PortError>>> = vec![None; requests.len()];
+        let mut short: Vec<Shortfall> = Vec::new();
+        {
+            let mut blocks = self.lock();
+            for (i, (c, n)) in requests.iter().enumerate() {
+                let full = blocks.len() >= self.max_conversations;
+                match blocks.get_mut(c) {
+                    Some(b) if b.left() >= *n => {
+                        out[i] = Some(Ok(b.next));
+                        b.next += n;
+                    }
+                    old => {
+                        let ahead = match old.as_deref() {
+                            None if full => 0,
+                            old => self.next_ahead(old, now),
+                        };
+                        let held = old.filter(|b| b.left() > 0).map(|b| (b.next, b.last));
+                        short.push(Shortfall {
+                            index: i,
+                            held,
+                            ahead,
+                        });
+                    }
+                }
+            }
+        }
+        if short.is_empty() {
+            return out.into_iter().map(|r| r.expect("answered")).collect();
+        }
+        let asks: Vec<(ConversationId, u64)> = short
+            .iter()
+            .map(|s| (requests[s.index].0.clone(), requests[s.index].1 + s.ahead))
+            .collect();
+        let got = self.inner.allocate(&asks).await;
+        let mut blocks = self.lock();
+        for (s, result) in short.into_iter().zip(got) {
+            let (conversation, n) = &requests[s.index];
+            out[s.index] = Some(result.map(|first| {
+                let last = first + n + s.ahead - 1;
+                let start = match s.held {
+                    Some((from, held_last)) if held_last + 1 == first => from,
+                    Some((from, held_last)) => {
+                        warn!(%conversation, from, held_last, "seqs skipped: allocated elsewhere meanwhile");
+                        first
+                    }
+                    None => first,
+                };
+                let block = Block {
+                    next: start + n,
+                    last,
+                    ahead: s.ahead,
+                    reserved_at: now,
+                };
+                // Kept while there is room, to size the next block; always kept while it holds
+                // seqs.
+                let room = blocks.len() < self.max_conversations || blocks.contains_key(conversation);
+                if block.left() > 0 || room {
+                    blocks.insert(conversation.clone(), block);
+                }
+                start
+            }));
+        }
+        out.into_iter().map(|r| r.expect("answered")).collect()
+    }
+
+    async fn give_back(
+        &self,
+        conversation: &ConversationId,
+        from: u64,
+        last: u64,
+    ) -> Result<bool, PortError> {
+        self.inner.give_back(conversation, from, last).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
