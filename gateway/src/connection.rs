@@ -25,7 +25,7 @@ use connect_core::model::{OfflineEntry, ReplyTo, Session, UserConnected};
 use connect_core::PortError;
 use connect_protocol::{ErrorCode, FrameError, ServerFrame, UserId};
 
-use crate::hub::{ConnInfo, Out};
+use crate::hub::{ConnInfo, Held, Out};
 use crate::rate::TokenBucket;
 use crate::state::Gateway;
 
@@ -195,11 +195,12 @@ where
     fn hold(&mut self, out: Out) -> Option<Utf8Bytes> {
         match out {
             Out::Frame(frame) => Some(frame),
-            Out::Message {
-                frame,
-                conversation,
-                seq,
-            } => {
+            Out::Message(held) => {
+                let Held {
+                    frame,
+                    conversation,
+                    seq,
+                } = *held;
                 let held = self.unacked.entry(conversation).or_default();
                 if held.insert(seq, frame.clone()).is_none() {
                     self.unacked_count += 1;

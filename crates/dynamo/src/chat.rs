@@ -64,16 +64,7 @@ impl ChatStore for DynamoChatStore {
             .expression_attribute_names("#c", "conversation")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
-        }
+        crate::written(result)
     }
 }
 

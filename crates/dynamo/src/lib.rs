@@ -37,6 +37,27 @@ pub(crate) fn requested(op: &'static str) {
     metrics::counter!("connect_dynamodb_requests_total", "op" => op).increment(1);
 }
 
+/// A conditional write's outcome: `true` if it was written, `false` if its condition did not
+/// hold; any other failure is `unavailable`.
+pub(crate) fn written<T, E, R>(
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E, R>>,
+) -> Result<bool, PortError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error().and_then(|s| s.code())
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
+    }
+}
+
 /// BatchWriteItem takes at most 25 puts.
 pub(crate) const BATCH: usize = 25;
 /// Rounds of re-sending unprocessed items before the batch is failed.

@@ -119,15 +119,6 @@ impl SequenceAllocator for DynamoSequences {
             .expression_attribute_values(":region", AttributeValue::S(self.region.clone()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
-        }
+        crate::written(result)
     }
 }

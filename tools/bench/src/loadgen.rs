@@ -265,7 +265,8 @@ async fn main() -> anyhow::Result<()> {
     println!("accepted    {:>9.0} msg/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms", accepted.len() as f64 / secs, ms(&accepted, 0.5), ms(&accepted, 0.95), ms(&accepted, 0.99), accepted.max() as f64 / 1000.0);
     println!("delivered   {:>9.0} msg/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms", delivered.len() as f64 / secs, ms(&delivered, 0.5), ms(&delivered, 0.95), ms(&delivered, 0.99), delivered.max() as f64 / 1000.0);
     println!(
-        "lost        {} of {sent} sent in the window were not delivered; errors: {errors:?}",
+        "lost        {} of {sent} sent in the window were neither delivered nor refused; {} not delivered; errors (whole run): {errors:?}",
+        sent.saturating_sub(delivered.len() + refused.len()),
         sent.saturating_sub(delivered.len())
     );
     if !refused.is_empty() {
