@@ -132,7 +132,17 @@ impl SequenceAllocator for SequenceBlocks {
         let mut short: Vec<Shortfall> = Vec::new();
         {
             let mut blocks = self.lock();
+            let mut named = std::collections::HashSet::new();
             for (i, (c, n)) in requests.iter().enumerate() {
+                if !named.insert(c) {
+                    // Two ranges of one block in one call could not both start where the block
+                    // does; messaging merges a batch's requests per conversation.
+                    out[i] = Some(Err(PortError::rejected(
+                        "sequences",
+                        "a conversation named twice in one allocation",
+                    )));
+                    continue;
+                }
                 let full = blocks.len() >= self.max_conversations;
                 match blocks.get_mut(c) {
                     Some(b) if b.left() >= *n => {

@@ -126,3 +126,14 @@ async fn max_block_zero_is_exact_allocation() {
     }
     assert_eq!(inner.calls.load(Ordering::Relaxed), 10);
 }
+
+#[tokio::test]
+async fn a_conversation_named_twice_in_one_call_is_refused_not_given_overlapping_seqs() {
+    let inner = Arc::new(Counted::default());
+    let blocks = SequenceBlocks::new(inner.clone(), 64, 100);
+    let c = conv("dm:alice:bob");
+    let got = blocks.allocate(&[(c.clone(), 1), (c.clone(), 1)]).await;
+    assert_eq!(got[0].clone().unwrap(), 1);
+    assert!(got[1].is_err());
+    assert_eq!(take(&blocks, &c, 1).await, 2);
+}
