@@ -24,8 +24,8 @@ pub struct Config {
     pub limits: FrameLimits,
     pub max_ws_message_bytes: usize,
     /// `GATEWAY_WS_READ_BUFFER_BYTES`: each connection's WebSocket read buffer, allocated up
-    /// front (the library's default is 128 KiB; chat frames are far smaller, and a large frame
-    /// just takes more reads).
+    /// front (the library's default is 128 KiB; chat frames are far smaller, and the buffer
+    /// grows to a frame's length once its header is read).
     pub ws_read_buffer: usize,
     /// `GATEWAY_WS_WRITE_BUFFER_BYTES`: frames are gathered up to this before a write (a flush
     /// always writes); grown only when used.

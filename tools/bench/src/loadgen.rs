@@ -368,17 +368,22 @@ impl Backends {
 
 /// The series of `metric` on a service's `/metrics`: (labels, value).
 async fn scrape(addr: &str, metric: &str) -> Vec<(String, f64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let Ok(uri) = format!("http://{addr}/metrics").parse::<http::Uri>() else {
         return Vec::new();
     };
-    let req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    let mut body = String::new();
-    if s.write_all(req.as_bytes()).await.is_err() || s.read_to_string(&mut body).await.is_err() {
+    let Ok(res) = client.get(uri).await else {
         return Vec::new();
-    }
-    body.lines()
-        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+    };
+    let Ok(body) = res.into_body().collect().await else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&body.to_bytes())
+        .lines()
+        .filter(|l| l.starts_with(metric))
         .filter_map(|l| {
             let (name, v) = l.rsplit_once(' ')?;
             Some((name.trim_start_matches(metric).to_owned(), v.parse().ok()?))
