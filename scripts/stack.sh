@@ -199,6 +199,7 @@ start_services() {
   for port in $MESSAGING_OPS_PORTS; do
     start_service "messaging-$port" "$(bin connect-messaging)" "$port" MESSAGING_ADDR="127.0.0.1:$port"
   done
+  wait_group_settled
   start_service local-api "$(bin connect-local-api)" "$LOCAL_API_PORT" LOCAL_API_ADDR="127.0.0.1:$LOCAL_API_PORT"
   # The Lambdas run under `cargo lambda watch` (the Lambda runtime and Invoke APIs, as in AWS),
   # from the binaries just built; the poller feeds offline-delivery from user_connected.
@@ -218,6 +219,30 @@ start_services() {
   # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling).
   start_service group-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_SOURCE_KIND=dynamodb \
     EVENT_FUNCTION=group-events EVENT_SOURCE_TABLE="${GROUP_TABLE:-connect_groups}"
+}
+
+# metric PORT NAME: the sum of a Prometheus metric's series on 127.0.0.1:PORT/metrics.
+metric() {
+  local port=$1 name=$2
+  { exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3; } 2>/dev/null |
+    awk -v n="$name" 'index($0, n) == 1 { s += $NF } END { print s + 0 }'
+}
+
+# The messaging group has settled when every member owns some of incoming_messages' partitions
+# and together they own all (each member's connect_kafka_assigned_partitions): sends before that
+# wait in Kafka and may be shed (MESSAGING_SHED_AFTER_MS), which a first test or user should not meet.
+wait_group_settled() {
+  local want=${INCOMING_PARTITIONS:-8} owned idle n port i
+  for i in $(seq 1 240); do
+    owned=0 idle=0
+    for port in $MESSAGING_OPS_PORTS; do
+      n=$(metric "$port" connect_kafka_assigned_partitions)
+      owned=$((owned + n)); [ "$n" -eq 0 ] && idle=$((idle + 1))
+    done
+    [ "$owned" -eq "$want" ] && { [ "$idle" -eq 0 ] || [ "$(echo $MESSAGING_OPS_PORTS | wc -w)" -gt "$want" ]; } && return 0
+    sleep 0.25
+  done
+  log "the messaging group owns $owned of $want incoming partitions after 60 s (see .local/logs/messaging-*.log)"; return 1
 }
 
 # Every function under functions/ runs under `cargo lambda invoke` with its events/ sample.

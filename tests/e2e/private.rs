@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
-use crate::helpers::http_get;
+use crate::helpers::{http_get, metric};
 
 fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/e2e-… → target/<profile>/<name>
@@ -129,7 +129,30 @@ impl PrivateStack {
             .context("starting connect-messaging")?;
         wait_healthy(&ops, &mut child).await?;
         self.messaging.push((ops.clone(), child));
+        self.wait_settled().await?;
         Ok(ops)
+    }
+
+    /// Waits until the group has settled on the running members: each owns some of the
+    /// slice's partitions (while there are enough to go round) and together they own all. A
+    /// send read by a member that only just got its partitions may have waited past the shed
+    /// limit; tests that count replies start from a settled group.
+    async fn wait_settled(&self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut owned = Vec::new();
+            for (ops, _) in &self.messaging {
+                owned.push(metric(ops, "connect_kafka_assigned_partitions", "").await? as usize);
+            }
+            let every = self.messaging.len() > INCOMING_PARTITIONS || owned.iter().all(|&n| n > 0);
+            if every && owned.iter().sum::<usize>() == INCOMING_PARTITIONS {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("messaging group not settled in 30 s: partitions owned {owned:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Starts another gateway on this slice's topics (it leases the next free slot); returns

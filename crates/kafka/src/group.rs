@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use metrics::gauge;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -46,6 +47,7 @@ struct Gate {
 /// The consumer's context: finishes and commits in-flight work before a revoke completes.
 pub struct GroupContext {
     gate: Arc<Gate>,
+    group: String,
 }
 
 impl ClientContext for GroupContext {}
@@ -82,6 +84,13 @@ impl ConsumerContext for GroupContext {
             .lock()
             .expect("gate lock")
             .extend(partitions(tpl));
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        // What this member owns once the step is done: a group has settled when its members'
+        // figures add up to the topic's partitions (ops dashboards; the tests wait on it).
+        let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        gauge!("connect_kafka_assigned_partitions", "group" => self.group.clone()).set(owned as f64);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
@@ -137,7 +146,10 @@ impl GroupConsumer {
         let consumer: StreamConsumer<GroupContext> = config
             .consumer(group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .create_with_context(GroupContext { gate: gate.clone() })?;
+            .create_with_context(GroupContext {
+                gate: gate.clone(),
+                group: group_id.to_owned(),
+            })?;
         consumer.subscribe(topics)?;
         Ok(Self { consumer, gate })
     }
