@@ -36,15 +36,17 @@ pub struct Config {
     /// Fault injection for the crash test: pause after a batch is stored and published, before
     /// its offsets are committed. Refused in production.
     pub fault_pause_before_commit: Option<Duration>,
+    /// Fault injection: `<conversation>=<times>` fails that many chat-table writes touching the
+    /// conversation, after writing the rest of their batch. Refused in production.
+    pub fault_fail_writes: Option<String>,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let fault: u64 = env::var("MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS", 0)?;
-        if fault > 0 && env::production() {
-            anyhow::bail!(
-                "MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS is a test switch; refused in production"
-            );
+        let fail_writes = env::optional("MESSAGING_FAULT_FAIL_WRITES");
+        if (fault > 0 || fail_writes.is_some()) && env::production() {
+            anyhow::bail!("MESSAGING_FAULT_* settings are test switches; refused in production");
         }
         Ok(Self {
             ops_addr: env::var("MESSAGING_ADDR", "127.0.0.1:8070".parse()?)?,
@@ -66,6 +68,7 @@ impl Config {
             group_cache_ttl: Duration::from_secs(env::var("GROUP_CACHE_TTL_SECS", 60)?),
             group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,
             fault_pause_before_commit: (fault > 0).then(|| Duration::from_millis(fault)),
+            fault_fail_writes: fail_writes,
         })
     }
 }

@@ -84,7 +84,29 @@ pub async fn run(
         }
         let started = Instant::now();
         let n = submissions.len();
-        let prepared = step.prepare(submissions, connect_core::now_ms()).await;
+        let mut prepared = step.prepare(submissions, connect_core::now_ms()).await;
+        // System messages (group events) have no client to retry them: one that failed for a
+        // reason that may pass is prepared again, and the batch is not committed before it is
+        // in (a stop meanwhile leaves the batch uncommitted, for the next owner).
+        let mut backoff = Duration::from_millis(50);
+        while !prepared.retry.is_empty() {
+            counter!("connect_messaging_retried_total").increment(prepared.retry.len() as u64);
+            warn!(
+                count = prepared.retry.len(),
+                "system messages failed on a backend; preparing them again"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            let again = std::mem::take(&mut prepared.retry);
+            prepared.absorb(step.prepare(again, connect_core::now_ms()).await);
+        }
+        if !prepared.retry.is_empty() {
+            info!("stopping with system messages not yet in; this batch stays uncommitted");
+            break;
+        }
         histogram!("connect_messaging_prepare_seconds").record(started.elapsed().as_secs_f64());
         histogram!("connect_messaging_batch_size").record(n as f64);
         consumer.finish().await;

@@ -51,6 +51,17 @@ async fn main() -> anyhow::Result<()> {
         cfg.seq_block_max,
         cfg.seq_block_conversations,
     ));
+    let mut chat: Arc<dyn connect_core::ports::ChatStore> = Arc::new(DynamoChatStore::new(
+        dynamo.clone(),
+        &cfg.tables.chat,
+        cfg.dynamo_concurrency,
+    ));
+    if let Some(spec) = &cfg.fault_fail_writes {
+        tracing::warn!(spec, "fault injection: chat-table writes will fail");
+        chat = Arc::new(
+            connect_core::faults::FailingWrites::parse(chat, spec).map_err(anyhow::Error::msg)?,
+        );
+    }
     let ports = Ports {
         registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
         sequences: sequences.clone(),
@@ -62,11 +73,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.group_cache_ttl,
             cfg.group_cache_max,
         )),
-        chat: Arc::new(DynamoChatStore::new(
-            dynamo,
-            &cfg.tables.chat,
-            cfg.dynamo_concurrency,
-        )),
+        chat,
         dedupe: Arc::new(RedisDedupe::new(redis.clone(), cfg.dedupe_ttl)),
         offline: Arc::new(RedisOffline::new(redis, cfg.offline)),
         deliveries: deliveries.clone(),

@@ -13,3 +13,4 @@ mod offline;
 mod overload;
 mod private;
 mod rebalance;
+mod semantics;

@@ -172,6 +172,25 @@ impl PrivateStack {
         Ok(addr)
     }
 
+    /// Publishes a submission to the slice's `incoming_messages`, as the gateway or the
+    /// group-events function does.
+    pub async fn submit(&self, submission: &connect_core::model::Submission) -> anyhow::Result<()> {
+        use connect_core::ports::SubmissionBus;
+        let var = |name: &str| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .with_context(|| format!("{name} not set for the slice"))
+        };
+        let mut kafka = connect_kafka::KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
+        kafka.brokers = var("KAFKA_BROKERS")?;
+        let producer = kafka.producer().create()?;
+        let bus = connect_kafka::KafkaSubmissionBus::new(producer, var("KAFKA_INCOMING_TOPIC")?);
+        bus.submit(submission).await?;
+        Ok(())
+    }
+
     /// SIGKILL every messaging process, no goodbye: nothing is flushed or committed.
     pub async fn kill_messaging(&mut self) -> anyhow::Result<()> {
         while !self.messaging.is_empty() {

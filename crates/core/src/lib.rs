@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod env;
 pub mod error;
+pub mod faults;
 pub mod groups;
 pub mod history;
 pub mod inbound;

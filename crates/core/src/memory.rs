@@ -193,6 +193,17 @@ impl ChatStore for Memory {
         map.insert(key, message.clone());
         Ok(true)
     }
+
+    async fn get(
+        &self,
+        conversation: &ConversationId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, PortError> {
+        self.check_chat()?;
+        Ok(lock(&self.messages)
+            .get(&(conversation.to_string(), seq))
+            .cloned())
+    }
 }
 
 #[async_trait]
@@ -204,14 +215,6 @@ impl DedupeIndex for Memory {
 
     async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError> {
         lock(&self.accepted).extend(entries.iter().cloned());
-        Ok(())
-    }
-
-    async fn forget(&self, keys: &[DedupeKey]) -> Result<(), PortError> {
-        let mut map = lock(&self.accepted);
-        keys.iter().for_each(|k| {
-            map.remove(k);
-        });
         Ok(())
     }
 }

@@ -68,6 +68,12 @@ pub trait ChatStore: Send + Sync {
     async fn put_batch(&self, messages: &[StoredMessage]) -> Result<(), PortError>;
     /// Stores a message unless its (conversation, seq) exists; true when it wrote.
     async fn put_if_absent(&self, message: &StoredMessage) -> Result<bool, PortError>;
+    /// The message at (conversation, seq), read consistently.
+    async fn get(
+        &self,
+        conversation: &ConversationId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, PortError>;
 }
 
 /// What (sender, client id) was accepted as.
@@ -75,10 +81,9 @@ pub trait ChatStore: Send + Sync {
 pub trait DedupeIndex: Send + Sync {
     /// The acceptance remembered for each key (same order as `keys`), in one round trip.
     async fn get(&self, keys: &[DedupeKey]) -> Result<Vec<Option<Acceptance>>, PortError>;
-    /// Remembers acceptances; written before the messages are stored.
+    /// Remembers acceptances; written before the messages are stored, and kept when a store
+    /// fails (the retry answers the original seq and writes what is missing).
     async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError>;
-    /// Forgets keys whose messages could not be stored.
-    async fn forget(&self, keys: &[DedupeKey]) -> Result<(), PortError>;
 }
 
 /// Messages kept per user until acked (Redis, region-local).

@@ -66,6 +66,26 @@ impl ChatStore for DynamoChatStore {
             .await;
         crate::written(result)
     }
+
+    async fn get(
+        &self,
+        conversation: &connect_protocol::ConversationId,
+        seq: u64,
+    ) -> Result<Option<StoredMessage>, PortError> {
+        use aws_sdk_dynamodb::types::AttributeValue;
+        crate::requested("GetItem");
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("conversation", AttributeValue::S(conversation.to_string()))
+            .key("seq", AttributeValue::N(seq.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        Ok(out.item().and_then(crate::item::from_item))
+    }
 }
 
 #[async_trait]

@@ -90,7 +90,8 @@ impl ConsumerContext for GroupContext {
         // What this member owns once the step is done: a group has settled when its members'
         // figures add up to the topic's partitions (ops dashboards; the tests wait on it).
         let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        gauge!("connect_kafka_assigned_partitions", "group" => self.group.clone()).set(owned as f64);
+        gauge!("connect_kafka_assigned_partitions", "group" => self.group.clone())
+            .set(owned as f64);
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {

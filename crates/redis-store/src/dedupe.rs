@@ -77,19 +77,6 @@ impl DedupeIndex for RedisDedupe {
             .await
             .map_err(unavailable)
     }
-
-    async fn forget(&self, keys: &[DedupeKey]) -> Result<(), PortError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        keys.iter().for_each(|k| {
-            pipe.del(key(k)).ignore();
-        });
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use connect_protocol::{ClientMsgId, ConversationId, UserId};
 
 use super::*;
 use crate::memory::Memory;
-use crate::model::{Session, SessionRoute, Submission};
+use crate::model::{Acceptance, Session, SessionRoute, Submission};
 use crate::ports::{DedupeIndex, SessionRegistry};
 
 fn user(s: &str) -> UserId {
@@ -172,7 +172,7 @@ async fn a_replay_after_a_crash_between_remember_and_write_stores_the_original_s
 }
 
 #[tokio::test]
-async fn a_store_failure_answers_unavailable_and_leaves_nothing_behind() {
+async fn a_store_failure_answers_unavailable_and_the_retry_gets_the_original_seq() {
     let mem = Arc::new(Memory::default());
     let step = MessagingStep::new(mem.ports());
     mem.set_chat_down(true);
@@ -192,19 +192,145 @@ async fn a_store_failure_answers_unavailable_and_leaves_nothing_behind() {
         (Some("error"), Some("unavailable"), Some("m1"))
     );
     assert!(mem.stored().is_empty());
-    assert!(
-        mem.accepted.lock().unwrap().is_empty(),
-        "acceptance must be forgotten"
-    );
     mem.set_chat_down(false);
     step.process(vec![send("alice", "bob", "m1", "a1", 0)], 2)
         .await
         .unwrap();
+    let stored = mem.stored();
     assert_eq!(
-        mem.stored().len(),
-        1,
-        "the retry with the same id is stored once"
+        stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![1],
+        "the retry with the same id is stored once, under the seq its first try was given"
     );
+    let accepted = accepted_frames(&mem);
+    assert_eq!(accepted[0]["seq"], 1);
+}
+
+fn accepted_frames(mem: &Memory) -> Vec<serde_json::Value> {
+    mem.take_published()
+        .into_iter()
+        .filter_map(|d| d.reply)
+        .map(|r| frame(&r.frame))
+        .filter(|f| f["type"] == "accepted")
+        .collect()
+}
+
+#[tokio::test]
+async fn a_partly_failed_batch_write_leaves_no_duplicate_and_no_gap() {
+    let mem = Arc::new(Memory::default());
+    let mut ports = mem.ports();
+    // The write of carol's conversation fails once, after the rest of the batch has landed.
+    let carol = ConversationId::direct(&user("alice"), &user("carol")).unwrap();
+    ports.chat = Arc::new(crate::faults::FailingWrites::new(
+        mem.clone(),
+        carol.to_string(),
+        1,
+    ));
+    let step = MessagingStep::new(ports);
+    let batch = || {
+        vec![
+            send("alice", "bob", "m1", "a1", 0),
+            send("alice", "carol", "m2", "a1", 0),
+        ]
+    };
+    let report = step.process(batch(), 1).await.unwrap();
+    assert_eq!((report.stored, report.unavailable), (0, 2));
+    assert_eq!(mem.stored().len(), 1, "bob's message landed");
+    mem.take_published();
+    // Both senders retry with the same ids.
+    step.process(batch(), 2).await.unwrap();
+    let stored: Vec<_> = mem
+        .stored()
+        .iter()
+        .map(|m| (m.conversation.to_string(), m.seq, m.id.to_string()))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("dm:alice:bob".to_owned(), 1, "m1".to_owned()),
+            ("dm:alice:carol".to_owned(), 1, "m2".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_client_id_reused_for_another_conversation_answers_the_original_and_stores_nothing() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "bob", "b1", 0).await;
+    online(&mem, "carol", "c1", 1).await;
+    let step = MessagingStep::new(mem.ports());
+    step.process(vec![send("alice", "bob", "m1", "a1", 0)], 5)
+        .await
+        .unwrap();
+    mem.take_published();
+    let mut reuse = send("alice", "carol", "m1", "a1", 0);
+    reuse.body = "something else".into();
+    let report = step.process(vec![reuse], 9).await.unwrap();
+    assert_eq!((report.stored, report.duplicates), (0, 1));
+    let out = mem.take_published();
+    assert!(
+        out.iter()
+            .all(|d| d.recipients.is_empty() && d.message.is_none()),
+        "nothing delivered: {out:?}"
+    );
+    let answer = frame(&out[0].reply.as_ref().unwrap().frame);
+    assert_eq!(
+        (&answer["conversation"], &answer["seq"], &answer["ts"]),
+        (
+            &serde_json::json!("dm:alice:bob"),
+            &serde_json::json!(1),
+            &serde_json::json!(5)
+        )
+    );
+    let stored = mem.stored();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].body, "body of m1");
+}
+
+#[tokio::test]
+async fn a_repeat_in_the_same_conversation_delivers_the_stored_body_not_its_own() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "bob", "b1", 0).await;
+    let step = MessagingStep::new(mem.ports());
+    step.process(vec![send("alice", "bob", "m1", "a1", 0)], 5)
+        .await
+        .unwrap();
+    mem.take_published();
+    let mut again = send("alice", "bob", "m1", "a1", 0);
+    again.body = "edited".into();
+    step.process(vec![again], 9).await.unwrap();
+    let bodies: Vec<_> = mem
+        .take_published()
+        .into_iter()
+        .filter_map(|d| d.message)
+        .map(|m| frame(&m.frame)["body"].clone())
+        .collect();
+    assert_eq!(bodies, vec!["body of m1"]);
+    assert_eq!(mem.stored()[0].body, "body of m1");
+}
+
+#[tokio::test]
+async fn a_system_message_whose_store_fails_is_handed_back_then_delivered() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "bob", "b1", 0).await;
+    let step = MessagingStep::new(mem.ports());
+    let mut event = send("alice", "bob", "ev1", "a1", 0);
+    event.reply = None;
+    mem.set_chat_down(true);
+    let first = step.prepare(vec![event.clone()], 1).await;
+    assert_eq!(first.retry.len(), 1, "handed back, not dropped");
+    assert_eq!(first.report.retried, 1);
+    assert!(first.deliveries.is_empty());
+    mem.set_chat_down(false);
+    let mut prepared = first;
+    let retry = std::mem::take(&mut prepared.retry);
+    prepared.absorb(step.prepare(retry, 2).await);
+    assert!(prepared.retry.is_empty());
+    // Remembered on the first try: the second answers that seq and writes the message.
+    assert_eq!(mem.stored().len(), 1);
+    assert_eq!(mem.stored()[0].seq, 1);
+    assert_eq!(prepared.deliveries.len(), 1);
+    assert_eq!(prepared.deliveries[0].recipients, vec![user("bob")]);
 }
 
 #[tokio::test]

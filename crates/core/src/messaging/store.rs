@@ -1,0 +1,258 @@
+//! Sequencing and storing: fresh submissions get seqs and are written; submissions accepted
+//! before are answered with what was stored for them.
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use tracing::warn;
+
+use connect_protocol::{ConversationId, GroupId};
+
+use super::{Accepted, Failure, MessagingStep, Outcome};
+use crate::model::{Acceptance, DedupeKey, StoredMessage, Submission};
+use crate::PortError;
+
+const STORE_DOWN: &str = "storage unavailable; retry with the same id";
+
+/// The message a fresh submission becomes under `acceptance`.
+fn message_of(sub: &Submission, acceptance: &Acceptance) -> StoredMessage {
+    StoredMessage {
+        conversation: acceptance.conversation.clone(),
+        seq: acceptance.seq,
+        from: sub.sender.clone(),
+        id: sub.id.clone(),
+        body: sub.body.clone(),
+        ts: acceptance.ts,
+        event: sub.event.clone(),
+    }
+}
+
+impl MessagingStep {
+    /// Fresh submissions (no acceptance remembered, authorized): shed the stale ones, allocate,
+    /// remember, store. A repeat of a key earlier in the batch gets that message's answer.
+    pub(super) async fn sequence_and_store(
+        &self,
+        candidates: Vec<Submission>,
+        now_ms: u64,
+        out: &mut Outcome,
+    ) {
+        let mut fresh: Vec<Submission> = Vec::new();
+        let mut first_of: HashMap<DedupeKey, usize> = HashMap::new();
+        let mut repeats: Vec<(Submission, usize)> = Vec::new();
+        for sub in candidates {
+            let key = sub.dedupe_key();
+            if self.stale(&sub, now_ms) {
+                out.report.shed += 1;
+                out.fail(
+                    &sub,
+                    Failure::Refused(
+                        connect_protocol::ErrorCode::Unavailable,
+                        "overloaded; retry with the same id",
+                    ),
+                );
+            } else if let Some(&i) = first_of.get(&key) {
+                repeats.push((sub, i));
+            } else {
+                first_of.insert(key, fresh.len());
+                fresh.push(sub);
+            }
+        }
+        out.report.duplicates += repeats.len();
+        let stored = self.store_fresh(&fresh, now_ms, out).await;
+        for (sub, i) in repeats {
+            match &stored[i] {
+                Ok(message) => out.accepted.push(Accepted {
+                    message: message.clone(),
+                    reply: sub.reply,
+                    fan_out: false,
+                }),
+                Err(e) => out.fail(&sub, Failure::Backend(e.clone(), STORE_DOWN)),
+            }
+        }
+    }
+
+    /// Allocates and stores fresh submissions; returns the stored message of each.
+    async fn store_fresh(
+        &self,
+        fresh: &[Submission],
+        now_ms: u64,
+        out: &mut Outcome,
+    ) -> Vec<Result<StoredMessage, PortError>> {
+        if fresh.is_empty() {
+            return Vec::new();
+        }
+        let mut order: Vec<(ConversationId, u64)> = Vec::new();
+        let mut slot_of: HashMap<&ConversationId, usize> = HashMap::new();
+        for sub in fresh {
+            let i = *slot_of.entry(&sub.conversation).or_insert_with(|| {
+                order.push((sub.conversation.clone(), 0));
+                order.len() - 1
+            });
+            order[i].1 += 1;
+        }
+        let mut next: Vec<Result<u64, PortError>> = self.ports.sequences.allocate(&order).await;
+        for (e, (conversation, _)) in next.iter().zip(&order) {
+            if let Err(e) = e {
+                warn!(cause = %e, %conversation, "sequence allocation failed");
+            }
+        }
+        let mut messages: Vec<Result<StoredMessage, PortError>> = fresh
+            .iter()
+            .map(|sub| match &mut next[slot_of[&sub.conversation]] {
+                Ok(seq) => {
+                    let acceptance = Acceptance {
+                        conversation: sub.conversation.clone(),
+                        seq: *seq,
+                        ts: now_ms,
+                    };
+                    *seq += 1;
+                    Ok(message_of(sub, &acceptance))
+                }
+                Err(e) => Err(e.clone()),
+            })
+            .collect();
+
+        let to_store: Vec<StoredMessage> = messages.iter().flatten().cloned().collect();
+        if let Err(e) = self.persist(&to_store).await {
+            warn!(cause = %e, count = to_store.len(), "storing the batch failed; answering unavailable");
+            for m in messages.iter_mut().filter(|m| m.is_ok()) {
+                *m = Err(e.clone());
+            }
+        }
+        for (sub, message) in fresh.iter().zip(&messages) {
+            match message {
+                Ok(m) => {
+                    out.report.stored += 1;
+                    out.accepted.push(Accepted {
+                        message: m.clone(),
+                        reply: sub.reply.clone(),
+                        fan_out: true,
+                    });
+                }
+                Err(e) => out.fail(sub, Failure::Backend(e.clone(), STORE_DOWN)),
+            }
+        }
+        messages
+    }
+
+    /// Remembers the acceptances, then writes the messages. A failed write keeps the
+    /// acceptances: part of the batch may have landed, and a retry of any of its messages must
+    /// answer the seq it was given and write only what is missing (never a second copy).
+    async fn persist(&self, messages: &[StoredMessage]) -> Result<(), PortError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                let key = DedupeKey {
+                    sender: m.from.clone(),
+                    id: m.id.clone(),
+                };
+                let acceptance = Acceptance {
+                    conversation: m.conversation.clone(),
+                    seq: m.seq,
+                    ts: m.ts,
+                };
+                (key, acceptance)
+            })
+            .collect();
+        self.ports.dedupe.remember(&entries).await?;
+        self.ports.chat.put_batch(messages).await
+    }
+
+    /// Submissions whose (sender, id) was accepted before: a retry, or a batch replayed after a
+    /// crash. The answer is the original conversation and seq, whatever the repeat names. The
+    /// stored message is delivered again (at least once); one that is missing (a crash or a
+    /// failed write between remembering and storing) is written now from the repeat, if it is
+    /// for the same conversation. A repeat naming another conversation stores and delivers
+    /// nothing.
+    pub(super) async fn answer_earlier(
+        &self,
+        earlier: Vec<(Submission, Acceptance)>,
+        view: &mut HashMap<GroupId, crate::groups::Members>,
+        out: &mut Outcome,
+    ) {
+        out.report.duplicates += earlier.len();
+        let found = join_all(
+            earlier
+                .iter()
+                .map(|(_, a)| self.ports.chat.get(&a.conversation, a.seq)),
+        )
+        .await;
+        let mut missing = Vec::new();
+        for ((sub, acceptance), found) in earlier.into_iter().zip(found) {
+            let same = sub.conversation == acceptance.conversation;
+            match found {
+                Err(e) => out.fail(&sub, Failure::Backend(e, STORE_DOWN)),
+                Ok(Some(stored)) => self.answer(sub, stored, same, view, out).await,
+                Ok(None) if same => missing.push((message_of(&sub, &acceptance), sub)),
+                // Its own conversation's copy is on its way (a replay writes it): answer only.
+                Ok(None) => {
+                    let mut message = message_of(&sub, &acceptance);
+                    message.body.clear();
+                    message.event = None;
+                    self.answer(sub, message, false, view, out).await;
+                }
+            }
+        }
+        let written = join_all(
+            missing
+                .iter()
+                .map(|(m, _)| self.ports.chat.put_if_absent(m)),
+        )
+        .await;
+        for ((message, sub), written) in missing.into_iter().zip(written) {
+            match written {
+                Ok(true) => self.answer(sub, message, true, view, out).await,
+                // Written meanwhile (a replay of the original): answer with that copy.
+                Ok(false) => match self
+                    .ports
+                    .chat
+                    .get(&message.conversation, message.seq)
+                    .await
+                {
+                    Ok(Some(stored)) => self.answer(sub, stored, true, view, out).await,
+                    Ok(None) => out.fail(
+                        &sub,
+                        Failure::Backend(
+                            PortError::unavailable("chat", "message vanished"),
+                            STORE_DOWN,
+                        ),
+                    ),
+                    Err(e) => out.fail(&sub, Failure::Backend(e, STORE_DOWN)),
+                },
+                Err(e) => {
+                    warn!(cause = %e, "re-storing a remembered message failed");
+                    out.fail(&sub, Failure::Backend(e, STORE_DOWN));
+                }
+            }
+        }
+    }
+
+    /// Answers a repeat with `message` and, with `fan_out`, delivers it again to its audience
+    /// (as it is now; a sender no longer allowed gets the answer only).
+    async fn answer(
+        &self,
+        sub: Submission,
+        message: StoredMessage,
+        fan_out: bool,
+        view: &mut HashMap<GroupId, crate::groups::Members>,
+        out: &mut Outcome,
+    ) {
+        let mut fan_out = fan_out && message.from == sub.sender && message.id == sub.id;
+        if fan_out {
+            match self.audience(&sub, view).await {
+                Ok(audience) => {
+                    out.audience.entry(sub.dedupe_key()).or_insert(audience);
+                }
+                Err(_) => fan_out = false,
+            }
+        }
+        out.accepted.push(Accepted {
+            message,
+            reply: sub.reply,
+            fan_out,
+        });
+    }
+}

@@ -1,0 +1,188 @@
+//! Exact delivery semantics (issue 9): a client id is never reused, a partly failed write never
+//! duplicates, a group event is never dropped on a transient failure.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::private::PrivateStack;
+
+async fn create_group(owner: &str, members: &[&str]) -> anyhow::Result<String> {
+    let (status, g) = api_call(
+        "POST",
+        "/v1/groups",
+        Some(owner),
+        &json!({"name": "Semantics", "members": members}).to_string(),
+    )
+    .await?;
+    anyhow::ensure!(status == 201, "create: {status} {g}");
+    Ok(g["group"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The next fresh `message` that is not a group's system message.
+async fn next_chat_message(c: &mut Client) -> anyhow::Result<Value> {
+    loop {
+        let f = c.next_fresh().await?;
+        if f["type"] == "message" && f.get("event").is_none() {
+            return Ok(f);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_id_reused_for_another_conversation_answers_the_original_and_delivers_nothing(
+) -> anyhow::Result<()> {
+    let gw = gateways();
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    // Carol's group: alice is no member, so no system message of it reaches her connection.
+    let group = create_group(&carol, &[]).await?;
+    let mut a = Client::connect(&gw[0], &alice).await?;
+    let mut b = Client::connect(&gw[1], &bob).await?;
+    let mut c = Client::connect(&gw[1], &carol).await?;
+    let seq = a.send_accepted("x1", &bob, "the original").await?;
+    assert_eq!(next_chat_message(&mut b).await?["body"], "the original");
+
+    // The same id to carol, then to the group: the answer is the original conversation and seq.
+    a.send_to("x1", &carol, "not for carol").await?;
+    let again = a.expect("accepted").await?;
+    a.send_raw(
+        &json!({"type":"send","id":"x1","group":group,"body":"not for the group"}).to_string(),
+    )
+    .await?;
+    let third = a.expect("accepted").await?;
+    for answer in [&again, &third] {
+        assert_eq!(
+            (
+                answer["id"].as_str(),
+                answer["conversation"].as_str(),
+                answer["seq"].as_u64()
+            ),
+            (Some("x1"), Some(dm(&alice, &bob).as_str()), Some(seq)),
+            "{answer}"
+        );
+    }
+    // Carol's next message is the one sent after: nothing of x1 reached her.
+    a.send_accepted("x2", &carol, "after").await?;
+    let m = next_chat_message(&mut c).await?;
+    assert_eq!(
+        (m["id"].as_str(), m["body"].as_str()),
+        (Some("x2"), Some("after"))
+    );
+    b.expect_nothing_fresh(Duration::from_millis(300)).await?;
+
+    assert_eq!(
+        stored(&dm(&alice, &bob)).await?,
+        vec![(seq, alice.clone(), "x1".into(), "the original".into())]
+    );
+    assert_eq!(
+        stored(&dm(&alice, &carol)).await?,
+        vec![(1, alice.clone(), "x2".into(), "after".into())]
+    );
+    let in_group = stored(&format!("group:{group}")).await?;
+    assert!(
+        in_group.iter().all(|(_, _, id, _)| id != "x1"),
+        "nothing stored in the group: {in_group:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partly_failed_write_leaves_one_copy_and_the_retry_answers_the_original_seq(
+) -> anyhow::Result<()> {
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let mut stack = PrivateStack::start().await?;
+    // The first write touching alice↔carol fails, after the rest of its batch has landed.
+    let fault = format!("{}=1", dm(&alice, &carol));
+    stack
+        .start_messaging(&[("MESSAGING_FAULT_FAIL_WRITES", fault.as_str())])
+        .await?;
+    let mut a = Client::connect(&stack.gateway, &alice).await?;
+    // Back to back, so that they are likely one batch (either way the contract must hold).
+    a.send_to("p1", &bob, "to bob").await?;
+    a.send_to("p2", &carol, "to carol").await?;
+    let mut seqs = std::collections::BTreeMap::new();
+    let mut retry = Vec::new();
+    for _ in 0..2 {
+        let f = a.next().await?;
+        let id = f["id"].as_str().unwrap_or_default().to_owned();
+        match (f["type"].as_str(), f["code"].as_str()) {
+            (Some("accepted"), _) => {
+                seqs.insert(id, f["seq"].as_u64().unwrap_or_default());
+            }
+            (Some("error"), Some("unavailable")) => retry.push(id),
+            _ => anyhow::bail!("unexpected answer {f}"),
+        }
+    }
+    assert!(
+        retry.contains(&"p2".to_owned()),
+        "the fault fired: {retry:?}"
+    );
+    for id in retry {
+        let (to, body) = if id == "p1" {
+            (&bob, "to bob")
+        } else {
+            (&carol, "to carol")
+        };
+        seqs.insert(id.clone(), a.send_accepted(&id, to, body).await?);
+    }
+    assert_eq!(
+        seqs.into_iter().collect::<Vec<_>>(),
+        vec![("p1".to_owned(), 1), ("p2".to_owned(), 1)],
+        "each retry answers the seq its first try was given"
+    );
+    assert_eq!(
+        stored(&dm(&alice, &bob)).await?,
+        vec![(1, alice.clone(), "p1".into(), "to bob".into())]
+    );
+    assert_eq!(
+        stored(&dm(&alice, &carol)).await?,
+        vec![(1, alice.clone(), "p2".into(), "to carol".into())]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_group_event_whose_write_fails_once_is_delivered_after_the_retry() -> anyhow::Result<()> {
+    let (alice, bob) = (user("alice"), user("bob"));
+    let group = create_group(&alice, &[&bob]).await?;
+    let conversation = format!("group:{group}");
+    let mut stack = PrivateStack::start().await?;
+    let fault = format!("{conversation}=1");
+    let ops = stack
+        .start_messaging(&[("MESSAGING_FAULT_FAIL_WRITES", fault.as_str())])
+        .await?;
+    let mut b = Client::connect(&stack.gateway, &bob).await?;
+    // What the group-events function publishes for a change (here: a rename-free re-add of bob).
+    let event = connect_core::model::Submission {
+        conversation: connect_protocol::ConversationId::parse(&conversation)?,
+        sender: connect_protocol::UserId::parse(&alice)?,
+        id: connect_protocol::ClientMsgId::parse(format!("ev-{}", uuid::Uuid::new_v4().simple()))?,
+        body: String::new(),
+        reply: None,
+        event: Some(connect_protocol::GroupEvent {
+            kind: "member_added".into(),
+            user: Some(bob.clone()),
+        }),
+        submitted_ms: 0,
+    };
+    stack.submit(&event).await?;
+    let m = loop {
+        let f = b.next_fresh().await?;
+        if f["type"] == "message" && f["id"] == event.id.to_string() {
+            break f;
+        }
+    };
+    assert_eq!(m["event"]["kind"], "member_added");
+    assert!(
+        metric(&ops, "connect_messaging_retried_total", "").await? >= 1.0,
+        "the write failed once and was retried"
+    );
+    let copies: Vec<_> = stored(&conversation)
+        .await?
+        .into_iter()
+        .filter(|(_, _, id, _)| *id == event.id.to_string())
+        .collect();
+    assert_eq!(copies.len(), 1, "stored once: {copies:?}");
+    Ok(())
+}
