@@ -186,3 +186,71 @@ async fn a_group_event_whose_write_fails_once_is_delivered_after_the_retry() -> 
     assert_eq!(copies.len(), 1, "stored once: {copies:?}");
     Ok(())
 }
+
+/// The next fresh chat message (not a system message) in `conversation`.
+async fn next_in(c: &mut Client, conversation: &str) -> anyhow::Result<Value> {
+    loop {
+        let m = next_chat_message(c).await?;
+        if m["conversation"] == conversation {
+            return Ok(m);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_membership_change_holds_from_the_admin_answer_on() -> anyhow::Result<()> {
+    let gw = gateways();
+    let (alice, bob, dave) = (user("alice"), user("bob"), user("dave"));
+    let group = create_group(&alice, &[&bob]).await?;
+    let conversation = format!("group:{group}");
+    let mut a = Client::connect(&gw[0], &alice).await?;
+    let mut b = Client::connect(&gw[1], &bob).await?;
+    let mut d = Client::connect(&gw[0], &dave).await?;
+    let send = |id: String, body: String| {
+        json!({"type":"send","id":id,"group":group,"body":body}).to_string()
+    };
+    for round in 0..50 {
+        // Added (200), then a send at once: dave gets it live.
+        let (status, body) = api_call(
+            "POST",
+            &format!("/v1/groups/{group}/members"),
+            Some(&alice),
+            &json!({"user": dave}).to_string(),
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "add: {status} {body}");
+        a.send_raw(&send(format!("in-{round}"), format!("in {round}")))
+            .await?;
+        let m = next_in(&mut d, &conversation).await?;
+        assert_eq!(m["body"], format!("in {round}"), "round {round}: {m}");
+
+        // Removed (204), then a send at once: dave gets nothing of it.
+        let (status, body) = api_call(
+            "DELETE",
+            &format!("/v1/groups/{group}/members/{dave}"),
+            Some(&alice),
+            "",
+        )
+        .await?;
+        anyhow::ensure!(status == 204, "remove: {status} {body}");
+        a.send_raw(&send(format!("out-{round}"), format!("out {round}")))
+            .await?;
+        // Bob, a member, has it (so it has been fanned out) ...
+        loop {
+            let m = next_in(&mut b, &conversation).await?;
+            if m["body"] == format!("out {round}") {
+                break;
+            }
+        }
+        // ... and dave's next chat message is the direct one sent after it, not the group's.
+        a.send_to(&format!("dm-{round}"), &dave, &format!("after {round}"))
+            .await?;
+        let m = next_chat_message(&mut d).await?;
+        assert_eq!(
+            m["body"],
+            format!("after {round}"),
+            "round {round}: a removed member got {m}"
+        );
+    }
+    Ok(())
+}

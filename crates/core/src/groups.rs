@@ -2,6 +2,9 @@
 //! [`GroupStore`]. The caller of `create` is the owner and a member; any member adds; the owner
 //! removes anyone but themselves; a member removes themselves; non-members get 403, a missing
 //! group 404.
+//!
+//! Modules: [`cache`] (messaging's membership view), [`change`] (stream records → system
+//! messages).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -10,6 +13,12 @@ use connect_protocol::{ErrorCode, GroupId, UserId};
 
 use crate::ApiError;
 use crate::PortError;
+
+mod cache;
+mod change;
+
+pub use cache::{Members, MembershipCache};
+pub use change::GroupChange;
 
 /// The longest group name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
@@ -59,6 +68,10 @@ pub trait GroupStore: Send + Sync {
     ) -> Result<bool, PortError>;
     /// The groups `user` is a member of.
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
+    /// Each group's membership version (same order as `groups`; None: no such group), read
+    /// consistently in one round trip. Every member write bumps it in the same transaction, so
+    /// a version read after an admin call answered shows that call's change.
+    async fn versions(&self, groups: &[GroupId]) -> Result<Vec<Option<u64>>, PortError>;
 }
 
 /// `POST /v1/groups` body.
@@ -218,163 +231,6 @@ impl Groups<'_> {
             ));
         }
         Ok(())
-    }
-}
-
-/// Messaging's view of group membership: members per group, cached (bounded, with a TTL as a
-/// safety net) and invalidated when a group's system message passes through messaging, so a
-/// change holds from its own event's seq on.
-pub struct MembershipCache {
-    store: std::sync::Arc<dyn GroupStore>,
-    ttl: std::time::Duration,
-    max: usize,
-    map: std::sync::Mutex<std::collections::HashMap<GroupId, (std::time::Instant, Members)>>,
-}
-
-/// A group's members, sorted (None: no such group).
-pub type Members = Option<std::sync::Arc<[UserId]>>;
-
-impl MembershipCache {
-    pub fn new(
-        store: std::sync::Arc<dyn GroupStore>,
-        ttl: std::time::Duration,
-        max: usize,
-    ) -> Self {
-        Self {
-            store,
-            ttl,
-            max: max.max(1),
-            map: Default::default(),
-        }
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<GroupId, (std::time::Instant, Members)>>
-    {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The members of `group`, from the cache or the store.
-    pub async fn members(&self, group: &GroupId) -> Result<Members, PortError> {
-        if let Some((at, members)) = self.lock().get(group) {
-            if at.elapsed() < self.ttl {
-                return Ok(members.clone());
-            }
-        }
-        let mut members = self.store.members(group).await?;
-        // Sorted, so a membership check is a binary search even in a 10,000-member group.
-        members.sort();
-        // A group always has its owner: no members means no group.
-        let members: Members = (!members.is_empty()).then(|| members.into());
-        let mut map = self.lock();
-        if map.len() >= self.max {
-            // Evict the oldest entry: O(n), rare (only when full).
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(g, _)| g.clone())
-            {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(group.clone(), (std::time::Instant::now(), members.clone()));
-        Ok(members)
-    }
-
-    pub fn invalidate(&self, group: &GroupId) {
-        self.lock().remove(group);
-    }
-}
-
-/// A change to a group, read from the group table's stream; it becomes a system message of
-/// the group's conversation (so it gets a seq like any message, and messaging drops the group
-/// from its membership cache when it passes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupChange {
-    /// The stream record's id: the system message's client id is derived from it, so a record
-    /// delivered twice is one message.
-    pub event_id: String,
-    pub group: GroupId,
-    /// `group_created`, `member_added`, `member_removed`.
-    pub kind: &'static str,
-    /// Who made the change (`from` of the message).
-    pub by: UserId,
-    /// Who was added or removed.
-    pub user: Option<UserId>,
-}
-
-fn attr<'a>(image: &'a serde_json::Value, name: &str) -> Option<&'a str> {
-    image.get(name)?.get("S")?.as_str()
-}
-
-impl GroupChange {
-    /// From a stream record (`INSERT` / `MODIFY` / `REMOVE`, images in DynamoDB JSON). Members
-    /// written with the group are covered by its `group_created`; other records are no change.
-    pub fn from_record(
-        event_id: &str,
-        event_name: &str,
-        new: &serde_json::Value,
-        old: &serde_json::Value,
-    ) -> Option<Self> {
-        let image = if event_name == "REMOVE" { old } else { new };
-        let group = GroupId::parse(attr(image, "group")?).ok()?;
-        let item = attr(image, "item")?;
-        let user = |name| attr(image, name).and_then(|u| UserId::parse(u).ok());
-        let (kind, by, member) = match (event_name, item) {
-            ("INSERT", "meta") => ("group_created", user("owner")?, None),
-            ("INSERT", i) if i.starts_with("m#") => {
-                if image.get("initial").and_then(|v| v.get("BOOL"))
-                    == Some(&serde_json::Value::Bool(true))
-                {
-                    return None;
-                }
-                let member = user("user")?;
-                (
-                    "member_added",
-                    user("by").unwrap_or_else(|| member.clone()),
-                    Some(member),
-                )
-            }
-            ("REMOVE", i) if i.starts_with("m#") => {
-                let member = user("user")?;
-                (
-                    "member_removed",
-                    user("removed_by").unwrap_or_else(|| member.clone()),
-                    Some(member),
-                )
-            }
-            _ => return None,
-        };
-        Some(Self {
-            event_id: event_id.to_owned(),
-            group,
-            kind,
-            by,
-            user: member,
-        })
-    }
-
-    /// The system message for `incoming_messages`.
-    pub fn submission(&self) -> crate::model::Submission {
-        let id: String = format!("ev-{}", self.event_id)
-            .chars()
-            .filter(char::is_ascii_graphic)
-            .take(64)
-            .collect();
-        crate::model::Submission {
-            conversation: connect_protocol::ConversationId::group(self.group.clone()),
-            sender: self.by.clone(),
-            id: connect_protocol::ClientMsgId::parse(id)
-                .unwrap_or_else(|_| connect_protocol::ClientMsgId::parse("ev").expect("static id")),
-            body: String::new(),
-            reply: None,
-            event: Some(connect_protocol::GroupEvent {
-                kind: self.kind.to_owned(),
-                user: self.user.as_ref().map(ToString::to_string),
-            }),
-            submitted_ms: 0,
-        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Memory {
     pub groups: Mutex<BTreeMap<connect_protocol::GroupId, crate::groups::Group>>,
     /// `user_connected` events published.
     pub announced: Mutex<Vec<UserConnected>>,
+    /// Membership versions, bumped by every member write.
+    pub group_versions: Mutex<HashMap<connect_protocol::GroupId, u64>>,
 }
 
 impl Memory {
@@ -386,6 +388,7 @@ impl crate::groups::GroupStore for Memory {
             if !g.members.contains(user) {
                 g.members.push(user.clone());
                 g.members.sort();
+                *lock(&self.group_versions).entry(group.clone()).or_insert(1) += 1;
             }
         }
         Ok(())
@@ -397,11 +400,31 @@ impl crate::groups::GroupStore for Memory {
         user: &UserId,
         _by: &UserId,
     ) -> Result<bool, PortError> {
-        Ok(lock(&self.groups).get_mut(group).is_some_and(|g| {
+        let removed = lock(&self.groups).get_mut(group).is_some_and(|g| {
             let before = g.members.len();
             g.members.retain(|m| m != user);
             g.members.len() < before
-        }))
+        });
+        if removed {
+            *lock(&self.group_versions).entry(group.clone()).or_insert(1) += 1;
+        }
+        Ok(removed)
+    }
+
+    async fn versions(
+        &self,
+        groups: &[connect_protocol::GroupId],
+    ) -> Result<Vec<Option<u64>>, PortError> {
+        let known = lock(&self.groups);
+        let versions = lock(&self.group_versions);
+        Ok(groups
+            .iter()
+            .map(|g| {
+                known
+                    .contains_key(g)
+                    .then(|| versions.get(g).copied().unwrap_or(1))
+            })
+            .collect())
     }
 
     async fn groups_of(

@@ -190,7 +190,6 @@ impl MessagingStep {
     /// batch order) is the caller's, so it can overlap the next batch's preparation.
     pub async fn prepare(&self, batch: Vec<Submission>, now_ms: u64) -> Prepared {
         let mut out = Outcome::default();
-        let mut view = HashMap::new();
         // Dedupe first: a repeat is answered with what it was accepted as, whatever it names now.
         let keys: Vec<_> = batch.iter().map(Submission::dedupe_key).collect();
         match self.ports.dedupe.get(&keys).await {
@@ -204,6 +203,7 @@ impl MessagingStep {
                 }
             }
             Ok(known) => {
+                let mut view = self.current_groups(&batch, &known).await;
                 let mut fresh = Vec::with_capacity(batch.len());
                 let mut earlier = Vec::new();
                 for ((sub, key), known) in batch.into_iter().zip(keys).zip(known) {
@@ -229,6 +229,36 @@ impl MessagingStep {
             deliveries,
             report: out.report,
             retry: out.retry,
+        }
+    }
+
+    /// The members of the groups that the batch's new client sends go to, as of now (one
+    /// consistent version read): a membership change whose admin call has answered holds for
+    /// every message of this batch. If the versions cannot be read, the cached members are
+    /// dropped and each group is read from the store (consistently) when it is needed.
+    async fn current_groups(
+        &self,
+        batch: &[Submission],
+        known: &[Option<crate::model::Acceptance>],
+    ) -> HashMap<connect_protocol::GroupId, crate::groups::Members> {
+        let mut groups: Vec<connect_protocol::GroupId> = batch
+            .iter()
+            .zip(known)
+            .filter(|(sub, known)| known.is_none() && sub.event.is_none())
+            .filter_map(|(sub, _)| match &sub.conversation {
+                connect_protocol::ConversationId::Group(g) => Some(g.clone()),
+                connect_protocol::ConversationId::Direct { .. } => None,
+            })
+            .collect();
+        groups.sort();
+        groups.dedup();
+        match self.ports.groups.current(&groups).await {
+            Ok(view) => view,
+            Err(e) => {
+                warn!(cause = %e, "membership versions unavailable; reading members afresh");
+                groups.iter().for_each(|g| self.ports.groups.invalidate(g));
+                HashMap::new()
+            }
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The group table: key (`group`, `item`); `item` = `meta` (name, owner) or `m#<user>` (one per
 //! member, with `user`). The sparse global index `by_user` (`user`, `group`) lists a user's
-//! groups. Its stream feeds the group-events function.
+//! groups. Its stream feeds the group-events function. The meta item's `version` is the
+//! membership version: every member write bumps it in the same transaction.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
+};
 use aws_sdk_dynamodb::Client;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -131,6 +134,7 @@ impl GroupStore for DynamoGroups {
             .item("item", s(META))
             .item("name", s(&group.name))
             .item("owner", s(group.owner.as_str()))
+            .item("version", AttributeValue::N("1".into()))
             .condition_expression("attribute_not_exists(#g)")
             .expression_attribute_names("#g", "group")
             .send()
@@ -193,25 +197,19 @@ impl GroupStore for DynamoGroups {
         user: &UserId,
         by: &UserId,
     ) -> Result<(), PortError> {
-        let result = self
-            .client
-            .put_item()
+        let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(self.member_item(group, user, by, false)))
             .condition_expression("attribute_not_exists(#i)")
             .expression_attribute_names("#i", "item")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
+            .build()
+            .map_err(unavailable)?;
+        match self
+            .with_version_bump(group, TransactWriteItem::builder().put(put).build())
+            .await?
+        {
             // Already a member: no change, no event.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(err(e)),
+            Written::Yes | Written::ConditionFailed => Ok(()),
         }
     }
 
@@ -245,17 +243,18 @@ impl GroupStore for DynamoGroups {
             }
             Err(e) => return Err(err(e)),
         }
-        let out = self
-            .client
-            .delete_item()
+        let delete = Delete::builder()
             .table_name(&self.table)
             .key("group", s(group.as_str()))
             .key("item", s(member_key(user)))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(err)?;
-        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+            .condition_expression("attribute_exists(#i)")
+            .expression_attribute_names("#i", "item")
+            .build()
+            .map_err(unavailable)?;
+        let deleted = self
+            .with_version_bump(group, TransactWriteItem::builder().delete(delete).build())
+            .await?;
+        Ok(matches!(deleted, Written::Yes))
     }
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError> {
@@ -302,5 +301,122 @@ impl GroupStore for DynamoGroups {
             }
         }
         Ok(groups)
+    }
+
+    async fn versions(&self, groups: &[GroupId]) -> Result<Vec<Option<u64>>, PortError> {
+        let mut found: HashMap<String, u64> = HashMap::new();
+        for chunk in groups.chunks(100) {
+            let keys: Vec<_> = chunk
+                .iter()
+                .map(|g| {
+                    HashMap::from([
+                        ("group".to_owned(), s(g.as_str())),
+                        ("item".to_owned(), s(META)),
+                    ])
+                })
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .projection_expression("#g, #v")
+                    .expression_attribute_names("#g", "group")
+                    .expression_attribute_names("#v", "version")
+                    .build()
+                    .map_err(unavailable)?,
+            );
+            while let Some(req) = request.take() {
+                crate::requested("BatchGetItem");
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, req)
+                    .send()
+                    .await
+                    .map_err(err)?;
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(g) = get(item, "group") {
+                        // Groups written before versions existed count as version 0.
+                        let v = item
+                            .get("version")
+                            .and_then(|v| v.as_n().ok())
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        found.insert(g.to_owned(), v);
+                    }
+                }
+                request = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+            }
+        }
+        Ok(groups
+            .iter()
+            .map(|g| found.get(g.as_str()).copied())
+            .collect())
+    }
+}
+
+/// How a conditional write in a transaction went.
+enum Written {
+    Yes,
+    /// Its condition did not hold (nothing was written, the version not bumped).
+    ConditionFailed,
+}
+
+impl DynamoGroups {
+    /// Writes `member` (a conditional put or delete of a member item) and bumps the group's
+    /// membership version, in one transaction: when the admin call answers, a consistent read
+    /// of the version shows the change.
+    async fn with_version_bump(
+        &self,
+        group: &GroupId,
+        member: TransactWriteItem,
+    ) -> Result<Written, PortError> {
+        let bump = Update::builder()
+            .table_name(&self.table)
+            .key("group", s(group.as_str()))
+            .key("item", s(META))
+            .update_expression("SET #v = if_not_exists(#v, :zero) + :one")
+            .condition_expression("attribute_exists(#g)")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_names("#g", "group")
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .build()
+            .map_err(unavailable)?;
+        crate::requested("TransactWriteItems");
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(member)
+            .transact_items(TransactWriteItem::builder().update(bump).build())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Yes),
+            Err(e) => {
+                let member_condition_failed = e
+                    .as_service_error()
+                    .and_then(|s| match s {
+                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
+                        _ => None,
+                    })
+                    .and_then(|c| c.cancellation_reasons().first())
+                    .and_then(|r| r.code())
+                    == Some("ConditionalCheckFailed");
+                if member_condition_failed {
+                    Ok(Written::ConditionFailed)
+                } else {
+                    Err(err(e))
+                }
+            }
+        }
     }
 }

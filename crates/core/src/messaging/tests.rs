@@ -578,3 +578,40 @@ async fn sends_that_waited_too_long_are_refused_unprocessed_and_a_retry_goes_thr
     };
     assert_eq!(step.process(vec![event], 99_999).await.unwrap().shed, 0);
 }
+
+#[tokio::test]
+async fn a_membership_change_holds_for_the_next_batch_before_its_event_arrives() {
+    use crate::groups::GroupStore;
+    let mem = Arc::new(Memory::default());
+    let id = trip(&mem, &["alice", "bob", "carol"]).await;
+    for (who, conn) in [
+        ("alice", "a1"),
+        ("bob", "b1"),
+        ("carol", "c1"),
+        ("dave", "d1"),
+    ] {
+        online(&mem, who, conn, 0).await;
+    }
+    let step = MessagingStep::new(mem.ports());
+    step.process(vec![group_send("alice", "m1", "a1", 0)], 1)
+        .await
+        .unwrap();
+    mem.take_published();
+    // The admin calls answer (the version is bumped with each write); no event has passed.
+    mem.remove_member(&id, &user("carol"), &user("alice"))
+        .await
+        .unwrap();
+    mem.add_member(&id, &user("dave"), &user("alice"))
+        .await
+        .unwrap();
+    step.process(vec![group_send("alice", "m2", "a1", 0)], 2)
+        .await
+        .unwrap();
+    let recipients: Vec<UserId> = mem
+        .take_published()
+        .into_iter()
+        .flat_map(|d| d.recipients)
+        .collect();
+    assert!(recipients.contains(&user("dave")), "{recipients:?}");
+    assert!(!recipients.contains(&user("carol")), "{recipients:?}");
+}
