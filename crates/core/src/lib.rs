@@ -18,7 +18,7 @@
 //! - [`seqblocks`]: messaging's seq blocks: busy conversations reserve ahead, one atomic add
 //!   per block.
 //! - [`error`]: [`PortError`], retryable or final; [`ApiError`], an HTTP answer with a contract code.
-//! - [`memory`]: in-memory ports for unit tests of the pure logic.
+//! - `memory`: in-memory ports for unit tests of the pure logic (tests and the `memory` feature only).
 
 pub mod auth;
 pub mod env;
@@ -27,6 +27,9 @@ pub mod faults;
 pub mod groups;
 pub mod history;
 pub mod inbound;
+/// In-memory ports for unit tests (this crate's, and others' with the `memory` feature); not
+/// in production builds.
+#[cfg(any(test, feature = "memory"))]
 pub mod memory;
 pub mod messaging;
 pub mod model;
