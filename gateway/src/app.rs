@@ -6,7 +6,7 @@ use anyhow::Context;
 use connect_kafka::rdkafka::consumer::StreamConsumer;
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
 use connect_kafka::{KafkaConnectionEvents, KafkaSubmissionBus};
-use connect_redis::{RedisOffline, RedisRegistry, SlotLease};
+use connect_redis::{RedisLog, RedisRegistry, SlotLease};
 use connect_service::telemetry::PrometheusHandle;
 use metrics::gauge;
 use tokio::net::TcpListener;
@@ -59,7 +59,7 @@ impl Application {
         let ports = GatewayPorts {
             bus,
             registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
-            offline: Arc::new(RedisOffline::new(redis, cfg.offline)),
+            log: Arc::new(RedisLog::new(redis, cfg.offline)),
             events: Arc::new(KafkaConnectionEvents::new(
                 producer.clone(),
                 cfg.topics.user_connected.clone(),

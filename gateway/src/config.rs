@@ -41,7 +41,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// `CONNECT_INTERNAL_TOKEN`: required on `/@connections` calls.
     pub internal_token: String,
-    pub max_unacked: usize,
+    /// `GATEWAY_CATCH_UP_TIMEOUT_MS`: how long a new connection's live messages wait for its
+    /// backlog (the offline-delivery function's `caught_up`) before they go out regardless.
+    pub catch_up_timeout: Duration,
     pub max_post_bytes: usize,
     pub offline: OfflineLimits,
 }
@@ -84,7 +86,7 @@ impl Config {
             slot_ttl: secs("SLOT_LEASE_TTL_SECS", 15)?,
             drain_timeout: secs("GATEWAY_DRAIN_SECS", 10)?,
             internal_token: connect_core::auth::internal_token(env::production())?,
-            max_unacked: env::var("GATEWAY_MAX_UNACKED", 4096)?,
+            catch_up_timeout: Duration::from_millis(env::var("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?),
             max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
         })

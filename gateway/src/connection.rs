@@ -1,9 +1,10 @@
 //! One client connection: a single `select!` over socket reads, the outbound queue, publish
-//! acks, the ping tick and shutdown. Messages written to the client stay held until it acks
-//! them; when the connection ends, what is still held (or still queued) goes back to the
-//! user's offline store.
+//! acks, the ping tick and shutdown. An ack moves the device's cursor: what the device has not
+//! acked comes again on its next connection, from the conversations' logs. Until the device's
+//! backlog has been posted (`caught_up`, or the catch-up timeout), live messages are held back,
+//! so each conversation's backlog comes before its newer live messages.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
 use connect_core::inbound::{handle_text, Inbound};
-use connect_core::model::{OfflineEntry, ReplyTo, Session, UserConnected};
+use connect_core::model::{ReplyTo, Session, UserConnected};
 use connect_core::PortError;
 use connect_protocol::{ErrorCode, FrameError, ServerFrame, UserId};
 
@@ -41,12 +42,16 @@ struct Connection<S> {
     gw: Arc<Gateway>,
     ws: WebSocketStream<S>,
     user: UserId,
+    device: Arc<str>,
     conn: Arc<str>,
     bucket: TokenBucket,
     publishes: FuturesUnordered<Publish>,
-    /// Messages written and not yet acked: conversation → seq → frame.
-    unacked: HashMap<Arc<str>, BTreeMap<u64, Utf8Bytes>>,
-    unacked_count: usize,
+    /// Until the backlog is in (or this deadline): live messages held back, in arrival order.
+    catching_up: Option<tokio::time::Instant>,
+    held_back: Vec<Held>,
+    /// The seqs the backlog gave, per conversation (ascending runs): a live message among them
+    /// is not written again.
+    drained: HashMap<Arc<str>, Vec<(u64, u64)>>,
     /// Set when the loop must end after the current step.
     end: Option<End>,
 }
@@ -58,6 +63,8 @@ fn error_text(code: ErrorCode, message: &str, id: Option<&str>) -> Utf8Bytes {
 /// Who is at the other end, as the upgrade request told.
 pub struct Peer {
     pub user: UserId,
+    /// `?device=`, or the default device.
+    pub device: String,
     pub source_ip: String,
     pub user_agent: String,
 }
@@ -82,11 +89,13 @@ where
         gw: gw.clone(),
         ws,
         user: user.clone(),
+        device: peer.device.into(),
         conn: conn.clone(),
         bucket,
         publishes: FuturesUnordered::new(),
-        unacked: HashMap::new(),
-        unacked_count: 0,
+        catching_up: Some(tokio::time::Instant::now() + gw.cfg.catch_up_timeout),
+        held_back: Vec::new(),
+        drained: HashMap::new(),
         end: None,
     };
     gauge!("connect_gateway_connections").increment(1.0);
@@ -117,16 +126,28 @@ where
     {
         warn!(cause = %e, user = %user, "could not remove the session; it expires with its TTL");
     }
-    let held = c.take_unacked(&mut rx);
-    if !held.is_empty() {
-        match connect_core::offline::park_unacked(gw.park_ports(), held).await {
-            Ok(n) => counter!("connect_gateway_parked_total").increment(n as u64),
-            Err(e) => {
-                warn!(cause = %e, user = %user, "could not park unacked messages; history has them")
-            }
-        }
-    }
     gauge!("connect_gateway_connections").decrement(1.0);
+}
+
+/// The (conversation, seq) of a `message` frame; None for other frames.
+fn message_key(frame: &str) -> Option<(&str, u64)> {
+    #[derive(serde::Deserialize)]
+    struct Key<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        conversation: Option<&'a str>,
+        seq: Option<u64>,
+    }
+    let key: Key<'_> = serde_json::from_str(frame).ok()?;
+    (key.kind == "message").then_some((key.conversation?, key.seq?))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<S> Connection<S>
@@ -161,6 +182,7 @@ where
             gateway: self.gw.cfg.id.clone(),
             endpoint: self.gw.cfg.endpoint.clone(),
             ts: connect_core::now_ms(),
+            device: self.device.to_string(),
         };
         let pending = self.gw.events.connected(&event);
         tokio::spawn(async move {
@@ -171,75 +193,69 @@ where
         });
     }
 
-    /// What the client was given and did not ack, plus what is still queued for it.
-    fn take_unacked(&mut self, outbox: &mut mpsc::Receiver<Out>) -> Vec<OfflineEntry> {
-        outbox.close();
-        while let Ok(out) = outbox.try_recv() {
-            self.hold(out);
-        }
-        let user = &self.user;
-        std::mem::take(&mut self.unacked)
-            .into_iter()
-            .flat_map(|(conversation, held)| {
-                held.into_iter().map(move |(seq, frame)| OfflineEntry {
-                    user: user.clone(),
-                    conversation: conversation.to_string(),
-                    seq,
-                    frame: frame.to_string(),
-                })
-            })
-            .collect()
-    }
-
-    /// Holds a message frame until acked; false for other frames.
-    fn hold(&mut self, out: Out) -> Option<Utf8Bytes> {
+    /// The frames to write for `out` now: a live message waits while the backlog comes (up to
+    /// a queue's worth: beyond that it all goes, rather than grow without bound); a message
+    /// that the backlog or an `accepted` already gave this connection is dropped.
+    fn frames_of(&mut self, out: Out) -> Vec<Utf8Bytes> {
         match out {
-            Out::Frame(frame) => Some(frame),
-            Out::Message(held) => {
-                let Held {
-                    frame,
-                    conversation,
-                    seq,
-                } = *held;
-                let held = self.unacked.entry(conversation).or_default();
-                if held.insert(seq, frame.clone()).is_none() {
-                    self.unacked_count += 1;
+            Out::Frame(frame) => vec![frame],
+            Out::Posted(frame) => {
+                if let Some((conversation, seq)) = message_key(&frame) {
+                    let runs = self.drained.entry(conversation.into()).or_default();
+                    match runs.last_mut() {
+                        Some((_, end)) if *end + 1 == seq => *end = seq,
+                        _ => runs.push((seq, seq)),
+                    }
                 }
-                if self.unacked_count > self.gw.cfg.max_unacked && self.end.is_none() {
-                    counter!("connect_gateway_unacked_overflow_total").increment(1);
-                    self.end = Some(End::Close(
-                        CloseCode::Policy,
-                        "too many unacked messages: ack what you hold",
-                    ));
-                }
-                Some(frame)
+                vec![frame]
             }
+            Out::Message(held) if self.catching_up.is_some() => {
+                self.held_back.push(*held);
+                if self.held_back.len() >= self.gw.cfg.outbound_queue {
+                    counter!("connect_gateway_catch_up_overflow_total").increment(1);
+                    return self.caught_up();
+                }
+                Vec::new()
+            }
+            Out::Message(held) => self.fresh(*held).into_iter().collect(),
+            Out::CaughtUp => self.caught_up(),
             Out::Close => {
                 self.end
                     .get_or_insert(End::Close(CloseCode::Normal, "closed by the server"));
-                None
+                Vec::new()
             }
         }
     }
 
-    /// The client holds `conversation` up to `seq`: forget those here and in the store.
+    /// A live message, unless the backlog had it.
+    fn fresh(&self, held: Held) -> Option<Utf8Bytes> {
+        let drained = self.drained.get(&held.conversation).is_some_and(|runs| {
+            runs.iter()
+                .any(|(start, end)| (*start..=*end).contains(&held.seq))
+        });
+        (!drained).then_some(held.frame)
+    }
+
+    /// The backlog is in (or late): the held-back live messages go out, and later ones directly.
+    fn caught_up(&mut self) -> Vec<Utf8Bytes> {
+        self.catching_up = None;
+        std::mem::take(&mut self.held_back)
+            .into_iter()
+            .filter_map(|held| self.fresh(held))
+            .collect()
+    }
+
+    /// The device holds `conversation` up to `seq`: its cursor moves there.
     fn ack(&mut self, conversation: &str, seq: u64) {
-        if let Some(held) = self.unacked.get_mut(conversation) {
-            let keep = held.split_off(&(seq.saturating_add(1)));
-            self.unacked_count -= held.len();
-            *held = keep;
-            if held.is_empty() {
-                self.unacked.remove(conversation);
-            }
-        }
-        let (offline, user, conversation) = (
-            self.gw.offline.clone(),
+        let (log, user, device, conversation) = (
+            self.gw.log.clone(),
             self.user.clone(),
+            self.device.clone(),
             conversation.to_owned(),
         );
         tokio::spawn(async move {
-            if let Err(e) = offline.ack(&user, &conversation, seq).await {
-                warn!(cause = %e, user = %user, "offline ack failed; the entries may come again");
+            if let Err(e) = log.ack(&user, &device, &conversation, seq).await {
+                warn!(cause = %e, user = %user, "ack failed; those messages may come again");
             }
         });
     }
@@ -258,6 +274,11 @@ where
                 out = outbox.recv() => match out {
                     Some(out) => self.write_queued(out, outbox).await,
                     None => return End::Close(CloseCode::Policy, "slow consumer: outbound queue full"),
+                },
+                () = sleep_until_some(self.catching_up) => {
+                    counter!("connect_gateway_catch_up_timeouts_total").increment(1);
+                    let late = self.caught_up();
+                    self.write_frames(late).await
                 },
                 inbound = self.ws.next() => {
                     last_seen = Instant::now();
@@ -293,20 +314,28 @@ where
         first: Out,
         outbox: &mut mpsc::Receiver<Out>,
     ) -> Result<(), WsError> {
-        let mut n = 0u64;
+        let mut frames = Vec::new();
         let mut next = Some(first);
         while let Some(out) = next {
-            if let Some(frame) = self.hold(out) {
-                self.ws.feed(Message::Text(frame)).await?;
-                n += 1;
-            }
+            frames.extend(self.frames_of(out));
             next = if self.end.is_some() {
                 None
             } else {
                 outbox.try_recv().ok()
             };
         }
-        counter!("connect_gateway_frames_out_total").increment(n);
+        self.write_frames(frames).await
+    }
+
+    /// Writes frames with one flush.
+    async fn write_frames(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), WsError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        counter!("connect_gateway_frames_out_total").increment(frames.len() as u64);
+        for frame in frames {
+            self.ws.feed(Message::Text(frame)).await?;
+        }
         self.ws.flush().await
     }
 

@@ -10,28 +10,7 @@ use connect_kafka::KafkaConfig;
 use metrics::{counter, histogram};
 use tracing::warn;
 
-use connect_core::model::{OfflineEntry, OutboundMessage};
-use connect_protocol::UserId;
-
 use crate::state::Gateway;
-
-/// Recipients the registry placed here but whose connections closed before the record came:
-/// the message goes to their offline stores (their closing connections parked what they held).
-async fn park_for_absent(gw: Arc<Gateway>, message: OutboundMessage, users: Vec<UserId>) {
-    let entries: Vec<OfflineEntry> = users
-        .into_iter()
-        .map(|user| OfflineEntry {
-            user,
-            conversation: message.conversation.clone(),
-            seq: message.seq,
-            frame: message.frame.clone(),
-        })
-        .collect();
-    match connect_core::offline::park_unacked(gw.park_ports(), entries).await {
-        Ok(n) => counter!("connect_gateway_parked_total").increment(n as u64),
-        Err(e) => warn!(cause = %e, "could not park a message; history has it"),
-    }
-}
 
 /// A consumer assigned to `slot` only, starting at its end: records for earlier connections of
 /// this slot are not ours (those connections are gone).
@@ -70,8 +49,7 @@ pub async fn run(consumer: StreamConsumer, gw: Arc<Gateway>) {
             .increment(1);
         match decode_delivery(gw.slot, record.headers(), record.payload()) {
             Ok(delivery) => {
-                let message = delivery.message.clone();
-                if let Some(m) = &message {
+                if let Some(m) = &delivery.message {
                     let now = connect_core::now_ms();
                     histogram!("connect_delivery_latency_seconds")
                         .record(now.saturating_sub(m.ts) as f64 / 1000.0);
@@ -79,9 +57,9 @@ pub async fn run(consumer: StreamConsumer, gw: Arc<Gateway>) {
                 let handed = gw.hub.deliver(delivery);
                 counter!("connect_gateway_deliveries_total").increment(handed.frames as u64);
                 counter!("connect_gateway_slow_consumers_total").increment(handed.evicted as u64);
-                if let (Some(m), false) = (message, handed.absent.is_empty()) {
-                    tokio::spawn(park_for_absent(gw.clone(), m, handed.absent));
-                }
+                // Recipients who left after the registry lookup: their devices' next
+                // connections find the message in the conversation's log.
+                counter!("connect_gateway_absent_total").increment(handed.absent.len() as u64);
             }
             Err(e) => warn!(cause = %e, offset = record.offset(), "skipping undecodable record"),
         }

@@ -2,8 +2,10 @@
 //!
 //! Delivery never blocks: each connection has a bounded queue (`GATEWAY_OUTBOUND_QUEUE`); a
 //! connection whose queue is full is a slow consumer and is evicted (its queue closes, its task
-//! closes the socket). Nothing is lost by that: the connection puts what it was given and was not
-//! acked back into the user's offline store, and history holds every accepted message.
+//! closes the socket). Nothing is lost by that: what its device did not ack comes again on its
+//! next connection, from the conversations' logs (and history holds every accepted message).
+//! Management API posts (a device's backlog) wait for room instead: the backlog is paced by the
+//! connection it is for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +25,13 @@ pub enum Out {
     /// so the variants stay small: every connection's queue allocates a block of 32 slots up
     /// front, and that block is part of what an idle connection costs.
     Message(Box<Held>),
+    /// Data posted through the management API (a device's backlog): a `message` frame among
+    /// them is dropped if the connection already had its (conversation, seq).
+    Posted(Utf8Bytes),
     /// Close the connection (management API `DELETE /@connections/{id}`).
     Close,
+    /// The connection's backlog has been posted: live messages held meanwhile go out now.
+    CaughtUp,
 }
 
 /// A `message` frame with the (conversation, seq) its ack names.
@@ -105,6 +112,21 @@ impl Hub {
         }
         remove_locked(&mut inner, conn);
         false
+    }
+
+    /// Queues `out` to one connection, waiting up to `wait` for room. False if it is not here,
+    /// or if its queue stayed full (then it is evicted).
+    pub async fn post_paced(&self, conn: &str, out: Out, wait: std::time::Duration) -> bool {
+        let Some(outbox) = self.lock().conns.get(conn).map(|e| e.outbox.clone()) else {
+            return false;
+        };
+        match outbox.send_timeout(out, wait).await {
+            Ok(()) => true,
+            Err(_) => {
+                self.remove(conn);
+                false
+            }
+        }
     }
 
     /// Forgets a connection; false if it was not here (already evicted).
@@ -208,7 +230,9 @@ mod tests {
         match out {
             Out::Frame(f) => f.to_string(),
             Out::Message(held) => held.frame.to_string(),
+            Out::Posted(f) => f.to_string(),
             Out::Close => "close".into(),
+            Out::CaughtUp => "caught_up".into(),
         }
     }
 

@@ -100,7 +100,20 @@ async fn post_to_connection(
             "data must be UTF-8 text",
         );
     };
-    if gw.hub.post(&connection, Out::Frame(text)) {
+    // The offline-delivery function's last post: release the live messages held while the
+    // backlog came (not forwarded: it is not a client frame).
+    let out = if text.as_str() == connect_core::offline::CAUGHT_UP {
+        Out::CaughtUp
+    } else {
+        Out::Posted(text)
+    };
+    // A backlog is paced by its connection: a post waits for room in the queue (up to the
+    // catch-up timeout) instead of evicting the connection it is meant for.
+    if gw
+        .hub
+        .post_paced(&connection, out, gw.cfg.catch_up_timeout)
+        .await
+    {
         counter!("connect_gateway_management_calls_total", "result" => "posted").increment(1);
         StatusCode::OK.into_response()
     } else {

@@ -48,10 +48,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn query_token(uri: &Uri) -> Option<&str> {
+fn query_param<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
     uri.query()?
         .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn query_token(uri: &Uri) -> Option<&str> {
+    query_param(uri, "token")
 }
 
 fn header_is(headers: &HeaderMap, name: header::HeaderName, want: &str) -> bool {
@@ -82,6 +86,20 @@ async fn upgrade(
                 &e.to_string(),
             )
         }
+    };
+    // `?device=<id>`: acks and redelivery are per device (same alphabet as a user id).
+    let device = match query_param(req.uri(), "device") {
+        None => connect_core::model::DEFAULT_DEVICE.to_owned(),
+        Some(d) => match connect_protocol::UserId::parse(d) {
+            Ok(d) => d.to_string(),
+            Err(e) => {
+                return http_error(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    &format!("bad device id: {e}"),
+                )
+            }
+        },
     };
     let headers = req.headers();
     let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
@@ -123,6 +141,7 @@ async fn upgrade(
     };
     let peer = connection::Peer {
         user,
+        device,
         source_ip: addr.ip().to_string(),
         user_agent: req
             .headers()

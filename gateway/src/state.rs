@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use connect_core::auth::TokenVerifier;
 use connect_core::model::SessionRoute;
-use connect_core::ports::{ConnectionEvents, OfflineStore, SessionRegistry, SubmissionBus};
+use connect_core::ports::{ConnectionEvents, ConversationLog, SessionRegistry, SubmissionBus};
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -15,7 +15,7 @@ use crate::hub::Hub;
 pub struct GatewayPorts {
     pub bus: Arc<dyn SubmissionBus>,
     pub registry: Arc<dyn SessionRegistry>,
-    pub offline: Arc<dyn OfflineStore>,
+    pub log: Arc<dyn ConversationLog>,
     pub events: Arc<dyn ConnectionEvents>,
 }
 
@@ -27,7 +27,7 @@ pub struct Gateway {
     pub hub: Hub,
     pub bus: Arc<dyn SubmissionBus>,
     pub registry: Arc<dyn SessionRegistry>,
-    pub offline: Arc<dyn OfflineStore>,
+    pub log: Arc<dyn ConversationLog>,
     pub events: Arc<dyn ConnectionEvents>,
     /// Caps open connections (`GATEWAY_MAX_CONNECTIONS`).
     pub permits: Arc<Semaphore>,
@@ -41,7 +41,7 @@ impl Gateway {
         let GatewayPorts {
             bus,
             registry,
-            offline,
+            log,
             events,
         } = ports;
         Self {
@@ -53,7 +53,7 @@ impl Gateway {
             slot,
             bus,
             registry,
-            offline,
+            log,
             events,
             tracker,
         }
@@ -66,15 +66,6 @@ impl Gateway {
             slot: self.slot,
             gateway: self.cfg.id.clone(),
             endpoint: self.cfg.endpoint.clone(),
-        }
-    }
-
-    /// What parking unacked messages needs.
-    pub fn park_ports(&self) -> connect_core::offline::ParkPorts<'_> {
-        connect_core::offline::ParkPorts {
-            offline: &*self.offline,
-            registry: &*self.registry,
-            events: &*self.events,
         }
     }
 

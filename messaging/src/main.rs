@@ -18,7 +18,7 @@ use connect_core::seqblocks::SequenceBlocks;
 use connect_dynamo::{DynamoChatStore, DynamoSequences};
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
 use connect_kafka::KafkaDeliveryBus;
-use connect_redis::{RedisDedupe, RedisOffline, RedisRegistry};
+use connect_redis::{RedisDedupe, RedisLog, RedisRegistry};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         )),
         chat,
         dedupe: Arc::new(RedisDedupe::new(redis.clone(), cfg.dedupe_ttl)),
-        offline: Arc::new(RedisOffline::new(redis, cfg.offline)),
+        log: Arc::new(RedisLog::new(redis, cfg.offline)),
         deliveries: deliveries.clone(),
     };
     let consumer =

@@ -83,6 +83,15 @@ impl Client {
         Self::after_upgrade(ws, user).await
     }
 
+    /// Connects as `user`'s device `device` (`?device=`).
+    pub async fn connect_device(gateway: &str, user: &str, device: &str) -> anyhow::Result<Self> {
+        let query = format!("?device={device}");
+        let ws = open(gateway, Some(&format!("Bearer {}", token(user))), &query)
+            .await
+            .context("upgrade")?;
+        Self::after_upgrade(ws, user).await
+    }
+
     pub async fn after_upgrade(ws: Ws, user: &str) -> anyhow::Result<Self> {
         let mut c = Self {
             user: user.into(),

@@ -225,3 +225,57 @@ async fn the_management_api_wants_the_internal_token() -> anyhow::Result<()> {
     assert!(b.next().await.is_err(), "closed by the server");
     Ok(())
 }
+
+#[tokio::test]
+async fn each_device_gets_what_it_has_not_acked_before_newer_live_messages() -> anyhow::Result<()> {
+    let gw = gateways();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conversation = dm(&alice, &bob);
+    let mut a = Client::connect(&gw[0], &alice).await?;
+    for i in 1..=30u64 {
+        a.send_accepted(&format!("m{i}"), &bob, &format!("n{i}"))
+            .await?;
+    }
+    // The phone comes back, takes all 30 and acks them.
+    let mut phone = Client::connect_device(&gw[1], &bob, "phone").await?;
+    let mut got = Vec::new();
+    for _ in 0..30 {
+        got.push(phone.expect("message").await?["seq"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(got, (1..=30).collect::<Vec<_>>());
+    phone.ack(&conversation, 30).await?;
+    phone.close().await;
+
+    // The laptop comes back; alice sends while its backlog is on the way.
+    let mut laptop = Client::connect_device(&gw[0], &bob, "laptop").await?;
+    a.send_accepted("live", &bob, "sent meanwhile").await?;
+    let mut got = Vec::new();
+    for _ in 0..31 {
+        let m = laptop.expect("message").await?;
+        got.push(m["seq"].as_u64().unwrap_or(0));
+    }
+    assert_eq!(
+        got,
+        (1..=31).collect::<Vec<_>>(),
+        "the whole backlog in order, then the live one"
+    );
+    laptop.expect_silence(Duration::from_millis(500)).await?;
+
+    // The phone acked 30: it gets only what came after.
+    let mut phone = Client::connect_device(&gw[1], &bob, "phone").await?;
+    assert_eq!(phone.expect("message").await?["seq"], 31);
+    phone.expect_silence(Duration::from_millis(500)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_device_id_is_refused_before_the_upgrade() -> anyhow::Result<()> {
+    let gw = gateways();
+    let bob = user("bob");
+    let auth = format!("Bearer {}", token(&bob));
+    match open(&gw[0], Some(&auth), "?device=not%20ok").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 400),
+        other => anyhow::bail!("expected 400, got {:?}", other.map(|_| "an upgrade")),
+    }
+    Ok(())
+}

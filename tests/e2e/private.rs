@@ -81,6 +81,9 @@ impl PrivateStack {
             ),
             ("OUTGOING_PARTITIONS".into(), "2".into()),
             ("MESSAGING_GROUP_ID".into(), format!("messaging_{id}")),
+            // Nothing drains this slice's user_connected: live messages need not wait for a
+            // backlog that never comes.
+            ("GATEWAY_CATCH_UP_TIMEOUT_MS".into(), "100".into()),
             // A killed member is noticed within seconds, not the production defaults' tens.
             ("KAFKA_SESSION_TIMEOUT_MS".into(), "3000".into()),
             ("KAFKA_MAX_POLL_INTERVAL_MS".into(), "8000".into()),

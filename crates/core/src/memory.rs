@@ -11,12 +11,11 @@ use connect_protocol::{ConversationId, UserId};
 
 use crate::history::{Page, Range};
 use crate::model::{
-    Acceptance, DedupeKey, Delivery, OfflineEntry, Session, SessionRoute, StoredMessage,
-    UserConnected,
+    Acceptance, DedupeKey, Delivery, LogEntry, Session, SessionRoute, StoredMessage, UserConnected,
 };
 use crate::ports::{
-    ChatStore, ConnectionEvents, ConnectionPusher, DedupeIndex, DeliveryBus, HistoryStore,
-    OfflineStore, PendingPublish, Ports, PushError, SequenceAllocator, SessionRegistry,
+    ChatStore, ConnectionEvents, ConnectionPusher, ConversationLog, DedupeIndex, DeliveryBus,
+    HistoryStore, PendingPublish, Ports, PushError, SequenceAllocator, SessionRegistry,
 };
 use crate::PortError;
 
@@ -33,8 +32,12 @@ pub struct Memory {
     pub accepted: Mutex<HashMap<DedupeKey, Acceptance>>,
     pub published: Mutex<Vec<Delivery>>,
     pub chat_down: AtomicBool,
-    /// (user, conversation) → seq → frame.
-    pub offline: Mutex<BTreeMap<(UserId, String), BTreeMap<u64, String>>>,
+    /// Conversation → seq → frame.
+    pub logs: Mutex<BTreeMap<String, BTreeMap<u64, String>>>,
+    /// User → direct conversation → latest seq.
+    pub inboxes: Mutex<HashMap<UserId, BTreeMap<String, u64>>>,
+    /// (user, device) → conversation → acked seq.
+    pub cursors: Mutex<HashMap<(UserId, String), HashMap<String, u64>>>,
     /// What was pushed to connections: (connection, data).
     pub pushed: Mutex<Vec<(String, String)>>,
     /// Connections that answer a push with 410.
@@ -55,7 +58,7 @@ impl Memory {
             chat: self.clone(),
             dedupe: self.clone(),
             deliveries: self.clone(),
-            offline: self.clone(),
+            log: self.clone(),
             groups: Arc::new(crate::groups::MembershipCache::new(
                 self.clone(),
                 std::time::Duration::from_secs(60),
@@ -92,14 +95,10 @@ impl Memory {
         lock(&self.gone).insert(conn.to_owned());
     }
 
-    /// The seqs held for `user` in `conversation`.
-    pub fn offline_seqs(&self, user: &str, conversation: &str) -> Vec<u64> {
-        let key = (
-            UserId::parse(user).expect("user id"),
-            conversation.to_owned(),
-        );
-        lock(&self.offline)
-            .get(&key)
+    /// The seqs in `conversation`'s log.
+    pub fn log_seqs(&self, conversation: &str) -> Vec<u64> {
+        lock(&self.logs)
+            .get(conversation)
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default()
     }
@@ -230,47 +229,55 @@ impl DeliveryBus for Memory {
 }
 
 #[async_trait]
-impl OfflineStore for Memory {
-    async fn append(&self, entries: &[OfflineEntry]) -> Result<(), PortError> {
-        let mut map = lock(&self.offline);
+impl ConversationLog for Memory {
+    async fn append(&self, entries: &[LogEntry]) -> Result<(), PortError> {
+        let mut logs = lock(&self.logs);
+        let mut inboxes = lock(&self.inboxes);
         for e in entries {
-            map.entry((e.user.clone(), e.conversation.clone()))
+            logs.entry(e.conversation.clone())
                 .or_default()
                 .insert(e.seq, e.frame.clone());
-        }
-        Ok(())
-    }
-
-    async fn ack(&self, user: &UserId, conversation: &str, seq: u64) -> Result<(), PortError> {
-        let mut map = lock(&self.offline);
-        let key = (user.clone(), conversation.to_owned());
-        if let Some(entries) = map.get_mut(&key) {
-            entries.retain(|s, _| *s > seq);
-            if entries.is_empty() {
-                map.remove(&key);
+            if let Some((a, b)) = &e.direct {
+                for user in [a, b] {
+                    let head = inboxes
+                        .entry(user.clone())
+                        .or_default()
+                        .entry(e.conversation.clone())
+                        .or_default();
+                    *head = (*head).max(e.seq);
+                }
             }
         }
         Ok(())
     }
 
-    async fn conversations(&self, user: &UserId) -> Result<Vec<String>, PortError> {
-        Ok(lock(&self.offline)
-            .keys()
-            .filter(|(u, _)| u == user)
-            .map(|(_, c)| c.clone())
+    async fn inbox(&self, user: &UserId) -> Result<Vec<(String, u64)>, PortError> {
+        Ok(lock(&self.inboxes)
+            .get(user)
+            .map(|m| m.iter().map(|(c, s)| (c.clone(), *s)).collect())
+            .unwrap_or_default())
+    }
+
+    async fn heads(&self, conversations: &[String]) -> Result<Vec<u64>, PortError> {
+        let logs = lock(&self.logs);
+        Ok(conversations
+            .iter()
+            .map(|c| {
+                logs.get(c)
+                    .and_then(|m| m.keys().next_back().copied())
+                    .unwrap_or(0)
+            })
             .collect())
     }
 
     async fn page(
         &self,
-        user: &UserId,
         conversation: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, String)>, PortError> {
-        let map = lock(&self.offline);
-        Ok(map
-            .get(&(user.clone(), conversation.to_owned()))
+        Ok(lock(&self.logs)
+            .get(conversation)
             .map(|m| {
                 m.range(after + 1..)
                     .take(limit)
@@ -278,6 +285,34 @@ impl OfflineStore for Memory {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn cursors(
+        &self,
+        user: &UserId,
+        device: &str,
+    ) -> Result<HashMap<String, u64>, PortError> {
+        Ok(lock(&self.cursors)
+            .get(&(user.clone(), device.to_owned()))
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn ack(
+        &self,
+        user: &UserId,
+        device: &str,
+        conversation: &str,
+        seq: u64,
+    ) -> Result<(), PortError> {
+        let mut cursors = lock(&self.cursors);
+        let at = cursors
+            .entry((user.clone(), device.to_owned()))
+            .or_default()
+            .entry(conversation.to_owned())
+            .or_default();
+        *at = (*at).max(seq);
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@
 //! in [`Prepared::retry`]: the caller prepares it again before committing its offsets.
 //!
 //! Modules: [`audience`] (who receives, who may send), [`store`] (sequence, store, repeats),
-//! [`route`] (sessions, deliveries, offline store).
+//! [`route`] (conversation log, sessions, deliveries).
 
 mod audience;
 mod route;
@@ -43,8 +43,8 @@ pub struct StepReport {
     pub rejected: usize,
     pub unavailable: usize,
     pub records: usize,
-    /// Offline-store entries written for recipients with no live session.
-    pub parked: usize,
+    /// Messages written to their conversations' logs (once each, whatever the audience).
+    pub logged: usize,
     /// Client sends refused unprocessed because they waited too long (overload).
     pub shed: usize,
     /// System messages handed back to be prepared again (a backend failed on them).
@@ -58,7 +58,7 @@ impl StepReport {
         self.rejected += other.rejected;
         self.unavailable += other.unavailable;
         self.records += other.records;
-        self.parked += other.parked;
+        self.logged += other.logged;
         self.shed += other.shed;
         self.retried += other.retried;
     }

@@ -153,19 +153,29 @@ pub struct Delivery {
     pub reply: Option<Reply>,
 }
 
-/// A message kept for a user until they ack it: in their offline store (Redis, per user and
-/// conversation, bounded), drained to their next connection.
+/// A message in its conversation's log: the offline state, kept once per conversation
+/// (bounded), whatever the number of members. A device's backlog is read from it above the
+/// device's cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfflineEntry {
-    pub user: UserId,
+pub struct LogEntry {
     pub conversation: String,
     pub seq: u64,
     /// The `message` frame text, exactly as a live delivery carries it.
     pub frame: String,
+    /// A direct conversation's two users: each one's inbox indexes the conversation (a user's
+    /// groups come from the membership index instead).
+    pub direct: Option<(UserId, UserId)>,
 }
 
-/// A record on `user_connected` (key = user): a connection that the offline store should be
-/// drained to.
+/// The device a connection without `?device=` belongs to.
+pub const DEFAULT_DEVICE: &str = "default";
+
+fn default_device() -> String {
+    DEFAULT_DEVICE.to_owned()
+}
+
+/// A record on `user_connected` (key = user): a connection that its device's backlog should be
+/// pushed to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserConnected {
     pub user: UserId,
@@ -175,4 +185,7 @@ pub struct UserConnected {
     /// The gateway's API Gateway Management API endpoint.
     pub endpoint: String,
     pub ts: u64,
+    /// The connection's device (`?device=`; [`DEFAULT_DEVICE`] without one).
+    #[serde(default = "default_device")]
+    pub device: String,
 }

@@ -1,42 +1,93 @@
-//! Offline delivery: drain a user's offline store to the connection that just came up
-//! (the offline-delivery function, on a `user_connected` record).
+//! Offline delivery: push a device's backlog to the connection that just came up (the
+//! offline-delivery function, on a `user_connected` record).
 //!
-//! Entries are pushed in seq order per conversation and stay in the store: they leave it only
-//! when the client acks them, so a push that is lost with its connection is pushed again on the
-//! next one (at least once; clients drop `(conversation, seq)` repeats).
+//! The offline state is kept once per conversation ([`ConversationLog`]): a bounded log of each
+//! conversation's recent frames, a per-user index of direct conversations, and a cursor per
+//! (user, device, conversation) = the last seq that device acked. A device's backlog is every
+//! conversation (its direct ones from the index, its groups from the membership index) whose
+//! log runs past its cursor; each is pushed in seq order. Nothing is removed by a push: only an
+//! ack moves the cursor, so a push lost with its connection comes again on the next one (at
+//! least once; clients drop `(conversation, seq)` repeats). A message beyond the log's bound is
+//! in history (`after=<seq>`).
+//!
+//! When the backlog is pushed, [`CAUGHT_UP`] is posted last: the gateway holds the connection's
+//! live messages until then, so each conversation's backlog comes before newer live messages.
 
-use connect_protocol::UserId;
+use serde::Deserialize;
 
-use crate::model::{OfflineEntry, UserConnected};
-use crate::ports::{ConnectionEvents, ConnectionPusher, OfflineStore, PushError, SessionRegistry};
+use connect_protocol::ConversationId;
+
+use crate::groups::GroupStore;
+use crate::model::UserConnected;
+use crate::ports::{ConnectionPusher, ConversationLog, PushError};
 use crate::PortError;
+
+/// Posted after a device's backlog: the gateway releases the live messages it held for the
+/// connection (and does not forward this to the client).
+pub const CAUGHT_UP: &str = r#"{"type":"caught_up"}"#;
 
 /// What one drain did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DrainReport {
     pub pushed: usize,
-    /// The connection went away (410) before the store was drained; the rest waits for the next.
+    /// The connection went away (410) before the backlog was pushed; it waits for the next.
     pub gone: bool,
 }
 
-/// Pushes every entry of `event.user`'s store to `event.conn`, `page` entries per store read.
-/// `Err` means a backend failed: the invocation should be retried (pushing again is harmless).
+#[derive(Deserialize)]
+struct Sender<'a> {
+    #[serde(borrow)]
+    from: &'a str,
+}
+
+/// What [`drain`] reads and pushes through.
+#[derive(Clone, Copy)]
+pub struct DrainPorts<'a> {
+    pub log: &'a dyn ConversationLog,
+    pub groups: &'a dyn GroupStore,
+    pub pusher: &'a dyn ConnectionPusher,
+}
+
+/// Pushes the backlog of `event`'s device to `event.conn`, `page` entries per log read, then
+/// [`CAUGHT_UP`]. The user's own messages are left out (the sending connection had `accepted`;
+/// another device of the sender reads them from history). `Err` means a backend failed: the invocation should be retried (pushing again
+/// is harmless).
 pub async fn drain(
-    store: &dyn OfflineStore,
-    pusher: &dyn ConnectionPusher,
+    ports: DrainPorts<'_>,
     event: &UserConnected,
     page: usize,
 ) -> Result<DrainReport, PortError> {
+    let page = page.max(1);
     let mut report = DrainReport::default();
-    for conversation in store.conversations(&event.user).await? {
-        let mut after = 0;
-        loop {
-            let entries = store
-                .page(&event.user, &conversation, after, page.max(1))
-                .await?;
-            let last_page = entries.len() < page.max(1);
+    let mut heads = ports.log.inbox(&event.user).await?;
+    let groups: Vec<String> = ports
+        .groups
+        .groups_of(&event.user)
+        .await?
+        .into_iter()
+        .map(|g| ConversationId::group(g.group).to_string())
+        .collect();
+    let group_heads = ports.log.heads(&groups).await?;
+    heads.extend(groups.into_iter().zip(group_heads));
+    heads.sort();
+    let cursors = ports.log.cursors(&event.user, &event.device).await?;
+    for (conversation, head) in heads {
+        let mut after = cursors.get(&conversation).copied().unwrap_or(0);
+        while after < head {
+            let entries = ports.log.page(&conversation, after, page).await?;
+            let last_page = entries.len() < page;
             for (seq, frame) in entries {
-                match pusher.post(&event.endpoint, &event.conn, &frame).await {
+                after = seq;
+                let own = serde_json::from_str::<Sender<'_>>(&frame)
+                    .is_ok_and(|s| s.from == event.user.as_str());
+                if own {
+                    continue;
+                }
+                match ports
+                    .pusher
+                    .post(&event.endpoint, &event.conn, &frame)
+                    .await
+                {
                     Ok(()) => report.pushed += 1,
                     Err(PushError::Gone) => {
                         report.gone = true;
@@ -44,56 +95,22 @@ pub async fn drain(
                     }
                     Err(PushError::Failed(e)) => return Err(e),
                 }
-                after = seq;
             }
             if last_page {
                 break;
             }
         }
     }
-    Ok(report)
-}
-
-/// What [`park_unacked`] needs.
-#[derive(Clone, Copy)]
-pub struct ParkPorts<'a> {
-    pub offline: &'a dyn OfflineStore,
-    pub registry: &'a dyn SessionRegistry,
-    pub events: &'a dyn ConnectionEvents,
-}
-
-/// Puts messages that were handed to connections and not acked (a closed connection's, or a
-/// record's for users who left) back into their users' offline stores, in one write; then looks
-/// those users up once and announces each of their live sessions (one that connected meanwhile
-/// may have drained its store before the write). Call it after the closed sessions left the
-/// registry.
-pub async fn park_unacked(
-    ports: ParkPorts<'_>,
-    entries: Vec<OfflineEntry>,
-) -> Result<usize, PortError> {
-    ports.offline.append(&entries).await?;
-    let mut users: Vec<UserId> = entries.iter().map(|e| e.user.clone()).collect();
-    users.sort();
-    users.dedup();
-    let sessions = ports.registry.lookup(&users).await?;
-    let announced = users.iter().zip(sessions).flat_map(|(user, routes)| {
-        routes.into_iter().map(move |route| {
-            let event = UserConnected {
-                user: user.clone(),
-                conn: route.conn,
-                gateway: route.gateway,
-                endpoint: route.endpoint,
-                ts: crate::now_ms(),
-            };
-            ports.events.connected(&event)
-        })
-    });
-    for result in futures_util::future::join_all(announced.collect::<Vec<_>>()).await {
-        if let Err(e) = result {
-            tracing::warn!(cause = %e, "could not announce a live session after parking");
-        }
+    match ports
+        .pusher
+        .post(&event.endpoint, &event.conn, CAUGHT_UP)
+        .await
+    {
+        Ok(()) => {}
+        Err(PushError::Gone) => report.gone = true,
+        Err(PushError::Failed(e)) => return Err(e),
     }
-    Ok(entries.len())
+    Ok(report)
 }
 
 #[cfg(test)]
@@ -104,36 +121,73 @@ mod tests {
 
     use super::*;
     use crate::memory::Memory;
-    use crate::model::OfflineEntry;
+    use crate::model::{LogEntry, DEFAULT_DEVICE};
 
-    fn entry(conv: &str, seq: u64) -> OfflineEntry {
-        OfflineEntry {
-            user: UserId::parse("bob").unwrap(),
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn entry(conv: &str, seq: u64, from: &str) -> LogEntry {
+        let parsed = ConversationId::parse(conv).unwrap();
+        LogEntry {
             conversation: conv.into(),
             seq,
-            frame: format!("{conv}#{seq}"),
+            frame: serde_json::json!({"conversation": conv, "seq": seq, "from": from}).to_string(),
+            direct: match parsed {
+                ConversationId::Direct { low, high } => Some((low, high)),
+                ConversationId::Group(_) => None,
+            },
         }
     }
 
-    fn connected(conn: &str) -> UserConnected {
+    fn connected(conn: &str, device: &str) -> UserConnected {
         UserConnected {
-            user: UserId::parse("bob").unwrap(),
+            user: u("bob"),
             conn: conn.into(),
             gateway: "gw".into(),
             endpoint: "http://gw".into(),
             ts: 0,
+            device: device.into(),
         }
     }
 
+    fn ports(mem: &Memory) -> DrainPorts<'_> {
+        DrainPorts {
+            log: mem,
+            groups: mem,
+            pusher: mem,
+        }
+    }
+
+    /// (conversation, seq) of what was pushed, markers as "caught_up".
+    fn pushed(mem: &Memory) -> Vec<String> {
+        mem.take_pushed()
+            .into_iter()
+            .map(|(_, d)| {
+                let f: serde_json::Value = serde_json::from_str(&d).unwrap();
+                match f["type"].as_str() {
+                    Some("caught_up") => "caught_up".to_owned(),
+                    _ => format!("{}#{}", f["conversation"].as_str().unwrap(), f["seq"]),
+                }
+            })
+            .collect()
+    }
+
     #[tokio::test]
-    async fn drains_in_seq_order_per_conversation_and_keeps_entries_until_acked() {
+    async fn each_device_gets_what_it_has_not_acked_in_seq_order() {
         let mem = Arc::new(Memory::default());
-        let mut entries: Vec<_> = (1..=7).rev().map(|s| entry("dm:alice:bob", s)).collect();
-        entries.push(entry("dm:bob:carol", 3));
-        entries.push(entry("dm:alice:bob", 2)); // a repeat is kept once
+        let mut entries: Vec<_> = (1..=7)
+            .rev()
+            .map(|s| entry("dm:alice:bob", s, "alice"))
+            .collect();
+        entries.push(entry("dm:bob:carol", 3, "carol"));
+        entries.push(entry("dm:alice:bob", 2, "alice")); // a repeat is kept once
+        entries.push(entry("dm:bob:carol", 4, "bob")); // bob's own: not pushed to him
         mem.append(&entries).await.unwrap();
 
-        let report = drain(&*mem, &*mem, &connected("c1"), 3).await.unwrap();
+        let report = drain(ports(&mem), &connected("c1", "phone"), 3)
+            .await
+            .unwrap();
         assert_eq!(
             report,
             DrainReport {
@@ -141,70 +195,79 @@ mod tests {
                 gone: false
             }
         );
-        let pushed: Vec<String> = mem.take_pushed().into_iter().map(|(_, d)| d).collect();
         let mut want: Vec<String> = (1..=7).map(|s| format!("dm:alice:bob#{s}")).collect();
         want.push("dm:bob:carol#3".into());
-        assert_eq!(pushed, want);
+        want.push("caught_up".into());
+        assert_eq!(pushed(&mem), want);
 
-        let bob = UserId::parse("bob").unwrap();
-        mem.ack(&bob, "dm:alice:bob", 5).await.unwrap();
-        drain(&*mem, &*mem, &connected("c2"), 100).await.unwrap();
-        let pushed: Vec<String> = mem.take_pushed().into_iter().map(|(_, d)| d).collect();
+        // The phone acks up to 5; the laptop acked nothing and still gets everything.
+        mem.ack(&u("bob"), "phone", "dm:alice:bob", 5)
+            .await
+            .unwrap();
+        mem.ack(&u("bob"), "phone", "dm:bob:carol", 4)
+            .await
+            .unwrap();
+        drain(ports(&mem), &connected("c2", "phone"), 100)
+            .await
+            .unwrap();
         assert_eq!(
-            pushed,
-            ["dm:alice:bob#6", "dm:alice:bob#7", "dm:bob:carol#3"]
+            pushed(&mem),
+            ["dm:alice:bob#6", "dm:alice:bob#7", "caught_up"]
         );
+        drain(ports(&mem), &connected("c3", "laptop"), 100)
+            .await
+            .unwrap();
+        assert_eq!(pushed(&mem).len(), 9);
+        // A cursor never moves back.
+        mem.ack(&u("bob"), "phone", "dm:alice:bob", 2)
+            .await
+            .unwrap();
+        drain(ports(&mem), &connected("c4", "phone"), 100)
+            .await
+            .unwrap();
+        assert_eq!(pushed(&mem).len(), 3);
+        assert!(drain(ports(&mem), &connected("c5", DEFAULT_DEVICE), 100)
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
-    async fn parking_stores_the_entries_and_announces_live_sessions() {
-        use crate::model::{Session, SessionRoute};
-        use crate::ports::SessionRegistry;
+    async fn a_groups_backlog_comes_from_the_membership_index() {
+        use crate::groups::{Group, GroupStore};
         let mem = Arc::new(Memory::default());
-        let bob = UserId::parse("bob").unwrap();
-        let ports = ParkPorts {
-            offline: &*mem,
-            registry: &*mem,
-            events: &*mem,
-        };
-        park_unacked(ports, vec![entry("dm:alice:bob", 4)])
-            .await
-            .unwrap();
-        assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [4]);
-        assert!(mem.take_announced().is_empty());
-
-        let route = SessionRoute {
-            conn: "b2".into(),
-            slot: 1,
-            gateway: "gw1".into(),
-            endpoint: "http://gw1".into(),
-        };
-        mem.upsert(&[Session {
-            user: bob.clone(),
-            route,
-        }])
+        let g = connect_protocol::GroupId::parse("g_1").unwrap();
+        mem.create(&Group {
+            group: g.clone(),
+            name: "t".into(),
+            owner: u("alice"),
+            members: vec![u("alice"), u("bob")],
+        })
         .await
         .unwrap();
-        park_unacked(ports, vec![entry("dm:alice:bob", 5)])
+        let entries: Vec<_> = (1..=3).map(|s| entry("group:g_1", s, "alice")).collect();
+        mem.append(&entries).await.unwrap();
+        drain(ports(&mem), &connected("c1", "phone"), 2)
             .await
             .unwrap();
-        assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [4, 5]);
-        let announced = mem.take_announced();
-        assert_eq!(announced.len(), 1);
         assert_eq!(
-            (announced[0].conn.as_str(), announced[0].endpoint.as_str()),
-            ("b2", "http://gw1")
+            pushed(&mem),
+            ["group:g_1#1", "group:g_1#2", "group:g_1#3", "caught_up"]
         );
     }
 
     #[tokio::test]
-    async fn a_gone_connection_stops_the_drain_and_leaves_the_store() {
+    async fn a_gone_connection_stops_the_drain_and_the_next_gets_it_all() {
         let mem = Arc::new(Memory::default());
-        mem.append(&[entry("dm:alice:bob", 1), entry("dm:alice:bob", 2)])
+        mem.append(&[
+            entry("dm:alice:bob", 1, "alice"),
+            entry("dm:alice:bob", 2, "alice"),
+        ])
+        .await
+        .unwrap();
+        mem.set_gone("c1");
+        let report = drain(ports(&mem), &connected("c1", "phone"), 10)
             .await
             .unwrap();
-        mem.set_gone("c1");
-        let report = drain(&*mem, &*mem, &connected("c1"), 10).await.unwrap();
         assert_eq!(
             report,
             DrainReport {
@@ -212,7 +275,9 @@ mod tests {
                 gone: true
             }
         );
-        let report = drain(&*mem, &*mem, &connected("c2"), 10).await.unwrap();
+        let report = drain(ports(&mem), &connected("c2", "phone"), 10)
+            .await
+            .unwrap();
         assert_eq!(report.pushed, 2);
     }
 }

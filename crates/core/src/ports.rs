@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use connect_protocol::{ConversationId, UserId};
 
 use crate::model::{
-    Acceptance, DedupeKey, Delivery, OfflineEntry, Session, StoredMessage, Submission,
-    UserConnected,
+    Acceptance, DedupeKey, Delivery, LogEntry, Session, StoredMessage, Submission, UserConnected,
 };
 use crate::PortError;
 
@@ -86,24 +85,40 @@ pub trait DedupeIndex: Send + Sync {
     async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError>;
 }
 
-/// Messages kept per user until acked (Redis, region-local).
+/// The offline state (Redis, region-local): each conversation's recent messages once, a user's
+/// direct conversations, and a cursor per (user, device, conversation) = the last seq that
+/// device acked.
 #[async_trait]
-pub trait OfflineStore: Send + Sync {
-    /// Adds entries; adding the same (user, conversation, seq) twice keeps one. Each
-    /// (user, conversation) keeps at most the store's bound, dropping the oldest.
-    async fn append(&self, entries: &[OfflineEntry]) -> Result<(), PortError>;
-    /// Removes the user's entries of `conversation` up to and including `seq`.
-    async fn ack(&self, user: &UserId, conversation: &str, seq: u64) -> Result<(), PortError>;
-    /// The conversations that hold entries for `user`, in byte order.
-    async fn conversations(&self, user: &UserId) -> Result<Vec<String>, PortError>;
-    /// Up to `limit` entries of `conversation` above `after`, as (seq, frame), ascending.
+pub trait ConversationLog: Send + Sync {
+    /// Adds entries to their conversations' logs (adding one twice keeps one; each log keeps
+    /// its newest entries up to the store's bound) and indexes direct conversations under both
+    /// users. One round trip.
+    async fn append(&self, entries: &[LogEntry]) -> Result<(), PortError>;
+    /// `user`'s direct conversations with the latest seq of each.
+    async fn inbox(&self, user: &UserId) -> Result<Vec<(String, u64)>, PortError>;
+    /// The latest seq in each conversation's log (0: empty), same order, one round trip.
+    async fn heads(&self, conversations: &[String]) -> Result<Vec<u64>, PortError>;
+    /// Up to `limit` entries of `conversation`'s log above `after`, as (seq, frame), ascending.
     async fn page(
         &self,
-        user: &UserId,
         conversation: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, String)>, PortError>;
+    /// A device's cursors: conversation → the last seq it acked.
+    async fn cursors(
+        &self,
+        user: &UserId,
+        device: &str,
+    ) -> Result<std::collections::HashMap<String, u64>, PortError>;
+    /// Moves a device's cursor of `conversation` up to `seq` (never down).
+    async fn ack(
+        &self,
+        user: &UserId,
+        device: &str,
+        conversation: &str,
+        seq: u64,
+    ) -> Result<(), PortError>;
 }
 
 /// Why a push to a connection failed.
@@ -148,6 +163,6 @@ pub struct Ports {
     pub chat: Arc<dyn ChatStore>,
     pub dedupe: Arc<dyn DedupeIndex>,
     pub deliveries: Arc<dyn DeliveryBus>,
-    pub offline: Arc<dyn OfflineStore>,
+    pub log: Arc<dyn ConversationLog>,
     pub groups: Arc<crate::groups::MembershipCache>,
 }

@@ -4,7 +4,7 @@
 //! - [`registry`]: [`RedisRegistry`], the session registry (`sess:{user}` hash: connection →
 //!   route with its own expiry, so a crashed gateway's sessions age out while others live on).
 //! - [`dedupe`]: [`RedisDedupe`], (sender, client id) → acceptance, with a TTL.
-//! - [`offline`]: [`RedisOffline`], messages kept per user and conversation until acked.
+//! - [`offline`]: [`RedisLog`], the offline state: conversation logs, inboxes, device cursors.
 //! - [`slots`]: [`SlotLease`], a gateway's lease on one partition of `outgoing_messages`.
 //!
 //! Every multi-key call is one pipeline of single-key commands (one round trip, and valid in
@@ -16,7 +16,7 @@ pub mod registry;
 pub mod slots;
 
 pub use dedupe::RedisDedupe;
-pub use offline::{OfflineLimits, RedisOffline};
+pub use offline::{OfflineLimits, RedisLog};
 pub use registry::RedisRegistry;
 pub use slots::SlotLease;
 

@@ -1,33 +1,40 @@
-//! The offline store: messages kept per user until acked.
+//! The offline state: each conversation's recent messages once, a user's direct conversations,
+//! a cursor per (user, device, conversation).
 //!
-//! `off:{user}:<conversation>` is a sorted set (score = seq, member = the `message` frame text,
-//! so adding the same message twice keeps one) bounded to the newest `max_per_conversation`;
-//! `offc:{user}` is the set of conversations with entries. The `{user}` hash tag keeps one
-//! user's keys in one cluster slot, so the ack script may touch both. Both expire after `ttl`
-//! without writes. An entry is added before its conversation is indexed, and an ack drops the
-//! index only when the set is empty in the same script: an entry is never left unindexed.
+//! - `log:{<conversation>}`: sorted set, score = seq, member = the `message` frame text (adding
+//!   the same message twice keeps one), bounded to the newest `log_max` entries.
+//! - `inbox:{<user>}`: sorted set of the user's direct conversations, score = latest seq.
+//! - `cur:{<user>}:<device>`: hash, conversation → the last seq that device acked; the ack
+//!   script only ever moves it up.
+//!
+//! Every key expires after `ttl` without writes. Each key is its own hash slot owner (cluster
+//! mode): calls are pipelines of single-key commands and a single-key script.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use connect_core::model::OfflineEntry;
-use connect_core::ports::OfflineStore;
+use connect_core::model::LogEntry;
+use connect_core::ports::ConversationLog;
 use connect_core::PortError;
 use connect_protocol::UserId;
 
 use crate::unavailable;
 
-const ACK: &str = r"redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[1])
-if redis.call('zcard', KEYS[1]) == 0 then redis.call('srem', KEYS[2], ARGV[2]) end
+const ACK: &str = r"local at = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > at then redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end
+redis.call('pexpire', KEYS[1], ARGV[3])
 return 0";
 
-/// Bounds of the store (`OFFLINE_MAX_PER_CONVERSATION`, `OFFLINE_TTL_SECS`).
+/// Bounds of the offline state (`OFFLINE_LOG_MAX`, `OFFLINE_TTL_SECS`).
 #[derive(Debug, Clone, Copy)]
 pub struct OfflineLimits {
-    pub max_per_conversation: usize,
+    /// Entries kept per conversation (a frame is at most ~17 KiB: a 16 KiB body and its
+    /// envelope, so a log holds at most `log_max` × 17 KiB). Older messages are in history.
+    pub log_max: usize,
     pub ttl: Duration,
 }
 
@@ -35,28 +42,32 @@ impl OfflineLimits {
     pub fn from_env() -> Result<Self, String> {
         use connect_core::env::parsed;
         Ok(Self {
-            max_per_conversation: parsed("OFFLINE_MAX_PER_CONVERSATION", 10_000)?,
+            log_max: parsed("OFFLINE_LOG_MAX", 1_000)?,
             ttl: Duration::from_secs(parsed("OFFLINE_TTL_SECS", 14 * 24 * 3600)?),
         })
     }
 }
 
 #[derive(Clone)]
-pub struct RedisOffline {
+pub struct RedisLog {
     conn: ConnectionManager,
     limits: OfflineLimits,
     ack: Script,
 }
 
-fn entries_key(user: &UserId, conversation: &str) -> String {
-    format!("off:{{{user}}}:{conversation}")
+fn log_key(conversation: &str) -> String {
+    format!("log:{{{conversation}}}")
 }
 
-fn index_key(user: &UserId) -> String {
-    format!("offc:{{{user}}}")
+fn inbox_key(user: &UserId) -> String {
+    format!("inbox:{{{user}}}")
 }
 
-impl RedisOffline {
+fn cursor_key(user: &UserId, device: &str) -> String {
+    format!("cur:{{{user}}}:{device}")
+}
+
+impl RedisLog {
     pub fn new(conn: ConnectionManager, limits: OfflineLimits) -> Self {
         Self {
             conn,
@@ -67,59 +78,83 @@ impl RedisOffline {
 }
 
 #[async_trait]
-impl OfflineStore for RedisOffline {
-    async fn append(&self, entries: &[OfflineEntry]) -> Result<(), PortError> {
+impl ConversationLog for RedisLog {
+    async fn append(&self, entries: &[LogEntry]) -> Result<(), PortError> {
         if entries.is_empty() {
             return Ok(());
         }
         let ttl = self.limits.ttl.as_millis() as i64;
-        let keep = self.limits.max_per_conversation.max(1) as isize;
+        let keep = self.limits.log_max.max(1) as isize;
         let mut pipe = redis::pipe();
+        let mut logs: Vec<&str> = Vec::new();
         for e in entries {
-            let key = entries_key(&e.user, &e.conversation);
-            let index = index_key(&e.user);
-            pipe.zadd(&key, &e.frame, e.seq).ignore();
+            pipe.zadd(log_key(&e.conversation), &e.frame, e.seq)
+                .ignore();
+            if !logs.contains(&e.conversation.as_str()) {
+                logs.push(&e.conversation);
+            }
+            for user in e.direct.iter().flat_map(|(a, b)| [a, b]) {
+                let inbox = inbox_key(user);
+                pipe.cmd("ZADD")
+                    .arg(&inbox)
+                    .arg("GT")
+                    .arg(e.seq)
+                    .arg(&e.conversation)
+                    .ignore();
+                pipe.pexpire(&inbox, ttl).ignore();
+            }
+        }
+        for conversation in logs {
+            let key = log_key(conversation);
             pipe.zremrangebyrank(&key, 0, -(keep + 1)).ignore();
             pipe.pexpire(&key, ttl).ignore();
-            pipe.sadd(&index, &e.conversation).ignore();
-            pipe.pexpire(&index, ttl).ignore();
         }
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(unavailable)
     }
 
-    async fn ack(&self, user: &UserId, conversation: &str, seq: u64) -> Result<(), PortError> {
-        self.ack
-            .key(entries_key(user, conversation))
-            .key(index_key(user))
-            .arg(seq)
-            .arg(conversation)
-            .invoke_async::<i64>(&mut self.conn.clone())
+    async fn inbox(&self, user: &UserId) -> Result<Vec<(String, u64)>, PortError> {
+        redis::cmd("ZRANGE")
+            .arg(inbox_key(user))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn.clone())
             .await
-            .map(drop)
             .map_err(unavailable)
     }
 
-    async fn conversations(&self, user: &UserId) -> Result<Vec<String>, PortError> {
-        let mut all: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(index_key(user))
+    async fn heads(&self, conversations: &[String]) -> Result<Vec<u64>, PortError> {
+        if conversations.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for c in conversations {
+            pipe.cmd("ZRANGE")
+                .arg(log_key(c))
+                .arg(-1)
+                .arg(-1)
+                .arg("WITHSCORES");
+        }
+        let last: Vec<Vec<(String, u64)>> = pipe
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        all.sort();
-        Ok(all)
+        Ok(last
+            .into_iter()
+            .map(|l| l.first().map_or(0, |(_, seq)| *seq))
+            .collect())
     }
 
     async fn page(
         &self,
-        user: &UserId,
         conversation: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, String)>, PortError> {
         let raw: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
-            .arg(entries_key(user, conversation))
+            .arg(log_key(conversation))
             .arg(format!("({after}"))
             .arg("+inf")
             .arg("WITHSCORES")
@@ -131,6 +166,36 @@ impl OfflineStore for RedisOffline {
             .map_err(unavailable)?;
         Ok(raw.into_iter().map(|(frame, seq)| (seq, frame)).collect())
     }
+
+    async fn cursors(
+        &self,
+        user: &UserId,
+        device: &str,
+    ) -> Result<HashMap<String, u64>, PortError> {
+        redis::cmd("HGETALL")
+            .arg(cursor_key(user, device))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ack(
+        &self,
+        user: &UserId,
+        device: &str,
+        conversation: &str,
+        seq: u64,
+    ) -> Result<(), PortError> {
+        self.ack
+            .key(cursor_key(user, device))
+            .arg(conversation)
+            .arg(seq)
+            .arg(self.limits.ttl.as_millis() as u64)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
 }
 
 #[cfg(test)]
@@ -138,9 +203,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_users_keys_share_a_hash_tag() {
+    fn keys_carry_their_hash_tags() {
         let u = UserId::parse("bob").unwrap();
-        assert_eq!(entries_key(&u, "dm:alice:bob"), "off:{bob}:dm:alice:bob");
-        assert_eq!(index_key(&u), "offc:{bob}");
+        assert_eq!(log_key("dm:alice:bob"), "log:{dm:alice:bob}");
+        assert_eq!(inbox_key(&u), "inbox:{bob}");
+        assert_eq!(cursor_key(&u, "phone"), "cur:{bob}:phone");
     }
 }

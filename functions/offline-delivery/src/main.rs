@@ -1,11 +1,14 @@
-//! Lambda `offline-delivery`: MSK trigger on `user_connected`. For each record, drains the
-//! user's offline store to the new connection with `PostToConnection` (through the gateway's
-//! management API, or a real API Gateway's). Entries stay in the store until the client acks;
-//! a gone connection (410) leaves them for the next one. A backend failure fails the
-//! invocation, so the batch is retried (pushing again is harmless: clients drop repeats).
+//! Lambda `offline-delivery`: MSK trigger on `user_connected`. For each record, pushes the
+//! device's backlog (every conversation whose log runs past the device's cursor: its direct
+//! conversations from its inbox, its groups from the group table's `by_user` index) to the new
+//! connection with `PostToConnection` (through the gateway's management API, or a real API
+//! Gateway's), then `caught_up`. Only acks move cursors; a gone connection (410) leaves the
+//! backlog for the next one. A backend failure fails the invocation, so the batch is retried
+//! (pushing again is harmless: clients drop repeats).
 //!
-//! Config: `REDIS_URL`, `AWS_REGION`, `CONNECT_INTERNAL_TOKEN`, `CONNECT_ENV`,
-//! `OFFLINE_DRAIN_PAGE` (entries per store read, 200).
+//! Config: `REDIS_URL`, `DYNAMODB_ENDPOINT` / `GROUP_TABLE` (as the other functions),
+//! `AWS_REGION`, `CONNECT_INTERNAL_TOKEN`, `CONNECT_ENV`, `OFFLINE_DRAIN_PAGE` (entries per
+//! log read, 200).
 
 use aws_lambda_events::event::kafka::KafkaEvent;
 use base64::Engine;
@@ -15,11 +18,13 @@ use tracing::{info, warn};
 
 use connect_apigw::ManagementPusher;
 use connect_core::model::UserConnected;
-use connect_core::offline::drain;
-use connect_redis::{OfflineLimits, RedisOffline};
+use connect_core::offline::{drain, DrainPorts};
+use connect_dynamo::DynamoGroups;
+use connect_redis::{OfflineLimits, RedisLog};
 
 struct Ctx {
-    store: RedisOffline,
+    log: RedisLog,
+    groups: DynamoGroups,
     pusher: ManagementPusher,
     page: usize,
 }
@@ -49,7 +54,12 @@ async fn handle(ctx: &Ctx, event: LambdaEvent<KafkaEvent>) -> Result<Value, Erro
     let mut pushed = 0;
     let mut gone = 0;
     for connected in connections(&event.payload) {
-        let report = drain(&ctx.store, &ctx.pusher, &connected, ctx.page).await?;
+        let ports = DrainPorts {
+            log: &ctx.log,
+            groups: &ctx.groups,
+            pusher: &ctx.pusher,
+        };
+        let report = drain(ports, &connected, ctx.page).await?;
         info!(user = %connected.user, conn = %connected.conn, pushed = report.pushed, gone = report.gone, "drained");
         pushed += report.pushed;
         gone += usize::from(report.gone);
@@ -67,8 +77,10 @@ async fn main() -> Result<(), Error> {
         "redis://127.0.0.1:6380",
     ))
     .await?;
+    let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
     let ctx = Ctx {
-        store: RedisOffline::new(redis, OfflineLimits::from_env()?),
+        log: RedisLog::new(redis, OfflineLimits::from_env()?),
+        groups: DynamoGroups::new(dynamo, connect_dynamo::Tables::from_env().groups),
         pusher: ManagementPusher::new(
             &connect_service::env::string("AWS_REGION", "us-east-1"),
             production,

@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use connect_core::auth::{JwtSecret, TokenIssuer};
-use connect_core::model::{OfflineEntry, StoredMessage};
-use connect_core::ports::{ChatStore, OfflineStore};
+use connect_core::model::{LogEntry, StoredMessage};
+use connect_core::ports::{ChatStore, ConversationLog};
 use connect_protocol::{ClientMsgId, ConversationId, UserId};
 
 #[derive(Parser)]
@@ -197,18 +197,24 @@ async fn drain(
     let (alice, bob) = (unique("draina"), unique("drainb"));
     let conversation =
         ConversationId::direct(&UserId::parse(&alice)?, &UserId::parse(&bob)?)?.to_string();
-    let store = connect_redis::RedisOffline::new(
+    // Written as messaging writes them: the conversation's log, and both users' inboxes.
+    let store = connect_redis::RedisLog::new(
         connect_redis::connect(redis).await?,
         connect_redis::OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
     );
-    let bob_id = UserId::parse(&bob)?;
+    let (alice_id, bob_id) = (UserId::parse(&alice)?, UserId::parse(&bob)?);
+    let direct = if alice_id < bob_id {
+        (alice_id.clone(), bob_id.clone())
+    } else {
+        (bob_id.clone(), alice_id.clone())
+    };
     let mut seq = 1;
     while seq <= queued {
-        let entries: Vec<OfflineEntry> = (seq..=(seq + 999).min(queued))
-            .map(|s| OfflineEntry {
-                user: bob_id.clone(),
+        let entries: Vec<LogEntry> = (seq..=(seq + 999).min(queued))
+            .map(|s| LogEntry {
                 conversation: conversation.clone(),
                 seq: s,
+                direct: Some(direct.clone()),
                 frame: serde_json::json!({"type":"message","conversation":conversation,"seq":s,"from":alice,"id":format!("o{s}"),"body":"queued while away","ts":1_763_800_000_000u64 + s}).to_string(),
             })
             .collect();

@@ -1,21 +1,24 @@
-//! Routing: who of a batch's audience is online where, one delivery per (message, gateway),
-//! and the offline store for the rest.
+//! Routing: each message once into its conversation's log (the offline state), then who of the
+//! batch's audience is online where, one delivery per (message, gateway).
 
 use std::collections::HashMap;
 
 use tracing::warn;
 
-use connect_protocol::UserId;
+use connect_protocol::{ConversationId, UserId};
 
 use super::{Accepted, MessagingStep, Outcome};
 use crate::model::{
-    Delivery, OfflineEntry, OutboundMessage, Reply, ReplyTo, SessionRoute, StoredMessage,
+    Delivery, LogEntry, OutboundMessage, Reply, ReplyTo, SessionRoute, StoredMessage,
 };
 
 impl MessagingStep {
-    /// Looks every recipient up once and builds one delivery per (message, target gateway);
-    /// parks the message for recipients with no live session.
+    /// Writes every message to be delivered to its conversation's log (once, whatever the
+    /// number of members), then looks every recipient up once and builds one delivery per
+    /// (message, target gateway). The log is written before the lookup: a device that connects
+    /// after the lookup finds the message in its backlog.
     pub(super) async fn route(&self, out: &mut Outcome) -> Vec<Delivery> {
+        self.log(out).await;
         let no_one: &[UserId] = &[];
         let audience = |a: &Accepted| -> &[UserId] {
             if !a.fan_out {
@@ -40,25 +43,13 @@ impl MessagingStep {
         let sessions = self.lookup(&users).await;
         let sessions_of = |u: &UserId| -> &[SessionRoute] { &sessions[index[u]] };
         let mut deliveries = Vec::new();
-        let mut offline: Vec<(usize, UserId)> = Vec::new();
-        for (i, a) in out.accepted.iter().enumerate() {
-            let targets = audience(a);
-            offline.extend(
-                targets
-                    .iter()
-                    .filter(|u| **u != a.message.from && sessions_of(u).is_empty())
-                    .map(|u| (i, u.clone())),
-            );
+        for a in &out.accepted {
             deliveries.extend(plan_deliveries(
                 &a.message,
                 a.reply.as_ref(),
-                targets,
+                audience(a),
                 sessions_of,
             ));
-        }
-        if !offline.is_empty() {
-            deliveries.extend(self.park(&out.accepted, &offline).await);
-            out.report.parked += offline.len();
         }
         for (reply, err) in &out.errors {
             deliveries.push(Delivery {
@@ -74,8 +65,34 @@ impl MessagingStep {
         deliveries
     }
 
+    /// One log entry per message to be delivered (one round trip for the batch). A failed
+    /// write is logged: the messages are stored, and history gives them to whoever missed them.
+    async fn log(&self, out: &mut Outcome) {
+        let entries: Vec<LogEntry> = out
+            .accepted
+            .iter()
+            .filter(|a| a.fan_out)
+            .map(|a| LogEntry {
+                conversation: a.message.conversation.to_string(),
+                seq: a.message.seq,
+                frame: a.message.frame_text(),
+                direct: match &a.message.conversation {
+                    ConversationId::Direct { low, high } => Some((low.clone(), high.clone())),
+                    ConversationId::Group(_) => None,
+                },
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        match self.ports.log.append(&entries).await {
+            Ok(()) => out.report.logged += entries.len(),
+            Err(e) => warn!(cause = %e, count = entries.len(), "conversation log write failed"),
+        }
+    }
+
     /// The live sessions of each user (none for all when the registry is down: the messages
-    /// are stored, and the offline store or history gives them to the recipients later).
+    /// are stored and logged, and reach the devices on their next connection).
     async fn lookup(&self, users: &[UserId]) -> Vec<Vec<SessionRoute>> {
         if users.is_empty() {
             return Vec::new();
@@ -84,55 +101,6 @@ impl MessagingStep {
             warn!(cause = %e, "registry lookup failed; delivering replies only");
             vec![Vec::new(); users.len()]
         })
-    }
-
-    /// Writes `(message, user)` pairs to the users' offline stores, then looks the users up
-    /// again: one who connected meanwhile may have drained the store before the write, so they
-    /// get the message live too (at least once).
-    async fn park(&self, accepted: &[Accepted], offline: &[(usize, UserId)]) -> Vec<Delivery> {
-        // One rendering per message, however many members it is parked for (`offline` lists
-        // each message's users together).
-        let mut rendered: Option<(usize, String, String)> = None;
-        let entries: Vec<OfflineEntry> = offline
-            .iter()
-            .map(|(i, user)| {
-                if rendered.as_ref().is_none_or(|(at, _, _)| at != i) {
-                    let m = &accepted[*i].message;
-                    rendered = Some((*i, m.conversation.to_string(), m.frame_text()));
-                }
-                let (_, conversation, frame) = rendered.as_ref().expect("rendered above");
-                OfflineEntry {
-                    user: user.clone(),
-                    conversation: conversation.clone(),
-                    seq: accepted[*i].message.seq,
-                    frame: frame.clone(),
-                }
-            })
-            .collect();
-        if let Err(e) = self.ports.offline.append(&entries).await {
-            // Stored in the chat table all the same: history gives it to them.
-            warn!(cause = %e, count = entries.len(), "offline store write failed");
-        }
-        let mut users: Vec<UserId> = offline.iter().map(|(_, u)| u.clone()).collect();
-        users.sort();
-        users.dedup();
-        let sessions = self.lookup(&users).await;
-        let mut late = Vec::new();
-        for (i, user) in offline {
-            let Ok(at) = users.binary_search(user) else {
-                continue;
-            };
-            if sessions[at].is_empty() {
-                continue;
-            }
-            late.extend(plan_deliveries(
-                &accepted[*i].message,
-                None,
-                std::slice::from_ref(user),
-                |_| sessions[at].as_slice(),
-            ));
-        }
-        late
     }
 }
 

@@ -353,7 +353,8 @@ async fn rules_without_io_reject_with_their_codes() {
 }
 
 #[tokio::test]
-async fn an_offline_recipient_gets_an_offline_entry_and_the_sender_none() {
+async fn every_message_is_logged_once_and_direct_ones_indexed_for_both_users() {
+    use crate::ports::ConversationLog;
     let mem = Arc::new(Memory::default());
     online(&mem, "alice", "a1", 0).await;
     let step = MessagingStep::new(mem.ports());
@@ -367,31 +368,27 @@ async fn an_offline_recipient_gets_an_offline_entry_and_the_sender_none() {
         )
         .await
         .unwrap();
-    assert_eq!(report.parked, 2);
-    assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [1, 2]);
-    assert!(mem.offline_seqs("alice", "dm:alice:bob").is_empty());
-    let held = mem
-        .offline
-        .lock()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .get(&1)
-        .cloned()
-        .unwrap();
+    assert_eq!(report.logged, 2);
+    assert_eq!(mem.log_seqs("dm:alice:bob"), [1, 2]);
+    let held = mem.logs.lock().unwrap()["dm:alice:bob"][&1].clone();
     assert_eq!(frame(&held)["type"], "message");
     assert_eq!(frame(&held)["id"], "m1");
+    for who in ["alice", "bob"] {
+        assert_eq!(
+            mem.inbox(&user(who)).await.unwrap(),
+            vec![("dm:alice:bob".to_owned(), 2)]
+        );
+    }
 
-    // Online now: no entry, a live delivery.
+    // Online now: logged all the same, and delivered live.
     online(&mem, "bob", "b1", 1).await;
     mem.take_published();
     let report = step
         .process(vec![send("alice", "bob", "m3", "a1", 0)], 6)
         .await
         .unwrap();
-    assert_eq!(report.parked, 0);
-    assert_eq!(mem.offline_seqs("bob", "dm:alice:bob"), [1, 2]);
+    assert_eq!(report.logged, 1);
+    assert_eq!(mem.log_seqs("dm:alice:bob"), [1, 2, 3]);
     assert!(mem
         .take_published()
         .iter()
@@ -448,7 +445,8 @@ async fn a_group_message_goes_once_per_gateway_to_its_members_only() {
         )
         .await
         .unwrap();
-    assert_eq!((report.stored, report.rejected, report.parked), (1, 1, 1));
+    assert_eq!((report.stored, report.rejected, report.logged), (1, 1, 1));
+    assert_eq!(mem.log_seqs("group:g_trip"), [1]);
     let mut out = mem.take_published();
     out.sort_by_key(|d| (d.slot, d.message.is_none()));
     let with_message: Vec<_> = out.iter().filter(|d| d.message.is_some()).collect();
@@ -460,7 +458,6 @@ async fn a_group_message_goes_once_per_gateway_to_its_members_only() {
         (m["group"].as_str(), m["seq"].as_u64()),
         (Some("g_trip"), Some(1))
     );
-    assert_eq!(mem.offline_seqs("dave", "group:g_trip"), [1]);
     let refusal = out
         .iter()
         .find_map(|d| d.reply.as_ref().filter(|r| r.conn == "e1"))
