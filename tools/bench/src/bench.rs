@@ -281,6 +281,60 @@ struct GroupRun {
     api: String,
     #[arg(long, default_value = ".local/pids")]
     pids: std::path::PathBuf,
+    /// Seconds to wait after connecting the members, before sending: every new connection's
+    /// backlog (the offline-delivery function, one `user_connected` partition locally) must be
+    /// in before its live messages flow.
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
+    /// Redis, for its memory before and after (the offline state's cost per message).
+    #[arg(long, default_value = "redis://127.0.0.1:6380")]
+    redis: String,
+}
+
+/// Redis `used_memory`, bytes.
+async fn redis_memory(redis: &mut connect_redis::ConnectionManager) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no used_memory in INFO")
+}
+
+/// An offline member comes back: how long until it has every one of `seqs` (group events
+/// aside), and whether they came in order.
+async fn come_back(
+    issuer: &TokenIssuer,
+    gateway: &str,
+    member: &str,
+    seqs: &[u64],
+) -> anyhow::Result<()> {
+    let want: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+    let t = Instant::now();
+    let mut ws = open(issuer, gateway, member).await?;
+    let mut got: Vec<u64> = Vec::new();
+    let mut first = None;
+    while got.iter().filter(|s| want.contains(s)).count() < want.len() {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("the backlog stalled")?
+            .context("closed")??;
+        let Message::Text(text) = msg else { continue };
+        let f: serde_json::Value = serde_json::from_str(&text)?;
+        if f["type"] == "message" {
+            first.get_or_insert_with(|| t.elapsed());
+            got.push(f["seq"].as_u64().unwrap_or(0));
+        }
+    }
+    let total = t.elapsed();
+    let in_order = got.windows(2).all(|w| w[0] < w[1]);
+    println!(
+        "an offline member back after {} group messages: all of them in {:.2} s after connect (first after {:.0} ms), {} frames, in seq order: {in_order}",
+        want.len(),
+        total.as_secs_f64(),
+        first.unwrap_or_default().as_secs_f64() * 1000.0,
+        got.len()
+    );
+    Ok(())
 }
 
 type Ws =
@@ -309,8 +363,13 @@ async fn read_group(
             _ = stop.wait_for(|s| *s) => break,
             m = ws.next() => m,
         };
-        let Some(Ok(Message::Text(text))) = msg else {
-            break;
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            // Pings (answered by the library) and anything else that is not a frame.
+            Some(Ok(
+                Message::Ping(_) | Message::Pong(_) | Message::Binary(_) | Message::Frame(_),
+            )) => continue,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
         };
         let f: serde_json::Value = serde_json::from_str(&text)?;
         if f["type"] != "message" {
@@ -390,9 +449,11 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
         }
     }
     // Let the group's own event and the connects settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(run.settle)).await;
 
     let mut sender = open(issuer, &gateways[0], &members[0]).await?;
+    let mut redis = connect_redis::connect(&run.redis).await?;
+    let redis_before = redis_memory(&mut redis).await?;
     let usage = connect_bench::procs::Usage::start(&run.pids);
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / run.rate.max(0.001));
@@ -476,12 +537,28 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
     );
     let secs = send_secs + run.drain as f64;
     let hot = usage.print(secs);
+    let redis_after = redis_memory(&mut redis).await?;
     if !accepted.is_empty() {
         println!(
-            "gateway+messaging CPU per group message: {:.2} ms ({:.1} µs per delivery or parked copy)",
+            "gateway+messaging CPU per group message: {:.2} ms ({:.1} µs per member)",
             hot * 1e3 / accepted.len() as f64,
             hot * 1e6 / (accepted.len() * (run.members - 1)).max(1) as f64
         );
+        println!(
+            "Redis used_memory: {:+.1} MiB over the run, {:.0} bytes per group message",
+            (redis_after as f64 - redis_before as f64) / 1048576.0,
+            (redis_after as f64 - redis_before as f64) / accepted.len() as f64
+        );
+    }
+    if run.online < run.members {
+        let seqs: Vec<u64> = accepted.iter().map(|(seq, _, _)| *seq).collect();
+        come_back(
+            issuer,
+            &gateways[1 % gateways.len()],
+            &members[run.online],
+            &seqs,
+        )
+        .await?;
     }
     Ok(())
 }
