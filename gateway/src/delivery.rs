@@ -22,9 +22,23 @@ pub fn assigned_consumer(
 ) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = kafka.consumer(group).create()?;
     let partition = slot as i32;
-    let (_, high) = tokio::task::block_in_place(|| {
-        consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
-    })?;
+    // A broker that has just started may not have elected the partition's leader yet: retry
+    // for a while instead of failing the gateway's start.
+    let mut attempts = 0;
+    let high = loop {
+        let fetched = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
+        });
+        match fetched {
+            Ok((_, high)) => break high,
+            Err(e) if attempts < 60 => {
+                attempts += 1;
+                warn!(cause = %e, "the slot's partition is not ready; retrying");
+                tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(500)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(high))?;
     consumer.assign(&tpl)?;
