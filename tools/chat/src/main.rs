@@ -27,6 +27,9 @@ struct Args {
     /// Gateway host:port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     gateway: String,
+    /// Your device (acks and redelivery are per device; the user's default device without it).
+    #[arg(long)]
+    device: Option<String>,
     /// HS256 secret to mint the token with (the local stack's development secret by default).
     #[arg(long, env = "CONNECT_JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -65,7 +68,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{token}");
         return Ok(());
     }
-    let mut req = format!("ws://{}/ws", args.gateway).into_client_request()?;
+    let query = args
+        .device
+        .as_deref()
+        .map(|d| format!("?device={d}"))
+        .unwrap_or_default();
+    let mut req = format!("ws://{}/ws{query}", args.gateway).into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     let (ws, _) = tokio_tungstenite::connect_async(req)
