@@ -174,7 +174,7 @@ where
         Ok(())
     }
 
-    /// Publishes `user_connected` for this connection, so its offline store is drained to it.
+    /// Publishes `user_connected` for this connection, so its device's backlog is pushed to it.
     fn announce(&self) {
         let event = UserConnected {
             user: self.user.clone(),
@@ -188,7 +188,7 @@ where
         tokio::spawn(async move {
             if let Err(e) = pending.await {
                 counter!("connect_gateway_announce_failures_total").increment(1);
-                warn!(cause = %e, user = %event.user, "user_connected publish failed; the offline store waits for the next connection");
+                warn!(cause = %e, user = %event.user, "user_connected publish failed; the backlog waits for the next connection");
             }
         });
     }

@@ -21,7 +21,7 @@ use connect_protocol::UserId;
 pub enum Out {
     /// A frame that needs no ack (`accepted`, `error`, a management API post).
     Frame(Utf8Bytes),
-    /// A `message` frame: held as unacked until the client acks its (conversation, seq). Boxed
+    /// A live `message` frame with its (conversation, seq): held back while the backlog comes. Boxed
     /// so the variants stay small: every connection's queue allocates a block of 32 slots up
     /// front, and that block is part of what an idle connection costs.
     Message(Box<Held>),

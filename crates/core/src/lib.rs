@@ -10,7 +10,7 @@
 //! - [`ports`]: the traits the adapters implement, one line each, gathered in [`ports::Ports`].
 //! - [`messaging`]: the messaging step — dedupe, authorize, sequence, persist, route.
 //! - [`inbound`]: what a gateway does with one client frame (pure).
-//! - [`offline`]: draining a user's offline store to a new connection.
+//! - [`offline`]: pushing a device's backlog (conversation logs above its cursors) to a new connection.
 //! - [`history`]: the history read: parameters, authorization, one page.
 //! - [`groups`]: group administration and its rules, group changes as system messages,
 //!   messaging's membership cache.

@@ -137,7 +137,7 @@ pub trait ConnectionPusher: Send + Sync {
     async fn post(&self, endpoint: &str, conn: &str, data: &str) -> Result<(), PushError>;
 }
 
-/// Announces a new connection (`user_connected`), so its offline store gets drained to it.
+/// Announces a new connection (`user_connected`), so its device's backlog is pushed to it.
 pub trait ConnectionEvents: Send + Sync {
     fn connected(&self, event: &UserConnected) -> PendingPublish;
 }
