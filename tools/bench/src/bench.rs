@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! connect-bench history --messages 100000 --reads 2000   # 50-message pages via the HTTP API
-//! connect-bench drain --queued 10000                      # offline drain to a reconnecting user
+//! connect-bench drain --queued 1000                       # a device's backlog on reconnect
 //! connect-bench group --members 1000 --online 1000 --messages 50 --rate 5     # fan-out latency
 //! connect-bench group --members 10000 --online 1000 --messages 300 --rate 20 # mostly offline
 //! connect-bench idle --connections 19000 --sources 8                          # idle density
@@ -65,9 +65,10 @@ enum What {
     Group(GroupRun),
     /// N idle authenticated connections to one gateway: its RSS per connection, and after close.
     Idle(idle::IdleRun),
-    /// A user with N queued messages connects: how fast do they arrive?
+    /// A user with N messages in a conversation's log connects: how fast do they arrive?
+    /// (At most the log's bound, `OFFLINE_LOG_MAX`: older messages are in history.)
     Drain {
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 1_000)]
         queued: u64,
         #[arg(long, default_value = "127.0.0.1:8081")]
         gateway: String,
@@ -198,10 +199,14 @@ async fn drain(
     let conversation =
         ConversationId::direct(&UserId::parse(&alice)?, &UserId::parse(&bob)?)?.to_string();
     // Written as messaging writes them: the conversation's log, and both users' inboxes.
-    let store = connect_redis::RedisLog::new(
-        connect_redis::connect(redis).await?,
-        connect_redis::OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
-    );
+    let limits = connect_redis::OfflineLimits::from_env().map_err(anyhow::Error::msg)?;
+    if queued as usize > limits.log_max {
+        bail!(
+            "--queued {queued} is over the log's bound ({}; OFFLINE_LOG_MAX, the same for the stack)",
+            limits.log_max
+        );
+    }
+    let store = connect_redis::RedisLog::new(connect_redis::connect(redis).await?, limits);
     let (alice_id, bob_id) = (UserId::parse(&alice)?, UserId::parse(&bob)?);
     let direct = if alice_id < bob_id {
         (alice_id.clone(), bob_id.clone())
