@@ -100,18 +100,6 @@ async fn group_admin_follows_the_contract() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_group(owner: &str, members: &[&str]) -> anyhow::Result<String> {
-    let (status, g) = api_call(
-        "POST",
-        "/v1/groups",
-        Some(owner),
-        &json!({"name": "Team", "members": members}).to_string(),
-    )
-    .await?;
-    anyhow::ensure!(status == 201, "create: {status} {g}");
-    Ok(g["group"].as_str().unwrap_or_default().to_owned())
-}
-
 impl Client {
     pub async fn send_group(&mut self, id: &str, group: &str, body: &str) -> anyhow::Result<()> {
         self.send_raw(&json!({"type":"send","id":id,"group":group,"body":body}).to_string())
@@ -278,21 +266,13 @@ async fn a_group_message_costs_one_record_per_gateway_not_per_member() -> anyhow
     let before = records().await?;
     // The group's `group_created` may reach these connections too (drained by the shared
     // stack, which shares Redis with this slice): skip system messages, and repeats.
-    async fn next_non_event(c: &mut Client) -> anyhow::Result<serde_json::Value> {
-        loop {
-            let f = c.next_fresh().await?;
-            if f.get("event").is_none() {
-                return Ok(f);
-            }
-        }
-    }
     for k in 0..3 {
         clients[0]
             .send_group(&format!("r{k}"), &group, "count me")
             .await?;
-        assert_eq!(next_non_event(&mut clients[0]).await?["type"], "accepted");
+        assert_eq!(clients[0].next_non_event().await?["type"], "accepted");
         for c in clients.iter_mut().skip(1) {
-            assert_eq!(next_non_event(c).await?["body"], "count me");
+            assert_eq!(c.next_non_event().await?["body"], "count me");
         }
     }
     // Messaging counts a batch's records once the broker acked them, which may be just after a

@@ -178,6 +178,17 @@ impl Client {
         }
     }
 
+    /// The next fresh frame that is not a group's system message (a group's own events may
+    /// reach its members at any time).
+    pub async fn next_non_event(&mut self) -> anyhow::Result<Value> {
+        loop {
+            let f = self.next_fresh().await?;
+            if f.get("event").is_none() {
+                return Ok(f);
+            }
+        }
+    }
+
     /// Asserts that nothing but repeats of messages already taken arrives within `wait`.
     pub async fn expect_nothing_fresh(&mut self, wait: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + wait;
@@ -364,4 +375,17 @@ impl Client {
         }
         Ok(seqs)
     }
+}
+
+/// Creates a group through the HTTP API; returns its id.
+pub async fn create_group(owner: &str, members: &[&str]) -> anyhow::Result<String> {
+    let (status, g) = api_call(
+        "POST",
+        "/v1/groups",
+        Some(owner),
+        &json!({"name": "Team", "members": members}).to_string(),
+    )
+    .await?;
+    anyhow::ensure!(status == 201, "create: {status} {g}");
+    Ok(g["group"].as_str().unwrap_or_default().to_owned())
 }

@@ -8,28 +8,6 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::private::PrivateStack;
 
-async fn create_group(owner: &str, members: &[&str]) -> anyhow::Result<String> {
-    let (status, g) = api_call(
-        "POST",
-        "/v1/groups",
-        Some(owner),
-        &json!({"name": "Semantics", "members": members}).to_string(),
-    )
-    .await?;
-    anyhow::ensure!(status == 201, "create: {status} {g}");
-    Ok(g["group"].as_str().unwrap_or_default().to_owned())
-}
-
-/// The next fresh `message` that is not a group's system message.
-async fn next_chat_message(c: &mut Client) -> anyhow::Result<Value> {
-    loop {
-        let f = c.next_fresh().await?;
-        if f["type"] == "message" && f.get("event").is_none() {
-            return Ok(f);
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_client_id_reused_for_another_conversation_answers_the_original_and_delivers_nothing(
 ) -> anyhow::Result<()> {
@@ -41,15 +19,12 @@ async fn a_client_id_reused_for_another_conversation_answers_the_original_and_de
     let mut b = Client::connect(&gw[1], &bob).await?;
     let mut c = Client::connect(&gw[1], &carol).await?;
     let seq = a.send_accepted("x1", &bob, "the original").await?;
-    assert_eq!(next_chat_message(&mut b).await?["body"], "the original");
+    assert_eq!(b.next_non_event().await?["body"], "the original");
 
     // The same id to carol, then to the group: the answer is the original conversation and seq.
     a.send_to("x1", &carol, "not for carol").await?;
     let again = a.expect("accepted").await?;
-    a.send_raw(
-        &json!({"type":"send","id":"x1","group":group,"body":"not for the group"}).to_string(),
-    )
-    .await?;
+    a.send_group("x1", &group, "not for the group").await?;
     let third = a.expect("accepted").await?;
     for answer in [&again, &third] {
         assert_eq!(
@@ -64,7 +39,7 @@ async fn a_client_id_reused_for_another_conversation_answers_the_original_and_de
     }
     // Carol's next message is the one sent after: nothing of x1 reached her.
     a.send_accepted("x2", &carol, "after").await?;
-    let m = next_chat_message(&mut c).await?;
+    let m = c.next_non_event().await?;
     assert_eq!(
         (m["id"].as_str(), m["body"].as_str()),
         (Some("x2"), Some("after"))
@@ -190,7 +165,7 @@ async fn a_group_event_whose_write_fails_once_is_delivered_after_the_retry() -> 
 /// The next fresh chat message (not a system message) in `conversation`.
 async fn next_in(c: &mut Client, conversation: &str) -> anyhow::Result<Value> {
     loop {
-        let m = next_chat_message(c).await?;
+        let m = c.next_non_event().await?;
         if m["conversation"] == conversation {
             return Ok(m);
         }
@@ -206,9 +181,6 @@ async fn a_membership_change_holds_from_the_admin_answer_on() -> anyhow::Result<
     let mut a = Client::connect(&gw[0], &alice).await?;
     let mut b = Client::connect(&gw[1], &bob).await?;
     let mut d = Client::connect(&gw[0], &dave).await?;
-    let send = |id: String, body: String| {
-        json!({"type":"send","id":id,"group":group,"body":body}).to_string()
-    };
     for round in 0..50 {
         // Added (200), then a send at once: dave gets it live.
         let (status, body) = api_call(
@@ -219,7 +191,7 @@ async fn a_membership_change_holds_from_the_admin_answer_on() -> anyhow::Result<
         )
         .await?;
         anyhow::ensure!(status == 200, "add: {status} {body}");
-        a.send_raw(&send(format!("in-{round}"), format!("in {round}")))
+        a.send_group(&format!("in-{round}"), &group, &format!("in {round}"))
             .await?;
         let m = next_in(&mut d, &conversation).await?;
         assert_eq!(m["body"], format!("in {round}"), "round {round}: {m}");
@@ -233,7 +205,7 @@ async fn a_membership_change_holds_from_the_admin_answer_on() -> anyhow::Result<
         )
         .await?;
         anyhow::ensure!(status == 204, "remove: {status} {body}");
-        a.send_raw(&send(format!("out-{round}"), format!("out {round}")))
+        a.send_group(&format!("out-{round}"), &group, &format!("out {round}"))
             .await?;
         // Bob, a member, has it (so it has been fanned out) ...
         loop {
@@ -245,7 +217,7 @@ async fn a_membership_change_holds_from_the_admin_answer_on() -> anyhow::Result<
         // ... and dave's next chat message is the direct one sent after it, not the group's.
         a.send_to(&format!("dm-{round}"), &dave, &format!("after {round}"))
             .await?;
-        let m = next_chat_message(&mut d).await?;
+        let m = d.next_non_event().await?;
         assert_eq!(
             m["body"],
             format!("after {round}"),
