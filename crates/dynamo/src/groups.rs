@@ -271,91 +271,31 @@ impl GroupStore for DynamoGroups {
             .iter()
             .filter_map(|i| get(i, "group").map(str::to_owned))
             .collect();
-        let mut groups = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(100) {
-            let keys: Vec<_> = chunk
-                .iter()
-                .map(|g| HashMap::from([("group".to_owned(), s(g)), ("item".to_owned(), s(META))]))
-                .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .build()
-                    .map_err(unavailable)?,
-            );
-            while let Some(req) = request.take() {
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, req)
-                    .send()
-                    .await
-                    .map_err(err)?;
-                if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
-                    groups.extend(items.iter().filter_map(summary));
-                }
-                request = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys().is_empty());
-            }
-        }
-        Ok(groups)
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        Ok(self
+            .meta_items(&ids, false)
+            .await?
+            .iter()
+            .filter_map(summary)
+            .collect())
     }
 
     async fn versions(&self, groups: &[GroupId]) -> Result<Vec<Option<u64>>, PortError> {
-        let mut found: HashMap<String, u64> = HashMap::new();
-        for chunk in groups.chunks(100) {
-            let keys: Vec<_> = chunk
-                .iter()
-                .map(|g| {
-                    HashMap::from([
-                        ("group".to_owned(), s(g.as_str())),
-                        ("item".to_owned(), s(META)),
-                    ])
-                })
-                .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .projection_expression("#g, #v")
-                    .expression_attribute_names("#g", "group")
-                    .expression_attribute_names("#v", "version")
-                    .build()
-                    .map_err(unavailable)?,
-            );
-            while let Some(req) = request.take() {
-                crate::requested("BatchGetItem");
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, req)
-                    .send()
-                    .await
-                    .map_err(err)?;
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(g) = get(item, "group") {
-                        // Groups written before versions existed count as version 0.
-                        let v = item
-                            .get("version")
-                            .and_then(|v| v.as_n().ok())
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(0);
-                        found.insert(g.to_owned(), v);
-                    }
-                }
-                request = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys().is_empty());
-            }
-        }
+        let ids: Vec<&str> = groups.iter().map(GroupId::as_str).collect();
+        let found: HashMap<String, u64> = self
+            .meta_items(&ids, true)
+            .await?
+            .iter()
+            .filter_map(|item| {
+                // Groups written before versions existed count as version 0.
+                let v = item
+                    .get("version")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                Some((get(item, "group")?.to_owned(), v))
+            })
+            .collect();
         Ok(groups
             .iter()
             .map(|g| found.get(g.as_str()).copied())
@@ -371,6 +311,47 @@ enum Written {
 }
 
 impl DynamoGroups {
+    /// The meta items of `groups` (those that exist), 100 keys per BatchGetItem, unprocessed
+    /// keys asked again; `consistent` for reads that must see every answered write.
+    async fn meta_items(
+        &self,
+        groups: &[&str],
+        consistent: bool,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, PortError> {
+        let mut items = Vec::with_capacity(groups.len());
+        for chunk in groups.chunks(100) {
+            let keys: Vec<_> = chunk
+                .iter()
+                .map(|g| HashMap::from([("group".to_owned(), s(*g)), ("item".to_owned(), s(META))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(consistent)
+                    .build()
+                    .map_err(unavailable)?,
+            );
+            while let Some(req) = request.take() {
+                crate::requested("BatchGetItem");
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, req)
+                    .send()
+                    .await
+                    .map_err(err)?;
+                if let Some(found) = out.responses().and_then(|r| r.get(&self.table)) {
+                    items.extend(found.iter().cloned());
+                }
+                request = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+            }
+        }
+        Ok(items)
+    }
+
     /// Writes `member` (a conditional put or delete of a member item) and bumps the group's
     /// membership version, in one transaction: when the admin call answers, a consistent read
     /// of the version shows the change.
