@@ -234,15 +234,16 @@ impl ConversationLog for Memory {
         let mut logs = lock(&self.logs);
         let mut inboxes = lock(&self.inboxes);
         for e in entries {
-            logs.entry(e.conversation.clone())
+            let conversation = e.conversation.to_string();
+            logs.entry(conversation.clone())
                 .or_default()
                 .insert(e.seq, e.frame.clone());
-            if let Some((a, b)) = &e.direct {
-                for user in [a, b] {
+            if let ConversationId::Direct { low, high } = &e.conversation {
+                for user in [low, high] {
                     let head = inboxes
                         .entry(user.clone())
                         .or_default()
-                        .entry(e.conversation.clone())
+                        .entry(conversation.clone())
                         .or_default();
                     *head = (*head).max(e.seq);
                 }

@@ -158,13 +158,12 @@ pub struct Delivery {
 /// device's cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
-    pub conversation: String,
+    /// A direct conversation is also indexed in both users' inboxes (a user's groups come from
+    /// the membership index instead).
+    pub conversation: ConversationId,
     pub seq: u64,
     /// The `message` frame text, exactly as a live delivery carries it.
     pub frame: String,
-    /// A direct conversation's two users: each one's inbox indexes the conversation (a user's
-    /// groups come from the membership index instead).
-    pub direct: Option<(UserId, UserId)>,
 }
 
 /// The device a connection without `?device=` belongs to.

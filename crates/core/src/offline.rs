@@ -128,15 +128,10 @@ mod tests {
     }
 
     fn entry(conv: &str, seq: u64, from: &str) -> LogEntry {
-        let parsed = ConversationId::parse(conv).unwrap();
         LogEntry {
-            conversation: conv.into(),
+            conversation: ConversationId::parse(conv).unwrap(),
             seq,
             frame: serde_json::json!({"conversation": conv, "seq": seq, "from": from}).to_string(),
-            direct: match parsed {
-                ConversationId::Direct { low, high } => Some((low, high)),
-                ConversationId::Group(_) => None,
-            },
         }
     }
 

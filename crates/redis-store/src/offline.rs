@@ -20,7 +20,7 @@ use redis::Script;
 use connect_core::model::LogEntry;
 use connect_core::ports::ConversationLog;
 use connect_core::PortError;
-use connect_protocol::UserId;
+use connect_protocol::{ConversationId, UserId};
 
 use crate::unavailable;
 
@@ -86,25 +86,27 @@ impl ConversationLog for RedisLog {
         let ttl = self.limits.ttl.as_millis() as i64;
         let keep = self.limits.log_max.max(1) as isize;
         let mut pipe = redis::pipe();
-        let mut logs: Vec<&str> = Vec::new();
+        let mut logs: Vec<String> = Vec::new();
         for e in entries {
-            pipe.zadd(log_key(&e.conversation), &e.frame, e.seq)
-                .ignore();
-            if !logs.contains(&e.conversation.as_str()) {
-                logs.push(&e.conversation);
+            let conversation = e.conversation.to_string();
+            pipe.zadd(log_key(&conversation), &e.frame, e.seq).ignore();
+            if let ConversationId::Direct { low, high } = &e.conversation {
+                for user in [low, high] {
+                    let inbox = inbox_key(user);
+                    pipe.cmd("ZADD")
+                        .arg(&inbox)
+                        .arg("GT")
+                        .arg(e.seq)
+                        .arg(&conversation)
+                        .ignore();
+                    pipe.pexpire(&inbox, ttl).ignore();
+                }
             }
-            for user in e.direct.iter().flat_map(|(a, b)| [a, b]) {
-                let inbox = inbox_key(user);
-                pipe.cmd("ZADD")
-                    .arg(&inbox)
-                    .arg("GT")
-                    .arg(e.seq)
-                    .arg(&e.conversation)
-                    .ignore();
-                pipe.pexpire(&inbox, ttl).ignore();
+            if !logs.contains(&conversation) {
+                logs.push(conversation);
             }
         }
-        for conversation in logs {
+        for conversation in &logs {
             let key = log_key(conversation);
             pipe.zremrangebyrank(&key, 0, -(keep + 1)).ignore();
             pipe.pexpire(&key, ttl).ignore();

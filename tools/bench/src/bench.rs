@@ -196,8 +196,8 @@ async fn drain(
     redis: &str,
 ) -> anyhow::Result<()> {
     let (alice, bob) = (unique("draina"), unique("drainb"));
-    let conversation =
-        ConversationId::direct(&UserId::parse(&alice)?, &UserId::parse(&bob)?)?.to_string();
+    let direct = ConversationId::direct(&UserId::parse(&alice)?, &UserId::parse(&bob)?)?;
+    let conversation = direct.to_string();
     // Written as messaging writes them: the conversation's log, and both users' inboxes.
     let limits = connect_redis::OfflineLimits::from_env().map_err(anyhow::Error::msg)?;
     if queued as usize > limits.log_max {
@@ -207,19 +207,12 @@ async fn drain(
         );
     }
     let store = connect_redis::RedisLog::new(connect_redis::connect(redis).await?, limits);
-    let (alice_id, bob_id) = (UserId::parse(&alice)?, UserId::parse(&bob)?);
-    let direct = if alice_id < bob_id {
-        (alice_id.clone(), bob_id.clone())
-    } else {
-        (bob_id.clone(), alice_id.clone())
-    };
     let mut seq = 1;
     while seq <= queued {
         let entries: Vec<LogEntry> = (seq..=(seq + 999).min(queued))
             .map(|s| LogEntry {
-                conversation: conversation.clone(),
+                conversation: direct.clone(),
                 seq: s,
-                direct: Some(direct.clone()),
                 frame: serde_json::json!({"type":"message","conversation":conversation,"seq":s,"from":alice,"id":format!("o{s}"),"body":"queued while away","ts":1_763_800_000_000u64 + s}).to_string(),
             })
             .collect();

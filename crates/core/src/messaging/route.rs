@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tracing::warn;
 
-use connect_protocol::{ConversationId, UserId};
+use connect_protocol::UserId;
 
 use super::{Accepted, MessagingStep, Outcome};
 use crate::model::{
@@ -73,13 +73,9 @@ impl MessagingStep {
             .iter()
             .filter(|a| a.fan_out)
             .map(|a| LogEntry {
-                conversation: a.message.conversation.to_string(),
+                conversation: a.message.conversation.clone(),
                 seq: a.message.seq,
                 frame: a.message.frame_text(),
-                direct: match &a.message.conversation {
-                    ConversationId::Direct { low, high } => Some((low.clone(), high.clone())),
-                    ConversationId::Group(_) => None,
-                },
             })
             .collect();
         if entries.is_empty() {
