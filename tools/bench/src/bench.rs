@@ -219,32 +219,17 @@ async fn drain(
         seq += entries.len() as u64;
         store.append(&entries).await?;
     }
-    let mut req = format!("ws://{gateway}/ws").into_client_request()?;
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", issuer.mint(&bob, 3600)).parse()?,
-    );
     let t = Instant::now();
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let mut ws = open(issuer, gateway, &bob).await?;
     let mut first = None;
-    let mut got = 0u64;
     let mut last_seq = 0;
-    while got < queued {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .context("stalled")?
-            .context("closed")??;
-        let Message::Text(text) = msg else { continue };
-        let f: serde_json::Value = serde_json::from_str(&text)?;
-        if f["type"] == "message" {
-            let s = f["seq"].as_u64().unwrap_or(0);
-            if s != last_seq + 1 {
-                bail!("out of order: {s} after {last_seq}");
-            }
-            last_seq = s;
-            got += 1;
-            first.get_or_insert_with(|| t.elapsed());
+    while last_seq < queued {
+        let s = next_message(&mut ws).await?["seq"].as_u64().unwrap_or(0);
+        if s != last_seq + 1 {
+            bail!("out of order: {s} after {last_seq}");
         }
+        last_seq = s;
+        first.get_or_insert_with(|| t.elapsed());
     }
     let total = t.elapsed();
     let first = first.unwrap_or_default();
@@ -306,33 +291,42 @@ async fn come_back(
     member: &str,
     seqs: &[u64],
 ) -> anyhow::Result<()> {
-    let want: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+    let mut missing: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
     let t = Instant::now();
     let mut ws = open(issuer, gateway, member).await?;
     let mut got: Vec<u64> = Vec::new();
     let mut first = None;
-    while got.iter().filter(|s| want.contains(s)).count() < want.len() {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .context("the backlog stalled")?
-            .context("closed")??;
-        let Message::Text(text) = msg else { continue };
-        let f: serde_json::Value = serde_json::from_str(&text)?;
-        if f["type"] == "message" {
-            first.get_or_insert_with(|| t.elapsed());
-            got.push(f["seq"].as_u64().unwrap_or(0));
-        }
+    while !missing.is_empty() {
+        let seq = next_message(&mut ws).await?["seq"].as_u64().unwrap_or(0);
+        first.get_or_insert_with(|| t.elapsed());
+        missing.remove(&seq);
+        got.push(seq);
     }
     let total = t.elapsed();
     let in_order = got.windows(2).all(|w| w[0] < w[1]);
     println!(
         "an offline member back after {} group messages: all of them in {:.2} s after connect (first after {:.0} ms), {} frames, in seq order: {in_order}",
-        want.len(),
+        seqs.len(),
         total.as_secs_f64(),
         first.unwrap_or_default().as_secs_f64() * 1000.0,
         got.len()
     );
     Ok(())
+}
+
+/// The next `message` frame (other frames skipped); an error after 30 s without one.
+async fn next_message(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .context("stalled: no message for 30 s")?
+            .context("closed")??;
+        let Message::Text(text) = msg else { continue };
+        let f: serde_json::Value = serde_json::from_str(&text)?;
+        if f["type"] == "message" {
+            return Ok(f);
+        }
+    }
 }
 
 type Ws =
