@@ -194,8 +194,8 @@ where
     }
 
     /// The frames to write for `out` now: a live message waits while the backlog comes (up to
-    /// a queue's worth: beyond that it all goes, rather than grow without bound); a message
-    /// that the backlog or an `accepted` already gave this connection is dropped.
+    /// a queue's worth: beyond that it all goes, rather than grow without bound); a live
+    /// message that the backlog already gave this connection is dropped.
     fn frames_of(&mut self, out: Out) -> Vec<Utf8Bytes> {
         match out {
             Out::Frame(frame) => vec![frame],
@@ -246,7 +246,7 @@ where
     }
 
     /// The device holds `conversation` up to `seq`: its cursor moves there.
-    fn ack(&mut self, conversation: &str, seq: u64) {
+    fn ack(&self, conversation: &str, seq: u64) {
         let (log, user, device, conversation) = (
             self.gw.log.clone(),
             self.user.clone(),

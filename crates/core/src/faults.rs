@@ -76,11 +76,10 @@ impl ChatStore for FailingWrites {
         self.inner.put_if_absent(message).await
     }
 
-    async fn get(
+    async fn get_many(
         &self,
-        conversation: &ConversationId,
-        seq: u64,
-    ) -> Result<Option<StoredMessage>, PortError> {
-        self.inner.get(conversation, seq).await
+        keys: &[(ConversationId, u64)],
+    ) -> Result<Vec<Option<StoredMessage>>, PortError> {
+        self.inner.get_many(keys).await
     }
 }

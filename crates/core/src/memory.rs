@@ -195,15 +195,16 @@ impl ChatStore for Memory {
         Ok(true)
     }
 
-    async fn get(
+    async fn get_many(
         &self,
-        conversation: &ConversationId,
-        seq: u64,
-    ) -> Result<Option<StoredMessage>, PortError> {
+        keys: &[(ConversationId, u64)],
+    ) -> Result<Vec<Option<StoredMessage>>, PortError> {
         self.check_chat()?;
-        Ok(lock(&self.messages)
-            .get(&(conversation.to_string(), seq))
-            .cloned())
+        let map = lock(&self.messages);
+        Ok(keys
+            .iter()
+            .map(|(c, seq)| map.get(&(c.to_string(), *seq)).cloned())
+            .collect())
     }
 }
 

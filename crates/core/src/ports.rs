@@ -67,12 +67,11 @@ pub trait ChatStore: Send + Sync {
     async fn put_batch(&self, messages: &[StoredMessage]) -> Result<(), PortError>;
     /// Stores a message unless its (conversation, seq) exists; true when it wrote.
     async fn put_if_absent(&self, message: &StoredMessage) -> Result<bool, PortError>;
-    /// The message at (conversation, seq), read consistently.
-    async fn get(
+    /// The message at each (conversation, seq) (same order), read consistently and batched.
+    async fn get_many(
         &self,
-        conversation: &ConversationId,
-        seq: u64,
-    ) -> Result<Option<StoredMessage>, PortError>;
+        keys: &[(ConversationId, u64)],
+    ) -> Result<Vec<Option<StoredMessage>>, PortError>;
 }
 
 /// What (sender, client id) was accepted as.

@@ -1,5 +1,7 @@
 //! The chat table: one item per message, key (`conversation`, `seq`).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -67,24 +69,60 @@ impl ChatStore for DynamoChatStore {
         crate::written(result)
     }
 
-    async fn get(
+    async fn get_many(
         &self,
-        conversation: &connect_protocol::ConversationId,
-        seq: u64,
-    ) -> Result<Option<StoredMessage>, PortError> {
-        use aws_sdk_dynamodb::types::AttributeValue;
-        crate::requested("GetItem");
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("conversation", AttributeValue::S(conversation.to_string()))
-            .key("seq", AttributeValue::N(seq.to_string()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
-        Ok(out.item().and_then(crate::item::from_item))
+        keys: &[(connect_protocol::ConversationId, u64)],
+    ) -> Result<Vec<Option<StoredMessage>>, PortError> {
+        use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+        let mut found: HashMap<(String, u64), StoredMessage> = HashMap::new();
+        for chunk in keys.chunks(100) {
+            let mut unique: Vec<(String, u64)> =
+                chunk.iter().map(|(c, seq)| (c.to_string(), *seq)).collect();
+            unique.sort();
+            unique.dedup();
+            let wanted: Vec<_> = unique
+                .into_iter()
+                .map(|(c, seq)| {
+                    HashMap::from([
+                        ("conversation".to_owned(), AttributeValue::S(c)),
+                        ("seq".to_owned(), AttributeValue::N(seq.to_string())),
+                    ])
+                })
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(wanted))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(unavailable)?,
+            );
+            while let Some(req) = request.take() {
+                crate::requested("BatchGetItem");
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, req)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+                let items = out.responses().and_then(|r| r.get(&self.table));
+                for m in items
+                    .into_iter()
+                    .flatten()
+                    .filter_map(crate::item::from_item)
+                {
+                    found.insert((m.conversation.to_string(), m.seq), m);
+                }
+                request = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|(c, seq)| found.get(&(c.to_string(), *seq)).cloned())
+            .collect())
     }
 }
 

@@ -173,22 +173,31 @@ impl MessagingStep {
         view: &mut HashMap<GroupId, crate::groups::Members>,
         out: &mut Outcome,
     ) {
+        if earlier.is_empty() {
+            return;
+        }
         out.report.duplicates += earlier.len();
-        let found = join_all(
-            earlier
-                .iter()
-                .map(|(_, a)| self.ports.chat.get(&a.conversation, a.seq)),
-        )
-        .await;
+        let keys: Vec<_> = earlier
+            .iter()
+            .map(|(_, a)| (a.conversation.clone(), a.seq))
+            .collect();
+        let found = match self.ports.chat.get_many(&keys).await {
+            Ok(found) => found,
+            Err(e) => {
+                for (sub, _) in &earlier {
+                    out.fail(sub, Failure::Backend(e.clone(), STORE_DOWN));
+                }
+                return;
+            }
+        };
         let mut missing = Vec::new();
         for ((sub, acceptance), found) in earlier.into_iter().zip(found) {
             let same = sub.conversation == acceptance.conversation;
             match found {
-                Err(e) => out.fail(&sub, Failure::Backend(e, STORE_DOWN)),
-                Ok(Some(stored)) => self.answer(sub, stored, same, view, out).await,
-                Ok(None) if same => missing.push((message_of(&sub, &acceptance), sub)),
+                Some(stored) => self.answer(sub, stored, same, view, out).await,
+                None if same => missing.push((message_of(&sub, &acceptance), sub)),
                 // Its own conversation's copy is on its way (a replay writes it): answer only.
-                Ok(None) => {
+                None => {
                     let mut message = message_of(&sub, &acceptance);
                     message.body.clear();
                     message.event = None;
@@ -209,8 +218,9 @@ impl MessagingStep {
                 Ok(false) => match self
                     .ports
                     .chat
-                    .get(&message.conversation, message.seq)
+                    .get_many(&[(message.conversation.clone(), message.seq)])
                     .await
+                    .map(|mut found| found.pop().flatten())
                 {
                     Ok(Some(stored)) => self.answer(sub, stored, true, view, out).await,
                     Ok(None) => out.fail(
