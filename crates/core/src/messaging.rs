@@ -33,8 +33,6 @@ use crate::model::{Delivery, ReplyTo, StoredMessage, Submission};
 use crate::ports::Ports;
 use crate::PortError;
 
-pub use route::plan_deliveries;
-
 /// Counts of what one batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StepReport {

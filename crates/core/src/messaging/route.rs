@@ -18,7 +18,13 @@ impl MessagingStep {
     /// (message, target gateway). The log is written before the lookup: a device that connects
     /// after the lookup finds the message in its backlog.
     pub(super) async fn route(&self, out: &mut Outcome) -> Vec<Delivery> {
-        self.log(out).await;
+        // Each message to be delivered rendered once, for its log entry and its deliveries.
+        let frames: Vec<Option<String>> = out
+            .accepted
+            .iter()
+            .map(|a| a.fan_out.then(|| a.message.frame_text()))
+            .collect();
+        self.log(out, &frames).await;
         let no_one: &[UserId] = &[];
         let audience = |a: &Accepted| -> &[UserId] {
             if !a.fan_out {
@@ -43,9 +49,10 @@ impl MessagingStep {
         let sessions = self.lookup(&users).await;
         let sessions_of = |u: &UserId| -> &[SessionRoute] { &sessions[index[u]] };
         let mut deliveries = Vec::new();
-        for a in &out.accepted {
+        for (a, frame) in out.accepted.iter().zip(&frames) {
             deliveries.extend(plan_deliveries(
                 &a.message,
+                frame.as_deref(),
                 a.reply.as_ref(),
                 audience(a),
                 sessions_of,
@@ -67,15 +74,17 @@ impl MessagingStep {
 
     /// One log entry per message to be delivered (one round trip for the batch). A failed
     /// write is logged: the messages are stored, and history gives them to whoever missed them.
-    async fn log(&self, out: &mut Outcome) {
+    async fn log(&self, out: &mut Outcome, frames: &[Option<String>]) {
         let entries: Vec<LogEntry> = out
             .accepted
             .iter()
-            .filter(|a| a.fan_out)
-            .map(|a| LogEntry {
-                conversation: a.message.conversation.clone(),
-                seq: a.message.seq,
-                frame: a.message.frame_text(),
+            .zip(frames)
+            .filter_map(|(a, frame)| {
+                Some(LogEntry {
+                    conversation: a.message.conversation.clone(),
+                    seq: a.message.seq,
+                    frame: frame.clone()?,
+                })
             })
             .collect();
         if entries.is_empty() {
@@ -100,10 +109,12 @@ impl MessagingStep {
     }
 }
 
-/// The deliveries of one message: one per slot that has a session of a recipient, with the
-/// sender's `accepted` on the record for its own slot (or alone, if no recipient is there).
-pub fn plan_deliveries<'s>(
+/// The deliveries of one message (`frame`: its rendering, needed when it has recipients): one
+/// per slot that has a session of a recipient, with the sender's `accepted` on the record for
+/// its own slot (or alone, if no recipient is there).
+fn plan_deliveries<'s>(
     message: &StoredMessage,
+    frame: Option<&str>,
     reply: Option<&ReplyTo>,
     recipients: &[UserId],
     sessions_of: impl Fn(&UserId) -> &'s [SessionRoute],
@@ -123,11 +134,7 @@ pub fn plan_deliveries<'s>(
             by_slot.push((r.slot, Vec::new()));
         }
     }
-    let frame = if by_slot.iter().any(|(_, users)| !users.is_empty()) {
-        Some(message.frame_text())
-    } else {
-        None
-    };
+    let frame = frame.filter(|_| by_slot.iter().any(|(_, users)| !users.is_empty()));
     by_slot
         .into_iter()
         .map(|(slot, users)| Delivery {
@@ -137,7 +144,7 @@ pub fn plan_deliveries<'s>(
                     conversation: message.conversation.to_string(),
                     seq: message.seq,
                     ts: message.ts,
-                    frame: frame.clone(),
+                    frame: (*frame).to_owned(),
                 }),
                 _ => None,
             },
