@@ -68,6 +68,8 @@ pub trait GroupStore: Send + Sync {
     ) -> Result<bool, PortError>;
     /// The groups `user` is a member of.
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
+    /// The ids of the groups `user` is a member of (the membership index alone).
+    async fn group_ids_of(&self, user: &UserId) -> Result<Vec<GroupId>, PortError>;
     /// Each group's membership version (same order as `groups`; None: no such group), read
     /// consistently in one round trip. Every member write bumps it in the same transaction, so
     /// a version read after an admin call answered shows that call's change.

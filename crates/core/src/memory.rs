@@ -464,6 +464,17 @@ impl crate::groups::GroupStore for Memory {
             .collect())
     }
 
+    async fn group_ids_of(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<connect_protocol::GroupId>, PortError> {
+        Ok(lock(&self.groups)
+            .values()
+            .filter(|g| g.members.contains(user))
+            .map(|g| g.group.clone())
+            .collect())
+    }
+
     async fn groups_of(
         &self,
         user: &UserId,

@@ -62,10 +62,10 @@ pub async fn drain(
     let mut heads = ports.log.inbox(&event.user).await?;
     let groups: Vec<String> = ports
         .groups
-        .groups_of(&event.user)
+        .group_ids_of(&event.user)
         .await?
         .into_iter()
-        .map(|g| ConversationId::group(g.group).to_string())
+        .map(|g| ConversationId::group(g).to_string())
         .collect();
     let group_heads = ports.log.heads(&groups).await?;
     heads.extend(groups.into_iter().zip(group_heads));

@@ -258,6 +258,17 @@ impl GroupStore for DynamoGroups {
     }
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError> {
+        let ids = self.group_ids_of(user).await?;
+        let ids: Vec<&str> = ids.iter().map(GroupId::as_str).collect();
+        Ok(self
+            .meta_items(&ids, false)
+            .await?
+            .iter()
+            .filter_map(summary)
+            .collect())
+    }
+
+    async fn group_ids_of(&self, user: &UserId) -> Result<Vec<GroupId>, PortError> {
         let query = self
             .client
             .query()
@@ -266,17 +277,10 @@ impl GroupStore for DynamoGroups {
             .key_condition_expression("#u = :u")
             .expression_attribute_names("#u", "user")
             .expression_attribute_values(":u", s(user.as_str()));
-        let ids: Vec<String> = query_all(query)
+        Ok(query_all(query)
             .await?
             .iter()
-            .filter_map(|i| get(i, "group").map(str::to_owned))
-            .collect();
-        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        Ok(self
-            .meta_items(&ids, false)
-            .await?
-            .iter()
-            .filter_map(summary)
+            .filter_map(|i| GroupId::parse(get(i, "group")?).ok())
             .collect())
     }
 
