@@ -288,6 +288,24 @@ pub async fn metric(addr: &str, name: &str, labels: &str) -> anyhow::Result<f64>
         .sum())
 }
 
+/// Polls a metric until it reaches `at_least` (or [`WAIT`] passes) and returns its last value:
+/// counters move a moment after what they count may already be visible to a client.
+pub async fn metric_reaching(
+    addr: &str,
+    name: &str,
+    labels: &str,
+    at_least: f64,
+) -> anyhow::Result<f64> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = metric(addr, name, labels).await?;
+        if v >= at_least || tokio::time::Instant::now() >= deadline {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// DynamoDB Local client for the stack's tables.
 pub async fn dynamo() -> aws_sdk_dynamodb::Client {
     let cfg = connect_dynamo::DynamoConfig::from_env().expect("dynamo config");
