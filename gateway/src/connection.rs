@@ -363,7 +363,8 @@ where
             slot: self.gw.slot,
         };
         match handle_text(&self.user, reply, text, &self.gw.cfg.limits) {
-            Inbound::Submit(submission) => {
+            Inbound::Submit(mut submission) => {
+                submission.device = Some(self.device.to_string());
                 if !self.bucket.try_take(Instant::now()) {
                     counter!("connect_gateway_sends_total", "result" => "rate_limited")
                         .increment(1);

@@ -277,7 +277,13 @@ async fn a_group_message_costs_one_record_per_gateway_not_per_member() -> anyhow
     }
     // Messaging counts a batch's records once the broker acked them, which may be just after a
     // gateway delivered them: wait for the count to settle, then hold it to the exact figure.
-    metric_reaching(&ops, "connect_messaging_records_out_total", "", before + 6.0).await?;
+    metric_reaching(
+        &ops,
+        "connect_messaging_records_out_total",
+        "",
+        before + 6.0,
+    )
+    .await?;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let after = records().await?;
     // 3 messages × 2 gateways with online members (the sender's `accepted` rides on one of them),

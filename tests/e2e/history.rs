@@ -35,6 +35,8 @@ async fn pages_of_a_120_message_conversation() -> anyhow::Result<()> {
             body: format!("message {seq}"),
             ts: 1_763_800_000_000 + seq,
             event: None,
+            mv: None,
+            device: None,
         })
         .collect();
     store.put_batch(&messages).await?;

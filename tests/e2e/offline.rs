@@ -269,6 +269,39 @@ async fn each_device_gets_what_it_has_not_acked_before_newer_live_messages() -> 
 }
 
 #[tokio::test]
+async fn the_senders_other_devices_get_what_it_sent_and_the_sending_device_does_not(
+) -> anyhow::Result<()> {
+    let gw = gateways();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conversation = dm(&alice, &bob);
+    let mut phone = Client::connect_device(&gw[0], &bob, "phone").await?;
+    for i in 1..=3u64 {
+        phone
+            .send_accepted(&format!("p{i}"), &alice, &format!("from the phone {i}"))
+            .await?;
+    }
+    phone.close().await;
+    // The laptop was offline: it gets what the phone sent, in order.
+    let mut laptop = Client::connect_device(&gw[1], &bob, "laptop").await?;
+    for i in 1..=3u64 {
+        let m = laptop.expect("message").await?;
+        assert_eq!(
+            (
+                m["conversation"].as_str(),
+                m["seq"].as_u64(),
+                m["from"].as_str()
+            ),
+            (Some(conversation.as_str()), Some(i), Some(bob.as_str()))
+        );
+    }
+    laptop.expect_silence(Duration::from_millis(500)).await?;
+    // The phone had `accepted` for each: nothing comes back to it.
+    let mut phone = Client::connect_device(&gw[0], &bob, "phone").await?;
+    phone.expect_silence(Duration::from_millis(800)).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_bad_device_id_is_refused_before_the_upgrade() -> anyhow::Result<()> {
     let gw = gateways();
     let bob = user("bob");

@@ -40,6 +40,8 @@ async fn seed(mem: &Memory, n: u64) {
             body: format!("b{seq}"),
             ts: seq,
             event: None,
+            mv: None,
+            device: None,
         })
         .collect();
     mem.put_batch(&messages).await.unwrap();

@@ -17,7 +17,7 @@ use crate::PortError;
 mod cache;
 mod change;
 
-pub use cache::{Members, MembershipCache};
+pub use cache::{Members, MembershipCache, Roster};
 pub use change::GroupChange;
 
 /// The longest group name, in characters.
@@ -49,7 +49,17 @@ pub trait GroupStore: Send + Sync {
     /// The group's meta data (no members), or None.
     async fn meta(&self, group: &GroupId) -> Result<Option<GroupSummary>, PortError>;
     /// The members, sorted.
-    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, PortError>;
+    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, PortError> {
+        Ok(self
+            .roster(group)
+            .await?
+            .into_iter()
+            .map(|m| m.user)
+            .collect())
+    }
+    /// The members with the membership version each joined at, sorted by user, read
+    /// consistently.
+    async fn roster(&self, group: &GroupId) -> Result<Vec<Member>, PortError>;
     async fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError>;
     /// Adds a member on `by`'s request (adding a member again is a no-op).
     async fn add_member(
@@ -68,12 +78,30 @@ pub trait GroupStore: Send + Sync {
     ) -> Result<bool, PortError>;
     /// The groups `user` is a member of.
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
-    /// The ids of the groups `user` is a member of (the membership index alone).
-    async fn group_ids_of(&self, user: &UserId) -> Result<Vec<GroupId>, PortError>;
+    /// The groups `user` is a member of, with the membership version they joined at (the
+    /// membership index alone).
+    async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, PortError>;
     /// Each group's membership version (same order as `groups`; None: no such group), read
     /// consistently in one round trip. Every member write bumps it in the same transaction, so
     /// a version read after an admin call answered shows that call's change.
     async fn versions(&self, groups: &[GroupId]) -> Result<Vec<Option<u64>>, PortError>;
+}
+
+/// A member and the membership version at which they joined (the version their add bumped the
+/// group to; 1 for the members a group was created with, 0 for members written before versions
+/// existed). A group message sequenced under version `v` belongs to the members with
+/// `since <= v`: a later joiner never gets it, replayed or drained.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Member {
+    pub user: UserId,
+    pub since: u64,
+}
+
+/// One of a user's groups and the membership version they joined it at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub group: GroupId,
+    pub since: u64,
 }
 
 /// `POST /v1/groups` body.

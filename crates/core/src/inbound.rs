@@ -48,6 +48,7 @@ pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimi
                 reply: Some(reply),
                 event: None,
                 submitted_ms: crate::now_ms(),
+                device: None,
             })
         }
     }

@@ -32,8 +32,8 @@ pub struct Memory {
     pub accepted: Mutex<HashMap<DedupeKey, Acceptance>>,
     pub published: Mutex<Vec<Delivery>>,
     pub chat_down: AtomicBool,
-    /// Conversation → seq → frame.
-    pub logs: Mutex<BTreeMap<String, BTreeMap<u64, String>>>,
+    /// Conversation → seq → entry.
+    pub logs: Mutex<BTreeMap<String, BTreeMap<u64, LogEntry>>>,
     /// User → direct conversation → latest seq.
     pub inboxes: Mutex<HashMap<UserId, BTreeMap<String, u64>>>,
     /// (user, device) → conversation → acked seq.
@@ -48,6 +48,8 @@ pub struct Memory {
     pub announced: Mutex<Vec<UserConnected>>,
     /// Membership versions, bumped by every member write.
     pub group_versions: Mutex<HashMap<connect_protocol::GroupId, u64>>,
+    /// The version each added member joined at (absent: 1, a member the group was created with).
+    pub member_since: Mutex<HashMap<(connect_protocol::GroupId, UserId), u64>>,
 }
 
 impl Memory {
@@ -238,7 +240,7 @@ impl ConversationLog for Memory {
             let conversation = e.conversation.to_string();
             logs.entry(conversation.clone())
                 .or_default()
-                .insert(e.seq, e.frame.clone());
+                .insert(e.seq, e.clone());
             if let ConversationId::Direct { low, high } = &e.conversation {
                 for user in [low, high] {
                     let head = inboxes
@@ -274,16 +276,16 @@ impl ConversationLog for Memory {
 
     async fn page(
         &self,
-        conversation: &str,
+        conversation: &ConversationId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String)>, PortError> {
+    ) -> Result<Vec<LogEntry>, PortError> {
         Ok(lock(&self.logs)
-            .get(conversation)
+            .get(&conversation.to_string())
             .map(|m| {
                 m.range(after + 1..)
                     .take(limit)
-                    .map(|(s, f)| (*s, f.clone()))
+                    .map(|(_, e)| e.clone())
                     .collect()
             })
             .unwrap_or_default())
@@ -398,10 +400,22 @@ impl crate::groups::GroupStore for Memory {
             }))
     }
 
-    async fn members(&self, group: &connect_protocol::GroupId) -> Result<Vec<UserId>, PortError> {
+    async fn roster(
+        &self,
+        group: &connect_protocol::GroupId,
+    ) -> Result<Vec<crate::groups::Member>, PortError> {
+        let since = lock(&self.member_since);
         Ok(lock(&self.groups)
             .get(group)
-            .map(|g| g.members.clone())
+            .map(|g| {
+                g.members
+                    .iter()
+                    .map(|u| crate::groups::Member {
+                        user: u.clone(),
+                        since: since.get(&(group.clone(), u.clone())).copied().unwrap_or(1),
+                    })
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -425,7 +439,10 @@ impl crate::groups::GroupStore for Memory {
             if !g.members.contains(user) {
                 g.members.push(user.clone());
                 g.members.sort();
-                *lock(&self.group_versions).entry(group.clone()).or_insert(1) += 1;
+                let mut versions = lock(&self.group_versions);
+                let v = versions.entry(group.clone()).or_insert(1);
+                *v += 1;
+                lock(&self.member_since).insert((group.clone(), user.clone()), *v);
             }
         }
         Ok(())
@@ -464,14 +481,21 @@ impl crate::groups::GroupStore for Memory {
             .collect())
     }
 
-    async fn group_ids_of(
+    async fn memberships_of(
         &self,
         user: &UserId,
-    ) -> Result<Vec<connect_protocol::GroupId>, PortError> {
+    ) -> Result<Vec<crate::groups::Membership>, PortError> {
+        let since = lock(&self.member_since);
         Ok(lock(&self.groups)
             .values()
             .filter(|g| g.members.contains(user))
-            .map(|g| g.group.clone())
+            .map(|g| crate::groups::Membership {
+                group: g.group.clone(),
+                since: since
+                    .get(&(g.group.clone(), user.clone()))
+                    .copied()
+                    .unwrap_or(1),
+            })
             .collect())
     }
 

@@ -23,11 +23,10 @@ mod route;
 mod store;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use tracing::warn;
 
-use connect_protocol::{ErrorCode, FrameError, UserId};
+use connect_protocol::{ErrorCode, FrameError};
 
 use crate::model::{Delivery, ReplyTo, StoredMessage, Submission};
 use crate::ports::Ports;
@@ -109,7 +108,7 @@ enum Failure {
 #[derive(Default)]
 struct Outcome {
     /// Who receives each valid submission, decided when it was authorized.
-    audience: HashMap<crate::model::DedupeKey, Arc<[UserId]>>,
+    audience: HashMap<crate::model::DedupeKey, audience::Audience>,
     accepted: Vec<Accepted>,
     errors: Vec<(ReplyTo, FrameError)>,
     retry: Vec<Submission>,
@@ -209,7 +208,7 @@ impl MessagingStep {
                         earlier.push((sub, acceptance));
                         continue;
                     }
-                    match self.audience(&sub, &mut view).await {
+                    match self.audience(&sub, &mut view, None).await {
                         Ok(audience) => {
                             out.audience.entry(key).or_insert(audience);
                             fresh.push(sub);

@@ -30,6 +30,10 @@ pub struct Submission {
     /// client send that waited too long (overload shedding).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub submitted_ms: u64,
+    /// The sending connection's device (`?device=`): that device has the message (`accepted`),
+    /// the sender's other devices get it like any recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -59,6 +63,8 @@ pub struct Acceptance {
     pub conversation: ConversationId,
     pub seq: u64,
     pub ts: u64,
+    /// A group message's membership version ([`StoredMessage::mv`]).
+    pub mv: Option<u64>,
 }
 
 /// A message with its place in the conversation, as stored in the chat table.
@@ -71,6 +77,11 @@ pub struct StoredMessage {
     pub body: String,
     pub ts: u64,
     pub event: Option<GroupEvent>,
+    /// A group message: the membership version it was sequenced under (its audience is the
+    /// members who had joined by then, replayed or drained).
+    pub mv: Option<u64>,
+    /// The device that sent it (it does not get it back on reconnect).
+    pub device: Option<String>,
 }
 
 impl StoredMessage {
@@ -164,6 +175,11 @@ pub struct LogEntry {
     pub seq: u64,
     /// The `message` frame text, exactly as a live delivery carries it.
     pub frame: String,
+    /// A group message's membership version ([`StoredMessage::mv`]; 0: none, a direct message
+    /// or one stored before versions were kept): a member who joined later does not get it.
+    pub mv: u64,
+    /// The device that sent it, which does not get it back.
+    pub device: Option<String>,
 }
 
 /// The device a connection without `?device=` belongs to.

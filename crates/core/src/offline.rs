@@ -18,7 +18,7 @@ use serde::Deserialize;
 use connect_protocol::ConversationId;
 
 use crate::groups::GroupStore;
-use crate::model::UserConnected;
+use crate::model::{LogEntry, UserConnected};
 use crate::ports::{ConnectionPusher, ConversationLog, PushError};
 use crate::PortError;
 
@@ -48,9 +48,22 @@ pub struct DrainPorts<'a> {
     pub pusher: &'a dyn ConnectionPusher,
 }
 
+/// Whether `entry` is for the connecting device: not a message it sent itself (it had
+/// `accepted`; the sender's other devices get it), and for a group, not one sequenced before
+/// the user joined (`since`: the membership version they joined at; an entry's version 0 is
+/// unknown).
+fn for_device(entry: &LogEntry, event: &UserConnected, since: u64) -> bool {
+    if entry.mv != 0 && entry.mv < since {
+        return false;
+    }
+    let own_device = entry.device.as_deref() == Some(event.device.as_str())
+        && serde_json::from_str::<Sender<'_>>(&entry.frame)
+            .is_ok_and(|s| s.from == event.user.as_str());
+    !own_device
+}
+
 /// Pushes the backlog of `event`'s device to `event.conn`, `page` entries per log read, then
-/// [`CAUGHT_UP`]. The user's own messages are left out (the sending connection had `accepted`;
-/// another device of the sender reads them from history). `Err` means a backend failed: the invocation should be retried (pushing again
+/// [`CAUGHT_UP`]. `Err` means a backend failed: the invocation should be retried (pushing again
 /// is harmless).
 pub async fn drain(
     ports: DrainPorts<'_>,
@@ -59,33 +72,48 @@ pub async fn drain(
 ) -> Result<DrainReport, PortError> {
     let page = page.max(1);
     let mut report = DrainReport::default();
-    let mut heads = ports.log.inbox(&event.user).await?;
-    let groups: Vec<String> = ports
-        .groups
-        .group_ids_of(&event.user)
+    // (conversation, head, since) of each conversation the device may have a backlog in.
+    let mut logs: Vec<(String, u64, u64)> = ports
+        .log
+        .inbox(&event.user)
         .await?
         .into_iter()
-        .map(|g| ConversationId::group(g).to_string())
+        .map(|(conversation, head)| (conversation, head, 0))
+        .collect();
+    let memberships = ports.groups.memberships_of(&event.user).await?;
+    let groups: Vec<String> = memberships
+        .iter()
+        .map(|m| ConversationId::group(m.group.clone()).to_string())
         .collect();
     let group_heads = ports.log.heads(&groups).await?;
-    heads.extend(groups.into_iter().zip(group_heads));
-    heads.sort();
+    logs.extend(
+        groups
+            .into_iter()
+            .zip(group_heads)
+            .zip(&memberships)
+            .map(|((conversation, head), m)| (conversation, head, m.since)),
+    );
+    logs.sort();
     let cursors = ports.log.cursors(&event.user, &event.device).await?;
-    for (conversation, head) in heads {
+    for (conversation, head, since) in logs {
         let mut after = cursors.get(&conversation).copied().unwrap_or(0);
+        if after >= head {
+            continue;
+        }
+        let Ok(id) = ConversationId::parse(&conversation) else {
+            continue;
+        };
         while after < head {
-            let entries = ports.log.page(&conversation, after, page).await?;
+            let entries = ports.log.page(&id, after, page).await?;
             let last_page = entries.len() < page;
-            for (seq, frame) in entries {
-                after = seq;
-                let own = serde_json::from_str::<Sender<'_>>(&frame)
-                    .is_ok_and(|s| s.from == event.user.as_str());
-                if own {
+            for entry in entries {
+                after = entry.seq;
+                if !for_device(&entry, event, since) {
                     continue;
                 }
                 match ports
                     .pusher
-                    .post(&event.endpoint, &event.conn, &frame)
+                    .post(&event.endpoint, &event.conn, &entry.frame)
                     .await
                 {
                     Ok(()) => report.pushed += 1,
@@ -121,7 +149,7 @@ mod tests {
 
     use super::*;
     use crate::memory::Memory;
-    use crate::model::{LogEntry, DEFAULT_DEVICE};
+    use crate::model::DEFAULT_DEVICE;
 
     fn u(s: &str) -> UserId {
         UserId::parse(s).unwrap()
@@ -132,6 +160,8 @@ mod tests {
             conversation: ConversationId::parse(conv).unwrap(),
             seq,
             frame: serde_json::json!({"conversation": conv, "seq": seq, "from": from}).to_string(),
+            mv: 0,
+            device: Some("phone".into()),
         }
     }
 
@@ -177,7 +207,8 @@ mod tests {
             .collect();
         entries.push(entry("dm:bob:carol", 3, "carol"));
         entries.push(entry("dm:alice:bob", 2, "alice")); // a repeat is kept once
-        entries.push(entry("dm:bob:carol", 4, "bob")); // bob's own: not pushed to him
+                                                         // bob's own, sent from his phone: not pushed back to the phone, pushed to his laptop.
+        entries.push(entry("dm:bob:carol", 4, "bob"));
         mem.append(&entries).await.unwrap();
 
         let report = drain(ports(&mem), &connected("c1", "phone"), 3)
@@ -212,7 +243,9 @@ mod tests {
         drain(ports(&mem), &connected("c3", "laptop"), 100)
             .await
             .unwrap();
-        assert_eq!(pushed(&mem).len(), 9);
+        let laptop = pushed(&mem);
+        assert_eq!(laptop.len(), 10);
+        assert!(laptop.contains(&"dm:bob:carol#4".to_owned()));
         // A cursor never moves back.
         mem.ack(&u("bob"), "phone", "dm:alice:bob", 2)
             .await
@@ -239,7 +272,12 @@ mod tests {
         })
         .await
         .unwrap();
-        let entries: Vec<_> = (1..=3).map(|s| entry("group:g_1", s, "alice")).collect();
+        let entries: Vec<_> = (1..=3)
+            .map(|s| LogEntry {
+                mv: 1,
+                ..entry("group:g_1", s, "alice")
+            })
+            .collect();
         mem.append(&entries).await.unwrap();
         drain(ports(&mem), &connected("c1", "phone"), 2)
             .await
@@ -248,6 +286,32 @@ mod tests {
             pushed(&mem),
             ["group:g_1#1", "group:g_1#2", "group:g_1#3", "caught_up"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_member_who_joined_later_gets_nothing_sequenced_before() {
+        use crate::groups::{Group, GroupStore};
+        let mem = Arc::new(Memory::default());
+        let g = connect_protocol::GroupId::parse("g_1").unwrap();
+        mem.create(&Group {
+            group: g.clone(),
+            name: "t".into(),
+            owner: u("alice"),
+            members: vec![u("alice")],
+        })
+        .await
+        .unwrap();
+        // Sequenced under version 1; bob joins at version 2; one more under version 2.
+        let mut early = entry("group:g_1", 1, "alice");
+        early.mv = 1;
+        mem.add_member(&g, &u("bob"), &u("alice")).await.unwrap();
+        let mut late = entry("group:g_1", 2, "alice");
+        late.mv = 2;
+        mem.append(&[early, late]).await.unwrap();
+        drain(ports(&mem), &connected("c1", "phone"), 10)
+            .await
+            .unwrap();
+        assert_eq!(pushed(&mem), ["group:g_1#2", "caught_up"]);
     }
 
     #[tokio::test]

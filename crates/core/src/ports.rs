@@ -97,13 +97,13 @@ pub trait ConversationLog: Send + Sync {
     async fn inbox(&self, user: &UserId) -> Result<Vec<(String, u64)>, PortError>;
     /// The latest seq in each conversation's log (0: empty), same order, one round trip.
     async fn heads(&self, conversations: &[String]) -> Result<Vec<u64>, PortError>;
-    /// Up to `limit` entries of `conversation`'s log above `after`, as (seq, frame), ascending.
+    /// Up to `limit` entries of `conversation`'s log above `after`, ascending by seq.
     async fn page(
         &self,
-        conversation: &str,
+        conversation: &ConversationId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String)>, PortError>;
+    ) -> Result<Vec<LogEntry>, PortError>;
     /// A device's cursors: conversation → the last seq it acked.
     async fn cursors(
         &self,

@@ -1,7 +1,8 @@
 //! The group table: key (`group`, `item`); `item` = `meta` (name, owner) or `m#<user>` (one per
-//! member, with `user`). The sparse global index `by_user` (`user`, `group`) lists a user's
-//! groups. Its stream feeds the group-events function. The meta item's `version` is the
-//! membership version: every member write bumps it in the same transaction.
+//! member, with `user` and `since`). The sparse global index `by_user` (`user`, `group`,
+//! projecting `since`) lists a user's groups. Its stream feeds the group-events function. The
+//! meta item's `version` is the membership version: every member write bumps it in the same
+//! transaction, and an added member's `since` is the version their add bumped it to.
 
 use std::collections::HashMap;
 
@@ -12,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use connect_core::groups::{Group, GroupStore, GroupSummary};
+use connect_core::groups::{Group, GroupStore, GroupSummary, Member, Membership};
 use connect_core::PortError;
 use connect_protocol::{GroupId, UserId};
 
@@ -33,6 +34,21 @@ fn member_key(user: &UserId) -> String {
 fn get<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
     item.get(k)?.as_s().ok().map(String::as_str)
 }
+
+/// A number attribute (0 when absent: items written before it existed).
+fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> u64 {
+    item.get(k)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Attempts of an add whose version read was overtaken by another member write.
+const ADD_ATTEMPTS: usize = 20;
 
 fn summary(item: &HashMap<String, AttributeValue>) -> Option<GroupSummary> {
     Some(GroupSummary {
@@ -86,13 +102,14 @@ impl DynamoGroups {
         }
     }
 
-    /// A member item; `initial` marks the members written with the group (its `group_created`
-    /// event covers them).
+    /// A member item joining at membership version `since`; `initial` marks the members
+    /// written with the group (its `group_created` event covers them).
     fn member_item(
         &self,
         group: &GroupId,
         user: &UserId,
         by: &UserId,
+        since: u64,
         initial: bool,
     ) -> HashMap<String, AttributeValue> {
         let mut item = HashMap::from([
@@ -100,6 +117,7 @@ impl DynamoGroups {
             ("item".to_owned(), s(member_key(user))),
             ("user".to_owned(), s(user.as_str())),
             ("by".to_owned(), s(by.as_str())),
+            ("since".to_owned(), n(since)),
         ]);
         if initial {
             item.insert("initial".to_owned(), AttributeValue::Bool(true));
@@ -117,7 +135,7 @@ impl GroupStore for DynamoGroups {
         let items: Vec<_> = group
             .members
             .iter()
-            .map(|m| self.member_item(&group.group, m, &group.owner, true))
+            .map(|m| self.member_item(&group.group, m, &group.owner, 1, true))
             .collect();
         let writes: Vec<_> = items
             .chunks(BATCH)
@@ -157,7 +175,7 @@ impl GroupStore for DynamoGroups {
         Ok(out.item().and_then(summary))
     }
 
-    async fn members(&self, group: &GroupId) -> Result<Vec<UserId>, PortError> {
+    async fn roster(&self, group: &GroupId) -> Result<Vec<Member>, PortError> {
         let query = self
             .client
             .query()
@@ -168,10 +186,15 @@ impl GroupStore for DynamoGroups {
             .expression_attribute_values(":g", s(group.as_str()))
             .expression_attribute_values(":m", s("m#"))
             .consistent_read(true);
-        let mut members: Vec<UserId> = query_all(query)
+        let mut members: Vec<Member> = query_all(query)
             .await?
             .iter()
-            .filter_map(|i| UserId::parse(get(i, "user")?).ok())
+            .filter_map(|i| {
+                Some(Member {
+                    user: UserId::parse(get(i, "user")?).ok()?,
+                    since: get_n(i, "since"),
+                })
+            })
             .collect();
         members.sort();
         Ok(members)
@@ -197,20 +220,42 @@ impl GroupStore for DynamoGroups {
         user: &UserId,
         by: &UserId,
     ) -> Result<(), PortError> {
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(self.member_item(group, user, by, false)))
-            .condition_expression("attribute_not_exists(#i)")
-            .expression_attribute_names("#i", "item")
-            .build()
-            .map_err(unavailable)?;
-        match self
-            .with_version_bump(group, TransactWriteItem::builder().put(put).build())
-            .await?
-        {
-            // Already a member: no change, no event.
-            Written::Yes | Written::ConditionFailed => Ok(()),
+        // The member joins at the version their add bumps the group to: read the version,
+        // then write the member and the next version on the condition that it is unchanged
+        // (another member write in between: read again).
+        for _ in 0..ADD_ATTEMPTS {
+            let Some(version) = self
+                .versions(std::slice::from_ref(group))
+                .await?
+                .pop()
+                .flatten()
+            else {
+                return Err(PortError::unavailable("groups", "the group vanished"));
+            };
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(self.member_item(group, user, by, version + 1, false)))
+                .condition_expression("attribute_not_exists(#i)")
+                .expression_attribute_names("#i", "item")
+                .build()
+                .map_err(unavailable)?;
+            match self
+                .with_version_bump(
+                    group,
+                    Some(version),
+                    TransactWriteItem::builder().put(put).build(),
+                )
+                .await?
+            {
+                // Already a member: no change, no event.
+                Written::Yes | Written::ConditionFailed => return Ok(()),
+                Written::Overtaken => continue,
+            }
         }
+        Err(PortError::unavailable(
+            "groups",
+            "too many concurrent membership changes; retry",
+        ))
     }
 
     async fn remove_member(
@@ -252,14 +297,18 @@ impl GroupStore for DynamoGroups {
             .build()
             .map_err(unavailable)?;
         let deleted = self
-            .with_version_bump(group, TransactWriteItem::builder().delete(delete).build())
+            .with_version_bump(
+                group,
+                None,
+                TransactWriteItem::builder().delete(delete).build(),
+            )
             .await?;
         Ok(matches!(deleted, Written::Yes))
     }
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError> {
-        let ids = self.group_ids_of(user).await?;
-        let ids: Vec<&str> = ids.iter().map(GroupId::as_str).collect();
+        let ids = self.memberships_of(user).await?;
+        let ids: Vec<&str> = ids.iter().map(|m| m.group.as_str()).collect();
         Ok(self
             .meta_items(&ids, false)
             .await?
@@ -268,7 +317,7 @@ impl GroupStore for DynamoGroups {
             .collect())
     }
 
-    async fn group_ids_of(&self, user: &UserId) -> Result<Vec<GroupId>, PortError> {
+    async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, PortError> {
         let query = self
             .client
             .query()
@@ -280,7 +329,12 @@ impl GroupStore for DynamoGroups {
         Ok(query_all(query)
             .await?
             .iter()
-            .filter_map(|i| GroupId::parse(get(i, "group")?).ok())
+            .filter_map(|i| {
+                Some(Membership {
+                    group: GroupId::parse(get(i, "group")?).ok()?,
+                    since: get_n(i, "since"),
+                })
+            })
             .collect())
     }
 
@@ -290,15 +344,8 @@ impl GroupStore for DynamoGroups {
             .meta_items(&ids, true)
             .await?
             .iter()
-            .filter_map(|item| {
-                // Groups written before versions existed count as version 0.
-                let v = item
-                    .get("version")
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                Some((get(item, "group")?.to_owned(), v))
-            })
+            // Groups written before versions existed count as version 0.
+            .filter_map(|item| Some((get(item, "group")?.to_owned(), get_n(item, "version"))))
             .collect();
         Ok(groups
             .iter()
@@ -312,6 +359,8 @@ enum Written {
     Yes,
     /// Its condition did not hold (nothing was written, the version not bumped).
     ConditionFailed,
+    /// The version was not the one expected: another member write came first.
+    Overtaken,
 }
 
 impl DynamoGroups {
@@ -358,10 +407,11 @@ impl DynamoGroups {
 
     /// Writes `member` (a conditional put or delete of a member item) and bumps the group's
     /// membership version, in one transaction: when the admin call answers, a consistent read
-    /// of the version shows the change.
+    /// of the version shows the change. With `expected`, only from that version.
     async fn with_version_bump(
         &self,
         group: &GroupId,
+        expected: Option<u64>,
         member: TransactWriteItem,
     ) -> Result<Written, PortError> {
         let bump = Update::builder()
@@ -369,13 +419,21 @@ impl DynamoGroups {
             .key("group", s(group.as_str()))
             .key("item", s(META))
             .update_expression("SET #v = if_not_exists(#v, :zero) + :one")
-            .condition_expression("attribute_exists(#g)")
             .expression_attribute_names("#v", "version")
             .expression_attribute_names("#g", "group")
-            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .build()
-            .map_err(unavailable)?;
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1));
+        let bump = match expected {
+            // Version 0 is an item written before versions existed (no attribute).
+            Some(v) => bump
+                .condition_expression(
+                    "attribute_exists(#g) AND (#v = :expected OR (attribute_not_exists(#v) AND :expected = :zero))",
+                )
+                .expression_attribute_values(":expected", n(v)),
+            None => bump.condition_expression("attribute_exists(#g)"),
+        }
+        .build()
+        .map_err(unavailable)?;
         crate::requested("TransactWriteItems");
         let result = self
             .client
@@ -387,17 +445,26 @@ impl DynamoGroups {
         match result {
             Ok(_) => Ok(Written::Yes),
             Err(e) => {
-                let member_condition_failed = e
+                let reasons: Vec<Option<String>> = e
                     .as_service_error()
                     .and_then(|s| match s {
                         aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
                         _ => None,
                     })
-                    .and_then(|c| c.cancellation_reasons().first())
-                    .and_then(|r| r.code())
-                    == Some("ConditionalCheckFailed");
-                if member_condition_failed {
+                    .map(|c| {
+                        c.cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let failed = |i: usize| {
+                    reasons.get(i).and_then(Option::as_deref) == Some("ConditionalCheckFailed")
+                };
+                if failed(0) {
                     Ok(Written::ConditionFailed)
+                } else if failed(1) && expected.is_some() {
+                    Ok(Written::Overtaken)
                 } else {
                     Err(err(e))
                 }

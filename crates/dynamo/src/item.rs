@@ -31,6 +31,12 @@ pub fn to_item(m: &StoredMessage) -> Item {
             item.insert("event_user".into(), s(u));
         }
     }
+    if let Some(mv) = m.mv {
+        item.insert("mv".into(), n(mv));
+    }
+    if let Some(d) = &m.device {
+        item.insert("device".into(), s(d));
+    }
     item
 }
 
@@ -55,6 +61,8 @@ pub fn from_item(item: &Item) -> Option<StoredMessage> {
             kind: kind.to_owned(),
             user: get_s(item, "event_user").map(str::to_owned),
         }),
+        mv: get_n(item, "mv"),
+        device: get_s(item, "device").map(str::to_owned),
     })
 }
 
@@ -75,7 +83,16 @@ mod tests {
                 kind: "member_added".into(),
                 user: Some("dave".into()),
             }),
+            mv: Some(4),
+            device: Some("phone".into()),
         };
-        assert_eq!(from_item(&to_item(&m)), Some(m));
+        assert_eq!(from_item(&to_item(&m)), Some(m.clone()));
+        let plain = StoredMessage {
+            event: None,
+            mv: None,
+            device: None,
+            ..m
+        };
+        assert_eq!(from_item(&to_item(&plain)), Some(plain));
     }
 }

@@ -35,8 +35,9 @@ struct Spec<'a> {
     name: &'a str,
     hash: &'a str,
     range: Option<(&'a str, ScalarAttributeType)>,
-    /// (index name, hash, range), keys only.
+    /// (index name, hash, range), projecting the keys and `index_includes`.
     index: Option<(&'a str, &'a str, &'a str)>,
+    index_includes: &'a [&'a str],
     stream: bool,
 }
 
@@ -74,7 +75,13 @@ async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
                 .key_schema(key(range, KeyType::Range))
                 .projection(
                     Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
+                        .projection_type(ProjectionType::Include)
+                        .set_non_key_attributes(Some(
+                            spec.index_includes
+                                .iter()
+                                .map(|a| (*a).to_owned())
+                                .collect(),
+                        ))
                         .build(),
                 )
                 .build()
@@ -106,6 +113,7 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
         hash: "conversation",
         range,
         index: None,
+        index_includes: &[],
         stream,
     };
     create(
@@ -121,6 +129,8 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
             hash: "group",
             range: Some(("item", ScalarAttributeType::S)),
             index: Some((crate::groups::BY_USER, "user", "group")),
+            // A membership's `since` (offline delivery reads it with the user's groups).
+            index_includes: &["since"],
             stream: true,
         },
     )

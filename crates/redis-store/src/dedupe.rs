@@ -1,4 +1,5 @@
-//! (sender, client id) → acceptance: `dedupe:{sender}:{id}` = "conversation|seq|ts", with a TTL.
+//! (sender, client id) → acceptance: `dedupe:{sender}:{id}` = "conversation|seq|ts[|mv]", with a
+//! TTL (`mv`: a group message's membership version).
 
 use std::time::Duration;
 
@@ -30,7 +31,10 @@ fn key(k: &DedupeKey) -> String {
 }
 
 fn encode(a: &Acceptance) -> String {
-    format!("{}|{}|{}", a.conversation, a.seq, a.ts)
+    match a.mv {
+        Some(mv) => format!("{}|{}|{}|{mv}", a.conversation, a.seq, a.ts),
+        None => format!("{}|{}|{}", a.conversation, a.seq, a.ts),
+    }
 }
 
 fn decode(v: &str) -> Option<Acceptance> {
@@ -38,10 +42,15 @@ fn decode(v: &str) -> Option<Acceptance> {
     let conversation = ConversationId::parse(parts.next()?).ok()?;
     let seq = parts.next()?.parse().ok()?;
     let ts = parts.next()?.parse().ok()?;
+    let mv = match parts.next() {
+        Some(mv) => Some(mv.parse().ok()?),
+        None => None,
+    };
     Some(Acceptance {
         conversation,
         seq,
         ts,
+        mv,
     })
 }
 
@@ -89,8 +98,15 @@ mod tests {
             conversation: ConversationId::parse("dm:a:b").unwrap(),
             seq: 12,
             ts: 99,
+            mv: None,
         };
-        assert_eq!(decode(&encode(&a)), Some(a));
+        assert_eq!(decode(&encode(&a)), Some(a.clone()));
+        let g = Acceptance {
+            conversation: ConversationId::parse("group:g_1").unwrap(),
+            mv: Some(7),
+            ..a
+        };
+        assert_eq!(decode(&encode(&g)), Some(g));
         assert_eq!(decode("dm:a:b|x|1"), None);
     }
 }

@@ -1,8 +1,10 @@
 //! The offline state: each conversation's recent messages once, a user's direct conversations,
 //! a cursor per (user, device, conversation).
 //!
-//! - `log:{<conversation>}`: sorted set, score = seq, member = the `message` frame text (adding
-//!   the same message twice keeps one), bounded to the newest `log_max` entries.
+//! - `log:{<conversation>}`: sorted set, score = seq, member = "<mv> <device> <frame>": the
+//!   membership version (0 for direct messages), the sending device (empty if unknown) and the
+//!   `message` frame text (adding the same message twice keeps one), bounded to the newest
+//!   `log_max` entries.
 //! - `inbox:{<user>}`: sorted set of the user's direct conversations, score = latest seq.
 //! - `cur:{<user>}:<device>`: hash, conversation → the last seq that device acked; the ack
 //!   script only ever moves it up.
@@ -67,6 +69,42 @@ fn cursor_key(user: &UserId, device: &str) -> String {
     format!("cur:{{{user}}}:{device}")
 }
 
+/// A log member: "<mv> <device> <frame>" (device and mv never hold a space; a frame is JSON).
+fn encode(e: &LogEntry) -> String {
+    format!(
+        "{} {} {}",
+        e.mv,
+        e.device.as_deref().unwrap_or_default(),
+        e.frame
+    )
+}
+
+/// The entry a log member holds (a bare frame: version 0, no device).
+fn decode(conversation: &ConversationId, seq: u64, member: String) -> LogEntry {
+    let parsed = (!member.starts_with('{'))
+        .then(|| {
+            let (mv, rest) = member.split_once(' ')?;
+            let (device, frame) = rest.split_once(' ')?;
+            Some((mv.parse().ok()?, device, frame))
+        })
+        .flatten();
+    let (mv, device, frame) = match parsed {
+        Some((mv, device, frame)) => (
+            mv,
+            (!device.is_empty()).then(|| device.to_owned()),
+            frame.to_owned(),
+        ),
+        None => (0, None, member),
+    };
+    LogEntry {
+        conversation: conversation.clone(),
+        seq,
+        frame,
+        mv,
+        device,
+    }
+}
+
 impl RedisLog {
     pub fn new(conn: ConnectionManager, limits: OfflineLimits) -> Self {
         Self {
@@ -89,7 +127,7 @@ impl ConversationLog for RedisLog {
         let mut logs: Vec<String> = Vec::new();
         for e in entries {
             let conversation = e.conversation.to_string();
-            pipe.zadd(log_key(&conversation), &e.frame, e.seq).ignore();
+            pipe.zadd(log_key(&conversation), encode(e), e.seq).ignore();
             if let ConversationId::Direct { low, high } = &e.conversation {
                 for user in [low, high] {
                     let inbox = inbox_key(user);
@@ -151,12 +189,12 @@ impl ConversationLog for RedisLog {
 
     async fn page(
         &self,
-        conversation: &str,
+        conversation: &ConversationId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, String)>, PortError> {
+    ) -> Result<Vec<LogEntry>, PortError> {
         let raw: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
-            .arg(log_key(conversation))
+            .arg(log_key(&conversation.to_string()))
             .arg(format!("({after}"))
             .arg("+inf")
             .arg("WITHSCORES")
@@ -166,7 +204,10 @@ impl ConversationLog for RedisLog {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        Ok(raw.into_iter().map(|(frame, seq)| (seq, frame)).collect())
+        Ok(raw
+            .into_iter()
+            .map(|(member, seq)| decode(conversation, seq, member))
+            .collect())
     }
 
     async fn cursors(
@@ -210,5 +251,24 @@ mod tests {
         assert_eq!(log_key("dm:alice:bob"), "log:{dm:alice:bob}");
         assert_eq!(inbox_key(&u), "inbox:{bob}");
         assert_eq!(cursor_key(&u, "phone"), "cur:{bob}:phone");
+    }
+
+    #[test]
+    fn log_members_round_trip() {
+        let conversation = ConversationId::parse("group:g_1").unwrap();
+        let frame = r#"{"type":"message","body":"a b c"}"#.to_owned();
+        for (mv, device) in [(7, Some("phone".to_owned())), (0, None)] {
+            let e = LogEntry {
+                conversation: conversation.clone(),
+                seq: 3,
+                frame: frame.clone(),
+                mv,
+                device,
+            };
+            assert_eq!(decode(&conversation, 3, encode(&e)), e);
+        }
+        // A bare frame (written before versions were kept).
+        let bare = decode(&conversation, 4, frame.clone());
+        assert_eq!((bare.mv, bare.device, bare.frame), (0, None, frame));
     }
 }

@@ -116,6 +116,8 @@ async fn history(
                 body: format!("history message number {s} with a realistic-ish body of text"),
                 ts: 1_763_800_000_000 + s,
                 event: None,
+                mv: None,
+                device: None,
             })
             .collect();
         seq += chunk.len() as u64;
@@ -214,6 +216,8 @@ async fn drain(
                 conversation: direct.clone(),
                 seq: s,
                 frame: serde_json::json!({"type":"message","conversation":conversation,"seq":s,"from":alice,"id":format!("o{s}"),"body":"queued while away","ts":1_763_800_000_000u64 + s}).to_string(),
+                mv: 0,
+                device: None,
             })
             .collect();
         seq += entries.len() as u64;

@@ -96,6 +96,8 @@ fn message(conversation: &ConversationId, seq: u64) -> StoredMessage {
         body: "x".repeat(100),
         ts: connect_core::now_ms(),
         event: None,
+        mv: None,
+        device: None,
     }
 }
 

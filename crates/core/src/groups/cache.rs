@@ -6,16 +6,62 @@ use std::time::{Duration, Instant};
 
 use connect_protocol::{GroupId, UserId};
 
-use super::GroupStore;
+use super::{GroupStore, Member};
 use crate::PortError;
 
-/// A group's members, sorted (None: no such group).
-pub type Members = Option<Arc<[UserId]>>;
+/// A group's members as messaging sees them (None: no such group).
+pub type Members = Option<Arc<Roster>>;
+
+/// A group's members at a membership version, sorted by user, with the version each joined at.
+#[derive(Debug)]
+pub struct Roster {
+    /// The membership version these members are (at least) as new as.
+    pub version: u64,
+    users: Arc<[UserId]>,
+    since: Vec<u64>,
+}
+
+impl Roster {
+    /// `members` sorted by user; `version` is raised to the newest join among them (a member
+    /// read after the version was).
+    pub fn new(version: u64, mut members: Vec<Member>) -> Self {
+        members.sort();
+        let version = members.iter().map(|m| m.since).fold(version, u64::max);
+        let since = members.iter().map(|m| m.since).collect();
+        Self {
+            version,
+            users: members.into_iter().map(|m| m.user).collect(),
+            since,
+        }
+    }
+
+    /// Every member (sorted).
+    pub fn users(&self) -> Arc<[UserId]> {
+        self.users.clone()
+    }
+
+    /// Whether `user` is a member (a binary search, even in a 10,000-member group).
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.users.binary_search(user).is_ok()
+    }
+
+    /// The members who had joined by membership version `version`: a message sequenced under it
+    /// goes to them, never to a later joiner.
+    pub fn at(&self, version: u64) -> Arc<[UserId]> {
+        if self.since.iter().all(|&s| s <= version) {
+            return self.users.clone();
+        }
+        self.users
+            .iter()
+            .zip(&self.since)
+            .filter(|(_, &s)| s <= version)
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+}
 
 struct Entry {
     at: Instant,
-    /// The membership version the members were read at (None: read without one).
-    version: Option<u64>,
     members: Members,
 }
 
@@ -64,7 +110,10 @@ impl MembershipCache {
             let cached = self
                 .lock()
                 .get(group)
-                .filter(|e| e.version == Some(version) && e.at.elapsed() < self.ttl)
+                .filter(|e| {
+                    e.at.elapsed() < self.ttl
+                        && e.members.as_ref().is_some_and(|r| r.version == version)
+                })
                 .map(|e| e.members.clone());
             let members = match cached {
                 Some(m) => m,
@@ -87,12 +136,24 @@ impl MembershipCache {
         self.load(group, None).await
     }
 
+    /// Reads the members after the version (read now unless given): members at least as new
+    /// as it.
     async fn load(&self, group: &GroupId, version: Option<u64>) -> Result<Members, PortError> {
-        let mut members = self.store.members(group).await?;
-        // Sorted, so a membership check is a binary search even in a 10,000-member group.
-        members.sort();
-        // A group always has its owner: no members means no group.
-        let members: Members = (!members.is_empty()).then(|| members.into());
+        let version = match version {
+            Some(v) => Some(v),
+            None => self
+                .store
+                .versions(std::slice::from_ref(group))
+                .await?
+                .pop()
+                .flatten(),
+        };
+        let roster = self.store.roster(group).await?;
+        // A group always has its owner: no members (or no meta item) means no group.
+        let members: Members = match version {
+            Some(v) if !roster.is_empty() => Some(Arc::new(Roster::new(v, roster))),
+            _ => None,
+        };
         let mut map = self.lock();
         if map.len() >= self.max && !map.contains_key(group) {
             // Evict the oldest entry: O(n), rare (only when full).
@@ -104,7 +165,6 @@ impl MembershipCache {
             group.clone(),
             Entry {
                 at: Instant::now(),
-                version,
                 members: members.clone(),
             },
         );

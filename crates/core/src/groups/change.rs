@@ -89,6 +89,7 @@ impl GroupChange {
                 user: self.user.as_ref().map(ToString::to_string),
             }),
             submitted_ms: 0,
+            device: None,
         }
     }
 }

@@ -10,21 +10,33 @@ use connect_protocol::{ConversationId, ErrorCode, GroupId, UserId};
 use super::{Failure, MessagingStep};
 use crate::model::Submission;
 
+/// Who receives a message, and the membership version it is sequenced under (groups only).
+#[derive(Debug, Clone)]
+pub(super) struct Audience {
+    pub users: Arc<[UserId]>,
+    pub mv: Option<u64>,
+}
+
 impl MessagingStep {
     /// Who receives a submission, checking that its sender may send it. A group's system message
     /// (from the group-events function) first drops the group from the membership cache, so the
     /// change holds from this event on; a removed member also receives their removal. `view`
-    /// holds the memberships read for this batch.
+    /// holds the memberships read for this batch. `at`: the membership version a message was
+    /// sequenced under (a repeat of a stored one): only the members who had joined by then.
     pub(super) async fn audience(
         &self,
         sub: &Submission,
         view: &mut HashMap<GroupId, crate::groups::Members>,
-    ) -> Result<Arc<[UserId]>, Failure> {
+        at: Option<u64>,
+    ) -> Result<Audience, Failure> {
         match &sub.conversation {
             ConversationId::Direct { low, high }
                 if sub.conversation.is_direct_member(&sub.sender) =>
             {
-                Ok(Arc::from([low.clone(), high.clone()]))
+                Ok(Audience {
+                    users: Arc::from([low.clone(), high.clone()]),
+                    mv: None,
+                })
             }
             ConversationId::Direct { .. } => Err(Failure::Refused(
                 ErrorCode::Forbidden,
@@ -49,9 +61,15 @@ impl MessagingStep {
                         m
                     }
                 };
+                let mv = members.as_ref().map(|r| at.unwrap_or(r.version));
+                let users = |r: &crate::groups::Roster| match at {
+                    Some(v) => r.at(v),
+                    None => r.users(),
+                };
                 match (&sub.event, members) {
                     (Some(event), members) => {
-                        let mut all: Vec<UserId> = members.map(|m| m.to_vec()).unwrap_or_default();
+                        let mut all: Vec<UserId> =
+                            members.map(|r| users(&r).to_vec()).unwrap_or_default();
                         if let Some(user) =
                             event.user.as_deref().and_then(|u| UserId::parse(u).ok())
                         {
@@ -59,10 +77,16 @@ impl MessagingStep {
                                 all.push(user);
                             }
                         }
-                        Ok(all.into())
+                        Ok(Audience {
+                            users: all.into(),
+                            mv,
+                        })
                     }
                     (None, None) => Err(Failure::Refused(ErrorCode::NotFound, "no such group")),
-                    (None, Some(m)) if m.binary_search(&sub.sender).is_ok() => Ok(m),
+                    (None, Some(r)) if r.contains(&sub.sender) => Ok(Audience {
+                        users: users(&r),
+                        mv,
+                    }),
                     (None, Some(_)) => Err(Failure::Refused(
                         ErrorCode::Forbidden,
                         "not a member of this group",

@@ -34,7 +34,7 @@ impl MessagingStep {
                 sender: a.message.from.clone(),
                 id: a.message.id.clone(),
             };
-            out.audience.get(&key).map_or(no_one, |r| &r[..])
+            out.audience.get(&key).map_or(no_one, |r| &r.users[..])
         };
         let mut users: Vec<UserId> = Vec::new();
         let mut index: HashMap<UserId, usize> = HashMap::new();
@@ -84,6 +84,8 @@ impl MessagingStep {
                     conversation: a.message.conversation.clone(),
                     seq: a.message.seq,
                     frame: frame.clone()?,
+                    mv: a.message.mv.unwrap_or(0),
+                    device: a.message.device.clone(),
                 })
             })
             .collect();

@@ -24,6 +24,8 @@ fn message_of(sub: &Submission, acceptance: &Acceptance) -> StoredMessage {
         body: sub.body.clone(),
         ts: acceptance.ts,
         event: sub.event.clone(),
+        mv: acceptance.mv,
+        device: sub.device.clone(),
     }
 }
 
@@ -104,6 +106,7 @@ impl MessagingStep {
                         conversation: sub.conversation.clone(),
                         seq: *seq,
                         ts: now_ms,
+                        mv: out.audience.get(&sub.dedupe_key()).and_then(|a| a.mv),
                     };
                     *seq += 1;
                     Ok(message_of(sub, &acceptance))
@@ -153,6 +156,7 @@ impl MessagingStep {
                     conversation: m.conversation.clone(),
                     seq: m.seq,
                     ts: m.ts,
+                    mv: m.mv,
                 };
                 (key, acceptance)
             })
@@ -240,8 +244,9 @@ impl MessagingStep {
         }
     }
 
-    /// Answers a repeat with `message` and, with `fan_out`, delivers it again to its audience
-    /// (as it is now; a sender no longer allowed gets the answer only).
+    /// Answers a repeat with `message` and, with `fan_out`, delivers it again to its audience:
+    /// for a group, the members who had joined by its membership version and still are; a
+    /// sender no longer allowed gets the answer only.
     async fn answer(
         &self,
         sub: Submission,
@@ -252,7 +257,8 @@ impl MessagingStep {
     ) {
         let mut fan_out = fan_out && message.from == sub.sender && message.id == sub.id;
         if fan_out {
-            match self.audience(&sub, view).await {
+            // A group's members as of its sequencing: someone who joined since never gets it.
+            match self.audience(&sub, view, message.mv).await {
                 Ok(audience) => {
                     out.audience.entry(sub.dedupe_key()).or_insert(audience);
                 }

@@ -23,6 +23,7 @@ fn send(from: &str, to: &str, id: &str, conn: &str, slot: u32) -> Submission {
         }),
         event: None,
         submitted_ms: 0,
+        device: None,
     }
 }
 
@@ -162,6 +163,7 @@ async fn a_replay_after_a_crash_between_remember_and_write_stores_the_original_s
         conversation: sub.conversation.clone(),
         seq: 4,
         ts: 3,
+        mv: None,
     };
     mem.remember(&[(sub.dedupe_key(), acceptance)])
         .await
@@ -371,8 +373,8 @@ async fn every_message_is_logged_once_and_direct_ones_indexed_for_both_users() {
     assert_eq!(report.logged, 2);
     assert_eq!(mem.log_seqs("dm:alice:bob"), [1, 2]);
     let held = mem.logs.lock().unwrap()["dm:alice:bob"][&1].clone();
-    assert_eq!(frame(&held)["type"], "message");
-    assert_eq!(frame(&held)["id"], "m1");
+    assert_eq!(frame(&held.frame)["type"], "message");
+    assert_eq!(frame(&held.frame)["id"], "m1");
     for who in ["alice", "bob"] {
         assert_eq!(
             mem.inbox(&user(who)).await.unwrap(),
@@ -423,6 +425,7 @@ fn group_send(from: &str, id: &str, conn: &str, slot: u32) -> Submission {
         }),
         event: None,
         submitted_ms: 0,
+        device: None,
     }
 }
 
@@ -611,4 +614,54 @@ async fn a_membership_change_holds_for_the_next_batch_before_its_event_arrives()
         .collect();
     assert!(recipients.contains(&user("dave")), "{recipients:?}");
     assert!(!recipients.contains(&user("carol")), "{recipients:?}");
+}
+
+#[tokio::test]
+async fn a_replayed_group_message_goes_to_the_members_at_its_seq_not_to_later_joiners() {
+    use crate::groups::GroupStore;
+    let mem = Arc::new(Memory::default());
+    let id = trip(&mem, &["alice", "bob"]).await;
+    for (who, conn) in [("alice", "a1"), ("bob", "b1"), ("dave", "d1")] {
+        online(&mem, who, conn, 0).await;
+    }
+    let step = MessagingStep::new(mem.ports());
+    step.process(vec![group_send("alice", "m1", "a1", 0)], 1)
+        .await
+        .unwrap();
+    let first = mem.stored();
+    assert_eq!(first[0].mv, Some(1), "sequenced under the group's version");
+    mem.take_published();
+
+    // dave joins (version 2); then m1 is replayed (a crash before its batch was committed).
+    mem.add_member(&id, &user("dave"), &user("alice"))
+        .await
+        .unwrap();
+    step.process(vec![group_send("alice", "m1", "a1", 0)], 2)
+        .await
+        .unwrap();
+    let again: Vec<UserId> = mem
+        .take_published()
+        .iter()
+        .filter(|d| d.message.is_some())
+        .flat_map(|d| d.recipients.clone())
+        .collect();
+    // (The sender's own connection is skipped by its gateway: it gets `accepted`.)
+    assert_eq!(
+        again,
+        [user("alice"), user("bob")],
+        "delivered again, but not to dave"
+    );
+
+    // A message sequenced after the join goes to dave, and carries the new version.
+    step.process(vec![group_send("alice", "m2", "a1", 0)], 3)
+        .await
+        .unwrap();
+    let to: Vec<UserId> = mem
+        .take_published()
+        .iter()
+        .filter(|d| d.message.is_some())
+        .flat_map(|d| d.recipients.clone())
+        .collect();
+    assert!(to.contains(&user("dave")));
+    assert_eq!(mem.stored().last().unwrap().mv, Some(2));
 }
