@@ -84,6 +84,28 @@ pub fn match_route(method: &str, path: &str) -> Option<(Route, Vec<(String, Stri
     })
 }
 
+/// The route a request is for. API Gateway names it (`routeKey`), whatever the stage: with a
+/// named stage (`prod`) the request's path starts with `/prod`, which is not part of the route.
+/// Without a known route key, the path is matched with the stage prefix taken off.
+pub fn route_of(req: &Request) -> Option<Route> {
+    let (key, stage) = match req.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => {
+            (ctx.route_key.as_deref(), ctx.stage.as_deref())
+        }
+        _ => (None, None),
+    };
+    if let Some(route) = key.and_then(|k| ROUTES.iter().find(|r| r.key() == k)) {
+        return Some(*route);
+    }
+    let path = req.uri().path();
+    let path = stage
+        .filter(|s| *s != "$default")
+        .and_then(|s| path.strip_prefix('/')?.strip_prefix(s))
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(path);
+    match_route(req.method().as_str(), path).map(|(r, _)| r)
+}
+
 /// The API Gateway HTTP API (payload 2.0) event for a request, as JSON text.
 pub fn event_json(
     route: &Route,
@@ -250,10 +272,9 @@ impl HttpApi {
 
     /// Serves one request (any route of [`ROUTES`]).
     pub async fn handle(&self, req: Request) -> Response<Body> {
-        let route = req.uri().path().to_owned();
-        let result = match match_route(req.method().as_str(), &route) {
-            Some((r, _)) if r == HISTORY => self.history(&req).await,
-            Some((r, _)) => self.groups(r, &req).await,
+        let result = match route_of(&req) {
+            Some(r) if r == HISTORY => self.history(&req).await,
+            Some(r) => self.groups(r, &req).await,
             None => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         };
         result.unwrap_or_else(|e| error(&e))

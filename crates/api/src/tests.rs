@@ -255,3 +255,32 @@ async fn the_groups_sample_event_creates_a_group() {
     let res = api(&mem).handle(req).await;
     assert_eq!(res.status().as_u16(), 201, "{:?}", res.body());
 }
+
+/// The sample events under `events/` are what API Gateway sends for a named stage (`prod`): the
+/// path starts with the stage, the route key does not.
+#[tokio::test]
+async fn requests_under_a_named_stage_reach_their_routes() {
+    let mem = Arc::new(Memory::default());
+    let api = api(&mem);
+    for (event, status) in [
+        (include_str!("../../../events/history.json"), 200),
+        (include_str!("../../../events/groups.json"), 201),
+    ] {
+        let req = lambda_http::request::from_str(event).expect("an API Gateway v2 event");
+        assert!(req.uri().path().starts_with("/prod/v1/"), "{}", req.uri());
+        let res = api.handle(req).await;
+        assert_eq!(res.status(), status, "{:?}", res.body());
+    }
+    // Without a route key (another front end), the stage prefix is taken off the path.
+    let mut staged: serde_json::Value =
+        serde_json::from_str(include_str!("../../../events/history.json")).unwrap();
+    staged["requestContext"]["routeKey"] = serde_json::Value::Null;
+    staged["routeKey"] = serde_json::Value::Null;
+    let req = lambda_http::request::from_str(&staged.to_string()).unwrap();
+    assert_eq!(route_of(&req), Some(HISTORY));
+    // A path that only looks staged is not a route.
+    staged["rawPath"] = "/prodx/v1/groups".into();
+    staged["requestContext"]["http"]["path"] = "/prodx/v1/groups".into();
+    let req = lambda_http::request::from_str(&staged.to_string()).unwrap();
+    assert_eq!(route_of(&req), None);
+}
