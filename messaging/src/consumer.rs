@@ -108,6 +108,10 @@ pub async fn run(
             break;
         }
         histogram!("connect_messaging_prepare_seconds").record(started.elapsed().as_secs_f64());
+        for (phase, took) in prepared.report.phases.named() {
+            histogram!("connect_messaging_phase_seconds", "phase" => phase)
+                .record(took.as_secs_f64());
+        }
         histogram!("connect_messaging_batch_size").record(n as f64);
         consumer.finish().await;
         consumer.set_in_flight(tokio::spawn(publish_and_commit(

@@ -46,6 +46,44 @@ pub struct StepReport {
     pub shed: usize,
     /// System messages handed back to be prepared again (a backend failed on them).
     pub retried: usize,
+    /// Where the batch's time went.
+    pub phases: Phases,
+}
+
+/// Time spent in each phase of [`MessagingStep::prepare`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Phases {
+    /// Dedupe lookup.
+    pub dedupe: std::time::Duration,
+    /// Membership versions and member lists (groups).
+    pub authorize: std::time::Duration,
+    /// Sequence allocation, remembering, the chat table write (and repeats' reads).
+    pub store: std::time::Duration,
+    /// The conversation log append.
+    pub log: std::time::Duration,
+    /// The session registry lookup and building the deliveries.
+    pub route: std::time::Duration,
+}
+
+impl Phases {
+    /// (name, time) of each phase, for metrics.
+    pub fn named(&self) -> [(&'static str, std::time::Duration); 5] {
+        [
+            ("dedupe", self.dedupe),
+            ("authorize", self.authorize),
+            ("store", self.store),
+            ("log", self.log),
+            ("route", self.route),
+        ]
+    }
+
+    fn add(&mut self, other: &Phases) {
+        self.dedupe += other.dedupe;
+        self.authorize += other.authorize;
+        self.store += other.store;
+        self.log += other.log;
+        self.route += other.route;
+    }
 }
 
 impl StepReport {
@@ -58,7 +96,16 @@ impl StepReport {
         self.logged += other.logged;
         self.shed += other.shed;
         self.retried += other.retried;
+        self.phases.add(&other.phases);
     }
+}
+
+/// The time since `clock`, which moves to now.
+fn lap(clock: &mut std::time::Instant) -> std::time::Duration {
+    let now = std::time::Instant::now();
+    let took = now - *clock;
+    *clock = now;
+    took
 }
 
 /// A batch ready to publish.
@@ -187,9 +234,12 @@ impl MessagingStep {
     /// batch order) is the caller's, so it can overlap the next batch's preparation.
     pub async fn prepare(&self, batch: Vec<Submission>, now_ms: u64) -> Prepared {
         let mut out = Outcome::default();
+        let mut clock = std::time::Instant::now();
         // Dedupe first: a repeat is answered with what it was accepted as, whatever it names now.
         let keys: Vec<_> = batch.iter().map(Submission::dedupe_key).collect();
-        match self.ports.dedupe.get(&keys).await {
+        let known = self.ports.dedupe.get(&keys).await;
+        out.report.phases.dedupe = lap(&mut clock);
+        match known {
             Err(e) => {
                 warn!(cause = %e, "dedupe lookup failed; answering unavailable");
                 for sub in &batch {
@@ -201,6 +251,7 @@ impl MessagingStep {
             }
             Ok(known) => {
                 let mut view = self.current_groups(&batch, &known).await;
+                out.report.phases.authorize = lap(&mut clock);
                 let mut fresh = Vec::with_capacity(batch.len());
                 let mut earlier = Vec::new();
                 for ((sub, key), known) in batch.into_iter().zip(keys).zip(known) {
@@ -216,8 +267,10 @@ impl MessagingStep {
                         Err(failure) => out.fail(&sub, failure),
                     }
                 }
+                out.report.phases.authorize += lap(&mut clock);
                 self.sequence_and_store(fresh, now_ms, &mut out).await;
                 self.answer_earlier(earlier, &mut view, &mut out).await;
+                out.report.phases.store = lap(&mut clock);
             }
         }
         let deliveries = self.route(&mut out).await;

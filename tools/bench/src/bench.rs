@@ -318,10 +318,12 @@ async fn come_back(
     Ok(())
 }
 
-/// The next `message` frame (other frames skipped); an error after 30 s without one.
+/// The next `message` frame (other frames skipped); an error after 30 s without one (pings
+/// and other frames do not reset the wait).
 async fn next_message(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
             .context("stalled: no message for 30 s")?
             .context("closed")??;
@@ -547,7 +549,13 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
         );
     }
     if run.online < run.members {
-        let seqs: Vec<u64> = accepted.iter().map(|(seq, _, _)| *seq).collect();
+        // The log keeps the newest OFFLINE_LOG_MAX of a conversation (older ones are history).
+        let keep = connect_redis::OfflineLimits::from_env()
+            .map_err(anyhow::Error::msg)?
+            .log_max;
+        let mut seqs: Vec<u64> = accepted.iter().map(|(seq, _, _)| *seq).collect();
+        seqs.sort_unstable();
+        let seqs = seqs.split_off(seqs.len().saturating_sub(keep));
         come_back(
             issuer,
             &gateways[1 % gateways.len()],

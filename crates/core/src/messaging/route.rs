@@ -2,12 +2,13 @@
 //! batch's audience is online where, one delivery per (message, gateway).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tracing::warn;
 
 use connect_protocol::UserId;
 
-use super::{Accepted, MessagingStep, Outcome};
+use super::{MessagingStep, Outcome};
 use crate::model::{
     Delivery, LogEntry, OutboundMessage, Reply, ReplyTo, SessionRoute, StoredMessage,
 };
@@ -24,38 +25,54 @@ impl MessagingStep {
             .iter()
             .map(|a| a.fan_out.then(|| a.message.frame_text()))
             .collect();
+        let started = std::time::Instant::now();
         self.log(out, &frames).await;
-        let no_one: &[UserId] = &[];
-        let audience = |a: &Accepted| -> &[UserId] {
-            if !a.fan_out {
-                return no_one;
-            }
-            let key = crate::model::DedupeKey {
-                sender: a.message.from.clone(),
-                id: a.message.id.clone(),
-            };
-            out.audience.get(&key).map_or(no_one, |r| &r.users[..])
-        };
-        let mut users: Vec<UserId> = Vec::new();
-        let mut index: HashMap<UserId, usize> = HashMap::new();
-        for a in &out.accepted {
-            for user in audience(a) {
-                index.entry(user.clone()).or_insert_with(|| {
-                    users.push(user.clone());
-                    users.len() - 1
-                });
-            }
-        }
+        out.report.phases.log = started.elapsed();
+        let started = std::time::Instant::now();
+        // The distinct audiences (a group's messages in a batch share one), each looked up and
+        // split by gateway once, with no per-member hashing: a 10,000-member group costs one
+        // pass over its members per batch, not one per message.
+        let mut audiences: Vec<Arc<[UserId]>> = Vec::new();
+        let mut by_ptr: HashMap<usize, usize> = HashMap::new();
+        let audience_of: Vec<Option<usize>> = out
+            .accepted
+            .iter()
+            .map(|a| {
+                if !a.fan_out {
+                    return None;
+                }
+                let key = crate::model::DedupeKey {
+                    sender: a.message.from.clone(),
+                    id: a.message.id.clone(),
+                };
+                let users = &out.audience.get(&key)?.users;
+                let ptr = Arc::as_ptr(users) as *const UserId as usize;
+                Some(*by_ptr.entry(ptr).or_insert_with(|| {
+                    audiences.push(users.clone());
+                    audiences.len() - 1
+                }))
+            })
+            .collect();
+        let users: Vec<UserId> = audiences.iter().flat_map(|a| a.iter().cloned()).collect();
         let sessions = self.lookup(&users).await;
-        let sessions_of = |u: &UserId| -> &[SessionRoute] { &sessions[index[u]] };
+        let mut plans: Vec<Vec<(u32, Vec<UserId>)>> = Vec::with_capacity(audiences.len());
+        let mut at = 0;
+        for audience in &audiences {
+            let end = (at + audience.len()).min(sessions.len());
+            plans.push(by_gateway(
+                audience,
+                sessions.get(at..end).unwrap_or_default(),
+            ));
+            at += audience.len();
+        }
         let mut deliveries = Vec::new();
-        for (a, frame) in out.accepted.iter().zip(&frames) {
+        for ((a, frame), plan) in out.accepted.iter().zip(&frames).zip(&audience_of) {
+            let plan = plan.map_or(&[][..], |k| &plans[k][..]);
             deliveries.extend(plan_deliveries(
                 &a.message,
                 frame.as_deref(),
                 a.reply.as_ref(),
-                audience(a),
-                sessions_of,
+                plan,
             ));
         }
         for (reply, err) in &out.errors {
@@ -69,6 +86,7 @@ impl MessagingStep {
                 }),
             });
         }
+        out.report.phases.route = started.elapsed();
         deliveries
     }
 
@@ -111,33 +129,44 @@ impl MessagingStep {
     }
 }
 
-/// The deliveries of one message (`frame`: its rendering, needed when it has recipients): one
-/// per slot that has a session of a recipient, with the sender's `accepted` on the record for
-/// its own slot (or alone, if no recipient is there).
-fn plan_deliveries<'s>(
-    message: &StoredMessage,
-    frame: Option<&str>,
-    reply: Option<&ReplyTo>,
-    recipients: &[UserId],
-    sessions_of: impl Fn(&UserId) -> &'s [SessionRoute],
-) -> Vec<Delivery> {
+/// An audience's online members by gateway slot (`sessions`: each member's live sessions, in
+/// the audience's order), each member once per slot.
+fn by_gateway(audience: &[UserId], sessions: &[Vec<SessionRoute>]) -> Vec<(u32, Vec<UserId>)> {
     let mut by_slot: Vec<(u32, Vec<UserId>)> = Vec::new();
-    for user in recipients {
-        for route in sessions_of(user) {
+    for (user, routes) in audience.iter().zip(sessions) {
+        for route in routes {
             match by_slot.iter_mut().find(|(slot, _)| *slot == route.slot) {
-                Some((_, users)) if users.contains(user) => {}
+                // A user's sessions come one after another: one with several on a gateway
+                // is its last recipient there.
+                Some((_, users)) if users.last() == Some(user) => {}
                 Some((_, users)) => users.push(user.clone()),
                 None => by_slot.push((route.slot, vec![user.clone()])),
             }
         }
     }
+    by_slot
+}
+
+/// The deliveries of one message (`frame`: its rendering, needed when it has recipients): one
+/// per slot of `plan` (its audience's online members by slot), with the sender's `accepted` on
+/// the record for its own slot (or alone, if no recipient is there).
+fn plan_deliveries(
+    message: &StoredMessage,
+    frame: Option<&str>,
+    reply: Option<&ReplyTo>,
+    plan: &[(u32, Vec<UserId>)],
+) -> Vec<Delivery> {
+    let mut slots: Vec<(u32, &[UserId])> = plan
+        .iter()
+        .map(|(slot, users)| (*slot, &users[..]))
+        .collect();
     if let Some(r) = reply {
-        if !by_slot.iter().any(|(slot, _)| *slot == r.slot) {
-            by_slot.push((r.slot, Vec::new()));
+        if !slots.iter().any(|(slot, _)| *slot == r.slot) {
+            slots.push((r.slot, &[]));
         }
     }
-    let frame = frame.filter(|_| by_slot.iter().any(|(_, users)| !users.is_empty()));
-    by_slot
+    let frame = frame.filter(|_| slots.iter().any(|(_, users)| !users.is_empty()));
+    slots
         .into_iter()
         .map(|(slot, users)| Delivery {
             slot,
@@ -150,7 +179,7 @@ fn plan_deliveries<'s>(
                 }),
                 _ => None,
             },
-            recipients: users,
+            recipients: users.to_vec(),
             reply: reply.filter(|r| r.slot == slot).map(|r| Reply {
                 conn: r.conn.clone(),
                 frame: message.accepted_text(),

@@ -665,3 +665,32 @@ async fn a_replayed_group_message_goes_to_the_members_at_its_seq_not_to_later_jo
     assert!(to.contains(&user("dave")));
     assert_eq!(mem.stored().last().unwrap().mv, Some(2));
 }
+
+#[tokio::test]
+async fn a_member_with_several_sessions_on_a_gateway_is_one_recipient_there() {
+    let mem = Arc::new(Memory::default());
+    trip(&mem, &["alice", "bob", "carol"]).await;
+    online(&mem, "alice", "a1", 0).await;
+    for (conn, slot) in [("b1", 0), ("b2", 0), ("b3", 1)] {
+        online(&mem, "bob", conn, slot).await;
+    }
+    online(&mem, "carol", "c1", 0).await;
+    let step = MessagingStep::new(mem.ports());
+    step.process(vec![group_send("alice", "m1", "a1", 0)], 1)
+        .await
+        .unwrap();
+    let mut out: Vec<_> = mem
+        .take_published()
+        .into_iter()
+        .filter(|d| d.message.is_some())
+        .map(|d| (d.slot, d.recipients))
+        .collect();
+    out.sort();
+    assert_eq!(
+        out,
+        [
+            (0, vec![user("alice"), user("bob"), user("carol")]),
+            (1, vec![user("bob")])
+        ]
+    );
+}
