@@ -19,6 +19,8 @@ use crate::state::{Gateway, GatewayPorts};
 pub struct Application {
     gw: Arc<Gateway>,
     listener: TcpListener,
+    /// The management listener, when it is not the public one.
+    management: Option<TcpListener>,
     consumer: StreamConsumer,
     producer: FutureProducer,
     lease: SlotLease,
@@ -31,15 +33,7 @@ impl Application {
         let redis = connect_redis::connect(&cfg.redis_url)
             .await
             .context("connecting to Redis")?;
-        let lease = SlotLease::acquire(
-            redis.clone(),
-            &cfg.topics.outgoing,
-            cfg.slots,
-            &cfg.id,
-            cfg.slot_ttl,
-        )
-        .await
-        .context("leasing a slot of outgoing_messages")?;
+        let lease = acquire_slot(redis.clone(), &cfg).await?;
         let slot = lease.slot();
         let producer: FutureProducer = cfg
             .kafka
@@ -52,6 +46,14 @@ impl Application {
         let listener = TcpListener::bind(cfg.addr)
             .await
             .with_context(|| format!("binding {}", cfg.addr))?;
+        let management = match cfg.management_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (GATEWAY_MANAGEMENT_ADDR)"))?,
+            ),
+            None => None,
+        };
         let bus = Arc::new(KafkaSubmissionBus::new(
             producer.clone(),
             cfg.topics.incoming.clone(),
@@ -71,6 +73,7 @@ impl Application {
         Ok(Self {
             gw,
             listener,
+            management,
             consumer,
             producer,
             lease,
@@ -88,6 +91,7 @@ impl Application {
         let Self {
             gw,
             listener,
+            management,
             consumer,
             producer,
             lease,
@@ -97,7 +101,22 @@ impl Application {
         info!(addr = %listener.local_addr()?, id = %gw.cfg.id, slot = gw.slot, "gateway listening");
         let delivery = tokio::spawn(crate::delivery::run(consumer, gw.clone()));
         let heartbeat = tokio::spawn(crate::heartbeat::run(gw.clone(), lease));
-        let app = crate::server::router(gw.clone(), metrics);
+        let public = crate::server::public_router(gw.clone());
+        let internal = crate::server::management_router(gw.clone(), metrics);
+        let (app, internal_server) = match management {
+            None => (public.merge(internal), None),
+            Some(listener) => {
+                info!(addr = %listener.local_addr()?, "management API listening");
+                let stopper = gw.clone();
+                let server = axum::serve(listener, internal)
+                    .with_graceful_shutdown(async move { stopper.stopped().await });
+                let public = public.merge(connect_service::ops::health());
+                (
+                    public,
+                    Some(tokio::spawn(std::future::IntoFuture::into_future(server))),
+                )
+            }
+        };
         let stopper = gw.clone();
         axum::serve(
             listener,
@@ -117,10 +136,48 @@ impl Application {
         let _ = tokio::time::timeout(drain_timeout, drained.recv()).await;
         let _ = heartbeat.await;
         let _ = delivery.await;
+        if let Some(server) = internal_server {
+            let _ = server.await;
+        }
         let _ =
             tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
                 .await;
         info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Leases a free slot of `outgoing_messages`. With every slot leased (more gateway tasks than
+/// partitions), waits for one to free up (`GATEWAY_SLOT_WAIT_SECS`; 0 = as long as it takes):
+/// the gateway listens only once it has a slot, so its health check keeps traffic away.
+async fn acquire_slot(
+    redis: connect_redis::ConnectionManager,
+    cfg: &Config,
+) -> anyhow::Result<SlotLease> {
+    let started = std::time::Instant::now();
+    loop {
+        match SlotLease::acquire(
+            redis.clone(),
+            &cfg.topics.outgoing,
+            cfg.slots,
+            &cfg.id,
+            cfg.slot_ttl,
+        )
+        .await
+        {
+            Ok(lease) => return Ok(lease),
+            Err(connect_redis::LeaseError::NoFreeSlot(n))
+                if cfg.slot_wait.is_zero() || started.elapsed() < cfg.slot_wait =>
+            {
+                tracing::warn!(
+                    slots = n,
+                    "every slot of outgoing_messages is leased; waiting for one to free up"
+                );
+                tokio::time::sleep(cfg.slot_ttl / 3).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("leasing a slot of outgoing_messages"))
+            }
+        }
     }
 }

@@ -13,9 +13,20 @@ use connect_service::env;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `GATEWAY_ADDR`: the public listener (`/ws`, `/healthz`).
     pub addr: SocketAddr,
+    /// `GATEWAY_MANAGEMENT_ADDR`: a second listener for the management API (`/@connections`)
+    /// and `/metrics`, which the load balancer does not expose. Unset: both on `GATEWAY_ADDR`
+    /// (the local stack).
+    pub management_addr: Option<SocketAddr>,
     pub id: String,
+    /// `GATEWAY_ENDPOINT`: where the offline-delivery function reaches this gateway's
+    /// management API (recorded with every session). Unset: the management listener's address,
+    /// with the task's own IP on ECS ([`Config::discover_endpoint`]).
     pub endpoint: String,
+    /// `GATEWAY_SLOT_WAIT_SECS`: how long to wait for a free slot of `outgoing_messages` when
+    /// every one is leased (more gateway tasks than partitions); 0 = as long as it takes.
+    pub slot_wait: Duration,
     pub kafka: KafkaConfig,
     pub topics: Topics,
     pub slots: u32,
@@ -51,6 +62,10 @@ pub struct Config {
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         let addr: SocketAddr = env::var("GATEWAY_ADDR", "127.0.0.1:8080".parse()?)?;
+        let management_addr: Option<SocketAddr> = env::optional("GATEWAY_MANAGEMENT_ADDR")
+            .map(|a| a.parse())
+            .transpose()
+            .context("GATEWAY_MANAGEMENT_ADDR")?;
         let id = env::optional("GATEWAY_ID").unwrap_or_else(|| {
             format!(
                 "gw-{}-{}",
@@ -60,8 +75,13 @@ impl Config {
         });
         let secs = |name: &str, default: u64| env::var(name, default).map(Duration::from_secs);
         Ok(Self {
-            endpoint: env::string("GATEWAY_ENDPOINT", &format!("http://{addr}")),
+            endpoint: env::string(
+                "GATEWAY_ENDPOINT",
+                &format!("http://{}", management_addr.unwrap_or(addr)),
+            ),
             addr,
+            management_addr,
+            slot_wait: secs("GATEWAY_SLOT_WAIT_SECS", 0)?,
             id,
             kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
             topics: Topics::from_env(),
@@ -90,5 +110,21 @@ impl Config {
             max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
         })
+    }
+
+    /// On ECS (`ECS_CONTAINER_METADATA_URI_V4` set) without an explicit `GATEWAY_ENDPOINT`, the
+    /// endpoint is the task's own IP and the management port: a wildcard listen address
+    /// (`0.0.0.0`) is not an address another host can call.
+    pub async fn discover_endpoint(&mut self) -> anyhow::Result<()> {
+        if env::optional("GATEWAY_ENDPOINT").is_some() {
+            return Ok(());
+        }
+        let Some(uri) = env::optional(crate::ecs::METADATA_ENV) else {
+            return Ok(());
+        };
+        let ip = crate::ecs::own_address(&uri).await?;
+        let port = self.management_addr.unwrap_or(self.addr).port();
+        self.endpoint = format!("http://{ip}:{port}");
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! - `connection`: one socket's loop.
 //! - `hub`: local connections by user; delivery into bounded per-connection queues.
 //! - `delivery`: the slot's Kafka consumer.
+//! - `ecs`: the task's own address on ECS Fargate (task metadata endpoint v4).
 //! - `heartbeat`: slot lease renewal and session refresh.
 //! - `rate`: the per-connection token bucket.
 
@@ -15,6 +16,7 @@ mod app;
 mod config;
 mod connection;
 mod delivery;
+mod ecs;
 mod heartbeat;
 mod hub;
 mod management;
@@ -46,7 +48,10 @@ unsafe impl Sync for MallocConf {}
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();
     let metrics = connect_service::telemetry::install_metrics()?;
-    let cfg = config::Config::from_env().context("reading the gateway config")?;
+    let mut cfg = config::Config::from_env().context("reading the gateway config")?;
+    cfg.discover_endpoint()
+        .await
+        .context("finding the task's own address")?;
     // One file per connection: take the hard limit rather than the shell's soft one.
     let files = rlimit::increase_nofile_limit(u64::MAX).context("raising the open-file limit")?;
     if files < cfg.max_connections as u64 + 256 {

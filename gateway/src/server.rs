@@ -1,5 +1,6 @@
 //! HTTP beside the WebSocket: `GET /ws` (auth at the upgrade, then tokio-tungstenite on the raw
-//! upgraded socket), `/healthz`, `/metrics`.
+//! upgraded socket) and `/healthz` on the public listener; the management API and `/metrics` on
+//! the management listener (or the same one, when no second is configured).
 
 use std::sync::Arc;
 
@@ -22,12 +23,14 @@ use connect_protocol::ErrorCode;
 use crate::connection;
 use crate::state::Gateway;
 
-pub fn router(gw: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
-    Router::new()
-        .route("/ws", get(upgrade))
-        .with_state(gw.clone())
-        .merge(crate::management::router(gw))
-        .merge(connect_service::ops::router(metrics))
+/// The WebSocket route, `/ws` (what the load balancer forwards, with `/healthz`).
+pub fn public_router(gw: Arc<Gateway>) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(gw)
+}
+
+/// The internal routes: the management API (`/@connections`), `/healthz` and `/metrics`.
+pub fn management_router(gw: Arc<Gateway>, metrics: PrometheusHandle) -> Router {
+    crate::management::router(gw).merge(connect_service::ops::router(metrics))
 }
 
 /// The contract's HTTP error body.

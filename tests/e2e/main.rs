@@ -5,6 +5,7 @@
 mod auth;
 mod chat;
 mod crash;
+mod deploy;
 mod frames;
 mod groups;
 mod helpers;

@@ -40,7 +40,7 @@ pub struct PrivateStack {
     messaging: Vec<(String, Child)>,
 }
 
-async fn wait_healthy(addr: &str, child: &mut Child) -> anyhow::Result<()> {
+pub async fn wait_healthy(addr: &str, child: &mut Child) -> anyhow::Result<()> {
     for _ in 0..200 {
         if let Ok((200, _)) = http_get(addr, "/healthz").await {
             return Ok(());
@@ -80,6 +80,8 @@ impl PrivateStack {
                 INCOMING_PARTITIONS.to_string(),
             ),
             ("OUTGOING_PARTITIONS".into(), "2".into()),
+            // A killed gateway's slot is free again within seconds.
+            ("SLOT_LEASE_TTL_SECS".into(), "3".into()),
             ("MESSAGING_GROUP_ID".into(), format!("messaging_{id}")),
             // Nothing drains this slice's user_connected: live messages need not wait for a
             // backlog that never comes.
@@ -161,18 +163,32 @@ impl PrivateStack {
     /// Starts another gateway on this slice's topics (it leases the next free slot); returns
     /// its address. It is killed with the slice.
     pub async fn add_gateway(&mut self) -> anyhow::Result<String> {
+        let (addr, mut child) = self.spawn_gateway()?;
+        wait_healthy(&addr, &mut child).await?;
+        self.more_gateways.push(child);
+        Ok(addr)
+    }
+
+    /// Starts a gateway on this slice's topics without waiting for it: (address, process).
+    pub fn spawn_gateway(&self) -> anyhow::Result<(String, Child)> {
         let addr = format!("127.0.0.1:{}", free_port());
         let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let mut child = Command::new(binary("connect-gateway"))
+        let child = Command::new(binary("connect-gateway"))
             .envs(self.env.clone())
             .env("GATEWAY_ADDR", &addr)
             .env("GATEWAY_ID", format!("gw-more-{id}"))
             .kill_on_drop(true)
             .spawn()
             .context("starting connect-gateway")?;
-        wait_healthy(&addr, &mut child).await?;
-        self.more_gateways.push(child);
-        Ok(addr)
+        Ok((addr, child))
+    }
+
+    /// SIGKILL the `i`th gateway added with [`Self::add_gateway`]: its slot lease runs out.
+    pub async fn kill_added_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut child = self.more_gateways.remove(i);
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
     }
 
     /// Publishes a submission to the slice's `incoming_messages`, as the gateway or the
@@ -229,11 +245,22 @@ pub struct ExtraGateway {
     pub process: Child,
 }
 
+/// A free local address for a listener.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 impl ExtraGateway {
     pub async fn start() -> anyhow::Result<Self> {
-        let addr = format!("127.0.0.1:{}", free_port());
+        Self::start_with(&[]).await
+    }
+
+    /// With extra environment variables.
+    pub async fn start_with(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let addr = free_addr();
         let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let mut process = Command::new(binary("connect-gateway"))
+            .envs(extra.iter().copied())
             .env("GATEWAY_ADDR", &addr)
             .env("GATEWAY_ID", format!("gw-extra-{id}"))
             .env(

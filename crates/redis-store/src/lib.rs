@@ -18,7 +18,7 @@ pub mod slots;
 pub use dedupe::RedisDedupe;
 pub use offline::{OfflineLimits, RedisLog};
 pub use registry::RedisRegistry;
-pub use slots::SlotLease;
+pub use slots::{LeaseError, SlotLease};
 
 pub use redis::aio::ConnectionManager;
 

@@ -7,7 +7,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 /// The ops routes. `/healthz` answers 200 `ok`; `/metrics` the Prometheus text format.
 pub fn router(handle: PrometheusHandle) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+    health().route("/metrics", get(move || std::future::ready(handle.render())))
+}
+
+/// `/healthz` alone (for a public listener, where `/metrics` is not exposed).
+pub fn health() -> Router {
+    Router::new().route("/healthz", get(|| async { (StatusCode::OK, "ok") }))
 }
