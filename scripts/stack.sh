@@ -55,6 +55,9 @@ apt_install() {
 
 install() {
   mkdir -p "$CACHE"
+  # librdkafka is built with TLS (MSK): OpenSSL's headers, found through pkg-config.
+  { command -v pkg-config >/dev/null && dpkg -s libssl-dev >/dev/null 2>&1; } ||
+    { log "installing pkg-config and libssl-dev (apt)"; apt_install pkg-config libssl-dev; }
   command -v redis-server >/dev/null || { log "installing redis-server (apt)"; apt_install redis-server; }
   command -v java >/dev/null || { log "installing Java 17 (apt)"; apt_install openjdk-17-jre-headless; }
   command -v mvn >/dev/null || { log "installing Maven (apt)"; apt_install maven; }

@@ -4,18 +4,22 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+
+use crate::KafkaConfig;
 use rdkafka::types::RDKafkaErrorCode;
 
-/// Creates each (topic, partitions) that does not exist yet.
-pub async fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| e.to_string())?;
+/// Creates each (topic, partitions) that does not exist yet, with `replication` copies of each
+/// partition (`KAFKA_REPLICATION_FACTOR`: 1 on the local broker, 3 on MSK).
+pub async fn ensure_topics(
+    kafka: &KafkaConfig,
+    topics: &[(&str, i32)],
+    replication: i32,
+) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.client().create().map_err(|e| e.to_string())?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(replication)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin

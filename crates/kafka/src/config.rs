@@ -25,14 +25,125 @@ pub struct KafkaConfig {
     pub max_poll_interval_ms: u32,
     /// `KAFKA_DEBUG`: librdkafka debug contexts (e.g. `cgrp,fetch`), empty for none.
     pub debug: Option<String>,
+    /// How clients authenticate and encrypt (MSK: TLS, SASL/SCRAM).
+    pub security: Security,
+}
+
+/// `KAFKA_SECURITY_PROTOCOL` and what it needs.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Security {
+    /// `plaintext` (the local stack).
+    Plaintext,
+    /// `ssl`: TLS; `KAFKA_SSL_CA_LOCATION` names a CA bundle (PEM) to trust instead of the
+    /// system's.
+    Ssl { ca: Option<String> },
+    /// `sasl_ssl`: TLS and SASL/SCRAM (`KAFKA_SASL_MECHANISM`: `SCRAM-SHA-512`, what MSK
+    /// uses, or `SCRAM-SHA-256`; `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD`, from Secrets
+    /// Manager in AWS).
+    SaslSsl {
+        ca: Option<String>,
+        mechanism: String,
+        username: String,
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for Security {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Plaintext => write!(f, "plaintext"),
+            Self::Ssl { ca } => write!(f, "ssl (ca: {ca:?})"),
+            Self::SaslSsl {
+                ca,
+                mechanism,
+                username,
+                ..
+            } => write!(f, "sasl_ssl ({mechanism} as {username}, ca: {ca:?})"),
+        }
+    }
+}
+
+impl Security {
+    /// From `KAFKA_SECURITY_PROTOCOL` (`plaintext`) and the variables its protocol needs.
+    pub fn from_env() -> Result<Self, String> {
+        use connect_core::env::{optional, string};
+        let ca = optional("KAFKA_SSL_CA_LOCATION");
+        match string("KAFKA_SECURITY_PROTOCOL", "plaintext")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "plaintext" => Ok(Self::Plaintext),
+            "ssl" => Ok(Self::Ssl { ca }),
+            "sasl_ssl" => {
+                let mechanism =
+                    string("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512").to_ascii_uppercase();
+                if !matches!(mechanism.as_str(), "SCRAM-SHA-512" | "SCRAM-SHA-256") {
+                    return Err(format!(
+                        "KAFKA_SASL_MECHANISM={mechanism:?}: SCRAM-SHA-512 or SCRAM-SHA-256"
+                    ));
+                }
+                let need = |name: &str| {
+                    optional(name).ok_or_else(|| format!("{name} is required with sasl_ssl"))
+                };
+                Ok(Self::SaslSsl {
+                    ca,
+                    mechanism,
+                    username: need("KAFKA_SASL_USERNAME")?,
+                    password: need("KAFKA_SASL_PASSWORD")?,
+                })
+            }
+            other => Err(format!(
+                "KAFKA_SECURITY_PROTOCOL={other:?}: plaintext, ssl or sasl_ssl"
+            )),
+        }
+    }
+
+    /// Sets librdkafka's security properties.
+    pub fn apply(&self, c: &mut ClientConfig) {
+        let ca = match self {
+            Self::Plaintext => {
+                c.set("security.protocol", "plaintext");
+                return;
+            }
+            Self::Ssl { ca } => {
+                c.set("security.protocol", "ssl");
+                ca
+            }
+            Self::SaslSsl {
+                ca,
+                mechanism,
+                username,
+                password,
+            } => {
+                c.set("security.protocol", "sasl_ssl")
+                    .set("sasl.mechanisms", mechanism)
+                    .set("sasl.username", username)
+                    .set("sasl.password", password);
+                ca
+            }
+        };
+        // The broker's name is checked against its certificate.
+        c.set("ssl.endpoint.identification.algorithm", "https");
+        if let Some(ca) = ca {
+            c.set("ssl.ca.location", ca);
+        }
+    }
 }
 
 impl KafkaConfig {
+    /// The brokers and how to reach them securely: the base of every client.
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        self.security.apply(&mut c);
+        c
+    }
+
     /// A producer: acks=all, idempotent (ordered, no repeats on retry).
     pub fn producer(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("enable.idempotence", "true")
+        let mut c = self.client();
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.message_timeout_ms.to_string())
@@ -42,9 +153,8 @@ impl KafkaConfig {
 
     /// A consumer; offsets are committed by hand, only after the work is done.
     pub fn consumer(&self, group_id: &str) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("group.id", group_id)
+        let mut c = self.client();
+        c.set("group.id", group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -73,7 +183,8 @@ impl KafkaConfig {
 impl KafkaConfig {
     /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (100), `KAFKA_LINGER_MS` (5),
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
-    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none).
+    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none), and the security variables
+    /// ([`Security::from_env`]).
     pub fn from_env() -> Result<Self, String> {
         use connect_core::env::parsed as num;
         Ok(Self {
@@ -85,6 +196,7 @@ impl KafkaConfig {
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
             max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
             debug: connect_core::env::optional("KAFKA_DEBUG"),
+            security: Security::from_env()?,
         })
     }
 }
@@ -106,5 +218,80 @@ impl Topics {
             outgoing: string("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
             user_connected: string("KAFKA_USER_CONNECTED_TOPIC", "user_connected"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(security: Security) -> std::collections::HashMap<String, String> {
+        let mut c = ClientConfig::new();
+        security.apply(&mut c);
+        [
+            "security.protocol",
+            "sasl.mechanisms",
+            "sasl.username",
+            "sasl.password",
+            "ssl.ca.location",
+            "ssl.endpoint.identification.algorithm",
+        ]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), c.get(k)?.to_owned())))
+        .collect()
+    }
+
+    #[test]
+    fn security_settings_map_to_librdkafka() {
+        let plain = props(Security::Plaintext);
+        assert_eq!(plain["security.protocol"], "plaintext");
+        assert!(!plain.contains_key("sasl.username"));
+        let scram = props(Security::SaslSsl {
+            ca: Some("/etc/ca.pem".into()),
+            mechanism: "SCRAM-SHA-512".into(),
+            username: "connect".into(),
+            password: "s3cret".into(),
+        });
+        assert_eq!(scram["security.protocol"], "sasl_ssl");
+        assert_eq!(scram["sasl.mechanisms"], "SCRAM-SHA-512");
+        assert_eq!(scram["sasl.username"], "connect");
+        assert_eq!(scram["sasl.password"], "s3cret");
+        assert_eq!(scram["ssl.ca.location"], "/etc/ca.pem");
+        assert_eq!(scram["ssl.endpoint.identification.algorithm"], "https");
+        let tls = props(Security::Ssl { ca: None });
+        assert_eq!(tls["security.protocol"], "ssl");
+        assert!(!tls.contains_key("ssl.ca.location"));
+    }
+
+    /// librdkafka is built with TLS and SCRAM: a client with those settings can be created
+    /// (creating one does not connect).
+    #[test]
+    fn the_bundled_librdkafka_speaks_tls_and_scram() {
+        for security in [
+            Security::Ssl { ca: None },
+            Security::SaslSsl {
+                ca: None,
+                mechanism: "SCRAM-SHA-512".into(),
+                username: "connect".into(),
+                password: "s3cret".into(),
+            },
+        ] {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", "127.0.0.1:1");
+            security.apply(&mut c);
+            let made: Result<rdkafka::producer::BaseProducer, _> = c.create();
+            assert!(made.is_ok(), "{security:?}: {:?}", made.err());
+        }
+    }
+
+    #[test]
+    fn the_password_is_never_printed() {
+        let s = Security::SaslSsl {
+            ca: None,
+            mechanism: "SCRAM-SHA-512".into(),
+            username: "connect".into(),
+            password: "s3cret".into(),
+        };
+        assert!(!format!("{s:?}").contains("s3cret"));
     }
 }

@@ -39,7 +39,7 @@ async fn kafka_probe(n: usize) -> anyhow::Result<()> {
     use connect_kafka::rdkafka::{Offset, TopicPartitionList};
     let kafka = connect_kafka::KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
     let topic = format!("probe_{}", connect_core::now_ms());
-    connect_kafka::ensure_topics(&kafka.brokers, &[(&topic, 2)])
+    connect_kafka::ensure_topics(&kafka, &[(&topic, 2)], 1)
         .await
         .map_err(anyhow::Error::msg)?;
     let producer: FutureProducer = kafka.producer().create()?;

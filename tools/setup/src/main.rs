@@ -14,13 +14,15 @@ async fn main() -> anyhow::Result<()> {
     let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
     let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
     let connected: i32 = env::var("USER_CONNECTED_PARTITIONS", 1)?;
+    let replication: i32 = env::var("KAFKA_REPLICATION_FACTOR", 1)?;
     connect_kafka::ensure_topics(
-        &kafka.brokers,
+        &kafka,
         &[
             (&topics.incoming, incoming),
             (&topics.outgoing, outgoing),
             (&topics.user_connected, connected),
         ],
+        replication,
     )
     .await
     .map_err(anyhow::Error::msg)
