@@ -59,6 +59,8 @@ install() {
   { command -v pkg-config >/dev/null && dpkg -s libssl-dev >/dev/null 2>&1; } ||
     { log "installing pkg-config and libssl-dev (apt)"; apt_install pkg-config libssl-dev; }
   command -v redis-server >/dev/null || { log "installing redis-server (apt)"; apt_install redis-server; }
+  # The Redis TLS test makes its own CA.
+  command -v openssl >/dev/null || { log "installing openssl (apt)"; apt_install openssl; }
   command -v java >/dev/null || { log "installing Java 17 (apt)"; apt_install openjdk-17-jre-headless; }
   command -v mvn >/dev/null || { log "installing Maven (apt)"; apt_install maven; }
   if [ ! -f "$(kafka_libs)/.complete" ]; then
