@@ -253,26 +253,17 @@ async fn a_repeated_group_send_goes_to_the_members_at_its_seq_not_to_later_joine
     .await?;
     anyhow::ensure!(status == 200, "add: {status} {body}");
     // The same send again (a client retry; a batch replayed after a crash is answered the same
-    // way): the original seq, delivered again to bob, not to dave, who joined after it.
+    // way): the original seq, fanned out again to the members at that seq, not to dave, who
+    // joined after it. (Bob may not see the repeat: a connection drops a live repeat of what
+    // its backlog already gave it.)
     a.send_group("g1", &group, "before dave").await?;
     let again = a.next_non_event().await?;
     assert_eq!(
         (again["type"].as_str(), again["seq"].as_u64()),
         (Some("accepted"), Some(seq))
     );
-    let repeat = loop {
-        // (dave's member_added event may come first)
-        let f = b.next().await?;
-        if f.get("event").is_none() {
-            break f;
-        }
-    };
-    assert_eq!(
-        (repeat["seq"].as_u64(), repeat["id"].as_str()),
-        (Some(seq), Some("g1")),
-        "bob gets it again: {repeat}"
-    );
-    // Dave's first chat message is the one sent after he joined.
+    // Dave's first chat message is the one sent after he joined: the repeat, fanned out
+    // before it on the same partitions, would have come first.
     a.send_group("g2", &group, "after dave").await?;
     let m = next_in(&mut d, &conversation).await?;
     assert_eq!(m["id"], "g2", "dave got {m}");
