@@ -73,52 +73,27 @@ impl ChatStore for DynamoChatStore {
         &self,
         keys: &[(connect_protocol::ConversationId, u64)],
     ) -> Result<Vec<Option<StoredMessage>>, PortError> {
-        use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
-        let mut found: HashMap<(String, u64), StoredMessage> = HashMap::new();
-        for chunk in keys.chunks(100) {
-            let mut unique: Vec<(String, u64)> =
-                chunk.iter().map(|(c, seq)| (c.to_string(), *seq)).collect();
-            unique.sort();
-            unique.dedup();
-            let wanted: Vec<_> = unique
-                .into_iter()
-                .map(|(c, seq)| {
-                    HashMap::from([
-                        ("conversation".to_owned(), AttributeValue::S(c)),
-                        ("seq".to_owned(), AttributeValue::N(seq.to_string())),
-                    ])
-                })
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let mut unique: Vec<(String, u64)> =
+            keys.iter().map(|(c, seq)| (c.to_string(), *seq)).collect();
+        unique.sort();
+        unique.dedup();
+        let wanted: Vec<_> = unique
+            .into_iter()
+            .map(|(c, seq)| {
+                HashMap::from([
+                    ("conversation".to_owned(), AttributeValue::S(c)),
+                    ("seq".to_owned(), AttributeValue::N(seq.to_string())),
+                ])
+            })
+            .collect();
+        let found: HashMap<(String, u64), StoredMessage> =
+            crate::batch_get(&self.client, &self.table, wanted, true)
+                .await?
+                .iter()
+                .filter_map(crate::item::from_item)
+                .map(|m| ((m.conversation.to_string(), m.seq), m))
                 .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(wanted))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(unavailable)?,
-            );
-            while let Some(req) = request.take() {
-                crate::requested("BatchGetItem");
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, req)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
-                let items = out.responses().and_then(|r| r.get(&self.table));
-                for m in items
-                    .into_iter()
-                    .flatten()
-                    .filter_map(crate::item::from_item)
-                {
-                    found.insert((m.conversation.to_string(), m.seq), m);
-                }
-                request = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys().is_empty());
-            }
-        }
         Ok(keys
             .iter()
             .map(|(c, seq)| found.get(&(c.to_string(), *seq)).cloned())

@@ -7,9 +7,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -364,45 +362,18 @@ enum Written {
 }
 
 impl DynamoGroups {
-    /// The meta items of `groups` (those that exist), 100 keys per BatchGetItem, unprocessed
-    /// keys asked again; `consistent` for reads that must see every answered write.
+    /// The meta items of `groups` (those that exist); `consistent` for reads that must see
+    /// every answered write.
     async fn meta_items(
         &self,
         groups: &[&str],
         consistent: bool,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, PortError> {
-        let mut items = Vec::with_capacity(groups.len());
-        for chunk in groups.chunks(100) {
-            let keys: Vec<_> = chunk
-                .iter()
-                .map(|g| HashMap::from([("group".to_owned(), s(*g)), ("item".to_owned(), s(META))]))
-                .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(consistent)
-                    .build()
-                    .map_err(unavailable)?,
-            );
-            while let Some(req) = request.take() {
-                crate::requested("BatchGetItem");
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, req)
-                    .send()
-                    .await
-                    .map_err(err)?;
-                if let Some(found) = out.responses().and_then(|r| r.get(&self.table)) {
-                    items.extend(found.iter().cloned());
-                }
-                request = out
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys().is_empty());
-            }
-        }
-        Ok(items)
+        let keys = groups
+            .iter()
+            .map(|g| HashMap::from([("group".to_owned(), s(*g)), ("item".to_owned(), s(META))]))
+            .collect();
+        crate::batch_get(&self.client, &self.table, keys, consistent).await
     }
 
     /// Writes `member` (a conditional put or delete of a member item) and bumps the group's

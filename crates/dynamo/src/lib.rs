@@ -102,3 +102,55 @@ pub(crate) async fn batch_put(
         requests.len()
     )))
 }
+
+/// Reads the items at `keys` (those that exist, in no particular order), 100 keys per
+/// BatchGetItem, re-asking unprocessed keys with backoff; `consistent` for reads that must see
+/// every answered write.
+pub(crate) async fn batch_get(
+    client: &Client,
+    table: &str,
+    keys: Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
+    consistent: bool,
+) -> Result<
+    Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
+    PortError,
+> {
+    use aws_sdk_dynamodb::types::KeysAndAttributes;
+    let mut items = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(100) {
+        let mut request = KeysAndAttributes::builder()
+            .set_keys(Some(chunk.to_vec()))
+            .consistent_read(consistent)
+            .build()
+            .map_err(unavailable)?;
+        let mut round = 0;
+        loop {
+            requested("BatchGetItem");
+            let out = client
+                .batch_get_item()
+                .request_items(table, request)
+                .send()
+                .await
+                .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+            if let Some(found) = out.responses().and_then(|r| r.get(table)) {
+                items.extend(found.iter().cloned());
+            }
+            match out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(table))
+                .filter(|k| !k.keys().is_empty())
+            {
+                None => break,
+                Some(_) if round + 1 >= UNPROCESSED_ROUNDS => {
+                    return Err(unavailable("keys still unprocessed"));
+                }
+                Some(left) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
+                    round += 1;
+                    request = left;
+                }
+            }
+        }
+    }
+    Ok(items)
+}
