@@ -199,26 +199,12 @@ async fn membership_changes_are_group_events_and_hold_for_later_messages() -> an
         expect_event(client, 1, "group_created", &alice, None).await?;
     }
 
-    let (status, _) = api_call(
-        "POST",
-        &format!("/v1/groups/{group}/members"),
-        Some(&bob),
-        &json!({ "user": dave }).to_string(),
-    )
-    .await?;
-    assert_eq!(status, 200);
+    add_member(&bob, &group, &dave).await?;
     for client in [&mut a, &mut b, &mut c, &mut d] {
         expect_event(client, 2, "member_added", &bob, Some(&dave)).await?;
     }
 
-    let (status, _) = api_call(
-        "DELETE",
-        &format!("/v1/groups/{group}/members/{carol}"),
-        Some(&alice),
-        "",
-    )
-    .await?;
-    assert_eq!(status, 204);
+    remove_member(&alice, &group, &carol).await?;
     for client in [&mut a, &mut b, &mut c, &mut d] {
         expect_event(client, 3, "member_removed", &alice, Some(&carol)).await?;
     }

@@ -407,3 +407,29 @@ pub async fn create_group(owner: &str, members: &[&str]) -> anyhow::Result<Strin
     anyhow::ensure!(status == 201, "create: {status} {g}");
     Ok(g["group"].as_str().unwrap_or_default().to_owned())
 }
+
+/// `by` adds `user` to `group` through the HTTP API (200 expected).
+pub async fn add_member(by: &str, group: &str, user: &str) -> anyhow::Result<()> {
+    let (status, body) = api_call(
+        "POST",
+        &format!("/v1/groups/{group}/members"),
+        Some(by),
+        &json!({ "user": user }).to_string(),
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "add {user}: {status} {body}");
+    Ok(())
+}
+
+/// `by` removes `user` from `group` through the HTTP API (204 expected).
+pub async fn remove_member(by: &str, group: &str, user: &str) -> anyhow::Result<()> {
+    let (status, body) = api_call(
+        "DELETE",
+        &format!("/v1/groups/{group}/members/{user}"),
+        Some(by),
+        "",
+    )
+    .await?;
+    anyhow::ensure!(status == 204, "remove {user}: {status} {body}");
+    Ok(())
+}
