@@ -3,10 +3,20 @@
 #   stack.sh install | up | down | run | status | test | bench
 # Data, logs and pids live under .local/ (git-ignored); downloads are cached under
 # ~/.cache/connect-chat so a second start takes seconds.
+#
+# CONNECT_STACK=aws runs the stack as the AWS deployment connects (template.yaml): Redis is a
+# three-node cluster that speaks only TLS (ElastiCache cluster mode, in-transit encryption) and
+# Kafka's client listener is SASL_SSL with SCRAM-SHA-512 (MSK), with certificates from a CA the
+# stack makes. Same ports as the plain stack (one at a time), its own data under .local/aws.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LOCAL=${CONNECT_LOCAL_DIR:-$ROOT/.local}
+CONNECT_STACK=${CONNECT_STACK:-plain}
+case "$CONNECT_STACK" in
+  plain) LOCAL=${CONNECT_LOCAL_DIR:-$ROOT/.local} ;;
+  aws) LOCAL=${CONNECT_LOCAL_DIR:-$ROOT/.local/aws} ;;
+  *) echo "CONNECT_STACK=$CONNECT_STACK: plain or aws" >&2; exit 2 ;;
+esac
 CACHE=${CONNECT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/connect-chat}
 PROFILE=${PROFILE:-debug}            # cargo profile whose binaries the stack runs (debug | release)
 KAFKA_POM="$ROOT/scripts/kafka/pom.xml"   # Apache Kafka's jars (pinned there), from Maven Central
@@ -25,7 +35,18 @@ MESSAGING_OPS_PORTS=${MESSAGING_OPS_PORTS:-"8070 8071"}   # one messaging proces
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
 
-export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
+TLS_DIR="$LOCAL/tls"                 # aws: the stack's CA and the servers' certificate
+REDIS_CLUSTER_PORTS=${REDIS_CLUSTER_PORTS:-"7001 7002 7003"}   # aws: the cluster's nodes (TLS only)
+KAFKA_INTERNAL_PORT=${KAFKA_INTERNAL_PORT:-9094}              # aws: the broker's own listener
+
+if [ "$CONNECT_STACK" = aws ]; then
+  export REDIS_URL=${REDIS_URL:-$(for p in $REDIS_CLUSTER_PORTS; do printf 'rediss://127.0.0.1:%s,' "$p"; done | sed 's/,$//')}
+  export REDIS_CLUSTER=true REDIS_CA_FILE="$TLS_DIR/ca.pem"
+  export KAFKA_SECURITY_PROTOCOL=sasl_ssl KAFKA_SSL_CA_LOCATION="$TLS_DIR/ca.pem" KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+  export KAFKA_SASL_USERNAME=${KAFKA_SASL_USERNAME:-connect} KAFKA_SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-connect-local-scram}
+else
+  export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
+fi
 export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}
 export DYNAMODB_ENDPOINT=${DYNAMODB_ENDPOINT:-http://127.0.0.1:$DDB_PORT}
 export AWS_REGION=${AWS_REGION:-us-east-1}
@@ -94,9 +115,26 @@ start_kafka() {
   mkdir -p "$dir/data"
   sed -e "s|@PORT@|$KAFKA_PORT|g; s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g; s|@DATA@|$dir/data|g" \
     "$ROOT/scripts/kafka/server.properties.in" >"$dir/server.properties"
+  local scram=()
+  if [ "$CONNECT_STACK" = aws ]; then
+    # Clients reach only SASL_SSL (SCRAM over TLS, as MSK); the broker talks to itself on a
+    # plaintext listener of its own. Later keys override the template's.
+    cat "$TLS_DIR/server.key" "$TLS_DIR/server.pem" >"$dir/keystore.pem"
+    cat >>"$dir/server.properties" <<PROPS
+listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,INTERNAL://127.0.0.1:$KAFKA_INTERNAL_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT,INTERNAL://127.0.0.1:$KAFKA_INTERNAL_PORT
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$dir/keystore.pem
+PROPS
+    scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SASL_USERNAME,password=$KAFKA_SASL_PASSWORD]")
+  fi
   if [ ! -f "$dir/data/meta.properties" ]; then
     log "formatting the Kafka log dir (KRaft, once)"
-    "${jvm[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted \
+    "${jvm[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted "${scram[@]}" \
       -t "$("${jvm[@]}" kafka.tools.StorageTool random-uuid)" -c "$dir/server.properties" >/dev/null
   fi
   start kafka "$dir" "${jvm[@]}" kafka.Kafka "$dir/server.properties"
@@ -159,10 +197,67 @@ stop() {
   rm -f "$f"
 }
 
+# aws: a CA and one certificate for 127.0.0.1 / localhost that Redis and Kafka present (made once).
+make_certificates() {
+  [ -f "$TLS_DIR/server.pem" ] && return 0
+  log "making the stack's CA and server certificate (openssl, $TLS_DIR)"
+  mkdir -p "$TLS_DIR"
+  (cd "$TLS_DIR" &&
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=connect-local-ca -keyout ca.key -out ca.pem 2>/dev/null &&
+    openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null &&
+    echo "subjectAltName=DNS:localhost,IP:127.0.0.1" >ext.cnf &&
+    openssl x509 -req -days 3650 -CAcreateserial -in server.csr -CA ca.pem -CAkey ca.key -out server.pem -extfile ext.cnf 2>/dev/null)
+}
+
+# redis_cli PORT ARGS...: redis-cli to one node of this stack's Redis.
+redis_cli() {
+  local port=$1; shift
+  if [ "$CONNECT_STACK" = aws ]; then redis-cli --tls --cacert "$TLS_DIR/ca.pem" -h 127.0.0.1 -p "$port" "$@"
+  else redis-cli -h 127.0.0.1 -p "$port" "$@"; fi
+}
+
+redis_ports() { if [ "$CONNECT_STACK" = aws ]; then echo "$REDIS_CLUSTER_PORTS"; else echo "$REDIS_PORT"; fi; }
+
+start_redis() {
+  local port
+  if [ "$CONNECT_STACK" = plain ]; then
+    claim redis "$REDIS_PORT"
+    start redis "$LOCAL/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$LOCAL/redis" \
+      --appendonly yes --appendfsync everysec --save "" --protected-mode no
+    wait_port "$REDIS_PORT" redis
+  else
+    for port in $REDIS_CLUSTER_PORTS; do
+      claim "redis-$port" "$port"
+      start "redis-$port" "$LOCAL/redis-$port" redis-server --port 0 --tls-port "$port" --bind 127.0.0.1 \
+        --dir "$LOCAL/redis-$port" --tls-cert-file "$TLS_DIR/server.pem" --tls-key-file "$TLS_DIR/server.key" \
+        --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients no --tls-cluster yes --tls-replication yes \
+        --cluster-enabled yes --cluster-config-file nodes.conf \
+        --appendonly yes --appendfsync everysec --save "" --protected-mode no
+    done
+    for port in $REDIS_CLUSTER_PORTS; do wait_port "$port" "redis-$port"; done
+  fi
+  for port in $(redis_ports); do
+    until [ "$(redis_cli "$port" ping 2>/dev/null)" = PONG ]; do sleep 0.2; done # AOF loaded
+  done
+  [ "$CONNECT_STACK" = aws ] || return 0
+  local first=${REDIS_CLUSTER_PORTS%% *} nodes="" i
+  if redis_cli "$first" cluster info | grep -q '^cluster_slots_assigned:0'; then
+    for port in $REDIS_CLUSTER_PORTS; do nodes="$nodes 127.0.0.1:$port"; done
+    log "creating the Redis cluster ($(echo $REDIS_CLUSTER_PORTS | wc -w) primaries, TLS)"
+    # shellcheck disable=SC2086
+    redis-cli --tls --cacert "$TLS_DIR/ca.pem" --cluster create $nodes --cluster-replicas 0 --cluster-yes >/dev/null
+  fi
+  for i in $(seq 1 120); do
+    redis_cli "$first" cluster info | grep -q '^cluster_state:ok' && return 0
+    sleep 0.25
+  done
+  log "the Redis cluster is not ok after 30 s"; redis_cli "$first" cluster info >&2; return 1
+}
+
 start_infra() {
-  claim redis "$REDIS_PORT"; claim kafka "$KAFKA_PORT"; claim kafka "$KAFKA_CONTROLLER_PORT"; claim dynamodb "$DDB_PORT"
-  start redis "$LOCAL/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$LOCAL/redis" \
-    --appendonly yes --appendfsync everysec --save "" --protected-mode no
+  claim kafka "$KAFKA_PORT"; claim kafka "$KAFKA_CONTROLLER_PORT"; claim dynamodb "$DDB_PORT"
+  [ "$CONNECT_STACK" = plain ] || { claim kafka "$KAFKA_INTERNAL_PORT"; make_certificates; }
+  start_redis
   start_kafka
   local jars storage; jars=$(ddb_jar_dir)
   # In memory by default: on this kind of machine DynamoDB Local on disk syncs every write and
@@ -173,11 +268,12 @@ start_infra() {
   # shellcheck disable=SC2086
   start dynamodb "$jars" java -Xmx1g -Djava.library.path="$jars/DynamoDBLocal_lib" -jar "$jars/DynamoDBLocal.jar" \
     -sharedDb $storage -port "$DDB_PORT"
-  wait_port "$REDIS_PORT" redis
-  until [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; do sleep 0.2; done # AOF loaded
   if [ "$fresh_ddb" = 1 ] && [ "${DYNAMODB_PERSIST:-0}" != 1 ]; then
-    # A fresh in-memory DynamoDB has no messages: forget the acceptances that pointed at them.
-    redis-cli -p "$REDIS_PORT" --scan --pattern 'dedupe:*' | xargs -r -n 500 redis-cli -p "$REDIS_PORT" del >/dev/null
+    # A fresh in-memory DynamoDB has no messages: forget the acceptances that pointed at them
+    # (each node its own keys, one key per DEL: a cluster refuses a DEL across slots).
+    for port in $(redis_ports); do
+      redis_cli "$port" --scan --pattern 'dedupe:*' | sed 's/^/UNLINK /' | redis_cli "$port" >/dev/null
+    done
   fi
   wait_port "$KAFKA_PORT" kafka
   wait_port "$DDB_PORT" dynamodb
@@ -279,20 +375,20 @@ up() {
 
 down() {
   local name
-  for name in group-poller event-poller lambda local-api $(for p in $MESSAGING_OPS_PORTS; do echo "messaging-$p"; done) $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis; do stop "$name"; done
+  for name in group-poller event-poller lambda local-api $(for p in $MESSAGING_OPS_PORTS; do echo "messaging-$p"; done) $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
   log "stopped"
 }
 
 status() {
   local p
-  log "running (logs in .local/logs/):"
+  log "running (logs in ${LOCAL#$ROOT/}/logs/):"
   for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
   for p in $MESSAGING_OPS_PORTS; do echo "  messaging    http://127.0.0.1:$p/healthz  /metrics   (consumer group: messaging)"; done
   echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history; same handlers as the Lambdas)"
   echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, groups, offline-delivery, group-events"
   echo "  pollers      user_connected → offline-delivery; group table stream → group-events"
-  echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in .local/kafka)"
-  echo "  Redis        $REDIS_URL"
+  echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in $LOCAL/kafka)${KAFKA_SECURITY_PROTOCOL:+, $KAFKA_SECURITY_PROTOCOL $KAFKA_SASL_MECHANISM}"
+  echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)}"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
   echo "  try it:      cargo run -q -p connect-chat -- --user alice     (README: Try it)"
 }
@@ -313,9 +409,17 @@ test_all() {
   export MESSAGING_SHED_AFTER_MS=${MESSAGING_SHED_AFTER_MS:-5000}
   up
   local rc=0
-  (cd "$ROOT" && cargo test --workspace --no-fail-fast) || rc=$?
-  invoke_functions || rc=$?
-  lint_template || rc=$?
+  if [ "$CONNECT_STACK" = plain ]; then
+    (cd "$ROOT" && cargo test --workspace --no-fail-fast) || rc=$?
+    invoke_functions || rc=$?
+    lint_template || rc=$?
+  else
+    # The AWS-like stack: the same end-to-end suite and functions, over TLS to a Redis cluster
+    # and SASL_SSL to Kafka (the unit and template tests do not depend on the stack).
+    log "end-to-end suite against the AWS-like stack (Redis cluster + TLS, Kafka SASL_SSL/SCRAM)"
+    (cd "$ROOT" && cargo test -p connect-e2e --test e2e --no-fail-fast) || rc=$?
+    invoke_functions || rc=$?
+  fi
   if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
   return $rc
 }

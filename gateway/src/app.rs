@@ -150,10 +150,7 @@ impl Application {
 /// Leases a free slot of `outgoing_messages`. With every slot leased (more gateway tasks than
 /// partitions), waits for one to free up (`GATEWAY_SLOT_WAIT_SECS`; 0 = as long as it takes):
 /// the gateway listens only once it has a slot, so its health check keeps traffic away.
-async fn acquire_slot(
-    redis: connect_redis::ConnectionManager,
-    cfg: &Config,
-) -> anyhow::Result<SlotLease> {
+async fn acquire_slot(redis: connect_redis::RedisConn, cfg: &Config) -> anyhow::Result<SlotLease> {
     let started = std::time::Instant::now();
     loop {
         match SlotLease::acquire(

@@ -4,24 +4,25 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::Cmd;
 
 use connect_core::model::{Acceptance, DedupeKey};
 use connect_core::ports::DedupeIndex;
 use connect_core::PortError;
 use connect_protocol::ConversationId;
 
+use crate::conn::{Batch, RedisConn};
 use crate::unavailable;
 
 #[derive(Clone)]
 pub struct RedisDedupe {
-    conn: ConnectionManager,
+    conn: RedisConn,
     ttl: Duration,
 }
 
 impl RedisDedupe {
     /// Acceptances are remembered for `ttl` (how long a client may retry a send).
-    pub fn new(conn: ConnectionManager, ttl: Duration) -> Self {
+    pub fn new(conn: RedisConn, ttl: Duration) -> Self {
         Self { conn, ttl }
     }
 }
@@ -60,14 +61,11 @@ impl DedupeIndex for RedisDedupe {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         keys.iter().for_each(|k| {
-            pipe.get(key(k));
+            batch.add(Cmd::get(key(k)));
         });
-        let values: Vec<Option<String>> = pipe
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let values: Vec<Option<String>> = batch.query(&self.conn).await.map_err(unavailable)?;
         Ok(values
             .iter()
             .map(|v| v.as_deref().and_then(decode))
@@ -78,13 +76,11 @@ impl DedupeIndex for RedisDedupe {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for (k, a) in entries {
-            pipe.set_ex(key(k), encode(a), self.ttl.as_secs()).ignore();
+            batch.add_ignored(Cmd::set_ex(key(k), encode(a), self.ttl.as_secs()));
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        batch.exec(&self.conn).await.map_err(unavailable)
     }
 }
 

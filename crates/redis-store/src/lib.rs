@@ -7,9 +7,12 @@
 //! - [`offline`]: [`RedisLog`], the offline state: conversation logs, inboxes, device cursors.
 //! - [`slots`]: [`SlotLease`], a gateway's lease on one partition of `outgoing_messages`.
 //!
-//! Every multi-key call is one pipeline of single-key commands (one round trip, and valid in
-//! cluster mode where a multi-key command would cross hash slots).
+//! - [`conn`]: [`RedisConn`], a single server or a cluster (ElastiCache cluster mode).
+//!
+//! Every multi-key call is a [`conn::Batch`] of single-key commands: one pipeline on a single
+//! server, one pipeline per hash slot in a cluster (a command never spans slots).
 
+pub mod conn;
 pub mod dedupe;
 pub mod offline;
 pub mod registry;
@@ -20,42 +23,81 @@ pub use offline::{OfflineLimits, RedisLog};
 pub use registry::RedisRegistry;
 pub use slots::{LeaseError, SlotLease};
 
-pub use redis::aio::ConnectionManager;
+pub use conn::RedisConn;
 
 use connect_core::PortError;
 
-/// Opens a self-reconnecting, multiplexed connection. A `rediss://` URL speaks TLS
-/// (ElastiCache in transit encryption), trusting the system's CAs, or only the PEM CA bundle in
-/// `REDIS_CA_FILE` when that is set (a private CA).
-pub async fn connect(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    ConnectionManager::new(client(
-        url,
-        connect_core::env::optional("REDIS_CA_FILE").as_deref(),
-    )?)
-    .await
+/// Connects as the environment says: `url` (`REDIS_URL`) is one server, or with
+/// `REDIS_CLUSTER=true` a comma-separated list of cluster nodes to discover the cluster from
+/// (ElastiCache's configuration endpoint is one such node). A `rediss://` URL speaks TLS
+/// (ElastiCache in-transit encryption), trusting the system's CAs, or only the PEM CA bundle in
+/// `REDIS_CA_FILE` when that is set (a private CA). Both kinds reconnect by themselves.
+pub async fn connect(url: &str) -> Result<RedisConn, redis::RedisError> {
+    let ca_file = connect_core::env::optional("REDIS_CA_FILE");
+    let cluster = connect_core::env::parsed("REDIS_CLUSTER", false).map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "REDIS_CLUSTER", e))
+    })?;
+    if cluster {
+        let conn = cluster_client(url, ca_file.as_deref())?
+            .get_async_connection()
+            .await?;
+        Ok(RedisConn::Cluster(conn))
+    } else {
+        let conn = redis::aio::ConnectionManager::new(client(url, ca_file.as_deref())?).await?;
+        Ok(RedisConn::Single(conn))
+    }
 }
 
 /// The client for `url`, trusting `ca_file` (PEM) instead of the system's CAs when given.
 pub fn client(url: &str, ca_file: Option<&str>) -> Result<redis::Client, redis::RedisError> {
-    // rustls's crypto: AWS-LC, as the AWS SDK uses (a no-op when one is installed already).
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Some(ca_file) = ca_file else {
-        return redis::Client::open(url);
-    };
-    let root_cert = std::fs::read(ca_file).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "REDIS_CA_FILE unreadable",
-            format!("{ca_file}: {e}"),
-        ))
-    })?;
-    redis::Client::build_with_tls(
-        url,
-        redis::TlsCertificates {
+    match root_cert(ca_file)? {
+        None => redis::Client::open(url),
+        Some(root_cert) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+    }
+}
+
+/// The cluster client for the comma-separated node URLs in `urls`, trusting `ca_file` (PEM)
+/// instead of the system's CAs when given.
+pub fn cluster_client(
+    urls: &str,
+    ca_file: Option<&str>,
+) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
+    let nodes: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let mut builder = redis::cluster::ClusterClient::builder(nodes);
+    if let Some(root_cert) = root_cert(ca_file)? {
+        builder = builder.certs(redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(root_cert),
-        },
-    )
+        });
+    }
+    builder.build()
+}
+
+/// The PEM CA bundle to trust, if one is given; installs rustls's crypto provider first
+/// (AWS-LC, as the AWS SDK uses; a no-op when one is installed already).
+fn root_cert(ca_file: Option<&str>) -> Result<Option<Vec<u8>>, redis::RedisError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    ca_file
+        .map(|f| {
+            std::fs::read(f).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "REDIS_CA_FILE unreadable",
+                    format!("{f}: {e}"),
+                ))
+            })
+        })
+        .transpose()
 }
 
 pub(crate) fn unavailable(e: redis::RedisError) -> PortError {

@@ -16,14 +16,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
-use redis::Script;
+use redis::{Cmd, Script};
 
 use connect_core::model::LogEntry;
 use connect_core::ports::ConversationLog;
 use connect_core::PortError;
 use connect_protocol::{ConversationId, UserId};
 
+use crate::conn::{Batch, RedisConn};
 use crate::unavailable;
 
 const ACK: &str = r"local at = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or '0')
@@ -52,7 +52,7 @@ impl OfflineLimits {
 
 #[derive(Clone)]
 pub struct RedisLog {
-    conn: ConnectionManager,
+    conn: RedisConn,
     limits: OfflineLimits,
     ack: Script,
 }
@@ -106,7 +106,7 @@ fn decode(conversation: &ConversationId, seq: u64, member: String) -> LogEntry {
 }
 
 impl RedisLog {
-    pub fn new(conn: ConnectionManager, limits: OfflineLimits) -> Self {
+    pub fn new(conn: RedisConn, limits: OfflineLimits) -> Self {
         Self {
             conn,
             limits,
@@ -123,21 +123,18 @@ impl ConversationLog for RedisLog {
         }
         let ttl = self.limits.ttl.as_millis() as i64;
         let keep = self.limits.log_max.max(1) as isize;
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         let mut logs: Vec<String> = Vec::new();
         for e in entries {
             let conversation = e.conversation.to_string();
-            pipe.zadd(log_key(&conversation), encode(e), e.seq).ignore();
+            batch.add_ignored(Cmd::zadd(log_key(&conversation), encode(e), e.seq));
             if let ConversationId::Direct { low, high } = &e.conversation {
                 for user in [low, high] {
                     let inbox = inbox_key(user);
-                    pipe.cmd("ZADD")
-                        .arg(&inbox)
-                        .arg("GT")
-                        .arg(e.seq)
-                        .arg(&conversation)
-                        .ignore();
-                    pipe.pexpire(&inbox, ttl).ignore();
+                    let mut zadd = redis::cmd("ZADD");
+                    zadd.arg(&inbox).arg("GT").arg(e.seq).arg(&conversation);
+                    batch.add_ignored(zadd);
+                    batch.add_ignored(Cmd::pexpire(&inbox, ttl));
                 }
             }
             if !logs.contains(&conversation) {
@@ -146,12 +143,10 @@ impl ConversationLog for RedisLog {
         }
         for conversation in &logs {
             let key = log_key(conversation);
-            pipe.zremrangebyrank(&key, 0, -(keep + 1)).ignore();
-            pipe.pexpire(&key, ttl).ignore();
+            batch.add_ignored(Cmd::zremrangebyrank(&key, 0, -(keep + 1)));
+            batch.add_ignored(Cmd::pexpire(&key, ttl));
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        batch.exec(&self.conn).await.map_err(unavailable)
     }
 
     async fn inbox(&self, user: &UserId) -> Result<Vec<(String, u64)>, PortError> {
@@ -169,18 +164,13 @@ impl ConversationLog for RedisLog {
         if conversations.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for c in conversations {
-            pipe.cmd("ZRANGE")
-                .arg(log_key(c))
-                .arg(-1)
-                .arg(-1)
-                .arg("WITHSCORES");
+            let mut zrange = redis::cmd("ZRANGE");
+            zrange.arg(log_key(c)).arg(-1).arg(-1).arg("WITHSCORES");
+            batch.add(zrange);
         }
-        let last: Vec<Vec<(String, u64)>> = pipe
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let last: Vec<Vec<(String, u64)>> = batch.query(&self.conn).await.map_err(unavailable)?;
         Ok(last
             .into_iter()
             .map(|l| l.first().map_or(0, |(_, seq)| *seq))

@@ -10,19 +10,20 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::Cmd;
 
 use connect_core::model::{Session, SessionRoute};
 use connect_core::ports::SessionRegistry;
 use connect_core::{now_ms, PortError};
 use connect_protocol::UserId;
 
+use crate::conn::{Batch, RedisConn};
 use crate::unavailable;
 
 /// `sess:{user}` → { connection id → "slot|gateway|endpoint|expires_at_ms" }.
 #[derive(Clone)]
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: RedisConn,
     ttl: Duration,
 }
 
@@ -67,7 +68,7 @@ fn decode(conn: String, value: &str, now: u64) -> Option<SessionRoute> {
 
 impl RedisRegistry {
     /// Sessions live `ttl` unless refreshed.
-    pub fn new(conn: ConnectionManager, ttl: Duration) -> Self {
+    pub fn new(conn: RedisConn, ttl: Duration) -> Self {
         Self { conn, ttl }
     }
 
@@ -76,25 +77,20 @@ impl RedisRegistry {
     /// came before that check, or its own SADD comes after the removal). A hash holding only
     /// a crashed gateway's expired sessions keeps its user until the hash itself expires.
     async fn forget_offline(&self, users: &[&UserId]) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for u in users {
-            pipe.cmd("SREM")
-                .arg(online_key(shard(u)))
-                .arg(u.as_str())
-                .ignore();
-            pipe.hlen(key(u));
+            batch.add_ignored(Cmd::srem(online_key(shard(u)), u.as_str()));
+            batch.add(Cmd::hlen(key(u)));
         }
-        let lens: Vec<u64> = pipe.query_async(&mut self.conn.clone()).await?;
-        let mut back = redis::pipe();
-        let mut any = false;
+        let lens: Vec<u64> = batch.query(&self.conn).await?;
+        let mut back = Batch::new();
         for (u, len) in users.iter().zip(lens) {
             if len > 0 {
-                back.sadd(online_key(shard(u)), u.as_str()).ignore();
-                any = true;
+                back.add_ignored(Cmd::sadd(online_key(shard(u)), u.as_str()));
             }
         }
-        if any {
-            back.query_async::<()>(&mut self.conn.clone()).await?;
+        if !back.is_empty() {
+            back.exec(&self.conn).await?;
         }
         Ok(())
     }
@@ -108,31 +104,25 @@ impl SessionRegistry for RedisRegistry {
         }
         let ttl_ms = self.ttl.as_millis() as u64;
         let expires = now_ms() + ttl_ms;
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for s in sessions {
             let k = key(&s.user);
-            pipe.hset(&k, &s.route.conn, encode(&s.route, expires))
-                .ignore();
-            pipe.pexpire(&k, ttl_ms as i64).ignore();
-            pipe.sadd(online_key(shard(&s.user)), s.user.as_str())
-                .ignore();
+            batch.add_ignored(Cmd::hset(&k, &s.route.conn, encode(&s.route, expires)));
+            batch.add_ignored(Cmd::pexpire(&k, ttl_ms as i64));
+            batch.add_ignored(Cmd::sadd(online_key(shard(&s.user)), s.user.as_str()));
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        batch.exec(&self.conn).await.map_err(unavailable)
     }
 
     async fn remove(&self, sessions: &[(UserId, String)]) -> Result<(), PortError> {
         if sessions.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for (user, conn) in sessions {
-            pipe.hdel(key(user), conn).ignore();
+            batch.add_ignored(Cmd::hdel(key(user), conn));
         }
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)
+        batch.exec(&self.conn).await.map_err(unavailable)
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<SessionRoute>>, PortError> {
@@ -144,20 +134,19 @@ impl SessionRegistry for RedisRegistry {
         for (i, u) in users.iter().enumerate() {
             by_shard[shard(u) as usize].push(i);
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         let asked: Vec<usize> = (0..by_shard.len())
             .filter(|s| !by_shard[*s].is_empty())
             .collect();
         for &s in &asked {
-            let cmd = pipe.cmd("SMISMEMBER").arg(online_key(s as u32));
+            let mut cmd = redis::cmd("SMISMEMBER");
+            cmd.arg(online_key(s as u32));
             for &i in &by_shard[s] {
                 cmd.arg(users[i].as_str());
             }
+            batch.add(cmd);
         }
-        let flags: Vec<Vec<bool>> = pipe
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let flags: Vec<Vec<bool>> = batch.query(&self.conn).await.map_err(unavailable)?;
         let mut maybe: Vec<usize> = Vec::new();
         for (s, flags) in asked.iter().zip(flags) {
             maybe.extend(
@@ -172,14 +161,12 @@ impl SessionRegistry for RedisRegistry {
         if maybe.is_empty() {
             return Ok(routes_of);
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for &i in &maybe {
-            pipe.hgetall(key(&users[i]));
+            batch.add(Cmd::hgetall(key(&users[i])));
         }
-        let maps: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let maps: Vec<HashMap<String, String>> =
+            batch.query(&self.conn).await.map_err(unavailable)?;
         let now = now_ms();
         let mut gone: Vec<&UserId> = Vec::new();
         for (&i, m) in maybe.iter().zip(maps) {

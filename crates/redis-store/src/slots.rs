@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
+
+use crate::RedisConn;
 
 const RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
 const RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
@@ -22,7 +23,7 @@ pub enum LeaseError {
 
 /// A held lease.
 pub struct SlotLease {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     owner: String,
     slot: u32,
@@ -32,7 +33,7 @@ pub struct SlotLease {
 impl SlotLease {
     /// Takes the lowest free slot of `slots` for `owner`.
     pub async fn acquire(
-        conn: ConnectionManager,
+        conn: RedisConn,
         topic: &str,
         slots: u32,
         owner: &str,

@@ -110,7 +110,7 @@ async fn the_offline_log_works_over_tls_and_an_unknown_ca_is_refused() {
     for _ in 0..50 {
         let client = connect_redis::client(&url, Some(ca)).unwrap();
         if let Ok(c) = redis::aio::ConnectionManager::new(client).await {
-            conn = Some(c);
+            conn = Some(connect_redis::RedisConn::Single(c));
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -279,7 +279,7 @@ struct GroupRun {
 }
 
 /// Redis `used_memory`, bytes.
-async fn redis_memory(redis: &mut connect_redis::ConnectionManager) -> anyhow::Result<u64> {
+async fn redis_memory(redis: &mut connect_redis::RedisConn) -> anyhow::Result<u64> {
     let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))

@@ -1,0 +1,169 @@
+//! One connection type for both deployments, and the batch that sends many keys' commands in as
+//! few round trips as the deployment allows.
+//!
+//! - [`RedisConn::Single`]: one server (or one primary endpoint), a self-reconnecting multiplexed
+//!   connection; a [`Batch`] is one pipeline.
+//! - [`RedisConn::Cluster`]: Redis Cluster (ElastiCache cluster mode). A cluster refuses a
+//!   pipeline whose keys span hash slots, so a [`Batch`] becomes one pipeline per slot, sent
+//!   concurrently, and the replies are put back in the order the commands were added.
+
+use std::collections::HashMap;
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Arg, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+
+/// A connection to Redis: a single server or a cluster. Cheap to clone (both share their
+/// multiplexed connections).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Single-key commands on many keys (the key is each command's first argument).
+#[derive(Default)]
+pub(crate) struct Batch {
+    cmds: Vec<(Cmd, bool)>,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a command whose reply the query returns.
+    pub(crate) fn add(&mut self, cmd: Cmd) -> &mut Self {
+        self.cmds.push((cmd, false));
+        self
+    }
+
+    /// Adds a command whose reply is only checked for an error.
+    pub(crate) fn add_ignored(&mut self, cmd: Cmd) -> &mut Self {
+        self.cmds.push((cmd, true));
+        self
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// Runs the batch; the replies of the commands not ignored, in the order they were added.
+    pub(crate) async fn query<T: FromRedisValue>(self, conn: &RedisConn) -> RedisResult<Vec<T>> {
+        if let RedisConn::Single(_) = conn {
+            let mut pipe = redis::pipe();
+            for (cmd, ignored) in self.cmds {
+                pipe.add_command(cmd);
+                if ignored {
+                    pipe.ignore();
+                }
+            }
+            return pipe.query_async(&mut conn.clone()).await;
+        }
+        let ignored: Vec<bool> = self.cmds.iter().map(|(_, i)| *i).collect();
+        let groups = self.by_slot();
+        let replies = try_join_all(groups.iter().map(|(_, pipe)| async move {
+            pipe.query_async::<Vec<Value>>(&mut conn.clone()).await
+        }))
+        .await?;
+        let mut at: Vec<Option<Value>> = vec![None; ignored.len()];
+        for ((positions, _), values) in groups.iter().zip(replies) {
+            for (&i, v) in positions.iter().zip(values) {
+                at[i] = Some(v);
+            }
+        }
+        let mut out = Vec::new();
+        for (ignored, v) in ignored.into_iter().zip(at) {
+            let v = v
+                .ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a pipeline answered fewer replies than it sent commands",
+                    ))
+                })?
+                .extract_error()?;
+            if !ignored {
+                out.push(redis::from_redis_value(v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the batch for its effects.
+    pub(crate) async fn exec(self, conn: &RedisConn) -> RedisResult<()> {
+        self.query::<Value>(conn).await.map(drop)
+    }
+
+    /// The commands grouped by their key's hash slot, first-seen slot first: (positions, the
+    /// slot's pipeline, every reply kept).
+    fn by_slot(self) -> Vec<(Vec<usize>, Pipeline)> {
+        let mut index: HashMap<Slot, usize> = HashMap::new();
+        let mut groups: Vec<(Vec<usize>, Pipeline)> = Vec::new();
+        for (i, (cmd, _)) in self.cmds.into_iter().enumerate() {
+            let g = *index.entry(slot_of(&cmd)).or_insert_with(|| {
+                groups.push((Vec::new(), redis::pipe()));
+                groups.len() - 1
+            });
+            groups[g].0.push(i);
+            groups[g].1.add_command(cmd);
+        }
+        groups
+    }
+}
+
+/// The hash slot of a command's key (its first argument after the name).
+fn slot_of(cmd: &Cmd) -> Slot {
+    match cmd.args_iter().nth(1) {
+        Some(Arg::Simple(key)) => Slot::for_key(key),
+        _ => Slot::for_key(b""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_group_by_their_keys_slot_in_order() {
+        let mut b = Batch::new();
+        b.add(Cmd::get("log:{a}"))
+            .add_ignored(Cmd::pexpire("log:{a}", 5))
+            .add(Cmd::get("log:{b}"))
+            .add(Cmd::hgetall("cur:{a}:phone"));
+        let groups = b.by_slot();
+        let positions: Vec<Vec<usize>> = groups.into_iter().map(|(p, _)| p).collect();
+        // {a} tags share a slot whatever the rest of the key; {b} is another.
+        assert_eq!(positions, vec![vec![0, 1, 3], vec![2]]);
+        assert_eq!(slot_of(&Cmd::get("x{a}y")), Slot::for_key("a"));
+    }
+}
