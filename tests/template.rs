@@ -38,6 +38,14 @@ fn ref_target(v: &Value) -> Option<&str> {
     }
 }
 
+/// A `!Sub "…"` value's string.
+fn sub_string(v: &Value) -> Option<&str> {
+    match v {
+        Value::Tagged(t) if t.tag == "Sub" => t.value.as_str(),
+        _ => None,
+    }
+}
+
 fn resources_of_type<'a>(t: &'a Value, kind: &str) -> BTreeMap<String, &'a Value> {
     at(t, &["Resources"])
         .as_mapping()
@@ -159,14 +167,39 @@ fn key(name: &str, ty: &str, kind: &str) -> (String, String, String) {
 #[test]
 fn the_tables_have_the_keys_indexes_and_streams_the_code_uses() {
     let t = template();
-    let tables = resources_of_type(&t, "AWS::DynamoDB::Table");
+    // Global tables with fixed names, so a stack in another region (which does not create
+    // them) reaches the replicas by the same names.
+    let tables = resources_of_type(&t, "AWS::DynamoDB::GlobalTable");
     let globals = at(&t, &["Globals", "Function", "Environment", "Variables"]);
     let table = |var: &str| -> &Value {
-        let name = ref_target(at(globals, &[var]))
-            .unwrap_or_else(|| panic!("{var} is not a !Ref to a table"));
-        tables
-            .get(name)
-            .unwrap_or_else(|| panic!("{var} → {name}: no such table"))
+        let name = sub_string(at(globals, &[var]))
+            .unwrap_or_else(|| panic!("{var} is not a !Sub table name"));
+        let table = tables
+            .values()
+            .find(|t| sub_string(at(t, &["Properties", "TableName"])) == Some(name))
+            .unwrap_or_else(|| panic!("{var} → {name}: no such table"));
+        // Replication needs a stream of both images, and every replica keeps backups.
+        assert_eq!(
+            s(at(
+                table,
+                &["Properties", "StreamSpecification", "StreamViewType"]
+            )),
+            "NEW_AND_OLD_IMAGES",
+            "{name}"
+        );
+        assert!(
+            at(table, &["Properties", "Replicas"])
+                .as_sequence()
+                .is_some_and(|r| !r.is_empty()),
+            "{name} has replicas"
+        );
+        // Messaging gets the same name.
+        assert_eq!(
+            sub_string(&container_env(&t, "MessagingTaskDefinition", "messaging")[var]),
+            Some(name),
+            "messaging's {var}"
+        );
+        table
     };
     let chat = table("CHAT_TABLE");
     assert_eq!(
@@ -221,6 +254,8 @@ fn the_kafka_functions_use_the_codes_topics() {
         "group events go to incoming_messages"
     );
     assert!(env_of(events).contains_key("KAFKA_BROKERS"));
+    assert_eq!(s(&env_of(events)["KAFKA_SECURITY_PROTOCOL"]), "sasl_ssl");
+    assert!(env_of(events).contains_key("KAFKA_SASL_SECRET_ARN"));
     let stream = events_of(events, "DynamoDB");
     assert_eq!(
         stream.len(),
@@ -239,6 +274,14 @@ fn the_kafka_functions_use_the_codes_topics() {
         .map(|t| t.iter().map(s).collect())
         .unwrap_or_default();
     assert_eq!(listed, [topics.user_connected.as_str()]);
+    // MSK takes SCRAM users only: the trigger signs in with the cluster's secret.
+    let access = at(msk[0], &["SourceAccessConfigurations"])
+        .as_sequence()
+        .expect("SourceAccessConfigurations");
+    assert!(access
+        .iter()
+        .any(|a| s(at(a, &["Type"])) == "SASL_SCRAM_512_AUTH"
+            && ref_target(at(a, &["URI"])) == Some("MskScramSecret")));
 }
 
 /// Every string literal in the code that looks like an environment variable name.
@@ -265,7 +308,7 @@ fn names_in_code() -> BTreeSet<String> {
         }
     }
     let mut names = BTreeSet::new();
-    for dir in ["crates", "functions"] {
+    for dir in ["crates", "functions", "gateway", "messaging", "tools/setup"] {
         walk(&root().join(dir), &mut names);
     }
     names
@@ -286,6 +329,13 @@ fn every_environment_variable_in_the_template_is_read_by_the_code() {
             .collect();
     for (binary, f) in functions(&t) {
         declared.extend(env_of(f).into_keys().map(|k| (binary.clone(), k)));
+    }
+    for (task, container) in containers(&t) {
+        for list in ["Environment", "Secrets"] {
+            for v in at(container, &[list]).as_sequence().into_iter().flatten() {
+                declared.push((format!("{task}/{list}"), s(at(v, &["Name"])).to_owned()));
+            }
+        }
     }
     let stale: Vec<_> = declared
         .iter()
@@ -312,15 +362,249 @@ fn each_function_has_the_settings_it_cannot_run_without() {
         )),
         "production"
     );
+    // Secrets come as Secrets Manager ARNs (connect-secrets), never as values.
     for (binary, needs) in [
-        ("history", &["CONNECT_JWT_SECRET"][..]),
-        ("groups", &["CONNECT_JWT_SECRET"]),
-        ("group-events", &["KAFKA_BROKERS", "KAFKA_INCOMING_TOPIC"]),
-        ("offline-delivery", &["REDIS_URL", "CONNECT_INTERNAL_TOKEN"]),
+        ("history", &["CONNECT_JWT_SECRET_ARN"][..]),
+        ("groups", &["CONNECT_JWT_SECRET_ARN"]),
+        (
+            "group-events",
+            &[
+                "KAFKA_BROKERS",
+                "KAFKA_INCOMING_TOPIC",
+                "KAFKA_SECURITY_PROTOCOL",
+                "KAFKA_SASL_SECRET_ARN",
+            ],
+        ),
+        (
+            "offline-delivery",
+            &["REDIS_URL", "REDIS_CLUSTER", "CONNECT_INTERNAL_TOKEN_ARN"],
+        ),
     ] {
         let env = env_of(fns[binary]);
         for var in needs {
             assert!(env.contains_key(*var), "{binary} needs {var}");
         }
+        for (var, value) in &env {
+            if var.ends_with("_ARN") {
+                assert!(
+                    ref_target(value).is_some(),
+                    "{binary}: {var} is a !Ref to a secret"
+                );
+            }
+            assert!(
+                !matches!(
+                    var.as_str(),
+                    "CONNECT_JWT_SECRET" | "CONNECT_INTERNAL_TOKEN" | "KAFKA_SASL_PASSWORD"
+                ),
+                "{binary}: {var} as a plain value"
+            );
+        }
     }
+}
+
+/// The containers of every ECS task definition, by (task definition, container) name.
+fn containers(t: &Value) -> Vec<(String, &Value)> {
+    resources_of_type(t, "AWS::ECS::TaskDefinition")
+        .into_iter()
+        .flat_map(|(name, task)| {
+            at(task, &["Properties", "ContainerDefinitions"])
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .map(move |c| (format!("{name}/{}", s(at(c, &["Name"]))), c))
+        })
+        .collect()
+}
+
+/// A container's environment (and secrets, as their `ValueFrom`) by name.
+fn container_env(t: &Value, task: &str, container: &str) -> BTreeMap<String, Value> {
+    let c = containers(t)
+        .into_iter()
+        .find(|(n, _)| n == &format!("{task}/{container}"))
+        .unwrap_or_else(|| panic!("no container {task}/{container}"))
+        .1;
+    let mut env = BTreeMap::new();
+    for (list, value) in [("Environment", "Value"), ("Secrets", "ValueFrom")] {
+        for v in at(c, &[list]).as_sequence().into_iter().flatten() {
+            env.insert(s(at(v, &["Name"])).to_owned(), at(v, &[value]).clone());
+        }
+    }
+    env
+}
+
+/// A `!Ref`ed parameter's default.
+fn param_default<'a>(t: &'a Value, v: &Value) -> &'a Value {
+    let name = ref_target(v).unwrap_or_else(|| panic!("{v:?} is not a !Ref"));
+    at(t, &["Parameters", name, "Default"])
+}
+
+#[test]
+fn the_services_speak_tls_to_msk_and_to_a_redis_cluster_with_their_secrets_injected() {
+    let t = template();
+    for (task, container) in [
+        ("GatewayTaskDefinition", "gateway"),
+        ("MessagingTaskDefinition", "messaging"),
+        ("MessagingTaskDefinition", "setup"),
+    ] {
+        let env = container_env(&t, task, container);
+        assert_eq!(
+            s(&env["KAFKA_SECURITY_PROTOCOL"]),
+            "sasl_ssl",
+            "{container}"
+        );
+        assert_eq!(
+            s(&env["KAFKA_SASL_MECHANISM"]),
+            "SCRAM-SHA-512",
+            "{container}"
+        );
+        for secret in ["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"] {
+            assert!(
+                sub_string(&env[secret]).is_some_and(|v| v.starts_with("${MskScramSecret}:")),
+                "{container}: {secret} from the SCRAM secret"
+            );
+        }
+        if container != "setup" {
+            assert!(
+                sub_string(&env["REDIS_URL"]).is_some_and(|u| u.starts_with("rediss://")),
+                "{container}: Redis over TLS"
+            );
+            assert_eq!(s(&env["REDIS_CLUSTER"]), "true", "{container}");
+        }
+    }
+    let gateway = container_env(&t, "GatewayTaskDefinition", "gateway");
+    assert_eq!(
+        ref_target(&gateway["CONNECT_JWT_SECRET"]),
+        Some("JwtSecret")
+    );
+    assert_eq!(
+        ref_target(&gateway["CONNECT_INTERNAL_TOKEN"]),
+        Some("InternalToken")
+    );
+    // The setup container makes the topics messaging and the gateways use, with the
+    // partitions the gateways take as slots; the template makes the tables.
+    let setup = container_env(&t, "MessagingTaskDefinition", "setup");
+    assert_eq!(s(&setup["SETUP_TABLES"]), "false");
+    assert_eq!(setup["OUTGOING_PARTITIONS"], gateway["OUTGOING_PARTITIONS"]);
+}
+
+#[test]
+fn the_alb_reaches_only_the_gateways_public_port_and_outlives_their_pings() {
+    let t = template();
+    let gateway = container_env(&t, "GatewayTaskDefinition", "gateway");
+    let public: u16 = s(&gateway["GATEWAY_ADDR"])
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("GATEWAY_ADDR port");
+    let management: u16 = s(&gateway["GATEWAY_MANAGEMENT_ADDR"])
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("GATEWAY_MANAGEMENT_ADDR port");
+    assert_ne!(public, management);
+    let targets =
+        &resources_of_type(&t, "AWS::ElasticLoadBalancingV2::TargetGroup")["GatewayTargets"];
+    assert_eq!(
+        at(targets, &["Properties", "Port"]).as_u64(),
+        Some(u64::from(public))
+    );
+    assert_eq!(
+        s(at(targets, &["Properties", "HealthCheckPath"])),
+        "/healthz"
+    );
+    let attrs: BTreeMap<&str, &str> = at(targets, &["Properties", "TargetGroupAttributes"])
+        .as_sequence()
+        .expect("attributes")
+        .iter()
+        .map(|a| (s(at(a, &["Key"])), s(at(a, &["Value"]))))
+        .collect();
+    assert_eq!(attrs["stickiness.enabled"], "true");
+    // The service registers only the public port with the load balancer.
+    let service = &resources_of_type(&t, "AWS::ECS::Service")["GatewayService"];
+    let registered: Vec<u64> = at(service, &["Properties", "LoadBalancers"])
+        .as_sequence()
+        .expect("LoadBalancers")
+        .iter()
+        .filter_map(|l| at(l, &["ContainerPort"]).as_u64())
+        .collect();
+    assert_eq!(registered, [u64::from(public)]);
+    // The management port admits only the functions' security group.
+    let ingress = at(
+        resources_of_type(&t, "AWS::EC2::SecurityGroup")["GatewaySecurityGroup"],
+        &["Properties", "SecurityGroupIngress"],
+    )
+    .as_sequence()
+    .expect("ingress");
+    for rule in ingress {
+        let port = at(rule, &["FromPort"]).as_u64();
+        let from = ref_target(at(rule, &["SourceSecurityGroupId"]));
+        if port == Some(u64::from(management)) {
+            assert_eq!(from, Some("FunctionSecurityGroup"));
+        } else {
+            assert_eq!(port, Some(u64::from(public)));
+            assert_eq!(from, Some("AlbSecurityGroup"));
+        }
+    }
+    // A WebSocket that only pings is not cut by the ALB: its idle timeout is above the
+    // gateway's ping interval and idle timeout (defaults 20 s and 60 s).
+    let alb = &resources_of_type(&t, "AWS::ElasticLoadBalancingV2::LoadBalancer")["Alb"];
+    let idle = at(alb, &["Properties", "LoadBalancerAttributes"])
+        .as_sequence()
+        .expect("attributes")
+        .iter()
+        .find(|a| s(at(a, &["Key"])) == "idle_timeout.timeout_seconds")
+        .map(|a| {
+            param_default(&t, at(a, &["Value"]))
+                .as_u64()
+                .expect("a number")
+        })
+        .expect("an idle timeout");
+    assert!(idle > 60, "ALB idle timeout {idle} s");
+}
+
+#[test]
+fn messaging_scales_on_its_own_consumer_groups_lag() {
+    let t = template();
+    let policy =
+        &resources_of_type(&t, "AWS::ApplicationAutoScaling::ScalingPolicy")["MessagingLagPolicy"];
+    let dims: BTreeMap<&str, &Value> = at(
+        policy,
+        &[
+            "Properties",
+            "TargetTrackingScalingPolicyConfiguration",
+            "CustomizedMetricSpecification",
+            "Dimensions",
+        ],
+    )
+    .as_sequence()
+    .expect("dimensions")
+    .iter()
+    .map(|d| (s(at(d, &["Name"])), at(d, &["Value"])))
+    .collect();
+    assert_eq!(s(dims["Topic"]), connect_kafka::Topics::from_env().incoming);
+    // MESSAGING_GROUP_ID's default (messaging/src/config.rs), which the task does not override.
+    assert_eq!(s(dims["Consumer Group"]), "messaging");
+    assert!(!container_env(&t, "MessagingTaskDefinition", "messaging")
+        .contains_key("MESSAGING_GROUP_ID"));
+    // The gateways' connection metric is the one the gateway logs (gateway/src/emf.rs).
+    let connections = &resources_of_type(&t, "AWS::ApplicationAutoScaling::ScalingPolicy")
+        ["GatewayConnectionsPolicy"];
+    let metric = at(
+        connections,
+        &[
+            "Properties",
+            "TargetTrackingScalingPolicyConfiguration",
+            "CustomizedMetricSpecification",
+        ],
+    );
+    assert_eq!(s(at(metric, &["Namespace"])), "ConnectChat");
+    assert_eq!(s(at(metric, &["MetricName"])), "Connections");
+    let dimension = at(metric, &["Dimensions"])
+        .as_sequence()
+        .expect("dimensions")[0]
+        .clone();
+    assert_eq!(
+        sub_string(at(&dimension, &["Value"])),
+        sub_string(&container_env(&t, "GatewayTaskDefinition", "gateway")["GATEWAY_EMF_SERVICE"])
+    );
 }

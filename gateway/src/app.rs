@@ -101,6 +101,9 @@ impl Application {
         info!(addr = %listener.local_addr()?, id = %gw.cfg.id, slot = gw.slot, "gateway listening");
         let delivery = tokio::spawn(crate::delivery::run(consumer, gw.clone()));
         let heartbeat = tokio::spawn(crate::heartbeat::run(gw.clone(), lease));
+        if let Some((service, every)) = gw.cfg.emf.clone() {
+            tokio::spawn(crate::emf::run(gw.clone(), service, every));
+        }
         let public = crate::server::public_router(gw.clone());
         let internal = crate::server::management_router(gw.clone(), metrics);
         let (app, internal_server) = match management {

@@ -57,6 +57,9 @@ pub struct Config {
     pub catch_up_timeout: Duration,
     pub max_post_bytes: usize,
     pub offline: OfflineLimits,
+    /// `GATEWAY_EMF_SERVICE`: when set, the connection count goes to CloudWatch as an embedded
+    /// metric with this `Service` dimension, every `GATEWAY_EMF_INTERVAL_SECS` (60).
+    pub emf: Option<(String, Duration)>,
 }
 
 impl Config {
@@ -109,6 +112,10 @@ impl Config {
             catch_up_timeout: Duration::from_millis(env::var("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?),
             max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
+            emf: match env::optional("GATEWAY_EMF_SERVICE") {
+                Some(service) => Some((service, secs("GATEWAY_EMF_INTERVAL_SECS", 60)?)),
+                None => None,
+            },
         })
     }
 

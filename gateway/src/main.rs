@@ -9,6 +9,7 @@
 //! - `hub`: local connections by user; delivery into bounded per-connection queues.
 //! - `delivery`: the slot's Kafka consumer.
 //! - `ecs`: the task's own address on ECS Fargate (task metadata endpoint v4).
+//! - `emf`: the connection count as a CloudWatch embedded metric (autoscaling on AWS).
 //! - `heartbeat`: slot lease renewal and session refresh.
 //! - `rate`: the per-connection token bucket.
 
@@ -17,6 +18,7 @@ mod config;
 mod connection;
 mod delivery;
 mod ecs;
+mod emf;
 mod heartbeat;
 mod hub;
 mod management;

@@ -219,6 +219,8 @@ pub struct HttpApi {
 /// Serves `HttpApi::from_env()` as a Lambda (API Gateway HTTP API v2 events): the whole `main`
 /// of every HTTP function.
 pub async fn run_lambda() -> Result<(), lambda_http::Error> {
+    // The JWT secret from Secrets Manager when the deployment names its ARN.
+    connect_secrets::load().await?;
     let api = HttpApi::from_env().await?;
     let api = &api;
     lambda_http::run(lambda_http::service_fn(move |req: Request| async move {

@@ -1,8 +1,26 @@
 //! Reading config from env vars: one place for "set and not empty, else the default".
+//!
+//! Settings fetched at startup (secrets from Secrets Manager, `connect-secrets`) are given once
+//! with [`resolve`] and read like env vars, before them.
 
-/// `name` if set and not empty.
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+static RESOLVED: OnceLock<HashMap<String, String>> = OnceLock::new();
+
+/// Settings that take the place of env vars of the same name from now on; once per process
+/// (`Err` with the values when something was resolved already).
+pub fn resolve(values: HashMap<String, String>) -> Result<(), HashMap<String, String>> {
+    RESOLVED.set(values)
+}
+
+/// `name` if resolved or set, and not empty.
 pub fn optional(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+    RESOLVED
+        .get()
+        .and_then(|r| r.get(name).cloned())
+        .or_else(|| std::env::var(name).ok())
+        .filter(|v| !v.is_empty())
 }
 
 /// `name`, or `default` when unset or empty.

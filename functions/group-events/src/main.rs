@@ -64,6 +64,7 @@ async fn handle(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     connect_service::telemetry::init_tracing();
+    connect_secrets::load().await?;
     let kafka = KafkaConfig::from_env()?;
     let producer: FutureProducer = kafka.producer().create()?;
     let bus = KafkaSubmissionBus::new(producer, Topics::from_env().incoming);

@@ -70,6 +70,7 @@ async fn handle(ctx: &Ctx, event: LambdaEvent<KafkaEvent>) -> Result<Value, Erro
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     connect_service::telemetry::init_tracing();
+    connect_secrets::load().await?;
     let env = connect_service::env::var;
     let production = connect_service::env::production();
     let redis = connect_redis::connect(&connect_service::env::string(

@@ -1,5 +1,7 @@
 //! `connect-setup`: creates the Kafka topics and DynamoDB tables (idempotent). Run by
-//! `make up` / `make run` before the services start, and by tests for private topics.
+//! `make up` / `make run` before the services start, by tests for private topics, and on AWS
+//! by each messaging task's setup container with `SETUP_TABLES=false` (the template makes the
+//! tables there).
 
 use anyhow::Context;
 use connect_dynamo::{DynamoConfig, Tables};
@@ -27,16 +29,22 @@ async fn main() -> anyhow::Result<()> {
     .await
     .map_err(anyhow::Error::msg)
     .context("creating topics")?;
-    let dynamo =
-        connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
-    let tables = Tables::from_env();
-    connect_dynamo::ensure_tables(&dynamo, &tables, env::var("DYNAMODB_STREAMS", false)?)
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("creating tables")?;
     println!(
-        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}); tables {}, {}, {}",
-        topics.incoming, topics.outgoing, topics.user_connected, tables.chat, tables.sequences, tables.groups
+        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected})",
+        topics.incoming, topics.outgoing, topics.user_connected
     );
+    if env::var("SETUP_TABLES", true)? {
+        let dynamo =
+            connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
+        let tables = Tables::from_env();
+        connect_dynamo::ensure_tables(&dynamo, &tables, env::var("DYNAMODB_STREAMS", false)?)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("creating tables")?;
+        println!(
+            "tables {}, {}, {}",
+            tables.chat, tables.sequences, tables.groups
+        );
+    }
     Ok(())
 }

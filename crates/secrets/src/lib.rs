@@ -1,0 +1,154 @@
+//! Secret settings from AWS Secrets Manager.
+//!
+//! A deployment gives a secret's ARN instead of its value (`template.yaml`: the Lambdas' env
+//! then holds no secret); [`load`] fetches each named ARN once at startup and hands the values
+//! to [`connect_core::env::resolve`], so the settings read as usual:
+//!
+//! | variable | secret | becomes |
+//! |---|---|---|
+//! | `CONNECT_JWT_SECRET_ARN` | a string | `CONNECT_JWT_SECRET` |
+//! | `CONNECT_INTERNAL_TOKEN_ARN` | a string | `CONNECT_INTERNAL_TOKEN` |
+//! | `KAFKA_SASL_SECRET_ARN` | MSK's SCRAM secret, `{"username": …, "password": …}` | `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD` |
+//!
+//! A variable set directly wins over nothing: when neither is set the setting keeps its usual
+//! default (and production refuses to start without a secret, `connect_core::auth`). ECS tasks
+//! get theirs injected by ECS (`Secrets` in the task definitions) and need none of this.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+
+/// What one secret fills in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The secret string is the setting's value.
+    Value(&'static str),
+    /// A JSON object; each listed key fills `(key, setting)`.
+    Fields(&'static [(&'static str, &'static str)]),
+}
+
+/// The ARN variables this process may be given, and what each fills in.
+const SECRETS: &[(&str, Shape)] = &[
+    ("CONNECT_JWT_SECRET_ARN", Shape::Value("CONNECT_JWT_SECRET")),
+    (
+        "CONNECT_INTERNAL_TOKEN_ARN",
+        Shape::Value("CONNECT_INTERNAL_TOKEN"),
+    ),
+    (
+        "KAFKA_SASL_SECRET_ARN",
+        Shape::Fields(&[
+            ("username", "KAFKA_SASL_USERNAME"),
+            ("password", "KAFKA_SASL_PASSWORD"),
+        ]),
+    ),
+];
+
+/// Fetches every secret whose ARN variable is set and makes its settings readable through
+/// `connect_core::env`. Does nothing (no AWS call) when none is set.
+pub async fn load() -> anyhow::Result<()> {
+    let wanted: Vec<(&str, String, Shape)> = SECRETS
+        .iter()
+        .filter_map(|(var, shape)| connect_core::env::optional(var).map(|arn| (*var, arn, *shape)))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let config = aws_config::load_from_env().await;
+    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let mut values = HashMap::new();
+    for (var, arn, shape) in wanted {
+        let secret = client
+            .get_secret_value()
+            .secret_id(&arn)
+            .send()
+            .await
+            .with_context(|| format!("{var}: reading {arn} from Secrets Manager"))?;
+        let text = secret
+            .secret_string()
+            .with_context(|| format!("{var}: {arn} holds no string"))?;
+        values.extend(settings(var, shape, text)?);
+        tracing::info!(variable = var, "secret loaded");
+    }
+    connect_core::env::resolve(values)
+        .map_err(|_| anyhow::anyhow!("secrets were loaded twice in one process"))
+}
+
+/// The settings one secret's string fills in.
+fn settings(var: &str, shape: Shape, text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    match shape {
+        Shape::Value(name) => Ok(vec![(name.to_owned(), text.to_owned())]),
+        Shape::Fields(fields) => {
+            let json: serde_json::Value = serde_json::from_str(text)
+                .with_context(|| format!("{var}: the secret is not a JSON object"))?;
+            fields
+                .iter()
+                .map(|(key, name)| {
+                    let v = json
+                        .get(key)
+                        .and_then(|v| v.as_str())
+                        .with_context(|| format!("{var}: the secret has no string {key:?}"))?;
+                    Ok(((*name).to_owned(), v.to_owned()))
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(var: &str) -> Shape {
+        SECRETS.iter().find(|(v, _)| *v == var).unwrap().1
+    }
+
+    #[test]
+    fn a_string_secret_is_the_setting() {
+        assert_eq!(
+            settings(
+                "CONNECT_JWT_SECRET_ARN",
+                shape("CONNECT_JWT_SECRET_ARN"),
+                "s3cr3t"
+            )
+            .unwrap(),
+            [("CONNECT_JWT_SECRET".to_owned(), "s3cr3t".to_owned())]
+        );
+    }
+
+    #[test]
+    fn the_msk_scram_secret_fills_user_and_password() {
+        let got = settings(
+            "KAFKA_SASL_SECRET_ARN",
+            shape("KAFKA_SASL_SECRET_ARN"),
+            r#"{"username": "connect", "password": "pw"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            [
+                ("KAFKA_SASL_USERNAME".to_owned(), "connect".to_owned()),
+                ("KAFKA_SASL_PASSWORD".to_owned(), "pw".to_owned())
+            ]
+        );
+        let err = settings(
+            "KAFKA_SASL_SECRET_ARN",
+            shape("KAFKA_SASL_SECRET_ARN"),
+            r#"{"username": "connect"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("password"), "{err}");
+        assert!(settings(
+            "KAFKA_SASL_SECRET_ARN",
+            shape("KAFKA_SASL_SECRET_ARN"),
+            "plain"
+        )
+        .is_err());
+    }
+
+    /// Nothing named, nothing asked of AWS: the local stack and tests run without credentials.
+    #[tokio::test]
+    async fn without_arns_nothing_is_fetched() {
+        load().await.unwrap();
+        assert_eq!(connect_core::env::optional("CONNECT_JWT_SECRET_ARN"), None);
+    }
+}
