@@ -278,13 +278,22 @@ struct GroupRun {
     redis: String,
 }
 
-/// Redis `used_memory`, bytes.
+/// Redis `used_memory`, bytes (summed over the nodes of a cluster, which answers `INFO` with
+/// one reply per node).
 async fn redis_memory(redis: &mut connect_redis::RedisConn) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(redis).await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no used_memory in INFO")
+    let used = |info: &str| -> anyhow::Result<u64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("no used_memory in INFO")
+    };
+    match redis::cmd("INFO").arg("memory").query_async(redis).await? {
+        redis::Value::Map(nodes) => nodes
+            .into_iter()
+            .map(|(_, v)| used(&redis::from_redis_value::<String>(v)?))
+            .sum(),
+        v => used(&redis::from_redis_value::<String>(v)?),
+    }
 }
 
 /// An offline member comes back: how long until it has every one of `seqs` (group events
