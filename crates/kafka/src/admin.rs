@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::KafkaConfig;
-use rdkafka::types::RDKafkaErrorCode;
 
 /// Creates each (topic, partitions) that does not exist yet, with `replication` copies of each
 /// partition (`KAFKA_REPLICATION_FACTOR`: 1 on the local broker, 3 on MSK).

@@ -10,9 +10,10 @@
 //! | `CONNECT_INTERNAL_TOKEN_ARN` | a string | `CONNECT_INTERNAL_TOKEN` |
 //! | `KAFKA_SASL_SECRET_ARN` | MSK's SCRAM secret, `{"username": …, "password": …}` | `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD` |
 //!
-//! A variable set directly wins over nothing: when neither is set the setting keeps its usual
-//! default (and production refuses to start without a secret, `connect_core::auth`). ECS tasks
-//! get theirs injected by ECS (`Secrets` in the task definitions) and need none of this.
+//! A value fetched from a secret takes the place of the same variable set directly; with
+//! neither, the setting keeps its usual default (and production refuses to start without a
+//! secret, `connect_core::auth`). ECS tasks get theirs injected by ECS (`Secrets` in the task
+//! definitions) and need none of this.
 
 use std::collections::HashMap;
 
