@@ -38,6 +38,25 @@ fn ref_target(v: &Value) -> Option<&str> {
     }
 }
 
+/// A list of `{<key>: k, <value>: v}` entries (attribute definitions, load balancer attributes,
+/// metric dimensions, container environments) as k → v; empty when the list is missing.
+fn pairs<'a>(list: &'a Value, key: &str, value: &str) -> BTreeMap<&'a str, &'a Value> {
+    list.as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|e| (s(at(e, &[key])), at(e, &[value])))
+        .collect()
+}
+
+/// The port of a `host:port` listen address.
+fn port_of(addr: &Value) -> u16 {
+    s(addr)
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{addr:?} has no port"))
+}
+
 /// A `!Sub "…"` value's string.
 fn sub_string(v: &Value) -> Option<&str> {
     match v {
@@ -139,12 +158,11 @@ fn every_route_is_served_by_its_function_and_no_other_is_declared() {
 
 /// (attribute, type, key type) of a key schema, with the attribute types declared.
 fn keys(table: &Value, schema: &Value) -> Vec<(String, String, String)> {
-    let types: BTreeMap<&str, &str> = at(table, &["Properties", "AttributeDefinitions"])
-        .as_sequence()
-        .expect("AttributeDefinitions")
-        .iter()
-        .map(|d| (s(at(d, &["AttributeName"])), s(at(d, &["AttributeType"]))))
-        .collect();
+    let types = pairs(
+        at(table, &["Properties", "AttributeDefinitions"]),
+        "AttributeName",
+        "AttributeType",
+    );
     schema
         .as_sequence()
         .expect("KeySchema")
@@ -153,7 +171,7 @@ fn keys(table: &Value, schema: &Value) -> Vec<(String, String, String)> {
             let name = s(at(k, &["AttributeName"]));
             (
                 name.to_owned(),
-                types.get(name).copied().unwrap_or("undeclared").to_owned(),
+                types.get(name).map_or("undeclared", |t| s(t)).to_owned(),
                 s(at(k, &["KeyType"])).to_owned(),
             )
         })
@@ -423,13 +441,11 @@ fn container_env(t: &Value, task: &str, container: &str) -> BTreeMap<String, Val
         .find(|(n, _)| n == &format!("{task}/{container}"))
         .unwrap_or_else(|| panic!("no container {task}/{container}"))
         .1;
-    let mut env = BTreeMap::new();
-    for (list, value) in [("Environment", "Value"), ("Secrets", "ValueFrom")] {
-        for v in at(c, &[list]).as_sequence().into_iter().flatten() {
-            env.insert(s(at(v, &["Name"])).to_owned(), at(v, &[value]).clone());
-        }
-    }
-    env
+    [("Environment", "Value"), ("Secrets", "ValueFrom")]
+        .into_iter()
+        .flat_map(|(list, value)| pairs(at(c, &[list]), "Name", value))
+        .map(|(name, v)| (name.to_owned(), v.clone()))
+        .collect()
 }
 
 /// A `!Ref`ed parameter's default.
@@ -491,16 +507,8 @@ fn the_services_speak_tls_to_msk_and_to_a_redis_cluster_with_their_secrets_injec
 fn the_alb_reaches_only_the_gateways_public_port_and_outlives_their_pings() {
     let t = template();
     let gateway = container_env(&t, "GatewayTaskDefinition", "gateway");
-    let public: u16 = s(&gateway["GATEWAY_ADDR"])
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("GATEWAY_ADDR port");
-    let management: u16 = s(&gateway["GATEWAY_MANAGEMENT_ADDR"])
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("GATEWAY_MANAGEMENT_ADDR port");
+    let public = port_of(&gateway["GATEWAY_ADDR"]);
+    let management = port_of(&gateway["GATEWAY_MANAGEMENT_ADDR"]);
     assert_ne!(public, management);
     let targets =
         &resources_of_type(&t, "AWS::ElasticLoadBalancingV2::TargetGroup")["GatewayTargets"];
@@ -512,13 +520,12 @@ fn the_alb_reaches_only_the_gateways_public_port_and_outlives_their_pings() {
         s(at(targets, &["Properties", "HealthCheckPath"])),
         "/healthz"
     );
-    let attrs: BTreeMap<&str, &str> = at(targets, &["Properties", "TargetGroupAttributes"])
-        .as_sequence()
-        .expect("attributes")
-        .iter()
-        .map(|a| (s(at(a, &["Key"])), s(at(a, &["Value"]))))
-        .collect();
-    assert_eq!(attrs["stickiness.enabled"], "true");
+    let attrs = pairs(
+        at(targets, &["Properties", "TargetGroupAttributes"]),
+        "Key",
+        "Value",
+    );
+    assert_eq!(s(attrs["stickiness.enabled"]), "true");
     // The service registers only the public port with the load balancer.
     let service = &resources_of_type(&t, "AWS::ECS::Service")["GatewayService"];
     let registered: Vec<u64> = at(service, &["Properties", "LoadBalancers"])
@@ -548,16 +555,14 @@ fn the_alb_reaches_only_the_gateways_public_port_and_outlives_their_pings() {
     // A WebSocket that only pings is not cut by the ALB: its idle timeout is above the
     // gateway's ping interval and idle timeout (defaults 20 s and 60 s).
     let alb = &resources_of_type(&t, "AWS::ElasticLoadBalancingV2::LoadBalancer")["Alb"];
-    let idle = at(alb, &["Properties", "LoadBalancerAttributes"])
-        .as_sequence()
-        .expect("attributes")
-        .iter()
-        .find(|a| s(at(a, &["Key"])) == "idle_timeout.timeout_seconds")
-        .map(|a| {
-            param_default(&t, at(a, &["Value"]))
-                .as_u64()
-                .expect("a number")
-        })
+    let attrs = pairs(
+        at(alb, &["Properties", "LoadBalancerAttributes"]),
+        "Key",
+        "Value",
+    );
+    let idle = attrs
+        .get("idle_timeout.timeout_seconds")
+        .map(|v| param_default(&t, v).as_u64().expect("a number"))
         .expect("an idle timeout");
     assert!(idle > 60, "ALB idle timeout {idle} s");
 }
@@ -567,20 +572,19 @@ fn messaging_scales_on_its_own_consumer_groups_lag() {
     let t = template();
     let policy =
         &resources_of_type(&t, "AWS::ApplicationAutoScaling::ScalingPolicy")["MessagingLagPolicy"];
-    let dims: BTreeMap<&str, &Value> = at(
-        policy,
-        &[
-            "Properties",
-            "TargetTrackingScalingPolicyConfiguration",
-            "CustomizedMetricSpecification",
-            "Dimensions",
-        ],
-    )
-    .as_sequence()
-    .expect("dimensions")
-    .iter()
-    .map(|d| (s(at(d, &["Name"])), at(d, &["Value"])))
-    .collect();
+    let dims = pairs(
+        at(
+            policy,
+            &[
+                "Properties",
+                "TargetTrackingScalingPolicyConfiguration",
+                "CustomizedMetricSpecification",
+                "Dimensions",
+            ],
+        ),
+        "Name",
+        "Value",
+    );
     assert_eq!(s(dims["Topic"]), connect_kafka::Topics::from_env().incoming);
     // MESSAGING_GROUP_ID's default (messaging/src/config.rs), which the task does not override.
     assert_eq!(s(dims["Consumer Group"]), "messaging");
@@ -599,12 +603,9 @@ fn messaging_scales_on_its_own_consumer_groups_lag() {
     );
     assert_eq!(s(at(metric, &["Namespace"])), "ConnectChat");
     assert_eq!(s(at(metric, &["MetricName"])), "Connections");
-    let dimension = at(metric, &["Dimensions"])
-        .as_sequence()
-        .expect("dimensions")[0]
-        .clone();
+    let dimensions = pairs(at(metric, &["Dimensions"]), "Name", "Value");
     assert_eq!(
-        sub_string(at(&dimension, &["Value"])),
+        sub_string(dimensions["Service"]),
         sub_string(&container_env(&t, "GatewayTaskDefinition", "gateway")["GATEWAY_EMF_SERVICE"])
     );
 }
