@@ -63,6 +63,12 @@ pub(crate) const BATCH: usize = 25;
 /// Rounds of re-sending unprocessed items before the batch is failed.
 const UNPROCESSED_ROUNDS: u32 = 8;
 
+/// The wait before re-sending what a batch call left unprocessed (throttling): 10 ms, doubling
+/// per round up to 640 ms.
+async fn unprocessed_backoff(round: u32) {
+    tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
+}
+
 /// Puts up to [`BATCH`] items with one BatchWriteItem, re-sending unprocessed ones with backoff.
 pub(crate) async fn batch_put(
     client: &Client,
@@ -95,7 +101,7 @@ pub(crate) async fn batch_put(
         if requests.is_empty() {
             return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
+        unprocessed_backoff(round).await;
     }
     Err(unavailable(format!(
         "{} items still unprocessed",
@@ -118,38 +124,35 @@ pub(crate) async fn batch_get(
     use aws_sdk_dynamodb::types::KeysAndAttributes;
     let mut items = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(100) {
-        let mut request = KeysAndAttributes::builder()
-            .set_keys(Some(chunk.to_vec()))
-            .consistent_read(consistent)
-            .build()
-            .map_err(unavailable)?;
-        let mut round = 0;
-        loop {
+        let mut request = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(chunk.to_vec()))
+                .consistent_read(consistent)
+                .build()
+                .map_err(unavailable)?,
+        );
+        for round in 0..UNPROCESSED_ROUNDS {
+            let Some(req) = request.take() else { break };
+            if round > 0 {
+                unprocessed_backoff(round - 1).await;
+            }
             requested("BatchGetItem");
             let out = client
                 .batch_get_item()
-                .request_items(table, request)
+                .request_items(table, req)
                 .send()
                 .await
                 .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
             if let Some(found) = out.responses().and_then(|r| r.get(table)) {
                 items.extend(found.iter().cloned());
             }
-            match out
+            request = out
                 .unprocessed_keys
                 .and_then(|mut u| u.remove(table))
-                .filter(|k| !k.keys().is_empty())
-            {
-                None => break,
-                Some(_) if round + 1 >= UNPROCESSED_ROUNDS => {
-                    return Err(unavailable("keys still unprocessed"));
-                }
-                Some(left) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
-                    round += 1;
-                    request = left;
-                }
-            }
+                .filter(|k| !k.keys().is_empty());
+        }
+        if request.is_some() {
+            return Err(unavailable("keys still unprocessed"));
         }
     }
     Ok(items)
