@@ -1,5 +1,5 @@
 # Connect Chat — the two commands: `make run` and `make test`.
-.PHONY: run up down test test-aws status bench lint
+.PHONY: run up down test test-aws test-regions regions status bench lint
 
 run:    ## install what is missing, start everything in the foreground (Ctrl-C stops all)
 	scripts/stack.sh run
@@ -7,16 +7,23 @@ run:    ## install what is missing, start everything in the foreground (Ctrl-C s
 up:     ## the same, in the background
 	scripts/stack.sh up
 
-down:   ## stop the background stack (either kind)
+regions: ## two regions: the stack as region a, region b beside it (8180/8181, API 8190), MirrorMaker 2 between them
+	scripts/stack.sh regions
+
+down:   ## stop the background stack (any kind, region b and MirrorMaker 2 included)
 	scripts/stack.sh down
 	CONNECT_STACK=aws scripts/stack.sh down
 
 status:
 	scripts/stack.sh status
 
-test:   ## every test against the real local stack, then the end-to-end suite against the AWS-like one
+test:   ## every test against the real local stack, the end-to-end suite against the AWS-like one, then the two-region tests
 	scripts/stack.sh test
 	CONNECT_STACK=aws scripts/stack.sh test
+	scripts/stack.sh test-regions
+
+test-regions: ## the end-to-end tests across two regions (make regions)
+	scripts/stack.sh test-regions
 
 test-aws: ## the end-to-end suite against the AWS-like stack only: Redis cluster over TLS, Kafka SASL_SSL + SCRAM
 	CONNECT_STACK=aws scripts/stack.sh test

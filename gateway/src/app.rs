@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use connect_kafka::rdkafka::consumer::StreamConsumer;
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
-use connect_kafka::{KafkaConnectionEvents, KafkaSubmissionBus};
+use connect_kafka::{KafkaAckBus, KafkaConnectionEvents, KafkaSubmissionBus};
 use connect_redis::{RedisLog, RedisRegistry, SlotLease};
 use connect_service::telemetry::PrometheusHandle;
 use metrics::gauge;
@@ -58,10 +58,20 @@ impl Application {
             producer.clone(),
             cfg.topics.incoming.clone(),
         ));
+        // With other regions, acks also go to them (a device's cursors hold wherever it
+        // connects next).
+        let mut log: Arc<dyn connect_core::ports::ConversationLog> =
+            Arc::new(RedisLog::new(redis.clone(), cfg.offline));
+        if cfg.regions.active() {
+            log = Arc::new(connect_core::regions::SharedCursors::new(
+                log,
+                Arc::new(KafkaAckBus::new(producer.clone(), cfg.topics.acks.clone())),
+            ));
+        }
         let ports = GatewayPorts {
             bus,
             registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
-            log: Arc::new(RedisLog::new(redis, cfg.offline)),
+            log,
             events: Arc::new(KafkaConnectionEvents::new(
                 producer.clone(),
                 cfg.topics.user_connected.clone(),

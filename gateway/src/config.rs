@@ -29,6 +29,8 @@ pub struct Config {
     pub slot_wait: Duration,
     pub kafka: KafkaConfig,
     pub topics: Topics,
+    /// `CONNECT_REGION` / `CONNECT_PEER_REGIONS`: with peers, acks are published for them.
+    pub regions: connect_core::regions::Regions,
     pub slots: u32,
     pub redis_url: String,
     pub secret: JwtSecret,
@@ -88,6 +90,7 @@ impl Config {
             id,
             kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
             topics: Topics::from_env(),
+            regions: connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?,
             slots: env::var("OUTGOING_PARTITIONS", 16)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             secret: JwtSecret::new(env::optional("CONNECT_JWT_SECRET"), env::production())

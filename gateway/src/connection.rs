@@ -361,6 +361,7 @@ where
         let reply = ReplyTo {
             conn: self.conn.to_string(),
             slot: self.gw.slot,
+            region: None,
         };
         match handle_text(&self.user, reply, text, &self.gw.cfg.limits) {
             Inbound::Submit(mut submission) => {

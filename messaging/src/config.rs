@@ -21,7 +21,9 @@ pub struct Config {
     pub redis_url: String,
     pub dynamo: DynamoConfig,
     pub tables: Tables,
-    pub region: String,
+    /// `CONNECT_REGION` and `CONNECT_PEER_REGIONS`: with peers, sends homed elsewhere are
+    /// forwarded and what this region sequences is replicated.
+    pub regions: connect_core::regions::Regions,
     pub dynamo_concurrency: usize,
     /// `SEQ_BLOCK_MAX`: most seqs a busy conversation reserves ahead (0: exact allocation).
     pub seq_block_max: u64,
@@ -58,7 +60,7 @@ impl Config {
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
             tables: Tables::from_env(),
-            region: env::string("CONNECT_REGION", "local"),
+            regions: connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?,
             dynamo_concurrency: env::var("DYNAMODB_CONCURRENCY", 16)?,
             seq_block_max: env::var("SEQ_BLOCK_MAX", 64)?,
             seq_block_conversations: env::var("SEQ_BLOCK_CONVERSATIONS", 100_000)?,

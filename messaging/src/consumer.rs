@@ -1,4 +1,6 @@
-//! The consume loop: gather a batch from `incoming_messages`, run the messaging step, commit.
+//! The consume loop: gather a batch from `incoming_messages` (and, with other regions, the
+//! sends they forward here, their sequenced messages and their acks), run the messaging step,
+//! commit.
 //! Offsets are committed only after the step has stored and published the batch (at least
 //! once; the step is idempotent, so a replay answers with the original seqs). Batch N+1 is
 //! prepared (deduped, sequenced, stored) while batch N is being published; batches are
@@ -10,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connect_core::messaging::{MessagingStep, Prepared};
-use connect_core::model::Submission;
 use connect_core::ports::DeliveryBus;
-use connect_kafka::codec::decode_submission;
+use connect_core::regions::{Inbound, RegionBus};
+use connect_kafka::codec::{decode_json, decode_submission, CodecError};
 use connect_kafka::rdkafka::message::BorrowedMessage;
 use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, PartitionKey};
@@ -20,8 +22,31 @@ use metrics::{counter, histogram};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-fn decode(m: &BorrowedMessage<'_>) -> Option<Submission> {
-    match decode_submission(m.payload().unwrap_or_default()) {
+/// What a topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Sends: `incoming_messages`.
+    Sends,
+    /// Sends other regions forward here: `<region>.forward_<here>`.
+    Forwarded,
+    /// `<region>.sequenced_messages`.
+    Replicas,
+    /// `<region>.acks`.
+    Acks,
+}
+
+/// The topics messaging reads, and what each carries.
+pub type TopicKinds = HashMap<String, Kind>;
+
+fn decode(kinds: &TopicKinds, m: &BorrowedMessage<'_>) -> Option<Inbound> {
+    let payload = m.payload().unwrap_or_default();
+    let decoded: Result<Inbound, CodecError> = match kinds.get(m.topic()) {
+        Some(Kind::Replicas) => decode_json(payload).map(Inbound::Replica),
+        Some(Kind::Acks) => decode_json(payload).map(Inbound::Ack),
+        Some(Kind::Forwarded) => decode_submission(payload).map(Inbound::Forwarded),
+        Some(Kind::Sends) | None => decode_submission(payload).map(Inbound::Send),
+    };
+    match decoded {
         Ok(s) => Some(s),
         Err(e) => {
             counter!("connect_messaging_undecodable_total").increment(1);
@@ -31,19 +56,49 @@ fn decode(m: &BorrowedMessage<'_>) -> Option<Submission> {
     }
 }
 
-/// Publishes a prepared batch (retrying until the bus takes it), then commits its offsets.
+/// Where a prepared batch goes: this region's gateways, and the other regions (if any).
+#[derive(Clone)]
+pub struct Outputs {
+    pub deliveries: Arc<dyn DeliveryBus>,
+    pub regions: Option<Arc<dyn RegionBus>>,
+}
+
+/// Runs `publish` until it succeeds (the batch is not committed before).
+async fn until_published<F, Fut>(what: &str, mut publish: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), connect_core::PortError>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    while let Err(e) = publish().await {
+        warn!(cause = %e, what, "publishing the batch failed; retrying it before committing");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Publishes a prepared batch (retrying until the buses take it), then commits its offsets.
 async fn publish_and_commit(
-    deliveries: Arc<dyn DeliveryBus>,
+    outputs: Outputs,
     consumer: Arc<GroupConsumer>,
     prepared: Prepared,
     next_offsets: HashMap<PartitionKey, i64>,
     fault_pause: Option<Duration>,
 ) {
-    let mut backoff = Duration::from_millis(50);
-    while let Err(e) = deliveries.publish(&prepared.deliveries).await {
-        warn!(cause = %e, "publishing the batch failed; retrying it before committing");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    until_published("deliveries", || {
+        outputs.deliveries.publish(&prepared.deliveries)
+    })
+    .await;
+    if let Some(regions) = &outputs.regions {
+        if !prepared.taken_in.is_empty() {
+            until_published("taken in", || regions.take_in(&prepared.taken_in)).await;
+        }
+        if !prepared.forwards.is_empty() {
+            until_published("forwards", || regions.forward(&prepared.forwards)).await;
+        }
+        if !prepared.replicas.is_empty() {
+            until_published("replicas", || regions.replicate(&prepared.replicas)).await;
+        }
     }
     let report = &prepared.report;
     counter!("connect_messaging_stored_total").increment(report.stored as u64);
@@ -52,6 +107,9 @@ async fn publish_and_commit(
     counter!("connect_messaging_unavailable_total").increment(report.unavailable as u64);
     counter!("connect_messaging_records_out_total").increment(report.records as u64);
     counter!("connect_messaging_shed_total").increment(report.shed as u64);
+    counter!("connect_messaging_forwarded_total").increment(report.forwarded as u64);
+    counter!("connect_messaging_relayed_total").increment(report.relayed as u64);
+    counter!("connect_messaging_replicas_out_total").increment(prepared.replicas.len() as u64);
     if let Some(pause) = fault_pause {
         info!(
             ms = pause.as_millis() as u64,
@@ -65,26 +123,34 @@ async fn publish_and_commit(
 pub async fn run(
     consumer: GroupConsumer,
     step: MessagingStep,
-    deliveries: Arc<dyn DeliveryBus>,
+    outputs: Outputs,
+    kinds: TopicKinds,
     batch_max: usize,
     fault_pause: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) {
     let consumer = Arc::new(consumer);
-    while let Some(batch) = consumer.next_batch(batch_max, decode, &mut stop).await {
+    while let Some(batch) = consumer
+        .next_batch(batch_max, |m| decode(&kinds, m), &mut stop)
+        .await
+    {
         if batch.is_empty() {
             continue;
         }
-        let (submissions, next_offsets) = batch.into_items();
+        let (items, next_offsets) = batch.into_items();
         let now = connect_core::now_ms();
-        for s in submissions.iter().filter(|s| s.submitted_ms > 0) {
+        let sends = items.iter().filter_map(|i| match i {
+            Inbound::Send(s) => Some(s),
+            _ => None,
+        });
+        for s in sends.filter(|s| s.submitted_ms > 0) {
             // Gateway → messaging: the Kafka hop plus the wait for earlier batches.
             histogram!("connect_messaging_wait_seconds")
                 .record(now.saturating_sub(s.submitted_ms) as f64 / 1000.0);
         }
         let started = Instant::now();
-        let n = submissions.len();
-        let mut prepared = step.prepare(submissions, connect_core::now_ms()).await;
+        let n = items.len();
+        let mut prepared = step.prepare_inbound(items, connect_core::now_ms()).await;
         // System messages (group events) have no client to retry them: one that failed for a
         // reason that may pass is prepared again, and the batch is not committed before it is
         // in (a stop meanwhile leaves the batch uncommitted, for the next owner).
@@ -115,7 +181,7 @@ pub async fn run(
         histogram!("connect_messaging_batch_size").record(n as f64);
         consumer.finish().await;
         consumer.set_in_flight(tokio::spawn(publish_and_commit(
-            deliveries.clone(),
+            outputs.clone(),
             consumer.clone(),
             prepared,
             next_offsets,

@@ -17,7 +17,7 @@ use connect_core::ports::Ports;
 use connect_core::seqblocks::SequenceBlocks;
 use connect_dynamo::{DynamoChatStore, DynamoSequences};
 use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
-use connect_kafka::KafkaDeliveryBus;
+use connect_kafka::{KafkaDeliveryBus, KafkaRegionBus};
 use connect_redis::{RedisDedupe, RedisLog, RedisRegistry};
 use tokio::sync::watch;
 use tracing::info;
@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(DynamoSequences::new(
             dynamo.clone(),
             &cfg.tables.sequences,
-            &cfg.region,
+            &cfg.regions.local,
             cfg.dynamo_concurrency,
         )),
         cfg.seq_block_max,
@@ -78,9 +78,22 @@ async fn main() -> anyhow::Result<()> {
         log: Arc::new(RedisLog::new(redis, cfg.offline)),
         deliveries: deliveries.clone(),
     };
-    let consumer =
-        connect_kafka::GroupConsumer::subscribe(&cfg.kafka, &cfg.group_id, &[&cfg.topics.incoming])
-            .context("joining the messaging consumer group")?;
+    // Other regions: the sends they forward here, their sequenced messages and their acks, as
+    // MirrorMaker 2 names them here.
+    let mut kinds = consumer::TopicKinds::new();
+    kinds.insert(cfg.topics.incoming.clone(), consumer::Kind::Sends);
+    for (forward, sequenced, acks) in cfg
+        .regions
+        .mirrored_topics(&cfg.topics.sequenced, &cfg.topics.acks)
+    {
+        kinds.insert(forward, consumer::Kind::Forwarded);
+        kinds.insert(sequenced, consumer::Kind::Replicas);
+        kinds.insert(acks, consumer::Kind::Acks);
+    }
+    let mut topics: Vec<&str> = kinds.keys().map(String::as_str).collect();
+    topics.sort();
+    let consumer = connect_kafka::GroupConsumer::subscribe(&cfg.kafka, &cfg.group_id, &topics)
+        .context("joining the messaging consumer group")?;
     // Seqs reserved ahead go back before this process's partitions move.
     consumer.on_revoke({
         let sequences = sequences.clone();
@@ -95,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.ops_addr)
         .await
         .with_context(|| format!("binding {}", cfg.ops_addr))?;
-    info!(ops = %cfg.ops_addr, group = %cfg.group_id, topic = %cfg.topics.incoming, "messaging running");
+    info!(ops = %cfg.ops_addr, group = %cfg.group_id, ?topics, region = %cfg.regions.local, peers = ?cfg.regions.peers, "messaging running");
     let (stop_tx, stop_rx) = watch::channel(false);
     let ops = tokio::spawn({
         let mut stop = stop_rx.clone();
@@ -109,8 +122,20 @@ async fn main() -> anyhow::Result<()> {
     });
     let work = tokio::spawn(consumer::run(
         consumer,
-        MessagingStep::new(ports).shed_after_ms(cfg.shed_after_ms),
-        deliveries,
+        MessagingStep::new(ports)
+            .shed_after_ms(cfg.shed_after_ms)
+            .regions(cfg.regions.clone()),
+        consumer::Outputs {
+            deliveries,
+            regions: cfg.regions.active().then(|| {
+                Arc::new(KafkaRegionBus::new(
+                    producer.clone(),
+                    cfg.topics.sequenced.clone(),
+                    cfg.topics.incoming.clone(),
+                )) as Arc<dyn connect_core::regions::RegionBus>
+            }),
+        },
+        kinds.clone(),
         cfg.batch_max,
         cfg.fault_pause_before_commit,
         stop_rx,

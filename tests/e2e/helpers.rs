@@ -365,11 +365,22 @@ pub async fn api_call(
     user: Option<&str>,
     body: &str,
 ) -> anyhow::Result<(u16, Value)> {
+    api_call_at(&api_addr(), method, path, user, body).await
+}
+
+/// [`api_call`] to the HTTP API at `addr`.
+pub async fn api_call_at(
+    addr: &str,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, Value)> {
     let mut headers = vec![("Content-Type", "application/json".to_owned())];
     if let Some(u) = user {
         headers.push(("Authorization", format!("Bearer {}", token(u))));
     }
-    let (status, response) = http_raw(&api_addr(), method, path, &headers, body).await?;
+    let (status, response) = http_raw(addr, method, path, &headers, body).await?;
     Ok((
         status,
         serde_json::from_str(body_of(&response)).unwrap_or(Value::Null),

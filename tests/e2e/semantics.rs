@@ -141,6 +141,7 @@ async fn a_group_event_whose_write_fails_once_is_delivered_after_the_retry() -> 
         }),
         submitted_ms: 0,
         device: None,
+        hops: 0,
     };
     stack.submit(&event).await?;
     let m = loop {

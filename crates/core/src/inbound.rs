@@ -10,7 +10,7 @@ use crate::model::{ReplyTo, Submission};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     /// Publish to `incoming_messages` (key = conversation).
-    Submit(Submission),
+    Submit(Box<Submission>),
     /// The client holds every message of `conversation` up to `seq`.
     Ack {
         conversation: ConversationId,
@@ -40,7 +40,7 @@ pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimi
                     }
                 },
             };
-            Inbound::Submit(Submission {
+            Inbound::Submit(Box::new(Submission {
                 conversation,
                 sender: user.clone(),
                 id,
@@ -49,7 +49,8 @@ pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimi
                 event: None,
                 submitted_ms: crate::now_ms(),
                 device: None,
-            })
+                hops: 0,
+            }))
         }
     }
 }
@@ -66,6 +67,7 @@ mod tests {
         ReplyTo {
             conn: "c1".into(),
             slot: 3,
+            region: None,
         }
     }
 

@@ -17,6 +17,8 @@
 //! - [`sequencer`]: batched seq allocation (the sequencer function).
 //! - [`seqblocks`]: messaging's seq blocks: busy conversations reserve ahead, one atomic add
 //!   per block.
+//! - [`regions`]: active-active regions: forwarding to a conversation's home, the records
+//!   replicated between regions, acks for the other regions' cursors.
 //! - [`error`]: [`PortError`], retryable or final; [`ApiError`], an HTTP answer with a contract code.
 //! - `memory`: in-memory ports for unit tests of the pure logic (tests and the `memory` feature only).
 
@@ -35,6 +37,7 @@ pub mod messaging;
 pub mod model;
 pub mod offline;
 pub mod ports;
+pub mod regions;
 pub mod seqblocks;
 pub mod sequencer;
 

@@ -50,6 +50,8 @@ pub struct Memory {
     pub group_versions: Mutex<HashMap<connect_protocol::GroupId, u64>>,
     /// The version each added member joined at (absent: 1, a member the group was created with).
     pub member_since: Mutex<HashMap<(connect_protocol::GroupId, UserId), u64>>,
+    /// Conversations whose sequence another region owns: allocation answers `NotHome`.
+    pub homed_elsewhere: Mutex<HashMap<ConversationId, String>>,
 }
 
 impl Memory {
@@ -147,10 +149,17 @@ impl SessionRegistry for Memory {
 #[async_trait]
 impl SequenceAllocator for Memory {
     async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>> {
+        let homes = lock(&self.homed_elsewhere);
         let mut map = lock(&self.seqs);
         requests
             .iter()
             .map(|(c, n)| {
+                if let Some(home) = homes.get(c) {
+                    return Err(PortError::NotHome {
+                        conversation: c.to_string(),
+                        home: home.clone(),
+                    });
+                }
                 let last = map.entry(c.clone()).or_insert(0);
                 *last += n;
                 Ok(*last - n + 1)

@@ -15,10 +15,16 @@
 //! A system message (no client to answer) that fails for a reason that may pass is handed back
 //! in [`Prepared::retry`]: the caller prepares it again before committing its offsets.
 //!
+//! With other regions ([`crate::regions`]): a send whose conversation is homed elsewhere (the
+//! allocation says so) is handed back in [`Prepared::forwards`] for its home; what this region
+//! sequences is handed back in [`Prepared::replicas`] for the others, with the answers to sends
+//! forwarded here; [`MessagingStep::relay`] delivers another region's replicas here.
+//!
 //! Modules: [`audience`] (who receives, who may send), [`store`] (sequence, store, repeats),
-//! [`route`] (conversation log, sessions, deliveries).
+//! [`route`] (conversation log, sessions, deliveries), [`relay`] (other regions).
 
 mod audience;
+mod relay;
 mod route;
 mod store;
 
@@ -46,6 +52,10 @@ pub struct StepReport {
     pub shed: usize,
     /// System messages handed back to be prepared again (a backend failed on them).
     pub retried: usize,
+    /// Sends forwarded to their conversation's home region.
+    pub forwarded: usize,
+    /// Other regions' sequenced messages and answers taken in.
+    pub relayed: usize,
     /// Where the batch's time went.
     pub phases: Phases,
 }
@@ -96,6 +106,8 @@ impl StepReport {
         self.logged += other.logged;
         self.shed += other.shed;
         self.retried += other.retried;
+        self.forwarded += other.forwarded;
+        self.relayed += other.relayed;
         self.phases.add(&other.phases);
     }
 }
@@ -109,21 +121,36 @@ fn lap(clock: &mut std::time::Instant) -> std::time::Duration {
 }
 
 /// A batch ready to publish.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Prepared {
     pub deliveries: Vec<Delivery>,
     pub report: StepReport,
     /// System messages that failed for a reason that may pass: prepare them again (they have no
     /// client to retry them) before the batch's offsets are committed.
     pub retry: Vec<Submission>,
+    /// Sends for conversations homed in another region: (home, send), to publish there.
+    pub forwards: Vec<(String, Submission)>,
+    /// What this region sequenced (and its answers to forwarded sends), for the other regions.
+    pub replicas: Vec<crate::regions::Replica>,
+    /// Sends other regions forwarded here, for this region's `incoming_messages`.
+    pub taken_in: Vec<Submission>,
 }
 
 impl Prepared {
     /// Adds the outcome of preparing this batch's [`Self::retry`] again.
     pub fn absorb(&mut self, again: Prepared) {
-        self.deliveries.extend(again.deliveries);
-        self.report.add(&again.report);
-        self.retry = again.retry;
+        self.retry = Vec::new();
+        self.merge(again);
+    }
+
+    /// Adds another part of the same batch (in order after this one).
+    pub fn merge(&mut self, other: Prepared) {
+        self.deliveries.extend(other.deliveries);
+        self.report.add(&other.report);
+        self.retry.extend(other.retry);
+        self.forwards.extend(other.forwards);
+        self.replicas.extend(other.replicas);
+        self.taken_in.extend(other.taken_in);
     }
 }
 
@@ -133,6 +160,7 @@ pub struct MessagingStep {
     /// Client sends older than this when their batch starts are answered `unavailable`
     /// without being processed (0: never).
     shed_after_ms: u64,
+    regions: crate::regions::Regions,
 }
 
 /// A message that will be delivered, with the connection to answer.
@@ -159,12 +187,38 @@ struct Outcome {
     accepted: Vec<Accepted>,
     errors: Vec<(ReplyTo, FrameError)>,
     retry: Vec<Submission>,
+    forwards: Vec<(String, Submission)>,
+    /// This region and its peers when other regions exist (sends homed elsewhere are forwarded).
+    forwarding: Option<crate::regions::Regions>,
     report: StepReport,
 }
 
 impl Outcome {
     fn fail(&mut self, sub: &Submission, failure: Failure) {
         let (code, message) = match failure {
+            Failure::Backend(PortError::NotHome { home, conversation }, _) => {
+                match &self.forwarding {
+                    Some(regions)
+                        if regions.peers.contains(&home) && sub.hops < crate::regions::MAX_HOPS =>
+                    {
+                        let mut sub = sub.clone();
+                        sub.hops += 1;
+                        if let Some(reply) = &mut sub.reply {
+                            reply.region.get_or_insert_with(|| regions.local.clone());
+                        }
+                        self.forwards.push((home, sub));
+                        return;
+                    }
+                    _ => {
+                        warn!(%conversation, %home, hops = sub.hops,
+                            "conversation homed in a region that is not a peer (or forwarded too often); answering unavailable");
+                        (
+                            ErrorCode::Unavailable,
+                            "conversation homed in an unreachable region; retry later",
+                        )
+                    }
+                }
+            }
             Failure::Refused(code, message) => (code, message),
             Failure::Backend(e, _) if sub.reply.is_none() && e.is_retryable() => {
                 self.report.retried += 1;
@@ -197,7 +251,15 @@ impl MessagingStep {
         Self {
             ports,
             shed_after_ms: 0,
+            regions: crate::regions::Regions::single("local"),
         }
+    }
+
+    /// This region and the others: sends homed elsewhere are forwarded, what this region
+    /// sequences is replicated.
+    pub fn regions(mut self, regions: crate::regions::Regions) -> Self {
+        self.regions = regions;
+        self
     }
 
     /// Refuses new client sends that waited longer than `ms` (since the gateway took them) with
@@ -209,9 +271,17 @@ impl MessagingStep {
         self
     }
 
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            forwarding: self.regions.active().then(|| self.regions.clone()),
+            ..Outcome::default()
+        }
+    }
+
     fn stale(&self, sub: &Submission, now_ms: u64) -> bool {
         self.shed_after_ms > 0
             && sub.event.is_none()
+            && sub.hops == 0
             && sub.submitted_ms > 0
             && now_ms.saturating_sub(sub.submitted_ms) > self.shed_after_ms
     }
@@ -233,7 +303,7 @@ impl MessagingStep {
     /// submission that cannot be stored becomes an `error` reply. Publishing the deliveries (in
     /// batch order) is the caller's, so it can overlap the next batch's preparation.
     pub async fn prepare(&self, batch: Vec<Submission>, now_ms: u64) -> Prepared {
-        let mut out = Outcome::default();
+        let mut out = self.outcome();
         let mut clock = std::time::Instant::now();
         // Dedupe first: a repeat is answered with what it was accepted as, whatever it names now.
         let keys: Vec<_> = batch.iter().map(Submission::dedupe_key).collect();
@@ -273,12 +343,27 @@ impl MessagingStep {
                 out.report.phases.store = lap(&mut clock);
             }
         }
+        self.finish(out, true).await
+    }
+
+    /// Routes what `out` holds: the local deliveries, and (`replicate`: this region sequenced
+    /// them) the replicas for the other regions.
+    async fn finish(&self, mut out: Outcome, replicate: bool) -> Prepared {
         let deliveries = self.route(&mut out).await;
         out.report.records = deliveries.len();
+        let replicas = if replicate {
+            self.replicas(&out)
+        } else {
+            Vec::new()
+        };
+        out.report.forwarded = out.forwards.len();
         Prepared {
             deliveries,
             report: out.report,
             retry: out.retry,
+            forwards: out.forwards,
+            replicas,
+            taken_in: Vec::new(),
         }
     }
 

@@ -11,6 +11,10 @@ use connect_protocol::{
 pub struct ReplyTo {
     pub conn: String,
     pub slot: u32,
+    /// The region of the gateway (set when a send is forwarded to its conversation's home
+    /// region; none: the region that took it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// A message submitted for sequencing: the record on `incoming_messages` (key = conversation).
@@ -34,9 +38,16 @@ pub struct Submission {
     /// the sender's other devices get it like any recipient.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// How many times it was forwarded to another region (its conversation's home).
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub hops: u8,
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u8(n: &u8) -> bool {
     *n == 0
 }
 
@@ -67,8 +78,9 @@ pub struct Acceptance {
     pub mv: Option<u64>,
 }
 
-/// A message with its place in the conversation, as stored in the chat table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A message with its place in the conversation, as stored in the chat table (and, as JSON, as
+/// replicated to the other regions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
     pub conversation: ConversationId,
     pub seq: u64,
@@ -76,11 +88,14 @@ pub struct StoredMessage {
     pub id: ClientMsgId,
     pub body: String,
     pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<GroupEvent>,
     /// A group message: the membership version it was sequenced under (its audience is the
     /// members who had joined by then, replayed or drained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mv: Option<u64>,
     /// The device that sent it (it does not get it back on reconnect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
 }
 

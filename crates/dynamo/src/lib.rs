@@ -23,7 +23,7 @@ pub use chat::DynamoChatStore;
 pub use client::{client, sdk_config, DynamoConfig};
 pub use groups::DynamoGroups;
 pub use schema::{ensure_tables, Tables};
-pub use sequences::DynamoSequences;
+pub use sequences::{epoch_base, DynamoSequences, MovedHomes};
 
 use connect_core::PortError;
 

@@ -1,9 +1,14 @@
 //! The sequence table: `conversation` → `seq` (last allocated), `home` (region that owns the
 //! sequence) and `epoch` (bumped when the home moves). Only the home region allocates; unused
 //! seqs of a reservation go back only while nothing was allocated after them.
+//!
+//! Failover ([`DynamoSequences::move_homes`]) moves every conversation homed in one region to
+//! another and bumps its epoch; the new home continues from [`epoch_base`] of the new epoch, past
+//! anything the old home may have allocated in its epoch and not yet replicated (a gap, never a
+//! reuse).
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use futures_util::stream::{self, StreamExt};
 
@@ -58,6 +63,7 @@ impl DynamoSequences {
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .expression_attribute_values(":n", AttributeValue::N(count.to_string()))
             .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
@@ -71,18 +77,141 @@ impl DynamoSequences {
                     .ok_or_else(|| PortError::rejected("dynamodb", "UpdateItem returned no seq"))?;
                 Ok(last + 1 - count)
             }
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
+                if e.err().is_conditional_check_failed_exception() =>
             {
+                let home = match e.err() {
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c
+                        .item()
+                        .and_then(|i| i.get("home"))
+                        .and_then(|v| v.as_s().ok())
+                        .cloned(),
+                    _ => None,
+                };
+                let home = match home {
+                    Some(home) => home,
+                    None => self.home_of(conversation).await?,
+                };
                 Err(PortError::NotHome {
                     conversation: conversation.to_string(),
-                    home: "another region".into(),
+                    home,
                 })
             }
             Err(e) => Err(unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
         }
     }
+}
+
+impl DynamoSequences {
+    /// The region a conversation's sequence is homed in (read consistently).
+    async fn home_of(&self, conversation: &ConversationId) -> Result<String, PortError> {
+        crate::requested("GetItem");
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("conversation", AttributeValue::S(conversation.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        out.item
+            .as_ref()
+            .and_then(|i| i.get("home"))
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .ok_or_else(|| PortError::unavailable("dynamodb", "sequence item lost its home"))
+    }
+
+    /// Failover: every conversation homed in `from` is homed in `to` from now on, with its
+    /// epoch bumped and its sequence continuing past [`epoch_base`] of the new epoch. Each move
+    /// is conditional on the home and epoch it read (a conversation moved meanwhile is left
+    /// alone). Returns how many moved. The old home must have stopped allocating (its messaging
+    /// stopped or cut off): its conditional allocations fail from here on.
+    pub async fn move_homes(&self, from: &str, to: &str) -> Result<MovedHomes, PortError> {
+        let mut moved = MovedHomes::default();
+        let mut start: Option<std::collections::HashMap<String, AttributeValue>> = None;
+        loop {
+            crate::requested("Scan");
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#home = :from")
+                .expression_attribute_names("#home", "home")
+                .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+            for item in page.items() {
+                let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+                let number = |k: &str| {
+                    item.get(k)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse::<u64>().ok())
+                };
+                let (Some(conversation), Some(seq)) = (text("conversation"), number("seq")) else {
+                    continue;
+                };
+                let epoch = number("epoch").unwrap_or(1);
+                let next = seq.max(epoch_base(epoch + 1));
+                crate::requested("UpdateItem");
+                let result = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("conversation", AttributeValue::S(conversation.clone()))
+                    .update_expression("SET #home = :to, #epoch = :next_epoch, #seq = :next")
+                    .condition_expression(
+                        "#home = :from AND (#epoch = :epoch OR attribute_not_exists(#epoch))",
+                    )
+                    .expression_attribute_names("#home", "home")
+                    .expression_attribute_names("#epoch", "epoch")
+                    .expression_attribute_names("#seq", "seq")
+                    .expression_attribute_values(":to", AttributeValue::S(to.to_owned()))
+                    .expression_attribute_values(":from", AttributeValue::S(from.to_owned()))
+                    .expression_attribute_values(":epoch", AttributeValue::N(epoch.to_string()))
+                    .expression_attribute_values(
+                        ":next_epoch",
+                        AttributeValue::N((epoch + 1).to_string()),
+                    )
+                    .expression_attribute_values(":next", AttributeValue::N(next.to_string()))
+                    .send()
+                    .await;
+                match crate::written(result)? {
+                    true => {
+                        moved.moved += 1;
+                        moved.last.push((conversation, seq, next));
+                    }
+                    false => moved.skipped += 1,
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// What [`DynamoSequences::move_homes`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MovedHomes {
+    pub moved: usize,
+    /// Moved by someone else meanwhile.
+    pub skipped: usize,
+    /// (conversation, last seq seen, the seq the new home continues after) of each move.
+    pub last: Vec<(String, u64, u64)>,
+}
+
+/// Where epoch `epoch`'s seqs start (epoch 1: 0). A home allocates at most 2^32 seqs per epoch
+/// in one conversation, so a new epoch starts past anything an earlier one allocated, whether
+/// or not the old home's last allocations had replicated.
+pub fn epoch_base(epoch: u64) -> u64 {
+    epoch.saturating_sub(1) << 32
 }
 
 #[async_trait]

@@ -9,9 +9,10 @@ use rdkafka::util::Timeout;
 
 use connect_core::model::{Delivery, Submission, UserConnected};
 use connect_core::ports::{ConnectionEvents, DeliveryBus, PendingPublish, SubmissionBus};
+use connect_core::regions::{forward_topic, AckBus, AckRecord, RegionBus, Replica};
 use connect_core::PortError;
 
-use crate::codec::{encode_delivery, encode_submission};
+use crate::codec::{encode_delivery, encode_json, encode_submission};
 
 const BACKEND: &str = "kafka";
 
@@ -119,5 +120,116 @@ impl DeliveryBus for KafkaDeliveryBus {
             result.map_err(|(e, _)| PortError::unavailable(BACKEND, e))?;
         }
         Ok(())
+    }
+}
+
+/// Messaging → the other regions: forwarded sends on `forward_<home>` and sequenced messages on
+/// `sequenced_messages` (key = conversation, so one conversation stays one ordered stream
+/// through MirrorMaker 2, which keeps partitions).
+#[derive(Clone)]
+pub struct KafkaRegionBus {
+    producer: FutureProducer,
+    sequenced: String,
+    incoming: String,
+}
+
+impl KafkaRegionBus {
+    pub fn new(
+        producer: FutureProducer,
+        sequenced: impl Into<String>,
+        incoming: impl Into<String>,
+    ) -> Self {
+        Self {
+            producer,
+            sequenced: sequenced.into(),
+            incoming: incoming.into(),
+        }
+    }
+}
+
+/// Publishes every (topic, key, payload) in order and waits for all.
+async fn publish_all(
+    producer: &FutureProducer,
+    records: impl Iterator<Item = (String, String, Vec<u8>)>,
+) -> Result<(), PortError> {
+    let pending: Vec<PendingPublish> = records
+        .map(|(topic, key, payload)| publish(producer, &topic, &key, &payload))
+        .collect();
+    for result in join_all(pending).await {
+        result?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl RegionBus for KafkaRegionBus {
+    async fn take_in(&self, sends: &[Submission]) -> Result<(), PortError> {
+        publish_all(
+            &self.producer,
+            sends.iter().map(|s| {
+                (
+                    self.incoming.clone(),
+                    s.conversation.to_string(),
+                    encode_submission(s),
+                )
+            }),
+        )
+        .await
+    }
+
+    async fn forward(&self, sends: &[(String, Submission)]) -> Result<(), PortError> {
+        publish_all(
+            &self.producer,
+            sends.iter().map(|(home, s)| {
+                (
+                    forward_topic(home),
+                    s.conversation.to_string(),
+                    encode_submission(s),
+                )
+            }),
+        )
+        .await
+    }
+
+    async fn replicate(&self, replicas: &[Replica]) -> Result<(), PortError> {
+        publish_all(
+            &self.producer,
+            replicas.iter().map(|r| {
+                let key = r
+                    .message
+                    .as_ref()
+                    .map(|m| m.conversation.to_string())
+                    .unwrap_or_default();
+                (self.sequenced.clone(), key, encode_json(r))
+            }),
+        )
+        .await
+    }
+}
+
+/// Gateway → the other regions: acks on `acks` (key = user).
+#[derive(Clone)]
+pub struct KafkaAckBus {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaAckBus {
+    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+        Self {
+            producer,
+            topic: topic.into(),
+        }
+    }
+}
+
+impl AckBus for KafkaAckBus {
+    fn publish(&self, ack: &AckRecord) -> PendingPublish {
+        publish(
+            &self.producer,
+            &self.topic,
+            ack.user.as_str(),
+            &encode_json(ack),
+        )
     }
 }

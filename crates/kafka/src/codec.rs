@@ -22,6 +22,16 @@ pub fn decode_submission(payload: &[u8]) -> Result<Submission, CodecError> {
     serde_json::from_slice(payload).map_err(|e| CodecError(e.to_string()))
 }
 
+/// A record of another region (`<region>.sequenced_messages`, `<region>.acks`), or a send
+/// forwarded here, as JSON.
+pub fn encode_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub fn decode_json<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    serde_json::from_slice(payload).map_err(|e| CodecError(e.to_string()))
+}
+
 /// Headers and value of a delivery record.
 pub fn encode_delivery(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
     let mut h = OwnedHeaders::new_with_capacity(6);

@@ -202,12 +202,17 @@ impl KafkaConfig {
 }
 
 /// Topic names: `KAFKA_INCOMING_TOPIC` (incoming_messages), `KAFKA_OUTGOING_TOPIC`
-/// (outgoing_messages).
+/// (outgoing_messages), `KAFKA_USER_CONNECTED_TOPIC` (user_connected); with other regions
+/// `KAFKA_SEQUENCED_TOPIC` (sequenced_messages) and `KAFKA_ACKS_TOPIC` (acks), which
+/// MirrorMaker 2 replicates to the other regions (forward topics are named after the home
+/// region: `forward_<region>`).
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub incoming: String,
     pub outgoing: String,
     pub user_connected: String,
+    pub sequenced: String,
+    pub acks: String,
 }
 
 impl Topics {
@@ -217,6 +222,8 @@ impl Topics {
             incoming: string("KAFKA_INCOMING_TOPIC", "incoming_messages"),
             outgoing: string("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
             user_connected: string("KAFKA_USER_CONNECTED_TOPIC", "user_connected"),
+            sequenced: string("KAFKA_SEQUENCED_TOPIC", "sequenced_messages"),
+            acks: string("KAFKA_ACKS_TOPIC", "acks"),
         }
     }
 }

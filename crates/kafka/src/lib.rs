@@ -19,7 +19,9 @@ pub mod config;
 pub mod group;
 
 pub use admin::ensure_topics;
-pub use bus::{KafkaConnectionEvents, KafkaDeliveryBus, KafkaSubmissionBus};
+pub use bus::{
+    KafkaAckBus, KafkaConnectionEvents, KafkaDeliveryBus, KafkaRegionBus, KafkaSubmissionBus,
+};
 pub use config::{KafkaConfig, Topics};
 pub use group::{Batch, GroupConsumer, PartitionKey, RevokeHook};
 pub use rdkafka;

@@ -1,7 +1,14 @@
 //! `connect-setup`: creates the Kafka topics and DynamoDB tables (idempotent). Run by
 //! `make up` / `make run` before the services start, by tests for private topics, and on AWS
 //! by each messaging task's setup container with `SETUP_TABLES=false` (the template makes the
-//! tables there).
+//! tables there). With `CONNECT_PEER_REGIONS` it also creates the topics the regions exchange
+//! through MirrorMaker 2: `sequenced_messages`, `acks` and `forward_<peer>` here, and the names
+//! MirrorMaker 2 gives the peers' copies (`<peer>.sequenced_messages`, `<peer>.acks`,
+//! `<peer>.forward_<here>`), so messaging subscribes to topics that exist.
+//!
+//! `connect-setup move-homes <from> <to>`: failover. Every conversation homed in region `from`
+//! is homed in `to` from now on, its epoch bumped and its sequence continued past anything
+//! `from` may have allocated. Run it once `from`'s messaging is stopped or cut off.
 
 use anyhow::Context;
 use connect_dynamo::{DynamoConfig, Tables};
@@ -11,6 +18,39 @@ use connect_service::env;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => setup().await,
+        ["move-homes", from, to] => move_homes(from, to).await,
+        _ => {
+            eprintln!("usage: connect-setup                      create topics and tables\n       connect-setup move-homes <from> <to>  failover: rehome region <from>'s conversations to <to>");
+            std::process::exit(2)
+        }
+    }
+}
+
+async fn move_homes(from: &str, to: &str) -> anyhow::Result<()> {
+    connect_core::regions::Regions::parse(to, from).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(from != to, "move-homes: <from> and <to> must differ");
+    let dynamo =
+        connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
+    let tables = Tables::from_env();
+    let sequences = connect_dynamo::DynamoSequences::new(dynamo, &tables.sequences, to, 1);
+    let moved = sequences
+        .move_homes(from, to)
+        .await
+        .context("moving the homes")?;
+    for (conversation, seq, next) in &moved.last {
+        println!("{conversation}: home {from} -> {to}, last seq {seq}, continues after {next}");
+    }
+    println!(
+        "moved {} conversations from {from} to {to} ({} moved by someone else meanwhile)",
+        moved.moved, moved.skipped
+    );
+    Ok(())
+}
+
+async fn setup() -> anyhow::Result<()> {
     let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
     let topics = Topics::from_env();
     let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
@@ -33,6 +73,29 @@ async fn main() -> anyhow::Result<()> {
         "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected})",
         topics.incoming, topics.outgoing, topics.user_connected
     );
+    let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
+    if regions.active() {
+        // Every region's copy of a topic has the same partitions (MirrorMaker 2 keeps a
+        // record's partition, so a conversation stays one ordered stream).
+        let mut names = vec![topics.sequenced.clone(), topics.acks.clone()];
+        for peer in &regions.peers {
+            names.push(connect_core::regions::forward_topic(peer));
+        }
+        for (forward, sequenced, acks) in regions.mirrored_topics(&topics.sequenced, &topics.acks) {
+            names.extend([forward, sequenced, acks]);
+        }
+        let wanted: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), incoming)).collect();
+        connect_kafka::ensure_topics(&kafka, &wanted, replication)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("creating the regions' topics")?;
+        println!(
+            "region {} with {:?}: topics {}",
+            regions.local,
+            regions.peers,
+            names.join(", ")
+        );
+    }
     if env::var("SETUP_TABLES", true)? {
         let dynamo =
             connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;

@@ -90,6 +90,7 @@ impl GroupChange {
             }),
             submitted_ms: 0,
             device: None,
+            hops: 0,
         }
     }
 }

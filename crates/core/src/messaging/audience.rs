@@ -47,9 +47,23 @@ impl MessagingStep {
                     self.ports.groups.invalidate(group);
                     view.remove(group);
                 }
+                // Members older than the version asked for (a message another region sequenced
+                // after a change this region's cache has not seen): read them again.
+                let older = |m: &crate::groups::Members| {
+                    at.is_some_and(|v| m.as_ref().is_none_or(|r| r.version < v))
+                };
+                if view.get(group).is_some_and(older) {
+                    view.remove(group);
+                }
                 let members = match view.get(group) {
                     Some(m) => m.clone(),
                     None => {
+                        if at.is_some() {
+                            let cached = self.ports.groups.members(group).await;
+                            if cached.as_ref().is_ok_and(older) {
+                                self.ports.groups.invalidate(group);
+                            }
+                        }
                         let m = self.ports.groups.members(group).await.map_err(|e| {
                             warn!(cause = %e, %group, "membership lookup failed");
                             Failure::Backend(

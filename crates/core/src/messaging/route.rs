@@ -66,16 +66,17 @@ impl MessagingStep {
             at += audience.len();
         }
         let mut deliveries = Vec::new();
+        // A reply to a connection in another region goes there with the replicas.
         for ((a, frame), plan) in out.accepted.iter().zip(&frames).zip(&audience_of) {
             let plan = plan.map_or(&[][..], |k| &plans[k][..]);
             deliveries.extend(plan_deliveries(
                 &a.message,
                 frame.as_deref(),
-                a.reply.as_ref(),
+                a.reply.as_ref().filter(|r| self.regions.is_local(r)),
                 plan,
             ));
         }
-        for (reply, err) in &out.errors {
+        for (reply, err) in out.errors.iter().filter(|(r, _)| self.regions.is_local(r)) {
             deliveries.push(Delivery {
                 slot: reply.slot,
                 recipients: Vec::new(),

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use connect_protocol::{ClientMsgId, ConversationId, UserId};
@@ -20,10 +21,12 @@ fn send(from: &str, to: &str, id: &str, conn: &str, slot: u32) -> Submission {
         reply: Some(ReplyTo {
             conn: conn.into(),
             slot,
+            region: None,
         }),
         event: None,
         submitted_ms: 0,
         device: None,
+        hops: 0,
     }
 }
 
@@ -422,10 +425,12 @@ fn group_send(from: &str, id: &str, conn: &str, slot: u32) -> Submission {
         reply: Some(ReplyTo {
             conn: conn.into(),
             slot,
+            region: None,
         }),
         event: None,
         submitted_ms: 0,
         device: None,
+        hops: 0,
     }
 }
 
@@ -693,4 +698,111 @@ async fn a_member_with_several_sessions_on_a_gateway_is_one_recipient_there() {
             (1, vec![user("bob")])
         ]
     );
+}
+
+fn two_regions(local: &str, peer: &str) -> crate::regions::Regions {
+    crate::regions::Regions::parse(local, peer).unwrap()
+}
+
+#[tokio::test]
+async fn a_send_homed_in_another_region_is_forwarded_there_unanswered() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "bob", "b1", 0).await;
+    let sub = send("alice", "bob", "m1", "a1", 0);
+    lock_homes(&mem).insert(sub.conversation.clone(), "b".into());
+    let step = MessagingStep::new(mem.ports()).regions(two_regions("a", "b"));
+    let prepared = step.prepare(vec![sub.clone()], 1000).await;
+    assert!(prepared.deliveries.is_empty(), "{:?}", prepared.deliveries);
+    assert!(prepared.replicas.is_empty());
+    assert_eq!(prepared.report.forwarded, 1);
+    let (home, forwarded) = &prepared.forwards[0];
+    assert_eq!(home, "b");
+    assert_eq!(forwarded.hops, 1);
+    assert_eq!(forwarded.reply.as_ref().unwrap().region.as_deref(), Some("a"));
+    assert_eq!(forwarded.id, sub.id);
+    assert!(mem.messages.lock().unwrap().is_empty(), "nothing stored here");
+    // Forwarded too often (a home moving back and forth): answered, not sent on.
+    let mut tired = sub.clone();
+    tired.hops = crate::regions::MAX_HOPS;
+    let prepared = step.prepare(vec![tired], 1000).await;
+    assert!(prepared.forwards.is_empty());
+    let reply = prepared.deliveries[0].reply.as_ref().unwrap();
+    assert_eq!(frame(&reply.frame)["code"], "unavailable");
+    // A home that is not a peer (a setup renamed its regions): answered, not forwarded.
+    let single = MessagingStep::new(mem.ports()).regions(two_regions("a", "c"));
+    let prepared = single.prepare(vec![sub], 1000).await;
+    assert!(prepared.forwards.is_empty());
+    assert_eq!(prepared.report.unavailable, 1);
+}
+
+fn lock_homes(mem: &Memory) -> std::sync::MutexGuard<'_, HashMap<ConversationId, String>> {
+    mem.homed_elsewhere.lock().unwrap()
+}
+
+#[tokio::test]
+async fn the_home_answers_a_forwarded_send_through_the_replica_and_delivers_here() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "bob", "b1", 0).await;
+    let mut sub = send("alice", "bob", "m1", "a1", 5);
+    sub.hops = 1;
+    sub.reply.as_mut().unwrap().region = Some("b".into());
+    let step = MessagingStep::new(mem.ports()).regions(two_regions("a", "b"));
+    let prepared = step.prepare(vec![sub], 1000).await;
+    // Here: bob's live session gets the message; nothing goes to slot 5 (that is region b's).
+    assert_eq!(prepared.deliveries.len(), 1, "{:?}", prepared.deliveries);
+    assert_eq!(prepared.deliveries[0].slot, 0);
+    assert!(prepared.deliveries[0].reply.is_none());
+    let replica = &prepared.replicas[0];
+    assert_eq!(replica.home, "a");
+    assert!(replica.deliver);
+    assert_eq!(replica.message.as_ref().unwrap().seq, 1);
+    assert_eq!(replica.reply.as_ref().unwrap().region.as_deref(), Some("b"));
+    // A refused forwarded send: its error goes back the same way.
+    let mut stranger = send("carol", "dave", "m2", "c1", 5);
+    stranger.conversation = ConversationId::direct(&user("alice"), &user("bob")).unwrap();
+    stranger.reply.as_mut().unwrap().region = Some("b".into());
+    let prepared = step.prepare(vec![stranger], 1000).await;
+    assert!(prepared.deliveries.is_empty());
+    let replica = &prepared.replicas[0];
+    assert!(replica.message.is_none());
+    assert_eq!(replica.error.as_ref().unwrap().code, connect_protocol::ErrorCode::Forbidden);
+    assert_eq!(replica.id.as_deref(), Some("m2"));
+}
+
+#[tokio::test]
+async fn a_replica_is_delivered_logged_and_remembered_here_and_not_sent_back() {
+    let home = Arc::new(Memory::default());
+    let mut sub = send("alice", "bob", "m1", "a1", 5);
+    sub.hops = 1;
+    sub.reply.as_mut().unwrap().region = Some("b".into());
+    let at_home = MessagingStep::new(home.ports()).regions(two_regions("a", "b"));
+    let replicas = at_home.prepare(vec![sub.clone()], 1000).await.replicas;
+
+    let here = Arc::new(Memory::default());
+    online(&here, "bob", "b1", 2).await;
+    online(&here, "alice", "a9", 2).await;
+    let step = MessagingStep::new(here.ports()).regions(two_regions("b", "a"));
+    let prepared = step.relay(replicas).await;
+    assert!(prepared.replicas.is_empty(), "a replica is never replicated again");
+    assert_eq!(prepared.report.relayed, 1);
+    // The members' sessions here (slot 2), and the sender's `accepted` on its gateway (slot 5).
+    let d = &prepared.deliveries[0];
+    assert_eq!(d.slot, 2);
+    assert_eq!(d.recipients, vec![user("alice"), user("bob")]);
+    let d = &prepared.deliveries[1];
+    assert_eq!(d.slot, 5);
+    let reply = d.reply.as_ref().unwrap();
+    assert_eq!(reply.conn, "a1");
+    assert_eq!(frame(&reply.frame)["seq"], 1);
+    // Remembered: a retry in this region answers the original seq.
+    let known = here.get(&[sub.dedupe_key()]).await.unwrap();
+    assert_eq!(known[0].as_ref().map(|a| a.seq), Some(1));
+    // Logged here, for devices that connect to this region.
+    assert_eq!(here.logs.lock().unwrap().values().map(|l| l.len()).sum::<usize>(), 1);
+    // Another region's answer to a connection elsewhere is not delivered here.
+    let elsewhere = Arc::new(Memory::default());
+    let step_c = MessagingStep::new(elsewhere.ports()).regions(two_regions("c", "a,b"));
+    let mut replica = at_home.prepare(vec![sub], 1000).await.replicas;
+    replica[0].deliver = false;
+    assert!(step_c.relay(replica).await.deliveries.is_empty());
 }

@@ -1,0 +1,184 @@
+//! The other regions: what this region sequenced goes out as replicas (with the answers to sends
+//! forwarded here), and the replicas of the others are delivered here from this region's
+//! registry, written to this region's conversation logs and remembered in its dedupe index.
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use tracing::warn;
+
+use super::{Accepted, MessagingStep, Outcome, Prepared};
+use crate::model::{Acceptance, DedupeKey, Submission};
+use crate::regions::{AckRecord, Inbound, RemoteError, Replica};
+
+impl MessagingStep {
+    /// The replicas of a batch this region prepared: every message it fanned out (each region
+    /// delivers it to its own sessions), and every answer whose connection is in another region.
+    pub(super) fn replicas(&self, out: &Outcome) -> Vec<Replica> {
+        if !self.regions.active() {
+            return Vec::new();
+        }
+        let remote = |reply: &Option<crate::model::ReplyTo>| {
+            reply.clone().filter(|r| !self.regions.is_local(r))
+        };
+        let mut replicas: Vec<Replica> = out
+            .accepted
+            .iter()
+            .filter_map(|a| {
+                let reply = remote(&a.reply);
+                (a.fan_out || reply.is_some()).then(|| Replica {
+                    home: self.regions.local.clone(),
+                    message: Some(a.message.clone()),
+                    deliver: a.fan_out,
+                    reply,
+                    error: None,
+                    id: None,
+                })
+            })
+            .collect();
+        replicas.extend(
+            out.errors
+                .iter()
+                .filter(|(r, _)| !self.regions.is_local(r))
+                .map(|(reply, err)| Replica {
+                    home: self.regions.local.clone(),
+                    message: None,
+                    deliver: false,
+                    reply: Some(reply.clone()),
+                    error: Some(RemoteError::of(err)),
+                    id: err.id.clone(),
+                }),
+        );
+        replicas
+    }
+
+    /// Another region's replicas, here: each message's acceptance is remembered (a retry in
+    /// this region, or after its home moves here, answers the original seq), the messages to
+    /// deliver go to this region's conversation logs and live sessions (a group's to its
+    /// members at the message's membership version), and the answers for connections in this
+    /// region go to them. Never fails: what cannot be done is logged (the messages are stored
+    /// at home; history and the next connection give them).
+    pub async fn relay(&self, replicas: Vec<Replica>) -> Prepared {
+        let mut out = Outcome::default();
+        out.report.relayed = replicas.len();
+        let entries: Vec<(DedupeKey, Acceptance)> = replicas
+            .iter()
+            .filter_map(|r| r.message.as_ref())
+            .map(|m| {
+                (
+                    DedupeKey {
+                        sender: m.from.clone(),
+                        id: m.id.clone(),
+                    },
+                    Acceptance {
+                        conversation: m.conversation.clone(),
+                        seq: m.seq,
+                        ts: m.ts,
+                        mv: m.mv,
+                    },
+                )
+            })
+            .collect();
+        if !entries.is_empty() {
+            if let Err(e) = self.ports.dedupe.remember(&entries).await {
+                warn!(cause = %e, count = entries.len(), "remembering other regions' acceptances failed");
+            }
+        }
+        let mut view = HashMap::new();
+        for replica in replicas {
+            let reply = replica.reply.filter(|r| self.regions.is_local(r));
+            match (replica.message, replica.error) {
+                (Some(message), _) => {
+                    let mut fan_out = replica.deliver;
+                    if fan_out {
+                        let sub = Submission {
+                            conversation: message.conversation.clone(),
+                            sender: message.from.clone(),
+                            id: message.id.clone(),
+                            body: String::new(),
+                            reply: None,
+                            event: message.event.clone(),
+                            submitted_ms: 0,
+                            device: message.device.clone(),
+                            hops: 0,
+                        };
+                        match self.audience(&sub, &mut view, message.mv).await {
+                            Ok(audience) => {
+                                out.audience.insert(sub.dedupe_key(), audience);
+                            }
+                            Err(_) => {
+                                warn!(conversation = %message.conversation, seq = message.seq,
+                                    "a replicated message's audience could not be read here; its members get it from history");
+                                fan_out = false;
+                            }
+                        }
+                    }
+                    if fan_out || reply.is_some() {
+                        out.accepted.push(Accepted {
+                            message,
+                            reply,
+                            fan_out,
+                        });
+                    }
+                }
+                (None, Some(error)) => {
+                    if let Some(reply) = reply {
+                        out.errors.push((reply, error.to_frame_error(replica.id)));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        let relayed = out.report.relayed;
+        let mut prepared = self.finish(out, false).await;
+        prepared.report.relayed = relayed;
+        prepared
+    }
+
+    /// Another region's acks: this region's cursors move too. Failures are logged (the
+    /// device may get those messages again here: at least once).
+    async fn apply_acks(&self, acks: &[AckRecord]) {
+        let done = join_all(acks.iter().map(|a| {
+            self.ports
+                .log
+                .ack(&a.user, &a.device, &a.conversation, a.seq)
+        }))
+        .await;
+        for (a, result) in acks.iter().zip(done) {
+            if let Err(e) = result {
+                warn!(cause = %e, user = %a.user, "applying another region's ack failed");
+            }
+        }
+    }
+
+    /// A batch of everything messaging reads: sends ([`Self::prepare`]), other regions'
+    /// replicas ([`Self::relay`]) and acks, and sends forwarded here (handed back in
+    /// [`Prepared::taken_in`] for this region's `incoming_messages`).
+    pub async fn prepare_inbound(&self, batch: Vec<Inbound>, now_ms: u64) -> Prepared {
+        let mut sends = Vec::new();
+        let mut replicas = Vec::new();
+        let mut acks = Vec::new();
+        let mut taken_in = Vec::new();
+        for item in batch {
+            match item {
+                Inbound::Send(s) => sends.push(s),
+                Inbound::Forwarded(s) => taken_in.push(s),
+                Inbound::Replica(r) => replicas.push(r),
+                Inbound::Ack(a) => acks.push(a),
+            }
+        }
+        let mut prepared = if sends.is_empty() {
+            Prepared::default()
+        } else {
+            self.prepare(sends, now_ms).await
+        };
+        if !replicas.is_empty() {
+            prepared.merge(self.relay(replicas).await);
+        }
+        if !acks.is_empty() {
+            self.apply_acks(&acks).await;
+        }
+        prepared.taken_in.extend(taken_in);
+        prepared
+    }
+}
