@@ -311,6 +311,18 @@ fn names_in_code() -> BTreeSet<String> {
                 if !path.ends_with("target") {
                     walk(&path, out);
                 }
+            } else if path.extension().is_some_and(|e| e == "sh") {
+                // A shell entrypoint (deploy/mirrormaker.sh) reads `${NAME…}`.
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for piece in text.split("${").skip(1) {
+                    let name: String = piece
+                        .chars()
+                        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                        .collect();
+                    if name.len() > 2 {
+                        out.insert(name);
+                    }
+                }
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 for literal in text.split('"').skip(1).step_by(2) {
@@ -326,7 +338,14 @@ fn names_in_code() -> BTreeSet<String> {
         }
     }
     let mut names = BTreeSet::new();
-    for dir in ["crates", "functions", "gateway", "messaging", "tools/setup"] {
+    for dir in [
+        "crates",
+        "functions",
+        "gateway",
+        "messaging",
+        "tools/setup",
+        "deploy",
+    ] {
         walk(&root().join(dir), &mut names);
     }
     names
@@ -607,5 +626,100 @@ fn messaging_scales_on_its_own_consumer_groups_lag() {
     assert_eq!(
         sub_string(dimensions["Service"]),
         sub_string(&container_env(&t, "GatewayTaskDefinition", "gateway")["GATEWAY_EMF_SERVICE"])
+    );
+}
+
+/// A container's environment value as text (`!Ref X` as `Ref:X`, `!Sub "…"` as its string).
+fn env_text(v: &Value) -> String {
+    match (ref_target(v), sub_string(v)) {
+        (Some(r), _) => format!("Ref:{r}"),
+        (_, Some(sub)) => sub.to_owned(),
+        _ => s(v).to_owned(),
+    }
+}
+
+#[test]
+fn a_second_region_is_this_template_with_a_peer_and_mirrormaker_carries_the_codes_topics() {
+    let t = template();
+    // Every part that forwards, replicates or mirrors knows both regions.
+    for (task, container) in [
+        ("GatewayTaskDefinition", "gateway"),
+        ("MessagingTaskDefinition", "setup"),
+        ("MessagingTaskDefinition", "messaging"),
+        ("MirrorMakerTaskDefinition", "mirrormaker"),
+    ] {
+        let env = container_env(&t, task, container);
+        assert_eq!(
+            env_text(&env["CONNECT_REGION"]),
+            "Ref:AWS::Region",
+            "{task}/{container}"
+        );
+        assert_eq!(
+            env_text(&env["CONNECT_PEER_REGIONS"]),
+            "Ref:PeerRegion",
+            "{task}/{container}"
+        );
+    }
+    // MirrorMaker 2 and the peering routes exist only with a peer.
+    let resources = at(&t, &["Resources"]).as_mapping().expect("resources");
+    for name in [
+        "MirrorMakerService",
+        "MirrorMakerTaskDefinition",
+        "PeerRoute1",
+        "PeerRoute2",
+        "PeerRoute3",
+        "MskPeerIngress",
+    ] {
+        let r = resources.get(name).unwrap_or_else(|| panic!("no {name}"));
+        assert_eq!(s(at(r, &["Condition"])), "HasPeer", "{name}");
+    }
+    // The peer reads this region's MSK: its brokers and secret are outputs.
+    for output in [
+        "MskBootstrapBrokers",
+        "MskScramSecretArn",
+        "MskSecretKeyArn",
+        "VpcId",
+        "VpcCidr",
+    ] {
+        assert!(
+            !at(&t, &["Outputs", output]).is_null(),
+            "no output {output}"
+        );
+    }
+    // The topics MirrorMaker 2 carries, on AWS and in `make regions`, are the code's, and
+    // messaging reads them under MirrorMaker 2's default names.
+    let topics = connect_kafka::Topics::from_env();
+    let wanted = |here: &str| {
+        format!(
+            "{}, {}, {}",
+            topics.sequenced,
+            topics.acks,
+            connect_core::regions::forward_topic(here)
+        )
+    };
+    let aws =
+        std::fs::read_to_string(root().join("deploy/mirrormaker.sh")).expect("mirrormaker.sh");
+    assert!(
+        aws.contains(&format!("$peer->$here.topics = {}", wanted("$here"))),
+        "deploy/mirrormaker.sh"
+    );
+    let local = std::fs::read_to_string(root().join("scripts/mirrormaker/mm2.properties.in"))
+        .expect("mm2.properties.in");
+    assert!(
+        local.contains(&format!("@A@->@B@.topics = {}", wanted("@B@"))),
+        "mm2.properties.in"
+    );
+    assert!(
+        local.contains(&format!("@B@->@A@.topics = {}", wanted("@A@"))),
+        "mm2.properties.in"
+    );
+    let regions = connect_core::regions::Regions::parse("a", "b").expect("regions");
+    assert_eq!(
+        regions.mirrored_topics(&topics.sequenced, &topics.acks),
+        vec![(
+            "b.forward_a".to_owned(),
+            format!("b.{}", topics.sequenced),
+            format!("b.{}", topics.acks)
+        )]
     );
 }

@@ -718,9 +718,15 @@ async fn a_send_homed_in_another_region_is_forwarded_there_unanswered() {
     let (home, forwarded) = &prepared.forwards[0];
     assert_eq!(home, "b");
     assert_eq!(forwarded.hops, 1);
-    assert_eq!(forwarded.reply.as_ref().unwrap().region.as_deref(), Some("a"));
+    assert_eq!(
+        forwarded.reply.as_ref().unwrap().region.as_deref(),
+        Some("a")
+    );
     assert_eq!(forwarded.id, sub.id);
-    assert!(mem.messages.lock().unwrap().is_empty(), "nothing stored here");
+    assert!(
+        mem.messages.lock().unwrap().is_empty(),
+        "nothing stored here"
+    );
     // Forwarded too often (a home moving back and forth): answered, not sent on.
     let mut tired = sub.clone();
     tired.hops = crate::regions::MAX_HOPS;
@@ -765,7 +771,10 @@ async fn the_home_answers_a_forwarded_send_through_the_replica_and_delivers_here
     assert!(prepared.deliveries.is_empty());
     let replica = &prepared.replicas[0];
     assert!(replica.message.is_none());
-    assert_eq!(replica.error.as_ref().unwrap().code, connect_protocol::ErrorCode::Forbidden);
+    assert_eq!(
+        replica.error.as_ref().unwrap().code,
+        connect_protocol::ErrorCode::Forbidden
+    );
     assert_eq!(replica.id.as_deref(), Some("m2"));
 }
 
@@ -783,7 +792,10 @@ async fn a_replica_is_delivered_logged_and_remembered_here_and_not_sent_back() {
     online(&here, "alice", "a9", 2).await;
     let step = MessagingStep::new(here.ports()).regions(two_regions("b", "a"));
     let prepared = step.relay(replicas).await;
-    assert!(prepared.replicas.is_empty(), "a replica is never replicated again");
+    assert!(
+        prepared.replicas.is_empty(),
+        "a replica is never replicated again"
+    );
     assert_eq!(prepared.report.relayed, 1);
     // The members' sessions here (slot 2), and the sender's `accepted` on its gateway (slot 5).
     let d = &prepared.deliveries[0];
@@ -798,7 +810,15 @@ async fn a_replica_is_delivered_logged_and_remembered_here_and_not_sent_back() {
     let known = here.get(&[sub.dedupe_key()]).await.unwrap();
     assert_eq!(known[0].as_ref().map(|a| a.seq), Some(1));
     // Logged here, for devices that connect to this region.
-    assert_eq!(here.logs.lock().unwrap().values().map(|l| l.len()).sum::<usize>(), 1);
+    assert_eq!(
+        here.logs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|l| l.len())
+            .sum::<usize>(),
+        1
+    );
     // Another region's answer to a connection elsewhere is not delivered here.
     let elsewhere = Arc::new(Memory::default());
     let step_c = MessagingStep::new(elsewhere.ports()).regions(two_regions("c", "a,b"));
