@@ -148,6 +148,15 @@ pub async fn run(
             histogram!("connect_messaging_wait_seconds")
                 .record(now.saturating_sub(s.submitted_ms) as f64 / 1000.0);
         }
+        for item in &items {
+            if let Inbound::Replica(r) = item {
+                if let Some(m) = &r.message {
+                    // Home acceptance → here: the home's publish, MirrorMaker 2 and this read.
+                    histogram!("connect_messaging_replica_age_seconds")
+                        .record(now.saturating_sub(m.ts) as f64 / 1000.0);
+                }
+            }
+        }
         let started = Instant::now();
         let n = items.len();
         let mut prepared = step.prepare_inbound(items, connect_core::now_ms()).await;

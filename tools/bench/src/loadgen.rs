@@ -46,6 +46,11 @@ struct Args {
     body: usize,
     #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
     gateways: String,
+    /// Only the users on the first gateway send (the offered rate all one way): with
+    /// `--gateways 127.0.0.1:8080,127.0.0.1:8180` under `make regions`, send in region a →
+    /// delivery in region b.
+    #[arg(long)]
+    one_way: bool,
     /// Where the stack keeps its pid files (for RSS and CPU).
     #[arg(long, default_value = ".local/pids")]
     pids: PathBuf,
@@ -102,6 +107,7 @@ struct Driver {
     offset: Duration,
     body: usize,
     plan: std::sync::Arc<Plan>,
+    sends: bool,
 }
 
 async fn drive(d: Driver) -> anyhow::Result<Stats> {
@@ -113,6 +119,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
         offset,
         body,
         plan,
+        sends,
     } = d;
     let mut req = url.into_client_request()?;
     req.headers_mut()
@@ -135,7 +142,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
     let (mut held, mut unacked): (Option<(String, u64)>, u64) = (None, 0);
     loop {
         tokio::select! {
-            _ = tick.tick(), if Instant::now() < plan.send_until => {
+            _ = tick.tick(), if sends && Instant::now() < plan.send_until => {
                 let now_us = plan.us(Instant::now());
                 let id = format!("{k}");
                 k += 1;
@@ -203,7 +210,8 @@ async fn main() -> anyhow::Result<()> {
     let gateways: Vec<&str> = args.gateways.split(',').collect();
     let run = &uuid_like();
     let conns = args.pairs * 2;
-    let period = Duration::from_secs_f64(conns as f64 / args.rate);
+    let senders = if args.one_way { args.pairs } else { conns };
+    let period = Duration::from_secs_f64(senders as f64 / args.rate);
     let base = Instant::now() + Duration::from_secs(2);
     let plan = std::sync::Arc::new(Plan {
         base,
@@ -225,7 +233,11 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .enumerate()
         {
-            let offset = period.mul_f64(((2 * i + j) as f64 / conns as f64) % 1.0);
+            let offset = if args.one_way {
+                period.mul_f64(i as f64 / args.pairs as f64)
+            } else {
+                period.mul_f64(((2 * i + j) as f64 / conns as f64) % 1.0)
+            };
             let token = issuer.mint(&me, 3600);
             tasks.push(tokio::spawn(drive(Driver {
                 url: format!("ws://{gw}/ws"),
@@ -235,6 +247,7 @@ async fn main() -> anyhow::Result<()> {
                 offset,
                 body: args.body,
                 plan: plan.clone(),
+                sends: j == 0 || !args.one_way,
             })));
         }
     }
