@@ -51,9 +51,10 @@ struct Args {
     /// delivery in region b.
     #[arg(long)]
     one_way: bool,
-    /// Where the stack keeps its pid files (for RSS and CPU).
-    #[arg(long, default_value = ".local/pids")]
-    pids: PathBuf,
+    /// Where the stack keeps its pid files (for RSS and CPU); comma-separated for several
+    /// (`make regions`: `.local/pids,.local/region-b/pids,.local/mirrormaker/pids`).
+    #[arg(long, default_value = ".local/pids", value_delimiter = ',')]
+    pids: Vec<PathBuf>,
     #[arg(long, env = "CONNECT_JWT_SECRET", hide_env_values = true)]
     secret: Option<String>,
     /// Redis, for its command counts.
@@ -252,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep_until(plan.measure_from).await;
-    let usage = Usage::start(&args.pids);
+    let usage = Usage::start_all(&args.pids);
     let backends = Backends::read(&args).await;
     tokio::time::sleep_until(plan.send_until).await;
     let usage = usage.stop();

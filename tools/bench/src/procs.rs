@@ -19,6 +19,31 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
     Some((ticks as f64 / 100.0, rss))
 }
 
+/// The processes of several stacks (`make regions`: `.local/pids`, `.local/region-b/pids`,
+/// `.local/mirrormaker/pids`), each name prefixed with its stack's folder (`region-b:kafka`).
+pub fn processes_of(dirs: &[std::path::PathBuf]) -> Vec<(String, u32)> {
+    if let [one] = dirs {
+        return processes(one);
+    }
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for dir in dirs {
+        let label = dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().trim_start_matches('.').to_owned())
+            .unwrap_or_default();
+        out.extend(
+            processes(dir)
+                .into_iter()
+                .filter(|(_, pid)| *pid != std::process::id())
+                .map(|(name, pid)| (format!("{label}:{name}"), pid)),
+        );
+    }
+    out.push(("this benchmark".into(), std::process::id()));
+    out.sort();
+    out
+}
+
 pub fn processes(dir: &Path) -> Vec<(String, u32)> {
     let mut out: Vec<(String, u32)> = std::fs::read_dir(dir)
         .into_iter()
@@ -52,7 +77,12 @@ pub struct Usage {
 
 impl Usage {
     pub fn start(pids: &Path) -> Self {
-        let procs = processes(pids);
+        Self::start_all(&[pids.to_path_buf()])
+    }
+
+    /// [`Self::start`] over several stacks' pid folders.
+    pub fn start_all(dirs: &[std::path::PathBuf]) -> Self {
+        let procs = processes_of(dirs);
         let before = procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
         Self {
             procs,
@@ -69,15 +99,16 @@ impl Usage {
     /// Prints cores used over `secs` and RSS per process; returns the CPU seconds of the hot
     /// path (gateways + messaging).
     pub fn print(&self, secs: f64) -> f64 {
-        println!("process         CPU (cores)   RSS MiB");
+        println!("process                 CPU (cores)   RSS MiB");
         let mut hot_path_cpu = 0.0;
         for ((name, _), (b, a)) in self.procs.iter().zip(self.before.iter().zip(&self.after)) {
             if let (Some((cb, _)), Some((ca, rss))) = (b, a) {
-                if name.starts_with("gateway") || name.starts_with("messaging") {
+                let short = name.rsplit(':').next().unwrap_or(name);
+                if short.starts_with("gateway") || short.starts_with("messaging") {
                     hot_path_cpu += ca - cb;
                 }
                 println!(
-                    "  {name:<14} {:>8.2}      {:>8.1}",
+                    "  {name:<22} {:>8.2}      {:>8.1}",
                     (ca - cb) / secs,
                     *rss as f64 / 1024.0
                 );
