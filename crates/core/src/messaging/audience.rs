@@ -58,19 +58,20 @@ impl MessagingStep {
                 let members = match view.get(group) {
                     Some(m) => m.clone(),
                     None => {
-                        if at.is_some() {
-                            let cached = self.ports.groups.members(group).await;
-                            if cached.as_ref().is_ok_and(older) {
-                                self.ports.groups.invalidate(group);
-                            }
+                        let read = || async {
+                            self.ports.groups.members(group).await.map_err(|e| {
+                                warn!(cause = %e, %group, "membership lookup failed");
+                                Failure::Backend(
+                                    e,
+                                    "group directory unavailable; retry with the same id",
+                                )
+                            })
+                        };
+                        let mut m = read().await?;
+                        if older(&m) {
+                            self.ports.groups.invalidate(group);
+                            m = read().await?;
                         }
-                        let m = self.ports.groups.members(group).await.map_err(|e| {
-                            warn!(cause = %e, %group, "membership lookup failed");
-                            Failure::Backend(
-                                e,
-                                "group directory unavailable; retry with the same id",
-                            )
-                        })?;
                         view.insert(group.clone(), m.clone());
                         m
                     }

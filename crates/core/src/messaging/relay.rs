@@ -129,10 +129,7 @@ impl MessagingStep {
                 (None, None) => {}
             }
         }
-        let relayed = out.report.relayed;
-        let mut prepared = self.finish(out, false).await;
-        prepared.report.relayed = relayed;
-        prepared
+        self.finish(out, false).await
     }
 
     /// Another region's acks: this region's cursors move too. Failures are logged (the
