@@ -68,6 +68,9 @@ fi
 export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}
 export DYNAMODB_ENDPOINT=${DYNAMODB_ENDPOINT:-http://127.0.0.1:$DDB_PORT}
 export AWS_REGION=${AWS_REGION:-us-east-1}
+# The local stack says so: only CONNECT_ENV=local accepts the development secrets and test switches
+# (anything else, unset included, runs with production's checks).
+export CONNECT_ENV=${CONNECT_ENV:-local}
 export CONNECT_JWT_SECRET=${CONNECT_JWT_SECRET:-connect-dev-secret}
 export CONNECT_INTERNAL_TOKEN=${CONNECT_INTERNAL_TOKEN:-connect-dev-internal}
 export LAMBDA_ENDPOINT=${LAMBDA_ENDPOINT:-http://127.0.0.1:$LAMBDA_PORT}

@@ -56,3 +56,84 @@ async fn a_token_in_the_query_string_works_for_browsers() -> anyhow::Result<()> 
     assert!(!c.session.is_empty());
     Ok(())
 }
+
+/// Runs `binary` with `env` (and nothing of the stack's auth or fault settings) and returns its
+/// exit status and stderr, or fails if it is still running after 15 s (it did not refuse).
+async fn refused_start(binary: &str, env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let mut command = tokio::process::Command::new(crate::private::binary(binary));
+    for name in [
+        "CONNECT_ENV",
+        "CONNECT_JWT_SECRET",
+        "CONNECT_INTERNAL_TOKEN",
+        "MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS",
+        "MESSAGING_FAULT_FAIL_WRITES",
+    ] {
+        command.env_remove(name);
+    }
+    let child = command
+        .envs(env.iter().copied())
+        // Ports nothing else uses: a start that wrongly succeeds must not disturb the stack.
+        .env("GATEWAY_ADDR", crate::private::free_addr())
+        .env("MESSAGING_ADDR", crate::private::free_addr())
+        .env("LOCAL_API_ADDR", crate::private::free_addr())
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("{binary} {env:?} started instead of refusing"))??;
+    anyhow::ensure!(!out.status.success(), "{binary} {env:?} exited 0");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn services_refuse_to_start_without_real_secrets_unless_told_they_run_locally(
+) -> anyhow::Result<()> {
+    let real = ("CONNECT_JWT_SECRET", "a-real-secret-from-secrets-manager");
+    let real_internal = ("CONNECT_INTERNAL_TOKEN", "a-real-internal-token");
+    // CONNECT_ENV unset: nothing set, the development values set, or one of the two missing.
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        ("connect-gateway", vec![], "CONNECT_JWT_SECRET"),
+        (
+            "connect-gateway",
+            vec![
+                ("CONNECT_JWT_SECRET", connect_core::auth::DEV_SECRET),
+                real_internal,
+            ],
+            "CONNECT_JWT_SECRET",
+        ),
+        ("connect-gateway", vec![real], "CONNECT_INTERNAL_TOKEN"),
+        (
+            "connect-gateway",
+            vec![
+                real,
+                (
+                    "CONNECT_INTERNAL_TOKEN",
+                    connect_core::auth::DEV_INTERNAL_TOKEN,
+                ),
+            ],
+            "CONNECT_INTERNAL_TOKEN",
+        ),
+        (
+            "connect-gateway",
+            vec![("CONNECT_ENV", "production")],
+            "CONNECT_JWT_SECRET",
+        ),
+        ("connect-local-api", vec![], "CONNECT_JWT_SECRET"),
+        (
+            "connect-messaging",
+            vec![("MESSAGING_FAULT_FAIL_WRITES", "dm:a:b=1")],
+            "MESSAGING_FAULT_",
+        ),
+    ];
+    for (binary, env, named) in cases {
+        let stderr = refused_start(binary, &env).await?;
+        assert!(
+            stderr.contains(named),
+            "{binary} {env:?}: the error should name {named}: {stderr}"
+        );
+    }
+    Ok(())
+}

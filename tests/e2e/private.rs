@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{http_get, metric};
 
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/e2e-… → target/<profile>/<name>
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent()

@@ -19,14 +19,14 @@ pub const DEV_INTERNAL_TOKEN: &str = "connect-dev-internal";
 pub enum AuthError {
     #[error("invalid token: {0}")]
     InvalidToken(String),
-    #[error("{0} is not set")]
+    #[error("{0} is not set (only CONNECT_ENV=local falls back to the development value)")]
     NoSecret(&'static str),
-    #[error("refusing to run in production with the development value of {0}")]
+    #[error("{0} is the public development value; it is accepted only with CONNECT_ENV=local")]
     DevSecretInProduction(&'static str),
 }
 
-/// A secret from env var `name`'s value: outside production, unset means `dev`; in production
-/// unset, empty or `dev` is refused.
+/// A secret from env var `name`'s value. On the local stack (`production` false: `CONNECT_ENV=local`)
+/// unset means `dev`; anywhere else unset, empty or `dev` is refused: auth fails closed.
 pub fn secret(
     name: &'static str,
     value: Option<String>,
@@ -76,11 +76,25 @@ impl JwtSecret {
     }
 }
 
-/// Verifies client tokens.
+/// The longest token looked at (`GATEWAY_MAX_TOKEN_BYTES`): ours are about 150 bytes; a longer
+/// one is refused before it is decoded.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+/// The user a token speaks for, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: UserId,
+    /// The token's `exp`, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// Verifies client tokens: HS256 only (`alg: none` and every other algorithm are refused),
+/// `exp` and `sub` required, at most [`MAX_TOKEN_BYTES`] (or what [`TokenVerifier::max_len`] sets).
 #[derive(Clone)]
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    max_len: usize,
 }
 
 impl TokenVerifier {
@@ -91,14 +105,37 @@ impl TokenVerifier {
         Self {
             key: DecodingKey::from_secret(secret.0.as_bytes()),
             validation,
+            max_len: MAX_TOKEN_BYTES,
         }
+    }
+
+    /// Refuses tokens longer than `bytes`.
+    pub fn max_len(mut self, bytes: usize) -> Self {
+        self.max_len = bytes;
+        self
     }
 
     /// The user a valid token speaks for.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_until(token).map(|v| v.user)
+    }
+
+    /// The user a valid token speaks for, with its expiry.
+    pub fn verify_until(&self, token: &str) -> Result<Verified, AuthError> {
+        if token.len() > self.max_len {
+            return Err(AuthError::InvalidToken(format!(
+                "longer than {} bytes",
+                self.max_len
+            )));
+        }
         let data = decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
-        UserId::parse(data.claims.sub).map_err(|e| AuthError::InvalidToken(format!("sub: {e}")))
+        let user = UserId::parse(data.claims.sub)
+            .map_err(|e| AuthError::InvalidToken(format!("sub: {e}")))?;
+        Ok(Verified {
+            user,
+            exp: data.claims.exp,
+        })
     }
 }
 
@@ -162,6 +199,83 @@ mod tests {
             .is_err());
         assert!(verifier.verify("not.a.jwt").is_err());
         assert!(verifier.verify("").is_err());
+    }
+
+    /// A token with any header and claims, signed with HMAC-`alg` over the development secret
+    /// (or unsigned for `none`), built by hand as an attacker would.
+    fn forged(header: &str, claims: &str, sign: Option<Algorithm>) -> String {
+        use base64::Engine;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let message = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let signature = match sign {
+            None => String::new(),
+            Some(alg) => jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &EncodingKey::from_secret(DEV_SECRET.as_bytes()),
+                alg,
+            )
+            .unwrap(),
+        };
+        format!("{message}.{signature}")
+    }
+
+    #[test]
+    fn forged_and_oversized_tokens_are_refused() {
+        let verifier = TokenVerifier::new(&dev());
+        let exp = crate::now_ms() / 1000 + 600;
+        let claims = format!(r#"{{"sub":"alice","exp":{exp}}}"#);
+        // The hand-built token is accepted when it is honest: the refusals below are real.
+        let honest = forged(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, Some(Algorithm::HS256));
+        assert_eq!(verifier.verify(&honest).unwrap().as_str(), "alice");
+        let attacks = [
+            ("alg none", forged(r#"{"alg":"none","typ":"JWT"}"#, &claims, None)),
+            (
+                "alg none, signature kept",
+                forged(r#"{"alg":"none"}"#, &claims, Some(Algorithm::HS256)),
+            ),
+            (
+                "HS512",
+                forged(r#"{"alg":"HS512"}"#, &claims, Some(Algorithm::HS512)),
+            ),
+            (
+                "header says HS512, signed HS256",
+                forged(r#"{"alg":"HS512"}"#, &claims, Some(Algorithm::HS256)),
+            ),
+            (
+                "RS256 header",
+                forged(r#"{"alg":"RS256"}"#, &claims, Some(Algorithm::HS256)),
+            ),
+            (
+                "missing exp",
+                forged(r#"{"alg":"HS256"}"#, r#"{"sub":"alice"}"#, Some(Algorithm::HS256)),
+            ),
+            (
+                "missing sub",
+                forged(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{exp}}}"#), Some(Algorithm::HS256)),
+            ),
+            (
+                "exp as a string",
+                forged(
+                    r#"{"alg":"HS256"}"#,
+                    &format!(r#"{{"sub":"alice","exp":"{exp}"}}"#),
+                    Some(Algorithm::HS256),
+                ),
+            ),
+            (
+                "1 MB",
+                forged(
+                    r#"{"alg":"HS256"}"#,
+                    &format!(r#"{{"sub":"alice","exp":{exp},"pad":"{}"}}"#, "x".repeat(1 << 20)),
+                    Some(Algorithm::HS256),
+                ),
+            ),
+        ];
+        for (what, token) in attacks {
+            assert!(verifier.verify(&token).is_err(), "{what}");
+        }
+        let exp_of = verifier.verify_until(&honest).unwrap().exp;
+        assert_eq!(exp_of, exp);
+        assert!(TokenVerifier::new(&dev()).max_len(10).verify(&honest).is_err());
     }
 
     #[test]

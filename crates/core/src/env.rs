@@ -40,7 +40,15 @@ where
     }
 }
 
-/// Whether `CONNECT_ENV` says production (stricter checks: no dev secret, no fault injection).
+/// Whether `CONNECT_ENV=local`: the local stack, said explicitly. Only there are the documented
+/// development secrets and the test switches accepted.
+pub fn local() -> bool {
+    optional("CONNECT_ENV").is_some_and(|v| v == "local")
+}
+
+/// Whether production's checks apply: everywhere but [`local`] (`CONNECT_ENV` unset, `production`,
+/// `staging`, …). A deployment that forgets a secret fails to start rather than running with the
+/// public development value.
 pub fn production() -> bool {
-    optional("CONNECT_ENV").is_some_and(|v| v == "production")
+    !local()
 }
