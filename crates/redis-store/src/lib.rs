@@ -24,6 +24,8 @@ pub use registry::RedisRegistry;
 pub use slots::{LeaseError, SlotLease};
 
 pub use conn::RedisConn;
+/// The client crate, for callers that name its types.
+pub use redis;
 
 use connect_core::PortError;
 

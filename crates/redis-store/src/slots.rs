@@ -7,7 +7,13 @@ use redis::Script;
 
 use crate::RedisConn;
 
-const RENEW: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+/// 1: extended; 2: the key was gone (Redis lost it: a failover, a restart without the last
+/// writes) and is taken again; 0: another owner holds it.
+const RENEW: &str = r"
+local v = redis.call('get', KEYS[1])
+if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not v then redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]); return 2 end
+return 0";
 const RELEASE: &str = r"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 /// Why a lease could not be had or kept.
@@ -66,7 +72,8 @@ impl SlotLease {
         self.slot
     }
 
-    /// Extends the lease; `Lost` if another owner holds it now.
+    /// Extends the lease (taking the slot again if Redis lost the key and no one else took it);
+    /// `Lost` if another owner holds it now.
     pub async fn renew(&self) -> Result<(), LeaseError> {
         let renewed: i64 = Script::new(RENEW)
             .key(&self.key)
@@ -74,10 +81,13 @@ impl SlotLease {
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        if renewed == 1 {
-            Ok(())
-        } else {
-            Err(LeaseError::Lost(self.slot))
+        match renewed {
+            1 => Ok(()),
+            2 => {
+                tracing::warn!(slot = self.slot, "the slot's lease was gone from Redis; taken again");
+                Ok(())
+            }
+            _ => Err(LeaseError::Lost(self.slot)),
         }
     }
 
