@@ -11,6 +11,8 @@ use connect_protocol::FrameLimits;
 use connect_redis::OfflineLimits;
 use connect_service::env;
 
+use crate::limits::{Limits, Rate};
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `GATEWAY_ADDR`: the public listener (`/ws`, `/healthz`).
@@ -44,9 +46,26 @@ pub struct Config {
     /// always writes); grown only when used.
     pub ws_write_buffer: usize,
     pub max_connections: usize,
+    /// Connection caps per user and per address, and inbound frame rates (see [`Limits`]).
+    pub limits_per: Limits,
     pub outbound_queue: usize,
-    pub send_rate: f64,
-    pub send_burst: f64,
+    /// `GATEWAY_OUTBOUND_QUEUE_BYTES`: a connection whose queue holds more is a slow consumer
+    /// and is cut off (what its device did not ack comes again on its next connection).
+    pub outbound_queue_bytes: usize,
+    /// `GATEWAY_WRITE_TIMEOUT_MS`: a write to a peer that does not take it within this ends the
+    /// connection.
+    pub write_timeout: Duration,
+    /// `GATEWAY_CLOSE_TIMEOUT_MS`: how long a closing connection waits for the peer's close.
+    pub close_timeout: Duration,
+    /// `GATEWAY_MAX_TOKEN_BYTES`: longer tokens are refused (401) before they are decoded.
+    pub max_token_bytes: usize,
+    /// `GATEWAY_CLOSE_ON_TOKEN_EXPIRY` (true): a connection is closed (`unauthorized`, 1008)
+    /// when its token's `exp` passes.
+    pub close_on_token_expiry: bool,
+    /// `GATEWAY_ALLOWED_ORIGINS`: comma-separated origins a browser's upgrade may come from
+    /// (`https://chat.example.com`); unset or `*` allows any. Requests without `Origin`
+    /// (native clients) are not affected.
+    pub allowed_origins: Option<Vec<String>>,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub session_ttl: Duration,
@@ -79,6 +98,13 @@ impl Config {
             )
         });
         let secs = |name: &str, default: u64| env::var(name, default).map(Duration::from_secs);
+        let millis = |name: &str, default: u64| env::var(name, default).map(Duration::from_millis);
+        let rate = |prefix: &str, rate: f64, burst: f64| -> anyhow::Result<Rate> {
+            Ok(Rate {
+                rate: env::var(&format!("{prefix}_RATE"), rate)?,
+                burst: env::var(&format!("{prefix}_BURST"), burst)?,
+            })
+        };
         Ok(Self {
             endpoint: env::string(
                 "GATEWAY_ENDPOINT",
@@ -103,9 +129,31 @@ impl Config {
             ws_read_buffer: env::var("GATEWAY_WS_READ_BUFFER_BYTES", 2048)?,
             ws_write_buffer: env::var("GATEWAY_WS_WRITE_BUFFER_BYTES", 8192)?,
             max_connections: env::var("GATEWAY_MAX_CONNECTIONS", 50_000)?,
+            limits_per: Limits {
+                connections_per_user: env::var("GATEWAY_MAX_CONNECTIONS_PER_USER", 16)?,
+                connections_per_address: env::var("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", 10_000)?,
+                send: rate("GATEWAY_SEND", 50.0, 100.0)?,
+                frames: rate("GATEWAY_FRAME", 100.0, 200.0)?,
+                user_send: rate("GATEWAY_USER_SEND", 100.0, 200.0)?,
+                user_frames: rate("GATEWAY_USER_FRAME", 200.0, 400.0)?,
+            },
             outbound_queue: env::var("GATEWAY_OUTBOUND_QUEUE", 1024)?,
-            send_rate: env::var("GATEWAY_SEND_RATE", 50.0)?,
-            send_burst: env::var("GATEWAY_SEND_BURST", 100.0)?,
+            outbound_queue_bytes: env::var("GATEWAY_OUTBOUND_QUEUE_BYTES", 1024 * 1024)?,
+            write_timeout: millis("GATEWAY_WRITE_TIMEOUT_MS", 10_000)?,
+            close_timeout: millis("GATEWAY_CLOSE_TIMEOUT_MS", 5_000)?,
+            max_token_bytes: env::var(
+                "GATEWAY_MAX_TOKEN_BYTES",
+                connect_core::auth::MAX_TOKEN_BYTES,
+            )?,
+            close_on_token_expiry: env::var("GATEWAY_CLOSE_ON_TOKEN_EXPIRY", true)?,
+            allowed_origins: env::optional("GATEWAY_ALLOWED_ORIGINS")
+                .filter(|v| v.trim() != "*")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                }),
             ping_interval: secs("GATEWAY_PING_INTERVAL_SECS", 20)?,
             idle_timeout: secs("GATEWAY_IDLE_TIMEOUT_SECS", 60)?,
             session_ttl: secs("SESSION_TTL_SECS", 60)?,

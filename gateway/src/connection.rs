@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use metrics::{counter, gauge};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -27,7 +27,8 @@ use connect_core::PortError;
 use connect_protocol::{ErrorCode, FrameError, ServerFrame, UserId};
 
 use crate::hub::{ConnInfo, Held, Out};
-use crate::rate::TokenBucket;
+use crate::limits::{Admitted, Limited};
+use crate::outbox::{outbox, Evicted, Inbox};
 use crate::state::Gateway;
 
 type Publish = Pin<Box<dyn Future<Output = (String, Result<(), PortError>)> + Send>>;
@@ -38,17 +39,35 @@ enum End {
     Close(CloseCode, &'static str),
 }
 
+/// A write that did not finish within `GATEWAY_WRITE_TIMEOUT_MS`: the peer stopped reading.
+fn timed_out() -> WsError {
+    WsError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "write timed out",
+    ))
+}
+
 struct Connection<S> {
     gw: Arc<Gateway>,
     ws: WebSocketStream<S>,
     user: UserId,
     device: Arc<str>,
     conn: Arc<str>,
-    bucket: TokenBucket,
+    /// Counted against the per-user and per-address caps until dropped; its rate buckets.
+    admitted: Admitted,
     publishes: FuturesUnordered<Publish>,
+    /// Acks not yet written (conversation → highest seq), and the write in flight: at most one
+    /// per connection, so an ack flood costs one Redis round at a time, not one per ack.
+    acks: HashMap<String, u64>,
+    ack_write: Option<JoinHandle<()>>,
+    /// Ends a write stuck on a peer that stopped reading once the hub evicts the connection.
+    evicted: Evicted,
+    /// When the token's `exp` passes (with the verifier's leeway), if the connection closes then.
+    expires: Option<tokio::time::Instant>,
     /// Until the backlog is in (or this deadline): live messages held back, in arrival order.
     catching_up: Option<tokio::time::Instant>,
     held_back: Vec<Held>,
+    held_back_bytes: usize,
     /// The seqs the backlog gave, per conversation (ascending runs): a live message among them
     /// is not written again.
     drained: HashMap<Arc<str>, Vec<(u64, u64)>>,
@@ -63,6 +82,9 @@ fn error_text(code: ErrorCode, message: &str, id: Option<&str>) -> Utf8Bytes {
 /// Who is at the other end, as the upgrade request told.
 pub struct Peer {
     pub user: UserId,
+    /// The token's `exp` (seconds since the epoch), when the connection is to close then.
+    pub expires_at_secs: Option<u64>,
+    pub admitted: Admitted,
     /// `?device=`, or the default device.
     pub device: String,
     pub source_ip: String,
@@ -76,7 +98,7 @@ where
 {
     let user = peer.user;
     let conn: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
-    let (tx, mut rx) = mpsc::channel(gw.cfg.outbound_queue);
+    let (tx, mut rx) = outbox(gw.cfg.outbound_queue, gw.cfg.outbound_queue_bytes);
     let info = ConnInfo {
         user: user.clone(),
         connected_at_ms: connect_core::now_ms(),
@@ -84,17 +106,26 @@ where
         user_agent: peer.user_agent,
     };
     gw.hub.add(info, conn.clone(), tx);
-    let bucket = TokenBucket::new(gw.cfg.send_rate, gw.cfg.send_burst, Instant::now());
+    let expires = peer.expires_at_secs.map(|exp| {
+        let left =
+            (exp + connect_core::auth::LEEWAY_SECS).saturating_sub(connect_core::now_ms() / 1000);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
     let mut c = Connection {
         gw: gw.clone(),
         ws,
         user: user.clone(),
         device: peer.device.into(),
         conn: conn.clone(),
-        bucket,
+        admitted: peer.admitted,
         publishes: FuturesUnordered::new(),
+        acks: HashMap::new(),
+        ack_write: None,
+        evicted: rx.evicted(),
+        expires,
         catching_up: Some(tokio::time::Instant::now() + gw.cfg.catch_up_timeout),
         held_back: Vec::new(),
+        held_back_bytes: 0,
         drained: HashMap::new(),
         end: None,
     };
@@ -107,17 +138,18 @@ where
         }
         Err(e) => {
             warn!(cause = %e, user = %user, "session registration failed; closing");
-            let _ =
-                c.ws.send(Message::Text(error_text(
+            let _ = c
+                .send_text(error_text(
                     ErrorCode::Unavailable,
                     "session registry unavailable",
                     None,
-                )))
+                ))
                 .await;
             c.close(End::Close(CloseCode::Error, "session registry unavailable"))
                 .await;
         }
     }
+    c.flush_acks();
     gw.hub.remove(&conn);
     if let Err(e) = gw
         .registry
@@ -140,6 +172,16 @@ fn message_key(frame: &str) -> Option<(&str, u64)> {
     }
     let key: Key<'_> = serde_json::from_str(frame).ok()?;
     (key.kind == "message").then_some((key.conversation?, key.seq?))
+}
+
+/// Waits for the ack write in flight, or forever without one.
+async fn ack_written(write: &mut Option<JoinHandle<()>>) {
+    match write {
+        Some(handle) => {
+            let _ = handle.await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -166,8 +208,7 @@ where
             session: &self.conn,
             gateway: &self.gw.cfg.id,
         };
-        self.ws
-            .send(Message::Text(hello.to_text().into()))
+        self.send_text(hello.to_text().into())
             .await
             .map_err(|e| PortError::unavailable("websocket", e))?;
         info!(user = %self.user, conn = %self.conn, "connected");
@@ -210,8 +251,11 @@ where
                 vec![frame]
             }
             Out::Message(held) if self.catching_up.is_some() => {
+                self.held_back_bytes += held.frame.len();
                 self.held_back.push(*held);
-                if self.held_back.len() >= self.gw.cfg.outbound_queue {
+                if self.held_back.len() >= self.gw.cfg.outbound_queue
+                    || self.held_back_bytes >= self.gw.cfg.outbound_queue_bytes
+                {
                     counter!("connect_gateway_catch_up_overflow_total").increment(1);
                     return self.caught_up();
                 }
@@ -239,28 +283,51 @@ where
     /// The backlog is in (or late): the held-back live messages go out, and later ones directly.
     fn caught_up(&mut self) -> Vec<Utf8Bytes> {
         self.catching_up = None;
+        self.held_back_bytes = 0;
         std::mem::take(&mut self.held_back)
             .into_iter()
             .filter_map(|held| self.fresh(held))
             .collect()
     }
 
-    /// The device holds `conversation` up to `seq`: its cursor moves there.
-    fn ack(&self, conversation: &str, seq: u64) {
-        let (log, user, device, conversation) = (
-            self.gw.log.clone(),
-            self.user.clone(),
-            self.device.clone(),
-            conversation.to_owned(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = log.ack(&user, &device, &conversation, seq).await {
-                warn!(cause = %e, user = %user, "ack failed; those messages may come again");
-            }
-        });
+    /// The device holds `conversation` up to `seq`: its cursor moves there (now, or after the
+    /// write in flight, together with whatever else was acked meanwhile).
+    fn ack(&mut self, conversation: &str, seq: u64) {
+        let highest = self.acks.entry(conversation.to_owned()).or_insert(seq);
+        *highest = (*highest).max(seq);
+        if self.ack_write.is_none() {
+            self.flush_acks();
+        }
     }
 
-    async fn serve(&mut self, outbox: &mut mpsc::Receiver<Out>) -> End {
+    /// Writes the pending acks (one task; each conversation's cursor concurrently).
+    fn flush_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        counter!("connect_gateway_ack_writes_total").increment(acks.len() as u64);
+        let (log, user, device) = (self.gw.log.clone(), self.user.clone(), self.device.clone());
+        self.ack_write = Some(tokio::spawn(async move {
+            let writes = acks
+                .iter()
+                .map(|(conversation, seq)| log.ack(&user, &device, conversation, *seq));
+            for result in futures_util::future::join_all(writes).await {
+                if let Err(e) = result {
+                    warn!(cause = %e, user = %user, "ack failed; those messages may come again");
+                }
+            }
+        }));
+    }
+
+    /// Sends one text frame, within the write timeout.
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), WsError> {
+        tokio::time::timeout(self.gw.cfg.write_timeout, self.ws.send(Message::Text(text)))
+            .await
+            .map_err(|_| timed_out())?
+    }
+
+    async fn serve(&mut self, outbox: &mut Inbox) -> End {
         let gw = self.gw.clone();
         let mut ping = tokio::time::interval(gw.cfg.ping_interval);
         ping.tick().await;
@@ -274,6 +341,21 @@ where
                 out = outbox.recv() => match out {
                     Some(out) => self.write_queued(out, outbox).await,
                     None => return End::Close(CloseCode::Policy, "slow consumer: outbound queue full"),
+                },
+                () = sleep_until_some(self.expires) => {
+                    counter!("connect_gateway_token_expiries_total").increment(1);
+                    let text = error_text(
+                        ErrorCode::Unauthorized,
+                        "token expired; reconnect with a new token",
+                        None,
+                    );
+                    let _ = self.send_text(text).await;
+                    return End::Close(CloseCode::Policy, "token expired");
+                },
+                () = ack_written(&mut self.ack_write) => {
+                    self.ack_write = None;
+                    self.flush_acks();
+                    Ok(())
                 },
                 () = sleep_until_some(self.catching_up) => {
                     counter!("connect_gateway_catch_up_timeouts_total").increment(1);
@@ -299,60 +381,94 @@ where
                     if last_seen.elapsed() > gw.cfg.idle_timeout {
                         return End::Close(CloseCode::Away, "ping timeout");
                     }
-                    self.ws.send(Message::Ping(Default::default())).await
+                    tokio::time::timeout(gw.cfg.write_timeout, self.ws.send(Message::Ping(Default::default())))
+                        .await
+                        .unwrap_or_else(|_| Err(timed_out()))
                 }
             };
-            if step.is_err() {
+            if let Err(e) = step {
+                if matches!(&e, WsError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut) {
+                    counter!("connect_gateway_write_timeouts_total").increment(1);
+                    debug!(user = %self.user, "write timed out; dropping the connection");
+                }
                 return End::Gone;
             }
         }
     }
 
-    /// Writes a queued frame and whatever else is queued, with one flush.
-    async fn write_queued(
-        &mut self,
-        first: Out,
-        outbox: &mut mpsc::Receiver<Out>,
-    ) -> Result<(), WsError> {
+    /// Writes a queued frame and what else is queued (up to a batch), with one flush.
+    async fn write_queued(&mut self, first: Out, outbox: &mut Inbox) -> Result<(), WsError> {
         let mut frames = Vec::new();
-        let mut next = Some(first);
-        while let Some(out) = next {
+        for out in outbox.batch(first, |out| matches!(out, Out::Close)) {
             frames.extend(self.frames_of(out));
-            next = if self.end.is_some() {
-                None
-            } else {
-                outbox.try_recv().ok()
-            };
         }
         self.write_frames(frames).await
     }
 
-    /// Writes frames with one flush.
+    /// Writes frames with one flush, within the write timeout.
     async fn write_frames(&mut self, frames: Vec<Utf8Bytes>) -> Result<(), WsError> {
         if frames.is_empty() {
             return Ok(());
         }
         counter!("connect_gateway_frames_out_total").increment(frames.len() as u64);
-        for frame in frames {
-            self.ws.feed(Message::Text(frame)).await?;
+        let ws = &mut self.ws;
+        let write = async move {
+            for frame in frames {
+                ws.feed(Message::Text(frame)).await?;
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            written = tokio::time::timeout(self.gw.cfg.write_timeout, write) => {
+                written.map_err(|_| timed_out())?
+            }
+            () = self.evicted.wait() => Err(WsError::Io(std::io::Error::other("evicted as a slow consumer"))),
         }
-        self.ws.flush().await
+    }
+
+    /// Takes a frame from the connection's and the user's rate limits; when over either, the
+    /// `rate_limited` error to answer with.
+    fn rate_limited(&mut self, is_send: bool, id: Option<&str>) -> Option<Utf8Bytes> {
+        let limited = self.admitted.rates.take(is_send, Instant::now()).err()?;
+        let scope = match limited {
+            Limited::Connection => "connection",
+            Limited::User => "user",
+        };
+        counter!("connect_gateway_rate_limited_total", "scope" => scope, "frame" => if is_send { "send" } else { "other" })
+            .increment(1);
+        Some(error_text(
+            ErrorCode::RateLimited,
+            if is_send {
+                "too many sends; slow down and retry with the same id"
+            } else {
+                "too many frames; slow down"
+            },
+            id,
+        ))
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), WsError> {
         match msg {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
-                self.ws
-                    .send(Message::Text(error_text(
+                let text = self.rate_limited(false, None).unwrap_or_else(|| {
+                    error_text(
                         ErrorCode::BadRequest,
                         "binary frames are not supported; send JSON text frames",
                         None,
-                    )))
-                    .await
+                    )
+                });
+                self.send_text(text).await
             }
-            // tungstenite queues the pong; flushing sends it.
-            Message::Ping(_) => self.ws.flush().await,
+            // tungstenite queues the pong; flushing sends it (a ping flood gets no pongs).
+            Message::Ping(_) => {
+                if self.rate_limited(false, None).is_some() {
+                    return Ok(());
+                }
+                tokio::time::timeout(self.gw.cfg.write_timeout, self.ws.flush())
+                    .await
+                    .map_err(|_| timed_out())?
+            }
             Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Ok(()),
         }
     }
@@ -366,15 +482,10 @@ where
         match handle_text(&self.user, reply, text, &self.gw.cfg.limits) {
             Inbound::Submit(mut submission) => {
                 submission.device = Some(self.device.to_string());
-                if !self.bucket.try_take(Instant::now()) {
+                if let Some(text) = self.rate_limited(true, Some(submission.id.as_str())) {
                     counter!("connect_gateway_sends_total", "result" => "rate_limited")
                         .increment(1);
-                    let text = error_text(
-                        ErrorCode::RateLimited,
-                        "too many sends; slow down and retry with the same id",
-                        Some(submission.id.as_str()),
-                    );
-                    return self.ws.send(Message::Text(text)).await;
+                    return self.send_text(text).await;
                 }
                 let id = submission.id.to_string();
                 let pending = self.gw.bus.submit(&submission);
@@ -383,19 +494,25 @@ where
                 Ok(())
             }
             Inbound::Ack { conversation, seq } => {
+                if let Some(text) = self.rate_limited(false, None) {
+                    return self.send_text(text).await;
+                }
                 counter!("connect_gateway_acks_total").increment(1);
                 self.ack(&conversation.to_string(), seq);
                 Ok(())
             }
-            Inbound::Reject(err) => self.reject(&err).await,
+            Inbound::Reject(err) => {
+                if let Some(text) = self.rate_limited(false, None) {
+                    return self.send_text(text).await;
+                }
+                self.reject(&err).await
+            }
         }
     }
 
     async fn reject(&mut self, err: &FrameError) -> Result<(), WsError> {
         counter!("connect_gateway_rejected_frames_total", "code" => err.code.as_str()).increment(1);
-        self.ws
-            .send(Message::Text(err.to_frame().to_text().into()))
-            .await
+        self.send_text(err.to_frame().to_text().into()).await
     }
 
     async fn on_published(
@@ -416,18 +533,31 @@ where
                     "message bus unavailable; retry with the same id",
                     Some(&id),
                 );
-                self.ws.send(Message::Text(text)).await
+                self.send_text(text).await
             }
         }
     }
 
+    /// Sends the close frame and waits for the peer's (or the end of the stream), within the
+    /// close timeout; a peer that went away gets nothing.
     async fn close(&mut self, end: End) {
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
             };
-            let _ = self.ws.close(Some(frame)).await;
+            let ws = &mut self.ws;
+            let handshake = async move {
+                if ws.close(Some(frame)).await.is_ok() {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            };
+            if tokio::time::timeout(self.gw.cfg.close_timeout, handshake)
+                .await
+                .is_err()
+            {
+                counter!("connect_gateway_close_timeouts_total").increment(1);
+            }
         }
         info!(user = %self.user, conn = %self.conn, "disconnected");
     }

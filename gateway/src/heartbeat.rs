@@ -93,10 +93,9 @@ mod tests {
     use super::*;
 
     fn redis_down() -> Result<(), LeaseError> {
-        Err(LeaseError::Redis(connect_redis::redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "down",
-        ))))
+        Err(LeaseError::Redis(connect_redis::redis::RedisError::from(
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "down"),
+        )))
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The gateway's local connections: user → connections, connection → outbound queue.
 //!
-//! Delivery never blocks: each connection has a bounded queue (`GATEWAY_OUTBOUND_QUEUE`); a
-//! connection whose queue is full is a slow consumer and is evicted (its queue closes, its task
+//! Delivery never blocks: each connection has a queue bounded in frames and bytes
+//! (`GATEWAY_OUTBOUND_QUEUE`, `GATEWAY_OUTBOUND_QUEUE_BYTES`); a connection whose queue is full is a slow consumer and is evicted (its queue closes, its task
 //! closes the socket). Nothing is lost by that: what its device did not ack comes again on its
 //! next connection, from the conversations' logs (and history holds every accepted message).
 //! Management API posts (a device's backlog) wait for room instead: the backlog is paced by the
@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use connect_core::model::Delivery;
@@ -42,8 +41,7 @@ pub struct Held {
     pub seq: u64,
 }
 
-/// A connection's outbound queue.
-pub type Outbox = mpsc::Sender<Out>;
+pub use crate::outbox::Outbox;
 
 /// What the management API's `GET /@connections/{id}` tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,12 +118,11 @@ impl Hub {
         let Some(outbox) = self.lock().conns.get(conn).map(|e| e.outbox.clone()) else {
             return false;
         };
-        match outbox.send_timeout(out, wait).await {
-            Ok(()) => true,
-            Err(_) => {
-                self.remove(conn);
-                false
-            }
+        if outbox.send_timeout(out, wait).await {
+            true
+        } else {
+            self.remove(conn);
+            false
         }
     }
 
@@ -199,6 +196,7 @@ fn remove_locked(inner: &mut Inner, conn: &str) -> bool {
     let Some(entry) = inner.conns.remove(conn) else {
         return false;
     };
+    entry.outbox.evict();
     if let Some(conns) = inner.users.get_mut(&entry.info.user) {
         conns.retain(|c| &**c != conn);
         if conns.is_empty() {
@@ -211,7 +209,19 @@ fn remove_locked(inner: &mut Inner, conn: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::{outbox, Inbox};
     use connect_core::model::{OutboundMessage, Reply};
+
+    fn channel(frames: usize) -> (Outbox, Inbox) {
+        outbox(frames, usize::MAX)
+    }
+
+    impl Inbox {
+        fn try_recv(&mut self) -> Option<Out> {
+            self.recv().now_or_never().flatten()
+        }
+    }
+    use futures_util::FutureExt;
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).unwrap()
@@ -256,9 +266,9 @@ mod tests {
     #[test]
     fn the_sending_connection_gets_the_reply_and_the_others_the_message() {
         let hub = Hub::default();
-        let (tx1, mut rx1) = mpsc::channel(4);
-        let (tx2, mut rx2) = mpsc::channel(4);
-        let (tx3, mut rx3) = mpsc::channel(4);
+        let (tx1, mut rx1) = channel(4);
+        let (tx2, mut rx2) = channel(4);
+        let (tx3, mut rx3) = channel(4);
         hub.add(info("a"), "a1".into(), tx1);
         hub.add(info("a"), "a2".into(), tx2);
         hub.add(info("b"), "b1".into(), tx3);
@@ -272,7 +282,7 @@ mod tests {
             }
         );
         assert_eq!(text(rx1.try_recv().unwrap()), "r");
-        assert!(rx1.try_recv().is_err());
+        assert!(rx1.try_recv().is_none());
         assert_eq!(
             rx2.try_recv().unwrap(),
             Out::Message(Box::new(Held {
@@ -284,19 +294,16 @@ mod tests {
         assert_eq!(text(rx3.try_recv().unwrap()), "m");
     }
 
-    #[test]
-    fn a_full_queue_evicts_the_slow_connection() {
+    #[tokio::test]
+    async fn a_full_queue_evicts_the_slow_connection() {
         let hub = Hub::default();
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = channel(1);
         hub.add(info("a"), "a1".into(), tx);
         assert_eq!(hub.deliver(delivery(&["a"], None)).frames, 1);
         assert_eq!(hub.deliver(delivery(&["a"], None)).evicted, 1);
         assert_eq!(hub.len(), 0);
         assert_eq!(text(rx.try_recv().unwrap()), "m");
-        assert!(matches!(
-            rx.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        ));
+        assert_eq!(rx.recv().await, None, "evicted: its queue is closed");
         assert!(!hub.remove("a1"));
     }
 }
@@ -308,7 +315,7 @@ mod post_tests {
     #[test]
     fn a_post_reaches_a_known_connection_only() {
         let hub = Hub::default();
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = crate::outbox::outbox(1, usize::MAX);
         let info = ConnInfo {
             user: UserId::parse("a").unwrap(),
             connected_at_ms: 5,
@@ -322,6 +329,9 @@ mod post_tests {
         // The queue is full: the connection is evicted and the post did not land.
         assert!(!hub.post("a1", Out::Frame("y".into())));
         assert_eq!(hub.len(), 0);
-        assert_eq!(rx.try_recv().unwrap(), Out::Frame("x".into()));
+        assert_eq!(
+            futures_util::FutureExt::now_or_never(rx.recv()).flatten(),
+            Some(Out::Frame("x".into()))
+        );
     }
 }

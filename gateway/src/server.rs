@@ -13,10 +13,11 @@ use axum::Router;
 use connect_service::telemetry::PrometheusHandle;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use metrics::counter;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use connect_protocol::ErrorCode;
 
@@ -68,28 +69,50 @@ fn header_is(headers: &HeaderMap, name: header::HeaderName, want: &str) -> bool 
         .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
 }
 
+/// Whether the upgrade's `Origin` (a browser's) is allowed: any without an allow-list, and any
+/// request without `Origin` (native clients send none).
+fn origin_allowed(headers: &HeaderMap, allowed: Option<&[String]>) -> bool {
+    let (Some(allowed), Some(origin)) = (allowed, headers.get(header::ORIGIN)) else {
+        return true;
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
 async fn upgrade(
     State(gw): State<Arc<Gateway>>,
     ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
     mut req: Request,
 ) -> Response {
+    if !origin_allowed(req.headers(), gw.cfg.allowed_origins.as_deref()) {
+        counter!("connect_gateway_upgrades_refused_total", "reason" => "origin").increment(1);
+        return http_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
+    }
     let Some(token) = bearer(req.headers()).or_else(|| query_token(req.uri())) else {
+        counter!("connect_gateway_upgrades_refused_total", "reason" => "token").increment(1);
         return http_error(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "missing token",
         );
     };
-    let user = match gw.verifier.verify(token) {
-        Ok(user) => user,
+    let verified = match gw.verifier.verify_until(token) {
+        Ok(verified) => verified,
         Err(e) => {
+            debug!(cause = %e, source = %addr.ip(), "token refused");
+            counter!("connect_gateway_upgrades_refused_total", "reason" => "token").increment(1);
             return http_error(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::Unauthorized,
-                &e.to_string(),
-            )
+                connect_core::auth::REFUSED,
+            );
         }
     };
+    let user = verified.user.clone();
     // `?device=<id>`: acks and redelivery are per device (same alphabet as a user id).
     let device = match query_param(req.uri(), "device") {
         None => connect_core::model::DEFAULT_DEVICE.to_owned(),
@@ -129,11 +152,27 @@ async fn upgrade(
         );
     }
     let Ok(permit) = gw.permits.clone().try_acquire_owned() else {
+        counter!("connect_gateway_upgrades_refused_total", "reason" => "gateway_full").increment(1);
         return http_error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             "connection limit reached",
         );
+    };
+    let admitted = match gw.admission.admit(&user, addr.ip()) {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let reason = match refused {
+                crate::limits::Refused::User(_) => "user_connections",
+                crate::limits::Refused::Address(_) => "address_connections",
+            };
+            counter!("connect_gateway_upgrades_refused_total", "reason" => reason).increment(1);
+            return http_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                &refused.to_string(),
+            );
+        }
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() else {
         return http_error(
@@ -144,6 +183,8 @@ async fn upgrade(
     };
     let peer = connection::Peer {
         user,
+        expires_at_secs: gw.cfg.close_on_token_expiry.then_some(verified.exp),
+        admitted,
         device,
         source_ip: addr.ip().to_string(),
         user_agent: req

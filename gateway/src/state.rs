@@ -10,6 +10,7 @@ use connect_core::ports::{ConnectionEvents, ConversationLog, SessionRegistry, Su
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::Admission;
 
 /// The backends a gateway talks to.
 pub struct GatewayPorts {
@@ -31,6 +32,8 @@ pub struct Gateway {
     pub events: Arc<dyn ConnectionEvents>,
     /// Caps open connections (`GATEWAY_MAX_CONNECTIONS`).
     pub permits: Arc<Semaphore>,
+    /// Caps connections per user and per address; holds each user's rate buckets.
+    pub admission: Arc<Admission>,
     /// Each connection holds a clone; when all are dropped the gateway has drained.
     pub tracker: mpsc::Sender<()>,
     stop: watch::Sender<bool>,
@@ -45,8 +48,9 @@ impl Gateway {
             events,
         } = ports;
         Self {
-            verifier: TokenVerifier::new(&cfg.secret),
+            verifier: TokenVerifier::new(&cfg.secret).max_len(cfg.max_token_bytes),
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            admission: Arc::new(Admission::new(cfg.limits_per.clone())),
             hub: Hub::default(),
             stop: watch::channel(false).0,
             cfg,

@@ -1,5 +1,7 @@
 //! Auth at the upgrade: 401 and no upgrade for every bad token; both token carriers work.
 
+use std::time::Duration;
+
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::helpers::*;
@@ -44,6 +46,48 @@ async fn bad_tokens_get_401_and_no_upgrade() -> anyhow::Result<()> {
         Some(401),
         "bad query token"
     );
+    Ok(())
+}
+
+/// The upgrade's status and body for an Authorization header of `value`, over raw HTTP.
+async fn upgrade_answer(gw: &str, authorization: String) -> anyhow::Result<(u16, String)> {
+    let headers = [
+        ("Upgrade", "websocket".to_owned()),
+        ("Connection", "Upgrade".to_owned()),
+        ("Sec-WebSocket-Version", "13".to_owned()),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==".to_owned()),
+        ("Authorization", authorization),
+    ];
+    let (status, response) = http_raw(gw, "GET", "/ws", &headers, "").await?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn a_refused_token_is_not_explained_and_oversized_ones_are_refused_unread(
+) -> anyhow::Result<()> {
+    let gw = &gateways()[0];
+    let alice = user("alice");
+    let expired = issuer().mint_until(&alice, 1_000_000);
+    let long = format!("{}.{}", token(&alice), "a".repeat(300 * 1024));
+    let want = r#"{"error":{"code":"unauthorized","message":"invalid or expired token"}}"#;
+    for (what, value) in [
+        ("expired", expired),
+        ("garbage", "x.y.z".to_owned()),
+        ("300 KiB, over GATEWAY_MAX_TOKEN_BYTES", long),
+    ] {
+        let (status, body) = upgrade_answer(gw, format!("Bearer {value}")).await?;
+        assert_eq!(status, 401, "{what}");
+        // The same words whatever failed: nothing of the JWT library's reason.
+        assert_eq!(body, want, "{what}");
+    }
+    // A 1 MB token makes the request head larger than HTTP's limit (hyper's, about 400 KiB):
+    // refused with 431 before anything reads it.
+    let huge = format!("Bearer {}", "a".repeat(1024 * 1024));
+    assert_eq!(upgrade_answer(gw, huge).await?.0, 431);
     Ok(())
 }
 
@@ -94,7 +138,8 @@ async fn services_refuse_to_start_without_real_secrets_unless_told_they_run_loca
     let real = ("CONNECT_JWT_SECRET", "a-real-secret-from-secrets-manager");
     let real_internal = ("CONNECT_INTERNAL_TOKEN", "a-real-internal-token");
     // CONNECT_ENV unset: nothing set, the development values set, or one of the two missing.
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    type Env<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(&str, Env<'_>, &str)> = vec![
         ("connect-gateway", vec![], "CONNECT_JWT_SECRET"),
         (
             "connect-gateway",

@@ -236,6 +236,14 @@ impl Client {
         }
     }
 
+    /// The next WebSocket message as it comes (close frames included), within [`WAIT`].
+    pub async fn raw_next(&mut self) -> Option<Result<Message, WsError>> {
+        tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }

@@ -10,6 +10,7 @@ mod frames;
 mod groups;
 mod helpers;
 mod history;
+mod limits;
 mod offline;
 mod overload;
 mod private;

@@ -292,9 +292,10 @@ impl HttpApi {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
-        self.verifier
-            .verify(token.trim())
-            .map_err(|e| ApiError::new(ErrorCode::Unauthorized, e.to_string()))
+        self.verifier.verify(token.trim()).map_err(|e| {
+            tracing::debug!(cause = %e, "token refused");
+            ApiError::new(ErrorCode::Unauthorized, connect_core::auth::REFUSED)
+        })
     }
 
     async fn history(&self, req: &Request) -> Result<Response<Body>, ApiError> {

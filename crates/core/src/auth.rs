@@ -88,6 +88,13 @@ pub struct Verified {
     pub exp: u64,
 }
 
+/// What a refused token is answered with (gateway upgrade and HTTP API alike): the reason stays
+/// in the server's log, so the answer tells an attacker nothing about which check failed.
+pub const REFUSED: &str = "invalid or expired token";
+
+/// Seconds a token is still taken after its `exp` (clock skew between issuer and gateway).
+pub const LEEWAY_SECS: u64 = 5;
+
 /// Verifies client tokens: HS256 only (`alg: none` and every other algorithm are refused),
 /// `exp` and `sub` required, at most [`MAX_TOKEN_BYTES`] (or what [`TokenVerifier::max_len`] sets).
 #[derive(Clone)]
@@ -101,7 +108,7 @@ impl TokenVerifier {
     pub fn new(secret: &JwtSecret) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
         Self {
             key: DecodingKey::from_secret(secret.0.as_bytes()),
             validation,
@@ -225,10 +232,17 @@ mod tests {
         let exp = crate::now_ms() / 1000 + 600;
         let claims = format!(r#"{{"sub":"alice","exp":{exp}}}"#);
         // The hand-built token is accepted when it is honest: the refusals below are real.
-        let honest = forged(r#"{"alg":"HS256","typ":"JWT"}"#, &claims, Some(Algorithm::HS256));
+        let honest = forged(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &claims,
+            Some(Algorithm::HS256),
+        );
         assert_eq!(verifier.verify(&honest).unwrap().as_str(), "alice");
         let attacks = [
-            ("alg none", forged(r#"{"alg":"none","typ":"JWT"}"#, &claims, None)),
+            (
+                "alg none",
+                forged(r#"{"alg":"none","typ":"JWT"}"#, &claims, None),
+            ),
             (
                 "alg none, signature kept",
                 forged(r#"{"alg":"none"}"#, &claims, Some(Algorithm::HS256)),
@@ -247,11 +261,19 @@ mod tests {
             ),
             (
                 "missing exp",
-                forged(r#"{"alg":"HS256"}"#, r#"{"sub":"alice"}"#, Some(Algorithm::HS256)),
+                forged(
+                    r#"{"alg":"HS256"}"#,
+                    r#"{"sub":"alice"}"#,
+                    Some(Algorithm::HS256),
+                ),
             ),
             (
                 "missing sub",
-                forged(r#"{"alg":"HS256"}"#, &format!(r#"{{"exp":{exp}}}"#), Some(Algorithm::HS256)),
+                forged(
+                    r#"{"alg":"HS256"}"#,
+                    &format!(r#"{{"exp":{exp}}}"#),
+                    Some(Algorithm::HS256),
+                ),
             ),
             (
                 "exp as a string",
@@ -265,7 +287,10 @@ mod tests {
                 "1 MB",
                 forged(
                     r#"{"alg":"HS256"}"#,
-                    &format!(r#"{{"sub":"alice","exp":{exp},"pad":"{}"}}"#, "x".repeat(1 << 20)),
+                    &format!(
+                        r#"{{"sub":"alice","exp":{exp},"pad":"{}"}}"#,
+                        "x".repeat(1 << 20)
+                    ),
                     Some(Algorithm::HS256),
                 ),
             ),
@@ -275,7 +300,10 @@ mod tests {
         }
         let exp_of = verifier.verify_until(&honest).unwrap().exp;
         assert_eq!(exp_of, exp);
-        assert!(TokenVerifier::new(&dev()).max_len(10).verify(&honest).is_err());
+        assert!(TokenVerifier::new(&dev())
+            .max_len(10)
+            .verify(&honest)
+            .is_err());
     }
 
     #[test]

@@ -84,7 +84,10 @@ impl SlotLease {
         match renewed {
             1 => Ok(()),
             2 => {
-                tracing::warn!(slot = self.slot, "the slot's lease was gone from Redis; taken again");
+                tracing::warn!(
+                    slot = self.slot,
+                    "the slot's lease was gone from Redis; taken again"
+                );
                 Ok(())
             }
             _ => Err(LeaseError::Lost(self.slot)),
