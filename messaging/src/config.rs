@@ -30,6 +30,9 @@ pub struct Config {
     /// `SEQ_BLOCK_CONVERSATIONS`: conversations tracked for blocks at once.
     pub seq_block_conversations: usize,
     pub dedupe_ttl: Duration,
+    /// `DEDUPE_MAX_PER_SENDER`: the newest ids remembered per sender (older ones are dropped
+    /// first), so Redis holds at most active senders × this many entries.
+    pub dedupe_max_per_sender: usize,
     pub session_ttl: Duration,
     pub offline: OfflineLimits,
     /// Membership cache: entries live this long at most (group events invalidate them sooner).
@@ -65,6 +68,7 @@ impl Config {
             seq_block_max: env::var("SEQ_BLOCK_MAX", 64)?,
             seq_block_conversations: env::var("SEQ_BLOCK_CONVERSATIONS", 100_000)?,
             dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
+            dedupe_max_per_sender: env::var("DEDUPE_MAX_PER_SENDER", 1000)?,
             session_ttl: Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?),
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
             group_cache_ttl: Duration::from_secs(env::var("GROUP_CACHE_TTL_SECS", 60)?),

@@ -141,9 +141,13 @@ impl Batch {
     }
 }
 
-/// The hash slot of a command's key (its first argument after the name).
+/// The hash slot of a command's key: its first argument after the name, or for a script
+/// (`EVAL script numkeys key …`) its first key.
 fn slot_of(cmd: &Cmd) -> Slot {
-    match cmd.args_iter().nth(1) {
+    let mut args = cmd.args_iter();
+    let is_script = matches!(args.next(), Some(Arg::Simple(name)) if name.eq_ignore_ascii_case(b"EVAL") || name.eq_ignore_ascii_case(b"EVALSHA"));
+    let key = if is_script { args.nth(2) } else { args.next() };
+    match key {
         Some(Arg::Simple(key)) => Slot::for_key(key),
         _ => Slot::for_key(b""),
     }
@@ -165,5 +169,8 @@ mod tests {
         // {a} tags share a slot whatever the rest of the key; {b} is another.
         assert_eq!(positions, vec![vec![0, 1, 3], vec![2]]);
         assert_eq!(slot_of(&Cmd::get("x{a}y")), Slot::for_key("a"));
+        let mut script = redis::cmd("EVAL");
+        script.arg("return 1").arg(2).arg("d:{b}").arg("d:{b}:o").arg("x");
+        assert_eq!(slot_of(&script), Slot::for_key("b"));
     }
 }

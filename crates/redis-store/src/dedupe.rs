@@ -1,5 +1,10 @@
-//! (sender, client id) → acceptance: `dedupe:{sender}:{id}` = "conversation|seq|ts[|mv]", with a
-//! TTL (`mv`: a group message's membership version).
+//! (sender, client id) → acceptance, kept per sender and bounded twice: `dedupe:{sender}` is a
+//! hash of client id → "conversation|seq|ts[|mv]" (`mv`: a group message's membership version),
+//! `dedupe:{sender}:order` the ids in the order they were remembered. A sender's newest
+//! `max_per_sender` ids are kept (older ones are dropped first), and both keys expire `ttl`
+//! after the sender's last send. Redis memory is therefore at most
+//! min(message rate × ttl, active senders × max_per_sender) entries, about 100 bytes each.
+//! Both keys share the `{sender}` hash tag: one script updates them on one cluster node.
 
 use std::time::Duration;
 
@@ -14,21 +19,45 @@ use connect_protocol::ConversationId;
 use crate::conn::{Batch, RedisConn};
 use crate::unavailable;
 
+/// KEYS: the sender's hash and order list; ARGV: id, acceptance, max per sender, ttl secs. A new
+/// id is appended to the order, and the oldest beyond the bound leave both.
+const REMEMBER: &str = r"
+if redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  local over = redis.call('rpush', KEYS[2], ARGV[1]) - tonumber(ARGV[3])
+  while over > 0 do
+    redis.call('hdel', KEYS[1], redis.call('lpop', KEYS[2]))
+    over = over - 1
+  end
+end
+redis.call('expire', KEYS[1], ARGV[4])
+redis.call('expire', KEYS[2], ARGV[4])
+return 1";
+
 #[derive(Clone)]
 pub struct RedisDedupe {
     conn: RedisConn,
     ttl: Duration,
+    max_per_sender: usize,
 }
 
 impl RedisDedupe {
-    /// Acceptances are remembered for `ttl` (how long a client may retry a send).
-    pub fn new(conn: RedisConn, ttl: Duration) -> Self {
-        Self { conn, ttl }
+    /// Acceptances are remembered for `ttl` after a sender's last send (how long a client may
+    /// retry a send), at most `max_per_sender` per sender (its newest).
+    pub fn new(conn: RedisConn, ttl: Duration, max_per_sender: usize) -> Self {
+        Self {
+            conn,
+            ttl,
+            max_per_sender: max_per_sender.max(1),
+        }
     }
 }
 
-fn key(k: &DedupeKey) -> String {
-    format!("dedupe:{}:{}", k.sender, k.id)
+fn hash_key(sender: &str) -> String {
+    format!("dedupe:{{{sender}}}")
+}
+
+fn order_key(sender: &str) -> String {
+    format!("dedupe:{{{sender}}}:order")
 }
 
 fn encode(a: &Acceptance) -> String {
@@ -63,7 +92,7 @@ impl DedupeIndex for RedisDedupe {
         }
         let mut batch = Batch::new();
         keys.iter().for_each(|k| {
-            batch.add(Cmd::get(key(k)));
+            batch.add(Cmd::hget(hash_key(k.sender.as_str()), k.id.as_str()));
         });
         let values: Vec<Option<String>> = batch.query(&self.conn).await.map_err(unavailable)?;
         Ok(values
@@ -77,8 +106,19 @@ impl DedupeIndex for RedisDedupe {
             return Ok(());
         }
         let mut batch = Batch::new();
+        // EVAL, not EVALSHA: no NOSCRIPT after a restart or failover, on any cluster node
+        // (Redis caches the compiled script by its hash all the same).
         for (k, a) in entries {
-            batch.add_ignored(Cmd::set_ex(key(k), encode(a), self.ttl.as_secs()));
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(REMEMBER)
+                .arg(2)
+                .arg(hash_key(k.sender.as_str()))
+                .arg(order_key(k.sender.as_str()))
+                .arg(k.id.as_str())
+                .arg(encode(a))
+                .arg(self.max_per_sender)
+                .arg(self.ttl.as_secs());
+            batch.add_ignored(cmd);
         }
         batch.exec(&self.conn).await.map_err(unavailable)
     }

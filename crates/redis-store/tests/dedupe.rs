@@ -1,0 +1,77 @@
+//! The dedupe index on the running stack's Redis (`REDIS_URL`, as `make test` sets it): each
+//! sender keeps its newest ids only, with a TTL from its last send.
+
+use std::time::Duration;
+
+use connect_core::model::{Acceptance, DedupeKey};
+use connect_core::ports::DedupeIndex;
+use connect_protocol::{ClientMsgId, ConversationId, UserId};
+
+fn key(sender: &UserId, i: usize) -> DedupeKey {
+    DedupeKey {
+        sender: sender.clone(),
+        id: ClientMsgId::parse(format!("m-{i}")).unwrap(),
+    }
+}
+
+fn accepted(seq: u64) -> Acceptance {
+    Acceptance {
+        conversation: ConversationId::parse("dm:a:b").unwrap(),
+        seq,
+        ts: 1_763_800_000_000 + seq,
+        mv: None,
+    }
+}
+
+#[tokio::test]
+async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
+    let conn = connect_redis::connect(&url).await.expect("the stack's Redis");
+    let dedupe = connect_redis::RedisDedupe::new(conn.clone(), Duration::from_secs(60), 100);
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (alice, bob) = (
+        UserId::parse(format!("alice_{run}")).unwrap(),
+        UserId::parse(format!("bob_{run}")).unwrap(),
+    );
+    // 130 sends of alice's in batches of 40 (one pipeline each), one of bob's.
+    let sends: Vec<(DedupeKey, Acceptance)> =
+        (0..130).map(|i| (key(&alice, i), accepted(i as u64 + 1))).collect();
+    for chunk in sends.chunks(40) {
+        dedupe.remember(chunk).await.unwrap();
+    }
+    dedupe
+        .remember(&[(key(&bob, 0), accepted(1))])
+        .await
+        .unwrap();
+    // Remembering an id again changes nothing of the bound.
+    dedupe.remember(&sends[129..]).await.unwrap();
+
+    let asked: Vec<DedupeKey> = (0..130).map(|i| key(&alice, i)).collect();
+    let found = dedupe.get(&asked).await.unwrap();
+    let kept: Vec<usize> = (0..130).filter(|&i| found[i].is_some()).collect();
+    assert_eq!(kept, (30..130).collect::<Vec<_>>(), "the newest 100 are kept");
+    assert_eq!(found[129], Some(accepted(130)));
+    assert_eq!(
+        dedupe.get(&[key(&bob, 0)]).await.unwrap(),
+        vec![Some(accepted(1))],
+        "another sender's bound is its own"
+    );
+
+    // Both keys expire with the TTL, and hold exactly the bound.
+    let mut c = match conn {
+        connect_redis::RedisConn::Single(c) => c,
+        _ => return, // a cluster: the counts below are per node
+    };
+    let hash = format!("dedupe:{{{alice}}}");
+    let order = format!("{hash}:order");
+    let (fields, ids, ttl_hash, ttl_order): (usize, usize, i64, i64) = redis::pipe()
+        .hlen(&hash)
+        .llen(&order)
+        .ttl(&hash)
+        .ttl(&order)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!((fields, ids), (100, 100));
+    assert!((1..=60).contains(&ttl_hash) && (1..=60).contains(&ttl_order));
+}
