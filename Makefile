@@ -1,5 +1,5 @@
 # Connect Chat — the two commands: `make run` and `make test`.
-.PHONY: run up down test test-aws test-regions regions status bench lint
+.PHONY: run up down test test-aws test-faults test-regions regions status bench lint
 
 run:    ## install what is missing, start everything in the foreground (Ctrl-C stops all)
 	scripts/stack.sh run
@@ -21,6 +21,9 @@ test:   ## every test against the real local stack, the end-to-end suite against
 	scripts/stack.sh test
 	CONNECT_STACK=aws scripts/stack.sh test
 	scripts/stack.sh test-regions
+
+test-faults: ## the fault suite alone: a message stream through each fault (SIGKILL messaging, SIGKILL a gateway, restart Kafka, restart Redis, DynamoDB frozen 10 s), then the check
+	scripts/stack.sh test-faults
 
 test-regions: ## the end-to-end tests across two regions (make regions)
 	scripts/stack.sh test-regions

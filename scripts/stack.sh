@@ -502,6 +502,8 @@ test_all() {
     (cd "$ROOT" && cargo test --workspace --no-fail-fast) || rc=$?
     invoke_functions || rc=$?
     lint_template || rc=$?
+    # Last on this stack: each fault disturbs it for everything else.
+    test_faults || rc=$?
   else
     # The AWS-like stack: the same end-to-end suite and functions, over TLS to a Redis cluster
     # and SASL_SSL to Kafka (the unit and template tests do not depend on the stack).
@@ -525,8 +527,50 @@ test_regions() {
   return $rc
 }
 
+# fault NAME: injects one fault into the running stack and brings it back (the fault suite,
+# `test-faults`, runs each while connect-faults keeps a message stream going).
+fault() {
+  local messaging=${MESSAGING_OPS_PORTS%% *} gateway=${GATEWAY_PORTS##* } down=${FAULT_DOWN_SECS:-10} pid
+  case "$1" in
+    kill-messaging)  # SIGKILL one of the two messaging processes; its partitions move; restarted after
+      kill -KILL "$(cat "$LOCAL/pids/messaging-$messaging.pid")"; sleep "$down"; start_services >/dev/null ;;
+    kill-gateway)    # SIGKILL a gateway: its clients reconnect to the other; restarted after
+      kill -KILL "$(cat "$LOCAL/pids/gateway-$gateway.pid")"; sleep "$down"; start_services >/dev/null ;;
+    restart-kafka)   # the broker stopped (SIGTERM) and started again
+      stop kafka; start_kafka; wait_port "$KAFKA_PORT" kafka ;;
+    restart-redis)   # Redis stopped (SIGTERM; its AOF keeps the data) and started again
+      [ "$CONNECT_STACK" = plain ] || { log "restart-redis: plain stack only"; return 2; }
+      stop redis; start_redis ;;
+    pause-dynamodb)  # DynamoDB Local frozen (SIGSTOP) for FAULT_DOWN_SECS: calls hang and time out
+      pid=$(cat "$LOCAL/pids/dynamodb.pid"); kill -STOP "$pid"; sleep "$down"; kill -CONT "$pid" ;;
+    *) log "fault: kill-messaging | kill-gateway | restart-kafka | restart-redis | pause-dynamodb"; return 2 ;;
+  esac
+}
+
+FAULTS="kill-messaging kill-gateway restart-kafka restart-redis pause-dynamodb"
+
+# The fault suite: for each fault, a stream across both gateways through it and the check
+# (tools/bench/src/faults.rs); one JSON line per fault in .local/faults/report.jsonl.
+test_faults() {
+  local started=0 rc=0 f report="$LOCAL/faults/report.jsonl"
+  alive kafka || started=1
+  up >/dev/null
+  mkdir -p "$LOCAL/faults"; : >"$report"
+  for f in ${FAULT_LIST:-$FAULTS}; do
+    log "fault suite: $f"
+    "$(bin connect-faults)" --name "$f" --fault "$ROOT/scripts/stack.sh fault $f" --report "$report" \
+      --before "${FAULT_BEFORE_SECS:-8}" --after "${FAULT_AFTER_SECS:-15}" --rate "${FAULT_RATE:-40}" || rc=1
+  done
+  log "fault suite report ($report):"
+  cat "$report"
+  if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
+  return $rc
+}
+
 case "${1:-}" in
   install) install ;;
+  fault) fault "$2" ;;
+  test-faults) test_faults ;;
   regions) install; build; regions_up ;;
   test-regions) test_regions ;;
   region-b) shift; region_b "$@" ;;

@@ -74,7 +74,11 @@ async fn main() -> anyhow::Result<()> {
             cfg.group_cache_max,
         )),
         chat,
-        dedupe: Arc::new(RedisDedupe::new(redis.clone(), cfg.dedupe_ttl, cfg.dedupe_max_per_sender)),
+        dedupe: Arc::new(RedisDedupe::new(
+            redis.clone(),
+            cfg.dedupe_ttl,
+            cfg.dedupe_max_per_sender,
+        )),
         log: Arc::new(RedisLog::new(redis, cfg.offline)),
         deliveries: deliveries.clone(),
     };

@@ -170,7 +170,12 @@ mod tests {
         assert_eq!(positions, vec![vec![0, 1, 3], vec![2]]);
         assert_eq!(slot_of(&Cmd::get("x{a}y")), Slot::for_key("a"));
         let mut script = redis::cmd("EVAL");
-        script.arg("return 1").arg(2).arg("d:{b}").arg("d:{b}:o").arg("x");
+        script
+            .arg("return 1")
+            .arg(2)
+            .arg("d:{b}")
+            .arg("d:{b}:o")
+            .arg("x");
         assert_eq!(slot_of(&script), Slot::for_key("b"));
     }
 }

@@ -26,7 +26,9 @@ fn accepted(seq: u64) -> Acceptance {
 #[tokio::test]
 async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let conn = connect_redis::connect(&url).await.expect("the stack's Redis");
+    let conn = connect_redis::connect(&url)
+        .await
+        .expect("the stack's Redis");
     let dedupe = connect_redis::RedisDedupe::new(conn.clone(), Duration::from_secs(60), 100);
     let run = &uuid::Uuid::new_v4().simple().to_string()[..10];
     let (alice, bob) = (
@@ -34,8 +36,9 @@ async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
         UserId::parse(format!("bob_{run}")).unwrap(),
     );
     // 130 sends of alice's in batches of 40 (one pipeline each), one of bob's.
-    let sends: Vec<(DedupeKey, Acceptance)> =
-        (0..130).map(|i| (key(&alice, i), accepted(i as u64 + 1))).collect();
+    let sends: Vec<(DedupeKey, Acceptance)> = (0..130)
+        .map(|i| (key(&alice, i), accepted(i as u64 + 1)))
+        .collect();
     for chunk in sends.chunks(40) {
         dedupe.remember(chunk).await.unwrap();
     }
@@ -49,7 +52,11 @@ async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
     let asked: Vec<DedupeKey> = (0..130).map(|i| key(&alice, i)).collect();
     let found = dedupe.get(&asked).await.unwrap();
     let kept: Vec<usize> = (0..130).filter(|&i| found[i].is_some()).collect();
-    assert_eq!(kept, (30..130).collect::<Vec<_>>(), "the newest 100 are kept");
+    assert_eq!(
+        kept,
+        (30..130).collect::<Vec<_>>(),
+        "the newest 100 are kept"
+    );
     assert_eq!(found[129], Some(accepted(130)));
     assert_eq!(
         dedupe.get(&[key(&bob, 0)]).await.unwrap(),

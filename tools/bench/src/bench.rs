@@ -23,7 +23,6 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use connect_core::auth::{JwtSecret, TokenIssuer};
@@ -344,17 +343,7 @@ async fn next_message(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(issuer: &TokenIssuer, gateway: &str, user: &str) -> anyhow::Result<Ws> {
-    let mut req = format!("ws://{gateway}/ws").into_client_request()?;
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", issuer.mint(user, 3600)).parse()?,
-    );
-    Ok(tokio_tungstenite::connect_async(req).await?.0)
-}
+use connect_bench::client::{open, Ws};
 
 /// Reads `message` frames (not group events) until `stop`: (seq, arrival) each; acks as it goes.
 async fn read_group(

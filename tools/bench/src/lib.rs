@@ -1,3 +1,4 @@
 //! Shared by the client tools and benchmarks.
 
+pub mod client;
 pub mod procs;
