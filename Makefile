@@ -1,5 +1,5 @@
 # Connect Chat — the two commands: `make run` and `make test`.
-.PHONY: run up down test test-aws test-faults test-regions regions status bench lint
+.PHONY: run up down test test-aws test-faults test-regions fuzz soak regions status bench lint
 
 run:    ## install what is missing, start everything in the foreground (Ctrl-C stops all)
 	scripts/stack.sh run
@@ -17,10 +17,17 @@ down:   ## stop the background stack (any kind, region b and MirrorMaker 2 inclu
 status:
 	scripts/stack.sh status
 
-test:   ## every test against the real local stack, the end-to-end suite against the AWS-like one, then the two-region tests
+test:   ## the fuzz targets (30 s each), every test against the real local stack with the fault suite, the end-to-end suite against the AWS-like one, then the two-region tests
+	scripts/fuzz.sh
 	scripts/stack.sh test
 	CONNECT_STACK=aws scripts/stack.sh test
 	scripts/stack.sh test-regions
+
+fuzz:   ## every fuzz target for FUZZ_SECONDS (30) each (cargo fuzz, libFuzzer)
+	scripts/fuzz.sh
+
+soak:   ## 30 minutes at 200 msg/s on a release-built stack: .local/soak/soak.csv and soak.png (SOAK_MINUTES, SOAK_RATE)
+	scripts/soak.sh
 
 test-faults: ## the fault suite alone: a message stream through each fault (SIGKILL messaging, SIGKILL a gateway, restart Kafka, restart Redis, DynamoDB frozen 10 s), then the check
 	scripts/stack.sh test-faults

@@ -101,13 +101,17 @@ async fn connections_are_capped_per_user_per_address_and_per_gateway() -> anyhow
     let _carol = connect_from(gw, "127.0.0.2", &carol).await?;
     let fifth = open_from(gw, "127.0.0.3", &dave, &[], None).await;
     assert_eq!(status_of(&fifth), Some(503), "a fifth on a gateway of four");
+    for reason in ["user_connections", "address_connections", "gateway_full"] {
+        let label = format!("reason=\"{reason}\"");
+        assert_eq!(
+            metric(gw, "connect_gateway_upgrades_refused_total", &label).await?,
+            1.0,
+            "{reason}"
+        );
+    }
     // A connection that closes frees its place under every cap.
     alice1.close().await;
     let _dave = admitted_soon(gw, "127.0.0.3", &dave).await?;
-    assert_eq!(
-        metric(gw, "connect_gateway_upgrades_refused_total", "").await?,
-        3.0
-    );
     Ok(())
 }
 

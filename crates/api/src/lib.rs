@@ -124,10 +124,14 @@ pub fn event_json(
             (k.to_owned(), serde_json::Value::String(v.to_owned()))
         })
         .collect();
-    let header_map: serde_json::Map<String, serde_json::Value> = headers
+    // `host` and `x-forwarded-proto` are API Gateway's own, never the client's (lambda_http
+    // builds the request's URI from them and panics on one that does not parse).
+    let mut header_map: serde_json::Map<String, serde_json::Value> = headers
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), serde_json::Value::String(v.clone())))
         .collect();
+    header_map.insert("host".into(), "127.0.0.1".into());
+    header_map.insert("x-forwarded-proto".into(), "http".into());
     let path_params: serde_json::Map<String, serde_json::Value> = params
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
@@ -216,6 +220,7 @@ pub struct HttpApi {
     max_members: usize,
 }
 
+#[cfg(feature = "aws")]
 /// Serves `HttpApi::from_env()` as a Lambda (API Gateway HTTP API v2 events): the whole `main`
 /// of every HTTP function.
 pub async fn run_lambda() -> Result<(), lambda_http::Error> {
@@ -230,6 +235,7 @@ pub async fn run_lambda() -> Result<(), lambda_http::Error> {
 }
 
 impl HttpApi {
+    #[cfg(feature = "aws")]
     /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET`, `CONNECT_ENV`, `AWS_REGION`,
     /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`,
     /// `GROUP_MAX_MEMBERS` (10000).

@@ -8,32 +8,17 @@
 
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
-use connect_core::groups::GroupChange;
 use connect_core::ports::SubmissionBus;
 use connect_kafka::rdkafka::producer::FutureProducer;
 use connect_kafka::{KafkaConfig, KafkaSubmissionBus, Topics};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use tracing::{info, warn};
 
-/// The changes of an event, each with the sequence number that identifies its record.
-fn changes(event: &Event) -> Vec<(Option<String>, GroupChange)> {
-    event
-        .records
-        .iter()
-        .filter_map(|r| {
-            let new = serde_json::to_value(&r.change.new_image).unwrap_or_default();
-            let old = serde_json::to_value(&r.change.old_image).unwrap_or_default();
-            let change = GroupChange::from_record(&r.event_id, &r.event_name, &new, &old)?;
-            Some((r.change.sequence_number.clone(), change))
-        })
-        .collect()
-}
-
 async fn handle(
     bus: &KafkaSubmissionBus,
     event: LambdaEvent<Event>,
 ) -> Result<DynamoDbEventResponse, Error> {
-    let changes = changes(&event.payload);
+    let changes = connect_events::group_changes(&event.payload);
     // Enqueue in stream order, then wait for all: per-group order is kept by the partition key.
     let pending: Vec<_> = changes
         .iter()
@@ -70,21 +55,4 @@ async fn main() -> Result<(), Error> {
     let bus = KafkaSubmissionBus::new(producer, Topics::from_env().incoming);
     let bus = &bus;
     lambda_runtime::run(service_fn(move |event| handle(bus, event))).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sample_event_is_a_member_added() {
-        let event: Event =
-            serde_json::from_str(include_str!("../../../events/group-events.json")).unwrap();
-        let got = changes(&event);
-        assert_eq!(got.len(), 1);
-        let (seq, change) = &got[0];
-        assert_eq!(seq.as_deref(), Some("4421584500000000017450439091"));
-        assert_eq!((change.kind, change.by.as_str()), ("member_added", "bob"));
-        assert_eq!(change.user.as_ref().unwrap().as_str(), "dave");
-    }
 }

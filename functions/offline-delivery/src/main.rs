@@ -10,14 +10,11 @@
 //! `AWS_REGION`, `CONNECT_INTERNAL_TOKEN`, `CONNECT_ENV`, `OFFLINE_DRAIN_PAGE` (entries per
 //! log read, 200).
 
-use aws_lambda_events::event::kafka::KafkaEvent;
-use base64::Engine;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::info;
 
 use connect_apigw::ManagementPusher;
-use connect_core::model::UserConnected;
 use connect_core::offline::{drain, DrainPorts};
 use connect_dynamo::DynamoGroups;
 use connect_redis::{OfflineLimits, RedisLog};
@@ -29,31 +26,10 @@ struct Ctx {
     page: usize,
 }
 
-/// The `user_connected` records of an MSK event, in partition order; undecodable ones are
-/// logged and skipped (they would never decode).
-fn connections(event: &KafkaEvent) -> Vec<UserConnected> {
-    let mut partitions: Vec<_> = event.records.iter().collect();
-    partitions.sort_by(|a, b| a.0.cmp(b.0));
-    partitions
-        .into_iter()
-        .flat_map(|(_, records)| records)
-        .filter_map(|r| {
-            let value = r.value.as_deref()?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(value)
-                .map_err(|e| warn!(cause = %e, offset = r.offset, "value is not base64; skipped"))
-                .ok()?;
-            serde_json::from_slice(&bytes)
-                .map_err(|e| warn!(cause = %e, offset = r.offset, "not a user_connected record; skipped"))
-                .ok()
-        })
-        .collect()
-}
-
-async fn handle(ctx: &Ctx, event: LambdaEvent<KafkaEvent>) -> Result<Value, Error> {
+async fn handle(ctx: &Ctx, event: LambdaEvent<connect_events::MskEvent>) -> Result<Value, Error> {
     let mut pushed = 0;
     let mut gone = 0;
-    for connected in connections(&event.payload) {
+    for connected in connect_events::user_connected(&event.payload) {
         let ports = DrainPorts {
             log: &ctx.log,
             groups: &ctx.groups,
@@ -92,19 +68,4 @@ async fn main() -> Result<(), Error> {
     };
     let ctx = &ctx;
     lambda_runtime::run(service_fn(move |event| handle(ctx, event))).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sample_event_decodes() {
-        let event: KafkaEvent =
-            serde_json::from_str(include_str!("../../../events/offline-delivery.json")).unwrap();
-        let got = connections(&event);
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].user.as_str(), "bob");
-        assert_eq!(got[0].endpoint, "http://127.0.0.1:8081");
-    }
 }

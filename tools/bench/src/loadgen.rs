@@ -7,6 +7,8 @@
 //! make bench BENCH_ARGS="--pairs 100 --rate 1000 --duration 20"
 //! ```
 
+mod soak;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,6 +68,12 @@ struct Args {
         default_value = "127.0.0.1:8080,127.0.0.1:8081,127.0.0.1:8070,127.0.0.1:8071"
     )]
     ops: String,
+    /// Seconds between rows of `--csv` (0: no rows): a soak run (`scripts/soak.sh`).
+    #[arg(long, default_value_t = 0)]
+    sample_secs: u64,
+    /// Where the rows go (with `--sample-secs`).
+    #[arg(long, default_value = ".local/soak/soak.csv")]
+    csv: PathBuf,
 }
 
 fn hist() -> Histogram<u64> {
@@ -109,6 +117,8 @@ struct Driver {
     body: usize,
     plan: std::sync::Arc<Plan>,
     sends: bool,
+    /// The soak sampler's current interval, when sampling.
+    interval: Option<soak::Shared>,
 }
 
 async fn drive(d: Driver) -> anyhow::Result<Stats> {
@@ -121,7 +131,13 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
         body,
         plan,
         sends,
+        interval,
     } = d;
+    let note = |f: &dyn Fn(&mut soak::Interval)| {
+        if let Some(i) = &interval {
+            f(&mut i.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    };
     let mut req = url.into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
@@ -150,7 +166,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                 let frame = json!({"type":"send","id":id,"to":peer,"body":format!("{now_us} {pad}")}).to_string();
                 ws.send(Message::Text(frame.into())).await?;
                 inflight.insert(id, now_us);
-                if plan.measured(now_us) { stats.sent += 1; }
+                if plan.measured(now_us) { stats.sent += 1; note(&|i| i.sent += 1); }
             }
             msg = ws.next() => {
                 let Some(msg) = msg else { break };
@@ -160,7 +176,10 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                 match f["type"].as_str() {
                     Some("accepted") => {
                         if let Some(t) = f["id"].as_str().and_then(|id| inflight.remove(id)) {
-                            if plan.measured(t) { stats.accepted.record(now_us - t)?; }
+                            if plan.measured(t) {
+                                stats.accepted.record(now_us - t)?;
+                                note(&|i| { let _ = i.accepted.record(now_us - t); });
+                            }
                         }
                     }
                     Some("message") => {
@@ -173,11 +192,16 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                             }
                         }
                         let t: Option<u64> = f["body"].as_str().and_then(|b| b.split(' ').next()?.parse().ok());
-                        if let Some(t) = t.filter(|t| plan.measured(*t)) { stats.delivered.record(now_us.saturating_sub(t).max(1))?; }
+                        if let Some(t) = t.filter(|t| plan.measured(*t)) {
+                            let took = now_us.saturating_sub(t).max(1);
+                            stats.delivered.record(took)?;
+                            note(&|i| { let _ = i.delivered.record(took); });
+                        }
                     }
                     Some("error") => {
                         let code = f["code"].as_str().unwrap_or("?").to_owned();
                         *stats.errors.entry(code).or_default() += 1;
+                        note(&|i| i.errors += 1);
                         if let Some(t) = f["id"].as_str().and_then(|id| inflight.remove(id)) {
                             if plan.measured(t) { stats.refused.record((now_us - t).max(1))?; }
                         }
@@ -224,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
         "connect-loadgen: {} pairs ({} connections), offered {:.0} msg/s, body {} B, warm-up {} s, measured {} s",
         args.pairs, conns, args.rate, args.body, args.warmup, args.duration
     );
+    let interval = (args.sample_secs > 0).then(soak::shared);
     let mut tasks = Vec::with_capacity(conns);
     for i in 0..args.pairs {
         let (a, b) = (format!("lg{run}a{i}"), format!("lg{run}b{i}"));
@@ -249,14 +274,32 @@ async fn main() -> anyhow::Result<()> {
                 body: args.body,
                 plan: plan.clone(),
                 sends: j == 0 || !args.one_way,
+                interval: interval.clone(),
             })));
         }
     }
     tokio::time::sleep_until(plan.measure_from).await;
+    let sampler = interval.clone().map(|i| {
+        tokio::spawn(soak::sample(
+            i,
+            Duration::from_secs(args.sample_secs),
+            plan.send_until.into_std(),
+            args.csv.clone(),
+            args.pids.clone(),
+        ))
+    });
     let usage = Usage::start_all(&args.pids);
     let backends = Backends::read(&args).await;
     tokio::time::sleep_until(plan.send_until).await;
     let usage = usage.stop();
+    if let Some(sampler) = sampler {
+        sampler.await?.context("the soak sampler")?;
+        println!(
+            "samples every {} s in {}",
+            args.sample_secs,
+            args.csv.display()
+        );
+    }
     let backends = Backends::read(&args).await.minus(&backends);
 
     let (mut accepted, mut delivered, mut refused, mut sent, mut errors) =
