@@ -107,6 +107,8 @@ async fn publish_and_commit(
     counter!("connect_messaging_unavailable_total").increment(report.unavailable as u64);
     counter!("connect_messaging_records_out_total").increment(report.records as u64);
     counter!("connect_messaging_shed_total").increment(report.shed as u64);
+    counter!("connect_messaging_log_retries_total").increment(report.log_retries as u64);
+    counter!("connect_messaging_lookup_retries_total").increment(report.lookup_retries as u64);
     counter!("connect_messaging_forwarded_total").increment(report.forwarded as u64);
     counter!("connect_messaging_relayed_total").increment(report.relayed as u64);
     counter!("connect_messaging_replicas_out_total").increment(prepared.replicas.len() as u64);

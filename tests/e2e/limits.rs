@@ -318,3 +318,49 @@ async fn a_write_that_times_out_cuts_the_reader_off_and_loses_nothing() -> anyho
     )
     .await
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped_and_deregistered() -> anyhow::Result<()> {
+    let gw = ExtraGateway::start_with(&[
+        ("GATEWAY_PING_INTERVAL_SECS", "1"),
+        ("GATEWAY_IDLE_TIMEOUT_SECS", "2"),
+        ("GATEWAY_CLOSE_TIMEOUT_MS", "500"),
+    ])
+    .await?;
+    let gw = &gw.addr;
+    let bob = user("bob");
+    // A socket that reads its hello and then nothing: pings go unanswered.
+    let mut silent = open_from(gw, "127.0.0.1", &bob, &[], None).await?;
+    match silent.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("hello") => {}
+        other => bail!("expected hello, got {other:?}"),
+    }
+    // A live client beside it, answering pings (its library does, as it reads), stays.
+    let mut alive = Client::connect(gw, &user("alice")).await?;
+    assert_eq!(metric(gw, "connect_gateway_connections", "").await?, 2.0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(gw, "connect_gateway_connections", "").await? > 1.0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the silent peer was not dropped"
+        );
+        // Reading keeps the live one answering pings.
+        let _ = alive.next_within(Duration::from_millis(200)).await;
+    }
+    // Its session is gone from the registry: a message to bob finds no connection.
+    let sessions = redis_sessions(&bob).await?;
+    assert_eq!(sessions, 0, "bob's session was deregistered");
+    Ok(())
+}
+
+/// How many live sessions the registry holds for `user`, read through the production adapter
+/// (`REDIS_URL` and its settings, as the services read them: a TLS cluster on the AWS-like stack).
+async fn redis_sessions(user: &str) -> anyhow::Result<usize> {
+    use connect_core::ports::SessionRegistry;
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
+    let conn = connect_redis::connect(&url).await?;
+    let registry = connect_redis::RedisRegistry::new(conn, Duration::from_secs(60));
+    let user = connect_protocol::UserId::parse(user)?;
+    let found = registry.lookup(std::slice::from_ref(&user)).await?;
+    Ok(found.first().map_or(0, Vec::len))
+}

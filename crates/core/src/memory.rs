@@ -32,6 +32,10 @@ pub struct Memory {
     pub accepted: Mutex<HashMap<DedupeKey, Acceptance>>,
     pub published: Mutex<Vec<Delivery>>,
     pub chat_down: AtomicBool,
+    /// The next this many conversation-log appends fail (`unavailable`), as Redis down would.
+    pub log_failures: std::sync::atomic::AtomicUsize,
+    /// The next this many registry lookups fail.
+    pub lookup_failures: std::sync::atomic::AtomicUsize,
     /// Conversation → seq → entry.
     pub logs: Mutex<BTreeMap<String, BTreeMap<u64, LogEntry>>>,
     /// User → direct conversation → latest seq.
@@ -107,6 +111,18 @@ impl Memory {
             .unwrap_or_default()
     }
 
+    /// Takes one of `failures` if any is left: that call fails.
+    fn fails(
+        failures: &std::sync::atomic::AtomicUsize,
+        what: &'static str,
+    ) -> Result<(), PortError> {
+        let took = failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        match took {
+            Ok(_) => Err(PortError::unavailable(what, "switched off")),
+            Err(_) => Ok(()),
+        }
+    }
+
     fn check_chat(&self) -> Result<(), PortError> {
         if self.chat_down.load(Ordering::SeqCst) {
             return Err(PortError::unavailable("memory-chat", "switched off"));
@@ -138,6 +154,7 @@ impl SessionRegistry for Memory {
     }
 
     async fn lookup(&self, users: &[UserId]) -> Result<Vec<Vec<SessionRoute>>, PortError> {
+        Self::fails(&self.lookup_failures, "memory-registry")?;
         let map = lock(&self.sessions);
         Ok(users
             .iter()
@@ -243,6 +260,7 @@ impl DeliveryBus for Memory {
 #[async_trait]
 impl ConversationLog for Memory {
     async fn append(&self, entries: &[LogEntry]) -> Result<(), PortError> {
+        Self::fails(&self.log_failures, "memory-log")?;
         let mut logs = lock(&self.logs);
         let mut inboxes = lock(&self.inboxes);
         for e in entries {

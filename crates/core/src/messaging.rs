@@ -48,6 +48,10 @@ pub struct StepReport {
     pub records: usize,
     /// Messages written to their conversations' logs (once each, whatever the audience).
     pub logged: usize,
+    /// Log appends that failed and were tried again (the batch waits for its log).
+    pub log_retries: usize,
+    /// Registry lookups that failed and were tried again.
+    pub lookup_retries: usize,
     /// Client sends refused unprocessed because they waited too long (overload).
     pub shed: usize,
     /// System messages handed back to be prepared again (a backend failed on them).
@@ -104,6 +108,8 @@ impl StepReport {
         self.unavailable += other.unavailable;
         self.records += other.records;
         self.logged += other.logged;
+        self.log_retries += other.log_retries;
+        self.lookup_retries += other.lookup_retries;
         self.shed += other.shed;
         self.retried += other.retried;
         self.forwarded += other.forwarded;

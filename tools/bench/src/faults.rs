@@ -7,8 +7,9 @@
 //!
 //! Clients behave as PROTOCOL.md asks of them: a sender retries a send that got `unavailable`
 //! or `rate_limited`, or no answer, with the same id, and resends what is unanswered after it
-//! reconnects (to the other gateway when one is gone); a receiver acks what it got and, after a
-//! lost connection, reconnects and takes its backlog. When the stream stops and every send is
+//! reconnects (to the other gateway when one is gone); a receiver acks the run of seqs it holds
+//! from the first (never past a message it missed) and, after a lost connection, reconnects and
+//! takes its backlog. When the stream stops and every send is
 //! answered, each receiver connects once more and takes what it has not acked.
 //!
 //! The check, per run: every accepted message is in history exactly once with the seq its
@@ -17,7 +18,7 @@
 //! are allowed (at-least-once delivery) and counted. The report is one JSON line (appended to
 //! `--report` too); the exit status is 1 when anything was lost or duplicated.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -284,6 +285,8 @@ async fn receiver(
     let far = Instant::now() + Duration::from_secs(3600);
     let (mut ws, mut at) = connect(&issuer, &gateways, first, &user, far).await?;
     let mut last_round = false;
+    // Per conversation: seqs held beyond the acked run, and the end of that run.
+    let mut held: HashMap<String, (BTreeSet<u64>, u64)> = HashMap::new();
     loop {
         let msg = if last_round {
             match tokio::time::timeout(quiet, ws.next()).await {
@@ -305,19 +308,31 @@ async fn receiver(
         match msg {
             Some(Ok(Message::Text(t))) => {
                 let f: Value = serde_json::from_str(&t)?;
-                if f["type"] != "message" || f.get("event").is_some() {
+                if f["type"] != "message" {
                     continue;
                 }
                 let conversation = f["conversation"].as_str().unwrap_or_default().to_owned();
                 let seq = f["seq"].as_u64().unwrap_or(0);
-                log.lock().unwrap().got.push((
-                    conversation.clone(),
-                    seq,
-                    f["id"].as_str().unwrap_or_default().to_owned(),
-                    f["from"].as_str().unwrap_or_default().to_owned(),
-                ));
-                let ack = json!({"type":"ack","conversation":conversation,"seq":seq});
-                let _ = ws.send(text(ack)).await;
+                if f.get("event").is_none() {
+                    log.lock().unwrap().got.push((
+                        conversation.clone(),
+                        seq,
+                        f["id"].as_str().unwrap_or_default().to_owned(),
+                        f["from"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+                // An ack says "I hold everything up to here": only the end of the run of seqs
+                // held from 1 is acked, so a message missed live comes again on reconnect.
+                let (held, acked) = held.entry(conversation.clone()).or_default();
+                held.insert(seq);
+                let before = *acked;
+                while held.remove(&(*acked + 1)) {
+                    *acked += 1;
+                }
+                if *acked > before {
+                    let ack = json!({"type":"ack","conversation":conversation,"seq":*acked});
+                    let _ = ws.send(text(ack)).await;
+                }
             }
             Some(Ok(_)) => {}
             Some(Err(_)) | None => {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::warn;
 
@@ -54,7 +55,7 @@ impl MessagingStep {
             })
             .collect();
         let users: Vec<UserId> = audiences.iter().flat_map(|a| a.iter().cloned()).collect();
-        let sessions = self.lookup(&users).await;
+        let sessions = self.lookup(&users, out).await;
         let mut plans: Vec<Vec<(u32, Vec<UserId>)>> = Vec::with_capacity(audiences.len());
         let mut at = 0;
         for audience in &audiences {
@@ -92,7 +93,10 @@ impl MessagingStep {
     }
 
     /// One log entry per message to be delivered (one round trip for the batch). A failed
-    /// write is logged: the messages are stored, and history gives them to whoever missed them.
+    /// write (Redis down, failing over) is tried again, backing off, until it lands: the log is
+    /// each device's backlog, and `accepted` goes out only after it, so an accepted message is
+    /// never missing from it. Meanwhile the batch waits, uncommitted; every other step needs
+    /// Redis too, and a process stopped while waiting leaves the batch to be replayed.
     async fn log(&self, out: &mut Outcome, frames: &[Option<String>]) {
         let entries: Vec<LogEntry> = out
             .accepted
@@ -111,24 +115,53 @@ impl MessagingStep {
         if entries.is_empty() {
             return;
         }
-        match self.ports.log.append(&entries).await {
-            Ok(()) => out.report.logged += entries.len(),
-            Err(e) => warn!(cause = %e, count = entries.len(), "conversation log write failed"),
+        let mut backoff = RETRY_FIRST;
+        loop {
+            match self.ports.log.append(&entries).await {
+                Ok(()) => {
+                    out.report.logged += entries.len();
+                    return;
+                }
+                Err(e) => {
+                    out.report.log_retries += 1;
+                    warn!(cause = %e, count = entries.len(), retry_in = ?backoff, "conversation log write failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
         }
     }
 
-    /// The live sessions of each user (none for all when the registry is down: the messages
-    /// are stored and logged, and reach the devices on their next connection).
-    async fn lookup(&self, users: &[UserId]) -> Vec<Vec<SessionRoute>> {
+    /// The live sessions of each user, tried [`LOOKUP_ATTEMPTS`] times; then none for all
+    /// (the messages are logged, and reach the devices on their next connection).
+    async fn lookup(&self, users: &[UserId], out: &mut Outcome) -> Vec<Vec<SessionRoute>> {
         if users.is_empty() {
             return Vec::new();
         }
-        self.ports.registry.lookup(users).await.unwrap_or_else(|e| {
-            warn!(cause = %e, "registry lookup failed; delivering replies only");
-            vec![Vec::new(); users.len()]
-        })
+        let mut backoff = RETRY_FIRST;
+        for attempt in 1..=LOOKUP_ATTEMPTS {
+            match self.ports.registry.lookup(users).await {
+                Ok(sessions) => return sessions,
+                Err(e) if attempt < LOOKUP_ATTEMPTS => {
+                    out.report.lookup_retries += 1;
+                    warn!(cause = %e, retry_in = ?backoff, "registry lookup failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Err(e) => {
+                    warn!(cause = %e, "registry lookup failed; delivering replies only (the devices get the messages on their next connection)");
+                }
+            }
+        }
+        vec![Vec::new(); users.len()]
     }
 }
+
+/// The first wait before a log write or lookup is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Lookups tried per batch (about 0.75 s of waiting in all) before live delivery is given up.
+const LOOKUP_ATTEMPTS: u32 = 5;
 
 /// An audience's online members by gateway slot (`sessions`: each member's live sessions, in
 /// the audience's order), each member once per slot.
