@@ -74,11 +74,42 @@ async fn a_refused_token_is_not_explained_and_oversized_ones_are_refused_unread(
     let expired = issuer().mint_until(&alice, 1_000_000);
     let long = format!("{}.{}", token(&alice), "a".repeat(300 * 1024));
     let want = r#"{"error":{"code":"unauthorized","message":"invalid or expired token"}}"#;
-    for (what, value) in [
+    // Forged by hand, as an attacker would: unsigned with `alg: none`, another algorithm in the
+    // header over our signature, no `exp`.
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let exp = connect_core::now_ms() / 1000 + 600;
+    let claims = b64(&format!(r#"{{"sub":"{alice}","exp":{exp}}}"#));
+    let signature = token(&alice)
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let forged = [
+        (
+            "alg none",
+            format!("{}.{claims}.", b64(r#"{"alg":"none","typ":"JWT"}"#)),
+        ),
+        (
+            "alg HS512 with an HS256 signature",
+            format!("{}.{claims}.{signature}", b64(r#"{"alg":"HS512"}"#)),
+        ),
+        (
+            "no exp",
+            format!(
+                "{}.{}.{signature}",
+                b64(r#"{"alg":"HS256"}"#),
+                b64(&format!(r#"{{"sub":"{alice}"}}"#))
+            ),
+        ),
+    ];
+    for (what, value) in forged.into_iter().chain([
         ("expired", expired),
         ("garbage", "x.y.z".to_owned()),
         ("300 KiB, over GATEWAY_MAX_TOKEN_BYTES", long),
-    ] {
+    ]) {
         let (status, body) = upgrade_answer(gw, format!("Bearer {value}")).await?;
         assert_eq!(status, 401, "{what}");
         // The same words whatever failed: nothing of the JWT library's reason.
