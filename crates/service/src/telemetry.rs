@@ -18,12 +18,28 @@ pub fn init_tracing() {
     };
 }
 
+/// How often recorded histogram samples are folded into their buckets (`run_upkeep`).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide Prometheus recorder; latency histograms get millisecond buckets.
+///
+/// The recorder keeps every histogram sample until it is folded into its buckets, which
+/// `install_recorder` leaves to a scrape of `/metrics`: with nothing scraping, memory grew with
+/// every message (the soak run: messaging +15 MiB, gateways +7 MiB in 30 minutes at 200 msg/s).
+/// A thread runs the upkeep every 5 s, scraped or not.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let buckets = [
         0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
     ];
-    Ok(PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &buckets)?
-        .install_recorder()?)
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        })?;
+    Ok(handle)
 }
