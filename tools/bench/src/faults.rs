@@ -271,7 +271,8 @@ async fn sender(
     Ok(())
 }
 
-/// Takes `message` frames (acking each) until `stop`, reconnecting when the connection is lost;
+/// Takes `message` frames (acking the run held from seq 1) until `stop`, reconnecting when the
+/// connection is lost;
 /// then connects once more and takes its backlog until `quiet` passes without a frame.
 async fn receiver(
     issuer: TokenIssuer,
