@@ -36,6 +36,8 @@ pub struct Config {
     pub slots: u32,
     pub redis_url: String,
     pub secret: JwtSecret,
+    /// `CONNECT_JWT_SECRET_PREVIOUS`: also taken while the secret is rotated (runbook).
+    pub previous_secret: Option<JwtSecret>,
     pub limits: FrameLimits,
     pub max_ws_message_bytes: usize,
     /// `GATEWAY_WS_READ_BUFFER_BYTES`: each connection's WebSocket read buffer, allocated up
@@ -78,6 +80,11 @@ pub struct Config {
     pub catch_up_timeout: Duration,
     pub max_post_bytes: usize,
     pub offline: OfflineLimits,
+    /// `GATEWAY_WEB_API_URL`: where the web client (served at `/`) finds the HTTP API.
+    pub web_api_url: String,
+    /// Development sign-in for the web client (`POST /dev/token`): only with `CONNECT_ENV=local`,
+    /// and `GATEWAY_DEV_SIGN_IN` (true) not turned off.
+    pub dev_sign_in: bool,
     /// `GATEWAY_EMF_SERVICE`: when set, the connection count goes to CloudWatch as an embedded
     /// metric with this `Service` dimension, every `GATEWAY_EMF_INTERVAL_SECS` (60).
     pub emf: Option<(String, Duration)>,
@@ -121,6 +128,11 @@ impl Config {
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             secret: JwtSecret::new(env::optional("CONNECT_JWT_SECRET"), env::production())
                 .context("CONNECT_JWT_SECRET")?,
+            previous_secret: JwtSecret::previous(
+                env::optional("CONNECT_JWT_SECRET_PREVIOUS"),
+                env::production(),
+            )
+            .context("CONNECT_JWT_SECRET_PREVIOUS")?,
             limits: FrameLimits {
                 max_frame_bytes: env::var("GATEWAY_MAX_FRAME_BYTES", 64 * 1024)?,
                 max_body_bytes: env::var("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,
@@ -163,6 +175,10 @@ impl Config {
             catch_up_timeout: Duration::from_millis(env::var("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?),
             max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
+            web_api_url: env::string("GATEWAY_WEB_API_URL", "http://127.0.0.1:8090")
+                .trim_end_matches('/')
+                .to_owned(),
+            dev_sign_in: !env::production() && env::var("GATEWAY_DEV_SIGN_IN", true)?,
             emf: match env::optional("GATEWAY_EMF_SERVICE") {
                 Some(service) => Some((service, secs("GATEWAY_EMF_INTERVAL_SECS", 60)?)),
                 None => None,

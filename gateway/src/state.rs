@@ -48,7 +48,9 @@ impl Gateway {
             events,
         } = ports;
         Self {
-            verifier: TokenVerifier::new(&cfg.secret).max_len(cfg.max_token_bytes),
+            verifier: TokenVerifier::new(&cfg.secret)
+                .also(cfg.previous_secret.as_ref())
+                .max_len(cfg.max_token_bytes),
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
             admission: Arc::new(Admission::new(cfg.limits_per.clone())),
             hub: Hub::default(),

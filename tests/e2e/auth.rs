@@ -213,3 +213,43 @@ async fn services_refuse_to_start_without_real_secrets_unless_told_they_run_loca
     }
     Ok(())
 }
+
+/// Rotating the JWT secret (docs/runbook.md): with `CONNECT_JWT_SECRET_PREVIOUS` a gateway takes
+/// tokens of the new secret and of the previous one; without it, only the new one's.
+#[tokio::test]
+async fn during_a_secret_rotation_tokens_of_both_secrets_are_taken() -> anyhow::Result<()> {
+    use connect_core::auth::{JwtSecret, TokenIssuer};
+    let new_secret = "a-rotated-secret-for-this-test-3b9e";
+    let old = std::env::var("CONNECT_JWT_SECRET")
+        .unwrap_or_else(|_| connect_core::auth::DEV_SECRET.into());
+    let rotating = crate::private::ExtraGateway::start_with(&[
+        ("CONNECT_JWT_SECRET", new_secret),
+        ("CONNECT_JWT_SECRET_PREVIOUS", &old),
+    ])
+    .await?;
+    let after =
+        crate::private::ExtraGateway::start_with(&[("CONNECT_JWT_SECRET", new_secret)]).await?;
+    let alice = user("alice");
+    let by_old = token(&alice);
+    let by_new =
+        TokenIssuer::new(&JwtSecret::new(Some(new_secret.into()), false)?).mint(&alice, 600);
+    let by_stranger =
+        TokenIssuer::new(&JwtSecret::new(Some("not-ours".into()), false)?).mint(&alice, 600);
+    for (gw, token, want) in [
+        (&rotating.addr, &by_old, 101),
+        (&rotating.addr, &by_new, 101),
+        (&rotating.addr, &by_stranger, 401),
+        (&after.addr, &by_old, 401),
+        (&after.addr, &by_new, 101),
+    ] {
+        let got = match open(gw, Some(&format!("Bearer {token}")), "").await {
+            Ok(ws) => {
+                Client::after_upgrade(ws, &alice).await?;
+                101
+            }
+            Err(e) => status_of(Err::<(), _>(e)).unwrap_or(0),
+        };
+        assert_eq!(got, want, "{gw}");
+    }
+    Ok(())
+}

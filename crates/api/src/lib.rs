@@ -236,21 +236,21 @@ pub async fn run_lambda() -> Result<(), lambda_http::Error> {
 
 impl HttpApi {
     #[cfg(feature = "aws")]
-    /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET`, `CONNECT_ENV`, `AWS_REGION`,
+    /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET` (and `CONNECT_JWT_SECRET_PREVIOUS`
+    /// during a rotation), `CONNECT_ENV`, `AWS_REGION`,
     /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`,
     /// `GROUP_MAX_MEMBERS` (10000).
     pub async fn from_env() -> Result<Self, String> {
-        use connect_core::env::{optional, production};
-        let secret =
-            connect_core::auth::JwtSecret::new(optional("CONNECT_JWT_SECRET"), production())
-                .map_err(|e| e.to_string())?;
+        use connect_core::env::production;
+        let (secret, previous) =
+            connect_core::auth::JwtSecret::from_env(production()).map_err(|e| e.to_string())?;
         let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
         let tables = connect_dynamo::Tables::from_env();
         let store = connect_dynamo::DynamoChatStore::new(dynamo.clone(), &tables.chat, 1);
         let groups = connect_dynamo::DynamoGroups::new(dynamo, &tables.groups);
         let max_members = connect_core::env::parsed("GROUP_MAX_MEMBERS", 10_000)?;
         Ok(Self::new(
-            TokenVerifier::new(&secret),
+            TokenVerifier::new(&secret).also(previous.as_ref()),
             Arc::new(store),
             Arc::new(groups),
             max_members,

@@ -74,6 +74,33 @@ impl JwtSecret {
     pub fn new(value: Option<String>, production: bool) -> Result<Self, AuthError> {
         secret("CONNECT_JWT_SECRET", value, production, DEV_SECRET).map(Self)
     }
+
+    /// `CONNECT_JWT_SECRET_PREVIOUS`: while the secret is rotated, tokens signed with the one
+    /// before are still taken (none are signed with it). Unset means none, anywhere; the
+    /// development secret is refused in production here too.
+    pub fn previous(value: Option<String>, production: bool) -> Result<Option<Self>, AuthError> {
+        match value.filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => secret(
+                "CONNECT_JWT_SECRET_PREVIOUS",
+                Some(v),
+                production,
+                DEV_SECRET,
+            )
+            .map(|v| Some(Self(v))),
+        }
+    }
+
+    /// Both from the environment: `CONNECT_JWT_SECRET` and `CONNECT_JWT_SECRET_PREVIOUS`.
+    pub fn from_env(production: bool) -> Result<(Self, Option<Self>), AuthError> {
+        Ok((
+            Self::new(crate::env::optional("CONNECT_JWT_SECRET"), production)?,
+            Self::previous(
+                crate::env::optional("CONNECT_JWT_SECRET_PREVIOUS"),
+                production,
+            )?,
+        ))
+    }
 }
 
 /// The longest token looked at (`GATEWAY_MAX_TOKEN_BYTES`): ours are about 150 bytes; a longer
@@ -99,7 +126,8 @@ pub const LEEWAY_SECS: u64 = 5;
 /// `exp` and `sub` required, at most [`MAX_TOKEN_BYTES`] (or what [`TokenVerifier::max_len`] sets).
 #[derive(Clone)]
 pub struct TokenVerifier {
-    key: DecodingKey,
+    /// The current secret's key, then the previous one's while a rotation is under way.
+    keys: Vec<DecodingKey>,
     validation: Validation,
     max_len: usize,
 }
@@ -110,10 +138,18 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = LEEWAY_SECS;
         Self {
-            key: DecodingKey::from_secret(secret.0.as_bytes()),
+            keys: vec![DecodingKey::from_secret(secret.0.as_bytes())],
             validation,
             max_len: MAX_TOKEN_BYTES,
         }
+    }
+
+    /// Also takes tokens signed with `previous` (a secret being rotated out).
+    pub fn also(mut self, previous: Option<&JwtSecret>) -> Self {
+        if let Some(p) = previous {
+            self.keys.push(DecodingKey::from_secret(p.0.as_bytes()));
+        }
+        self
     }
 
     /// Refuses tokens longer than `bytes`.
@@ -135,8 +171,16 @@ impl TokenVerifier {
                 self.max_len
             )));
         }
-        let data = decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let mut result = decode::<Claims>(token, &self.keys[0], &self.validation);
+        for key in &self.keys[1..] {
+            match &result {
+                Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    result = decode::<Claims>(token, key, &self.validation);
+                }
+                _ => break,
+            }
+        }
+        let data = result.map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let user = UserId::parse(data.claims.sub)
             .map_err(|e| AuthError::InvalidToken(format!("sub: {e}")))?;
         Ok(Verified {
@@ -180,6 +224,32 @@ mod tests {
 
     fn dev() -> JwtSecret {
         JwtSecret::new(None, false).unwrap()
+    }
+
+    #[test]
+    fn during_a_rotation_tokens_of_the_previous_secret_are_taken() {
+        let old = JwtSecret::new(Some("the-old-secret".into()), true).unwrap();
+        let new = JwtSecret::new(Some("the-new-secret".into()), true).unwrap();
+        let stranger = JwtSecret::new(Some("someone-elses".into()), true).unwrap();
+        let by_old = TokenIssuer::new(&old).mint("alice", 60);
+        let by_new = TokenIssuer::new(&new).mint("bob", 60);
+        let rotating = TokenVerifier::new(&new).also(Some(&old));
+        assert_eq!(rotating.verify(&by_old).unwrap().as_str(), "alice");
+        assert_eq!(rotating.verify(&by_new).unwrap().as_str(), "bob");
+        assert!(rotating
+            .verify(&TokenIssuer::new(&stranger).mint("eve", 60))
+            .is_err());
+        // Expired under the old secret stays refused (only a bad signature tries the next key).
+        let expired = TokenIssuer::new(&old).mint_until("alice", 1);
+        assert!(rotating.verify(&expired).is_err());
+        // After the rotation: the old secret's tokens are refused.
+        assert!(TokenVerifier::new(&new).also(None).verify(&by_old).is_err());
+        // The previous secret is optional everywhere; the development one is refused in production.
+        assert!(JwtSecret::previous(None, true).unwrap().is_none());
+        assert!(JwtSecret::previous(Some(DEV_SECRET.into()), true).is_err());
+        assert!(JwtSecret::previous(Some(DEV_SECRET.into()), false)
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! | variable | secret | becomes |
 //! |---|---|---|
 //! | `CONNECT_JWT_SECRET_ARN` | a string | `CONNECT_JWT_SECRET` |
+//! | `CONNECT_JWT_SECRET_PREVIOUS_ARN` | a string (a secret being rotated out) | `CONNECT_JWT_SECRET_PREVIOUS` |
 //! | `CONNECT_INTERNAL_TOKEN_ARN` | a string | `CONNECT_INTERNAL_TOKEN` |
 //! | `KAFKA_SASL_SECRET_ARN` | MSK's SCRAM secret, `{"username": …, "password": …}` | `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD` |
 //!
@@ -31,6 +32,10 @@ enum Shape {
 /// The ARN variables this process may be given, and what each fills in.
 const SECRETS: &[(&str, Shape)] = &[
     ("CONNECT_JWT_SECRET_ARN", Shape::Value("CONNECT_JWT_SECRET")),
+    (
+        "CONNECT_JWT_SECRET_PREVIOUS_ARN",
+        Shape::Value("CONNECT_JWT_SECRET_PREVIOUS"),
+    ),
     (
         "CONNECT_INTERNAL_TOKEN_ARN",
         Shape::Value("CONNECT_INTERNAL_TOKEN"),
