@@ -1,5 +1,5 @@
 # Connect Chat — the two commands: `make run` and `make test`.
-.PHONY: run up down test test-aws test-faults test-regions fuzz soak regions status bench lint
+.PHONY: run up down test test-aws test-browser test-faults test-regions fuzz soak regions status bench lint
 
 run:    ## install what is missing, start everything in the foreground (Ctrl-C stops all)
 	scripts/stack.sh run
@@ -28,6 +28,9 @@ fuzz:   ## every fuzz target for FUZZ_SECONDS (30) each (cargo fuzz, libFuzzer)
 
 soak:   ## 30 minutes at 200 msg/s on a release-built stack: .local/soak/soak.csv and soak.png (SOAK_MINUTES, SOAK_RATE)
 	scripts/soak.sh
+
+test-browser: ## the web client in headless Chromium against the stack (two users across both gateways, a reload, a group of three, offline delivery); screenshots in .local/browser-test
+	scripts/stack.sh test-browser
 
 test-faults: ## the fault suite alone: a message stream through each fault (SIGKILL messaging, SIGKILL a gateway, restart Kafka, restart Redis, DynamoDB frozen 10 s), then the check
 	scripts/stack.sh test-faults

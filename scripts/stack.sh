@@ -323,7 +323,8 @@ start_services() {
   for port in $MESSAGING_OPS_PORTS; do claim "messaging-$port" "$port"; done
   claim local-api "$LOCAL_API_PORT"; claim lambda "$LAMBDA_PORT"
   for port in $GATEWAY_PORTS; do
-    start_service "gateway-$port" "$(bin connect-gateway)" "$port" GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_ID="gw-$port"
+    start_service "gateway-$port" "$(bin connect-gateway)" "$port" GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_ID="gw-$port" \
+      GATEWAY_WEB_API_URL="http://127.0.0.1:$LOCAL_API_PORT"
   done
   # Several messaging processes in one consumer group, as ECS runs several tasks.
   for port in $MESSAGING_OPS_PORTS; do
@@ -479,7 +480,7 @@ status() {
   echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in $LOCAL/kafka)${KAFKA_SECURITY_PROTOCOL:+, $KAFKA_SECURITY_PROTOCOL $KAFKA_SASL_MECHANISM}"
   echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)}"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
-  echo "  try it:      cargo run -q -p connect-chat -- --user alice     (README: Try it)"
+  echo "  try it:      http://127.0.0.1:${GATEWAY_PORTS%% *}/ in a browser, or target/$PROFILE/connect chat alice   (README: Try it)"
 }
 
 run() {
@@ -502,6 +503,7 @@ test_all() {
     (cd "$ROOT" && cargo test --workspace --no-fail-fast) || rc=$?
     invoke_functions || rc=$?
     lint_template || rc=$?
+    test_browser || rc=$?
     # Last on this stack: each fault disturbs it for everything else.
     test_faults || rc=$?
   else
@@ -547,6 +549,27 @@ fault() {
   esac
 }
 
+# The web client in headless Chromium: Debian's chromium (apt) driven by playwright-core (npm,
+# pinned by tests/browser/package-lock.json; npm keeps its cache), tests/browser/chat.test.mjs
+# against the running stack; screenshots in .local/browser-test.
+install_browser_test() {
+  command -v node >/dev/null || { log "installing Node.js and npm (apt)"; apt_install nodejs npm; }
+  [ -x /usr/bin/chromium ] || { log "installing Chromium (apt)"; apt_install chromium; }
+  (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+test_browser() {
+  local started=0 rc=0 a=${GATEWAY_PORTS%% *} b=${GATEWAY_PORTS##* }
+  alive kafka || started=1
+  up >/dev/null
+  install_browser_test
+  log "the web client in headless Chromium (gateways :$a and :$b)"
+  (cd "$ROOT/tests/browser" && BROWSER_OUT="$LOCAL/browser-test" GATEWAY_A="http://127.0.0.1:$a" \
+    GATEWAY_B="http://127.0.0.1:$b" node chat.test.mjs) || rc=$?
+  if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
+  return $rc
+}
+
 FAULTS="kill-messaging kill-gateway restart-kafka restart-redis pause-dynamodb"
 
 # The fault suite: for each fault, a stream across both gateways through it and the check
@@ -571,6 +594,7 @@ case "${1:-}" in
   install) install ;;
   fault) fault "$2" ;;
   test-faults) test_faults ;;
+  test-browser) test_browser ;;
   regions) install; build; regions_up ;;
   test-regions) test_regions ;;
   region-b) shift; region_b "$@" ;;
@@ -583,5 +607,5 @@ case "${1:-}" in
   test) test_all ;;
   invoke) invoke_functions ;;
   lint) lint_template ;;
-  *) echo "usage: $0 install|up|down|run|status|test|invoke|lint|regions|test-regions" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down|run|status|test|test-browser|test-faults|fault|invoke|lint|regions|test-regions" >&2; exit 2 ;;
 esac

@@ -723,3 +723,109 @@ fn a_second_region_is_this_template_with_a_peer_and_mirrormaker_carries_the_code
         )]
     );
 }
+
+/// Every metric name the code records (`counter!`/`gauge!`/`histogram!` literals).
+fn metrics_in_code() -> BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for kind in ["counter!(", "gauge!(", "histogram!("] {
+                    for piece in text.split(kind).skip(1) {
+                        if let Some(name) = piece.trim_start().strip_prefix('"') {
+                            out.insert(name.split('"').next().unwrap_or_default().to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    for dir in ["crates", "gateway/src", "messaging/src"] {
+        walk(&root().join(dir), &mut names);
+    }
+    names
+}
+
+/// The alert rules (deploy/prometheus/alerts.yml) watch metrics the code records, and each
+/// has a severity and a section of the runbook that says what to do.
+#[test]
+fn every_alert_watches_a_real_metric_and_has_its_runbook_section() {
+    let rules: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/prometheus/alerts.yml")).unwrap(),
+    )
+    .unwrap();
+    let runbook = std::fs::read_to_string(root().join("docs/runbook.md")).unwrap();
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(|h| {
+            h.to_ascii_lowercase()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == ' ')
+                .collect::<String>()
+                .replace(' ', "-")
+        })
+        .collect();
+    let code = metrics_in_code();
+    assert!(
+        code.contains("connect_delivery_latency_seconds"),
+        "{code:?}"
+    );
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            let name = s(&rule["alert"]);
+            let expr = s(&rule["expr"]);
+            alerts += 1;
+            let mut watched = 0;
+            for piece in expr.split("connect_").skip(1) {
+                let metric: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                let metric = format!("connect_{metric}");
+                let base = metric
+                    .strip_suffix("_bucket")
+                    .or_else(|| metric.strip_suffix("_count"))
+                    .or_else(|| metric.strip_suffix("_sum"))
+                    .unwrap_or(&metric);
+                assert!(code.contains(base), "{name}: no code records {base}");
+                watched += 1;
+            }
+            assert!(watched > 0, "{name} watches no metric of ours");
+            assert!(
+                matches!(s(&rule["labels"]["severity"]), "page" | "ticket"),
+                "{name}: severity"
+            );
+            let runbook_link = s(&rule["annotations"]["runbook"]);
+            let anchor = runbook_link
+                .strip_prefix("docs/runbook.md#")
+                .expect("a link into docs/runbook.md");
+            assert!(
+                anchors.contains(anchor),
+                "{name}: no `### ` section for #{anchor} in docs/runbook.md"
+            );
+        }
+    }
+    assert!(alerts >= 10, "{alerts} alerts");
+    // The template's CloudWatch alarms point into the runbook the same way.
+    let t = template();
+    let alarms = resources_of_type(&t, "AWS::CloudWatch::Alarm");
+    assert!(alarms.len() >= 2, "{alarms:?}");
+    for (name, alarm) in alarms {
+        let description = s(at(alarm, &["Properties", "AlarmDescription"]));
+        let anchor = description
+            .split("docs/runbook.md#")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_else(|| panic!("{name}: no runbook link in {description:?}"));
+        assert!(
+            anchors.contains(anchor),
+            "{name}: no `### ` section for #{anchor} in docs/runbook.md"
+        );
+    }
+}

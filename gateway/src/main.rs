@@ -27,6 +27,7 @@ mod outbox;
 mod rate;
 mod server;
 mod state;
+mod web;
 
 use anyhow::Context;
 

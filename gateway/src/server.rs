@@ -24,9 +24,13 @@ use connect_protocol::ErrorCode;
 use crate::connection;
 use crate::state::Gateway;
 
-/// The WebSocket route, `/ws` (what the load balancer forwards, with `/healthz`).
+/// The WebSocket route, `/ws`, and the web client's (`/`, see [`crate::web`]): what the load
+/// balancer forwards, with `/healthz`.
 pub fn public_router(gw: Arc<Gateway>) -> Router {
-    Router::new().route("/ws", get(upgrade)).with_state(gw)
+    Router::new()
+        .route("/ws", get(upgrade))
+        .with_state(gw.clone())
+        .merge(crate::web::router(gw))
 }
 
 /// The internal routes: the management API (`/@connections`), `/healthz` and `/metrics`.

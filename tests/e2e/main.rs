@@ -4,6 +4,7 @@
 
 mod auth;
 mod chat;
+mod cli;
 mod crash;
 mod deploy;
 mod frames;
@@ -15,4 +16,6 @@ mod offline;
 mod overload;
 mod private;
 mod rebalance;
+mod replay;
 mod semantics;
+mod web;

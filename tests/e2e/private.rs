@@ -210,6 +210,29 @@ impl PrivateStack {
         Ok(())
     }
 
+    /// The slice's environment (its topics, its messaging group), for its tools.
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// SIGTERM every messaging process and waits for each to exit: each finishes, commits and
+    /// leaves the group, as ECS stops a task.
+    pub async fn stop_messaging(&mut self) -> anyhow::Result<()> {
+        for (_, mut child) in std::mem::take(&mut self.messaging) {
+            let pid = child.id().context("messaging already exited")?;
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+            anyhow::ensure!(
+                status.success(),
+                "messaging exited with {status} on SIGTERM"
+            );
+        }
+        Ok(())
+    }
+
     /// SIGKILL every messaging process, no goodbye: nothing is flushed or committed.
     pub async fn kill_messaging(&mut self) -> anyhow::Result<()> {
         while !self.messaging.is_empty() {

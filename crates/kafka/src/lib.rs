@@ -18,7 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod group;
 
-pub use admin::ensure_topics;
+pub use admin::{ensure_topics, rewind_group, RewindTo};
 pub use bus::{
     KafkaAckBus, KafkaConnectionEvents, KafkaDeliveryBus, KafkaRegionBus, KafkaSubmissionBus,
 };

@@ -11,6 +11,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::info;
 
 use connect_api::{event_json, match_route, HttpApi};
@@ -76,6 +77,36 @@ async fn serve(
     Response::from_parts(parts, Body::from(bytes))
 }
 
+/// What API Gateway's CORS configuration (template.yaml, `CorsConfiguration`) does, for the web
+/// client served by the gateways on another port: preflights answered here, before any handler;
+/// `LOCAL_API_CORS_ORIGINS` (comma-separated, `*` = any) like the template's `WebOrigins`.
+fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
+    let allow = if origins.trim() == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/'))
+                .filter(|o| !o.is_empty())
+                .map(|o| {
+                    o.parse()
+                        .with_context(|| format!("LOCAL_API_CORS_ORIGINS: {o:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        )
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600)))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();
@@ -84,7 +115,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::msg)
         .context("configuring the HTTP API")?;
-    let app = Router::new().fallback(serve).with_state(api);
+    let app =
+        Router::new()
+            .fallback(serve)
+            .with_state(api)
+            .layer(cors(&connect_service::env::string(
+                "LOCAL_API_CORS_ORIGINS",
+                "*",
+            ))?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;

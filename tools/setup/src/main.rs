@@ -9,6 +9,13 @@
 //! `connect-setup move-homes <from> <to>`: failover. Every conversation homed in region `from`
 //! is homed in `to` from now on, its epoch bumped and its sequence continued past anything
 //! `from` may have allocated. Run it once `from`'s messaging is stopped or cut off.
+//!
+//! `connect-setup replay <topic> <from>`: rewinds the messaging consumer group
+//! (`MESSAGING_GROUP_ID`, `messaging`) on a topic, so messaging reads it again from `earliest`,
+//! a time (milliseconds since the epoch) or a while ago (`90s`, `30m`, `2h`, `1d`) when it next
+//! starts. Refused while messaging runs. Dedupe answers what was accepted before with its
+//! original seq, so a replay stores nothing twice (within `DEDUPE_TTL_SECS`). Runbook:
+//! docs/runbook.md.
 
 use anyhow::Context;
 use connect_dynamo::{DynamoConfig, Tables};
@@ -22,11 +29,48 @@ async fn main() -> anyhow::Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] => setup().await,
         ["move-homes", from, to] => move_homes(from, to).await,
+        ["replay", topic, from] => replay(topic, from),
         _ => {
-            eprintln!("usage: connect-setup                      create topics and tables\n       connect-setup move-homes <from> <to>  failover: rehome region <from>'s conversations to <to>");
+            eprintln!("usage: connect-setup                      create topics and tables\n       connect-setup move-homes <from> <to>  failover: rehome region <from>'s conversations to <to>\n       connect-setup replay <topic> <from>   rewind messaging's group on <topic> to <from>: earliest, epoch ms, or 30m / 2h / 1d ago");
             std::process::exit(2)
         }
     }
+}
+
+/// `earliest`, milliseconds since the epoch, or `<n>s|m|h|d` before `now_ms`.
+fn rewind_point(from: &str, now_ms: i64) -> anyhow::Result<connect_kafka::RewindTo> {
+    if from == "earliest" {
+        return Ok(connect_kafka::RewindTo::Earliest);
+    }
+    if let Ok(ms) = from.parse::<i64>() {
+        anyhow::ensure!(ms >= 0, "a time is milliseconds since the epoch");
+        return Ok(connect_kafka::RewindTo::Time(ms));
+    }
+    let (n, unit) = from.split_at(from.len().saturating_sub(1));
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("{from:?}: earliest, epoch ms, or 30m / 2h / 1d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("{from:?}: earliest, epoch ms, or 30m / 2h / 1d"),
+    };
+    Ok(connect_kafka::RewindTo::Time(now_ms - secs * 1000))
+}
+
+fn replay(topic: &str, from: &str) -> anyhow::Result<()> {
+    let to = rewind_point(from, connect_core::now_ms() as i64)?;
+    let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
+    let group = env::string("MESSAGING_GROUP_ID", "messaging");
+    let offsets =
+        connect_kafka::rewind_group(&kafka, &group, topic, to).map_err(anyhow::Error::msg)?;
+    for (partition, offset) in &offsets {
+        println!("{topic}/{partition}: {group} resumes at offset {offset}");
+    }
+    println!("rewound {group} on {topic} ({to:?}); start messaging to replay");
+    Ok(())
 }
 
 async fn move_homes(from: &str, to: &str) -> anyhow::Result<()> {
@@ -110,4 +154,36 @@ async fn setup() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connect_kafka::RewindTo;
+
+    #[test]
+    fn rewind_points() {
+        let now = 10_000_000;
+        assert_eq!(rewind_point("earliest", now).unwrap(), RewindTo::Earliest);
+        assert_eq!(rewind_point("1234", now).unwrap(), RewindTo::Time(1234));
+        assert_eq!(
+            rewind_point("90s", now).unwrap(),
+            RewindTo::Time(now - 90_000)
+        );
+        assert_eq!(
+            rewind_point("2m", now).unwrap(),
+            RewindTo::Time(now - 120_000)
+        );
+        assert_eq!(
+            rewind_point("1h", now).unwrap(),
+            RewindTo::Time(now - 3_600_000)
+        );
+        assert_eq!(
+            rewind_point("1d", now).unwrap(),
+            RewindTo::Time(now - 86_400_000)
+        );
+        for bad in ["", "soon", "5w", "-3", "h"] {
+            assert!(rewind_point(bad, now).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,0 +1,221 @@
+//! The frame types of this crate against PROTOCOL.md's own examples: every frame the contract
+//! shows parses (client frames) or renders (server frames) to exactly the example, every frame
+//! type the crate has is shown there, and the error codes are the contract's list.
+//!
+//! The contract is `../shared/PROTOCOL.md` beside the work tree; `docs/PROTOCOL.md` is our copy
+//! of it, so that a clone without `shared/` checks the same text. When both are there they must
+//! be identical: a changed contract fails here until the copy, and the code, follow it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use connect_protocol::{
+    ClientFrame, ErrorCode, FrameLimits, MessageFrame, SendTarget, ServerFrame,
+};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn contract() -> String {
+    let copy = std::fs::read_to_string(repo().join("docs/PROTOCOL.md"))
+        .expect("docs/PROTOCOL.md, our copy of the contract");
+    if let Ok(shared) = std::fs::read_to_string(repo().join("../shared/PROTOCOL.md")) {
+        assert!(
+            shared == copy,
+            "../shared/PROTOCOL.md changed: copy it to docs/PROTOCOL.md and make the code follow it"
+        );
+    }
+    copy
+}
+
+/// Every JSON example that has a `type`: each line of a ```json block, and each inline code
+/// span that is an object. A bare `…` (an elided number) becomes 0.
+fn frames(text: &str) -> Vec<Value> {
+    let mut found = Vec::new();
+    let mut in_json = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_json = trimmed == "```json";
+            continue;
+        }
+        let candidates: Vec<&str> = if in_json {
+            vec![trimmed]
+        } else {
+            line.split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|span| span.starts_with('{'))
+                .collect()
+        };
+        for candidate in candidates {
+            if candidate.is_empty() || !candidate.contains("\"type\"") {
+                continue;
+            }
+            let json = candidate.replace(":…", ":0");
+            let value: Value = serde_json::from_str(&json)
+                .unwrap_or_else(|e| panic!("PROTOCOL.md example is not JSON ({e}): {candidate}"));
+            found.push(value);
+        }
+    }
+    found
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("`{k}` missing in {v}"))
+}
+
+/// Renders the server frame an example shows, from the example's own fields.
+fn rendered(example: &Value) -> Value {
+    let text = match s(example, "type") {
+        "hello" => ServerFrame::Hello {
+            user: s(example, "user"),
+            session: s(example, "session"),
+            gateway: s(example, "gateway"),
+        }
+        .to_text(),
+        "accepted" => ServerFrame::Accepted {
+            id: s(example, "id"),
+            conversation: s(example, "conversation"),
+            seq: example["seq"].as_u64().expect("seq"),
+            ts: example["ts"].as_u64().expect("ts"),
+        }
+        .to_text(),
+        "message" => {
+            let mut fields = example.clone();
+            fields.as_object_mut().map(|o| o.remove("type"));
+            let m: MessageFrame = serde_json::from_value(fields).unwrap_or_else(|e| {
+                panic!("a `message` example the type cannot hold ({e}): {example}")
+            });
+            ServerFrame::Message(&m).to_text()
+        }
+        "error" => {
+            let code: ErrorCode = serde_json::from_value(example["code"].clone())
+                .unwrap_or_else(|e| panic!("unknown error code ({e}): {example}"));
+            ServerFrame::Error {
+                code,
+                message: s(example, "message"),
+                id: example["id"].as_str(),
+            }
+            .to_text()
+        }
+        other => {
+            panic!("PROTOCOL.md shows a `{other}` frame this crate does not render: {example}")
+        }
+    };
+    serde_json::from_str(&text).expect("a rendered frame is JSON")
+}
+
+/// Parses a client frame example and checks the typed frame holds every field it shows.
+fn parsed(example: &Value) {
+    let frame = ClientFrame::parse(&example.to_string(), &FrameLimits::default())
+        .unwrap_or_else(|e| panic!("the contract's example is refused ({e}): {example}"));
+    match frame {
+        ClientFrame::Send { id, target, body } => {
+            assert_eq!(id.as_str(), s(example, "id"));
+            assert_eq!(body, s(example, "body"));
+            match target {
+                SendTarget::User(u) => assert_eq!(u.as_str(), s(example, "to")),
+                SendTarget::Group(g) => assert_eq!(g.as_str(), s(example, "group")),
+            }
+        }
+        ClientFrame::Ack { conversation, seq } => {
+            assert_eq!(conversation.to_string(), s(example, "conversation"));
+            assert_eq!(Some(seq), example["seq"].as_u64());
+        }
+    }
+}
+
+#[test]
+fn every_frame_in_the_contract_parses_or_renders_exactly_as_shown() {
+    let examples = frames(&contract());
+    let mut seen = BTreeSet::new();
+    for example in &examples {
+        let kind = s(example, "type");
+        match kind {
+            "send" | "ack" => parsed(example),
+            _ => assert_eq!(
+                &rendered(example),
+                example,
+                "the `{kind}` frame renders otherwise"
+            ),
+        }
+        seen.insert(kind.to_owned());
+        if example.get("event").is_some() {
+            seen.insert("message with event".to_owned());
+        }
+        if example.get("group").is_some() {
+            seen.insert(format!("{kind} to a group"));
+        }
+    }
+    // The crate's frame types, each shown in the contract (a type the contract lacks, or an
+    // example this test no longer finds, fails here).
+    let expected = [
+        "send",
+        "send to a group",
+        "ack",
+        "hello",
+        "accepted",
+        "message",
+        "message to a group",
+        "message with event",
+        "error",
+    ];
+    for kind in expected {
+        assert!(
+            seen.contains(kind),
+            "PROTOCOL.md shows no `{kind}` example; found {seen:?}"
+        );
+    }
+    assert!(examples.len() >= 8, "{} examples", examples.len());
+}
+
+#[test]
+fn the_error_codes_are_the_contracts_list() {
+    let text = contract();
+    let start = text
+        .find("Error codes:")
+        .expect("PROTOCOL.md lists the error codes");
+    // The list ends with the sentence: "… `unavailable` (…), `internal`."
+    let end = start
+        + text[start..]
+            .find("`.")
+            .expect("the list ends with a full stop")
+        + 1;
+    // The codes, without the remarks in parentheses ("retry with the same `id`").
+    let mut list = String::new();
+    let mut depth = 0;
+    for c in text[start..end].chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            c if depth == 0 => list.push(c),
+            _ => {}
+        }
+    }
+    let listed: BTreeSet<&str> = list.split('`').skip(1).step_by(2).collect();
+    let ours: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, ours);
+    for code in ErrorCode::ALL {
+        let back: ErrorCode = serde_json::from_value(Value::from(code.as_str())).unwrap();
+        assert_eq!(back, code);
+    }
+}
+
+#[test]
+fn a_frame_unlike_the_example_is_caught() {
+    // The check itself can fail: a message example with a field renamed does not match.
+    let example: Value = serde_json::from_str(
+        r#"{"type":"message","conversation":"dm:a:b","seq":1,"from":"a","id":"x","body":"hi","ts":1}"#,
+    )
+    .unwrap();
+    assert_eq!(rendered(&example), example);
+    let mut wrong = example.clone();
+    wrong["sender"] = wrong["from"].take();
+    let result = std::panic::catch_unwind(|| rendered(&wrong));
+    assert!(result.is_err() || result.unwrap() != wrong);
+}

@@ -1,0 +1,629 @@
+// Connect Chat's web client. Plain JavaScript, no build step, no dependencies.
+//
+// It speaks the client contract (../shared/PROTOCOL.md):
+// - the WebSocket `/ws` of the gateway that served this page (`?token=`, `?device=`);
+// - the HTTP API named by `/config.json` (history, groups), with `Authorization: Bearer`.
+//
+// What it keeps: per conversation, the messages it holds by `seq` (a repeat is dropped: delivery
+// is at least once), the highest seq it holds without a gap (`contig`), and what it has acked.
+// It acks only what it has shown: the open conversation, while the page is visible. Sends wait in
+// `pending` until `accepted`; after a reconnect, or an `unavailable` / `rate_limited` answer, they
+// go again with the same id (the server never stores a message twice). On every `hello` it
+// catches up from history after the last seq it holds, for each conversation it has loaded.
+'use strict';
+
+const ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const MAX_BODY_BYTES = 16 * 1024;
+const PAGE = 50;
+const RETRY_CODES = new Set(['unavailable', 'rate_limited']);
+
+const $ = (id) => document.getElementById(id);
+const h = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') node.className = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+};
+
+const state = {
+  cfg: { api: '', devSignIn: false },
+  session: null,        // { user, device, token, exp }
+  ws: null,
+  connected: false,
+  attempt: 0,           // reconnect attempts since the last hello
+  reconnectTimer: 0,
+  convs: new Map(),     // conversation id -> Conv
+  groups: new Map(),    // group id -> { group, name, owner, members }
+  active: null,         // open conversation id
+  pending: new Map(),   // client message id -> { frame, conversation, body, state, error, tries, timer }
+  counter: 0,
+};
+
+// ---- conversations ---------------------------------------------------------------------
+
+const dmOf = (a, b) => (a < b ? `dm:${a}:${b}` : `dm:${b}:${a}`);
+
+function conv(id) {
+  let c = state.convs.get(id);
+  if (!c) {
+    const group = id.startsWith('group:') ? id.slice(6) : null;
+    const peer = id.startsWith('dm:') ? id.split(':').slice(1).find((u) => u !== state.session.user) || state.session.user : null;
+    c = { id, group, peer, msgs: new Map(), holes: new Set(), base: null, contig: 0, acked: 0, unread: 0, loaded: false, hasOlder: false, last: 0, busy: null };
+    state.convs.set(id, c);
+    saveKnown();
+  }
+  return c;
+}
+
+function title(c) {
+  if (c.group) return state.groups.get(c.group)?.name || c.group;
+  return c.peer;
+}
+
+// The conversations this user had open, kept across reloads in this browser.
+const knownKey = () => `connect.conversations.${state.session.user}`;
+function saveKnown() {
+  const ids = [...state.convs.values()].filter((c) => !c.group).map((c) => c.id);
+  localStorage.setItem(knownKey(), JSON.stringify(ids));
+}
+function loadKnown() {
+  try {
+    for (const id of JSON.parse(localStorage.getItem(knownKey()) || '[]')) if (typeof id === 'string' && id.startsWith('dm:')) conv(id);
+  } catch { /* a damaged list is dropped */ }
+}
+
+// Adds a message (a live frame, an `accepted` send or a history item); false for a repeat.
+function addMessage(m) {
+  const c = conv(m.conversation);
+  if (c.msgs.has(m.seq)) return false;
+  c.msgs.set(m.seq, m);
+  c.last = Math.max(c.last, m.ts || 0);
+  if (c.base === null) c.base = m.seq - 1;
+  if (m.seq <= c.base) c.base = m.seq - 1;
+  advance(c);
+  if (m.event) onGroupEvent(m);
+  return true;
+}
+
+// Moves `contig` over every seq held without a gap; a gap is filled from history.
+function advance(c) {
+  if (c.contig < c.base) c.contig = c.base;
+  while (c.msgs.has(c.contig + 1) || c.holes.has(c.contig + 1)) c.contig += 1;
+  const top = Math.max(...c.msgs.keys());
+  if (top > c.contig && state.connected) fill(c);
+}
+
+// Takes a history page. A seq the page skips does not exist (the server may leave a gap after a
+// crash): it becomes a hole, so that it does not hold the acks back for good.
+function takePage(c, messages, after, below) {
+  let expect = after === undefined ? null : after + 1;
+  for (const m of messages) {
+    if (expect !== null) for (let s = expect; s < m.seq; s += 1) c.holes.add(s);
+    addMessage(m);
+    expect = m.seq + 1;
+  }
+  if (below !== undefined && expect !== null) for (let s = expect; s < below; s += 1) c.holes.add(s);
+  advance(c);
+}
+
+// ---- HTTP API --------------------------------------------------------------------------
+
+async function api(method, path, body) {
+  const res = await fetch(state.cfg.api + path, {
+    method,
+    headers: { authorization: `Bearer ${state.session.token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (!res.ok) {
+    const e = new Error(json?.error?.message || `${res.status} ${res.statusText}`);
+    e.code = json?.error?.code || String(res.status);
+    e.status = res.status;
+    throw e;
+  }
+  return json;
+}
+
+const historyPath = (c, query) => `/v1/conversations/${c.id}/messages?${new URLSearchParams(query)}`;
+
+// One history call at a time per conversation.
+function serial(c, job) {
+  const run = (c.busy || Promise.resolve()).then(job, job);
+  c.busy = run.catch(() => {});
+  return run;
+}
+
+// The last page of a conversation, the first time it is opened.
+function loadLatest(c) {
+  return serial(c, async () => {
+    if (c.loaded) return;
+    try {
+      const page = await api('GET', historyPath(c, { limit: PAGE }));
+      takePage(c, page.messages, page.messages.length ? page.messages[0].seq - 1 : undefined);
+      c.loaded = true;
+      c.hasOlder = page.has_more;
+      if (page.messages.length) c.base = Math.min(c.base ?? Infinity, page.messages[0].seq - 1);
+      else c.base = c.base ?? 0;
+      advance(c);
+    } catch (e) {
+      if (e.status === 403 || e.status === 404) c.loaded = true; // not a member (any more)
+      else showError('chat-error', `history: ${e.message}`);
+    }
+    render();
+  });
+}
+
+// Everything after the last seq held without a gap (a reconnect, or a gap seen live).
+function fill(c) {
+  if (c.filling) return;
+  c.filling = true;
+  serial(c, async () => {
+    try {
+      for (let more = true; more;) {
+        const page = await api('GET', historyPath(c, { after: c.contig, limit: 100 }));
+        takePage(c, page.messages, c.contig);
+        more = page.has_more && page.messages.length > 0;
+        if (!page.messages.length) break;
+      }
+    } catch (e) {
+      if (e.status !== 403) showError('chat-error', `catching up: ${e.message}`);
+    } finally {
+      c.filling = false;
+    }
+    render();
+  });
+}
+
+// Scrolling back: the page below the lowest seq held.
+function loadOlder(c) {
+  return serial(c, async () => {
+    const low = Math.min(...c.msgs.keys());
+    if (!Number.isFinite(low) || low <= 1) { c.hasOlder = false; return; }
+    const list = $('messages');
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    try {
+      const page = await api('GET', historyPath(c, { before: low, limit: PAGE }));
+      takePage(c, page.messages, page.messages.length ? page.messages[0].seq - 1 : undefined, low);
+      c.hasOlder = page.has_more;
+    } catch (e) {
+      showError('chat-error', `history: ${e.message}`);
+    }
+    render();
+    list.scrollTop = list.scrollHeight - fromBottom;
+  });
+}
+
+// The list has each group's id, name and owner; its members come with the group itself.
+async function refreshGroups() {
+  try {
+    const { groups } = await api('GET', '/v1/groups');
+    const old = new Map(state.groups);
+    state.groups.clear();
+    for (const g of groups) {
+      state.groups.set(g.group, { ...g, members: old.get(g.group)?.members });
+      conv(`group:${g.group}`);
+    }
+    const open = state.convs.get(state.active);
+    if (open?.group && state.groups.has(open.group)) await loadGroup(open.group);
+    render();
+  } catch (e) {
+    showError('sidebar-error', `groups: ${e.message}`);
+  }
+}
+
+async function loadGroup(id) {
+  try {
+    const g = await api('GET', `/v1/groups/${id}`);
+    state.groups.set(g.group, g);
+  } catch (e) {
+    if (e.status === 403 || e.status === 404) state.groups.delete(id);
+    else showError('chat-error', `group: ${e.message}`);
+  }
+  render();
+}
+
+function onGroupEvent(m) {
+  const g = state.groups.get(m.group);
+  if (!g || m.event.kind === 'group_created') { scheduleGroups(); return; }
+  const members = new Set(g.members || []);
+  if (m.event.kind === 'member_added') members.add(m.event.user);
+  if (m.event.kind === 'member_removed') members.delete(m.event.user);
+  g.members = [...members].sort();
+  if (m.event.kind === 'member_removed' && m.event.user === state.session.user) g.left = true;
+}
+
+let groupsTimer = 0;
+function scheduleGroups() {
+  clearTimeout(groupsTimer);
+  groupsTimer = setTimeout(refreshGroups, 150);
+}
+
+// ---- WebSocket -------------------------------------------------------------------------
+
+function connect() {
+  clearTimeout(state.reconnectTimer);
+  if (tokenExpired()) { renewToken().then((ok) => (ok ? connect() : signOut('Your sign-in has expired.'))); return; }
+  const query = new URLSearchParams({ token: state.session.token });
+  if (state.session.device) query.set('device', state.session.device);
+  const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws?${query}`);
+  state.ws = ws;
+  setStatus('connecting', 'connecting…');
+  ws.onmessage = (ev) => {
+    let f;
+    try { f = JSON.parse(ev.data); } catch { return; }
+    onFrame(f);
+  };
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    state.connected = false;
+    if (ev.code === 1008 && tokenExpired()) { connect(); return; }
+    const delay = Math.min(30000, 500 * 2 ** state.attempt) * (0.5 + Math.random() / 2);
+    state.attempt += 1;
+    setStatus('offline', `offline, reconnecting in ${Math.ceil(delay / 1000)} s`);
+    state.reconnectTimer = setTimeout(connect, delay);
+  };
+}
+
+function onFrame(f) {
+  switch (f.type) {
+    case 'hello':
+      state.connected = true;
+      state.attempt = 0;
+      setStatus('connected', 'connected');
+      $('status').title = `gateway ${f.gateway}, session ${f.session}`;
+      refreshGroups();
+      for (const c of state.convs.values()) if (c.loaded) fill(c);
+      for (const id of state.pending.keys()) transmit(id);
+      break;
+    case 'accepted': {
+      const p = state.pending.get(f.id);
+      if (!p) break;
+      clearTimeout(p.timer);
+      state.pending.delete(f.id);
+      addMessage({ conversation: f.conversation, seq: f.seq, from: state.session.user, id: f.id, body: p.body, ts: f.ts, group: p.frame.group });
+      render();
+      break;
+    }
+    case 'message':
+      if (addMessage(f)) {
+        const c = state.convs.get(f.conversation);
+        if (!(f.conversation === state.active && document.visibilityState === 'visible')) c.unread += 1;
+        render();
+      }
+      break;
+    case 'error': {
+      const p = f.id && state.pending.get(f.id);
+      if (!p) { showError('chat-error', `${f.code}: ${f.message}`); break; }
+      if (RETRY_CODES.has(f.code)) {
+        p.tries += 1;
+        clearTimeout(p.timer);
+        p.timer = setTimeout(() => transmit(f.id), Math.min(10000, 250 * 2 ** p.tries));
+      } else {
+        p.state = 'failed';
+        p.error = `${f.code}: ${f.message}`;
+        render();
+      }
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+function transmit(id) {
+  const p = state.pending.get(id);
+  if (!p || p.state === 'failed' || !state.connected) return;
+  state.ws.send(JSON.stringify(p.frame));
+}
+
+function send(text) {
+  const c = state.convs.get(state.active);
+  if (!c || !text.trim()) return;
+  if (new TextEncoder().encode(text).length > MAX_BODY_BYTES) { showError('chat-error', 'too_large: a message is at most 16 KiB'); return; }
+  state.counter += 1;
+  const id = `web-${state.session.device || 'default'}-${Date.now().toString(36)}-${state.counter}`;
+  const frame = c.group ? { type: 'send', id, group: c.group, body: text } : { type: 'send', id, to: c.peer, body: text };
+  state.pending.set(id, { frame, conversation: c.id, body: text, state: 'sending', tries: 0, timer: 0 });
+  transmit(id);
+  render();
+}
+
+// Acks what is shown: the open conversation, up to the last seq held without a gap.
+function ackShown() {
+  const c = state.convs.get(state.active);
+  if (!c || !state.connected || document.visibilityState !== 'visible') return;
+  c.unread = 0;
+  if (c.contig > c.acked) {
+    c.acked = c.contig;
+    state.ws.send(JSON.stringify({ type: 'ack', conversation: c.id, seq: c.contig }));
+  }
+}
+
+// ---- sign-in ---------------------------------------------------------------------------
+
+function tokenExpired() {
+  return state.session.exp && state.session.exp * 1000 < Date.now() + 5000;
+}
+
+function expOf(token) {
+  try {
+    const payload = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    return { user: payload.sub, exp: payload.exp };
+  } catch {
+    return {};
+  }
+}
+
+async function devToken(user) {
+  const res = await fetch('/dev/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user }) });
+  const json = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(json?.error?.message || `${res.status}`);
+  return json;
+}
+
+async function renewToken() {
+  if (!state.cfg.devSignIn) return false;
+  try {
+    const t = await devToken(state.session.user);
+    Object.assign(state.session, { token: t.token, exp: t.exp });
+    sessionStorage.setItem('connect.session', JSON.stringify(state.session));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  showError('signin-error', '');
+  const device = $('signin-device').value.trim();
+  if (device && !ID_RE.test(device)) { showError('signin-error', 'A device id is 1–64 characters from A–Z a–z 0–9 _ . -'); return; }
+  try {
+    let session;
+    if (state.cfg.devSignIn) {
+      const user = $('signin-user').value.trim();
+      if (!ID_RE.test(user)) { showError('signin-error', 'A user id is 1–64 characters from A–Z a–z 0–9 _ . -'); return; }
+      const t = await devToken(user);
+      session = { user: t.user, token: t.token, exp: t.exp, device };
+    } else {
+      const token = $('signin-token').value.trim();
+      const { user, exp } = expOf(token);
+      if (!user) { showError('signin-error', 'That is not a token.'); return; }
+      session = { user, token, exp, device };
+    }
+    sessionStorage.setItem('connect.session', JSON.stringify(session));
+    start(session);
+  } catch (e) {
+    showError('signin-error', `Sign-in refused: ${e.message}`);
+  }
+}
+
+function signOut(reason = '') {
+  sessionStorage.removeItem('connect.session');
+  if (state.ws) { const ws = state.ws; state.ws = null; ws.close(1000); }
+  clearTimeout(state.reconnectTimer);
+  Object.assign(state, { session: null, connected: false, active: null, attempt: 0 });
+  state.convs.clear(); state.groups.clear(); state.pending.clear();
+  $('app').hidden = true;
+  $('signin').hidden = false;
+  showError('signin-error', reason);
+}
+
+function start(session) {
+  state.session = session;
+  $('signin').hidden = true;
+  $('app').hidden = false;
+  $('me-name').textContent = session.device ? `${session.user} · ${session.device}` : session.user;
+  loadKnown();
+  render();
+  connect();
+}
+
+// ---- rendering -------------------------------------------------------------------------
+
+function setStatus(s, text) {
+  const node = $('status');
+  node.dataset.state = s;
+  node.textContent = text;
+}
+
+function showError(id, text) {
+  $(id).textContent = text;
+  if (text) setTimeout(() => { if ($(id).textContent === text) $(id).textContent = ''; }, 8000);
+}
+
+const time = (ts) => (ts ? new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '');
+
+function eventText(m) {
+  const who = m.from === state.session.user ? 'You' : m.from;
+  switch (m.event.kind) {
+    case 'group_created': return `${who} created the group`;
+    case 'member_added': return `${who} added ${m.event.user}`;
+    case 'member_removed': return m.event.user === m.from ? `${m.from} left` : `${who} removed ${m.event.user}`;
+    default: return `${who}: ${m.event.kind}`;
+  }
+}
+
+function renderMessage(m, extra = '') {
+  if (m.event) return h('li', { class: 'msg event', 'data-seq': m.seq }, eventText(m));
+  const mine = m.from === state.session.user;
+  return h('li', { class: `msg${mine ? ' mine' : ''}${extra}`, 'data-seq': m.seq, 'data-id': m.id },
+    h('span', { class: 'from' }, mine ? 'You' : m.from),
+    h('span', { class: 'body' }, m.body),
+    h('span', { class: 'time' }, time(m.ts)));
+}
+
+function openConversation(id) {
+  state.active = id;
+  const c = conv(id);
+  $('app').classList.add('show-chat');
+  render();
+  if (c.group) loadGroup(c.group);
+  if (!c.loaded) loadLatest(c).then(() => { scrollToEnd(); ackShown(); });
+  scrollToEnd();
+  $('composer-input').focus();
+}
+
+function scrollToEnd() {
+  const list = $('messages');
+  list.scrollTop = list.scrollHeight;
+}
+
+function ordered() {
+  return [...state.convs.values()].sort((a, b) => b.last - a.last || title(a).localeCompare(title(b)));
+}
+
+function render() {
+  if (!state.session) return;
+  const shown = state.convs.get(state.active);
+  if (shown && document.visibilityState === 'visible') shown.unread = 0;
+  const list = $('conversations');
+  list.replaceChildren(...ordered().map((c) => h('li', {},
+    h('button', {
+      type: 'button', role: 'option', 'data-conversation': c.id, 'aria-selected': String(c.id === state.active),
+      onclick: () => openConversation(c.id),
+    }, h('span', {}, title(c), h('span', { class: 'kind' }, c.group ? 'group' : '')),
+    c.unread ? h('span', { class: 'badge', 'aria-label': `${c.unread} unread` }, c.unread) : ''))));
+
+  const c = state.convs.get(state.active);
+  const group = c?.group ? state.groups.get(c.group) : null;
+  $('chat-title').textContent = c ? title(c) : 'No conversation open';
+  const members = group?.members || [];
+  $('chat-sub').textContent = group ? (group.members ? `${members.length} members` : 'group') : (c ? c.id : '');
+  $('group-panel').hidden = !group;
+  if (group) {
+    const owner = group.owner === state.session.user;
+    $('members').replaceChildren(...members.map((u) => h('li', { 'data-member': u }, u,
+      owner && u !== state.session.user ? h('button', { type: 'button', 'aria-label': `Remove ${u}`, onclick: () => removeMember(group.group, u) }, '×') : '')));
+  }
+  const usable = Boolean(c) && !(group && group.left);
+  $('composer-input').disabled = !usable;
+  $('send').disabled = !usable;
+  $('empty').hidden = Boolean(c);
+  $('older').hidden = !(c && c.loaded && c.hasOlder);
+
+  const items = [];
+  if (c) {
+    for (const seq of [...c.msgs.keys()].sort((a, b) => a - b)) items.push(renderMessage(c.msgs.get(seq)));
+    for (const [id, p] of state.pending) {
+      if (p.conversation !== c.id) continue;
+      const li = renderMessage({ id, from: state.session.user, body: p.body }, p.state === 'failed' ? ' failed' : ' pending');
+      li.querySelector('.time').textContent = p.state === 'failed' ? p.error : 'sending…';
+      items.push(li);
+    }
+  }
+  const box = $('messages');
+  const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  $('message-list').replaceChildren(...items);
+  if (atEnd) scrollToEnd();
+  ackShown();
+}
+
+async function removeMember(group, user) {
+  try {
+    await api('DELETE', `/v1/groups/${group}/members/${user}`);
+    await refreshGroups();
+  } catch (e) {
+    showError('chat-error', `remove: ${e.message}`);
+  }
+}
+
+// ---- wiring ----------------------------------------------------------------------------
+
+function wire() {
+  $('signin-form').addEventListener('submit', signIn);
+  $('signout').addEventListener('click', () => signOut());
+  $('back').addEventListener('click', () => { $('app').classList.remove('show-chat'); state.active = null; render(); });
+  $('older').addEventListener('click', () => { const c = state.convs.get(state.active); if (c) loadOlder(c); });
+  $('messages').addEventListener('scroll', () => {
+    const c = state.convs.get(state.active);
+    if (c && c.hasOlder && $('messages').scrollTop === 0) loadOlder(c);
+  });
+  $('new-chat').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const user = $('new-chat-user').value.trim();
+    if (!ID_RE.test(user)) { showError('sidebar-error', 'A user id is 1–64 characters from A–Z a–z 0–9 _ . -'); return; }
+    $('new-chat-user').value = '';
+    openConversation(dmOf(state.session.user, user));
+  });
+  $('new-group-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const name = $('new-group-name').value.trim();
+    const members = $('new-group-members').value.split(/[\s,]+/).filter(Boolean);
+    const bad = members.find((u) => !ID_RE.test(u));
+    if (bad) { showError('sidebar-error', `Not a user id: ${bad}`); return; }
+    try {
+      const g = await api('POST', '/v1/groups', { name, members });
+      state.groups.set(g.group, g);
+      $('new-group-form').reset();
+      $('new-group').open = false;
+      openConversation(`group:${g.group}`);
+    } catch (e) {
+      showError('sidebar-error', `New group: ${e.message}`);
+    }
+  });
+  $('add-member').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const c = state.convs.get(state.active);
+    const user = $('add-member-user').value.trim();
+    if (!c?.group || !ID_RE.test(user)) { showError('chat-error', 'A user id is 1–64 characters from A–Z a–z 0–9 _ . -'); return; }
+    try {
+      const g = await api('POST', `/v1/groups/${c.group}/members`, { user });
+      state.groups.set(g.group, g);
+      $('add-member-user').value = '';
+      render();
+    } catch (e) {
+      showError('chat-error', `Add member: ${e.message}`);
+    }
+  });
+  $('leave-group').addEventListener('click', () => {
+    const c = state.convs.get(state.active);
+    if (c?.group) removeMember(c.group, state.session.user);
+  });
+  $('composer').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const input = $('composer-input');
+    send(input.value);
+    input.value = '';
+  });
+  $('composer-input').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('composer').requestSubmit(); }
+  });
+  document.addEventListener('keydown', (ev) => {
+    if ((ev.ctrlKey || ev.metaKey) && ev.key === 'k') { ev.preventDefault(); $('new-chat-user').focus(); }
+    if (ev.altKey && (ev.key === 'ArrowUp' || ev.key === 'ArrowDown')) {
+      ev.preventDefault();
+      const all = ordered();
+      const at = all.findIndex((c) => c.id === state.active);
+      const next = all[(at + (ev.key === 'ArrowDown' ? 1 : all.length - 1)) % all.length];
+      if (next) openConversation(next.id);
+    }
+    if (ev.key === 'Escape' && $('app').classList.contains('show-chat')) $('back').click();
+  });
+  document.addEventListener('visibilitychange', ackShown);
+}
+
+async function main() {
+  wire();
+  try {
+    const res = await fetch('/config.json');
+    state.cfg = await res.json();
+  } catch { /* no config: token sign-in, API on this origin */ }
+  $('signin-dev').hidden = !state.cfg.devSignIn;
+  $('signin-token-box').hidden = Boolean(state.cfg.devSignIn);
+  $('signin-user').required = Boolean(state.cfg.devSignIn);
+  let saved = null;
+  try { saved = JSON.parse(sessionStorage.getItem('connect.session')); } catch { /* none */ }
+  if (saved?.token && saved?.user) start(saved);
+  else $('signin').hidden = false;
+}
+
+main();
