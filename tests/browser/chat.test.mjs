@@ -1,7 +1,8 @@
 // The web client in headless Chromium against the running local stack (scripts/stack.sh
 // test-browser, run by `make test`):
 //   1. alice (gateway A) and bob (gateway B) sign in and chat across the two gateways;
-//   2. bob reloads the page and sees the conversation's history;
+//   2. bob reloads the page and sees the conversation's history, and scrolls back past its
+//      first page;
 //   3. alice makes a group with bob and carol (gateway A); the three exchange messages; alice
 //      adds dave;
 //   4. carol closes her page, alice writes, carol comes back: the message arrives on her new
@@ -112,6 +113,25 @@ try {
   check(JSON.stringify(seqs) === JSON.stringify([1, 2]), `bob's history after reload: seqs ${seqs}`);
   log('bob reloaded and sees the history (seqs 1, 2)');
   await shot(b, 'bob-after-reload');
+
+  // Scrolling back: more than a page of history (50) after another reload.
+  for (let i = 1; i <= 55; i += 1) {
+    await a.fill('#composer-input', `burst ${i}`);
+    await a.press('#composer-input', 'Enter');
+  }
+  await a.locator('#message-list .msg[data-seq="57"]').waitFor({ timeout: WAIT });
+  await sees(b, 'burst 55');
+  await b.reload();
+  await connected(b);
+  await conversationButton(b, dm).click();
+  await sees(b, 'burst 55');
+  check(await b.locator('#message-list .msg', { hasText: 'hello bob' }).count() === 0, 'the first page is the last 50 messages');
+  await b.locator('#older').waitFor({ timeout: WAIT });
+  await b.click('#older');
+  await sees(b, 'hello bob');
+  const all = await seqsOf(b);
+  check(all.length === 57 && all.every((seq, i) => seq === i + 1), `after scrolling back: seqs ${all}`);
+  log('bob scrolled back past the first page of history (57 messages)');
 
   // 3. A group of three.
   const c = await signIn(browser, GW_A, carol);
