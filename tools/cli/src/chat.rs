@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use connect_protocol::{ConversationId, GroupId, IdError, UserId};
+
 /// Where a line goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -30,6 +32,16 @@ impl Target {
         let user = text.strip_prefix('@').unwrap_or(text);
         (!user.is_empty() && !user.contains(char::is_whitespace))
             .then(|| Target::User(user.to_owned()))
+    }
+
+    /// The conversation `me` has with this target (the ids checked as the contract says).
+    pub fn conversation(&self, me: &str) -> Result<ConversationId, IdError> {
+        match self {
+            Target::User(u) => {
+                ConversationId::direct(&UserId::parse(me)?, &UserId::parse(u.as_str())?)
+            }
+            Target::Group(g) => Ok(ConversationId::group(GroupId::parse(g.as_str())?)),
+        }
     }
 }
 
@@ -119,16 +131,11 @@ pub fn clock(ts_ms: u64) -> String {
 }
 
 /// The other party of a direct conversation, seen from `from`.
-fn peer<'a>(conversation: &'a str, from: &str) -> &'a str {
-    let mut parts = conversation
-        .strip_prefix("dm:")
-        .unwrap_or("")
-        .splitn(2, ':');
-    let (a, b) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if a == from {
-        b
-    } else {
-        a
+fn peer(conversation: &str, from: &str) -> String {
+    match ConversationId::parse(conversation) {
+        Ok(ConversationId::Direct { low, high }) if low.as_str() == from => high.to_string(),
+        Ok(ConversationId::Direct { low, .. }) => low.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -144,7 +151,7 @@ pub fn line(m: &Value, names: &HashMap<String, String>) -> String {
         .or_else(|| conversation.strip_prefix("group:"))
     {
         Some(g) => format!("#{}", names.get(g).map_or(g, String::as_str)),
-        None => peer(conversation, from).to_owned(),
+        None => peer(conversation, from),
     };
     if let Some(event) = m.get("event") {
         let kind = event.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -203,6 +210,21 @@ mod tests {
         assert!(matches!(Input::parse("/to", me), Input::Invalid(_)));
         assert!(matches!(Input::parse("/dance", me), Input::Invalid(_)));
         assert_eq!(Input::parse("/quit", me), Input::Quit);
+        let bob = Target::parse("bob", me).unwrap();
+        assert_eq!(bob.conversation(me).unwrap().to_string(), "dm:alice:bob");
+        assert_eq!(bob.conversation("zoe").unwrap().to_string(), "dm:bob:zoe");
+        assert_eq!(
+            Target::parse("#g_1", me)
+                .unwrap()
+                .conversation(me)
+                .unwrap()
+                .to_string(),
+            "group:g_1"
+        );
+        assert!(Target::parse("alice", me)
+            .unwrap()
+            .conversation(me)
+            .is_err());
         assert_eq!(Input::parse("   ", me), Input::Empty);
         assert_eq!(
             Input::parse(r#"{"type":"ack"}"#, me),

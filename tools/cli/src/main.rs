@@ -29,6 +29,15 @@ use connect_cli::client::{self, Ws};
 use connect_core::auth::{JwtSecret, TokenIssuer};
 use connect_protocol::{ConversationId, UserId};
 
+/// A send not answered yet.
+struct Pending {
+    frame: String,
+    target: Target,
+    body: String,
+    /// Retries after `unavailable` / `rate_limited` (each waits twice as long, up to 8 s).
+    tries: u32,
+}
+
 #[derive(Parser)]
 #[command(
     name = "connect",
@@ -213,13 +222,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 query.push_str(&format!("&before={b}"));
             }
             let token = token_for(&c, &user)?;
-            let page = client::api_ok(
-                &token,
-                "GET",
-                &format!("{}/v1/conversations/{conversation}/messages?{query}", c.api),
-                None,
-            )
-            .await?;
+            let url = messages_url(&c.api, &conversation.to_string(), &query);
+            let page = client::api_ok(&token, "GET", &url, None).await?;
             if c.json {
                 println!("{page}");
                 return Ok(());
@@ -266,22 +270,17 @@ fn token_for(c: &Common, user: &str) -> anyhow::Result<String> {
 
 /// The conversation id a user means: `@bob`/`bob` → `dm:…`, `#g`/`group:g` → `group:g`, or an
 /// id as it is.
-fn conversation_of(me: &str, text: &str) -> anyhow::Result<String> {
-    let id = match Target::parse(text, me) {
-        Some(Target::User(u)) => {
-            checked_user(&u)?;
-            let (a, b) = if me < u.as_str() {
-                (me, u.as_str())
-            } else {
-                (u.as_str(), me)
-            };
-            format!("dm:{a}:{b}")
-        }
-        Some(Target::Group(g)) => format!("group:{g}"),
-        None => bail!("name a conversation: @user, #group, dm:a:b or group:g"),
-    };
-    ConversationId::parse(&id).map_err(|e| anyhow::anyhow!("{text:?}: {e}"))?;
-    Ok(id)
+fn conversation_of(me: &str, text: &str) -> anyhow::Result<ConversationId> {
+    let target =
+        Target::parse(text, me).context("name a conversation: @user, #group, dm:a:b or group:g")?;
+    target
+        .conversation(me)
+        .map_err(|e| anyhow::anyhow!("{text:?}: {e}"))
+}
+
+/// A page of a conversation's history on the HTTP API.
+fn messages_url(api: &str, conversation: &str, query: &str) -> String {
+    format!("{api}/v1/conversations/{conversation}/messages?{query}")
 }
 
 /// Group id → name, for the user's groups (empty when the API cannot be reached).
@@ -409,9 +408,14 @@ async fn send_once(
     let frame = send_frame(&id, &target, &body).to_string();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut backoff = Duration::from_millis(200);
-    // A lost connection or a retryable refusal: again with the same id, until the deadline.
+    // A retryable refusal: again with the same id on the same connection; a lost connection:
+    // again on a new one. Until the deadline.
+    let mut open: Option<Ws> = None;
     loop {
-        let (mut ws, _) = connect_ws(c, user, None).await?;
+        let ws = match &mut open {
+            Some(ws) => ws,
+            None => open.insert(connect_ws(c, user, None).await?.0),
+        };
         ws.send(Message::Text(frame.clone().into())).await?;
         let answer = loop {
             match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -426,7 +430,6 @@ async fn send_once(
                 Ok(Some(Err(_)) | None) => break None,
             }
         };
-        let _ = ws.close(None).await;
         match answer {
             Some(f) if f["type"] == "accepted" => {
                 if c.json {
@@ -438,6 +441,7 @@ async fn send_once(
                         f["seq"]
                     );
                 }
+                let _ = ws.close(None).await;
                 return Ok(());
             }
             Some(f) if !retried(f["code"].as_str().unwrap_or("")) => {
@@ -450,14 +454,14 @@ async fn send_once(
                     f["message"].as_str().unwrap_or("")
                 );
             }
-            _ if tokio::time::Instant::now() + backoff >= deadline => {
-                bail!("{id} not accepted in 30 s")
-            }
-            _ => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+            Some(_) => {}
+            None => open = None,
         }
+        if tokio::time::Instant::now() + backoff >= deadline {
+            bail!("{id} not accepted in 30 s");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -487,8 +491,8 @@ fn bench(args: Vec<String>) -> anyhow::Result<()> {
 struct Session {
     me: String,
     target: Option<Target>,
-    /// Sends not answered yet: id → (frame, target, body).
-    pending: HashMap<String, (String, Target, String)>,
+    /// Sends not answered yet, by id.
+    pending: HashMap<String, Pending>,
     /// Per conversation, the last seq printed without a gap (what is acked).
     last: HashMap<String, u64>,
     /// Conversations whose ack has not gone out yet.
@@ -519,20 +523,6 @@ impl Session {
                 Target::Group(by_name.unwrap_or(g))
             }
             t => t,
-        }
-    }
-
-    fn conversation(&self, target: &Target) -> String {
-        match target {
-            Target::User(u) => {
-                let (a, b) = if self.me.as_str() < u.as_str() {
-                    (&self.me, u)
-                } else {
-                    (u, &self.me)
-                };
-                format!("dm:{a}:{b}")
-            }
-            Target::Group(g) => format!("group:{g}"),
         }
     }
 }
@@ -611,8 +601,8 @@ async fn session(
 ) -> anyhow::Result<()> {
     let (mut sink, mut stream) = ws.split();
     // Unanswered sends go again, with their ids.
-    for (frame, _, _) in s.pending.values() {
-        sink.send(Message::Text(frame.clone().into())).await?;
+    for p in s.pending.values() {
+        sink.send(Message::Text(p.frame.clone().into())).await?;
     }
     let (retry_tx, mut retry) = mpsc::channel::<String>(64);
     let mut acks = tokio::time::interval(Duration::from_millis(200));
@@ -647,8 +637,8 @@ async fn session(
                 None => bail!("closed"),
             },
             Some(id) = retry.recv() => {
-                if let Some((frame, _, _)) = s.pending.get(&id) {
-                    sink.send(Message::Text(frame.clone().into())).await?;
+                if let Some(p) = s.pending.get(&id) {
+                    sink.send(Message::Text(p.frame.clone().into())).await?;
                 }
             }
             _ = acks.tick() => {
@@ -717,11 +707,14 @@ async fn handle_input(
                 eprintln!("? no conversation yet: /to <user> or /group <group>");
                 return Ok(());
             };
-            let url = format!(
-                "{}/v1/conversations/{}/messages?limit={n}",
-                c.api,
-                s.conversation(t)
-            );
+            let conversation = match t.conversation(&s.me) {
+                Ok(conversation) => conversation.to_string(),
+                Err(e) => {
+                    eprintln!("? {e}");
+                    return Ok(());
+                }
+            };
+            let url = messages_url(&c.api, &conversation, &format!("limit={n}"));
             match client::api_ok(&s.token, "GET", &url, None).await {
                 Ok(page) => {
                     for m in page["messages"].as_array().into_iter().flatten() {
@@ -744,7 +737,15 @@ async fn handle_input(
     let id = new_id("cli");
     let frame = send_frame(&id, &target, &body).to_string();
     sink.send(Message::Text(frame.clone().into())).await?;
-    s.pending.insert(id, (frame, target, body));
+    s.pending.insert(
+        id,
+        Pending {
+            frame,
+            target,
+            body,
+            tries: 0,
+        },
+    );
     Ok(())
 }
 
@@ -759,10 +760,7 @@ async fn show(c: &Common, s: &mut Session, m: &Value) {
             return; // at least once: a repeat
         }
         if seq > last + 1 {
-            let url = format!(
-                "{}/v1/conversations/{conversation}/messages?after={last}&limit=100",
-                c.api
-            );
+            let url = messages_url(&c.api, &conversation, &format!("after={last}&limit=100"));
             if let Ok(page) = client::api_ok(&s.token, "GET", &url, None).await {
                 for earlier in page["messages"].as_array().into_iter().flatten() {
                     let e = earlier["seq"].as_u64().unwrap_or(0);
@@ -774,7 +772,11 @@ async fn show(c: &Common, s: &mut Session, m: &Value) {
             }
         }
     }
-    if m.get("event").is_some() {
+    // A group this terminal has no name for yet (just made, or just joined).
+    if m["group"]
+        .as_str()
+        .is_some_and(|g| !s.names.contains_key(g))
+    {
         s.names = group_names(c, &s.token).await;
     }
     println!("{}", chat::line(m, &s.names));
@@ -796,7 +798,7 @@ async fn handle_frame(c: &Common, s: &mut Session, f: Value, retry: &mpsc::Sende
         "message" => show(c, s, &f).await,
         "accepted" => {
             let id = f["id"].as_str().unwrap_or("");
-            if let Some((_, target, body)) = s.pending.remove(id) {
+            if let Some(Pending { target, body, .. }) = s.pending.remove(id) {
                 let mut m = json!({"conversation": f["conversation"], "seq": f["seq"], "from": s.me,
                     "id": id, "body": body, "ts": f["ts"]});
                 if let Target::Group(g) = target {
@@ -810,12 +812,12 @@ async fn handle_frame(c: &Common, s: &mut Session, f: Value, retry: &mpsc::Sende
         "error" => {
             let code = f["code"].as_str().unwrap_or("error");
             let id = f["id"].as_str().unwrap_or("");
-            let tries = s.pending.len() as u32;
-            match s.pending.get(id) {
-                Some(_) if retried(code) => {
+            match s.pending.get_mut(id) {
+                Some(p) if retried(code) => {
+                    p.tries += 1;
                     let retry = retry.clone();
                     let id = id.to_owned();
-                    let wait = Duration::from_millis(300 * u64::from(tries.clamp(1, 10)));
+                    let wait = Duration::from_millis(250 << p.tries.min(5));
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         let _ = retry.send(id).await;
