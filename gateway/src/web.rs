@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +23,9 @@ const INDEX: &str = include_str!("../web/index.html");
 const SCRIPT: &str = include_str!("../web/app.js");
 const STYLE: &str = include_str!("../web/app.css");
 
+/// The largest development sign-in body (`{"user":"…"}` is under 100 bytes).
+const DEV_SIGN_IN_MAX_BYTES: usize = 1024;
+
 /// How long a development token lives.
 pub const DEV_TOKEN_TTL_SECS: u64 = 12 * 3600;
 
@@ -34,7 +38,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/config.json", get(config))
         .route(
             "/dev/token",
-            post(dev_token).layer(DefaultBodyLimit::max(1024)),
+            post(dev_token).layer(DefaultBodyLimit::max(DEV_SIGN_IN_MAX_BYTES)),
         )
         .with_state(gw)
 }
@@ -110,7 +114,10 @@ struct DevSignIn {
 
 /// `POST /dev/token {"user":"alice"}` → `{"user","token","exp"}`: development sign-in, on the
 /// local stack only (`CONNECT_ENV=local`); everywhere else 404, as if the route did not exist.
-async fn dev_token(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
+async fn dev_token(
+    State(gw): State<Arc<Gateway>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     if !gw.cfg.dev_sign_in {
         return http_error(
             StatusCode::NOT_FOUND,
@@ -118,6 +125,24 @@ async fn dev_token(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
             "development sign-in is off (local stack only)",
         );
     }
+    // Over the body limit (or unreadable): the contract's error shape, not axum's text.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return http_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                "a sign-in body is at most 1 KiB",
+            )
+        }
+        Err(e) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &e.body_text(),
+            )
+        }
+    };
     let request: DevSignIn = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -113,8 +113,10 @@ async fn development_sign_in_gives_a_token_for_the_socket_and_the_api() -> anyho
             "{response}"
         );
     }
-    let (status, _) = http_raw(gw, "POST", "/dev/token", &json, &"x".repeat(4096)).await?;
+    let (status, response) = http_raw(gw, "POST", "/dev/token", &json, &"x".repeat(4096)).await?;
     assert_eq!(status, 413, "a sign-in body is small");
+    let e: Value = serde_json::from_str(body(&response))?;
+    assert_eq!(e["error"]["code"], "too_large", "{response}");
     Ok(())
 }
 
