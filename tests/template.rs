@@ -302,51 +302,66 @@ fn the_kafka_functions_use_the_codes_topics() {
             && ref_target(at(a, &["URI"])) == Some("MskScramSecret")));
 }
 
-/// Every string literal in the code that looks like an environment variable name.
-fn names_in_code() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+/// Each file below `dirs` (from the workspace root; `target/` left out), as (path, text).
+fn sources(dirs: &[&str]) -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.is_dir() {
                 if !path.ends_with("target") {
                     walk(&path, out);
                 }
-            } else if path.extension().is_some_and(|e| e == "sh") {
-                // A shell entrypoint (deploy/mirrormaker.sh) reads `${NAME…}`.
+            } else {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
-                for piece in text.split("${").skip(1) {
-                    let name: String = piece
-                        .chars()
-                        .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
-                        .collect();
-                    if name.len() > 2 {
-                        out.insert(name);
-                    }
-                }
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                for literal in text.split('"').skip(1).step_by(2) {
-                    if literal.len() > 2
-                        && literal
-                            .bytes()
-                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-                    {
-                        out.insert(literal.to_owned());
-                    }
-                }
+                out.push((path, text));
             }
         }
     }
+    let mut out = Vec::new();
+    for dir in dirs {
+        walk(&root().join(dir), &mut out);
+    }
+    out
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension().is_some_and(|e| e == ext)
+}
+
+/// Every string literal in the code that looks like an environment variable name.
+fn names_in_code() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for dir in [
+    let dirs = [
         "crates",
         "functions",
         "gateway",
         "messaging",
         "tools/setup",
         "deploy",
-    ] {
-        walk(&root().join(dir), &mut names);
+    ];
+    for (path, text) in sources(&dirs) {
+        if has_extension(&path, "sh") {
+            // A shell entrypoint (deploy/mirrormaker.sh) reads `${NAME…}`.
+            for piece in text.split("${").skip(1) {
+                let name: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.len() > 2 {
+                    names.insert(name);
+                }
+            }
+        } else if has_extension(&path, "rs") {
+            for literal in text.split('"').skip(1).step_by(2) {
+                if literal.len() > 2
+                    && literal
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    names.insert(literal.to_owned());
+                }
+            }
+        }
     }
     names
 }
@@ -726,26 +741,18 @@ fn a_second_region_is_this_template_with_a_peer_and_mirrormaker_carries_the_code
 
 /// Every metric name the code records (`counter!`/`gauge!`/`histogram!` literals).
 fn metrics_in_code() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                for kind in ["counter!(", "gauge!(", "histogram!("] {
-                    for piece in text.split(kind).skip(1) {
-                        if let Some(name) = piece.trim_start().strip_prefix('"') {
-                            out.insert(name.split('"').next().unwrap_or_default().to_owned());
-                        }
-                    }
+    let mut names = BTreeSet::new();
+    for (path, text) in sources(&["crates", "gateway/src", "messaging/src"]) {
+        if !has_extension(&path, "rs") {
+            continue;
+        }
+        for kind in ["counter!(", "gauge!(", "histogram!("] {
+            for piece in text.split(kind).skip(1) {
+                if let Some(name) = piece.trim_start().strip_prefix('"') {
+                    names.insert(name.split('"').next().unwrap_or_default().to_owned());
                 }
             }
         }
-    }
-    let mut names = BTreeSet::new();
-    for dir in ["crates", "gateway/src", "messaging/src"] {
-        walk(&root().join(dir), &mut names);
     }
     names
 }
