@@ -20,10 +20,7 @@ const CODES: [&str; 8] = [
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let limits = FrameLimits {
-        max_frame_bytes: 64 * 1024,
-        max_body_bytes: 16 * 1024,
-    };
+    let limits = FrameLimits::default();
     let user = UserId::parse("alice").unwrap();
     let reply = ReplyTo {
         conn: "c1".into(),
@@ -36,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(s.body.len() <= limits.max_body_bytes);
             assert_eq!(s.sender, user);
         }
-        Inbound::Ack { .. } => assert!(text.len() <= limits.max_frame_bytes),
+        Inbound::Ack { .. }
+        | Inbound::Read { .. }
+        | Inbound::Typing { .. }
+        | Inbound::Watch(_) => assert!(text.len() <= limits.max_frame_bytes),
         Inbound::Reject(e) => {
             let frame: serde_json::Value = serde_json::from_str(&e.to_frame().to_text()).unwrap();
             assert_eq!(frame["type"], "error");

@@ -136,6 +136,7 @@ impl Config {
             limits: FrameLimits {
                 max_frame_bytes: env::var("GATEWAY_MAX_FRAME_BYTES", 64 * 1024)?,
                 max_body_bytes: env::var("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,
+                max_watch_users: env::var("GATEWAY_MAX_WATCH_USERS", 256)?,
             },
             max_ws_message_bytes: env::var("GATEWAY_MAX_WS_MESSAGE_BYTES", 1024 * 1024)?,
             ws_read_buffer: env::var("GATEWAY_WS_READ_BUFFER_BYTES", 2048)?,

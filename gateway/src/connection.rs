@@ -501,6 +501,15 @@ where
                 self.ack(&conversation.to_string(), seq);
                 Ok(())
             }
+            Inbound::Read { .. } | Inbound::Typing { .. } | Inbound::Watch(_) => {
+                if let Some(text) = self.rate_limited(false, None) {
+                    return self.send_text(text).await;
+                }
+                // Read markers, typing and presence are being built (issues 20 and 22): until
+                // then the client is told so, never left waiting for something that never comes.
+                let err = FrameError::new(ErrorCode::Internal, "not available on this server yet");
+                self.reject(&err).await
+            }
             Inbound::Reject(err) => {
                 if let Some(text) = self.rate_limited(false, None) {
                     return self.send_text(text).await;

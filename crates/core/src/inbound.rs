@@ -16,6 +16,18 @@ pub enum Inbound {
         conversation: ConversationId,
         seq: u64,
     },
+    /// The user has read `conversation` up to `seq` (checked, clamped and stored by messaging).
+    Read {
+        conversation: ConversationId,
+        seq: u64,
+    },
+    /// The user is typing in `conversation` (`stop`: no longer).
+    Typing {
+        conversation: ConversationId,
+        stop: bool,
+    },
+    /// The connection's new watch list.
+    Watch(Vec<UserId>),
     /// Answer with an `error` frame; the connection stays open.
     Reject(FrameError),
 }
@@ -25,6 +37,21 @@ pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimi
     match ClientFrame::parse(text, limits) {
         Err(e) => Inbound::Reject(e),
         Ok(ClientFrame::Ack { conversation, seq }) => Inbound::Ack { conversation, seq },
+        Ok(ClientFrame::Read { conversation, seq }) => {
+            if conversation.is_direct_member(user) || conversation.group_id().is_some() {
+                Inbound::Read { conversation, seq }
+            } else {
+                Inbound::Reject(not_a_member())
+            }
+        }
+        Ok(ClientFrame::Typing { conversation, stop }) => {
+            if conversation.is_direct_member(user) || conversation.group_id().is_some() {
+                Inbound::Typing { conversation, stop }
+            } else {
+                Inbound::Reject(not_a_member())
+            }
+        }
+        Ok(ClientFrame::Watch { users }) => Inbound::Watch(users),
         Ok(ClientFrame::Send { id, target, body }) => {
             let conversation = match target {
                 SendTarget::Group(g) => ConversationId::group(g),
@@ -53,6 +80,11 @@ pub fn handle_text(user: &UserId, reply: ReplyTo, text: &str, limits: &FrameLimi
             }))
         }
     }
+}
+
+/// The answer to a frame about a conversation the user is not in.
+pub fn not_a_member() -> FrameError {
+    FrameError::new(ErrorCode::Forbidden, "not a member of this conversation")
 }
 
 #[cfg(test)]
@@ -129,5 +161,34 @@ mod tests {
             &FrameLimits::default(),
         );
         assert!(matches!(r, Inbound::Ack { seq: 4, .. }));
+    }
+
+    #[test]
+    fn read_and_typing_into_someone_elses_direct_conversation_are_forbidden() {
+        let limits = FrameLimits::default();
+        for text in [
+            r#"{"type":"read","conversation":"dm:bob:carol","seq":3}"#,
+            r#"{"type":"typing","conversation":"dm:bob:carol"}"#,
+        ] {
+            let r = handle_text(&alice(), reply(), text, &limits);
+            assert!(
+                matches!(&r, Inbound::Reject(e) if e.code == ErrorCode::Forbidden),
+                "{text}: {r:?}"
+            );
+        }
+        let r = handle_text(
+            &alice(),
+            reply(),
+            r#"{"type":"read","conversation":"dm:alice:bob","seq":3}"#,
+            &limits,
+        );
+        assert!(matches!(r, Inbound::Read { seq: 3, .. }));
+        let r = handle_text(
+            &alice(),
+            reply(),
+            r#"{"type":"typing","conversation":"group:g_1","stop":true}"#,
+            &limits,
+        );
+        assert!(matches!(r, Inbound::Typing { stop: true, .. }));
     }
 }

@@ -8,11 +8,13 @@ use serde_json::{Map, Value};
 
 use crate::{ClientMsgId, ConversationId, ErrorCode, GroupId, UserId};
 
-/// Size limits applied while parsing (the contract's defaults: 64 KiB frame, 16 KiB body).
+/// Size limits applied while parsing (the contract's defaults: 64 KiB frame, 16 KiB body, 256
+/// users in a `watch` list).
 #[derive(Debug, Clone, Copy)]
 pub struct FrameLimits {
     pub max_frame_bytes: usize,
     pub max_body_bytes: usize,
+    pub max_watch_users: usize,
 }
 
 impl Default for FrameLimits {
@@ -20,6 +22,7 @@ impl Default for FrameLimits {
         Self {
             max_frame_bytes: 64 * 1024,
             max_body_bytes: 16 * 1024,
+            max_watch_users: 256,
         }
     }
 }
@@ -43,6 +46,18 @@ pub enum ClientFrame {
         conversation: ConversationId,
         seq: u64,
     },
+    /// The user has read `conversation` up to `seq` (all their devices share the marker).
+    Read {
+        conversation: ConversationId,
+        seq: u64,
+    },
+    /// The user is typing in `conversation` (`stop`: no longer).
+    Typing {
+        conversation: ConversationId,
+        stop: bool,
+    },
+    /// Replaces the connection's watch list (presence).
+    Watch { users: Vec<UserId> },
 }
 
 /// A client frame the server refuses; becomes an `error` frame.
@@ -114,7 +129,23 @@ impl ClientFrame {
                 let id = obj.get("id").and_then(Value::as_str);
                 Self::parse_send(&obj, limits).map_err(|e| e.with_id(id))
             }
-            "ack" => Self::parse_ack(&obj),
+            "ack" => {
+                let (conversation, seq) = Self::conversation_and_seq(&obj)?;
+                Ok(Self::Ack { conversation, seq })
+            }
+            "read" => {
+                let (conversation, seq) = Self::conversation_and_seq(&obj)?;
+                Ok(Self::Read { conversation, seq })
+            }
+            "typing" => Ok(Self::Typing {
+                conversation: Self::conversation(&obj)?,
+                stop: match obj.get("stop") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(bad("`stop` must be true or false")),
+                },
+            }),
+            "watch" => Self::parse_watch(&obj, limits),
             other => Err(bad(format!("unknown frame type `{other}`"))),
         }
     }
@@ -150,15 +181,44 @@ impl ClientFrame {
         })
     }
 
-    fn parse_ack(obj: &Map<String, Value>) -> Result<Self, FrameError> {
-        let conversation = ConversationId::parse(string_field(obj, "conversation")?)
-            .map_err(|e| bad(format!("`conversation`: {e}")))?;
+    fn conversation(obj: &Map<String, Value>) -> Result<ConversationId, FrameError> {
+        ConversationId::parse(string_field(obj, "conversation")?)
+            .map_err(|e| bad(format!("`conversation`: {e}")))
+    }
+
+    /// `conversation` and `seq` (a whole number >= 1) of an `ack` or `read`.
+    fn conversation_and_seq(obj: &Map<String, Value>) -> Result<(ConversationId, u64), FrameError> {
+        let conversation = Self::conversation(obj)?;
         let seq = match obj.get("seq") {
             Some(v) => v.as_u64().filter(|s| *s >= 1),
             None => return Err(bad("missing field `seq`")),
         }
         .ok_or_else(|| bad("`seq` must be a whole number >= 1"))?;
-        Ok(Self::Ack { conversation, seq })
+        Ok((conversation, seq))
+    }
+
+    fn parse_watch(obj: &Map<String, Value>, limits: &FrameLimits) -> Result<Self, FrameError> {
+        let Some(Value::Array(list)) = obj.get("users") else {
+            return Err(bad("`users` must be a list of user ids"));
+        };
+        if list.len() > limits.max_watch_users {
+            return Err(bad(format!(
+                "`users` lists {} users; the limit is {}",
+                list.len(),
+                limits.max_watch_users
+            )));
+        }
+        let mut users = Vec::with_capacity(list.len());
+        for v in list {
+            let id = v
+                .as_str()
+                .ok_or_else(|| bad("`users` must be a list of user ids"))?;
+            let user = UserId::parse(id).map_err(|e| bad(format!("`users`: {e}")))?;
+            if !users.contains(&user) {
+                users.push(user);
+            }
+        }
+        Ok(Self::Watch { users })
     }
 }
 
@@ -208,6 +268,65 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
     },
+    /// `user`'s read and delivered markers in `conversation`, as they are now.
+    Receipt {
+        conversation: &'a str,
+        user: &'a str,
+        read: u64,
+        delivered: u64,
+        ts: u64,
+    },
+    /// `user` is typing in `conversation` (or, with `stop`, no longer).
+    Typing {
+        conversation: &'a str,
+        user: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        stop: bool,
+    },
+    /// A watched user's presence.
+    Presence {
+        user: &'a str,
+        #[serde(flatten)]
+        state: Presence,
+    },
+}
+
+/// What a `presence` frame says of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Presence {
+    /// At least one open connection somewhere.
+    Online { online: Always<true> },
+    /// No open connection; `last_seen` when the last one closed (none: never seen).
+    Offline {
+        online: Always<false>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_seen: Option<u64>,
+    },
+    /// The caller may not watch this user.
+    Hidden { hidden: Always<true> },
+}
+
+impl Presence {
+    pub const ONLINE: Presence = Presence::Online { online: Always };
+    pub const HIDDEN: Presence = Presence::Hidden { hidden: Always };
+
+    pub fn offline(last_seen: Option<u64>) -> Self {
+        Presence::Offline {
+            online: Always,
+            last_seen,
+        }
+    }
+}
+
+/// A boolean field that is always `B` (renders as `true` / `false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Always<const B: bool>;
+
+impl<const B: bool> Serialize for Always<B> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(B)
+    }
 }
 
 impl ServerFrame<'_> {
@@ -305,6 +424,64 @@ mod tests {
             let e = parse(text).unwrap_err();
             assert_eq!((e.code, e.id.as_deref()), (code, id), "{text}");
         }
+    }
+
+    #[test]
+    fn read_typing_and_watch_parse_and_refuse_what_is_wrong() {
+        let f = parse(r#"{"type":"read","conversation":"group:g_1","seq":9}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Read { seq: 9, .. }));
+        let f = parse(r#"{"type":"typing","conversation":"dm:a:b","stop":true}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Typing { stop: true, .. }));
+        let f = parse(r#"{"type":"typing","conversation":"dm:a:b"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Typing { stop: false, .. }));
+        let f = parse(r#"{"type":"watch","users":["bob","carol","bob"]}"#).unwrap();
+        let ClientFrame::Watch { users } = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(users.len(), 2, "a repeated user is watched once");
+        let many: Vec<String> = (0..257).map(|i| format!("\"u{i}\"")).collect();
+        let text = format!(r#"{{"type":"watch","users":[{}]}}"#, many.join(","));
+        assert_eq!(parse(&text).unwrap_err().code, ErrorCode::BadRequest);
+        let at_limit = format!(r#"{{"type":"watch","users":[{}]}}"#, many[..256].join(","));
+        assert!(parse(&at_limit).is_ok());
+        for bad in [
+            r#"{"type":"read","conversation":"dm:a:b","seq":0}"#,
+            r#"{"type":"read","conversation":"dm:a:b"}"#,
+            r#"{"type":"read","seq":3}"#,
+            r#"{"type":"typing","conversation":"dm:a:b","stop":"yes"}"#,
+            r#"{"type":"typing","conversation":"x"}"#,
+            r#"{"type":"watch","users":"bob"}"#,
+            r#"{"type":"watch","users":["b b"]}"#,
+            r#"{"type":"watch","users":[1]}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
+    }
+
+    #[test]
+    fn receipt_typing_and_presence_render() {
+        let text = ServerFrame::Typing {
+            conversation: "dm:a:b",
+            user: "a",
+            stop: false,
+        }
+        .to_text();
+        assert_eq!(
+            text,
+            r#"{"type":"typing","conversation":"dm:a:b","user":"a"}"#
+        );
+        let text = ServerFrame::Presence {
+            user: "bob",
+            state: Presence::offline(None),
+        }
+        .to_text();
+        assert_eq!(text, r#"{"type":"presence","user":"bob","online":false}"#);
+        let text = ServerFrame::Presence {
+            user: "x",
+            state: Presence::HIDDEN,
+        }
+        .to_text();
+        assert_eq!(text, r#"{"type":"presence","user":"x","hidden":true}"#);
     }
 
     #[test]

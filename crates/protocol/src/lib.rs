@@ -14,6 +14,7 @@ pub mod ids;
 
 pub use error::ErrorCode;
 pub use frames::{
-    ClientFrame, FrameError, FrameLimits, GroupEvent, MessageFrame, SendTarget, ServerFrame,
+    Always, ClientFrame, FrameError, FrameLimits, GroupEvent, MessageFrame, Presence, SendTarget,
+    ServerFrame,
 };
 pub use ids::{ClientMsgId, ConversationId, GroupId, IdError, UserId};

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use connect_protocol::{
-    ClientFrame, ErrorCode, FrameLimits, MessageFrame, SendTarget, ServerFrame,
+    ClientFrame, ErrorCode, FrameLimits, MessageFrame, Presence, SendTarget, ServerFrame,
 };
 
 fn repo() -> PathBuf {
@@ -103,6 +103,31 @@ fn rendered(example: &Value) -> Value {
             }
             .to_text()
         }
+        "receipt" => ServerFrame::Receipt {
+            conversation: s(example, "conversation"),
+            user: s(example, "user"),
+            read: example["read"].as_u64().expect("read"),
+            delivered: example["delivered"].as_u64().expect("delivered"),
+            ts: example["ts"].as_u64().expect("ts"),
+        }
+        .to_text(),
+        "typing" => ServerFrame::Typing {
+            conversation: s(example, "conversation"),
+            user: s(example, "user"),
+            stop: example["stop"].as_bool().unwrap_or(false),
+        }
+        .to_text(),
+        "presence" => ServerFrame::Presence {
+            user: s(example, "user"),
+            state: if example["hidden"].as_bool() == Some(true) {
+                Presence::HIDDEN
+            } else if example["online"].as_bool().expect("online") {
+                Presence::ONLINE
+            } else {
+                Presence::offline(example["last_seen"].as_u64())
+            },
+        }
+        .to_text(),
         other => {
             panic!("PROTOCOL.md shows a `{other}` frame this crate does not render: {example}")
         }
@@ -123,10 +148,32 @@ fn parsed(example: &Value) {
                 SendTarget::Group(g) => assert_eq!(g.as_str(), s(example, "group")),
             }
         }
-        ClientFrame::Ack { conversation, seq } => {
+        ClientFrame::Ack { conversation, seq } | ClientFrame::Read { conversation, seq } => {
             assert_eq!(conversation.to_string(), s(example, "conversation"));
             assert_eq!(Some(seq), example["seq"].as_u64());
         }
+        ClientFrame::Typing { conversation, stop } => {
+            assert_eq!(conversation.to_string(), s(example, "conversation"));
+            assert_eq!(stop, example["stop"].as_bool().unwrap_or(false));
+        }
+        ClientFrame::Watch { users } => {
+            let listed: Vec<&str> = example["users"]
+                .as_array()
+                .expect("users")
+                .iter()
+                .map(|u| u.as_str().expect("a user id"))
+                .collect();
+            assert_eq!(users.iter().map(|u| u.as_str()).collect::<Vec<_>>(), listed);
+        }
+    }
+}
+
+/// Whether an example is a frame a client sends (a `typing` from the server names its `user`).
+fn from_client(example: &Value) -> bool {
+    match s(example, "type") {
+        "send" | "ack" | "read" | "watch" => true,
+        "typing" => example.get("user").is_none(),
+        _ => false,
     }
 }
 
@@ -136,15 +183,26 @@ fn every_frame_in_the_contract_parses_or_renders_exactly_as_shown() {
     let mut seen = BTreeSet::new();
     for example in &examples {
         let kind = s(example, "type");
-        match kind {
-            "send" | "ack" => parsed(example),
-            _ => assert_eq!(
+        if from_client(example) {
+            parsed(example);
+            seen.insert(format!("{kind} from a client"));
+        } else {
+            assert_eq!(
                 &rendered(example),
                 example,
                 "the `{kind}` frame renders otherwise"
-            ),
+            );
+            seen.insert(format!("{kind} from the server"));
         }
         seen.insert(kind.to_owned());
+        if example.get("stop").is_some() {
+            seen.insert(format!("{kind} stopped"));
+        }
+        for state in ["hidden", "last_seen"] {
+            if example.get(state).is_some() {
+                seen.insert(format!("{kind} {state}"));
+            }
+        }
         if example.get("event").is_some() {
             seen.insert("message with event".to_owned());
         }
@@ -164,6 +222,15 @@ fn every_frame_in_the_contract_parses_or_renders_exactly_as_shown() {
         "message to a group",
         "message with event",
         "error",
+        "read from a client",
+        "receipt from the server",
+        "typing from a client",
+        "typing stopped",
+        "typing from the server",
+        "watch from a client",
+        "presence from the server",
+        "presence hidden",
+        "presence last_seen",
     ];
     for kind in expected {
         assert!(
