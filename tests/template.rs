@@ -250,6 +250,11 @@ fn the_tables_have_the_keys_indexes_and_streams_the_code_uses() {
     assert!(at(index, &["Projection", "NonKeyAttributes"])
         .as_sequence()
         .is_some_and(|a| a.iter().any(|v| s(v) == "since")));
+    let inbox = table("INBOX_TABLE");
+    assert_eq!(
+        keys(inbox, at(inbox, &["Properties", "KeySchema"])),
+        [key("owner", "S", "HASH"), key("item", "S", "RANGE")]
+    );
     // The group-events function reads old and new images (who removed whom).
     assert_eq!(
         s(at(
@@ -418,6 +423,7 @@ fn each_function_has_the_settings_it_cannot_run_without() {
     for (binary, needs) in [
         ("history", &["CONNECT_JWT_SECRET_ARN"][..]),
         ("groups", &["CONNECT_JWT_SECRET_ARN"]),
+        ("inbox", &["CONNECT_JWT_SECRET_ARN"]),
         (
             "group-events",
             &[

@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use connect_api::{event_json, match_route, HttpApi};
+use connect_api::{event_json, match_route, ApiPorts, HttpApi};
 use connect_core::auth::{JwtSecret, TokenIssuer, TokenVerifier};
 use connect_core::memory::Memory;
 use libfuzzer_sys::fuzz_target;
@@ -62,8 +62,7 @@ fuzz_target!(|data: &[u8]| {
     let memory = Arc::new(Memory::default());
     let api = HttpApi::new(
         TokenVerifier::new(&JwtSecret::new(None, false).unwrap()),
-        memory.clone(),
-        memory,
+        ApiPorts::all(memory),
         100,
     );
     let runtime = tokio::runtime::Builder::new_current_thread()

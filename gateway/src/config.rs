@@ -78,6 +78,9 @@ pub struct Config {
     /// `GATEWAY_CATCH_UP_TIMEOUT_MS`: how long a new connection's live messages wait for its
     /// backlog (the offline-delivery function's `caught_up`) before they go out regardless.
     pub catch_up_timeout: Duration,
+    /// How long a connection gathers its acks before it reports its user's `delivered` markers
+    /// (one record per conversation that moved, not one per ack).
+    pub delivered_flush: Duration,
     pub max_post_bytes: usize,
     pub offline: OfflineLimits,
     /// `GATEWAY_WEB_API_URL`: where the web client (served at `/`) finds the HTTP API.
@@ -174,6 +177,7 @@ impl Config {
             drain_timeout: secs("GATEWAY_DRAIN_SECS", 10)?,
             internal_token: connect_core::auth::internal_token(env::production())?,
             catch_up_timeout: Duration::from_millis(env::var("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?),
+            delivered_flush: Duration::from_millis(env::var("GATEWAY_DELIVERED_FLUSH_MS", 1000)?),
             max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
             web_api_url: env::string("GATEWAY_WEB_API_URL", "http://127.0.0.1:8090")

@@ -22,16 +22,18 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
 use connect_core::inbound::{handle_text, Inbound};
-use connect_core::model::{ReplyTo, Session, UserConnected};
+use connect_core::model::{MarkerUpdate, ReplyTo, Session, UserConnected};
 use connect_core::PortError;
-use connect_protocol::{ErrorCode, FrameError, ServerFrame, UserId};
+use connect_protocol::{ConversationId, ErrorCode, FrameError, ServerFrame, UserId};
 
 use crate::hub::{ConnInfo, Held, Out};
 use crate::limits::{Admitted, Limited};
 use crate::outbox::{outbox, Evicted, Inbox};
+use crate::pacer::Pacer;
 use crate::state::Gateway;
 
-type Publish = Pin<Box<dyn Future<Output = (String, Result<(), PortError>)> + Send>>;
+/// A publish in flight: the `id` of the send it carries (none: a `read`), and its outcome.
+type Publish = Pin<Box<dyn Future<Output = (Option<String>, Result<(), PortError>)> + Send>>;
 
 /// Why the loop ended: the peer went away, or the server closes with a code.
 enum End {
@@ -60,6 +62,11 @@ struct Connection<S> {
     /// per connection, so an ack flood costs one Redis round at a time, not one per ack.
     acks: HashMap<String, u64>,
     ack_write: Option<JoinHandle<()>>,
+    /// Acks not yet reported as the user's `delivered` markers, and when they will be.
+    delivered: HashMap<ConversationId, u64>,
+    delivered_due: Option<tokio::time::Instant>,
+    /// Receipts: at most one per (user, conversation) per second.
+    receipts: Pacer,
     /// Ends a write stuck on a peer that stopped reading once the hub evicts the connection.
     evicted: Evicted,
     /// When the token's `exp` passes (with the verifier's leeway), if the connection closes then.
@@ -121,6 +128,9 @@ where
         publishes: FuturesUnordered::new(),
         acks: HashMap::new(),
         ack_write: None,
+        delivered: HashMap::new(),
+        delivered_due: None,
+        receipts: Pacer::new(Duration::from_secs(1)),
         evicted: rx.evicted(),
         expires,
         catching_up: Some(tokio::time::Instant::now() + gw.cfg.catch_up_timeout),
@@ -150,6 +160,7 @@ where
         }
     }
     c.flush_acks();
+    c.report_delivered();
     gw.hub.remove(&conn);
     if let Err(e) = gw
         .registry
@@ -263,6 +274,11 @@ where
             }
             Out::Message(held) => self.fresh(*held).into_iter().collect(),
             Out::CaughtUp => self.caught_up(),
+            Out::Signal { key, frame } => self
+                .receipts
+                .offer(key, frame, tokio::time::Instant::now())
+                .into_iter()
+                .collect(),
             Out::Close => {
                 self.end
                     .get_or_insert(End::Close(CloseCode::Normal, "closed by the server"));
@@ -297,6 +313,30 @@ where
         *highest = (*highest).max(seq);
         if self.ack_write.is_none() {
             self.flush_acks();
+        }
+    }
+
+    /// Reports the acks gathered since the last report as the user's `delivered` markers: one
+    /// record per conversation, to messaging (which checks, clamps and stores them, and sends
+    /// the receipts). A lost report is made good by the next ack of that conversation.
+    fn report_delivered(&mut self) {
+        self.delivered_due = None;
+        for (conversation, seq) in std::mem::take(&mut self.delivered) {
+            let update = MarkerUpdate {
+                conversation,
+                user: self.user.clone(),
+                read: 0,
+                delivered: seq,
+                device: None,
+                reply: None,
+            };
+            let pending = self.gw.bus.mark(&update);
+            tokio::spawn(async move {
+                if let Err(e) = pending.await {
+                    counter!("connect_gateway_marker_failures_total").increment(1);
+                    debug!(cause = %e, "a delivered report was not published");
+                }
+            });
         }
     }
 
@@ -356,6 +396,14 @@ where
                     self.ack_write = None;
                     self.flush_acks();
                     Ok(())
+                },
+                () = sleep_until_some(self.delivered_due) => {
+                    self.report_delivered();
+                    Ok(())
+                },
+                () = sleep_until_some(self.receipts.due()) => {
+                    let frames = self.receipts.release(tokio::time::Instant::now());
+                    self.write_frames(frames).await
                 },
                 () = sleep_until_some(self.catching_up) => {
                     counter!("connect_gateway_catch_up_timeouts_total").increment(1);
@@ -473,13 +521,17 @@ where
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), WsError> {
-        let reply = ReplyTo {
+    /// Where messaging answers this connection.
+    fn reply_to(&self) -> ReplyTo {
+        ReplyTo {
             conn: self.conn.to_string(),
             slot: self.gw.slot,
             region: None,
-        };
-        match handle_text(&self.user, reply, text, &self.gw.cfg.limits) {
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), WsError> {
+        match handle_text(&self.user, self.reply_to(), text, &self.gw.cfg.limits) {
             Inbound::Submit(mut submission) => {
                 submission.device = Some(self.device.to_string());
                 if let Some(text) = self.rate_limited(true, Some(submission.id.as_str())) {
@@ -490,7 +542,7 @@ where
                 let id = submission.id.to_string();
                 let pending = self.gw.bus.submit(&submission);
                 self.publishes
-                    .push(Box::pin(async move { (id, pending.await) }));
+                    .push(Box::pin(async move { (Some(id), pending.await) }));
                 Ok(())
             }
             Inbound::Ack { conversation, seq } => {
@@ -499,14 +551,39 @@ where
                 }
                 counter!("connect_gateway_acks_total").increment(1);
                 self.ack(&conversation.to_string(), seq);
+                if conversation.is_direct_member(&self.user) || conversation.group_id().is_some() {
+                    let highest = self.delivered.entry(conversation).or_insert(seq);
+                    *highest = (*highest).max(seq);
+                    self.delivered_due.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.gw.cfg.delivered_flush
+                    });
+                }
                 Ok(())
             }
-            Inbound::Read { .. } | Inbound::Typing { .. } | Inbound::Watch(_) => {
+            Inbound::Read { conversation, seq } => {
                 if let Some(text) = self.rate_limited(false, None) {
                     return self.send_text(text).await;
                 }
-                // Read markers, typing and presence are being built (issues 20 and 22): until
-                // then the client is told so, never left waiting for something that never comes.
+                counter!("connect_gateway_reads_total").increment(1);
+                let update = MarkerUpdate {
+                    conversation,
+                    user: self.user.clone(),
+                    read: seq,
+                    delivered: 0,
+                    device: Some(self.device.to_string()),
+                    reply: Some(self.reply_to()),
+                };
+                let pending = self.gw.bus.mark(&update);
+                self.publishes
+                    .push(Box::pin(async move { (None, pending.await) }));
+                Ok(())
+            }
+            Inbound::Typing { .. } | Inbound::Watch(_) => {
+                if let Some(text) = self.rate_limited(false, None) {
+                    return self.send_text(text).await;
+                }
+                // Typing and presence are being built (issue 22): until then the client is told
+                // so, never left waiting for something that never comes.
                 let err = FrameError::new(ErrorCode::Internal, "not available on this server yet");
                 self.reject(&err).await
             }
@@ -526,22 +603,31 @@ where
 
     async fn on_published(
         &mut self,
-        id: String,
+        id: Option<String>,
         result: Result<(), PortError>,
     ) -> Result<(), WsError> {
         match result {
             Ok(()) => {
-                counter!("connect_gateway_sends_total", "result" => "published").increment(1);
+                if id.is_some() {
+                    counter!("connect_gateway_sends_total", "result" => "published").increment(1);
+                }
                 Ok(())
             }
             Err(e) => {
                 warn!(cause = %e, user = %self.user, "publish failed");
                 counter!("connect_gateway_sends_total", "result" => "unavailable").increment(1);
-                let text = error_text(
-                    ErrorCode::Unavailable,
-                    "message bus unavailable; retry with the same id",
-                    Some(&id),
-                );
+                let text = match &id {
+                    Some(id) => error_text(
+                        ErrorCode::Unavailable,
+                        "message bus unavailable; retry with the same id",
+                        Some(id),
+                    ),
+                    None => error_text(
+                        ErrorCode::Unavailable,
+                        "message bus unavailable; send the read again",
+                        None,
+                    ),
+                };
                 self.send_text(text).await
             }
         }

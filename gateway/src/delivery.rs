@@ -71,6 +71,7 @@ pub async fn run(consumer: StreamConsumer, gw: Arc<Gateway>) {
                 let handed = gw.hub.deliver(delivery);
                 counter!("connect_gateway_deliveries_total").increment(handed.frames as u64);
                 counter!("connect_gateway_slow_consumers_total").increment(handed.evicted as u64);
+                counter!("connect_gateway_signals_dropped_total").increment(handed.dropped as u64);
                 // Recipients who left after the registry lookup: their devices' next
                 // connections find the message in the conversation's log.
                 counter!("connect_gateway_absent_total").increment(handed.absent.len() as u64);

@@ -31,6 +31,9 @@ pub enum Out {
     Close,
     /// The connection's backlog has been posted: live messages held meanwhile go out now.
     CaughtUp,
+    /// A `receipt`: sent at once, or (another with the same key went out less than a second
+    /// ago) coalesced into the latest of its key; never held back or delivered later.
+    Signal { key: Arc<str>, frame: Utf8Bytes },
 }
 
 /// A `message` frame with the (conversation, seq) its ack names.
@@ -70,6 +73,8 @@ pub struct Handed {
     pub frames: usize,
     /// Connections evicted as slow consumers.
     pub evicted: usize,
+    /// Signals dropped for a full queue (they are never worth an eviction).
+    pub dropped: usize,
     /// Recipients with no connection here any more (they left after the registry lookup).
     pub absent: Vec<UserId>,
 }
@@ -172,6 +177,25 @@ impl Hub {
                 }
             }
         }
+        if let Some(signal) = delivery.signal {
+            let (key, frame): (Arc<str>, Utf8Bytes) = (signal.key.into(), signal.frame.into());
+            let except = signal.except.as_deref();
+            for user in &delivery.recipients {
+                let Some(conns) = inner.users.get(user) else {
+                    continue;
+                };
+                for conn in conns.iter().filter(|c| Some(&***c) != except) {
+                    let out = Out::Signal {
+                        key: key.clone(),
+                        frame: frame.clone(),
+                    };
+                    match inner.conns[conn].outbox.try_send(out) {
+                        Ok(()) => handed.frames += 1,
+                        Err(_) => handed.dropped += 1,
+                    }
+                }
+            }
+        }
         if let Some(reply) = delivery.reply {
             if let Some(entry) = inner.conns.get(reply.conn.as_str()) {
                 match entry
@@ -243,6 +267,7 @@ mod tests {
             Out::Posted(f) => f.to_string(),
             Out::Close => "close".into(),
             Out::CaughtUp => "caught_up".into(),
+            Out::Signal { frame, .. } => frame.to_string(),
         }
     }
 
@@ -260,6 +285,7 @@ mod tests {
                 conn: c.into(),
                 frame: "r".into(),
             }),
+            signal: None,
         }
     }
 
@@ -278,6 +304,7 @@ mod tests {
             Handed {
                 frames: 3,
                 evicted: 0,
+                dropped: 0,
                 absent: vec![user("nobody")],
             }
         );
@@ -305,6 +332,35 @@ mod tests {
         assert_eq!(text(rx.try_recv().unwrap()), "m");
         assert_eq!(rx.recv().await, None, "evicted: its queue is closed");
         assert!(!hub.remove("a1"));
+    }
+
+    #[test]
+    fn a_signal_skips_its_origin_and_a_full_queue_drops_it_without_an_eviction() {
+        let hub = Hub::default();
+        let (tx1, mut rx1) = channel(4);
+        let (tx2, mut rx2) = channel(1);
+        let (tx3, mut rx3) = channel(4);
+        hub.add(info("a"), "a1".into(), tx1);
+        hub.add(info("a"), "a2".into(), tx2);
+        hub.add(info("b"), "b1".into(), tx3);
+        assert!(hub.post("a2", Out::Frame("filler".into())));
+        let handed = hub.deliver(Delivery {
+            slot: 0,
+            recipients: vec![user("a"), user("b")],
+            message: None,
+            reply: None,
+            signal: Some(connect_core::model::Signal {
+                key: "dm:a:b a".into(),
+                frame: "receipt".into(),
+                except: Some("a1".into()),
+            }),
+        });
+        assert_eq!((handed.frames, handed.dropped, handed.evicted), (1, 1, 0));
+        assert!(rx1.try_recv().is_none(), "the origin gets none");
+        assert_eq!(text(rx2.try_recv().unwrap()), "filler");
+        assert!(rx2.try_recv().is_none(), "dropped, not queued");
+        assert!(matches!(rx3.try_recv(), Some(Out::Signal { key, .. }) if &*key == "dm:a:b a"));
+        assert_eq!(hub.len(), 3, "nobody evicted");
     }
 }
 

@@ -24,6 +24,7 @@ mod hub;
 mod limits;
 mod management;
 mod outbox;
+mod pacer;
 mod rate;
 mod server;
 mod state;

@@ -73,7 +73,7 @@ impl Out {
     /// The bytes this puts on the wire.
     pub fn bytes(&self) -> usize {
         match self {
-            Out::Frame(f) | Out::Posted(f) => f.len(),
+            Out::Frame(f) | Out::Posted(f) | Out::Signal { frame: f, .. } => f.len(),
             Out::Message(held) => held.frame.len(),
             Out::Close | Out::CaughtUp => 0,
         }

@@ -18,6 +18,8 @@ pub struct Config {
     /// `MESSAGING_SHED_AFTER_MS`: a client send that waited longer than this since the gateway
     /// took it is answered `unavailable` unprocessed (overload; 0: never).
     pub shed_after_ms: u64,
+    /// `RECEIPTS_LIVE_MAX_MEMBERS`: groups up to this size get every member's receipts live.
+    pub receipts_live_max_members: usize,
     pub redis_url: String,
     pub dynamo: DynamoConfig,
     pub tables: Tables,
@@ -60,6 +62,7 @@ impl Config {
             group_id: env::string("MESSAGING_GROUP_ID", "messaging"),
             batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
             shed_after_ms: env::var("MESSAGING_SHED_AFTER_MS", 400)?,
+            receipts_live_max_members: env::var("RECEIPTS_LIVE_MAX_MEMBERS", 32)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
             tables: Tables::from_env(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use connect_core::messaging::{MessagingStep, Prepared};
 use connect_core::ports::DeliveryBus;
 use connect_core::regions::{Inbound, RegionBus};
-use connect_kafka::codec::{decode_json, decode_submission, CodecError};
+use connect_kafka::codec::{decode_incoming, decode_json, decode_submission, CodecError, Incoming};
 use connect_kafka::rdkafka::message::BorrowedMessage;
 use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, PartitionKey};
@@ -44,7 +44,12 @@ fn decode(kinds: &TopicKinds, m: &BorrowedMessage<'_>) -> Option<Inbound> {
         Some(Kind::Replicas) => decode_json(payload).map(Inbound::Replica),
         Some(Kind::Acks) => decode_json(payload).map(Inbound::Ack),
         Some(Kind::Forwarded) => decode_submission(payload).map(Inbound::Forwarded),
-        Some(Kind::Sends) | None => decode_submission(payload).map(Inbound::Send),
+        Some(Kind::Sends) | None => {
+            decode_incoming(m.headers(), payload).map(|incoming| match incoming {
+                Incoming::Send(s) => Inbound::Send(s),
+                Incoming::Marker(u) => Inbound::Marker(u),
+            })
+        }
     };
     match decoded {
         Ok(s) => Some(s),
@@ -108,6 +113,8 @@ async fn publish_and_commit(
     counter!("connect_messaging_records_out_total").increment(report.records as u64);
     counter!("connect_messaging_shed_total").increment(report.shed as u64);
     counter!("connect_messaging_log_retries_total").increment(report.log_retries as u64);
+    counter!("connect_messaging_markers_total").increment(report.markers as u64);
+    counter!("connect_messaging_marker_retries_total").increment(report.marker_retries as u64);
     counter!("connect_messaging_lookup_retries_total").increment(report.lookup_retries as u64);
     counter!("connect_messaging_forwarded_total").increment(report.forwarded as u64);
     counter!("connect_messaging_relayed_total").increment(report.relayed as u64);

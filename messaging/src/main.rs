@@ -51,17 +51,22 @@ async fn main() -> anyhow::Result<()> {
         cfg.seq_block_max,
         cfg.seq_block_conversations,
     ));
-    let mut chat: Arc<dyn connect_core::ports::ChatStore> = Arc::new(DynamoChatStore::new(
+    let history = Arc::new(DynamoChatStore::new(
         dynamo.clone(),
         &cfg.tables.chat,
         cfg.dynamo_concurrency,
     ));
+    let mut chat: Arc<dyn connect_core::ports::ChatStore> = history.clone();
     if let Some(spec) = &cfg.fault_fail_writes {
         tracing::warn!(spec, "fault injection: chat-table writes will fail");
         chat = Arc::new(
             connect_core::faults::FailingWrites::parse(chat, spec).map_err(anyhow::Error::msg)?,
         );
     }
+    let inbox = Arc::new(connect_dynamo::DynamoInbox::new(
+        dynamo.clone(),
+        &cfg.tables.inbox,
+    ));
     let ports = Ports {
         registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
         sequences: sequences.clone(),
@@ -80,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
             cfg.dedupe_max_per_sender,
         )),
         log: Arc::new(RedisLog::new(redis, cfg.offline)),
+        markers: inbox.clone(),
+        inbox,
+        history,
         deliveries: deliveries.clone(),
     };
     // Other regions: the sends they forward here, their sequenced messages and their acks, as
@@ -128,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
         consumer,
         MessagingStep::new(ports)
             .shed_after_ms(cfg.shed_after_ms)
+            .receipts_live_max_members(cfg.receipts_live_max_members)
             .regions(cfg.regions.clone()),
         consumer::Outputs {
             deliveries,

@@ -61,6 +61,9 @@ pub struct Client {
     ws: Ws,
     /// (conversation, seq) of every `message` taken with [`Client::expect_fresh`].
     seen: std::collections::HashSet<(String, u64)>,
+    /// Whether `receipt` frames are returned; without, they are passed over, as a client that
+    /// shows no ticks does (acks make receipts for the other members).
+    pub receipts: bool,
 }
 
 /// Opens `/ws` on `gateway` with an optional Authorization header value and query string.
@@ -99,6 +102,7 @@ impl Client {
             gateway: String::new(),
             ws,
             seen: Default::default(),
+            receipts: false,
         };
         let hello = c.next().await?;
         if hello["type"] != "hello" || hello["user"] != user {
@@ -135,7 +139,13 @@ impl Client {
                 .map_err(|_| anyhow!("{}: no frame within {wait:?}", self.user))?
                 .ok_or_else(|| anyhow!("{}: connection closed", self.user))??;
             match msg {
-                Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+                Message::Text(t) => {
+                    let f: Value = serde_json::from_str(&t)?;
+                    if f["type"] == "receipt" && !self.receipts {
+                        continue;
+                    }
+                    return Ok(f);
+                }
                 Message::Close(f) => bail!("{}: closed by server: {f:?}", self.user),
                 _ => {}
             }
@@ -396,6 +406,49 @@ pub async fn api_call_at(
 }
 
 impl Client {
+    /// Sends `frame` (a `send` with `id`) until it is `accepted` (again on `unavailable`),
+    /// passing over every other frame meanwhile (a backlog, events); returns its seq.
+    pub async fn send_passing_over(&mut self, frame: Value) -> anyhow::Result<u64> {
+        let id = frame["id"].clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        self.send_raw(&frame.to_string()).await?;
+        loop {
+            let f = self.next().await?;
+            if f["id"] != id {
+                continue;
+            }
+            match f["type"].as_str() {
+                Some("accepted") => {
+                    return f["seq"].as_u64().ok_or_else(|| anyhow!("no seq in {f}"))
+                }
+                Some("error")
+                    if f["code"] == "unavailable" && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.send_raw(&frame.to_string()).await?;
+                }
+                _ => bail!("{}: expected accepted for {id}, got {f}", self.user),
+            }
+        }
+    }
+
+    pub async fn read(&mut self, conversation: &str, seq: u64) -> anyhow::Result<()> {
+        self.send_raw(&json!({"type":"read","conversation":conversation,"seq":seq}).to_string())
+            .await
+    }
+
+    /// The next `receipt` about `user` (other frames passed over), within `wait`.
+    pub async fn receipt_of(&mut self, user: &str, wait: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.next_within(left).await?;
+            if f["type"] == "receipt" && f["user"] == user {
+                return Ok(f);
+            }
+        }
+    }
+
     pub async fn ack(&mut self, conversation: &str, seq: u64) -> anyhow::Result<()> {
         self.send_raw(&json!({"type":"ack","conversation":conversation,"seq":seq}).to_string())
             .await

@@ -11,6 +11,7 @@ mod frames;
 mod groups;
 mod helpers;
 mod history;
+mod inbox;
 mod limits;
 mod offline;
 mod overload;

@@ -10,7 +10,8 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use connect_core::auth::TokenVerifier;
 use connect_core::groups::{self, GroupStore, Groups};
 use connect_core::history::{self, PageBody};
-use connect_core::ports::HistoryStore;
+use connect_core::inbox;
+use connect_core::ports::{ChatStore, HistoryStore, InboxIndex, ReadMarkers};
 use connect_core::ApiError;
 use connect_protocol::{ErrorCode, UserId};
 
@@ -43,6 +44,18 @@ const fn groups(method: &'static str, path: &'static str) -> Route {
     }
 }
 
+pub const INBOX: Route = Route {
+    method: "GET",
+    path: "/v1/conversations",
+    function: "inbox",
+};
+
+pub const RECEIPTS: Route = Route {
+    method: "GET",
+    path: "/v1/conversations/{conversation}/receipts",
+    function: "inbox",
+};
+
 pub const CREATE_GROUP: Route = groups("POST", "/v1/groups");
 pub const LIST_GROUPS: Route = groups("GET", "/v1/groups");
 pub const GET_GROUP: Route = groups("GET", "/v1/groups/{group}");
@@ -52,6 +65,8 @@ pub const REMOVE_MEMBER: Route = groups("DELETE", "/v1/groups/{group}/members/{u
 /// Every route, as `template.yaml` declares them.
 pub const ROUTES: &[Route] = &[
     HISTORY,
+    INBOX,
+    RECEIPTS,
     CREATE_GROUP,
     LIST_GROUPS,
     GET_GROUP,
@@ -207,16 +222,48 @@ fn json(status: u16, body: String) -> Response<Body> {
         .unwrap_or_default()
 }
 
+/// 200 with `body` as JSON.
+fn ok_json<T: serde::Serialize>(body: &T) -> Result<Response<Body>, ApiError> {
+    let text = serde_json::to_string(body)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok(json(200, text))
+}
+
 fn error(e: &ApiError) -> Response<Body> {
     json(e.status(), e.body())
+}
+
+/// What the HTTP API reads and writes.
+#[derive(Clone)]
+pub struct ApiPorts {
+    pub history: Arc<dyn HistoryStore>,
+    pub chat: Arc<dyn ChatStore>,
+    pub groups: Arc<dyn GroupStore>,
+    pub inbox: Arc<dyn InboxIndex>,
+    pub markers: Arc<dyn ReadMarkers>,
+}
+
+impl ApiPorts {
+    /// Every port from one value that implements them all (the in-memory ports).
+    pub fn all<T>(ports: Arc<T>) -> Self
+    where
+        T: HistoryStore + ChatStore + GroupStore + InboxIndex + ReadMarkers + 'static,
+    {
+        Self {
+            history: ports.clone(),
+            chat: ports.clone(),
+            groups: ports.clone(),
+            inbox: ports.clone(),
+            markers: ports,
+        }
+    }
 }
 
 /// The HTTP API over its ports.
 #[derive(Clone)]
 pub struct HttpApi {
     verifier: TokenVerifier,
-    history: Arc<dyn HistoryStore>,
-    groups: Arc<dyn GroupStore>,
+    ports: ApiPorts,
     max_members: usize,
 }
 
@@ -238,7 +285,7 @@ impl HttpApi {
     #[cfg(feature = "aws")]
     /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET` (and `CONNECT_JWT_SECRET_PREVIOUS`
     /// during a rotation), `CONNECT_ENV`, `AWS_REGION`,
-    /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`,
+    /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`,
     /// `GROUP_MAX_MEMBERS` (10000).
     pub async fn from_env() -> Result<Self, String> {
         use connect_core::env::production;
@@ -246,34 +293,41 @@ impl HttpApi {
             connect_core::auth::JwtSecret::from_env(production()).map_err(|e| e.to_string())?;
         let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
         let tables = connect_dynamo::Tables::from_env();
-        let store = connect_dynamo::DynamoChatStore::new(dynamo.clone(), &tables.chat, 1);
-        let groups = connect_dynamo::DynamoGroups::new(dynamo, &tables.groups);
+        let store = Arc::new(connect_dynamo::DynamoChatStore::new(
+            dynamo.clone(),
+            &tables.chat,
+            1,
+        ));
+        let inbox = Arc::new(connect_dynamo::DynamoInbox::new(
+            dynamo.clone(),
+            &tables.inbox,
+        ));
+        let ports = ApiPorts {
+            history: store.clone(),
+            chat: store,
+            groups: Arc::new(connect_dynamo::DynamoGroups::new(dynamo, &tables.groups)),
+            inbox: inbox.clone(),
+            markers: inbox,
+        };
         let max_members = connect_core::env::parsed("GROUP_MAX_MEMBERS", 10_000)?;
         Ok(Self::new(
             TokenVerifier::new(&secret).also(previous.as_ref()),
-            Arc::new(store),
-            Arc::new(groups),
+            ports,
             max_members,
         ))
     }
 
-    pub fn new(
-        verifier: TokenVerifier,
-        history: Arc<dyn HistoryStore>,
-        groups: Arc<dyn GroupStore>,
-        max_members: usize,
-    ) -> Self {
+    pub fn new(verifier: TokenVerifier, ports: ApiPorts, max_members: usize) -> Self {
         Self {
             verifier,
-            history,
-            groups,
+            ports,
             max_members,
         }
     }
 
     fn admin(&self) -> Groups<'_> {
         Groups {
-            store: &*self.groups,
+            store: &*self.ports.groups,
             max_members: self.max_members,
         }
     }
@@ -282,6 +336,8 @@ impl HttpApi {
     pub async fn handle(&self, req: Request) -> Response<Body> {
         let result = match route_of(&req) {
             Some(r) if r == HISTORY => self.history(&req).await,
+            Some(r) if r == INBOX => self.inbox(&req).await,
+            Some(r) if r == RECEIPTS => self.receipts(&req).await,
             Some(r) => self.groups(r, &req).await,
             None => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         };
@@ -313,10 +369,36 @@ impl HttpApi {
             .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing conversation"))?;
         let query_params = req.query_string_parameters();
         let query = history::Query::parse(&conversation, |name| query_params.first(name))?;
-        let page = history::read(&*self.history, &*self.groups, &caller, &query).await?;
-        let body = serde_json::to_string(&PageBody::from(page))
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-        Ok(json(200, body))
+        let page =
+            history::read(&*self.ports.history, &*self.ports.groups, &caller, &query).await?;
+        ok_json(&PageBody::from(page))
+    }
+
+    async fn inbox(&self, req: &Request) -> Result<Response<Body>, ApiError> {
+        let caller = self.caller(req)?;
+        let params = req.query_string_parameters();
+        let query = inbox::Query::parse(|name| params.first(name))?;
+        let ports = inbox::InboxPorts {
+            index: &*self.ports.inbox,
+            groups: &*self.ports.groups,
+            chat: &*self.ports.chat,
+            history: &*self.ports.history,
+        };
+        ok_json(&inbox::read(&ports, &caller, &query).await?)
+    }
+
+    async fn receipts(&self, req: &Request) -> Result<Response<Body>, ApiError> {
+        let caller = self.caller(req)?;
+        let conversation = req
+            .path_parameters()
+            .first("conversation")
+            .map(percent_decode)
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing conversation"))?;
+        let params = req.query_string_parameters();
+        let query = inbox::ReceiptsQuery::parse(&conversation, |name| params.first(name))?;
+        let receipts =
+            inbox::receipts(&*self.ports.markers, &*self.ports.groups, &caller, &query).await?;
+        ok_json(&receipts)
     }
 }
 

@@ -10,7 +10,7 @@ use super::*;
 
 fn api(mem: &Arc<Memory>) -> HttpApi {
     let secret = JwtSecret::new(None, false).unwrap();
-    HttpApi::new(TokenVerifier::new(&secret), mem.clone(), mem.clone(), 100)
+    HttpApi::new(TokenVerifier::new(&secret), ApiPorts::all(mem.clone()), 100)
 }
 
 fn token(user: &str) -> String {

@@ -55,7 +55,7 @@ pub struct Query {
     pub limit: u32,
 }
 
-fn whole_number(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn whole_number(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
     value
         .map(|v| {
             v.parse::<u64>().map_err(|_| {

@@ -12,6 +12,8 @@
 //! - [`inbound`]: what a gateway does with one client frame (pure).
 //! - [`offline`]: pushing a device's backlog (conversation logs above its cursors) to a new connection.
 //! - [`history`]: the history read: parameters, authorization, one page.
+//! - [`inbox`]: the inbox (a user's conversations, newest first, with unread counts) and the
+//!   receipts of a conversation.
 //! - [`groups`]: group administration and its rules, group changes as system messages,
 //!   messaging's membership cache.
 //! - [`sequencer`]: batched seq allocation (the sequencer function).
@@ -29,6 +31,7 @@ pub mod faults;
 pub mod groups;
 pub mod history;
 pub mod inbound;
+pub mod inbox;
 /// In-memory ports for unit tests (this crate's, and others' with the `memory` feature); not
 /// in production builds.
 #[cfg(any(test, feature = "memory"))]

@@ -56,6 +56,13 @@ pub struct Memory {
     pub member_since: Mutex<HashMap<(connect_protocol::GroupId, UserId), u64>>,
     /// Conversations whose sequence another region owns: allocation answers `NotHome`.
     pub homed_elsewhere: Mutex<HashMap<ConversationId, String>>,
+    /// Read markers per (user, conversation).
+    pub markers: Mutex<HashMap<(UserId, ConversationId), crate::model::Markers>>,
+    /// The inbox index: heads, and each user's direct conversations.
+    pub heads: Mutex<HashMap<ConversationId, crate::ports::Head>>,
+    pub listings: Mutex<HashMap<UserId, Vec<ConversationId>>>,
+    /// Inbox index writes made (for counting them).
+    pub inbox_writes: std::sync::atomic::AtomicUsize,
 }
 
 impl Memory {
@@ -72,6 +79,9 @@ impl Memory {
                 std::time::Duration::from_secs(60),
                 1000,
             )),
+            markers: self.clone(),
+            inbox: self.clone(),
+            history: self.clone(),
         }
     }
 
@@ -344,6 +354,88 @@ impl ConversationLog for Memory {
             .or_default();
         *at = (*at).max(seq);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl crate::ports::ReadMarkers for Memory {
+    async fn get(
+        &self,
+        keys: &[(UserId, ConversationId)],
+    ) -> Result<Vec<crate::model::Markers>, PortError> {
+        let markers = lock(&self.markers);
+        Ok(keys
+            .iter()
+            .map(|k| markers.get(k).copied().unwrap_or_default())
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        entries: &[(UserId, ConversationId, crate::model::Markers)],
+    ) -> Result<(), PortError> {
+        let mut markers = lock(&self.markers);
+        for (user, conversation, m) in entries {
+            markers.insert((user.clone(), conversation.clone()), *m);
+        }
+        Ok(())
+    }
+}
+
+impl Memory {
+    fn list(&self, listings: &[(UserId, ConversationId)]) {
+        let mut all = lock(&self.listings);
+        for (user, conversation) in listings {
+            let list = all.entry(user.clone()).or_default();
+            if !list.contains(conversation) {
+                list.push(conversation.clone());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl crate::ports::InboxIndex for Memory {
+    async fn write(&self, write: &crate::ports::InboxWrite) -> Result<(), PortError> {
+        self.inbox_writes.fetch_add(1, Ordering::SeqCst);
+        lock(&self.heads).extend(write.heads.iter().cloned());
+        self.list(&write.listings);
+        crate::ports::ReadMarkers::put(self, &write.markers).await
+    }
+
+    async fn advance(&self, write: &crate::ports::InboxWrite) -> Result<(), PortError> {
+        self.inbox_writes.fetch_add(1, Ordering::SeqCst);
+        let mut heads = lock(&self.heads);
+        for (conversation, head) in &write.heads {
+            let current = heads.entry(conversation.clone()).or_default();
+            if current.seq < head.seq {
+                *current = *head;
+            }
+        }
+        drop(heads);
+        self.list(&write.listings);
+        Ok(())
+    }
+
+    async fn heads(
+        &self,
+        conversations: &[ConversationId],
+    ) -> Result<Vec<Option<crate::ports::Head>>, PortError> {
+        let heads = lock(&self.heads);
+        Ok(conversations
+            .iter()
+            .map(|c| heads.get(c).copied())
+            .collect())
+    }
+
+    async fn listing(&self, user: &UserId) -> Result<crate::ports::Listing, PortError> {
+        let direct = lock(&self.listings).get(user).cloned().unwrap_or_default();
+        let markers = lock(&self.markers)
+            .iter()
+            .filter(|((u, _), _)| u == user)
+            .map(|((_, c), m)| (c.clone(), *m))
+            .collect();
+        Ok(crate::ports::Listing { direct, markers })
     }
 }
 

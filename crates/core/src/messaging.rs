@@ -24,6 +24,7 @@
 //! [`route`] (conversation log, sessions, deliveries), [`relay`] (other regions).
 
 mod audience;
+mod markers;
 mod relay;
 mod route;
 mod store;
@@ -60,6 +61,10 @@ pub struct StepReport {
     pub forwarded: usize,
     /// Other regions' sequenced messages and answers taken in.
     pub relayed: usize,
+    /// Read markers that moved (and were stored).
+    pub markers: usize,
+    /// Read-marker reads and writes (and head reads) that failed and were tried again.
+    pub marker_retries: usize,
     /// Where the batch's time went.
     pub phases: Phases,
 }
@@ -114,6 +119,8 @@ impl StepReport {
         self.retried += other.retried;
         self.forwarded += other.forwarded;
         self.relayed += other.relayed;
+        self.markers += other.markers;
+        self.marker_retries += other.marker_retries;
         self.phases.add(&other.phases);
     }
 }
@@ -167,6 +174,39 @@ pub struct MessagingStep {
     /// without being processed (0: never).
     shed_after_ms: u64,
     regions: crate::regions::Regions,
+    /// Groups up to this size get receipts live to every member (larger: the reader's own
+    /// connections only).
+    receipts_live_max_members: usize,
+    /// Direct conversations this process has listed under both users (so each is listed once
+    /// per process, not once per message).
+    listed: Listed,
+}
+
+/// A bounded set of conversations (forgotten all at once when full: listing again is harmless).
+#[derive(Default)]
+struct Listed(std::sync::Mutex<std::collections::HashSet<connect_protocol::ConversationId>>);
+
+impl Listed {
+    const MAX: usize = 100_000;
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<connect_protocol::ConversationId>>
+    {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn contains(&self, c: &connect_protocol::ConversationId) -> bool {
+        self.lock().contains(c)
+    }
+
+    fn remember(&self, c: &connect_protocol::ConversationId) {
+        let mut set = self.lock();
+        if set.len() >= Self::MAX {
+            set.clear();
+        }
+        set.insert(c.clone());
+    }
 }
 
 /// A message that will be delivered, with the connection to answer.
@@ -258,7 +298,15 @@ impl MessagingStep {
             ports,
             shed_after_ms: 0,
             regions: crate::regions::Regions::single("local"),
+            receipts_live_max_members: 32,
+            listed: Listed::default(),
         }
+    }
+
+    /// Groups up to `n` members get every member's receipts live (`RECEIPTS_LIVE_MAX_MEMBERS`).
+    pub fn receipts_live_max_members(mut self, n: usize) -> Self {
+        self.receipts_live_max_members = n;
+        self
     }
 
     /// This region and the others: sends homed elsewhere are forwarded, what this region

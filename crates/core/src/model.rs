@@ -151,6 +151,64 @@ pub struct Session {
     pub route: SessionRoute,
 }
 
+/// A change of one user's read state in a conversation (gateway → messaging, a `marker` record
+/// on `incoming_messages`, key = conversation): messaging checks it, clamps it to the
+/// conversation's head, keeps it only if it moves a marker forward, stores it and sends the
+/// receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerUpdate {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    /// The user has read up to here (0: no change).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub read: u64,
+    /// A device of the user acked up to here (0: no change).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delivered: u64,
+    /// The device that sent the `read`: its cursor moves up to the (clamped) marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// The connection that sent it: answered `forbidden` if the user is not a member, and
+    /// left out of the receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<ReplyTo>,
+}
+
+/// A user's markers in one conversation (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Markers {
+    pub read: u64,
+    pub delivered: u64,
+    /// When they last moved (ms since the epoch).
+    pub ts: u64,
+}
+
+impl Markers {
+    /// The `receipt` frame text for `user` in `conversation`.
+    pub fn receipt_text(&self, conversation: &str, user: &str) -> String {
+        ServerFrame::Receipt {
+            conversation,
+            user,
+            read: self.read,
+            delivered: self.delivered,
+            ts: self.ts,
+        }
+        .to_text()
+    }
+}
+
+/// A frame that is not a message (a `receipt`), for some users' connections on one gateway: sent
+/// live or never (not logged, not held back while a backlog comes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    /// What it is about, e.g. `<conversation> <user>` for a receipt: a connection gets at most
+    /// one signal per key per second (a burst sends the latest).
+    pub key: String,
+    pub frame: String,
+    /// A connection that does not get it (the one whose frame caused it).
+    pub except: Option<String>,
+}
+
 /// A message for one gateway's connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundMessage {
@@ -177,6 +235,8 @@ pub struct Delivery {
     pub recipients: Vec<UserId>,
     pub message: Option<OutboundMessage>,
     pub reply: Option<Reply>,
+    /// A signal for the recipients (then `message` is none).
+    pub signal: Option<Signal>,
 }
 
 /// A message in its conversation's log: the offline state, kept once per conversation

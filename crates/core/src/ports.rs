@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use connect_protocol::{ConversationId, UserId};
 
 use crate::model::{
-    Acceptance, DedupeKey, Delivery, LogEntry, Session, StoredMessage, Submission, UserConnected,
+    Acceptance, DedupeKey, Delivery, LogEntry, MarkerUpdate, Markers, Session, StoredMessage,
+    Submission, UserConnected,
 };
 use crate::PortError;
 
@@ -21,6 +22,80 @@ pub type PendingPublish = Pin<Box<dyn Future<Output = Result<(), PortError>> + S
 pub trait SubmissionBus: Send + Sync {
     /// Enqueues a submission (key = conversation) now, in call order; await the result for its ack.
     fn submit(&self, submission: &Submission) -> PendingPublish;
+    /// Enqueues a read-state change (key = conversation, so it is ordered with the sends).
+    fn mark(&self, update: &MarkerUpdate) -> PendingPublish;
+}
+
+/// Read markers per (user, conversation), durable (DynamoDB), shared by the user's devices.
+#[async_trait]
+pub trait ReadMarkers: Send + Sync {
+    /// The markers of each (user, conversation) (same order; none: zeros), read consistently,
+    /// batched.
+    async fn get(&self, keys: &[(UserId, ConversationId)]) -> Result<Vec<Markers>, PortError>;
+    /// Stores markers (whole: the caller has merged them with what [`Self::get`] read), batched.
+    async fn put(&self, markers: &[(UserId, ConversationId, Markers)]) -> Result<(), PortError>;
+    /// Every member's markers in `conversation` among `users` (same order; none: zeros),
+    /// batched.
+    async fn of_members(
+        &self,
+        conversation: &ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<Markers>, PortError> {
+        let keys: Vec<_> = users
+            .iter()
+            .map(|u| (u.clone(), conversation.clone()))
+            .collect();
+        self.get(&keys).await
+    }
+}
+
+/// What the inbox lists, kept at O(1) writes per message whatever the audience: each
+/// conversation's head (its newest message) and, per user, the direct conversations they are in
+/// (groups come from the membership index).
+#[async_trait]
+pub trait InboxIndex: Send + Sync {
+    /// One batch's writes, batched: heads written whole (the conversation's one writer, in
+    /// batch order), listings added (idempotent), the senders' markers moved to their messages.
+    async fn write(&self, write: &InboxWrite) -> Result<(), PortError>;
+    /// A repeat's writes (answered maybe long after newer messages): each head moved forward
+    /// only (one conditional write per conversation), listings added; `markers` ignored.
+    async fn advance(&self, write: &InboxWrite) -> Result<(), PortError>;
+    /// The head of each conversation (same order; none: no message indexed), read
+    /// consistently, batched.
+    async fn heads(&self, conversations: &[ConversationId])
+        -> Result<Vec<Option<Head>>, PortError>;
+    /// `user`'s direct conversations and every marker they have (conversation → markers).
+    async fn listing(&self, user: &UserId) -> Result<Listing, PortError>;
+}
+
+/// The newest message of a conversation, as the inbox orders it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub ts: u64,
+}
+
+/// One messaging batch's inbox writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InboxWrite {
+    pub heads: Vec<(ConversationId, Head)>,
+    /// (user, direct conversation) to list.
+    pub listings: Vec<(UserId, ConversationId)>,
+    /// Senders' markers, moved to their newest message.
+    pub markers: Vec<(UserId, ConversationId, Markers)>,
+}
+
+impl InboxWrite {
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty() && self.listings.is_empty() && self.markers.is_empty()
+    }
+}
+
+/// What the inbox table holds for one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub direct: Vec<ConversationId>,
+    pub markers: std::collections::HashMap<ConversationId, Markers>,
 }
 
 /// Messaging → gateways: the `outgoing_messages` topic, one partition per gateway slot.
@@ -164,4 +239,8 @@ pub struct Ports {
     pub deliveries: Arc<dyn DeliveryBus>,
     pub log: Arc<dyn ConversationLog>,
     pub groups: Arc<crate::groups::MembershipCache>,
+    pub markers: Arc<dyn ReadMarkers>,
+    pub inbox: Arc<dyn InboxIndex>,
+    /// The last message of a conversation whose log is empty (clamping a marker to the head).
+    pub history: Arc<dyn HistoryStore>,
 }

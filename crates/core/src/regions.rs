@@ -185,6 +185,8 @@ pub enum Inbound {
     Replica(Replica),
     /// Another region's ack.
     Ack(AckRecord),
+    /// A read-state change from this region's gateways (`incoming_messages`).
+    Marker(crate::model::MarkerUpdate),
 }
 
 /// Messaging → the other regions (and forwarded sends into this region's `incoming_messages`).

@@ -21,7 +21,7 @@ use crate::{unavailable, BATCH};
 pub const BY_USER: &str = "by_user";
 const META: &str = "meta";
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
@@ -29,19 +29,19 @@ fn member_key(user: &UserId) -> String {
     format!("m#{user}")
 }
 
-fn get<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
+pub(crate) fn get<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Option<&'a str> {
     item.get(k)?.as_s().ok().map(String::as_str)
 }
 
 /// A number attribute (0 when absent: items written before it existed).
-fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> u64 {
+pub(crate) fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> u64 {
     item.get(k)
         .and_then(|v| v.as_n().ok())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 
-fn n(v: u64) -> AttributeValue {
+pub(crate) fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
@@ -56,7 +56,7 @@ fn summary(item: &HashMap<String, AttributeValue>) -> Option<GroupSummary> {
     })
 }
 
-fn err<E>(
+pub(crate) fn err<E>(
     e: aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
 ) -> PortError
 where
@@ -66,7 +66,7 @@ where
 }
 
 /// Every item a query matches, page after page.
-async fn query_all(
+pub(crate) async fn query_all(
     query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
 ) -> Result<Vec<HashMap<String, AttributeValue>>, PortError> {
     let mut items = Vec::new();

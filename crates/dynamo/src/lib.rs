@@ -8,12 +8,15 @@
 //!   guarded by the conversation's home region.
 //! - [`groups`]: [`DynamoGroups`], the group table (meta item + one item per member, index
 //!   `by_user`).
+//! - [`inbox`]: [`DynamoInbox`], the inbox table: conversations' heads, users' direct
+//!   conversations and read markers.
 //! - [`schema`]: table definitions and [`schema::ensure_tables`].
 //! - [`item`]: message ⇄ item mapping.
 
 pub mod chat;
 pub mod client;
 pub mod groups;
+pub mod inbox;
 pub mod item;
 pub mod schema;
 pub mod sequences;
@@ -22,6 +25,7 @@ pub use aws_sdk_dynamodb::Client;
 pub use chat::DynamoChatStore;
 pub use client::{client, sdk_config, DynamoConfig};
 pub use groups::DynamoGroups;
+pub use inbox::DynamoInbox;
 pub use schema::{ensure_tables, Tables};
 pub use sequences::{epoch_base, DynamoSequences, MovedHomes};
 

@@ -6,12 +6,14 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`).
+/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`).
 #[derive(Debug, Clone)]
 pub struct Tables {
     pub chat: String,
     pub sequences: String,
     pub groups: String,
+    /// Read state: markers per (user, conversation).
+    pub inbox: String,
 }
 
 fn attr(name: &str, t: ScalarAttributeType) -> AttributeDefinition {
@@ -134,18 +136,31 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
             stream: true,
         },
     )
+    .await?;
+    create(
+        client,
+        Spec {
+            name: &tables.inbox,
+            hash: "owner",
+            range: Some(("item", ScalarAttributeType::S)),
+            index: None,
+            index_includes: &[],
+            stream: streams,
+        },
+    )
     .await
 }
 
 impl Tables {
-    /// From `CHAT_TABLE` (connect_messages), `SEQUENCE_TABLE` (connect_sequences) and
-    /// `GROUP_TABLE` (connect_groups).
+    /// From `CHAT_TABLE` (connect_messages), `SEQUENCE_TABLE` (connect_sequences),
+    /// `GROUP_TABLE` (connect_groups) and `INBOX_TABLE` (connect_inbox).
     pub fn from_env() -> Self {
         use connect_core::env::string;
         Self {
             chat: string("CHAT_TABLE", "connect_messages"),
             sequences: string("SEQUENCE_TABLE", "connect_sequences"),
             groups: string("GROUP_TABLE", "connect_groups"),
+            inbox: string("INBOX_TABLE", "connect_inbox"),
         }
     }
 }

@@ -4,15 +4,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use connect_core::model::{Delivery, Submission, UserConnected};
+use connect_core::model::{Delivery, MarkerUpdate, Submission, UserConnected};
 use connect_core::ports::{ConnectionEvents, DeliveryBus, PendingPublish, SubmissionBus};
 use connect_core::regions::{forward_topic, AckBus, AckRecord, RegionBus, Replica};
 use connect_core::PortError;
 
-use crate::codec::{encode_delivery, encode_json, encode_submission};
+use crate::codec::{encode_delivery, encode_json, encode_submission, KIND_HEADER, MARKER_KIND};
 
 const BACKEND: &str = "kafka";
 
@@ -34,7 +35,10 @@ impl KafkaSubmissionBus {
 
 /// Enqueues one record now; the future resolves when the broker has it.
 fn publish(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> PendingPublish {
-    let record = FutureRecord::to(topic).key(key).payload(payload);
+    enqueue(producer, FutureRecord::to(topic).key(key).payload(payload))
+}
+
+fn enqueue(producer: &FutureProducer, record: FutureRecord<'_, str, [u8]>) -> PendingPublish {
     match producer.send_result(record) {
         Ok(fut) => Box::pin(async move {
             match fut.await {
@@ -56,6 +60,20 @@ impl SubmissionBus for KafkaSubmissionBus {
             &key,
             &encode_submission(submission),
         )
+    }
+
+    fn mark(&self, update: &MarkerUpdate) -> PendingPublish {
+        let key = update.conversation.to_string();
+        let payload = encode_json(update);
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: KIND_HEADER,
+            value: Some(MARKER_KIND),
+        });
+        let record = FutureRecord::to(&self.topic)
+            .key(key.as_str())
+            .payload(payload.as_slice())
+            .headers(headers);
+        enqueue(&self.producer, record)
     }
 }
 

@@ -2,11 +2,16 @@
 //!
 //! `outgoing_messages`: value = the `message` frame text (empty when the record only carries a
 //! reply); headers `to` (recipients, comma-separated — user ids have no commas), `conv`, `seq`,
-//! `ts`, and for the sender's connection `reply_conn` + `reply` (its `accepted`/`error` frame).
+//! `ts`, and for the sender's connection `reply_conn` + `reply` (its `accepted`/`error` frame);
+//! a signal (a `receipt`) has its frame as the value, `to`, `signal` (its coalescing key) and
+//! `except` (a connection left out).
+//!
+//! `incoming_messages`: value = a [`Submission`] as JSON, or with the header `kind: marker` a
+//! [`MarkerUpdate`].
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
-use connect_core::model::{Delivery, OutboundMessage, Reply, Submission};
+use connect_core::model::{Delivery, MarkerUpdate, OutboundMessage, Reply, Signal, Submission};
 use connect_protocol::UserId;
 
 /// A record that cannot be decoded (logged and skipped: it would never decode).
@@ -20,6 +25,34 @@ pub fn encode_submission(s: &Submission) -> Vec<u8> {
 
 pub fn decode_submission(payload: &[u8]) -> Result<Submission, CodecError> {
     serde_json::from_slice(payload).map_err(|e| CodecError(e.to_string()))
+}
+
+/// The header that marks a record of `incoming_messages` that is not a send.
+pub const KIND_HEADER: &str = "kind";
+/// Its value for a [`MarkerUpdate`].
+pub const MARKER_KIND: &str = "marker";
+
+/// What a record of `incoming_messages` carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Send(Submission),
+    Marker(MarkerUpdate),
+}
+
+/// Decodes a record of `incoming_messages` by its `kind` header.
+pub fn decode_incoming<H: Headers>(
+    headers: Option<&H>,
+    payload: &[u8],
+) -> Result<Incoming, CodecError> {
+    let marker = headers.is_some_and(|h| {
+        h.iter()
+            .any(|h| h.key == KIND_HEADER && h.value == Some(MARKER_KIND.as_bytes()))
+    });
+    if marker {
+        decode_json(payload).map(Incoming::Marker)
+    } else {
+        decode_submission(payload).map(Incoming::Send)
+    }
 }
 
 /// A record of another region (`<region>.sequenced_messages`, `<region>.acks`), or a send
@@ -36,18 +69,20 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, 
 pub fn encode_delivery(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
     let mut h = OwnedHeaders::new_with_capacity(6);
     let mut value = Vec::new();
-    if let Some(m) = &d.message {
+    if d.message.is_some() || d.signal.is_some() {
         let to = d
             .recipients
             .iter()
             .map(UserId::as_str)
             .collect::<Vec<_>>()
             .join(",");
+        h = h.insert(Header {
+            key: "to",
+            value: Some(to.as_bytes()),
+        });
+    }
+    if let Some(m) = &d.message {
         h = h
-            .insert(Header {
-                key: "to",
-                value: Some(to.as_bytes()),
-            })
             .insert(Header {
                 key: "conv",
                 value: Some(m.conversation.as_bytes()),
@@ -61,6 +96,19 @@ pub fn encode_delivery(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
                 value: Some(m.ts.to_string().as_bytes()),
             });
         value = m.frame.as_bytes().to_vec();
+    }
+    if let Some(signal) = &d.signal {
+        h = h.insert(Header {
+            key: "signal",
+            value: Some(signal.key.as_bytes()),
+        });
+        if let Some(except) = &signal.except {
+            h = h.insert(Header {
+                key: "except",
+                value: Some(except.as_bytes()),
+            });
+        }
+        value = signal.frame.as_bytes().to_vec();
     }
     if let Some(r) = &d.reply {
         h = h
@@ -95,6 +143,7 @@ pub fn decode_delivery<H: Headers>(
 ) -> Result<Delivery, CodecError> {
     let (mut to, mut conv, mut seq, mut ts, mut reply_conn, mut reply) =
         (None, None, None, None, None, None);
+    let (mut signal, mut except) = (None, None);
     if let Some(headers) = headers {
         for h in headers.iter() {
             match h.key {
@@ -104,6 +153,8 @@ pub fn decode_delivery<H: Headers>(
                 "ts" => ts = Some(number(h.value, "ts")?),
                 "reply_conn" => reply_conn = Some(text(h.value, "reply_conn")?),
                 "reply" => reply = Some(text(h.value, "reply")?),
+                "signal" => signal = Some(text(h.value, "signal")?),
+                "except" => except = Some(text(h.value, "except")?),
                 _ => {}
             }
         }
@@ -128,11 +179,20 @@ pub fn decode_delivery<H: Headers>(
         (Some(conn), Some(frame)) => Some(Reply { conn, frame }),
         _ => None,
     };
+    let signal = match signal {
+        Some(key) => Some(Signal {
+            key,
+            frame: text(value, "value")?,
+            except,
+        }),
+        None => None,
+    };
     Ok(Delivery {
         slot,
         recipients,
         message,
         reply,
+        signal,
     })
 }
 
@@ -158,6 +218,7 @@ mod tests {
                 conn: "c1".into(),
                 frame: "{\"type\":\"accepted\"}".into(),
             }),
+            signal: None,
         };
         let (h, v) = encode_delivery(&d);
         assert_eq!(decode_delivery(3, Some(&h), Some(&v)).unwrap(), d);
@@ -166,9 +227,23 @@ mod tests {
             recipients: vec![],
             message: None,
             reply: d.reply.clone(),
+            signal: None,
         };
         let (h, v) = encode_delivery(&reply_only);
         assert_eq!(decode_delivery(1, Some(&h), Some(&v)).unwrap(), reply_only);
+        let signal = Delivery {
+            slot: 2,
+            recipients: vec![UserId::parse("bob").unwrap()],
+            message: None,
+            reply: None,
+            signal: Some(Signal {
+                key: "dm:alice:bob alice".into(),
+                frame: "{\"type\":\"receipt\"}".into(),
+                except: Some("c9".into()),
+            }),
+        };
+        let (h, v) = encode_delivery(&signal);
+        assert_eq!(decode_delivery(2, Some(&h), Some(&v)).unwrap(), signal);
     }
 
     #[test]

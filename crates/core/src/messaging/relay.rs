@@ -156,8 +156,10 @@ impl MessagingStep {
         let mut replicas = Vec::new();
         let mut acks = Vec::new();
         let mut taken_in = Vec::new();
+        let mut markers = Vec::new();
         for item in batch {
             match item {
+                Inbound::Marker(m) => markers.push(m),
                 Inbound::Send(s) => sends.push(s),
                 Inbound::Forwarded(s) => taken_in.push(s),
                 Inbound::Replica(r) => replicas.push(r),
@@ -174,6 +176,9 @@ impl MessagingStep {
         }
         if !acks.is_empty() {
             self.apply_acks(&acks).await;
+        }
+        if !markers.is_empty() {
+            prepared.merge(self.mark(markers, now_ms).await);
         }
         prepared.taken_in.extend(taken_in);
         prepared

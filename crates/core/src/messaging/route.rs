@@ -86,6 +86,7 @@ impl MessagingStep {
                     conn: reply.conn.clone(),
                     frame: err.to_frame().to_text(),
                 }),
+                signal: None,
             });
         }
         out.report.phases.route = started.elapsed();
@@ -115,26 +116,22 @@ impl MessagingStep {
         if entries.is_empty() {
             return;
         }
-        let mut backoff = RETRY_FIRST;
-        loop {
-            match self.ports.log.append(&entries).await {
-                Ok(()) => {
-                    out.report.logged += entries.len();
-                    return;
-                }
-                Err(e) => {
-                    out.report.log_retries += 1;
-                    warn!(cause = %e, count = entries.len(), retry_in = ?backoff, "conversation log write failed; trying again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                }
-            }
-        }
+        until_ok(
+            "conversation log write",
+            &mut out.report.log_retries,
+            || self.ports.log.append(&entries),
+        )
+        .await;
+        out.report.logged += entries.len();
     }
 
     /// The live sessions of each user, tried [`LOOKUP_ATTEMPTS`] times; then none for all
     /// (the messages are logged, and reach the devices on their next connection).
-    async fn lookup(&self, users: &[UserId], out: &mut Outcome) -> Vec<Vec<SessionRoute>> {
+    pub(super) async fn lookup(
+        &self,
+        users: &[UserId],
+        out: &mut Outcome,
+    ) -> Vec<Vec<SessionRoute>> {
         if users.is_empty() {
             return Vec::new();
         }
@@ -163,9 +160,39 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Lookups tried per batch (about 0.75 s of waiting in all) before live delivery is given up.
 const LOOKUP_ATTEMPTS: u32 = 5;
 
+/// Runs `attempt` until it succeeds, backing off from [`RETRY_FIRST`] to [`RETRY_MAX`] and
+/// counting the failures in `retries`: for the writes a batch cannot be answered or committed
+/// without (meanwhile it waits, uncommitted; a process stopped while waiting leaves it to be
+/// replayed).
+pub(super) async fn until_ok<T, F, Fut>(
+    what: &'static str,
+    retries: &mut usize,
+    mut attempt: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::PortError>>,
+{
+    let mut backoff = RETRY_FIRST;
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(e) => {
+                *retries += 1;
+                warn!(cause = %e, what, retry_in = ?backoff, "failed; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
 /// An audience's online members by gateway slot (`sessions`: each member's live sessions, in
 /// the audience's order), each member once per slot.
-fn by_gateway(audience: &[UserId], sessions: &[Vec<SessionRoute>]) -> Vec<(u32, Vec<UserId>)> {
+pub(super) fn by_gateway(
+    audience: &[UserId],
+    sessions: &[Vec<SessionRoute>],
+) -> Vec<(u32, Vec<UserId>)> {
     let mut by_slot: Vec<(u32, Vec<UserId>)> = Vec::new();
     for (user, routes) in audience.iter().zip(sessions) {
         for route in routes {
@@ -218,6 +245,7 @@ fn plan_deliveries(
                 conn: r.conn.clone(),
                 frame: message.accepted_text(),
             }),
+            signal: None,
         })
         .collect()
 }

@@ -162,7 +162,87 @@ impl MessagingStep {
             })
             .collect();
         self.ports.dedupe.remember(&entries).await?;
-        self.ports.chat.put_batch(messages).await
+        // The inbox's writes alongside the messages': a failure of either answers
+        // `unavailable`, and the retry (a repeat) writes the inbox again (forward only).
+        let inbox = self.inbox_write(messages);
+        let (stored, indexed) = tokio::join!(self.ports.chat.put_batch(messages), async {
+            if inbox.is_empty() {
+                Ok(())
+            } else {
+                self.ports.inbox.write(&inbox).await
+            }
+        });
+        stored?;
+        indexed?;
+        for (_, conversation) in &inbox.listings {
+            self.listed.remember(conversation);
+        }
+        Ok(())
+    }
+
+    /// The inbox's writes for freshly stored messages: each conversation's head, the listing of
+    /// a direct conversation this process has not listed yet, each sender's markers moved to
+    /// their newest message.
+    fn inbox_write(&self, messages: &[StoredMessage]) -> crate::ports::InboxWrite {
+        let mut write = crate::ports::InboxWrite::default();
+        for m in messages.iter().rev() {
+            if !write.heads.iter().any(|(c, _)| *c == m.conversation) {
+                let head = crate::ports::Head {
+                    seq: m.seq,
+                    ts: m.ts,
+                };
+                write.heads.push((m.conversation.clone(), head));
+                if let ConversationId::Direct { low, high } = &m.conversation {
+                    if !self.listed.contains(&m.conversation) {
+                        write.listings.push((low.clone(), m.conversation.clone()));
+                        write.listings.push((high.clone(), m.conversation.clone()));
+                    }
+                }
+            }
+            // A system message's `from` made the change; it is not a read.
+            let moved = write
+                .markers
+                .iter()
+                .any(|(u, c, _)| *u == m.from && *c == m.conversation);
+            if m.event.is_none() && !moved {
+                let markers = crate::model::Markers {
+                    read: m.seq,
+                    delivered: m.seq,
+                    ts: m.ts,
+                };
+                write
+                    .markers
+                    .push((m.from.clone(), m.conversation.clone(), markers));
+            }
+        }
+        write
+    }
+
+    /// The inbox's writes for repeats delivered again (a client's retry, a batch replayed after
+    /// a crash): heads moved forward only, listings added; nothing else, as newer messages may
+    /// have been indexed since.
+    async fn reindex(&self, repeats: &[StoredMessage], out: &mut Outcome) {
+        if repeats.is_empty() {
+            return;
+        }
+        let mut write = self.inbox_write(repeats);
+        write.markers.clear();
+        for m in repeats {
+            if let ConversationId::Direct { low, high } = &m.conversation {
+                for user in [low, high] {
+                    let listing = (user.clone(), m.conversation.clone());
+                    if !write.listings.contains(&listing) {
+                        write.listings.push(listing);
+                    }
+                }
+            }
+        }
+        super::route::until_ok(
+            "re-indexing repeats",
+            &mut out.report.marker_retries,
+            || self.ports.inbox.advance(&write),
+        )
+        .await;
     }
 
     /// Submissions whose (sender, id) was accepted before: a retry, or a batch replayed after a
@@ -180,6 +260,22 @@ impl MessagingStep {
         if earlier.is_empty() {
             return;
         }
+        let first = out.accepted.len();
+        self.answer_each_earlier(earlier, view, out).await;
+        let repeats: Vec<StoredMessage> = out.accepted[first..]
+            .iter()
+            .filter(|a| a.fan_out)
+            .map(|a| a.message.clone())
+            .collect();
+        self.reindex(&repeats, out).await;
+    }
+
+    async fn answer_each_earlier(
+        &self,
+        earlier: Vec<(Submission, Acceptance)>,
+        view: &mut HashMap<GroupId, crate::groups::Members>,
+        out: &mut Outcome,
+    ) {
         out.report.duplicates += earlier.len();
         let keys: Vec<_> = earlier
             .iter()

@@ -889,3 +889,207 @@ async fn a_failed_lookup_is_tried_again_then_given_up_with_the_message_logged() 
     assert_eq!(delivered(&mem), (vec![], true));
     assert_eq!(mem.log_seqs("dm:alice:bob"), vec![1, 2]);
 }
+
+fn read(
+    who: &str,
+    conversation: &str,
+    seq: u64,
+    conn: &str,
+    device: &str,
+) -> crate::regions::Inbound {
+    crate::regions::Inbound::Marker(crate::model::MarkerUpdate {
+        conversation: ConversationId::parse(conversation).unwrap(),
+        user: user(who),
+        read: seq,
+        delivered: 0,
+        device: Some(device.into()),
+        reply: Some(ReplyTo {
+            conn: conn.into(),
+            slot: 0,
+            region: None,
+        }),
+    })
+}
+
+/// Every signal published: (recipients, frame, the connection left out).
+fn signals(mem: &Memory) -> Vec<(Vec<UserId>, serde_json::Value, Option<String>)> {
+    mem.take_published()
+        .into_iter()
+        .filter_map(|d| {
+            let s = d.signal?;
+            Some((d.recipients, frame(&s.frame), s.except))
+        })
+        .collect()
+}
+
+/// Runs one batch holding `update` and publishes what it prepared: its report and the signals.
+async fn mark(
+    mem: &Arc<Memory>,
+    step: &MessagingStep,
+    update: crate::regions::Inbound,
+    now: u64,
+) -> (
+    StepReport,
+    Vec<(Vec<UserId>, serde_json::Value, Option<String>)>,
+) {
+    let p = step.prepare_inbound(vec![update], now).await;
+    crate::ports::DeliveryBus::publish(&**mem, &p.deliveries)
+        .await
+        .unwrap();
+    (p.report, signals(mem))
+}
+
+#[tokio::test]
+async fn a_read_is_clamped_stored_forward_only_and_sent_as_a_receipt_to_both_users() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "alice", "a1", 0).await;
+    online(&mem, "bob", "b1", 0).await;
+    online(&mem, "bob", "b2", 1).await;
+    let step = MessagingStep::new(mem.ports());
+    for id in ["m1", "m2", "m3"] {
+        step.process(vec![send("alice", "bob", id, "a1", 0)], 1000)
+            .await
+            .unwrap();
+    }
+    mem.take_published();
+    let dm = "dm:alice:bob";
+    let (report, got) = mark(&mem, &step, read("bob", dm, 2, "b1", "phone"), 2000).await;
+    assert_eq!(report.markers, 1);
+    assert_eq!(got.len(), 2, "one record per gateway: {got:?}");
+    let mut to: Vec<_> = got.iter().map(|(to, _, _)| to.clone()).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        vec![vec![user("alice"), user("bob")], vec![user("bob")]]
+    );
+    for (_, receipt, except) in &got {
+        assert_eq!(
+            except.as_deref(),
+            Some("b1"),
+            "not to the reading connection"
+        );
+        assert_eq!(
+            (
+                receipt["type"].as_str(),
+                receipt["user"].as_str(),
+                receipt["read"].as_u64(),
+                receipt["delivered"].as_u64()
+            ),
+            (Some("receipt"), Some("bob"), Some(2), Some(2))
+        );
+    }
+    let cursors = crate::ports::ConversationLog::cursors(&*mem, &user("bob"), "phone")
+        .await
+        .unwrap();
+    assert_eq!(cursors.get(dm), Some(&2), "a read acks for its device");
+    // A lower read moves nothing and sends nothing; one past the head counts as the head.
+    let (report, got) = mark(&mem, &step, read("bob", dm, 1, "b1", "phone"), 3000).await;
+    assert_eq!((report.markers, got.len()), (0, 0));
+    let (report, got) = mark(&mem, &step, read("bob", dm, 99, "b2", "laptop"), 4000).await;
+    assert_eq!(report.markers, 1);
+    assert!(
+        got.iter()
+            .all(|(_, r, _)| r["read"] == 3 && r["ts"] == 4000),
+        "{got:?}"
+    );
+    let cursors = crate::ports::ConversationLog::cursors(&*mem, &user("bob"), "laptop")
+        .await
+        .unwrap();
+    assert_eq!(
+        cursors.get(dm),
+        Some(&3),
+        "the device's cursor stops at the head"
+    );
+    let stored = mem.markers.lock().unwrap()[&(user("bob"), ConversationId::parse(dm).unwrap())];
+    assert_eq!((stored.read, stored.delivered), (3, 3));
+}
+
+#[tokio::test]
+async fn a_read_from_a_non_member_is_forbidden_and_stores_nothing() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "carol", "c1", 0).await;
+    trip(&mem, &["alice", "bob"]).await;
+    let step = MessagingStep::new(mem.ports());
+    let p = step
+        .prepare_inbound(vec![read("carol", "group:g_trip", 1, "c1", "d")], 1000)
+        .await;
+    assert_eq!((p.report.markers, p.report.rejected), (0, 1));
+    let answer = p.deliveries[0].reply.as_ref().unwrap();
+    assert_eq!(
+        (answer.conn.as_str(), frame(&answer.frame)["code"].as_str()),
+        ("c1", Some("forbidden"))
+    );
+    assert!(mem.markers.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn in_a_group_over_the_live_limit_only_the_readers_own_connections_get_the_receipt() {
+    let mem = Arc::new(Memory::default());
+    trip(&mem, &["alice", "bob", "carol"]).await;
+    for (who, conn) in [("alice", "a1"), ("bob", "b1"), ("carol", "c1")] {
+        online(&mem, who, conn, 0).await;
+    }
+    let step = MessagingStep::new(mem.ports()).receipts_live_max_members(2);
+    step.process(vec![group_send("alice", "g1", "a1", 0)], 1000)
+        .await
+        .unwrap();
+    mem.take_published();
+    let (_, got) = mark(&mem, &step, read("bob", "group:g_trip", 5, "b9", "d"), 2000).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, vec![user("bob")]);
+    let small = MessagingStep::new(mem.ports()).receipts_live_max_members(3);
+    let (_, got) = mark(
+        &mem,
+        &small,
+        read("carol", "group:g_trip", 1, "c9", "d"),
+        3000,
+    )
+    .await;
+    assert_eq!(got[0].0.len(), 3, "every member: {got:?}");
+}
+
+#[tokio::test]
+async fn the_inbox_costs_one_head_per_conversation_whatever_the_groups_size() {
+    let mem = Arc::new(Memory::default());
+    let members: Vec<String> = (0..500).map(|i| format!("u{i:03}")).collect();
+    let names: Vec<&str> = members.iter().map(String::as_str).collect();
+    trip(&mem, &names).await;
+    let step = MessagingStep::new(mem.ports());
+    step.process(
+        vec![
+            group_send("u001", "g1", "c1", 0),
+            group_send("u002", "g2", "c2", 0),
+            send("alice", "bob", "d1", "a1", 0),
+            send("bob", "alice", "d2", "b1", 0),
+        ],
+        1000,
+    )
+    .await
+    .unwrap();
+    let group = ConversationId::parse("group:g_trip").unwrap();
+    let dm = ConversationId::parse("dm:alice:bob").unwrap();
+    let heads = mem.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "one head per conversation: {heads:?}");
+    assert_eq!(heads[&group].seq, 2);
+    assert_eq!(heads[&dm].seq, 2);
+    let markers = mem.markers.lock().unwrap().clone();
+    assert_eq!(markers.len(), 4, "only the senders' markers: {markers:?}");
+    assert_eq!(markers[&(user("bob"), dm.clone())].read, 2);
+    assert_eq!(markers[&(user("alice"), dm.clone())].read, 1);
+    assert_eq!(
+        mem.listings.lock().unwrap()[&user("alice")],
+        vec![dm.clone()]
+    );
+    // The direct conversation is listed once per process, not on every message.
+    mem.listings.lock().unwrap().clear();
+    step.process(vec![send("alice", "bob", "d3", "a1", 0)], 2000)
+        .await
+        .unwrap();
+    assert!(mem.listings.lock().unwrap().is_empty());
+    // A repeat answered after newer messages does not move the head back, and lists again.
+    step.process(vec![send("alice", "bob", "d1", "a1", 0)], 3000)
+        .await
+        .unwrap();
+    assert_eq!(mem.heads.lock().unwrap()[&dm].seq, 3);
+    assert_eq!(mem.listings.lock().unwrap()[&user("bob")], vec![dm]);
+}

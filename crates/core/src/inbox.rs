@@ -1,0 +1,342 @@
+//! The inbox (`GET /v1/conversations`) and a conversation's receipts
+//! (`GET /v1/conversations/{conversation}/receipts`).
+//!
+//! The inbox is read, not written per member: the caller's direct conversations and markers
+//! (one query of the inbox table), their groups (the membership index), every conversation's
+//! head (batched), sorted newest first; then the page's last messages (one batched read) and
+//! `unread = last.seq - read`. Paged by an opaque cursor: the (ts, conversation) of the last
+//! item given.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use serde::Serialize;
+
+use connect_protocol::{ConversationId, ErrorCode, MessageFrame, UserId};
+
+use crate::groups::GroupStore;
+use crate::history::{whole_number, Range};
+use crate::model::{Markers, StoredMessage};
+use crate::ports::{ChatStore, Head, HistoryStore, InboxIndex, ReadMarkers};
+use crate::ApiError;
+
+pub const DEFAULT_LIMIT: usize = 50;
+pub const MAX_LIMIT: usize = 100;
+pub const RECEIPTS_DEFAULT_LIMIT: usize = 100;
+pub const RECEIPTS_MAX_LIMIT: usize = 1000;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+/// `limit` within `1..=max` (absent: `default`).
+fn limit(value: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match whole_number("limit", value)? {
+        None => Ok(default),
+        Some(l) if (1..=max as u64).contains(&l) => Ok(l as usize),
+        Some(_) => Err(bad(format!("`limit` must be between 1 and {max}"))),
+    }
+}
+
+/// Where an inbox page starts: after this (ts, conversation) in newest-first order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts: u64,
+    pub conversation: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let text = format!("{}|{}", self.ts, self.conversation);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    pub fn decode(s: &str) -> Result<Self, ApiError> {
+        let invalid = || bad("`cursor` is not one this server gave");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| invalid())?;
+        let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let (ts, conversation) = text.split_once('|').ok_or_else(invalid)?;
+        ConversationId::parse(conversation).map_err(|_| invalid())?;
+        Ok(Self {
+            ts: ts.parse().map_err(|_| invalid())?,
+            conversation: conversation.to_owned(),
+        })
+    }
+
+    /// Whether an item at (ts, conversation) comes after this cursor (newest first, ties by
+    /// conversation id).
+    fn before(&self, ts: u64, conversation: &str) -> bool {
+        ts < self.ts || (ts == self.ts && conversation > self.conversation.as_str())
+    }
+}
+
+/// A parsed inbox request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+impl Query {
+    pub fn parse<'a>(param: impl Fn(&str) -> Option<&'a str>) -> Result<Self, ApiError> {
+        Ok(Self {
+            limit: limit(param("limit"), DEFAULT_LIMIT, MAX_LIMIT)?,
+            cursor: param("cursor").map(Cursor::decode).transpose()?,
+        })
+    }
+}
+
+/// One conversation of the inbox, as the contract shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Item {
+    pub conversation: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub last: Option<MessageFrame>,
+    pub read: u64,
+    pub unread: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page {
+    pub conversations: Vec<Item>,
+    pub next: Option<String>,
+}
+
+/// What the inbox reads.
+pub struct InboxPorts<'a> {
+    pub index: &'a dyn InboxIndex,
+    pub groups: &'a dyn GroupStore,
+    pub chat: &'a dyn ChatStore,
+    pub history: &'a dyn HistoryStore,
+}
+
+/// A conversation of the caller's, before its page is chosen.
+struct Entry {
+    conversation: ConversationId,
+    /// A group's name.
+    name: Option<String>,
+    head: Head,
+    /// No head indexed (a group whose messages predate the index): its last message is read
+    /// from history.
+    unindexed: bool,
+}
+
+/// One page of `caller`'s inbox.
+pub async fn read(
+    ports: &InboxPorts<'_>,
+    caller: &UserId,
+    query: &Query,
+) -> Result<Page, ApiError> {
+    let listing = ports.index.listing(caller).await?;
+    let groups = ports.groups.groups_of(caller).await?;
+    let mut conversations: Vec<ConversationId> = listing
+        .direct
+        .iter()
+        .filter(|c| c.is_direct_member(caller))
+        .cloned()
+        .collect();
+    let names: HashMap<ConversationId, String> = groups
+        .into_iter()
+        .map(|g| (ConversationId::group(g.group), g.name))
+        .collect();
+    conversations.extend(names.keys().cloned());
+    let heads = ports.index.heads(&conversations).await?;
+    let mut entries: Vec<Entry> = conversations
+        .into_iter()
+        .zip(heads)
+        .filter_map(|(conversation, head)| {
+            let name = names.get(&conversation).cloned();
+            match head {
+                Some(head) => Some(Entry {
+                    conversation,
+                    name,
+                    head,
+                    unindexed: false,
+                }),
+                // A direct conversation is listed with its first message; a group always.
+                None if name.is_some() => Some(Entry {
+                    conversation,
+                    name,
+                    head: Head::default(),
+                    unindexed: true,
+                }),
+                None => None,
+            }
+        })
+        .collect();
+    let key = |e: &Entry| (std::cmp::Reverse(e.head.ts), e.conversation.to_string());
+    entries.sort_by_cached_key(key);
+    if let Some(cursor) = &query.cursor {
+        entries.retain(|e| cursor.before(e.head.ts, &e.conversation.to_string()));
+    }
+    let more = entries.len() > query.limit;
+    entries.truncate(query.limit);
+    let lasts = last_messages(ports, &entries).await?;
+    let next = more.then(|| entries.last()).flatten().map(|e| {
+        Cursor {
+            ts: e.head.ts,
+            conversation: e.conversation.to_string(),
+        }
+        .encode()
+    });
+    let conversations = entries
+        .into_iter()
+        .zip(lasts)
+        .map(|(e, last)| {
+            let read = listing
+                .markers
+                .get(&e.conversation)
+                .map_or(0, |m: &Markers| m.read);
+            let seq = last.as_ref().map_or(0, |m| m.seq);
+            Item {
+                with: match &e.conversation {
+                    ConversationId::Direct { low, high } => {
+                        Some(if low == caller { high } else { low }.to_string())
+                    }
+                    ConversationId::Group(_) => None,
+                },
+                group: e.conversation.group_id().map(ToString::to_string),
+                name: e.name,
+                conversation: e.conversation.to_string(),
+                last: last.as_ref().map(StoredMessage::to_frame),
+                read,
+                unread: seq.saturating_sub(read),
+            }
+        })
+        .collect();
+    Ok(Page {
+        conversations,
+        next,
+    })
+}
+
+/// The last message of each entry (same order): the indexed heads in one batched read; a
+/// head not (yet) stored, or none indexed, from the conversation's history.
+async fn last_messages(
+    ports: &InboxPorts<'_>,
+    entries: &[Entry],
+) -> Result<Vec<Option<StoredMessage>>, ApiError> {
+    let keys: Vec<(ConversationId, u64)> = entries
+        .iter()
+        .filter(|e| !e.unindexed)
+        .map(|e| (e.conversation.clone(), e.head.seq))
+        .collect();
+    let mut found = ports.chat.get_many(&keys).await?.into_iter();
+    let mut lasts = Vec::with_capacity(entries.len());
+    for e in entries {
+        let indexed = if e.unindexed {
+            None
+        } else {
+            found.next().flatten()
+        };
+        let last = match indexed {
+            Some(m) => Some(m),
+            None => ports
+                .history
+                .page(&e.conversation, Range::Before { before: None }, 1)
+                .await?
+                .messages
+                .pop(),
+        };
+        lasts.push(last);
+    }
+    Ok(lasts)
+}
+
+/// One member's markers, as the contract shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub user: String,
+    pub read: u64,
+    pub delivered: u64,
+    pub ts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipts {
+    pub receipts: Vec<Receipt>,
+    pub next: Option<String>,
+}
+
+/// A parsed receipts request: after the user id `cursor`, up to `limit` members with markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptsQuery {
+    pub conversation: ConversationId,
+    pub limit: usize,
+    pub cursor: Option<UserId>,
+}
+
+impl ReceiptsQuery {
+    pub fn parse<'a>(
+        conversation: &str,
+        param: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Self, ApiError> {
+        let conversation = ConversationId::parse(conversation)
+            .map_err(|e| bad(format!("bad conversation id: {e}")))?;
+        let cursor = param("cursor")
+            .map(|c| UserId::parse(c).map_err(|_| bad("`cursor` is not one this server gave")))
+            .transpose()?;
+        Ok(Self {
+            conversation,
+            limit: limit(param("limit"), RECEIPTS_DEFAULT_LIMIT, RECEIPTS_MAX_LIMIT)?,
+            cursor,
+        })
+    }
+}
+
+/// Every member's markers (members with neither left out), by user id; members only.
+pub async fn receipts(
+    markers: &dyn ReadMarkers,
+    groups: &dyn GroupStore,
+    caller: &UserId,
+    query: &ReceiptsQuery,
+) -> Result<Receipts, ApiError> {
+    crate::history::authorize(groups, caller, &query.conversation).await?;
+    let mut members = match &query.conversation {
+        ConversationId::Direct { low, high } => vec![low.clone(), high.clone()],
+        ConversationId::Group(g) => groups.members(g).await?,
+    };
+    members.sort();
+    if let Some(after) = &query.cursor {
+        members.retain(|m| m > after);
+    }
+    let mut receipts = Vec::new();
+    let mut scanned = 0;
+    // Members are read a chunk at a time until the page is full: a large group whose members
+    // mostly have no markers costs more reads, never a longer answer.
+    for chunk in members.chunks(RECEIPTS_MAX_LIMIT) {
+        let found = markers.of_members(&query.conversation, chunk).await?;
+        for (user, m) in chunk.iter().zip(found) {
+            if receipts.len() == query.limit {
+                break;
+            }
+            scanned += 1;
+            if m.read > 0 || m.delivered > 0 {
+                receipts.push(Receipt {
+                    user: user.to_string(),
+                    read: m.read,
+                    delivered: m.delivered,
+                    ts: m.ts,
+                });
+            }
+        }
+        if receipts.len() == query.limit {
+            break;
+        }
+    }
+    let next = (scanned < members.len())
+        .then(|| members.get(scanned.wrapping_sub(1)))
+        .flatten()
+        .map(ToString::to_string);
+    Ok(Receipts { receipts, next })
+}
+
+#[cfg(test)]
+mod tests;

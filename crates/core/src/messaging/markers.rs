@@ -1,0 +1,312 @@
+//! Read markers: what messaging does with a batch's `read` and `delivered` changes.
+//!
+//! Per batch: each change is checked against membership (a `read` from a non-member is answered
+//! `forbidden`); changes are merged per (user, conversation), clamped to the conversation's head
+//! and merged with the stored markers (forward only; read implies delivered); what moved is
+//! stored (the batch waits until it is: a restart never loses a marker whose batch was
+//! committed); the reading devices' cursors move up to the clamped read; and each moved marker
+//! goes out as a `receipt` to the user's other connections and, in a direct conversation or a
+//! group of at most [`MessagingStep::receipts_live_max_members`], to the other members'.
+//!
+//! One writer per conversation (its partition of `incoming_messages`), so reading the markers
+//! and writing them back whole needs no condition.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tracing::warn;
+
+use connect_protocol::{ConversationId, ErrorCode, FrameError, GroupId, UserId};
+
+use super::route::{by_gateway, until_ok};
+use super::{MessagingStep, Prepared};
+use crate::history::Range;
+use crate::model::{Delivery, MarkerUpdate, Markers, ReplyTo, Signal};
+use crate::PortError;
+
+/// The merged changes of one (user, conversation) in a batch.
+#[derive(Default)]
+struct Change {
+    read: u64,
+    delivered: u64,
+    /// Reading devices and the highest read each sent.
+    devices: Vec<(String, u64)>,
+    /// The connection of the latest `read` (it does not get the receipt).
+    origin: Option<String>,
+}
+
+impl MessagingStep {
+    /// Applies a batch's marker changes; the returned deliveries carry the receipts and the
+    /// `forbidden` answers.
+    pub(super) async fn mark(&self, updates: Vec<MarkerUpdate>, now_ms: u64) -> Prepared {
+        let mut out = self.outcome();
+        let mut groups: Vec<GroupId> = updates
+            .iter()
+            .filter_map(|u| u.conversation.group_id().cloned())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        let mut view = match self.ports.groups.current(&groups).await {
+            Ok(view) => view,
+            Err(e) => {
+                warn!(cause = %e, "membership versions unavailable; reading members afresh");
+                groups.iter().for_each(|g| self.ports.groups.invalidate(g));
+                HashMap::new()
+            }
+        };
+        let mut changes: HashMap<(UserId, ConversationId), Change> = HashMap::new();
+        let mut order: Vec<(UserId, ConversationId)> = Vec::new();
+        for u in updates {
+            let refusal = match self.members_of(&u.conversation, &mut view).await {
+                Ok(None) if u.conversation.is_direct_member(&u.user) => None,
+                Ok(Some(members)) if members.contains(&u.user) => None,
+                Ok(_) => Some(FrameError::new(
+                    ErrorCode::Forbidden,
+                    "not a member of this conversation",
+                )),
+                Err(e) => {
+                    warn!(cause = %e, conversation = %u.conversation, "membership lookup failed; marker change refused");
+                    Some(FrameError::new(
+                        ErrorCode::Unavailable,
+                        "group directory unavailable; retry",
+                    ))
+                }
+            };
+            if let Some(err) = refusal {
+                out.report.rejected += 1;
+                // Only a `read` is answered: a `delivered` comes from acks, which have no answer.
+                if let Some(reply) = u.reply.filter(|_| u.read > 0) {
+                    out.errors.push((reply, err));
+                }
+                continue;
+            }
+            let key = (u.user.clone(), u.conversation.clone());
+            let change = changes.entry(key.clone()).or_insert_with(|| {
+                order.push(key);
+                Change::default()
+            });
+            change.delivered = change.delivered.max(u.delivered);
+            if u.read > 0 {
+                change.read = change.read.max(u.read);
+                if let Some(device) = u.device {
+                    match change.devices.iter_mut().find(|(d, _)| *d == device) {
+                        Some((_, seq)) => *seq = (*seq).max(u.read),
+                        None => change.devices.push((device, u.read)),
+                    }
+                }
+                change.origin = u.reply.map(|r: ReplyTo| r.conn);
+            }
+        }
+        if !order.is_empty() {
+            let moved = self.store_markers(&order, &changes, now_ms, &mut out).await;
+            self.move_cursors(&order, &changes, &moved).await;
+            let deliveries = self.receipts(&moved, &changes, &view, &mut out).await;
+            let mut prepared = self.finish(out, false).await;
+            prepared.report.records += deliveries.len();
+            prepared.deliveries.extend(deliveries);
+            return prepared;
+        }
+        self.finish(out, false).await
+    }
+
+    /// A group's members (from `view`, else read and kept there); none for a direct
+    /// conversation or a group that does not exist.
+    async fn members_of(
+        &self,
+        conversation: &ConversationId,
+        view: &mut HashMap<GroupId, crate::groups::Members>,
+    ) -> Result<Option<Arc<[UserId]>>, PortError> {
+        let Some(group) = conversation.group_id() else {
+            return Ok(None);
+        };
+        if !view.contains_key(group) {
+            let members = self.ports.groups.members(group).await?;
+            view.insert(group.clone(), members);
+        }
+        Ok(view
+            .get(group)
+            .and_then(|m| m.as_ref().map(|roster| roster.users())))
+    }
+
+    /// Clamps the changes to their conversations' heads, merges them with the stored markers and
+    /// stores what moved (waiting, with backoff, until the store takes them). Returns the moved
+    /// markers, in `order`.
+    async fn store_markers(
+        &self,
+        order: &[(UserId, ConversationId)],
+        changes: &HashMap<(UserId, ConversationId), Change>,
+        now_ms: u64,
+        out: &mut super::Outcome,
+    ) -> Vec<(UserId, ConversationId, Markers)> {
+        let mut conversations: Vec<&ConversationId> = Vec::new();
+        for (_, c) in order {
+            if !conversations.contains(&c) {
+                conversations.push(c);
+            }
+        }
+        let heads = self.heads(&conversations, out).await;
+        let stored = until_ok(
+            "reading read markers",
+            &mut out.report.marker_retries,
+            || self.ports.markers.get(order),
+        )
+        .await;
+        let mut moved = Vec::new();
+        for ((key, current), head) in order.iter().zip(stored).zip(
+            order
+                .iter()
+                .map(|(_, c)| heads.get(c).copied().unwrap_or(0)),
+        ) {
+            let change = &changes[key];
+            let read = current.read.max(change.read.min(head));
+            let delivered = current.delivered.max(change.delivered.min(head)).max(read);
+            if (read, delivered) != (current.read, current.delivered) {
+                moved.push((
+                    key.0.clone(),
+                    key.1.clone(),
+                    Markers {
+                        read,
+                        delivered,
+                        ts: now_ms,
+                    },
+                ));
+            }
+        }
+        if !moved.is_empty() {
+            until_ok(
+                "storing read markers",
+                &mut out.report.marker_retries,
+                || self.ports.markers.put(&moved),
+            )
+            .await;
+        }
+        out.report.markers += moved.len();
+        moved
+    }
+
+    /// The latest seq of each conversation: its log's head, or (an empty log: lost, or never
+    /// written) its last stored message.
+    async fn heads(
+        &self,
+        conversations: &[&ConversationId],
+        out: &mut super::Outcome,
+    ) -> HashMap<ConversationId, u64> {
+        let names: Vec<String> = conversations.iter().map(|c| c.to_string()).collect();
+        let logged = match self.ports.log.heads(&names).await {
+            Ok(heads) => heads,
+            Err(e) => {
+                warn!(cause = %e, "log heads unavailable; reading the chat table");
+                vec![0; names.len()]
+            }
+        };
+        let mut heads = HashMap::new();
+        for (conversation, head) in conversations.iter().zip(logged) {
+            let head = if head > 0 {
+                head
+            } else {
+                let page = until_ok(
+                    "reading a conversation's head",
+                    &mut out.report.marker_retries,
+                    || {
+                        self.ports
+                            .history
+                            .page(conversation, Range::Before { before: None }, 1)
+                    },
+                )
+                .await;
+                page.messages.last().map_or(0, |m| m.seq)
+            };
+            heads.insert((*conversation).clone(), head);
+        }
+        heads
+    }
+
+    /// Moves each reading device's cursor up to its read, clamped as the marker was.
+    async fn move_cursors(
+        &self,
+        order: &[(UserId, ConversationId)],
+        changes: &HashMap<(UserId, ConversationId), Change>,
+        moved: &[(UserId, ConversationId, Markers)],
+    ) {
+        let read_of = |user: &UserId, conversation: &ConversationId| {
+            moved
+                .iter()
+                .find(|(u, c, _)| u == user && c == conversation)
+                .map(|(_, _, m)| m.read)
+        };
+        let mut acks = Vec::new();
+        for key in order {
+            let Some(read) = read_of(&key.0, &key.1) else {
+                // Nothing moved: the marker is at or past this read, which is within the head.
+                for (device, seq) in &changes[key].devices {
+                    acks.push((&key.0, device.as_str(), key.1.to_string(), *seq));
+                }
+                continue;
+            };
+            for (device, seq) in &changes[key].devices {
+                acks.push((&key.0, device.as_str(), key.1.to_string(), (*seq).min(read)));
+            }
+        }
+        let writes = acks.iter().map(|(user, device, conversation, seq)| {
+            self.ports.log.ack(user, device, conversation, *seq)
+        });
+        for result in join_all(writes).await {
+            if let Err(e) = result {
+                warn!(cause = %e, "moving a device's cursor failed; those messages may come again");
+            }
+        }
+    }
+
+    /// The `receipt` of each moved marker, for the user's own connections (but the one that
+    /// read) and the other members' in a direct conversation or a small group.
+    async fn receipts(
+        &self,
+        moved: &[(UserId, ConversationId, Markers)],
+        changes: &HashMap<(UserId, ConversationId), Change>,
+        view: &HashMap<GroupId, crate::groups::Members>,
+        out: &mut super::Outcome,
+    ) -> Vec<Delivery> {
+        let audiences: Vec<Vec<UserId>> = moved
+            .iter()
+            .map(|(user, conversation, _)| match conversation {
+                ConversationId::Direct { low, high } => vec![low.clone(), high.clone()],
+                ConversationId::Group(g) => match view.get(g).and_then(|m| m.as_ref()) {
+                    Some(roster) if roster.users().len() <= self.receipts_live_max_members => {
+                        roster.users().to_vec()
+                    }
+                    _ => vec![user.clone()],
+                },
+            })
+            .collect();
+        let users: Vec<UserId> = audiences.iter().flatten().cloned().collect();
+        let sessions = self.lookup(&users, out).await;
+        let mut deliveries = Vec::new();
+        let mut at = 0;
+        for ((user, conversation, markers), audience) in moved.iter().zip(&audiences) {
+            let end = (at + audience.len()).min(sessions.len());
+            let plan = by_gateway(audience, sessions.get(at..end).unwrap_or_default());
+            at += audience.len();
+            let conversation_text = conversation.to_string();
+            let frame = markers.receipt_text(&conversation_text, user.as_str());
+            let key = format!("{conversation_text} {user}");
+            let except = changes[&(user.clone(), conversation.clone())]
+                .origin
+                .clone();
+            for (slot, recipients) in plan {
+                deliveries.push(Delivery {
+                    slot,
+                    recipients,
+                    message: None,
+                    reply: None,
+                    signal: Some(Signal {
+                        key: key.clone(),
+                        frame: frame.clone(),
+                        except: except.clone(),
+                    }),
+                });
+            }
+        }
+        deliveries
+    }
+}

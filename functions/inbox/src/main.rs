@@ -1,0 +1,8 @@
+//! Lambda `inbox`: the inbox and receipts routes of the HTTP API → `connect_api::HttpApi` (the
+//! same handler the local HTTP API serves; the rules live in `connect_core::inbox`).
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    connect_service::telemetry::init_tracing();
+    connect_api::run_lambda().await
+}
