@@ -305,6 +305,29 @@ fn the_kafka_functions_use_the_codes_topics() {
         .iter()
         .any(|a| s(at(a, &["Type"])) == "SASL_SCRAM_512_AUTH"
             && ref_target(at(a, &["URI"])) == Some("MskScramSecret")));
+    // Its continuations go back to the same topic, behind everyone else's records.
+    assert_eq!(
+        s(&env_of(offline)["KAFKA_USER_CONNECTED_TOPIC"]),
+        topics.user_connected
+    );
+    assert!(env_of(offline).contains_key("KAFKA_SASL_SECRET_ARN"));
+    // Bounded: a failing batch is split, retried a few times, then parked; never retried
+    // forever in front of every other user's records.
+    assert_eq!(
+        at(msk[0], &["BisectBatchOnFunctionError"]).as_bool(),
+        Some(true)
+    );
+    let retries = at(msk[0], &["MaximumRetryAttempts"]).as_i64().unwrap_or(-1);
+    assert!(
+        (0..=10).contains(&retries),
+        "MaximumRetryAttempts {retries}"
+    );
+    let parked = at(msk[0], &["DestinationConfig", "OnFailure", "Destination"]);
+    let queue = match parked {
+        Value::Tagged(t) if t.tag == "!GetAtt" => t.value.as_str(),
+        _ => None,
+    };
+    assert_eq!(queue, Some("OfflineDeliveryFailures.Arn"), "{parked:?}");
 }
 
 /// Each file below `dirs` (from the workspace root; `target/` left out), as (path, text).

@@ -235,6 +235,8 @@ where
             endpoint: self.gw.cfg.endpoint.clone(),
             ts: connect_core::now_ms(),
             device: self.device.to_string(),
+            resume: None,
+            attempt: 0,
         };
         let pending = self.gw.events.connected(&event);
         tokio::spawn(async move {

@@ -321,3 +321,84 @@ async fn a_bad_device_id_is_refused_before_the_upgrade() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Writes one message into each of `n` direct conversations between `user` and fresh peers,
+/// through the production Redis adapter, as messaging logs them (the send path itself caps a
+/// user's send rate far below what building this many conversations quickly needs).
+async fn backlog_in_many_conversations(user: &str, n: usize) -> anyhow::Result<()> {
+    use connect_core::model::{LogEntry, StoredMessage};
+    use connect_core::ports::ConversationLog;
+    use connect_protocol::{ClientMsgId, ConversationId, UserId};
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
+    let log = connect_redis::RedisLog::new(
+        connect_redis::connect(&url).await?,
+        connect_redis::OfflineLimits {
+            log_max: 1000,
+            ttl: Duration::from_secs(3600),
+        },
+    );
+    let me = UserId::parse(user)?;
+    let entries: Vec<LogEntry> = (0..n)
+        .map(|i| {
+            let peer = UserId::parse(format!("{user}-p{i:05}"))?;
+            let message = StoredMessage {
+                conversation: ConversationId::direct(&me, &peer)?,
+                seq: 1,
+                from: peer,
+                id: ClientMsgId::parse("m1")?,
+                body: format!("backlog {i}"),
+                ts: connect_core::now_ms(),
+                event: None,
+                mv: None,
+                device: None,
+            };
+            Ok(LogEntry {
+                conversation: message.conversation.clone(),
+                seq: 1,
+                frame: message.frame_text(),
+                mv: 0,
+                device: None,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for chunk in entries.chunks(500) {
+        log.append(chunk).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_with_thousands_of_backlogs_does_not_hold_up_another_users_catch_up(
+) -> anyhow::Result<()> {
+    const CONVERSATIONS: usize = 5000;
+    let gw = gateways();
+    let (noisy, quiet, sender) = (user("noisy"), user("quiet"), user("sender"));
+    backlog_in_many_conversations(&noisy, CONVERSATIONS).await?;
+    let mut s = Client::connect(&gw[0], &sender).await?;
+    s.send_accepted("q1", &quiet, "for quiet").await?;
+
+    let mut n = Client::connect(&gw[0], &noisy).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = tokio::time::Instant::now();
+    let mut q = Client::connect(&gw[1], &quiet).await?;
+    let m = q.expect("message").await?;
+    let waited = started.elapsed();
+    assert_eq!(m["body"], "for quiet");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the quiet user's backlog took {waited:?} behind a drain of {CONVERSATIONS} conversations"
+    );
+    // The noisy user gets every one of them, each once, across the drain's slices.
+    let mut got = BTreeSet::new();
+    while got.len() < CONVERSATIONS {
+        let f = n.next_within(Duration::from_secs(30)).await?;
+        if f["type"] == "message" {
+            got.insert(f["conversation"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    eprintln!(
+        "quiet's backlog after {waited:?}; noisy's {CONVERSATIONS} conversations after {:?}",
+        started.elapsed() + Duration::from_secs(1)
+    );
+    Ok(())
+}

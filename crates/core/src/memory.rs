@@ -34,6 +34,8 @@ pub struct Memory {
     pub chat_down: AtomicBool,
     /// The next this many conversation-log appends fail (`unavailable`), as Redis down would.
     pub log_failures: std::sync::atomic::AtomicUsize,
+    /// The next this many reads of a user's direct conversations (`inbox`) fail.
+    pub inbox_failures: std::sync::atomic::AtomicUsize,
     /// The next this many registry lookups fail.
     pub lookup_failures: std::sync::atomic::AtomicUsize,
     /// Conversation → seq → entry.
@@ -293,6 +295,7 @@ impl ConversationLog for Memory {
     }
 
     async fn inbox(&self, user: &UserId) -> Result<Vec<(String, u64)>, PortError> {
+        Self::fails(&self.inbox_failures, "memory-log")?;
         Ok(lock(&self.inboxes)
             .get(user)
             .map(|m| m.iter().map(|(c, s)| (c.clone(), *s)).collect())

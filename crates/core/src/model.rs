@@ -278,4 +278,19 @@ pub struct UserConnected {
     /// The connection's device (`?device=`; [`DEFAULT_DEVICE`] without one).
     #[serde(default = "default_device")]
     pub device: String,
+    /// A drain that ran out of its time continues here (a record the drain published itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+    /// Drains of this connection that failed before (a backend was down); past a bound the
+    /// record is dropped and the device gets its backlog on its next connection.
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub attempt: u8,
+}
+
+/// Where a drain continues: in `conversation` (the drain goes through conversations in id
+/// order) after `after` (or the device's cursor, if that is further).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub conversation: String,
+    pub after: u64,
 }

@@ -12,13 +12,19 @@
 //!
 //! When the backlog is pushed, [`CAUGHT_UP`] is posted last: the gateway holds the connection's
 //! live messages until then, so each conversation's backlog comes before newer live messages.
+//!
+//! A drain is bounded: past its deadline it stops between pages and hands back a continuation
+//! (the same record with a [`Resume`] point) to publish behind everyone else's records, so one
+//! user with thousands of conversations never holds up another user's catch-up for longer than
+//! one slice. Conversations the device has acked to their head are skipped without reading
+//! their logs.
 
 use serde::Deserialize;
 
 use connect_protocol::ConversationId;
 
 use crate::groups::GroupStore;
-use crate::model::{LogEntry, UserConnected};
+use crate::model::{LogEntry, Resume, UserConnected};
 use crate::ports::{ConnectionPusher, ConversationLog, PushError};
 use crate::PortError;
 
@@ -32,6 +38,17 @@ pub struct DrainReport {
     pub pushed: usize,
     /// The connection went away (410) before the backlog was pushed; it waits for the next.
     pub gone: bool,
+    /// The deadline came first: the record that continues the drain where it stopped.
+    pub more: Option<UserConnected>,
+}
+
+/// How much one drain may do.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainLimits {
+    /// Entries per log read.
+    pub page: usize,
+    /// When to stop (after at least one page) and hand back a continuation.
+    pub deadline: std::time::Instant,
 }
 
 #[derive(Deserialize)]
@@ -62,15 +79,15 @@ fn for_device(entry: &LogEntry, event: &UserConnected, since: u64) -> bool {
     !own_device
 }
 
-/// Pushes the backlog of `event`'s device to `event.conn`, `page` entries per log read, then
-/// [`CAUGHT_UP`]. `Err` means a backend failed: the invocation should be retried (pushing again
-/// is harmless).
+/// Pushes the backlog of `event`'s device to `event.conn` (from its resume point, if any), then
+/// [`CAUGHT_UP`]; or, at the deadline, stops and hands back the continuation. `Err` means a
+/// backend failed: the drain should be tried again (pushing again is harmless).
 pub async fn drain(
     ports: DrainPorts<'_>,
     event: &UserConnected,
-    page: usize,
+    limits: DrainLimits,
 ) -> Result<DrainReport, PortError> {
-    let page = page.max(1);
+    let page = limits.page.max(1);
     let mut report = DrainReport::default();
     // (conversation, head, since) of each conversation the device may have a backlog in.
     let mut logs: Vec<(String, u64, u64)> = ports
@@ -94,9 +111,20 @@ pub async fn drain(
             .map(|((conversation, head), m)| (conversation, head, m.since)),
     );
     logs.sort();
+    if let Some(resume) = &event.resume {
+        logs.retain(|(conversation, _, _)| *conversation >= resume.conversation);
+    }
     let cursors = ports.log.cursors(&event.user, &event.device).await?;
+    let mut pages = 0usize;
     for (conversation, head, since) in logs {
         let mut after = cursors.get(&conversation).copied().unwrap_or(0);
+        if let Some(resume) = event
+            .resume
+            .as_ref()
+            .filter(|r| r.conversation == conversation)
+        {
+            after = after.max(resume.after);
+        }
         if after >= head {
             continue;
         }
@@ -104,6 +132,17 @@ pub async fn drain(
             continue;
         };
         while after < head {
+            if pages > 0 && std::time::Instant::now() >= limits.deadline {
+                let mut more = event.clone();
+                more.resume = Some(Resume {
+                    conversation,
+                    after,
+                });
+                more.attempt = 0;
+                report.more = Some(more);
+                return Ok(report);
+            }
+            pages += 1;
             let entries = ports.log.page(&id, after, page).await?;
             let last_page = entries.len() < page;
             for entry in entries {
@@ -141,6 +180,77 @@ pub async fn drain(
     Ok(report)
 }
 
+/// What one batch of `user_connected` records did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub pushed: usize,
+    pub gone: usize,
+    /// Records to publish to `user_connected` again, behind everyone else's: continuations of
+    /// drains that ran out of time, and drains that failed (one attempt more).
+    pub again: Vec<UserConnected>,
+    /// Records given up after [`BatchLimits::attempts`] failed drains (the device gets its
+    /// backlog on its next connection; the gateway's catch-up timeout releases its live
+    /// messages).
+    pub dropped: usize,
+}
+
+/// How a batch of records is drained.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Entries per log read.
+    pub page: usize,
+    /// The time every drain of the batch shares (they run side by side).
+    pub budget: std::time::Duration,
+    /// Drains at once.
+    pub concurrency: usize,
+    /// Failed drains of one connection before its record is dropped.
+    pub attempts: u8,
+}
+
+/// Drains a batch's records side by side, each until the batch's deadline: none waits for
+/// another, and none fails the batch (a failed drain is handed back to publish again, up to
+/// `attempts`), so one user's backlog, or one broken record, never holds up the others.
+pub async fn drain_batch(
+    ports: DrainPorts<'_>,
+    records: Vec<UserConnected>,
+    limits: BatchLimits,
+) -> BatchReport {
+    use futures_util::stream::{self, StreamExt};
+    let drain_limits = DrainLimits {
+        page: limits.page,
+        deadline: std::time::Instant::now() + limits.budget,
+    };
+    let outcomes: Vec<(UserConnected, Result<DrainReport, PortError>)> = stream::iter(records)
+        .map(|record| async move {
+            let result = drain(ports, &record, drain_limits).await;
+            (record, result)
+        })
+        .buffer_unordered(limits.concurrency.max(1))
+        .collect()
+        .await;
+    let mut batch = BatchReport::default();
+    for (record, result) in outcomes {
+        match result {
+            Ok(report) => {
+                batch.pushed += report.pushed;
+                batch.gone += usize::from(report.gone);
+                batch.again.extend(report.more);
+            }
+            Err(e) if record.attempt + 1 < limits.attempts && e.is_retryable() => {
+                tracing::warn!(cause = %e, user = %record.user, conn = %record.conn, attempt = record.attempt, "drain failed; it goes round again");
+                let mut again = record;
+                again.attempt += 1;
+                batch.again.push(again);
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, user = %record.user, conn = %record.conn, "drain failed for good; the device gets its backlog on its next connection");
+                batch.dropped += 1;
+            }
+        }
+    }
+    batch
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -173,6 +283,15 @@ mod tests {
             endpoint: "http://gw".into(),
             ts: 0,
             device: device.into(),
+            resume: None,
+            attempt: 0,
+        }
+    }
+
+    fn unbounded(page: usize) -> DrainLimits {
+        DrainLimits {
+            page,
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(3600),
         }
     }
 
@@ -211,14 +330,15 @@ mod tests {
         entries.push(entry("dm:bob:carol", 4, "bob"));
         mem.append(&entries).await.unwrap();
 
-        let report = drain(ports(&mem), &connected("c1", "phone"), 3)
+        let report = drain(ports(&mem), &connected("c1", "phone"), unbounded(3))
             .await
             .unwrap();
         assert_eq!(
             report,
             DrainReport {
                 pushed: 8,
-                gone: false
+                gone: false,
+                more: None,
             }
         );
         let mut want: Vec<String> = (1..=7).map(|s| format!("dm:alice:bob#{s}")).collect();
@@ -233,14 +353,14 @@ mod tests {
         mem.ack(&u("bob"), "phone", "dm:bob:carol", 4)
             .await
             .unwrap();
-        drain(ports(&mem), &connected("c2", "phone"), 100)
+        drain(ports(&mem), &connected("c2", "phone"), unbounded(100))
             .await
             .unwrap();
         assert_eq!(
             pushed(&mem),
             ["dm:alice:bob#6", "dm:alice:bob#7", "caught_up"]
         );
-        drain(ports(&mem), &connected("c3", "laptop"), 100)
+        drain(ports(&mem), &connected("c3", "laptop"), unbounded(100))
             .await
             .unwrap();
         let laptop = pushed(&mem);
@@ -250,13 +370,17 @@ mod tests {
         mem.ack(&u("bob"), "phone", "dm:alice:bob", 2)
             .await
             .unwrap();
-        drain(ports(&mem), &connected("c4", "phone"), 100)
+        drain(ports(&mem), &connected("c4", "phone"), unbounded(100))
             .await
             .unwrap();
         assert_eq!(pushed(&mem).len(), 3);
-        assert!(drain(ports(&mem), &connected("c5", DEFAULT_DEVICE), 100)
-            .await
-            .is_ok());
+        assert!(drain(
+            ports(&mem),
+            &connected("c5", DEFAULT_DEVICE),
+            unbounded(100)
+        )
+        .await
+        .is_ok());
     }
 
     #[tokio::test]
@@ -279,7 +403,7 @@ mod tests {
             })
             .collect();
         mem.append(&entries).await.unwrap();
-        drain(ports(&mem), &connected("c1", "phone"), 2)
+        drain(ports(&mem), &connected("c1", "phone"), unbounded(2))
             .await
             .unwrap();
         assert_eq!(
@@ -308,7 +432,7 @@ mod tests {
         let mut late = entry("group:g_1", 2, "alice");
         late.mv = 2;
         mem.append(&[early, late]).await.unwrap();
-        drain(ports(&mem), &connected("c1", "phone"), 10)
+        drain(ports(&mem), &connected("c1", "phone"), unbounded(10))
             .await
             .unwrap();
         assert_eq!(pushed(&mem), ["group:g_1#2", "caught_up"]);
@@ -324,19 +448,103 @@ mod tests {
         .await
         .unwrap();
         mem.set_gone("c1");
-        let report = drain(ports(&mem), &connected("c1", "phone"), 10)
+        let report = drain(ports(&mem), &connected("c1", "phone"), unbounded(10))
             .await
             .unwrap();
         assert_eq!(
             report,
             DrainReport {
                 pushed: 0,
-                gone: true
+                gone: true,
+                more: None,
             }
         );
-        let report = drain(ports(&mem), &connected("c2", "phone"), 10)
+        let report = drain(ports(&mem), &connected("c2", "phone"), unbounded(10))
             .await
             .unwrap();
         assert_eq!(report.pushed, 2);
+    }
+
+    #[tokio::test]
+    async fn past_its_deadline_a_drain_hands_back_a_continuation_that_resumes_where_it_stopped() {
+        let mem = Arc::new(Memory::default());
+        let mut entries: Vec<_> = (1..=5).map(|s| entry("dm:alice:bob", s, "alice")).collect();
+        entries.extend((1..=3).map(|s| entry("dm:bob:carol", s, "carol")));
+        entries.push(entry("dm:bob:dave", 1, "dave"));
+        mem.append(&entries).await.unwrap();
+        // dave's conversation is acked to its head: skipped without a read.
+        mem.ack(&u("bob"), "phone", "dm:bob:dave", 1).await.unwrap();
+        let expired = DrainLimits {
+            page: 2,
+            deadline: std::time::Instant::now(),
+        };
+        let mut record = connected("c1", "phone");
+        let mut slices = 0;
+        let mut all = Vec::new();
+        loop {
+            slices += 1;
+            let report = drain(ports(&mem), &record, expired).await.unwrap();
+            all.extend(pushed(&mem));
+            match report.more {
+                Some(more) => {
+                    assert_eq!(more.conn, "c1");
+                    assert!(more.resume.is_some());
+                    record = more;
+                }
+                None => break,
+            }
+        }
+        // One page (2 entries) per slice: 3 pages of alice's, 2 of carol's.
+        assert_eq!(slices, 5);
+        let mut want: Vec<String> = (1..=5).map(|s| format!("dm:alice:bob#{s}")).collect();
+        want.extend((1..=3).map(|s| format!("dm:bob:carol#{s}")));
+        want.push("caught_up".into());
+        assert_eq!(
+            all, want,
+            "each entry once, in order, caught_up only at the very end"
+        );
+        // The record survives its trip through the topic.
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            serde_json::from_str::<UserConnected>(&json).unwrap(),
+            record
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_drains_side_by_side_and_a_failed_drain_goes_round_again_until_dropped() {
+        let mem = Arc::new(Memory::default());
+        let mut entries: Vec<_> = (1..=6).map(|s| entry("dm:alice:bob", s, "alice")).collect();
+        entries.push(entry("dm:carol:erin", 1, "carol"));
+        mem.append(&entries).await.unwrap();
+        let mut erin = connected("e1", "phone");
+        erin.user = u("erin");
+        let limits = BatchLimits {
+            page: 2,
+            budget: std::time::Duration::ZERO,
+            concurrency: 4,
+            attempts: 2,
+        };
+        let report = drain_batch(
+            ports(&mem),
+            vec![connected("c1", "phone"), erin.clone()],
+            limits,
+        )
+        .await;
+        // bob's drain stops after a page; erin's whole backlog fits in its first page.
+        assert_eq!((report.pushed, report.dropped), (3, 0));
+        assert_eq!(report.again.len(), 1);
+        assert_eq!(report.again[0].conn, "c1");
+        let pushed: Vec<String> = pushed(&mem);
+        assert!(pushed.contains(&"dm:carol:erin#1".to_owned()), "{pushed:?}");
+        // A drain whose reads fail goes round again once, then is dropped.
+        mem.inbox_failures
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let report = drain_batch(ports(&mem), vec![erin.clone()], limits).await;
+        assert_eq!((report.again.len(), report.again[0].attempt), (1, 1));
+        mem.inbox_failures
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let report = drain_batch(ports(&mem), report.again, limits).await;
+        assert_eq!((report.again.len(), report.dropped), (0, 1));
     }
 }

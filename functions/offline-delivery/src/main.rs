@@ -3,51 +3,77 @@
 //! conversations from its inbox, its groups from the group table's `by_user` index) to the new
 //! connection with `PostToConnection` (through the gateway's management API, or a real API
 //! Gateway's), then `caught_up`. Only acks move cursors; a gone connection (410) leaves the
-//! backlog for the next one. A backend failure fails the invocation, so the batch is retried
-//! (pushing again is harmless: clients drop repeats).
+//! backlog for the next one.
+//!
+//! Bounded and fair (`connect_core::offline::drain_batch`): a batch's records drain side by side
+//! for at most `OFFLINE_DRAIN_BUDGET_MS`; a drain still going then, and a drain that failed,
+//! are published to `user_connected` again (behind every record already there) to continue. The
+//! invocation fails only if that publish fails (then the batch is retried: pushing again is
+//! harmless, clients drop repeats).
 //!
 //! Config: `REDIS_URL`, `DYNAMODB_ENDPOINT` / `GROUP_TABLE` (as the other functions),
-//! `AWS_REGION`, `CONNECT_INTERNAL_TOKEN`, `CONNECT_ENV`, `OFFLINE_DRAIN_PAGE` (entries per
-//! log read, 200).
+//! `AWS_REGION`, `CONNECT_INTERNAL_TOKEN`, `CONNECT_ENV`, `KAFKA_*` and
+//! `KAFKA_USER_CONNECTED_TOPIC` (where continuations go), `OFFLINE_DRAIN_PAGE` (entries per log
+//! read, 200), `OFFLINE_DRAIN_BUDGET_MS` (250), `OFFLINE_DRAIN_CONCURRENCY` (16),
+//! `OFFLINE_DRAIN_ATTEMPTS` (5).
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
 use tracing::info;
 
 use connect_apigw::ManagementPusher;
-use connect_core::offline::{drain, DrainPorts};
+use connect_core::offline::{drain_batch, BatchLimits, DrainPorts};
+use connect_core::ports::ConnectionEvents;
 use connect_dynamo::DynamoGroups;
+use connect_kafka::{KafkaConfig, KafkaConnectionEvents, Topics};
 use connect_redis::{OfflineLimits, RedisLog};
 
 struct Ctx {
     log: RedisLog,
     groups: DynamoGroups,
     pusher: ManagementPusher,
-    page: usize,
+    /// Where continuations and retries go: `user_connected`.
+    again: KafkaConnectionEvents,
+    limits: BatchLimits,
 }
 
 async fn handle(ctx: &Ctx, event: LambdaEvent<connect_events::MskEvent>) -> Result<Value, Error> {
-    let mut pushed = 0;
-    let mut gone = 0;
-    for connected in connect_events::user_connected(&event.payload) {
-        let ports = DrainPorts {
-            log: &ctx.log,
-            groups: &ctx.groups,
-            pusher: &ctx.pusher,
-        };
-        let report = drain(ports, &connected, ctx.page).await?;
-        info!(user = %connected.user, conn = %connected.conn, pushed = report.pushed, gone = report.gone, "drained");
-        pushed += report.pushed;
-        gone += usize::from(report.gone);
+    let records = connect_events::user_connected(&event.payload);
+    let ports = DrainPorts {
+        log: &ctx.log,
+        groups: &ctx.groups,
+        pusher: &ctx.pusher,
+    };
+    let n = records.len();
+    let report = drain_batch(ports, records, ctx.limits).await;
+    let pending: Vec<_> = report
+        .again
+        .iter()
+        .map(|r| ctx.again.connected(r))
+        .collect();
+    for published in futures_util::future::join_all(pending).await {
+        published?;
     }
-    Ok(json!({ "pushed": pushed, "gone": gone }))
+    info!(
+        records = n,
+        pushed = report.pushed,
+        gone = report.gone,
+        again = report.again.len(),
+        dropped = report.dropped,
+        "drained"
+    );
+    Ok(json!({
+        "pushed": report.pushed,
+        "gone": report.gone,
+        "again": report.again.len(),
+        "dropped": report.dropped,
+    }))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     connect_service::telemetry::init_tracing();
     connect_secrets::load().await?;
-    let env = connect_service::env::var;
     let production = connect_service::env::production();
     let redis = connect_redis::connect(&connect_service::env::string(
         "REDIS_URL",
@@ -55,6 +81,7 @@ async fn main() -> Result<(), Error> {
     ))
     .await?;
     let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
+    let producer = KafkaConfig::from_env()?.producer().create()?;
     let ctx = Ctx {
         log: RedisLog::new(redis, OfflineLimits::from_env()?),
         groups: DynamoGroups::new(dynamo, connect_dynamo::Tables::from_env().groups),
@@ -64,7 +91,16 @@ async fn main() -> Result<(), Error> {
             Some(connect_core::auth::internal_token(production)?),
         )
         .await,
-        page: env("OFFLINE_DRAIN_PAGE", 200)?,
+        again: KafkaConnectionEvents::new(producer, Topics::from_env().user_connected),
+        limits: BatchLimits {
+            page: connect_service::env::var("OFFLINE_DRAIN_PAGE", 200)?,
+            budget: std::time::Duration::from_millis(connect_service::env::var(
+                "OFFLINE_DRAIN_BUDGET_MS",
+                250,
+            )?),
+            concurrency: connect_service::env::var("OFFLINE_DRAIN_CONCURRENCY", 16)?,
+            attempts: connect_service::env::var("OFFLINE_DRAIN_ATTEMPTS", 5)?,
+        },
     };
     let ctx = &ctx;
     lambda_runtime::run(service_fn(move |event| handle(ctx, event))).await
