@@ -2,11 +2,16 @@
 //
 // It speaks the client contract (../shared/PROTOCOL.md):
 // - the WebSocket `/ws` of the gateway that served this page (`?token=`, `?device=`);
-// - the HTTP API named by `/config.json` (history, groups), with `Authorization: Bearer`.
+// - the HTTP API named by `/config.json` (the inbox, history, receipts, groups), with
+//   `Authorization: Bearer`.
 //
 // What it keeps: per conversation, the messages it holds by `seq` (a repeat is dropped: delivery
-// is at least once), the highest seq it holds without a gap (`contig`), and what it has acked.
-// It acks only what it has shown: the open conversation, while the page is visible. Sends wait in
+// is at least once), the highest seq it holds without a gap (`contig`), the newest seq it knows
+// of (`head`), the user's read marker (`read`; unread = head − read, as the inbox counts it) and
+// the other members' markers (`receipts`, for the ✓ / ✓✓ on the user's own messages). The list
+// of conversations comes from the inbox on every `hello`, so a new browser shows them all. It
+// sends `read` only for what it has shown: the open conversation, while the page is visible
+// (a read also acks for this device). Sends wait in
 // `pending` until `accepted`; after a reconnect, or an `unavailable` / `rate_limited` answer, they
 // go again with the same id (the server never stores a message twice). On every `hello` it
 // catches up from history after the last seq it holds, for each conversation it has loaded.
@@ -16,6 +21,8 @@ const ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const MAX_BODY_BYTES = 16 * 1024;
 const PAGE = 50;
 const RETRY_CODES = new Set(['unavailable', 'rate_limited']);
+// Groups up to this size show ticks (their members' receipts come live: PROTOCOL.md).
+const TICKS_MAX_MEMBERS = 32;
 
 const $ = (id) => document.getElementById(id);
 const h = (tag, attrs = {}, ...children) => {
@@ -53,11 +60,20 @@ function conv(id) {
   if (!c) {
     const group = id.startsWith('group:') ? id.slice(6) : null;
     const peer = id.startsWith('dm:') ? id.split(':').slice(1).find((u) => u !== state.session.user) || state.session.user : null;
-    c = { id, group, peer, msgs: new Map(), holes: new Set(), base: null, contig: 0, acked: 0, unread: 0, loaded: false, hasOlder: false, last: 0, busy: null };
+    c = { id, group, peer, msgs: new Map(), holes: new Set(), base: null, contig: 0, acked: 0, head: 0, read: 0, receipts: new Map(), preview: null, loaded: false, hasOlder: false, last: 0, busy: null };
     state.convs.set(id, c);
-    saveKnown();
   }
   return c;
+}
+
+const unread = (c) => Math.max(0, c.head - c.read);
+
+// The newest message known of a conversation (live, sent, from history or from the inbox).
+function seen(c, m) {
+  c.head = Math.max(c.head, m.seq);
+  c.last = Math.max(c.last, m.ts || 0);
+  if (!c.preview || m.seq >= c.preview.seq) c.preview = m;
+  if (m.from === state.session.user && !m.event) c.read = Math.max(c.read, m.seq); // a send reads
 }
 
 function title(c) {
@@ -65,24 +81,12 @@ function title(c) {
   return c.peer;
 }
 
-// The conversations this user had open, kept across reloads in this browser.
-const knownKey = () => `connect.conversations.${state.session.user}`;
-function saveKnown() {
-  const ids = [...state.convs.values()].filter((c) => !c.group).map((c) => c.id);
-  localStorage.setItem(knownKey(), JSON.stringify(ids));
-}
-function loadKnown() {
-  try {
-    for (const id of JSON.parse(localStorage.getItem(knownKey()) || '[]')) if (typeof id === 'string' && id.startsWith('dm:')) conv(id);
-  } catch { /* a damaged list is dropped */ }
-}
-
 // Adds a message (a live frame, an `accepted` send or a history item); false for a repeat.
 function addMessage(m) {
   const c = conv(m.conversation);
   if (c.msgs.has(m.seq)) return false;
   c.msgs.set(m.seq, m);
-  c.last = Math.max(c.last, m.ts || 0);
+  seen(c, m);
   if (c.base === null) c.base = m.seq - 1;
   if (m.seq <= c.base) c.base = m.seq - 1;
   advance(c);
@@ -200,6 +204,64 @@ function loadOlder(c) {
   });
 }
 
+// The inbox: every conversation of the user, newest first, with its last message and the
+// user's read marker (up to 20 pages of 100).
+async function refreshInbox() {
+  try {
+    let cursor = null;
+    for (let pages = 0; pages < 20; pages += 1) {
+      const query = new URLSearchParams({ limit: 100 });
+      if (cursor) query.set('cursor', cursor);
+      const page = await api('GET', `/v1/conversations?${query}`);
+      for (const item of page.conversations) {
+        const c = conv(item.conversation);
+        if (item.group && !state.groups.has(item.group)) state.groups.set(item.group, { group: item.group, name: item.name });
+        if (item.last) seen(c, item.last);
+        c.read = Math.max(c.read, item.read);
+      }
+      cursor = page.next;
+      if (!cursor) break;
+    }
+    render();
+  } catch (e) {
+    showError('sidebar-error', `inbox: ${e.message}`);
+  }
+}
+
+// The other members' markers in a conversation, for the ticks on the user's own messages.
+async function loadReceipts(c) {
+  try {
+    const { receipts } = await api('GET', `/v1/conversations/${c.id}/receipts?limit=1000`);
+    for (const r of receipts) takeReceipt(c, r);
+    render();
+  } catch (e) {
+    if (e.status !== 403) showError('chat-error', `receipts: ${e.message}`);
+  }
+}
+
+function takeReceipt(c, r) {
+  if (r.user === state.session.user) { c.read = Math.max(c.read, r.read); return; }
+  const old = c.receipts.get(r.user) || { read: 0, delivered: 0 };
+  c.receipts.set(r.user, { read: Math.max(old.read, r.read), delivered: Math.max(old.delivered, r.delivered) });
+}
+
+// ✓ once every other member's device has it, ✓✓ once every other member has read it; none in a
+// group too large for live receipts, or whose members are not loaded yet.
+function tick(c, seq) {
+  let others;
+  if (c.peer) others = [c.peer];
+  else {
+    const members = state.groups.get(c.group)?.members;
+    if (!members || members.length > TICKS_MAX_MEMBERS) return '';
+    others = members.filter((u) => u !== state.session.user);
+  }
+  if (!others.length) return '';
+  const marks = others.map((u) => c.receipts.get(u) || { read: 0, delivered: 0 });
+  if (marks.every((m) => m.read >= seq)) return 'read';
+  if (marks.every((m) => m.delivered >= seq)) return 'delivered';
+  return '';
+}
+
 // The list has each group's id, name and owner; its members come with the group itself.
 async function refreshGroups() {
   try {
@@ -280,7 +342,9 @@ function onFrame(f) {
       setStatus('connected', 'connected');
       $('status').title = `gateway ${f.gateway}, session ${f.session}`;
       refreshGroups();
+      refreshInbox();
       for (const c of state.convs.values()) if (c.loaded) fill(c);
+      if (state.active) loadReceipts(conv(state.active));
       for (const id of state.pending.keys()) transmit(id);
       break;
     case 'accepted': {
@@ -293,11 +357,11 @@ function onFrame(f) {
       break;
     }
     case 'message':
-      if (addMessage(f)) {
-        const c = state.convs.get(f.conversation);
-        if (!(f.conversation === state.active && document.visibilityState === 'visible')) c.unread += 1;
-        render();
-      }
+      if (addMessage(f)) render();
+      break;
+    case 'receipt':
+      takeReceipt(conv(f.conversation), f);
+      render();
       break;
     case 'error': {
       const p = f.id && state.pending.get(f.id);
@@ -336,14 +400,16 @@ function send(text) {
   render();
 }
 
-// Acks what is shown: the open conversation, up to the last seq held without a gap.
+// Marks what is shown as read (which also acks it for this device): the open conversation, up
+// to the last seq held without a gap. A group the user has left can no longer be read: acked.
 function ackShown() {
   const c = state.convs.get(state.active);
   if (!c || !state.connected || document.visibilityState !== 'visible') return;
-  c.unread = 0;
   if (c.contig > c.acked) {
     c.acked = c.contig;
-    state.ws.send(JSON.stringify({ type: 'ack', conversation: c.id, seq: c.contig }));
+    const left = c.group && state.groups.get(c.group)?.left;
+    if (!left) c.read = Math.max(c.read, c.contig);
+    state.ws.send(JSON.stringify({ type: left ? 'ack' : 'read', conversation: c.id, seq: c.contig }));
   }
 }
 
@@ -422,7 +488,6 @@ function start(session) {
   $('signin').hidden = true;
   $('app').hidden = false;
   $('me-name').textContent = session.device ? `${session.user} · ${session.device}` : session.user;
-  loadKnown();
   render();
   connect();
 }
@@ -452,14 +517,18 @@ function eventText(m) {
   }
 }
 
-function renderMessage(m, extra = '') {
+function renderMessage(m, extra = '', c = null) {
   if (m.event) return h('li', { class: 'msg event', 'data-seq': m.seq }, eventText(m));
   const mine = m.from === state.session.user;
-  return h('li', { class: `msg${mine ? ' mine' : ''}${extra}`, 'data-seq': m.seq, 'data-id': m.id },
+  const ticks = mine && c && m.seq ? tick(c, m.seq) : '';
+  return h('li', { class: `msg${mine ? ' mine' : ''}${extra}`, 'data-seq': m.seq, 'data-id': m.id, 'data-ticks': ticks || (mine && m.seq ? 'sent' : false) },
     h('span', { class: 'from' }, mine ? 'You' : m.from),
     h('span', { class: 'body' }, m.body),
-    h('span', { class: 'time' }, time(m.ts)));
+    h('span', { class: 'time' }, time(m.ts)),
+    ticks ? h('span', { class: `ticks ${ticks}`, 'aria-label': ticks }, ticks === 'read' ? '✓✓' : '✓') : '');
 }
+
+const previewText = (m) => (m ? (m.event ? eventText(m) : `${m.from === state.session.user ? 'You: ' : ''}${m.body}`) : '');
 
 function openConversation(id) {
   state.active = id;
@@ -467,6 +536,7 @@ function openConversation(id) {
   $('app').classList.add('show-chat');
   render();
   if (c.group) loadGroup(c.group);
+  loadReceipts(c);
   if (!c.loaded) loadLatest(c).then(() => { scrollToEnd(); ackShown(); });
   scrollToEnd();
   $('composer-input').focus();
@@ -483,15 +553,15 @@ function ordered() {
 
 function render() {
   if (!state.session) return;
-  const shown = state.convs.get(state.active);
-  if (shown && document.visibilityState === 'visible') shown.unread = 0;
+  ackShown(); // first: what is shown is read, so its badge goes with this render
   const list = $('conversations');
   list.replaceChildren(...ordered().map((c) => h('li', {},
     h('button', {
       type: 'button', role: 'option', 'data-conversation': c.id, 'aria-selected': String(c.id === state.active),
       onclick: () => openConversation(c.id),
-    }, h('span', {}, title(c), h('span', { class: 'kind' }, c.group ? 'group' : '')),
-    c.unread ? h('span', { class: 'badge', 'aria-label': `${c.unread} unread` }, c.unread) : ''))));
+    }, h('span', { class: 'entry' }, h('span', {}, title(c), h('span', { class: 'kind' }, c.group ? 'group' : '')),
+      h('span', { class: 'preview' }, previewText(c.preview))),
+    unread(c) ? h('span', { class: 'badge', 'aria-label': `${unread(c)} unread` }, unread(c)) : ''))));
 
   const c = state.convs.get(state.active);
   const group = c?.group ? state.groups.get(c.group) : null;
@@ -512,7 +582,7 @@ function render() {
 
   const items = [];
   if (c) {
-    for (const seq of [...c.msgs.keys()].sort((a, b) => a - b)) items.push(renderMessage(c.msgs.get(seq)));
+    for (const seq of [...c.msgs.keys()].sort((a, b) => a - b)) items.push(renderMessage(c.msgs.get(seq), '', c));
     for (const [id, p] of state.pending) {
       if (p.conversation !== c.id) continue;
       const li = renderMessage({ id, from: state.session.user, body: p.body }, p.state === 'failed' ? ' failed' : ' pending');
@@ -524,7 +594,6 @@ function render() {
   const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   $('message-list').replaceChildren(...items);
   if (atEnd) scrollToEnd();
-  ackShown();
 }
 
 async function removeMember(group, user) {

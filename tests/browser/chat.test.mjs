@@ -1,8 +1,10 @@
 // The web client in headless Chromium against the running local stack (scripts/stack.sh
 // test-browser, run by `make test`):
-//   1. alice (gateway A) and bob (gateway B) sign in and chat across the two gateways;
+//   1. alice (gateway A) and bob (gateway B) sign in and chat across the two gateways; alice's
+//      message turns from sent to read (✓✓) when bob opens it;
 //   2. bob reloads the page and sees the conversation's history, and scrolls back past its
-//      first page;
+//      first page; bob in a fresh browser (nothing stored) finds the conversation in his inbox,
+//      with its last message;
 //   3. alice makes a group with bob and carol (gateway A); the three exchange messages; alice
 //      adds dave;
 //   4. carol closes her page, alice writes, carol comes back: the message arrives on her new
@@ -95,11 +97,18 @@ try {
   await a.fill('#new-chat-user', bob);
   await a.press('#new-chat-user', 'Enter');
   await say(a, 'hello bob');
+  const hello = a.locator('#message-list .msg', { hasText: 'hello bob' }).first();
+  check(await hello.getAttribute('data-ticks') !== 'read', 'read before bob opened it');
   await conversationButton(b, dm).waitFor({ timeout: WAIT });
+  await conversationButton(b, dm).locator('.badge', { hasText: '1' }).waitFor({ timeout: WAIT });
   await conversationButton(b, dm).click();
   await sees(b, 'hello bob');
+  await a.locator('#message-list .msg[data-ticks="read"]', { hasText: 'hello bob' }).waitFor({ timeout: WAIT });
+  check(await conversationButton(b, dm).locator('.badge').count() === 0, 'nothing unread once open');
+  log('bob opened it: an unread badge before, ✓✓ on alice\'s side after');
   await say(b, 'hi alice, from the other gateway');
   await sees(a, 'hi alice, from the other gateway');
+  check(await conversationButton(a, dm).locator('.badge').count() === 0, 'no badge on the open conversation');
   log('direct messages crossed the two gateways both ways');
   await shot(a, 'alice-dm');
 
@@ -113,6 +122,13 @@ try {
   check(JSON.stringify(seqs) === JSON.stringify([1, 2]), `bob's history after reload: seqs ${seqs}`);
   log('bob reloaded and sees the history (seqs 1, 2)');
   await shot(b, 'bob-after-reload');
+
+  // A fresh browser: nothing stored; the inbox lists the conversation with its last message.
+  const fresh = await signIn(browser, GW_A, bob);
+  await conversationButton(fresh, dm).locator('.preview', { hasText: 'You: hi alice, from the other gateway' }).waitFor({ timeout: WAIT });
+  log('bob in a fresh browser finds the conversation in his inbox');
+  await shot(fresh, 'bob-fresh-browser');
+  await fresh.context().close();
 
   // Scrolling back: more than a page of history (50) after another reload.
   for (let i = 1; i <= 55; i += 1) {
@@ -168,7 +184,7 @@ try {
   await c.context().close();
   await say(a, 'while you were away');
   const c2 = await signIn(browser, GW_A, carol);
-  // Before the group is opened (no history read yet), the message came over the new socket.
+  // Before the group is opened: unread in the list (the inbox and the new socket).
   await groupButton(c2).locator('.badge').waitFor({ timeout: WAIT });
   await groupButton(c2).click();
   await sees(c2, 'while you were away');

@@ -113,11 +113,35 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
         let status = tokio::time::timeout(WAIT, child.wait()).await??;
         assert!(status.success(), "{who}'s chat exited with {status}");
     }
-    // Bob acked what his terminal printed: his next connection gets nothing of it again (the
-    // gateway writes a closing connection's last ack as it goes; a moment for it to land).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Bob's terminal marked what it printed as read (which acks it for his device): once
+    // messaging has taken the read, his read marker is at alice's message and his next
+    // connection gets nothing of it again.
+    let conversation = dm(&alice, &bob);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) =
+            api_get(&format!("/v1/conversations/{conversation}/receipts"), Some(&bob)).await?;
+        let read = body["receipts"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["user"] == bob.as_str()))
+            .and_then(|r| r["read"].as_u64());
+        if read >= Some(1) {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "bob's read never landed: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut again = Client::connect(&gws[0], &bob).await?;
     again.expect_nothing_fresh(Duration::from_secs(2)).await?;
+    // `connect inbox`: the conversation, nothing unread for bob (he read it), and for alice her
+    // own reply is read too.
+    let listed = run_ok(&["inbox", &bob]).await?;
+    let row = listed.lines().find(|l| l.contains(&format!("@{alice}"))).unwrap_or_default();
+    assert!(row.starts_with("    "), "nothing unread: {listed:?}");
+    assert!(row.ends_with(&format!("{bob} → {alice}: hi back")), "{listed:?}");
+    let json: Value = serde_json::from_str(&run_ok(&["inbox", &alice, "--json"]).await?)?;
+    assert_eq!(json["conversations"][0]["conversation"], conversation.as_str());
+    assert_eq!(json["conversations"][0]["unread"], 0, "{json}");
     Ok(())
 }
 

@@ -168,9 +168,44 @@ pub fn line(m: &Value, names: &HashMap<String, String>) -> String {
     format!("[{}] {from} → {place}: {}", clock(ts), s("body"))
 }
 
+/// One conversation of the inbox as a line: unread count (blank when none), who or which group,
+/// then its last message as [`line`] prints it.
+pub fn inbox_line(item: &Value) -> String {
+    let unread = item["unread"].as_u64().unwrap_or(0);
+    let unread = if unread > 0 {
+        format!("{unread:>4}")
+    } else {
+        "    ".to_owned()
+    };
+    let who = match (item["with"].as_str(), item["group"].as_str()) {
+        (Some(user), _) => format!("@{user}"),
+        (None, Some(group)) => format!("#{}", item["name"].as_str().unwrap_or(group)),
+        _ => item["conversation"].as_str().unwrap_or("").to_owned(),
+    };
+    let mut names = HashMap::new();
+    if let (Some(g), Some(n)) = (item["group"].as_str(), item["name"].as_str()) {
+        names.insert(g.to_owned(), n.to_owned());
+    }
+    let last = match item.get("last").filter(|l| !l.is_null()) {
+        Some(last) => line(last, &names),
+        None => String::new(),
+    };
+    format!("{unread}  {who:<20} {last}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inbox_line_shows_unread_who_and_the_last_message() {
+        let item = json!({"conversation":"dm:alice:bob","with":"bob","read":1,"unread":2,
+            "last":{"conversation":"dm:alice:bob","seq":3,"from":"bob","id":"x","body":"hi","ts":0}});
+        assert_eq!(inbox_line(&item), "   2  @bob                 [00:00] bob → alice: hi");
+        let item = json!({"conversation":"group:g_1","group":"g_1","name":"Trip","read":5,"unread":0,
+            "last":{"conversation":"group:g_1","group":"g_1","seq":5,"from":"bob","id":"x","body":"yo","ts":0}});
+        assert_eq!(inbox_line(&item), "      #Trip                [00:00] bob → #Trip: yo");
+    }
     use serde_json::json;
 
     #[test]

@@ -135,6 +135,17 @@ enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
         limit: u32,
     },
+    /// The user's conversations, newest first: unread count, who or which group, the last
+    /// message.
+    Inbox {
+        user: String,
+        /// At most this many (1..100).
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+        /// Where the previous page ended (printed after it).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// Groups: list, show, create, add, remove.
     Groups {
         user: String,
@@ -242,6 +253,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .and_then(|m| m["seq"].as_u64())
                         .unwrap_or(0)
                 );
+            }
+            Ok(())
+        }
+        Command::Inbox {
+            user,
+            limit,
+            cursor,
+        } => {
+            let user = checked_user(&user)?;
+            let token = token_for(&c, &user)?;
+            let mut url = format!("{}/v1/conversations?limit={limit}", c.api);
+            if let Some(cursor) = cursor {
+                url.push_str(&format!("&cursor={cursor}"));
+            }
+            let page = client::api_ok(&token, "GET", &url, None).await?;
+            if c.json {
+                println!("{page}");
+                return Ok(());
+            }
+            for item in page["conversations"].as_array().into_iter().flatten() {
+                println!("{}", chat::inbox_line(item));
+            }
+            if let Some(next) = page["next"].as_str() {
+                eprintln!("(more: --cursor {next})");
             }
             Ok(())
         }
@@ -493,9 +528,9 @@ struct Session {
     target: Option<Target>,
     /// Sends not answered yet, by id.
     pending: HashMap<String, Pending>,
-    /// Per conversation, the last seq printed without a gap (what is acked).
+    /// Per conversation, the last seq printed without a gap (what is marked read).
     last: HashMap<String, u64>,
-    /// Conversations whose ack has not gone out yet.
+    /// Conversations whose `read` has not gone out yet.
     unacked: HashSet<String>,
     names: HashMap<String, String>,
     token: String,
@@ -642,10 +677,11 @@ async fn session(
                 }
             }
             _ = acks.tick() => {
+                // What was printed was read (a `read` also acks it for this device).
                 for conversation in std::mem::take(&mut s.unacked) {
                     let seq = s.last[&conversation];
-                    let ack = json!({"type":"ack","conversation":conversation,"seq":seq});
-                    sink.send(Message::Text(ack.to_string().into())).await?;
+                    let read = json!({"type":"read","conversation":conversation,"seq":seq});
+                    sink.send(Message::Text(read.to_string().into())).await?;
                 }
             }
             () = give_up => {
