@@ -330,7 +330,7 @@ where
                 read: 0,
                 delivered: seq,
                 device: None,
-                reply: None,
+                reply: Some(self.reply_to()),
             };
             let pending = self.gw.bus.mark(&update);
             tokio::spawn(async move {

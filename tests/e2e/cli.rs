@@ -119,8 +119,11 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
     let conversation = dm(&alice, &bob);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (_, body) =
-            api_get(&format!("/v1/conversations/{conversation}/receipts"), Some(&bob)).await?;
+        let (_, body) = api_get(
+            &format!("/v1/conversations/{conversation}/receipts"),
+            Some(&bob),
+        )
+        .await?;
         let read = body["receipts"]
             .as_array()
             .and_then(|r| r.iter().find(|r| r["user"] == bob.as_str()))
@@ -128,7 +131,10 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
         if read >= Some(1) {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "bob's read never landed: {body}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "bob's read never landed: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut again = Client::connect(&gws[0], &bob).await?;
@@ -136,11 +142,20 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
     // `connect inbox`: the conversation, nothing unread for bob (he read it), and for alice her
     // own reply is read too.
     let listed = run_ok(&["inbox", &bob]).await?;
-    let row = listed.lines().find(|l| l.contains(&format!("@{alice}"))).unwrap_or_default();
+    let row = listed
+        .lines()
+        .find(|l| l.contains(&format!("@{alice}")))
+        .unwrap_or_default();
     assert!(row.starts_with("    "), "nothing unread: {listed:?}");
-    assert!(row.ends_with(&format!("{bob} → {alice}: hi back")), "{listed:?}");
+    assert!(
+        row.ends_with(&format!("{bob} → {alice}: hi back")),
+        "{listed:?}"
+    );
     let json: Value = serde_json::from_str(&run_ok(&["inbox", &alice, "--json"]).await?)?;
-    assert_eq!(json["conversations"][0]["conversation"], conversation.as_str());
+    assert_eq!(
+        json["conversations"][0]["conversation"],
+        conversation.as_str()
+    );
     assert_eq!(json["conversations"][0]["unread"], 0, "{json}");
     Ok(())
 }

@@ -78,6 +78,8 @@ pub trait GroupStore: Send + Sync {
     ) -> Result<bool, PortError>;
     /// The groups `user` is a member of.
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
+    /// The meta data of each of `groups` that exists (in no particular order), batched.
+    async fn summaries(&self, groups: &[GroupId]) -> Result<Vec<GroupSummary>, PortError>;
     /// The groups `user` is a member of, with the membership version they joined at (the
     /// membership index alone).
     async fn memberships_of(&self, user: &UserId) -> Result<Vec<Membership>, PortError>;

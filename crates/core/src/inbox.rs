@@ -2,17 +2,17 @@
 //! (`GET /v1/conversations/{conversation}/receipts`).
 //!
 //! The inbox is read, not written per member: the caller's direct conversations and markers
-//! (one query of the inbox table), their groups (the membership index), every conversation's
-//! head (batched), sorted newest first; then the page's last messages (one batched read) and
-//! `unread = last.seq - read`. Paged by an opaque cursor: the (ts, conversation) of the last
-//! item given.
+//! (one query of the inbox table) and their groups (the membership index), side by side; every
+//! conversation's head (batched), sorted newest first; then the page's last messages and its
+//! groups' names (one batched read each, side by side) and `unread = last.seq - read`. Paged by
+//! an opaque cursor: the (ts, conversation) of the last item given.
 
 use std::collections::HashMap;
 
 use base64::Engine;
 use serde::Serialize;
 
-use connect_protocol::{ConversationId, ErrorCode, MessageFrame, UserId};
+use connect_protocol::{ConversationId, ErrorCode, GroupId, MessageFrame, UserId};
 
 use crate::groups::GroupStore;
 use crate::history::{whole_number, Range};
@@ -120,8 +120,6 @@ pub struct InboxPorts<'a> {
 /// A conversation of the caller's, before its page is chosen.
 struct Entry {
     conversation: ConversationId,
-    /// A group's name.
-    name: Option<String>,
     head: Head,
     /// No head indexed (a group whose messages predate the index): its last message is read
     /// from history.
@@ -134,41 +132,39 @@ pub async fn read(
     caller: &UserId,
     query: &Query,
 ) -> Result<Page, ApiError> {
-    let listing = ports.index.listing(caller).await?;
-    let groups = ports.groups.groups_of(caller).await?;
+    let (listing, memberships) = tokio::join!(
+        ports.index.listing(caller),
+        ports.groups.memberships_of(caller)
+    );
+    let (listing, memberships) = (listing?, memberships?);
     let mut conversations: Vec<ConversationId> = listing
         .direct
         .iter()
         .filter(|c| c.is_direct_member(caller))
         .cloned()
         .collect();
-    let names: HashMap<ConversationId, String> = groups
-        .into_iter()
-        .map(|g| (ConversationId::group(g.group), g.name))
-        .collect();
-    conversations.extend(names.keys().cloned());
+    conversations.extend(
+        memberships
+            .into_iter()
+            .map(|m| ConversationId::group(m.group)),
+    );
     let heads = ports.index.heads(&conversations).await?;
     let mut entries: Vec<Entry> = conversations
         .into_iter()
         .zip(heads)
-        .filter_map(|(conversation, head)| {
-            let name = names.get(&conversation).cloned();
-            match head {
-                Some(head) => Some(Entry {
-                    conversation,
-                    name,
-                    head,
-                    unindexed: false,
-                }),
-                // A direct conversation is listed with its first message; a group always.
-                None if name.is_some() => Some(Entry {
-                    conversation,
-                    name,
-                    head: Head::default(),
-                    unindexed: true,
-                }),
-                None => None,
-            }
+        .filter_map(|(conversation, head)| match head {
+            Some(head) => Some(Entry {
+                conversation,
+                head,
+                unindexed: false,
+            }),
+            // A direct conversation is listed with its first message; a group always.
+            None if conversation.group_id().is_some() => Some(Entry {
+                conversation,
+                head: Head::default(),
+                unindexed: true,
+            }),
+            None => None,
         })
         .collect();
     let key = |e: &Entry| (std::cmp::Reverse(e.head.ts), e.conversation.to_string());
@@ -178,7 +174,17 @@ pub async fn read(
     }
     let more = entries.len() > query.limit;
     entries.truncate(query.limit);
-    let lasts = last_messages(ports, &entries).await?;
+    let groups: Vec<GroupId> = entries
+        .iter()
+        .filter_map(|e| e.conversation.group_id().cloned())
+        .collect();
+    let (lasts, summaries) = tokio::join!(
+        last_messages(ports, &entries),
+        ports.groups.summaries(&groups)
+    );
+    let (lasts, summaries) = (lasts?, summaries?);
+    let names: HashMap<GroupId, String> =
+        summaries.into_iter().map(|g| (g.group, g.name)).collect();
     let next = more.then(|| entries.last()).flatten().map(|e| {
         Cursor {
             ts: e.head.ts,
@@ -203,7 +209,10 @@ pub async fn read(
                     ConversationId::Group(_) => None,
                 },
                 group: e.conversation.group_id().map(ToString::to_string),
-                name: e.name,
+                name: e
+                    .conversation
+                    .group_id()
+                    .and_then(|g| names.get(g).cloned()),
                 conversation: e.conversation.to_string(),
                 last: last.as_ref().map(StoredMessage::to_frame),
                 read,

@@ -621,6 +621,21 @@ impl crate::groups::GroupStore for Memory {
             .collect())
     }
 
+    async fn summaries(
+        &self,
+        groups: &[connect_protocol::GroupId],
+    ) -> Result<Vec<crate::groups::GroupSummary>, PortError> {
+        Ok(lock(&self.groups)
+            .values()
+            .filter(|g| groups.contains(&g.group))
+            .map(|g| crate::groups::GroupSummary {
+                group: g.group.clone(),
+                name: g.name.clone(),
+                owner: g.owner.clone(),
+            })
+            .collect())
+    }
+
     async fn groups_of(
         &self,
         user: &UserId,

@@ -168,8 +168,8 @@ pub struct MarkerUpdate {
     /// The device that sent the `read`: its cursor moves up to the (clamped) marker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// The connection that sent it: answered `forbidden` if the user is not a member, and
-    /// left out of the receipts.
+    /// The connection that sent it: left out of the receipts, and answered `forbidden` when a
+    /// `read` is not the user's to make.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<ReplyTo>,
 }

@@ -306,7 +306,12 @@ impl GroupStore for DynamoGroups {
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError> {
         let ids = self.memberships_of(user).await?;
-        let ids: Vec<&str> = ids.iter().map(|m| m.group.as_str()).collect();
+        let ids: Vec<GroupId> = ids.into_iter().map(|m| m.group).collect();
+        self.summaries(&ids).await
+    }
+
+    async fn summaries(&self, groups: &[GroupId]) -> Result<Vec<GroupSummary>, PortError> {
+        let ids: Vec<&str> = groups.iter().map(GroupId::as_str).collect();
         Ok(self
             .meta_items(&ids, false)
             .await?

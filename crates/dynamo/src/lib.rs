@@ -113,51 +113,68 @@ pub(crate) async fn batch_put(
     )))
 }
 
+type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
+/// BatchGetItem calls of one [`batch_get`] in flight at once.
+const GETS_IN_FLIGHT: usize = 8;
+
 /// Reads the items at `keys` (those that exist, in no particular order), 100 keys per
-/// BatchGetItem, re-asking unprocessed keys with backoff; `consistent` for reads that must see
-/// every answered write.
+/// BatchGetItem ([`GETS_IN_FLIGHT`] at once), re-asking unprocessed keys with backoff;
+/// `consistent` for reads that must see every answered write.
 pub(crate) async fn batch_get(
     client: &Client,
     table: &str,
-    keys: Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
+    keys: Vec<Item>,
     consistent: bool,
-) -> Result<
-    Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
-    PortError,
-> {
+) -> Result<Vec<Item>, PortError> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let chunks: Vec<Vec<Item>> = keys.chunks(100).map(<[Item]>::to_vec).collect();
+    let found: Vec<Vec<Item>> = stream::iter(chunks)
+        .map(|chunk| async move { batch_get_chunk(client, table, chunk, consistent).await })
+        .buffer_unordered(GETS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// One BatchGetItem of at most 100 keys, re-asking unprocessed keys with backoff.
+async fn batch_get_chunk(
+    client: &Client,
+    table: &str,
+    chunk: Vec<Item>,
+    consistent: bool,
+) -> Result<Vec<Item>, PortError> {
     use aws_sdk_dynamodb::types::KeysAndAttributes;
-    let mut items = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(100) {
-        let mut request = Some(
-            KeysAndAttributes::builder()
-                .set_keys(Some(chunk.to_vec()))
-                .consistent_read(consistent)
-                .build()
-                .map_err(unavailable)?,
-        );
-        for round in 0..UNPROCESSED_ROUNDS {
-            let Some(req) = request.take() else { break };
-            if round > 0 {
-                unprocessed_backoff(round - 1).await;
-            }
-            requested("BatchGetItem");
-            let out = client
-                .batch_get_item()
-                .request_items(table, req)
-                .send()
-                .await
-                .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
-            if let Some(found) = out.responses().and_then(|r| r.get(table)) {
-                items.extend(found.iter().cloned());
-            }
-            request = out
-                .unprocessed_keys
-                .and_then(|mut u| u.remove(table))
-                .filter(|k| !k.keys().is_empty());
+    let mut items = Vec::with_capacity(chunk.len());
+    let mut request = Some(
+        KeysAndAttributes::builder()
+            .set_keys(Some(chunk))
+            .consistent_read(consistent)
+            .build()
+            .map_err(unavailable)?,
+    );
+    for round in 0..UNPROCESSED_ROUNDS {
+        let Some(req) = request.take() else { break };
+        if round > 0 {
+            unprocessed_backoff(round - 1).await;
         }
-        if request.is_some() {
-            return Err(unavailable("keys still unprocessed"));
+        requested("BatchGetItem");
+        let out = client
+            .batch_get_item()
+            .request_items(table, req)
+            .send()
+            .await
+            .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        if let Some(found) = out.responses().and_then(|r| r.get(table)) {
+            items.extend(found.iter().cloned());
         }
+        request = out
+            .unprocessed_keys
+            .and_then(|mut u| u.remove(table))
+            .filter(|k| !k.keys().is_empty());
+    }
+    if request.is_some() {
+        return Err(unavailable("keys still unprocessed"));
     }
     Ok(items)
 }

@@ -6,12 +6,14 @@
 //! connect-bench group --members 1000 --online 1000 --messages 50 --rate 5     # fan-out latency
 //! connect-bench group --members 10000 --online 1000 --messages 300 --rate 20 # mostly offline
 //! connect-bench idle --connections 19000 --sources 8                          # idle density
+//! connect-bench inbox --conversations 1000 --groups 200 --concurrency 4       # inbox pages
 //! ```
 //! Both seed their data through the production adapters (DynamoDB chat store, Redis offline
 //! store), then measure through the real entry points (the local HTTP API; a WebSocket to a
 //! gateway, fed by the event poller and the offline-delivery Lambda).
 
 mod idle;
+mod inbox;
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +66,8 @@ enum What {
     Group(GroupRun),
     /// N idle authenticated connections to one gateway: its RSS per connection, and after close.
     Idle(idle::IdleRun),
+    /// A user in N conversations reads the first page of their inbox, C readers at once.
+    Inbox(inbox::InboxRun),
     /// A user with N messages in a conversation's log connects: how fast do they arrive?
     /// (At most the log's bound, `OFFLINE_LOG_MAX`: older messages are in history.)
     Drain {
@@ -78,6 +82,27 @@ enum What {
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// A GET on the HTTP API as the holder of `token`: the JSON body and the microseconds it took
+/// (an error for any status but 2xx).
+async fn timed_get(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    uri: String,
+    token: &str,
+) -> anyhow::Result<(serde_json::Value, u64)> {
+    let req = http::Request::get(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::new())?;
+    let t = Instant::now();
+    let res = client.request(req).await?;
+    let status = res.status();
+    let body = res.into_body().collect().await?.to_bytes();
+    let us = t.elapsed().as_micros() as u64;
+    if !status.is_success() {
+        bail!("{status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok((serde_json::from_slice(&body)?, us))
 }
 
 fn unique(prefix: &str) -> String {
@@ -152,18 +177,7 @@ async fn history(
                     format!("before={}&limit=50", 51 + (k * 7919) % (messages - 50))
                 };
                 let uri = format!("http://{api}/v1/conversations/{conversation}/messages?{q}");
-                let req = http::Request::get(uri)
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(Empty::new())?;
-                let t = Instant::now();
-                let res = client.request(req).await?;
-                let status = res.status();
-                let body = res.into_body().collect().await?.to_bytes();
-                let us = t.elapsed().as_micros() as u64;
-                if !status.is_success() {
-                    bail!("{status}: {}", String::from_utf8_lossy(&body));
-                }
-                let page: serde_json::Value = serde_json::from_slice(&body)?;
+                let (page, us) = timed_get(&client, uri, &token).await?;
                 if page["messages"].as_array().map_or(0, Vec::len) != 50 {
                     bail!("short page for {q}");
                 }
@@ -602,5 +616,6 @@ async fn main() -> anyhow::Result<()> {
         } => drain(&issuer, queued, &gateway, &redis).await,
         What::Group(run) => group(&issuer, run).await,
         What::Idle(run) => idle::idle(&issuer, run).await,
+        What::Inbox(run) => inbox::inbox(&issuer, run).await,
     }
 }

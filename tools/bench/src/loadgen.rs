@@ -53,6 +53,10 @@ struct Args {
     /// delivery in region b.
     #[arg(long)]
     one_way: bool,
+    /// Every receiver marks each message it gets as read (a `read` frame per message), as an app
+    /// with the conversation open does: receipts go back to the sender.
+    #[arg(long)]
+    read: bool,
     /// Where the stack keeps its pid files (for RSS and CPU); comma-separated for several
     /// (`make regions`: `.local/pids,.local/region-b/pids,.local/mirrormaker/pids`).
     #[arg(long, default_value = ".local/pids", value_delimiter = ',')]
@@ -117,6 +121,8 @@ struct Driver {
     body: usize,
     plan: std::sync::Arc<Plan>,
     sends: bool,
+    /// Sends a `read` for every message it gets.
+    reads: bool,
     /// The soak sampler's current interval, when sampling.
     interval: Option<soak::Shared>,
 }
@@ -131,6 +137,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
         body,
         plan,
         sends,
+        reads,
         interval,
     } = d;
     let note = |f: &dyn Fn(&mut soak::Interval)| {
@@ -184,6 +191,9 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                     }
                     Some("message") => {
                         if let (Some(c), Some(seq)) = (f["conversation"].as_str(), f["seq"].as_u64()) {
+                            if reads {
+                                ws.send(Message::Text(json!({"type":"read","conversation":c,"seq":seq}).to_string().into())).await?;
+                            }
                             held = Some((c.to_owned(), seq));
                             unacked += 1;
                             if unacked >= ACK_EVERY {
@@ -274,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
                 body: args.body,
                 plan: plan.clone(),
                 sends: j == 0 || !args.one_way,
+                reads: args.read,
                 interval: interval.clone(),
             })));
         }

@@ -201,10 +201,16 @@ mod tests {
     fn an_inbox_line_shows_unread_who_and_the_last_message() {
         let item = json!({"conversation":"dm:alice:bob","with":"bob","read":1,"unread":2,
             "last":{"conversation":"dm:alice:bob","seq":3,"from":"bob","id":"x","body":"hi","ts":0}});
-        assert_eq!(inbox_line(&item), "   2  @bob                 [00:00] bob → alice: hi");
+        assert_eq!(
+            inbox_line(&item),
+            "   2  @bob                 [00:00] bob → alice: hi"
+        );
         let item = json!({"conversation":"group:g_1","group":"g_1","name":"Trip","read":5,"unread":0,
             "last":{"conversation":"group:g_1","group":"g_1","seq":5,"from":"bob","id":"x","body":"yo","ts":0}});
-        assert_eq!(inbox_line(&item), "      #Trip                [00:00] bob → #Trip: yo");
+        assert_eq!(
+            inbox_line(&item),
+            "      #Trip                [00:00] bob → #Trip: yo"
+        );
     }
     use serde_json::json;
 

@@ -32,7 +32,8 @@ struct Change {
     delivered: u64,
     /// Reading devices and the highest read each sent.
     devices: Vec<(String, u64)>,
-    /// The connection of the latest `read` (it does not get the receipt).
+    /// The connection of the latest `read` (or, without one, of the first change): it does not
+    /// get the receipt.
     origin: Option<String>,
 }
 
@@ -87,6 +88,9 @@ impl MessagingStep {
                 Change::default()
             });
             change.delivered = change.delivered.max(u.delivered);
+            if change.origin.is_none() {
+                change.origin = u.reply.as_ref().map(|r| r.conn.clone());
+            }
             if u.read > 0 {
                 change.read = change.read.max(u.read);
                 if let Some(device) = u.device {
@@ -99,8 +103,11 @@ impl MessagingStep {
             }
         }
         if !order.is_empty() {
-            let moved = self.store_markers(&order, &changes, now_ms, &mut out).await;
-            self.move_cursors(&order, &changes, &moved).await;
+            let heads = self.heads(&order, &mut out).await;
+            let moved = self
+                .store_markers(&order, &changes, &heads, now_ms, &mut out)
+                .await;
+            self.move_cursors(&order, &changes, &heads).await;
             let deliveries = self.receipts(&moved, &changes, &view, &mut out).await;
             let mut prepared = self.finish(out, false).await;
             prepared.report.records += deliveries.len();
@@ -136,16 +143,10 @@ impl MessagingStep {
         &self,
         order: &[(UserId, ConversationId)],
         changes: &HashMap<(UserId, ConversationId), Change>,
+        heads: &HashMap<ConversationId, u64>,
         now_ms: u64,
         out: &mut super::Outcome,
     ) -> Vec<(UserId, ConversationId, Markers)> {
-        let mut conversations: Vec<&ConversationId> = Vec::new();
-        for (_, c) in order {
-            if !conversations.contains(&c) {
-                conversations.push(c);
-            }
-        }
-        let heads = self.heads(&conversations, out).await;
         let stored = until_ok(
             "reading read markers",
             &mut out.report.marker_retries,
@@ -185,13 +186,19 @@ impl MessagingStep {
         moved
     }
 
-    /// The latest seq of each conversation: its log's head, or (an empty log: lost, or never
-    /// written) its last stored message.
+    /// The latest seq of each conversation of `order`: its log's head, or (an empty log: lost,
+    /// or never written) its last stored message.
     async fn heads(
         &self,
-        conversations: &[&ConversationId],
+        order: &[(UserId, ConversationId)],
         out: &mut super::Outcome,
     ) -> HashMap<ConversationId, u64> {
+        let mut conversations: Vec<&ConversationId> = Vec::new();
+        for (_, c) in order {
+            if !conversations.contains(&c) {
+                conversations.push(c);
+            }
+        }
         let names: Vec<String> = conversations.iter().map(|c| c.to_string()).collect();
         let logged = match self.ports.log.heads(&names).await {
             Ok(heads) => heads,
@@ -222,30 +229,22 @@ impl MessagingStep {
         heads
     }
 
-    /// Moves each reading device's cursor up to its read, clamped as the marker was.
+    /// Moves each reading device's cursor up to its read, clamped to the head as the marker is
+    /// (a cursor past the head would skip the messages still to come).
     async fn move_cursors(
         &self,
         order: &[(UserId, ConversationId)],
         changes: &HashMap<(UserId, ConversationId), Change>,
-        moved: &[(UserId, ConversationId, Markers)],
+        heads: &HashMap<ConversationId, u64>,
     ) {
-        let read_of = |user: &UserId, conversation: &ConversationId| {
-            moved
-                .iter()
-                .find(|(u, c, _)| u == user && c == conversation)
-                .map(|(_, _, m)| m.read)
-        };
         let mut acks = Vec::new();
         for key in order {
-            let Some(read) = read_of(&key.0, &key.1) else {
-                // Nothing moved: the marker is at or past this read, which is within the head.
-                for (device, seq) in &changes[key].devices {
-                    acks.push((&key.0, device.as_str(), key.1.to_string(), *seq));
-                }
-                continue;
-            };
+            let head = heads.get(&key.1).copied().unwrap_or(0);
             for (device, seq) in &changes[key].devices {
-                acks.push((&key.0, device.as_str(), key.1.to_string(), (*seq).min(read)));
+                let seq = (*seq).min(head);
+                if seq > 0 {
+                    acks.push((&key.0, device.as_str(), key.1.to_string(), seq));
+                }
             }
         }
         let writes = acks.iter().map(|(user, device, conversation, seq)| {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use connect_protocol::{ConversationId, UserId};
 use futures_util::future::join_all;
 use tracing::warn;
 
@@ -148,9 +149,13 @@ impl MessagingStep {
         }
     }
 
-    /// A batch of everything messaging reads: sends ([`Self::prepare`]), other regions'
-    /// replicas ([`Self::relay`]) and acks, and sends forwarded here (handed back in
-    /// [`Prepared::taken_in`] for this region's `incoming_messages`).
+    /// A batch of everything messaging reads: sends ([`Self::prepare`]), read-state changes
+    /// ([`Self::mark`]), other regions' replicas ([`Self::relay`]) and acks, and sends forwarded
+    /// here (handed back in [`Prepared::taken_in`] for this region's `incoming_messages`).
+    ///
+    /// Read-state changes are applied side by side with the sends, so they do not add a stage to
+    /// the message path; only a change by a user who also sent into that conversation in this
+    /// batch waits for the sends (the send moves the same marker, and markers are written whole).
     pub async fn prepare_inbound(&self, batch: Vec<Inbound>, now_ms: u64) -> Prepared {
         let mut sends = Vec::new();
         let mut replicas = Vec::new();
@@ -166,19 +171,37 @@ impl MessagingStep {
                 Inbound::Ack(a) => acks.push(a),
             }
         }
-        let mut prepared = if sends.is_empty() {
-            Prepared::default()
-        } else {
-            self.prepare(sends, now_ms).await
-        };
+        let senders: std::collections::HashSet<(&UserId, &ConversationId)> =
+            sends.iter().map(|s| (&s.sender, &s.conversation)).collect();
+        let (later, now): (Vec<_>, Vec<_>) = markers
+            .into_iter()
+            .partition(|m| senders.contains(&(&m.user, &m.conversation)));
+        drop(senders);
+        let (mut prepared, marked) = tokio::join!(
+            async {
+                if sends.is_empty() {
+                    Prepared::default()
+                } else {
+                    self.prepare(sends, now_ms).await
+                }
+            },
+            async {
+                if now.is_empty() {
+                    Prepared::default()
+                } else {
+                    self.mark(now, now_ms).await
+                }
+            }
+        );
+        prepared.merge(marked);
+        if !later.is_empty() {
+            prepared.merge(self.mark(later, now_ms).await);
+        }
         if !replicas.is_empty() {
             prepared.merge(self.relay(replicas).await);
         }
         if !acks.is_empty() {
             self.apply_acks(&acks).await;
-        }
-        if !markers.is_empty() {
-            prepared.merge(self.mark(markers, now_ms).await);
         }
         prepared.taken_in.extend(taken_in);
         prepared

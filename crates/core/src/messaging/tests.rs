@@ -1000,6 +1000,14 @@ async fn a_read_is_clamped_stored_forward_only_and_sent_as_a_receipt_to_both_use
         Some(&3),
         "the device's cursor stops at the head"
     );
+    // A read past the head that moves no marker still acks only up to the head: a cursor past
+    // it would skip the messages still to come.
+    let (report, _) = mark(&mem, &step, read("bob", dm, 99, "b1", "phone"), 5000).await;
+    assert_eq!(report.markers, 0);
+    let cursors = crate::ports::ConversationLog::cursors(&*mem, &user("bob"), "phone")
+        .await
+        .unwrap();
+    assert_eq!(cursors.get(dm), Some(&3));
     let stored = mem.markers.lock().unwrap()[&(user("bob"), ConversationId::parse(dm).unwrap())];
     assert_eq!((stored.read, stored.delivered), (3, 3));
 }
@@ -1092,4 +1100,28 @@ async fn the_inbox_costs_one_head_per_conversation_whatever_the_groups_size() {
         .unwrap();
     assert_eq!(mem.heads.lock().unwrap()[&dm].seq, 3);
     assert_eq!(mem.listings.lock().unwrap()[&user("bob")], vec![dm]);
+}
+
+#[tokio::test]
+async fn a_read_and_a_send_of_the_same_user_in_one_batch_leave_the_marker_at_the_send() {
+    let mem = Arc::new(Memory::default());
+    let step = MessagingStep::new(mem.ports());
+    for id in ["m1", "m2"] {
+        step.process(vec![send("alice", "bob", id, "a1", 0)], 1000)
+            .await
+            .unwrap();
+    }
+    let dm = ConversationId::parse("dm:alice:bob").unwrap();
+    // bob reads 2 and answers (seq 3) in the same batch; carol's read elsewhere goes alongside.
+    let batch = vec![
+        read("bob", "dm:alice:bob", 2, "b1", "phone"),
+        crate::regions::Inbound::Send(send("bob", "alice", "r1", "b1", 0)),
+    ];
+    let p = step.prepare_inbound(batch, 2000).await;
+    assert_eq!(p.report.stored, 1);
+    let stored = mem.markers.lock().unwrap()[&(user("bob"), dm.clone())];
+    assert_eq!(
+        stored.read, 3,
+        "the send's seq, not the read before it: {stored:?}"
+    );
 }
