@@ -7,15 +7,18 @@
 //!
 //! Clients behave as PROTOCOL.md asks of them: a sender retries a send that got `unavailable`
 //! or `rate_limited`, or no answer, with the same id, and resends what is unanswered after it
-//! reconnects (to the other gateway when one is gone); a receiver acks the run of seqs it holds
-//! from the first (never past a message it missed) and, after a lost connection, reconnects and
-//! takes its backlog. When the stream stops and every send is
-//! answered, each receiver connects once more and takes what it has not acked.
+//! reconnects (to the other gateway when one is gone); a receiver marks as read the run of seqs
+//! it holds from the first (never past a message it missed; a `read` also acks for its device)
+//! and, after a lost connection, reconnects and takes its backlog. When the stream stops and
+//! every send is answered, each receiver connects once more, says again how far it has read,
+//! and takes what it has not acked.
 //!
 //! The check, per run: every accepted message is in history exactly once with the seq its
 //! `accepted` gave, and reached every recipient (live or on reconnect); no id is answered with
 //! two different seqs; nothing arrives that was never sent. Repeats of a `(conversation, seq)`
-//! are allowed (at-least-once delivery) and counted. The report is one JSON line (appended to
+//! are allowed (at-least-once delivery) and counted. Every receiver's read marker (the receipts
+//! route, from DynamoDB) reaches what it last said it read: a read survives the fault. The
+//! report is one JSON line (appended to
 //! `--report` too); the exit status is 1 when anything was lost or duplicated.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -105,6 +108,8 @@ struct ReceiverLog {
     user: String,
     got: Vec<(String, u64, String, String)>,
     reconnects: usize,
+    /// Per conversation, the furthest `read` it sent.
+    read: BTreeMap<String, u64>,
 }
 
 type Shared<T> = Arc<Mutex<T>>;
@@ -297,10 +302,18 @@ async fn receiver(
         } else {
             tokio::select! {
                 () = stopped(&mut stop) => {
-                    // The final connection: what this device has not acked.
+                    // The final connection: what this device has not acked. It says again how
+                    // far it has read (a read sent into a gateway that died is lost with it).
                     let _ = ws.close(None).await;
                     last_round = true;
                     (ws, at) = connect(&issuer, &gateways, at + 1, &user, far).await?;
+                    for (conversation, (_, acked)) in &held {
+                        if *acked > 0 {
+                            let read = json!({"type":"read","conversation":conversation,"seq":*acked});
+                            ws.send(text(read)).await?;
+                            log.lock().unwrap().read.insert(conversation.clone(), *acked);
+                        }
+                    }
                     continue;
                 }
                 m = ws.next() => m,
@@ -331,8 +344,10 @@ async fn receiver(
                     *acked += 1;
                 }
                 if *acked > before {
-                    let ack = json!({"type":"ack","conversation":conversation,"seq":*acked});
-                    let _ = ws.send(text(ack)).await;
+                    let read = json!({"type":"read","conversation":conversation,"seq":*acked});
+                    if ws.send(text(read)).await.is_ok() {
+                        log.lock().unwrap().read.insert(conversation, *acked);
+                    }
                 }
             }
             Some(Ok(_)) => {}
@@ -344,6 +359,45 @@ async fn receiver(
     }
     let _ = ws.close(None).await;
     Ok(())
+}
+
+/// The receivers whose read marker (the receipts route) stays behind the furthest `read` they
+/// sent, waiting up to `wait` for the reads still on their way: one line each.
+async fn markers_behind(
+    issuer: &TokenIssuer,
+    api: &str,
+    receivers: &[ReceiverLog],
+    wait: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut behind = Vec::new();
+        for r in receivers {
+            for (conversation, sent) in &r.read {
+                let url =
+                    format!("http://{api}/v1/conversations/{conversation}/receipts?limit=1000");
+                let (status, body) = api_request(issuer, &r.user, "GET", &url, None).await?;
+                if status != 200 {
+                    bail!("receipts of {conversation}: {status} {body}");
+                }
+                let stored = body["receipts"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|m| m["user"] == r.user.as_str()))
+                    .and_then(|m| m["read"].as_u64())
+                    .unwrap_or(0);
+                if stored < *sent {
+                    behind.push(format!(
+                        "read marker behind: {} in {conversation} read up to {sent}, stored {stored}",
+                        r.user
+                    ));
+                }
+            }
+        }
+        if behind.is_empty() || Instant::now() > deadline {
+            return Ok(behind);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Every message of `conversation` in history, read as `reader`: (seq, id, from).
@@ -538,7 +592,10 @@ async fn main() -> anyhow::Result<()> {
             history(&issuer, &args.api, reader, conversation).await?,
         );
     }
-    let verdict = check(&senders, &receivers, &histories);
+    let mut verdict = check(&senders, &receivers, &histories);
+    let behind = markers_behind(&issuer, &args.api, &receivers, Duration::from_secs(20)).await?;
+    verdict.report["read_markers"] = json!(receivers.iter().map(|r| r.read.len()).sum::<usize>());
+    verdict.problems.extend(behind);
     let mut report = verdict.report.clone();
     report["fault"] = json!(args.name);
     report["stream_secs"] = json!((stream_secs * 10.0).round() / 10.0);
@@ -725,6 +782,7 @@ mod tests {
                 (c.clone(), 2, "m2".into(), "alice".into()),
             ],
             reconnects: 0,
+            read: BTreeMap::new(),
         }];
         let histories = BTreeMap::from([(
             c,
