@@ -8,6 +8,15 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
+/// `user`'s item in a receipts page (null when the page lists none).
+fn receipt_in(body: &Value, user: &str) -> Value {
+    body["receipts"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["user"] == user))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// Within this a receipt reaches its connections (PROTOCOL: live; the issue: within 1 s, plus
 /// the pacing of one per second when one went out just before).
 const RECEIPT_WAIT: Duration = Duration::from_secs(3);
@@ -77,18 +86,10 @@ async fn a_read_reaches_the_peer_and_the_readers_other_device_clamped_and_forwar
     )
     .await?;
     assert_eq!(status, 200, "{body}");
-    let of_bob = body["receipts"]
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["user"] == bob.as_str()))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let of_bob = receipt_in(&body, &bob);
     assert_eq!(of_bob["read"], 3, "{body}");
     // Alice's own send moved her marker to her last message.
-    let of_alice = body["receipts"]
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["user"] == alice.as_str()))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let of_alice = receipt_in(&body, &alice);
     assert_eq!(of_alice["read"], 3, "{body}");
 
     // A conversation the user is not in.
@@ -344,11 +345,7 @@ async fn acks_become_the_delivered_marker_that_the_sender_sees() -> anyhow::Resu
         Some(&alice),
     )
     .await?;
-    let of_bob = body["receipts"]
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["user"] == bob.as_str()))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let of_bob = receipt_in(&body, &bob);
     assert_eq!(
         (of_bob["delivered"].as_u64(), of_bob["read"].as_u64()),
         (Some(2), Some(0)),
