@@ -430,15 +430,21 @@ impl MessagingStep {
         batch: &[Submission],
         known: &[Option<crate::model::Acceptance>],
     ) -> HashMap<connect_protocol::GroupId, crate::groups::Members> {
-        let mut groups: Vec<connect_protocol::GroupId> = batch
+        let groups = batch
             .iter()
             .zip(known)
             .filter(|(sub, known)| known.is_none() && sub.event.is_none())
-            .filter_map(|(sub, _)| match &sub.conversation {
-                connect_protocol::ConversationId::Group(g) => Some(g.clone()),
-                connect_protocol::ConversationId::Direct { .. } => None,
-            })
-            .collect();
+            .filter_map(|(sub, _)| sub.conversation.group_id().cloned());
+        self.view_of(groups).await
+    }
+
+    /// The current members of `groups` (one consistent version read); if the versions cannot be
+    /// read, the cached members are dropped and each group is read afresh when needed.
+    async fn view_of(
+        &self,
+        groups: impl Iterator<Item = connect_protocol::GroupId>,
+    ) -> HashMap<connect_protocol::GroupId, crate::groups::Members> {
+        let mut groups: Vec<connect_protocol::GroupId> = groups.collect();
         groups.sort();
         groups.dedup();
         match self.ports.groups.current(&groups).await {

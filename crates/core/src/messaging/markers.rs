@@ -42,20 +42,13 @@ impl MessagingStep {
     /// `forbidden` answers.
     pub(super) async fn mark(&self, updates: Vec<MarkerUpdate>, now_ms: u64) -> Prepared {
         let mut out = self.outcome();
-        let mut groups: Vec<GroupId> = updates
-            .iter()
-            .filter_map(|u| u.conversation.group_id().cloned())
-            .collect();
-        groups.sort();
-        groups.dedup();
-        let mut view = match self.ports.groups.current(&groups).await {
-            Ok(view) => view,
-            Err(e) => {
-                warn!(cause = %e, "membership versions unavailable; reading members afresh");
-                groups.iter().for_each(|g| self.ports.groups.invalidate(g));
-                HashMap::new()
-            }
-        };
+        let mut view = self
+            .view_of(
+                updates
+                    .iter()
+                    .filter_map(|u| u.conversation.group_id().cloned()),
+            )
+            .await;
         let mut changes: HashMap<(UserId, ConversationId), Change> = HashMap::new();
         let mut order: Vec<(UserId, ConversationId)> = Vec::new();
         for u in updates {
@@ -186,19 +179,19 @@ impl MessagingStep {
         moved
     }
 
-    /// The latest seq of each conversation of `order`: its log's head, or (an empty log: lost,
-    /// or never written) its last stored message.
+    /// The latest seq of each conversation of `order`: its log's head (one round trip), or (an
+    /// empty log: lost, or never written) its last stored message (those read side by side).
     async fn heads(
         &self,
         order: &[(UserId, ConversationId)],
         out: &mut super::Outcome,
     ) -> HashMap<ConversationId, u64> {
-        let mut conversations: Vec<&ConversationId> = Vec::new();
-        for (_, c) in order {
-            if !conversations.contains(&c) {
-                conversations.push(c);
-            }
-        }
+        let mut seen = std::collections::HashSet::new();
+        let conversations: Vec<&ConversationId> = order
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| seen.insert(*c))
+            .collect();
         let names: Vec<String> = conversations.iter().map(|c| c.to_string()).collect();
         let logged = match self.ports.log.heads(&names).await {
             Ok(heads) => heads,
@@ -208,23 +201,28 @@ impl MessagingStep {
             }
         };
         let mut heads = HashMap::new();
-        for (conversation, head) in conversations.iter().zip(logged) {
-            let head = if head > 0 {
-                head
+        let mut unlogged = Vec::new();
+        for (conversation, head) in conversations.into_iter().zip(logged) {
+            if head > 0 {
+                heads.insert(conversation.clone(), head);
             } else {
-                let page = until_ok(
-                    "reading a conversation's head",
-                    &mut out.report.marker_retries,
-                    || {
-                        self.ports
-                            .history
-                            .page(conversation, Range::Before { before: None }, 1)
-                    },
-                )
-                .await;
-                page.messages.last().map_or(0, |m| m.seq)
-            };
-            heads.insert((*conversation).clone(), head);
+                unlogged.push(conversation);
+            }
+        }
+        let stored = join_all(unlogged.iter().map(|conversation| async move {
+            let mut retries = 0;
+            let page = until_ok("reading a conversation's head", &mut retries, || {
+                self.ports
+                    .history
+                    .page(conversation, Range::Before { before: None }, 1)
+            })
+            .await;
+            (page.messages.last().map_or(0, |m| m.seq), retries)
+        }))
+        .await;
+        for (conversation, (head, retries)) in unlogged.into_iter().zip(stored) {
+            out.report.marker_retries += retries;
+            heads.insert(conversation.clone(), head);
         }
         heads
     }

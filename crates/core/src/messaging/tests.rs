@@ -5,7 +5,7 @@ use connect_protocol::{ClientMsgId, ConversationId, UserId};
 
 use super::*;
 use crate::memory::Memory;
-use crate::model::{Acceptance, Session, SessionRoute, Submission};
+use crate::model::{Acceptance, Session, SessionRoute, StoredMessage, Submission};
 use crate::ports::{DedupeIndex, SessionRegistry};
 
 fn user(s: &str) -> UserId {
@@ -1124,4 +1124,36 @@ async fn a_read_and_a_send_of_the_same_user_in_one_batch_leave_the_marker_at_the
         stored.read, 3,
         "the send's seq, not the read before it: {stored:?}"
     );
+}
+
+#[tokio::test]
+async fn with_the_log_gone_a_read_is_clamped_to_the_last_stored_message() {
+    use crate::ports::ChatStore;
+    let mem = Arc::new(Memory::default());
+    let dm = ConversationId::parse("dm:alice:bob").unwrap();
+    let stored: Vec<StoredMessage> = (1..=2)
+        .map(|seq| StoredMessage {
+            conversation: dm.clone(),
+            seq,
+            from: user("alice"),
+            id: ClientMsgId::parse(format!("m{seq}")).unwrap(),
+            body: "hi".into(),
+            ts: seq,
+            event: None,
+            mv: None,
+            device: None,
+        })
+        .collect();
+    // In the chat table only (Redis lost the conversation's log).
+    mem.put_batch(&stored).await.unwrap();
+    let step = MessagingStep::new(mem.ports());
+    let (report, _) = mark(
+        &mem,
+        &step,
+        read("bob", "dm:alice:bob", 99, "b1", "phone"),
+        1000,
+    )
+    .await;
+    assert_eq!(report.markers, 1);
+    assert_eq!(mem.markers.lock().unwrap()[&(user("bob"), dm)].read, 2);
 }
