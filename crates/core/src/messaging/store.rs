@@ -164,7 +164,7 @@ impl MessagingStep {
         self.ports.dedupe.remember(&entries).await?;
         // The inbox's writes alongside the messages': a failure of either answers
         // `unavailable`, and the retry (a repeat) writes the inbox again (forward only).
-        let inbox = self.inbox_write(messages);
+        let inbox = self.inbox_write(messages, false);
         let (stored, indexed) = tokio::join!(self.ports.chat.put_batch(messages), async {
             if inbox.is_empty() {
                 Ok(())
@@ -180,31 +180,29 @@ impl MessagingStep {
         Ok(())
     }
 
-    /// The inbox's writes for freshly stored messages: each conversation's head, the listing of
-    /// a direct conversation this process has not listed yet, each sender's markers moved to
-    /// their newest message.
-    fn inbox_write(&self, messages: &[StoredMessage]) -> crate::ports::InboxWrite {
+    /// The inbox's writes for stored messages: each conversation's head (its newest message
+    /// here), the listing of a direct conversation (`relist`: every one; otherwise those this
+    /// process has not listed yet), each sender's markers moved to their newest message.
+    fn inbox_write(&self, messages: &[StoredMessage], relist: bool) -> crate::ports::InboxWrite {
         let mut write = crate::ports::InboxWrite::default();
+        let mut headed = std::collections::HashSet::new();
+        let mut senders = std::collections::HashSet::new();
         for m in messages.iter().rev() {
-            if !write.heads.iter().any(|(c, _)| *c == m.conversation) {
+            if headed.insert(&m.conversation) {
                 let head = crate::ports::Head {
                     seq: m.seq,
                     ts: m.ts,
                 };
                 write.heads.push((m.conversation.clone(), head));
                 if let ConversationId::Direct { low, high } = &m.conversation {
-                    if !self.listed.contains(&m.conversation) {
+                    if relist || !self.listed.contains(&m.conversation) {
                         write.listings.push((low.clone(), m.conversation.clone()));
                         write.listings.push((high.clone(), m.conversation.clone()));
                     }
                 }
             }
             // A system message's `from` made the change; it is not a read.
-            let moved = write
-                .markers
-                .iter()
-                .any(|(u, c, _)| *u == m.from && *c == m.conversation);
-            if m.event.is_none() && !moved {
+            if m.event.is_none() && senders.insert((&m.from, &m.conversation)) {
                 let markers = crate::model::Markers {
                     read: m.seq,
                     delivered: m.seq,
@@ -225,18 +223,8 @@ impl MessagingStep {
         if repeats.is_empty() {
             return;
         }
-        let mut write = self.inbox_write(repeats);
+        let mut write = self.inbox_write(repeats, true);
         write.markers.clear();
-        for m in repeats {
-            if let ConversationId::Direct { low, high } = &m.conversation {
-                for user in [low, high] {
-                    let listing = (user.clone(), m.conversation.clone());
-                    if !write.listings.contains(&listing) {
-                        write.listings.push(listing);
-                    }
-                }
-            }
-        }
         super::route::until_ok(
             "re-indexing repeats",
             &mut out.report.marker_retries,
