@@ -255,6 +255,26 @@ fn the_tables_have_the_keys_indexes_and_streams_the_code_uses() {
         keys(inbox, at(inbox, &["Properties", "KeySchema"])),
         [key("owner", "S", "HASH"), key("item", "S", "RANGE")]
     );
+    // A page of a user's direct conversations is one query of the places' recency index.
+    let places = table("PLACES_TABLE");
+    assert_eq!(
+        keys(places, at(places, &["Properties", "KeySchema"])),
+        [key("owner", "S", "HASH"), key("conversation", "S", "RANGE")]
+    );
+    let recent = at(places, &["Properties", "GlobalSecondaryIndexes"])
+        .as_sequence()
+        .and_then(|ix| {
+            ix.iter()
+                .find(|i| s(at(i, &["IndexName"])) == connect_dynamo::inbox::RECENT)
+        })
+        .expect("the recent index");
+    assert_eq!(
+        keys(places, at(recent, &["KeySchema"])),
+        [key("owner", "S", "HASH"), key("at", "N", "RANGE")]
+    );
+    assert!(at(recent, &["Projection", "NonKeyAttributes"])
+        .as_sequence()
+        .is_some_and(|a| a.iter().any(|v| s(v) == "seq")));
     // The group-events function reads old and new images (who removed whom).
     assert_eq!(
         s(at(

@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let inbox = Arc::new(connect_dynamo::DynamoInbox::new(
         dynamo.clone(),
-        &cfg.tables.inbox,
+        &cfg.tables,
     ));
     let ports = Ports {
         registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
@@ -137,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         MessagingStep::new(ports)
             .shed_after_ms(cfg.shed_after_ms)
             .receipts_live_max_members(cfg.receipts_live_max_members)
+            .place_step_ms(cfg.inbox_place_step_ms)
             .regions(cfg.regions.clone()),
         consumer::Outputs {
             deliveries,

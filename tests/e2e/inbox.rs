@@ -353,3 +353,60 @@ async fn acks_become_the_delivered_marker_that_the_sender_sees() -> anyhow::Resu
     );
     Ok(())
 }
+
+/// Direct conversations with equal times (the recency index orders only by time): every page
+/// size walks them exactly once, newest first and equal times by conversation id, both through
+/// the adapter and through `GET /v1/conversations`.
+#[tokio::test]
+async fn equal_times_page_exactly_once_through_the_recency_index() -> anyhow::Result<()> {
+    use connect_core::ports::{Head, InboxIndex, InboxWrite, Recency};
+    use connect_protocol::{ConversationId, UserId};
+
+    let me = user("ties");
+    let index =
+        connect_dynamo::DynamoInbox::new(dynamo().await, &connect_dynamo::Tables::from_env());
+    let me_id = UserId::parse(&me)?;
+    let times = [7u64, 5, 5, 5, 4, 9, 4, 5, 1];
+    let mut write = InboxWrite::default();
+    for (i, ts) in times.iter().enumerate() {
+        let peer = UserId::parse(format!("{me}_{i}"))?;
+        let c = ConversationId::direct(&me_id, &peer)?;
+        write.heads.push((c.clone(), Head { seq: 1, ts: *ts }));
+        write.places.push((c, Head { seq: 1, ts: *ts }));
+    }
+    index.write(&write).await?;
+    let mut expected: Vec<(u64, String)> = write
+        .heads
+        .iter()
+        .map(|(c, h)| (h.ts, c.to_string()))
+        .collect();
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let expected: Vec<String> = expected.into_iter().map(|(_, c)| c).collect();
+    for limit in 1..=4 {
+        let mut seen = Vec::new();
+        let mut after: Option<Recency> = None;
+        loop {
+            let page = index.recent(&me_id, after.as_ref(), limit).await?;
+            assert!(page.len() <= limit);
+            let Some((c, h)) = page.last() else { break };
+            after = Some(Recency {
+                ts: h.ts,
+                conversation: c.to_string(),
+            });
+            seen.extend(page.iter().map(|(c, _)| c.to_string()));
+        }
+        assert_eq!(seen, expected, "adapter, limit {limit}");
+        let api: Vec<String> = walk(&me, limit)
+            .await?
+            .iter()
+            .filter_map(|i| i["conversation"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(api, expected, "API, limit {limit}");
+    }
+    // The peer's inbox lists the same conversation: a head is kept under both users.
+    let peer = format!("{me}_5");
+    let theirs = walk(&peer, 10).await?;
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0]["with"], me.as_str());
+    Ok(())
+}

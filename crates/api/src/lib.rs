@@ -286,6 +286,7 @@ impl HttpApi {
     /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET` (and `CONNECT_JWT_SECRET_PREVIOUS`
     /// during a rotation), `CONNECT_ENV`, `AWS_REGION`,
     /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`,
+    /// `PLACES_TABLE`,
     /// `GROUP_MAX_MEMBERS` (10000).
     pub async fn from_env() -> Result<Self, String> {
         use connect_core::env::production;
@@ -298,10 +299,7 @@ impl HttpApi {
             &tables.chat,
             1,
         ));
-        let inbox = Arc::new(connect_dynamo::DynamoInbox::new(
-            dynamo.clone(),
-            &tables.inbox,
-        ));
+        let inbox = Arc::new(connect_dynamo::DynamoInbox::new(dynamo.clone(), &tables));
         let ports = ApiPorts {
             history: store.clone(),
             chat: store,
@@ -380,6 +378,7 @@ impl HttpApi {
         let query = inbox::Query::parse(|name| params.first(name))?;
         let ports = inbox::InboxPorts {
             index: &*self.ports.inbox,
+            markers: &*self.ports.markers,
             groups: &*self.ports.groups,
             chat: &*self.ports.chat,
             history: &*self.ports.history,

@@ -1,11 +1,13 @@
 //! The inbox (`GET /v1/conversations`) and a conversation's receipts
 //! (`GET /v1/conversations/{conversation}/receipts`).
 //!
-//! The inbox is read, not written per member: the caller's direct conversations and markers
-//! (one query of the inbox table) and their groups (the membership index), side by side; every
-//! conversation's head (batched), sorted newest first; then the page's last messages and its
-//! groups' names (one batched read each, side by side) and `unread = last.seq - read`. Paged by
-//! an opaque cursor: the (ts, conversation) of the last item given.
+//! The inbox is read, not written per member: the caller's newest direct conversations (the
+//! recency index, one page of it) and their groups (the membership index, then each group's
+//! head, batched), side by side, merged newest first; then the page's last messages, its groups'
+//! names, the caller's markers there and its direct conversations' heads (one batched read each,
+//! side by side) and `unread = last.seq - read`. Paged by an opaque cursor: the place of the
+//! last item given. A busy direct conversation's place lags its newest message by at most the
+//! messaging step (`INBOX_PLACE_STEP_MS`): its item, read from its head, never does.
 
 use std::collections::HashMap;
 
@@ -16,8 +18,8 @@ use connect_protocol::{ConversationId, ErrorCode, GroupId, MessageFrame, UserId}
 
 use crate::groups::GroupStore;
 use crate::history::{whole_number, Range};
-use crate::model::{Markers, StoredMessage};
-use crate::ports::{ChatStore, Head, HistoryStore, InboxIndex, ReadMarkers};
+use crate::model::StoredMessage;
+use crate::ports::{ChatStore, Head, HistoryStore, InboxIndex, ReadMarkers, Recency};
 use crate::ApiError;
 
 pub const DEFAULT_LIMIT: usize = 50;
@@ -38,16 +40,13 @@ fn limit(value: Option<&str>, default: usize, max: usize) -> Result<usize, ApiEr
     }
 }
 
-/// Where an inbox page starts: after this (ts, conversation) in newest-first order.
+/// Where an inbox page starts: after this place in newest-first order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub ts: u64,
-    pub conversation: String,
-}
+pub struct Cursor(pub Recency);
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        let text = format!("{}|{}", self.ts, self.conversation);
+        let text = format!("{}|{}", self.0.ts, self.0.conversation);
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
     }
 
@@ -59,16 +58,10 @@ impl Cursor {
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (ts, conversation) = text.split_once('|').ok_or_else(invalid)?;
         ConversationId::parse(conversation).map_err(|_| invalid())?;
-        Ok(Self {
+        Ok(Self(Recency {
             ts: ts.parse().map_err(|_| invalid())?,
             conversation: conversation.to_owned(),
-        })
-    }
-
-    /// Whether an item at (ts, conversation) comes after this cursor (newest first, ties by
-    /// conversation id).
-    fn before(&self, ts: u64, conversation: &str) -> bool {
-        ts < self.ts || (ts == self.ts && conversation > self.conversation.as_str())
+        }))
     }
 }
 
@@ -112,6 +105,7 @@ pub struct Page {
 /// What the inbox reads.
 pub struct InboxPorts<'a> {
     pub index: &'a dyn InboxIndex,
+    pub markers: &'a dyn ReadMarkers,
     pub groups: &'a dyn GroupStore,
     pub chat: &'a dyn ChatStore,
     pub history: &'a dyn HistoryStore,
@@ -120,88 +114,113 @@ pub struct InboxPorts<'a> {
 /// A conversation of the caller's, before its page is chosen.
 struct Entry {
     conversation: ConversationId,
+    /// Its id as text (the order's tie-break and the cursor's).
+    name: String,
     head: Head,
     /// No head indexed (a group whose messages predate the index): its last message is read
     /// from history.
     unindexed: bool,
 }
 
-/// One page of `caller`'s inbox.
+impl Entry {
+    fn new(conversation: ConversationId, head: Head, unindexed: bool) -> Self {
+        Self {
+            name: conversation.to_string(),
+            conversation,
+            head,
+            unindexed,
+        }
+    }
+}
+
+/// One page of `caller`'s inbox: the page's direct conversations come from the recency index
+/// (at most `limit + 1` of them, whatever the caller has), merged with every group of theirs
+/// (the membership index and each group's head): O(page + groups), never O(direct
+/// conversations).
 pub async fn read(
     ports: &InboxPorts<'_>,
     caller: &UserId,
     query: &Query,
 ) -> Result<Page, ApiError> {
-    let (listing, memberships) = tokio::join!(
-        ports.index.listing(caller),
-        ports.groups.memberships_of(caller)
+    let after = query.cursor.as_ref().map(|c| &c.0);
+    let (direct, groups) = tokio::join!(
+        ports.index.recent(caller, after, query.limit + 1),
+        group_entries(ports, caller)
     );
-    let (listing, memberships) = (listing?, memberships?);
-    let mut conversations: Vec<ConversationId> = listing
-        .direct
-        .iter()
-        .filter(|c| c.is_direct_member(caller))
-        .cloned()
-        .collect();
-    conversations.extend(
-        memberships
-            .into_iter()
-            .map(|m| ConversationId::group(m.group)),
-    );
-    let heads = ports.index.heads(&conversations).await?;
-    let mut entries: Vec<Entry> = conversations
+    let mut entries: Vec<Entry> = direct?
         .into_iter()
-        .zip(heads)
-        .filter_map(|(conversation, head)| match head {
-            Some(head) => Some(Entry {
-                conversation,
-                head,
-                unindexed: false,
-            }),
-            // A direct conversation is listed with its first message; a group always.
-            None if conversation.group_id().is_some() => Some(Entry {
-                conversation,
-                head: Head::default(),
-                unindexed: true,
-            }),
-            None => None,
-        })
+        .filter(|(c, _)| c.is_direct_member(caller))
+        .map(|(c, head)| Entry::new(c, head, false))
+        .chain(groups?)
+        .filter(|e| after.is_none_or(|a| a.before(e.head.ts, &e.name)))
         .collect();
-    let key = |e: &Entry| (std::cmp::Reverse(e.head.ts), e.conversation.to_string());
-    entries.sort_by_cached_key(key);
-    if let Some(cursor) = &query.cursor {
-        entries.retain(|e| cursor.before(e.head.ts, &e.conversation.to_string()));
-    }
+    entries.sort_by(|a, b| b.head.ts.cmp(&a.head.ts).then_with(|| a.name.cmp(&b.name)));
     let more = entries.len() > query.limit;
     entries.truncate(query.limit);
+    // Where the next page starts: this page's place in the order it was chosen by.
+    let next = more.then(|| entries.last()).flatten().map(|e| {
+        Cursor(Recency {
+            ts: e.head.ts,
+            conversation: e.name.clone(),
+        })
+        .encode()
+    });
     let groups: Vec<GroupId> = entries
         .iter()
         .filter_map(|e| e.conversation.group_id().cloned())
         .collect();
-    let (lasts, summaries) = tokio::join!(
+    let keys: Vec<(UserId, ConversationId)> = entries
+        .iter()
+        .map(|e| (caller.clone(), e.conversation.clone()))
+        .collect();
+    // A place in the recency index may lag its conversation's head: the page's direct heads are
+    // read consistently beside the last messages, a head that moved has its last message read
+    // again, and the page is shown in the order of its heads.
+    let direct: Vec<ConversationId> = entries
+        .iter()
+        .filter(|e| e.conversation.group_id().is_none())
+        .map(|e| e.conversation.clone())
+        .collect();
+    let (lasts, summaries, markers, fresh) = tokio::join!(
         last_messages(ports, &entries),
-        ports.groups.summaries(&groups)
+        ports.groups.summaries(&groups),
+        ports.markers.get(&keys),
+        ports.index.heads(&direct)
     );
-    let (lasts, summaries) = (lasts?, summaries?);
+    let (mut lasts, summaries, markers) = (lasts?, summaries?, markers?);
+    let fresh: HashMap<ConversationId, Head> = direct
+        .into_iter()
+        .zip(fresh?)
+        .filter_map(|(c, h)| Some((c, h?)))
+        .collect();
+    let mut moved = Vec::new();
+    for (e, last) in entries.iter_mut().zip(lasts.iter_mut()) {
+        if let Some(head) = fresh.get(&e.conversation).filter(|h| h.seq > e.head.seq) {
+            e.head = *head;
+            moved.push((e, last));
+        }
+    }
+    if !moved.is_empty() {
+        let keys: Vec<(ConversationId, u64)> = moved
+            .iter()
+            .map(|(e, _)| (e.conversation.clone(), e.head.seq))
+            .collect();
+        let found = ports.chat.get_many(&keys).await?;
+        for ((_, last), m) in moved.into_iter().zip(found) {
+            if m.is_some() {
+                *last = m;
+            }
+        }
+    }
     let names: HashMap<GroupId, String> =
         summaries.into_iter().map(|g| (g.group, g.name)).collect();
-    let next = more.then(|| entries.last()).flatten().map(|e| {
-        Cursor {
-            ts: e.head.ts,
-            conversation: e.conversation.to_string(),
-        }
-        .encode()
-    });
-    let conversations = entries
+    let mut conversations: Vec<(u64, Item)> = entries
         .into_iter()
         .zip(lasts)
-        .map(|(e, last)| {
-            let read = listing
-                .markers
-                .get(&e.conversation)
-                .map_or(0, |m: &Markers| m.read);
+        .zip(markers)
+        .map(|((e, last), m)| {
             let seq = last.as_ref().map_or(0, |m| m.seq);
-            Item {
+            let item = Item {
                 with: match &e.conversation {
                     ConversationId::Direct { low, high } => {
                         Some(if low == caller { high } else { low }.to_string())
@@ -213,17 +232,41 @@ pub async fn read(
                     .conversation
                     .group_id()
                     .and_then(|g| names.get(g).cloned()),
-                conversation: e.conversation.to_string(),
+                conversation: e.name,
                 last: last.as_ref().map(StoredMessage::to_frame),
-                read,
-                unread: seq.saturating_sub(read),
-            }
+                read: m.read,
+                unread: seq.saturating_sub(m.read),
+            };
+            (e.head.ts, item)
         })
         .collect();
+    conversations
+        .sort_by(|(a, x), (b, y)| b.cmp(a).then_with(|| x.conversation.cmp(&y.conversation)));
     Ok(Page {
-        conversations,
+        conversations: conversations.into_iter().map(|(_, item)| item).collect(),
         next,
     })
+}
+
+/// Every group of `caller`'s with its head (batched); a group without one is listed too, its
+/// last message read from history.
+async fn group_entries(ports: &InboxPorts<'_>, caller: &UserId) -> Result<Vec<Entry>, ApiError> {
+    let groups: Vec<ConversationId> = ports
+        .groups
+        .memberships_of(caller)
+        .await?
+        .into_iter()
+        .map(|m| ConversationId::group(m.group))
+        .collect();
+    let heads = ports.index.heads(&groups).await?;
+    Ok(groups
+        .into_iter()
+        .zip(heads)
+        .map(|(conversation, head)| match head {
+            Some(head) => Entry::new(conversation, head, false),
+            None => Entry::new(conversation, Head::default(), true),
+        })
+        .collect())
 }
 
 /// The last message of each entry (same order): the indexed heads in one batched read; a

@@ -60,9 +60,9 @@ pub struct Memory {
     pub homed_elsewhere: Mutex<HashMap<ConversationId, String>>,
     /// Read markers per (user, conversation).
     pub markers: Mutex<HashMap<(UserId, ConversationId), crate::model::Markers>>,
-    /// The inbox index: heads, and each user's direct conversations.
+    /// The inbox index: heads, and each user's direct conversations with their places.
     pub heads: Mutex<HashMap<ConversationId, crate::ports::Head>>,
-    pub listings: Mutex<HashMap<UserId, Vec<ConversationId>>>,
+    pub listings: Mutex<HashMap<UserId, HashMap<ConversationId, crate::ports::Head>>>,
     /// Inbox index writes made (for counting them).
     pub inbox_writes: std::sync::atomic::AtomicUsize,
 }
@@ -386,12 +386,22 @@ impl crate::ports::ReadMarkers for Memory {
 }
 
 impl Memory {
-    fn list(&self, listings: &[(UserId, ConversationId)]) {
+    /// Places each direct conversation under both its users (`forward`: only later than the
+    /// place it has).
+    fn place(&self, places: &[(ConversationId, crate::ports::Head)], forward: bool) {
         let mut all = lock(&self.listings);
-        for (user, conversation) in listings {
-            let list = all.entry(user.clone()).or_default();
-            if !list.contains(conversation) {
-                list.push(conversation.clone());
+        for (conversation, head) in places {
+            if let ConversationId::Direct { low, high } = conversation {
+                for user in [low, high] {
+                    let place = all
+                        .entry(user.clone())
+                        .or_default()
+                        .entry(conversation.clone())
+                        .or_default();
+                    if !forward || place.seq < head.seq {
+                        *place = *head;
+                    }
+                }
             }
         }
     }
@@ -402,7 +412,7 @@ impl crate::ports::InboxIndex for Memory {
     async fn write(&self, write: &crate::ports::InboxWrite) -> Result<(), PortError> {
         self.inbox_writes.fetch_add(1, Ordering::SeqCst);
         lock(&self.heads).extend(write.heads.iter().cloned());
-        self.list(&write.listings);
+        self.place(&write.places, false);
         crate::ports::ReadMarkers::put(self, &write.markers).await
     }
 
@@ -416,7 +426,7 @@ impl crate::ports::InboxIndex for Memory {
             }
         }
         drop(heads);
-        self.list(&write.listings);
+        self.place(&write.places, true);
         Ok(())
     }
 
@@ -431,14 +441,20 @@ impl crate::ports::InboxIndex for Memory {
             .collect())
     }
 
-    async fn listing(&self, user: &UserId) -> Result<crate::ports::Listing, PortError> {
-        let direct = lock(&self.listings).get(user).cloned().unwrap_or_default();
-        let markers = lock(&self.markers)
-            .iter()
-            .filter(|((u, _), _)| u == user)
-            .map(|((_, c), m)| (c.clone(), *m))
+    async fn recent(
+        &self,
+        user: &UserId,
+        after: Option<&crate::ports::Recency>,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, crate::ports::Head)>, PortError> {
+        let places = lock(&self.listings).get(user).cloned().unwrap_or_default();
+        let mut recent: Vec<(ConversationId, crate::ports::Head)> = places
+            .into_iter()
+            .filter(|(c, h)| after.is_none_or(|a| a.before(h.ts, &c.to_string())))
             .collect();
-        Ok(crate::ports::Listing { direct, markers })
+        recent.sort_by_cached_key(|(c, h)| (std::cmp::Reverse(h.ts), c.to_string()));
+        recent.truncate(limit);
+        Ok(recent)
     }
 }
 

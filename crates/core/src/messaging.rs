@@ -177,35 +177,41 @@ pub struct MessagingStep {
     /// Groups up to this size get receipts live to every member (larger: the reader's own
     /// connections only).
     receipts_live_max_members: usize,
-    /// Direct conversations this process has listed under both users (so each is listed once
-    /// per process, not once per message).
-    listed: Listed,
+    /// A direct conversation's place in its users' recency index moves when its newest message
+    /// is at least this much newer than the place this process last wrote (ms).
+    place_step_ms: u64,
+    /// Where this process last placed each direct conversation (its ts).
+    placed: Placed,
 }
 
-/// A bounded set of conversations (forgotten all at once when full: listing again is harmless).
+/// Direct conversations' last written places, bounded (forgotten all at once when full: a
+/// conversation forgotten is placed again with its next message, which is harmless).
 #[derive(Default)]
-struct Listed(std::sync::Mutex<std::collections::HashSet<connect_protocol::ConversationId>>);
+struct Placed(std::sync::Mutex<HashMap<connect_protocol::ConversationId, u64>>);
 
-impl Listed {
+impl Placed {
     const MAX: usize = 100_000;
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<connect_protocol::ConversationId>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<connect_protocol::ConversationId, u64>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn contains(&self, c: &connect_protocol::ConversationId) -> bool {
-        self.lock().contains(c)
+    /// Whether a head at `ts` should move the conversation's place (nothing placed here, or
+    /// placed at least `step` ms earlier).
+    fn due(&self, c: &connect_protocol::ConversationId, ts: u64, step: u64) -> bool {
+        self.lock()
+            .get(c)
+            .is_none_or(|placed| ts >= placed.saturating_add(step))
     }
 
-    fn remember(&self, c: &connect_protocol::ConversationId) {
-        let mut set = self.lock();
-        if set.len() >= Self::MAX {
-            set.clear();
+    fn remember(&self, places: &[(connect_protocol::ConversationId, crate::ports::Head)]) {
+        let mut map = self.lock();
+        if map.len() + places.len() > Self::MAX {
+            map.clear();
         }
-        set.insert(c.clone());
+        for (c, head) in places {
+            map.insert(c.clone(), head.ts);
+        }
     }
 }
 
@@ -299,8 +305,16 @@ impl MessagingStep {
             shed_after_ms: 0,
             regions: crate::regions::Regions::single("local"),
             receipts_live_max_members: 32,
-            listed: Listed::default(),
+            place_step_ms: 1000,
+            placed: Placed::default(),
         }
+    }
+
+    /// A busy direct conversation's place in the inbox order moves at most once per `ms`
+    /// (`INBOX_PLACE_STEP_MS`); its head moves with every batch.
+    pub fn place_step_ms(mut self, ms: u64) -> Self {
+        self.place_step_ms = ms;
+        self
     }
 
     /// Groups up to `n` members get every member's receipts live (`RECEIPTS_LIVE_MAX_MEMBERS`).

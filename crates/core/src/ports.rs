@@ -50,22 +50,45 @@ pub trait ReadMarkers: Send + Sync {
 }
 
 /// What the inbox lists, kept at O(1) writes per message whatever the audience: each
-/// conversation's head (its newest message) and, per user, the direct conversations they are in
-/// (groups come from the membership index).
+/// conversation's head (its newest message), and each direct conversation's place in both of
+/// its users' recency index, so a page of a user's direct conversations costs O(page) (the
+/// inbox reads a user's groups through the membership index).
 #[async_trait]
 pub trait InboxIndex: Send + Sync {
-    /// One batch's writes, batched: heads written whole (the conversation's one writer, in
-    /// batch order), listings added (idempotent), the senders' markers moved to their messages.
+    /// One batch's writes, batched: heads and places written whole (the conversation's one
+    /// writer, in batch order), the senders' markers moved to their messages.
     async fn write(&self, write: &InboxWrite) -> Result<(), PortError>;
-    /// A repeat's writes (answered maybe long after newer messages): each head moved forward
-    /// only (one conditional write per conversation), listings added; `markers` ignored.
+    /// A repeat's writes (answered maybe long after newer messages): each head and place moved
+    /// forward only (conditional writes); `markers` ignored.
     async fn advance(&self, write: &InboxWrite) -> Result<(), PortError>;
     /// The head of each conversation (same order; none: no message indexed), read
     /// consistently, batched.
     async fn heads(&self, conversations: &[ConversationId])
         -> Result<Vec<Option<Head>>, PortError>;
-    /// `user`'s direct conversations and every marker they have (conversation → markers).
-    async fn listing(&self, user: &UserId) -> Result<Listing, PortError>;
+    /// `user`'s direct conversations by their place in the recency index, newest first (equal
+    /// times by conversation id), those after `after` only, at most `limit`. A place may lag
+    /// the conversation's head (see [`InboxWrite::places`]; DynamoDB's index is also
+    /// eventually consistent).
+    async fn recent(
+        &self,
+        user: &UserId,
+        after: Option<&Recency>,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, Head)>, PortError>;
+}
+
+/// A place in a user's inbox order: newest first, equal times by conversation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recency {
+    pub ts: u64,
+    pub conversation: String,
+}
+
+impl Recency {
+    /// Whether a conversation at (ts, conversation) comes after this place.
+    pub fn before(&self, ts: u64, conversation: &str) -> bool {
+        ts < self.ts || (ts == self.ts && conversation > self.conversation.as_str())
+    }
 }
 
 /// The newest message of a conversation, as the inbox orders it.
@@ -78,24 +101,19 @@ pub struct Head {
 /// One messaging batch's inbox writes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InboxWrite {
+    /// Each conversation's newest message.
     pub heads: Vec<(ConversationId, Head)>,
-    /// (user, direct conversation) to list.
-    pub listings: Vec<(UserId, ConversationId)>,
+    /// Direct conversations whose place in both users' recency index moves to this head (not
+    /// every message's: the writer moves a busy conversation's place at most once per step).
+    pub places: Vec<(ConversationId, Head)>,
     /// Senders' markers, moved to their newest message.
     pub markers: Vec<(UserId, ConversationId, Markers)>,
 }
 
 impl InboxWrite {
     pub fn is_empty(&self) -> bool {
-        self.heads.is_empty() && self.listings.is_empty() && self.markers.is_empty()
+        self.heads.is_empty() && self.places.is_empty() && self.markers.is_empty()
     }
-}
-
-/// What the inbox table holds for one user.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listing {
-    pub direct: Vec<ConversationId>,
-    pub markers: std::collections::HashMap<ConversationId, Markers>,
 }
 
 /// Messaging → gateways: the `outgoing_messages` topic, one partition per gateway slot.

@@ -1,10 +1,16 @@
-//! The inbox table (key `owner` + `item`): what the inbox lists and the read markers.
-//! - `(<user>, m#<conversation>)`: the user's markers there (`read`, `delivered`, `ts`);
-//! - `(<user>, d#<conversation>)`: a direct conversation the user is in (listed with its first
-//!   message);
-//! - `(<conversation>, head)`: the conversation's newest message (`seq`, `ts`).
+//! The inbox's tables.
 //!
-//! A message costs one head write per conversation per batch, whatever the group's size.
+//! The inbox table (key `owner` + `item`), written with every batch:
+//! - `(<user>, m#<conversation>)`: the user's markers there (`read`, `delivered`, `ts`);
+//! - `(<conversation>, head)`: a conversation's newest message (`seq`, `ts`), one item whatever
+//!   the group's size.
+//!
+//! The places table (key `owner` + `conversation`): `(<user>, <direct conversation>)` is the
+//! conversation's place in the user's inbox order (`seq`, `at`), written under both users,
+//! indexed by recency (index [`RECENT`]: `owner` + `at`), so a page of a user's direct
+//! conversations is one query. A busy conversation's place moves at most once per the writer's
+//! step, and in a table of its own, so the index costs nothing to the writes of every batch.
+//! Groups have no places: the inbox reads a user's groups through the membership index.
 
 use std::collections::HashMap;
 
@@ -14,14 +20,17 @@ use aws_sdk_dynamodb::Client;
 use futures_util::future::try_join_all;
 
 use connect_core::model::Markers;
-use connect_core::ports::{Head, InboxIndex, InboxWrite, Listing, ReadMarkers};
+use connect_core::ports::{Head, InboxIndex, InboxWrite, ReadMarkers, Recency};
 use connect_core::PortError;
 use connect_protocol::{ConversationId, UserId};
 
-use crate::groups::{get, get_n, n, query_all, s};
+use crate::groups::{err, get, get_n, n, s};
 use crate::BATCH;
 
 type Item = HashMap<String, AttributeValue>;
+
+/// The recency index of users' direct conversations (`owner` + `at`, projecting `seq`).
+pub const RECENT: &str = "recent";
 
 const HEAD: &str = "head";
 
@@ -31,10 +40,6 @@ fn key(owner: &str, item: &str) -> Item {
 
 fn marker_key(user: &UserId, conversation: &ConversationId) -> Item {
     key(user.as_str(), &format!("m#{conversation}"))
-}
-
-fn head_key(conversation: &ConversationId) -> Item {
-    key(&conversation.to_string(), HEAD)
 }
 
 fn marker_item(user: &UserId, conversation: &ConversationId, m: &Markers) -> Item {
@@ -53,37 +58,86 @@ fn markers_of(item: &Item) -> Markers {
     }
 }
 
-fn listing_item(user: &UserId, conversation: &ConversationId) -> Item {
-    key(user.as_str(), &format!("d#{conversation}"))
+fn head_key(conversation: &ConversationId) -> Item {
+    key(&conversation.to_string(), HEAD)
 }
 
-fn head_item(conversation: &ConversationId, head: &Head) -> Item {
-    let mut item = head_key(conversation);
+/// A direct conversation's place under each of its users.
+fn place_keys(conversation: &ConversationId) -> Vec<Item> {
+    let key = |owner: &UserId| {
+        HashMap::from([
+            ("owner".to_owned(), s(owner.as_str())),
+            ("conversation".to_owned(), s(conversation.to_string())),
+        ])
+    };
+    match conversation {
+        ConversationId::Direct { low, high } => vec![key(low), key(high)],
+        ConversationId::Group(_) => Vec::new(),
+    }
+}
+
+/// An item with a head: `seq` and the time under `time`.
+fn with_head(mut item: Item, time: &str, head: Head) -> Item {
     item.insert("seq".into(), n(head.seq));
-    item.insert("ts".into(), n(head.ts));
+    item.insert(time.into(), n(head.ts));
     item
+}
+
+fn head_of(item: &Item, time: &str) -> Head {
+    Head {
+        seq: get_n(item, "seq"),
+        ts: get_n(item, time),
+    }
 }
 
 #[derive(Clone)]
 pub struct DynamoInbox {
     client: Client,
     table: String,
+    places: String,
 }
 
 impl DynamoInbox {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    /// Over `tables.inbox` and `tables.places`.
+    pub fn new(client: Client, tables: &crate::Tables) -> Self {
         Self {
             client,
-            table: table.into(),
+            table: tables.inbox.clone(),
+            places: tables.places.clone(),
         }
     }
 
-    /// Puts items, [`BATCH`] per BatchWriteItem, the calls concurrently.
-    async fn put_all(&self, items: Vec<Item>) -> Result<(), PortError> {
+    /// Puts items into `table`, [`BATCH`] per BatchWriteItem, the calls concurrently.
+    async fn put_all(&self, table: &str, items: Vec<Item>) -> Result<(), PortError> {
         let writes = items
             .chunks(BATCH)
-            .map(|chunk| crate::batch_put(&self.client, &self.table, chunk.to_vec()));
+            .map(|chunk| crate::batch_put(&self.client, table, chunk.to_vec()));
         try_join_all(writes).await.map(|_| ())
+    }
+
+    /// Moves the head at `key` of `table` forward only (a conditional UpdateItem).
+    async fn advance_one(
+        &self,
+        table: &str,
+        key: Item,
+        time: &str,
+        head: Head,
+    ) -> Result<(), PortError> {
+        crate::requested("UpdateItem");
+        let update = self
+            .client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .update_expression("SET #s = :s, #t = :t")
+            .condition_expression("attribute_not_exists(#s) OR #s < :s")
+            .expression_attribute_names("#s", "seq")
+            .expression_attribute_names("#t", time)
+            .expression_attribute_values(":s", n(head.seq))
+            .expression_attribute_values(":t", n(head.ts))
+            .send()
+            .await;
+        crate::written(update).map(|_| ())
     }
 
     /// The items at `keys` by (owner, item), read consistently.
@@ -119,6 +173,7 @@ impl ReadMarkers for DynamoInbox {
 
     async fn put(&self, markers: &[(UserId, ConversationId, Markers)]) -> Result<(), PortError> {
         self.put_all(
+            &self.table,
             markers
                 .iter()
                 .map(|(u, c, m)| marker_item(u, c, m))
@@ -131,39 +186,37 @@ impl ReadMarkers for DynamoInbox {
 #[async_trait]
 impl InboxIndex for DynamoInbox {
     async fn write(&self, write: &InboxWrite) -> Result<(), PortError> {
-        let heads = write.heads.iter().map(|(c, h)| head_item(c, h));
-        let listings = write.listings.iter().map(|(u, c)| listing_item(u, c));
+        let heads = write
+            .heads
+            .iter()
+            .map(|(c, h)| with_head(head_key(c), "ts", *h));
         let markers = write.markers.iter().map(|(u, c, m)| marker_item(u, c, m));
-        self.put_all(heads.chain(listings).chain(markers).collect())
-            .await
+        let places: Vec<Item> = write
+            .places
+            .iter()
+            .flat_map(|(c, h)| place_keys(c).into_iter().map(|k| with_head(k, "at", *h)))
+            .collect();
+        let (written, placed) = tokio::join!(
+            self.put_all(&self.table, heads.chain(markers).collect()),
+            self.put_all(&self.places, places)
+        );
+        written.and(placed)
     }
 
     async fn advance(&self, write: &InboxWrite) -> Result<(), PortError> {
-        let heads = write.heads.iter().map(|(conversation, head)| {
-            crate::requested("UpdateItem");
-            let update = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(head_key(conversation)))
-                .update_expression("SET #s = :s, #t = :t")
-                .condition_expression("attribute_not_exists(#s) OR #s < :s")
-                .expression_attribute_names("#s", "seq")
-                .expression_attribute_names("#t", "ts")
-                .expression_attribute_values(":s", n(head.seq))
-                .expression_attribute_values(":t", n(head.ts))
-                .send();
-            async move { crate::written(update.await).map(|_| ()) }
+        let heads = write
+            .heads
+            .iter()
+            .map(|(c, h)| (&self.table, head_key(c), "ts", *h));
+        let places = write.places.iter().flat_map(|(c, h)| {
+            place_keys(c)
+                .into_iter()
+                .map(|k| (&self.places, k, "at", *h))
         });
-        try_join_all(heads).await?;
-        self.put_all(
-            write
-                .listings
-                .iter()
-                .map(|(u, c)| listing_item(u, c))
-                .collect(),
-        )
-        .await
+        let updates = heads
+            .chain(places)
+            .map(|(table, key, time, head)| self.advance_one(table, key, time, head));
+        try_join_all(updates).await.map(|_| ())
     }
 
     async fn heads(
@@ -178,37 +231,76 @@ impl InboxIndex for DynamoInbox {
             .map(|c| {
                 found
                     .get(&(c.to_string(), HEAD.to_owned()))
-                    .map(|item| Head {
-                        seq: get_n(item, "seq"),
-                        ts: get_n(item, "ts"),
-                    })
+                    .map(|item| head_of(item, "ts"))
             })
             .collect())
     }
 
-    async fn listing(&self, user: &UserId) -> Result<Listing, PortError> {
-        crate::requested("Query");
-        let query = self
+    async fn recent(
+        &self,
+        user: &UserId,
+        after: Option<&Recency>,
+        limit: usize,
+    ) -> Result<Vec<(ConversationId, Head)>, PortError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut query = self
             .client
             .query()
-            .table_name(&self.table)
-            .key_condition_expression("#o = :o")
+            .table_name(&self.places)
+            .index_name(RECENT)
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
             .expression_attribute_names("#o", "owner")
-            .expression_attribute_values(":o", s(user.as_str()))
-            .consistent_read(true);
-        let mut listing = Listing::default();
-        for item in query_all(query).await? {
-            let name = get(&item, "item").unwrap_or_default();
-            if let Some(c) = name.strip_prefix("d#") {
-                if let Ok(conversation) = ConversationId::parse(c) {
-                    listing.direct.push(conversation);
+            .expression_attribute_values(":o", s(user.as_str()));
+        query = match after {
+            Some(after) => query
+                .key_condition_expression("#o = :o AND #a <= :a")
+                .expression_attribute_names("#a", "at")
+                .expression_attribute_values(":a", n(after.ts)),
+            None => query.key_condition_expression("#o = :o"),
+        };
+        // Pages newest first until `limit` are found and every conversation as new as the
+        // last of them has been seen (equal times are ordered by conversation id here, not by
+        // the index).
+        let mut found: Vec<(ConversationId, Head)> = Vec::new();
+        let mut start = None;
+        loop {
+            crate::requested("Query");
+            let out = query
+                .clone()
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(err)?;
+            let mut oldest = None;
+            for item in out.items.unwrap_or_default() {
+                let head = head_of(&item, "at");
+                oldest = Some(head.ts);
+                let c = get(&item, "conversation").unwrap_or_default();
+                if after.is_some_and(|a| !a.before(head.ts, c)) {
+                    continue;
                 }
-            } else if let Some(c) = name.strip_prefix("m#") {
                 if let Ok(conversation) = ConversationId::parse(c) {
-                    listing.markers.insert(conversation, markers_of(&item));
+                    found.push((conversation, head));
                 }
             }
+            start = out.last_evaluated_key;
+            let full = found.len() >= limit
+                && oldest.is_some_and(|ts| {
+                    found
+                        .iter()
+                        .map(|(_, h)| h.ts)
+                        .nth(limit - 1)
+                        .is_some_and(|t| ts < t)
+                });
+            if start.is_none() || full {
+                break;
+            }
         }
-        Ok(listing)
+        found.sort_by_cached_key(|(c, h)| (std::cmp::Reverse(h.ts), c.to_string()));
+        found.truncate(limit);
+        Ok(found)
     }
 }

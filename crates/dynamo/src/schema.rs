@@ -6,14 +6,17 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`).
+/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`, `PLACES_TABLE`).
 #[derive(Debug, Clone)]
 pub struct Tables {
     pub chat: String,
     pub sequences: String,
     pub groups: String,
-    /// Read state: markers per (user, conversation).
+    /// Read state: markers per (user, conversation), and each conversation's head.
     pub inbox: String,
+    /// Direct conversations' places in each user's inbox order (indexed by recency). A table of
+    /// its own: its index is written once per step, not with every head and marker.
+    pub places: String,
 }
 
 fn attr(name: &str, t: ScalarAttributeType) -> AttributeDefinition {
@@ -37,8 +40,8 @@ struct Spec<'a> {
     name: &'a str,
     hash: &'a str,
     range: Option<(&'a str, ScalarAttributeType)>,
-    /// (index name, hash, range), projecting the keys and `index_includes`.
-    index: Option<(&'a str, &'a str, &'a str)>,
+    /// (index name, hash (S), range), projecting the keys and `index_includes`.
+    index: Option<(&'a str, &'a str, (&'a str, ScalarAttributeType))>,
     index_includes: &'a [&'a str],
     stream: bool,
 }
@@ -65,10 +68,12 @@ async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
             .attribute_definitions(attr(range, t.clone()))
             .key_schema(key(range, KeyType::Range));
     }
-    if let Some((index, hash, range)) = spec.index {
-        req = req.attribute_definitions(attr(hash, ScalarAttributeType::S));
+    if let Some((index, hash, (range, t))) = spec.index {
+        if hash != spec.hash {
+            req = req.attribute_definitions(attr(hash, ScalarAttributeType::S));
+        }
         if Some(range) != spec.range.as_ref().map(|r| r.0) && range != spec.hash {
-            req = req.attribute_definitions(attr(range, ScalarAttributeType::S));
+            req = req.attribute_definitions(attr(range, t));
         }
         req = req.global_secondary_indexes(
             GlobalSecondaryIndex::builder()
@@ -130,7 +135,11 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
             name: &tables.groups,
             hash: "group",
             range: Some(("item", ScalarAttributeType::S)),
-            index: Some((crate::groups::BY_USER, "user", "group")),
+            index: Some((
+                crate::groups::BY_USER,
+                "user",
+                ("group", ScalarAttributeType::S),
+            )),
             // A membership's `since` (offline delivery reads it with the user's groups).
             index_includes: &["since"],
             stream: true,
@@ -148,12 +157,30 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
             stream: streams,
         },
     )
+    .await?;
+    create(
+        client,
+        Spec {
+            name: &tables.places,
+            hash: "owner",
+            range: Some(("conversation", ScalarAttributeType::S)),
+            index: Some((
+                crate::inbox::RECENT,
+                "owner",
+                ("at", ScalarAttributeType::N),
+            )),
+            // A direct conversation's newest seq when placed.
+            index_includes: &["seq"],
+            stream: streams,
+        },
+    )
     .await
 }
 
 impl Tables {
     /// From `CHAT_TABLE` (connect_messages), `SEQUENCE_TABLE` (connect_sequences),
-    /// `GROUP_TABLE` (connect_groups) and `INBOX_TABLE` (connect_inbox).
+    /// `GROUP_TABLE` (connect_groups), `INBOX_TABLE` (connect_inbox) and `PLACES_TABLE`
+    /// (connect_places).
     pub fn from_env() -> Self {
         use connect_core::env::string;
         Self {
@@ -161,6 +188,7 @@ impl Tables {
             sequences: string("SEQUENCE_TABLE", "connect_sequences"),
             groups: string("GROUP_TABLE", "connect_groups"),
             inbox: string("INBOX_TABLE", "connect_inbox"),
+            places: string("PLACES_TABLE", "connect_places"),
         }
     }
 }

@@ -41,23 +41,24 @@ pub struct InboxRun {
     api: String,
     #[arg(long, default_value = ".local/pids")]
     pids: std::path::PathBuf,
+    /// Then time each read a page makes, through the same adapters, one at a time (this many
+    /// of each; 0: none).
+    #[arg(long, default_value_t = 200)]
+    stages: usize,
 }
 
 fn id(s: &str) -> UserId {
     UserId::parse(s).expect("a user id")
 }
 
-/// The reader's conversations, each with one message: direct ones listed under both users and
-/// groups of two; heads, listings and markers as messaging writes them.
-async fn seed(me: &str, run: &InboxRun) -> anyhow::Result<()> {
-    let dynamo = connect_dynamo::client(
-        &connect_dynamo::DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
-    )
-    .await;
-    let tables = connect_dynamo::Tables::from_env();
-    let chat = connect_dynamo::DynamoChatStore::new(dynamo.clone(), &tables.chat, 16);
-    let inbox = connect_dynamo::DynamoInbox::new(dynamo.clone(), &tables.inbox);
-    let groups = connect_dynamo::DynamoGroups::new(dynamo, &tables.groups);
+/// The reader's conversations, each with one message: direct ones and groups of two; heads and
+/// markers as messaging writes them.
+async fn seed(me: &str, run: &InboxRun, a: &Adapters) -> anyhow::Result<()> {
+    let Adapters {
+        chat,
+        inbox,
+        groups,
+    } = a;
     let started = Instant::now();
     let mut messages = Vec::new();
     let mut write = InboxWrite::default();
@@ -75,15 +76,14 @@ async fn seed(me: &str, run: &InboxRun) -> anyhow::Result<()> {
                 .await?;
             ConversationId::group(group)
         } else {
-            let c = ConversationId::direct(&id(me), &peer)?;
-            write.listings.push((id(me), c.clone()));
-            write.listings.push((peer.clone(), c.clone()));
-            c
+            ConversationId::direct(&id(me), &peer)?
         };
         let ts = 1_763_800_000_000 + i as u64;
-        write
-            .heads
-            .push((conversation.clone(), Head { seq: 1, ts }));
+        let head = Head { seq: 1, ts };
+        if conversation.group_id().is_none() {
+            write.places.push((conversation.clone(), head));
+        }
+        write.heads.push((conversation.clone(), head));
         write.markers.push((
             peer.clone(),
             conversation.clone(),
@@ -116,9 +116,112 @@ async fn seed(me: &str, run: &InboxRun) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The production adapters the API reads with.
+struct Adapters {
+    chat: connect_dynamo::DynamoChatStore,
+    inbox: connect_dynamo::DynamoInbox,
+    groups: connect_dynamo::DynamoGroups,
+}
+
+impl Adapters {
+    async fn new() -> anyhow::Result<Self> {
+        let dynamo = connect_dynamo::client(
+            &connect_dynamo::DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
+        )
+        .await;
+        let tables = connect_dynamo::Tables::from_env();
+        Ok(Self {
+            chat: connect_dynamo::DynamoChatStore::new(dynamo.clone(), &tables.chat, 16),
+            inbox: connect_dynamo::DynamoInbox::new(dynamo.clone(), &tables),
+            groups: connect_dynamo::DynamoGroups::new(dynamo, &tables.groups),
+        })
+    }
+}
+
+/// Each read of a first page, timed alone through the adapters (`n` of each, one at a time):
+/// where a page's time goes.
+async fn stages(me: &str, run: &InboxRun, a: &Adapters) -> anyhow::Result<()> {
+    use connect_core::ports::ReadMarkers;
+    let me = id(me);
+    let recent = a.inbox.recent(&me, None, run.limit + 1).await?;
+    let memberships = a.groups.memberships_of(&me).await?;
+    let groups: Vec<ConversationId> = memberships
+        .iter()
+        .map(|m| ConversationId::group(m.group.clone()))
+        .collect();
+    let page: Vec<ConversationId> = recent
+        .iter()
+        .take(run.limit)
+        .map(|(c, _)| c.clone())
+        .collect();
+    let lasts: Vec<(ConversationId, u64)> = recent
+        .iter()
+        .take(run.limit)
+        .map(|(c, h)| (c.clone(), h.seq))
+        .collect();
+    let markers: Vec<(UserId, ConversationId)> =
+        page.iter().map(|c| (me.clone(), c.clone())).collect();
+    let names: Vec<GroupId> = memberships
+        .iter()
+        .take(run.limit.min(memberships.len()))
+        .map(|m| m.group.clone())
+        .collect();
+    println!(
+        "where a first page's time goes: each read alone, {} times, one at a time (the page runs \
+         the first two side by side, then the rest side by side)",
+        run.stages
+    );
+    macro_rules! stage {
+        ($name:expr, $call:expr) => {{
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for _ in 0..run.stages {
+                let t = Instant::now();
+                $call.await?;
+                h.record((t.elapsed().as_micros() as u64).max(1))?;
+            }
+            println!(
+                "  {:<58} p50 {:>6.2} ms  p99 {:>6.2} ms",
+                $name,
+                crate::ms(&h, 0.5),
+                crate::ms(&h, 0.99)
+            );
+        }};
+    }
+    stage!(
+        format!("recency index query ({} direct)", run.limit + 1),
+        a.inbox.recent(&me, None, run.limit + 1)
+    );
+    stage!(
+        format!("memberships ({} groups)", groups.len()),
+        a.groups.memberships_of(&me)
+    );
+    stage!(
+        format!("group heads ({})", groups.len()),
+        a.inbox.heads(&groups)
+    );
+    stage!(
+        format!("markers ({})", markers.len()),
+        a.inbox.get(&markers)
+    );
+    stage!(
+        format!("direct heads, consistent ({})", page.len()),
+        a.inbox.heads(&page)
+    );
+    stage!(
+        format!("last messages ({})", lasts.len()),
+        a.chat.get_many(&lasts)
+    );
+    stage!(
+        format!("group names ({})", names.len()),
+        a.groups.summaries(&names)
+    );
+    Ok(())
+}
+
 pub async fn inbox(issuer: &TokenIssuer, run: InboxRun) -> anyhow::Result<()> {
     let me = crate::unique("inbox");
-    seed(&me, &run).await?;
+    let adapters = Adapters::new().await?;
+    seed(&me, &run, &adapters).await?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let token = issuer.mint(&me, 3600);
     let concurrency = run.concurrency.max(1);
@@ -178,6 +281,9 @@ pub async fn inbox(issuer: &TokenIssuer, run: InboxRun) -> anyhow::Result<()> {
     );
     if let Some(usage) = usage {
         usage.stop().print(secs);
+    }
+    if run.stages > 0 {
+        stages(&me, &run, &adapters).await?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use super::*;
 use crate::groups::{Group, GroupStore};
 use crate::memory::Memory;
 use crate::messaging::MessagingStep;
-use crate::model::Submission;
+use crate::model::{Markers, Submission};
 
 fn user(s: &str) -> UserId {
     UserId::parse(s).unwrap()
@@ -33,6 +33,7 @@ fn dm(a: &str, b: &str) -> ConversationId {
 async fn page(mem: &Arc<Memory>, who: &str, limit: usize, cursor: Option<&str>) -> Page {
     let ports = InboxPorts {
         index: &**mem,
+        markers: &**mem,
         groups: &**mem,
         chat: &**mem,
         history: &**mem,
@@ -58,7 +59,8 @@ async fn newest_first_with_unread_counts_paged_exactly_once_and_a_removed_member
     })
     .await
     .unwrap();
-    let step = MessagingStep::new(mem.ports());
+    // Every message moves its conversation's place (no step): the order is exact on every page.
+    let step = MessagingStep::new(mem.ports()).place_step_ms(0);
     let group = ConversationId::group(trip.clone());
     let sends = [
         ("bob", dm("alice", "bob"), "1"),
@@ -136,10 +138,10 @@ fn a_cursor_that_is_not_ours_is_a_bad_request() {
             "{bad}"
         );
     }
-    let c = Cursor {
+    let c = Cursor(crate::ports::Recency {
         ts: 5,
         conversation: "dm:a:b".into(),
-    };
+    });
     assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
     assert!(Query::parse(|n| (n == "limit").then_some("101")).is_err());
     assert!(Query::parse(|n| (n == "limit").then_some("0")).is_err());
@@ -194,4 +196,42 @@ async fn receipts_list_members_with_markers_by_user_paged_members_only() {
     );
     let stranger = receipts(&*mem, &*mem, &user("zed"), &q(None)).await;
     assert_eq!(stranger.unwrap_err().code, ErrorCode::Forbidden);
+}
+
+#[tokio::test]
+async fn a_busy_conversations_lagging_place_still_shows_its_newest_message_in_order() {
+    let mem = Arc::new(Memory::default());
+    // Places move at most once per second: bob's second message (1 ms later) leaves his place.
+    let step = MessagingStep::new(mem.ports()).place_step_ms(1000);
+    let sends = [(1000, "bob", "1"), (1001, "carol", "2"), (1002, "bob", "3")];
+    for (ts, from, id) in sends {
+        step.process(vec![sub(from, dm("alice", from), id)], ts)
+            .await
+            .unwrap();
+    }
+    let places = mem.listings.lock().unwrap()[&user("alice")].clone();
+    assert_eq!(places[&dm("alice", "bob")].ts, 1000, "{places:?}");
+    let p = page(&mem, "alice", 50, None).await;
+    let shown: Vec<(&str, Option<u64>, u64)> = p
+        .conversations
+        .iter()
+        .map(|i| {
+            (
+                i.conversation.as_str(),
+                i.last.as_ref().map(|m| m.seq),
+                i.unread,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [("dm:alice:bob", Some(2), 2), ("dm:alice:carol", Some(1), 1)],
+        "the page in the order of its heads, each with its newest message"
+    );
+    // A message a step later moves the place.
+    step.process(vec![sub("bob", dm("alice", "bob"), "4")], 2000)
+        .await
+        .unwrap();
+    let places = mem.listings.lock().unwrap()[&user("bob")].clone();
+    assert_eq!(places[&dm("alice", "bob")].seq, 3);
 }

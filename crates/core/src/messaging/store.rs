@@ -174,16 +174,14 @@ impl MessagingStep {
         });
         stored?;
         indexed?;
-        for (_, conversation) in &inbox.listings {
-            self.listed.remember(conversation);
-        }
+        self.placed.remember(&inbox.places);
         Ok(())
     }
 
     /// The inbox's writes for stored messages: each conversation's head (its newest message
-    /// here), the listing of a direct conversation (`relist`: every one; otherwise those this
-    /// process has not listed yet), each sender's markers moved to their newest message.
-    fn inbox_write(&self, messages: &[StoredMessage], relist: bool) -> crate::ports::InboxWrite {
+    /// here), a direct conversation's place when due (`all`: every one), each sender's markers
+    /// moved to their newest message.
+    fn inbox_write(&self, messages: &[StoredMessage], all: bool) -> crate::ports::InboxWrite {
         let mut write = crate::ports::InboxWrite::default();
         let mut headed = std::collections::HashSet::new();
         let mut senders = std::collections::HashSet::new();
@@ -194,11 +192,10 @@ impl MessagingStep {
                     ts: m.ts,
                 };
                 write.heads.push((m.conversation.clone(), head));
-                if let ConversationId::Direct { low, high } = &m.conversation {
-                    if relist || !self.listed.contains(&m.conversation) {
-                        write.listings.push((low.clone(), m.conversation.clone()));
-                        write.listings.push((high.clone(), m.conversation.clone()));
-                    }
+                if m.conversation.group_id().is_none()
+                    && (all || self.placed.due(&m.conversation, m.ts, self.place_step_ms))
+                {
+                    write.places.push((m.conversation.clone(), head));
                 }
             }
             // A system message's `from` made the change; it is not a read.
@@ -217,7 +214,7 @@ impl MessagingStep {
     }
 
     /// The inbox's writes for repeats delivered again (a client's retry, a batch replayed after
-    /// a crash): heads moved forward only, listings added; nothing else, as newer messages may
+    /// a crash): heads moved forward only; nothing else, as newer messages may
     /// have been indexed since.
     async fn reindex(&self, repeats: &[StoredMessage], out: &mut Outcome) {
         if repeats.is_empty() {
