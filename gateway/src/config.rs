@@ -81,6 +81,10 @@ pub struct Config {
     /// How long a connection gathers its acks before it reports its user's `delivered` markers
     /// (one record per conversation that moved, not one per ack).
     pub delivered_flush: Duration,
+    /// `GATEWAY_READ_FLUSH_MS`: how long a connection gathers its `read`s before it reports them
+    /// (one marker record per conversation, its highest seq): a client that marks every message
+    /// as it shows it costs one record per burst, and receipts still go within a second.
+    pub read_flush: Duration,
     pub max_post_bytes: usize,
     pub offline: OfflineLimits,
     /// `GATEWAY_WEB_API_URL`: where the web client (served at `/`) finds the HTTP API.
@@ -178,6 +182,7 @@ impl Config {
             internal_token: connect_core::auth::internal_token(env::production())?,
             catch_up_timeout: Duration::from_millis(env::var("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?),
             delivered_flush: Duration::from_millis(env::var("GATEWAY_DELIVERED_FLUSH_MS", 1000)?),
+            read_flush: Duration::from_millis(env::var("GATEWAY_READ_FLUSH_MS", 250)?),
             max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
             web_api_url: env::string("GATEWAY_WEB_API_URL", "http://127.0.0.1:8090")

@@ -65,6 +65,9 @@ struct Connection<S> {
     /// Acks not yet reported as the user's `delivered` markers, and when they will be.
     delivered: HashMap<ConversationId, u64>,
     delivered_due: Option<tokio::time::Instant>,
+    /// `read`s gathered since the last report (highest seq per conversation), and when they go.
+    reads: HashMap<ConversationId, u64>,
+    reads_due: Option<tokio::time::Instant>,
     /// Receipts: at most one per (user, conversation) per second.
     receipts: Pacer,
     /// Ends a write stuck on a peer that stopped reading once the hub evicts the connection.
@@ -130,6 +133,8 @@ where
         ack_write: None,
         delivered: HashMap::new(),
         delivered_due: None,
+        reads: HashMap::new(),
+        reads_due: None,
         receipts: Pacer::new(Duration::from_secs(1)),
         evicted: rx.evicted(),
         expires,
@@ -159,6 +164,7 @@ where
                 .await;
         }
     }
+    c.report_reads(true);
     c.flush_acks();
     c.report_delivered();
     gw.hub.remove(&conn);
@@ -342,6 +348,36 @@ where
         }
     }
 
+    /// Reports the `read`s gathered since the last report: one marker record per conversation
+    /// (its highest seq), to messaging, which answers a refused one (`forbidden`) on this
+    /// connection. `detached`: the connection is ending, so nobody waits for the publishes.
+    fn report_reads(&mut self, detached: bool) {
+        self.reads_due = None;
+        for (conversation, seq) in std::mem::take(&mut self.reads) {
+            counter!("connect_gateway_read_reports_total").increment(1);
+            let update = MarkerUpdate {
+                conversation,
+                user: self.user.clone(),
+                read: seq,
+                delivered: 0,
+                device: Some(self.device.to_string()),
+                reply: Some(self.reply_to()),
+            };
+            let pending = self.gw.bus.mark(&update);
+            if detached {
+                tokio::spawn(async move {
+                    if let Err(e) = pending.await {
+                        counter!("connect_gateway_marker_failures_total").increment(1);
+                        debug!(cause = %e, "a read report was not published");
+                    }
+                });
+            } else {
+                self.publishes
+                    .push(Box::pin(async move { (None, pending.await) }));
+            }
+        }
+    }
+
     /// Writes the pending acks (one task; each conversation's cursor concurrently).
     fn flush_acks(&mut self) {
         if self.acks.is_empty() {
@@ -401,6 +437,10 @@ where
                 },
                 () = sleep_until_some(self.delivered_due) => {
                     self.report_delivered();
+                    Ok(())
+                },
+                () = sleep_until_some(self.reads_due) => {
+                    self.report_reads(false);
                     Ok(())
                 },
                 () = sleep_until_some(self.receipts.due()) => {
@@ -567,17 +607,10 @@ where
                     return self.send_text(text).await;
                 }
                 counter!("connect_gateway_reads_total").increment(1);
-                let update = MarkerUpdate {
-                    conversation,
-                    user: self.user.clone(),
-                    read: seq,
-                    delivered: 0,
-                    device: Some(self.device.to_string()),
-                    reply: Some(self.reply_to()),
-                };
-                let pending = self.gw.bus.mark(&update);
-                self.publishes
-                    .push(Box::pin(async move { (None, pending.await) }));
+                let highest = self.reads.entry(conversation).or_insert(seq);
+                *highest = (*highest).max(seq);
+                self.reads_due
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.gw.cfg.read_flush);
                 Ok(())
             }
             Inbound::Typing { .. } | Inbound::Watch(_) => {

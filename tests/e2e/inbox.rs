@@ -354,6 +354,55 @@ async fn acks_become_the_delivered_marker_that_the_sender_sees() -> anyhow::Resu
     Ok(())
 }
 
+/// A client that marks every message as it shows it: a burst of `read`s on one connection
+/// becomes one marker record per `GATEWAY_READ_FLUSH_MS` (its highest seq), and the peer's
+/// receipt says the highest.
+#[tokio::test]
+async fn a_burst_of_reads_is_reported_once_with_its_highest_seq() -> anyhow::Result<()> {
+    let gws = gateways();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conversation = dm(&alice, &bob);
+    let mut a = Client::connect(&gws[0], &alice).await?;
+    let mut b = Client::connect(&gws[1], &bob).await?;
+    a.receipts = true;
+    for i in 1..=30 {
+        a.send_passing_over(json!({"type":"send","id":format!("r{i}"),"to":bob,"body":"x"}))
+            .await?;
+    }
+    for _ in 1..=30 {
+        b.expect_fresh("message").await?;
+    }
+    let count = |name: &'static str| {
+        let gw = gws[1].clone();
+        async move { metric(&gw, name, "").await }
+    };
+    let (reads, reports) = (
+        count("connect_gateway_reads_total").await?,
+        count("connect_gateway_read_reports_total").await?,
+    );
+    for seq in 1..=30 {
+        b.read(&conversation, seq).await?;
+    }
+    let deadline = tokio::time::Instant::now() + RECEIPT_WAIT;
+    loop {
+        let r = a.receipt_of(&bob, RECEIPT_WAIT).await?;
+        if r["read"] == 30 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no receipt at 30: {r}"
+        );
+    }
+    let reads =
+        metric_reaching(&gws[1], "connect_gateway_reads_total", "", reads + 30.0).await? - reads;
+    let reports = count("connect_gateway_read_reports_total").await? - reports;
+    assert!(reads >= 30.0, "{reads} reads counted");
+    // Other tests' reads may be counted meanwhile; 30 reports would be one per frame.
+    assert!(reports < 10.0, "{reports} reports for a burst of 30 reads");
+    Ok(())
+}
+
 /// Direct conversations with equal times (the recency index orders only by time): every page
 /// size walks them exactly once, newest first and equal times by conversation id, both through
 /// the adapter and through `GET /v1/conversations`.
