@@ -97,11 +97,26 @@ impl MessagingStep {
         }
         if !order.is_empty() {
             let heads = self.heads(&order, &mut out).await;
-            let moved = self
-                .store_markers(&order, &changes, &heads, now_ms, &mut out)
-                .await;
-            self.move_cursors(&order, &changes, &heads).await;
-            let deliveries = self.receipts(&moved, &changes, &view, &mut out).await;
+            let (moved, ()) = tokio::join!(
+                self.merge_markers(&order, &changes, &heads, now_ms, &mut out.report),
+                self.move_cursors(&order, &changes, &heads)
+            );
+            // The receipts' sessions are looked up while the markers are written: the receipts
+            // are published only after this returns, so never before their markers are stored.
+            let mut retries = 0;
+            let ((), deliveries) = tokio::join!(
+                async {
+                    if !moved.is_empty() {
+                        until_ok("storing read markers", &mut retries, || {
+                            self.ports.markers.put(&moved)
+                        })
+                        .await;
+                    }
+                },
+                self.receipts(&moved, &changes, &view, &mut out)
+            );
+            out.report.marker_retries += retries;
+            out.report.markers += moved.len();
             let mut prepared = self.finish(out, false).await;
             prepared.report.records += deliveries.len();
             prepared.deliveries.extend(deliveries);
@@ -129,22 +144,20 @@ impl MessagingStep {
             .and_then(|m| m.as_ref().map(|roster| roster.users())))
     }
 
-    /// Clamps the changes to their conversations' heads, merges them with the stored markers and
-    /// stores what moved (waiting, with backoff, until the store takes them). Returns the moved
-    /// markers, in `order`.
-    async fn store_markers(
+    /// Clamps the changes to their conversations' heads and merges them with the stored markers
+    /// (read, with backoff, until the store answers). Returns the markers that moved, in `order`,
+    /// for the caller to store.
+    async fn merge_markers(
         &self,
         order: &[(UserId, ConversationId)],
         changes: &HashMap<(UserId, ConversationId), Change>,
         heads: &HashMap<ConversationId, u64>,
         now_ms: u64,
-        out: &mut super::Outcome,
+        report: &mut super::StepReport,
     ) -> Vec<(UserId, ConversationId, Markers)> {
-        let stored = until_ok(
-            "reading read markers",
-            &mut out.report.marker_retries,
-            || self.ports.markers.get(order),
-        )
+        let stored = until_ok("reading read markers", &mut report.marker_retries, || {
+            self.ports.markers.get(order)
+        })
         .await;
         let mut moved = Vec::new();
         for ((key, current), head) in order.iter().zip(stored).zip(
@@ -167,15 +180,6 @@ impl MessagingStep {
                 ));
             }
         }
-        if !moved.is_empty() {
-            until_ok(
-                "storing read markers",
-                &mut out.report.marker_retries,
-                || self.ports.markers.put(&moved),
-            )
-            .await;
-        }
-        out.report.markers += moved.len();
         moved
     }
 
