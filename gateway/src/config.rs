@@ -81,9 +81,10 @@ pub struct Config {
     /// How long a connection gathers its acks before it reports its user's `delivered` markers
     /// (one record per conversation that moved, not one per ack).
     pub delivered_flush: Duration,
-    /// `GATEWAY_READ_FLUSH_MS`: how long a connection gathers its `read`s before it reports them
-    /// (one marker record per conversation, its highest seq): a client that marks every message
-    /// as it shows it costs one record per burst, and receipts still go within a second.
+    /// `GATEWAY_READ_FLUSH_MS`: a connection's first `read` after a quiet spell is reported at
+    /// once; those that follow within this are gathered and reported together (one marker
+    /// record per conversation, its highest seq), so a client that marks every message as it
+    /// shows it costs one record per window, and receipts still go within a second.
     pub read_flush: Duration,
     pub max_post_bytes: usize,
     pub offline: OfflineLimits,

@@ -350,9 +350,13 @@ where
 
     /// Reports the `read`s gathered since the last report: one marker record per conversation
     /// (its highest seq), to messaging, which answers a refused one (`forbidden`) on this
-    /// connection. `detached`: the connection is ending, so nobody waits for the publishes.
+    /// connection, and opens the next gathering window if there was any. `detached`: the
+    /// connection is ending, so nobody waits for the publishes.
     fn report_reads(&mut self, detached: bool) {
-        self.reads_due = None;
+        // A window stays open while there is something to report: a steady stream of reads
+        // costs one record per conversation per window; a quiet window closes.
+        self.reads_due =
+            (!self.reads.is_empty()).then(|| tokio::time::Instant::now() + self.gw.cfg.read_flush);
         for (conversation, seq) in std::mem::take(&mut self.reads) {
             counter!("connect_gateway_read_reports_total").increment(1);
             let update = MarkerUpdate {
@@ -609,8 +613,12 @@ where
                 counter!("connect_gateway_reads_total").increment(1);
                 let highest = self.reads.entry(conversation).or_insert(seq);
                 *highest = (*highest).max(seq);
-                self.reads_due
-                    .get_or_insert_with(|| tokio::time::Instant::now() + self.gw.cfg.read_flush);
+                // The first read after a quiet spell goes at once (no added wait, and a client
+                // that reads and then leaves has its read out first); later ones are gathered
+                // until the window ends.
+                if self.reads_due.is_none() {
+                    self.report_reads(false);
+                }
                 Ok(())
             }
             Inbound::Typing { .. } | Inbound::Watch(_) => {

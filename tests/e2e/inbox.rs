@@ -355,8 +355,8 @@ async fn acks_become_the_delivered_marker_that_the_sender_sees() -> anyhow::Resu
 }
 
 /// A client that marks every message as it shows it: a burst of `read`s on one connection
-/// becomes one marker record per `GATEWAY_READ_FLUSH_MS` (its highest seq), and the peer's
-/// receipt says the highest.
+/// becomes the first at once, then one marker record per `GATEWAY_READ_FLUSH_MS` window (its
+/// highest seq), and the peer's receipt says the highest.
 #[tokio::test]
 async fn a_burst_of_reads_is_reported_once_with_its_highest_seq() -> anyhow::Result<()> {
     let gws = gateways();
