@@ -149,8 +149,8 @@ async fn setup() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("creating tables")?;
         println!(
-            "tables {}, {}, {}",
-            tables.chat, tables.sequences, tables.groups
+            "tables {}, {}, {}, {}, {}",
+            tables.chat, tables.sequences, tables.groups, tables.inbox, tables.places
         );
     }
     Ok(())
