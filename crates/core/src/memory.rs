@@ -65,6 +65,8 @@ pub struct Memory {
     pub listings: Mutex<HashMap<UserId, HashMap<ConversationId, crate::ports::Head>>>,
     /// Inbox index writes made (for counting them).
     pub inbox_writes: std::sync::atomic::AtomicUsize,
+    /// Read-marker reads made (for counting them).
+    pub marker_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Memory {
@@ -366,6 +368,8 @@ impl crate::ports::ReadMarkers for Memory {
         &self,
         keys: &[(UserId, ConversationId)],
     ) -> Result<Vec<crate::model::Markers>, PortError> {
+        self.marker_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let markers = lock(&self.markers);
         Ok(keys
             .iter()

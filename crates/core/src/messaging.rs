@@ -147,6 +147,8 @@ pub struct Prepared {
     pub replicas: Vec<crate::regions::Replica>,
     /// Sends other regions forwarded here, for this region's `incoming_messages`.
     pub taken_in: Vec<Submission>,
+    /// (sender, conversation) → the seq their newest stored send moved their read marker to.
+    pub sent: HashMap<(connect_protocol::UserId, connect_protocol::ConversationId), u64>,
 }
 
 impl Prepared {
@@ -164,6 +166,10 @@ impl Prepared {
         self.forwards.extend(other.forwards);
         self.replicas.extend(other.replicas);
         self.taken_in.extend(other.taken_in);
+        for (key, seq) in other.sent {
+            let at = self.sent.entry(key).or_default();
+            *at = (*at).max(seq);
+        }
     }
 }
 
@@ -243,6 +249,8 @@ struct Outcome {
     /// This region and its peers when other regions exist (sends homed elsewhere are forwarded).
     forwarding: Option<crate::regions::Regions>,
     report: StepReport,
+    /// See [`Prepared::sent`].
+    sent: HashMap<(connect_protocol::UserId, connect_protocol::ConversationId), u64>,
 }
 
 impl Outcome {
@@ -432,6 +440,7 @@ impl MessagingStep {
             forwards: out.forwards,
             replicas,
             taken_in: Vec::new(),
+            sent: out.sent,
         }
     }
 

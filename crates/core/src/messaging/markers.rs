@@ -249,6 +249,26 @@ impl MessagingStep {
                 }
             }
         }
+        self.ack_devices(&acks).await;
+    }
+
+    /// Reads that a stored send of the same user into the same conversation, in the same
+    /// batch, already covered: their marker is at the send; only the reading devices' cursors
+    /// move (the read is at most the send's seq, so within the head).
+    pub(super) async fn ack_covered(&self, covered: &[MarkerUpdate]) {
+        let acks: Vec<_> = covered
+            .iter()
+            .filter(|u| u.read > 0)
+            .filter_map(|u| {
+                let device = u.device.as_deref()?;
+                Some((&u.user, device, u.conversation.to_string(), u.read))
+            })
+            .collect();
+        self.ack_devices(&acks).await;
+    }
+
+    /// Moves each (user, device) cursor in `conversation` up to `seq`, side by side.
+    async fn ack_devices(&self, acks: &[(&UserId, &str, String, u64)]) {
         let writes = acks.iter().map(|(user, device, conversation, seq)| {
             self.ports.log.ack(user, device, conversation, *seq)
         });

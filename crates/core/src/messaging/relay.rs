@@ -195,7 +195,26 @@ impl MessagingStep {
         );
         prepared.merge(marked);
         if !later.is_empty() {
-            prepared.merge(self.mark(later, now_ms).await);
+            // A stored send moved its sender's marker to its seq, past anything they could have
+            // read before it: such a read (or ack) moves only the reading device's cursor. The
+            // rest (a send refused, a read past the head) are marked now, after the sends.
+            let (covered, rest): (Vec<_>, Vec<_>) = later.into_iter().partition(|m| {
+                prepared
+                    .sent
+                    .get(&(m.user.clone(), m.conversation.clone()))
+                    .is_some_and(|&seq| m.read.max(m.delivered) <= seq)
+            });
+            let (marked, ()) = tokio::join!(
+                async {
+                    if rest.is_empty() {
+                        Prepared::default()
+                    } else {
+                        self.mark(rest, now_ms).await
+                    }
+                },
+                self.ack_covered(&covered)
+            );
+            prepared.merge(marked);
         }
         if !replicas.is_empty() {
             prepared.merge(self.relay(replicas).await);

@@ -125,6 +125,13 @@ impl MessagingStep {
         for (sub, message) in fresh.iter().zip(&messages) {
             match message {
                 Ok(m) => {
+                    if m.event.is_none() {
+                        let sent = out
+                            .sent
+                            .entry((m.from.clone(), m.conversation.clone()))
+                            .or_default();
+                        *sent = (*sent).max(m.seq);
+                    }
                     out.report.stored += 1;
                     out.accepted.push(Accepted {
                         message: m.clone(),

@@ -1123,6 +1123,29 @@ async fn a_read_and_a_send_of_the_same_user_in_one_batch_leave_the_marker_at_the
         stored.read, 3,
         "the send's seq, not the read before it: {stored:?}"
     );
+    assert_eq!(
+        mem.marker_reads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the send moved the marker: the read costs no marker read or write of its own"
+    );
+    let cursors = crate::ports::ConversationLog::cursors(&*mem, &user("bob"), "phone")
+        .await
+        .unwrap();
+    assert_eq!(
+        cursors.get(dm.to_string().as_str()),
+        Some(&2),
+        "the read still acks"
+    );
+    // A read the send does not cover (past it) is marked after the send, clamped to the head.
+    let batch = vec![
+        read("bob", "dm:alice:bob", 99, "b1", "phone"),
+        crate::regions::Inbound::Send(send("bob", "alice", "r2", "b1", 0)),
+        crate::regions::Inbound::Send(send("alice", "bob", "m3", "a1", 0)),
+    ];
+    let p = step.prepare_inbound(batch, 3000).await;
+    assert_eq!((p.report.stored, p.report.markers), (2, 1));
+    let stored = mem.markers.lock().unwrap()[&(user("bob"), dm.clone())];
+    assert_eq!((stored.read, stored.delivered), (5, 5), "{stored:?}");
 }
 
 #[tokio::test]
