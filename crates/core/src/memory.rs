@@ -67,6 +67,8 @@ pub struct Memory {
     pub inbox_writes: std::sync::atomic::AtomicUsize,
     /// Read-marker reads made (for counting them).
     pub marker_reads: std::sync::atomic::AtomicUsize,
+    /// Push registrations per (user, device).
+    pub push: Mutex<HashMap<(UserId, String), crate::push::Registration>>,
 }
 
 impl Memory {
@@ -459,6 +461,33 @@ impl crate::ports::InboxIndex for Memory {
         recent.sort_by_cached_key(|(c, h)| (std::cmp::Reverse(h.ts), c.to_string()));
         recent.truncate(limit);
         Ok(recent)
+    }
+}
+
+#[async_trait]
+impl crate::ports::PushRegistry for Memory {
+    async fn register(
+        &self,
+        user: &UserId,
+        device: &str,
+        registration: &crate::push::Registration,
+        _at_ms: u64,
+    ) -> Result<(), PortError> {
+        lock(&self.push).insert((user.clone(), device.to_owned()), registration.clone());
+        Ok(())
+    }
+
+    async fn unregister(&self, user: &UserId, device: &str) -> Result<(), PortError> {
+        lock(&self.push).remove(&(user.clone(), device.to_owned()));
+        Ok(())
+    }
+
+    async fn get(
+        &self,
+        keys: &[(UserId, String)],
+    ) -> Result<Vec<Option<crate::push::Registration>>, PortError> {
+        let push = lock(&self.push);
+        Ok(keys.iter().map(|k| push.get(k).cloned()).collect())
     }
 }
 

@@ -247,6 +247,26 @@ pub trait HistoryStore: Send + Sync {
     ) -> Result<crate::history::Page, PortError>;
 }
 
+/// Devices registered for push, per (user, device), durable (DynamoDB).
+#[async_trait]
+pub trait PushRegistry: Send + Sync {
+    /// Registers a device, replacing any earlier registration of it.
+    async fn register(
+        &self,
+        user: &UserId,
+        device: &str,
+        registration: &crate::push::Registration,
+        at_ms: u64,
+    ) -> Result<(), PortError>;
+    /// Removes a device's registration (none: nothing to do).
+    async fn unregister(&self, user: &UserId, device: &str) -> Result<(), PortError>;
+    /// The registration of each (user, device) (same order; none: not registered), batched.
+    async fn get(
+        &self,
+        keys: &[(UserId, String)],
+    ) -> Result<Vec<Option<crate::push::Registration>>, PortError>;
+}
+
 /// Everything the messaging step needs.
 #[derive(Clone)]
 pub struct Ports {

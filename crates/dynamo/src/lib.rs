@@ -18,6 +18,7 @@ pub mod client;
 pub mod groups;
 pub mod inbox;
 pub mod item;
+pub mod push;
 pub mod schema;
 pub mod sequences;
 
@@ -26,6 +27,7 @@ pub use chat::DynamoChatStore;
 pub use client::{client, sdk_config, DynamoConfig};
 pub use groups::DynamoGroups;
 pub use inbox::DynamoInbox;
+pub use push::DynamoPush;
 pub use schema::{ensure_tables, Tables};
 pub use sequences::{epoch_base, DynamoSequences, MovedHomes};
 

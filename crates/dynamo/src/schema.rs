@@ -6,7 +6,8 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`, `PLACES_TABLE`).
+/// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`, `PLACES_TABLE`,
+/// `PUSH_TABLE`).
 #[derive(Debug, Clone)]
 pub struct Tables {
     pub chat: String,
@@ -17,6 +18,8 @@ pub struct Tables {
     /// Direct conversations' places in each user's inbox order (indexed by recency). A table of
     /// its own: its index is written once per step, not with every head and marker.
     pub places: String,
+    /// Push registrations per (user, device).
+    pub push: String,
 }
 
 fn attr(name: &str, t: ScalarAttributeType) -> AttributeDefinition {
@@ -174,13 +177,25 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
             stream: streams,
         },
     )
+    .await?;
+    create(
+        client,
+        Spec {
+            name: &tables.push,
+            hash: "user",
+            range: Some(("device", ScalarAttributeType::S)),
+            index: None,
+            index_includes: &[],
+            stream: streams,
+        },
+    )
     .await
 }
 
 impl Tables {
     /// From `CHAT_TABLE` (connect_messages), `SEQUENCE_TABLE` (connect_sequences),
-    /// `GROUP_TABLE` (connect_groups), `INBOX_TABLE` (connect_inbox) and `PLACES_TABLE`
-    /// (connect_places).
+    /// `GROUP_TABLE` (connect_groups), `INBOX_TABLE` (connect_inbox), `PLACES_TABLE`
+    /// (connect_places) and `PUSH_TABLE` (connect_push).
     pub fn from_env() -> Self {
         use connect_core::env::string;
         Self {
@@ -189,6 +204,7 @@ impl Tables {
             groups: string("GROUP_TABLE", "connect_groups"),
             inbox: string("INBOX_TABLE", "connect_inbox"),
             places: string("PLACES_TABLE", "connect_places"),
+            push: string("PUSH_TABLE", "connect_push"),
         }
     }
 }

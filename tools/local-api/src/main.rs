@@ -101,6 +101,7 @@ fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
         .allow_methods([
             axum::http::Method::GET,
             axum::http::Method::POST,
+            axum::http::Method::PUT,
             axum::http::Method::DELETE,
         ])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
@@ -111,7 +112,7 @@ fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();
     let addr: SocketAddr = connect_service::env::var("LOCAL_API_ADDR", "127.0.0.1:8090".parse()?)?;
-    let api = HttpApi::from_env()
+    let api = HttpApi::from_env(Some(connect_api::push_config()))
         .await
         .map_err(anyhow::Error::msg)
         .context("configuring the HTTP API")?;

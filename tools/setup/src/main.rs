@@ -10,6 +10,9 @@
 //! is homed in `to` from now on, its epoch bumped and its sequence continued past anything
 //! `from` may have allocated. Run it once `from`'s messaging is stopped or cut off.
 //!
+//! `connect-setup vapid-key`: prints a fresh VAPID key pair (Web Push), for the deploy's
+//! `VapidPrivateKey` parameter.
+//!
 //! `connect-setup replay <topic> <from>`: rewinds the messaging consumer group
 //! (`MESSAGING_GROUP_ID`, `messaging`) on a topic, so messaging reads it again from `earliest`,
 //! a time (milliseconds since the epoch) or a while ago (`90s`, `30m`, `2h`, `1d`) when it next
@@ -30,8 +33,13 @@ async fn main() -> anyhow::Result<()> {
         [] => setup().await,
         ["move-homes", from, to] => move_homes(from, to).await,
         ["replay", topic, from] => replay(topic, from),
+        ["vapid-key"] => {
+            let (private, public) = connect_push::vapid::Vapid::generate();
+            println!("private (VapidPrivateKey, keep it secret): {private}\npublic (GET /v1/push/vapid):            {public}");
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: connect-setup                      create topics and tables\n       connect-setup move-homes <from> <to>  failover: rehome region <from>'s conversations to <to>\n       connect-setup replay <topic> <from>   rewind messaging's group on <topic> to <from>: earliest, epoch ms, or 30m / 2h / 1d ago");
+            eprintln!("usage: connect-setup                      create topics and tables\n       connect-setup vapid-key                print a fresh VAPID key pair (Web Push)\n       connect-setup move-homes <from> <to>  failover: rehome region <from>'s conversations to <to>\n       connect-setup replay <topic> <from>   rewind messaging's group on <topic> to <from>: earliest, epoch ms, or 30m / 2h / 1d ago");
             std::process::exit(2)
         }
     }
@@ -149,8 +157,8 @@ async fn setup() -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("creating tables")?;
         println!(
-            "tables {}, {}, {}, {}, {}",
-            tables.chat, tables.sequences, tables.groups, tables.inbox, tables.places
+            "tables {}, {}, {}, {}, {}, {}",
+            tables.chat, tables.sequences, tables.groups, tables.inbox, tables.places, tables.push
         );
     }
     Ok(())

@@ -1,0 +1,8 @@
+//! Lambda `devices`: the push routes of the HTTP API → `connect_api::HttpApi` (the same handler
+//! the local HTTP API serves; the checks live in `connect_core::push` and `connect_push`).
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    connect_service::telemetry::init_tracing();
+    connect_api::run_lambda(true).await
+}

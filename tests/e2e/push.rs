@@ -1,0 +1,197 @@
+//! Push (PROTOCOL.md "Push notifications") over the real stack: registration through the HTTP
+//! API with a subscription of the local Web Push service (npm `web-push-testing` on
+//! 127.0.0.1:8095, which checks each push's VAPID signature against the key the subscription
+//! was made with, decrypts it, and answers 410 once a subscription is expired), the checks
+//! against endpoints into our own network, and the Web Push sender production uses.
+
+use serde_json::{json, Value};
+
+use connect_push::vapid::Vapid;
+use connect_push::webpush::{Subscription, Urgency, WebPush, WebPushConfig, WebPushSender};
+use connect_push::PushError;
+
+use crate::helpers::*;
+
+/// The local Web Push service (`CONNECT_WEBPUSH`, default 127.0.0.1:8095).
+fn webpush_addr() -> String {
+    std::env::var("CONNECT_WEBPUSH").unwrap_or_else(|_| "127.0.0.1:8095".into())
+}
+
+/// A POST of JSON to the Web Push service's own API: its `data`.
+async fn service(path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+    let (status, response) = http_raw(
+        &webpush_addr(),
+        "POST",
+        path,
+        &[("Content-Type", "application/json".to_owned())],
+        &body.to_string(),
+    )
+    .await?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((
+        status,
+        serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["data"].clone(),
+    ))
+}
+
+/// A subscription of the local push service for `application_server_key`, as a browser's
+/// `pushManager.subscribe` makes one: (its JSON, its client hash).
+async fn subscribe(application_server_key: &str) -> anyhow::Result<(Value, String)> {
+    let (status, data) = service(
+        "/subscribe",
+        json!({"applicationServerKey": application_server_key, "userVisibleOnly": "true"}),
+    )
+    .await?;
+    anyhow::ensure!(status == 200, "subscribe answered {status}: {data}");
+    let hash = data["clientHash"].as_str().unwrap_or_default().to_owned();
+    Ok((data, hash))
+}
+
+/// What the push service received and decrypted for a subscription.
+async fn received(hash: &str) -> anyhow::Result<Vec<String>> {
+    let (_, data) = service("/get-notifications", json!({"clientHash": hash})).await?;
+    Ok(data["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// `PUT /v1/devices/phone/push` as `user` with `body`: (status, answer).
+async fn register_phone(user: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    api_call(
+        "PUT",
+        "/v1/devices/phone/push",
+        Some(user),
+        &body.to_string(),
+    )
+    .await
+}
+
+/// The registration of (user, device) in the push table, if any.
+async fn registered(user: &str, device: &str) -> anyhow::Result<Option<Value>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let item = dynamo()
+        .await
+        .get_item()
+        .table_name(connect_dynamo::Tables::from_env().push)
+        .key("user", AttributeValue::S(user.into()))
+        .key("device", AttributeValue::S(device.into()))
+        .consistent_read(true)
+        .send()
+        .await?
+        .item;
+    Ok(item.map(|item| {
+        item.iter()
+            .filter_map(|(k, v)| Some((k.clone(), Value::String(v.as_s().ok()?.clone()))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }))
+}
+
+#[tokio::test]
+async fn a_device_registers_a_subscription_of_the_local_push_service_and_removes_it(
+) -> anyhow::Result<()> {
+    let alice = user("alice");
+    let (status, vapid) = api_get("/v1/push/vapid", Some(&alice)).await?;
+    assert_eq!(status, 200, "{vapid}");
+    let key = vapid["public_key"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(key, Vapid::development().public_key());
+    let (status, _) = api_get("/v1/push/vapid", None).await?;
+    assert_eq!(status, 401, "a token, like every route");
+    let (subscription, _) = subscribe(&key).await?;
+    let body = json!({"kind": "webpush", "endpoint": subscription["endpoint"], "keys": subscription["keys"]});
+    let (status, answer) = register_phone(&alice, &body).await?;
+    assert_eq!(status, 204, "{answer}");
+    let stored = registered(&alice, "phone").await?.expect("stored");
+    assert_eq!(stored["kind"], "webpush");
+    assert_eq!(stored["endpoint"], subscription["endpoint"]);
+    assert_eq!(stored["p256dh"], subscription["keys"]["p256dh"]);
+    // Replaced whole by a new registration of the same device.
+    let (status, _) =
+        register_phone(&alice, &json!({"kind": "fcm", "token": "fcm-token-1"})).await?;
+    assert_eq!(status, 204);
+    let stored = registered(&alice, "phone").await?.expect("stored");
+    assert_eq!(
+        (stored["kind"].as_str(), stored.get("endpoint")),
+        (Some("fcm"), None)
+    );
+    let (status, _) = api_call("DELETE", "/v1/devices/phone/push", Some(&alice), "").await?;
+    assert_eq!(status, 204);
+    assert_eq!(registered(&alice, "phone").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn registration_refuses_endpoints_into_our_network_and_unknown_kinds() -> anyhow::Result<()> {
+    let alice = user("alice");
+    let keys =
+        json!({"p256dh": Vapid::development().public_key(), "auth": "AAECAwQFBgcICQoLDA0ODw"});
+    for endpoint in [
+        "http://10.0.0.1/push",
+        "https://169.254.169.254/latest/meta-data",
+        // A name resolving to 127.0.0.1: only the local push service's own http URL is taken.
+        "https://localhost:8095/notify/x",
+        "https://[::ffff:127.0.0.1]/x",
+    ] {
+        let body = json!({"kind": "webpush", "endpoint": endpoint, "keys": keys});
+        let (status, answer) = register_phone(&alice, &body).await?;
+        assert_eq!(status, 400, "{endpoint}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request");
+    }
+    let (status, _) =
+        register_phone(&alice, &json!({"kind": "carrier-pigeon", "token": "t"})).await?;
+    assert_eq!(status, 400);
+    assert_eq!(registered(&alice, "phone").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_push_service_decrypts_what_the_sender_sends_and_a_dead_subscription_is_gone(
+) -> anyhow::Result<()> {
+    let sender = WebPushSender::new(
+        Vapid::development(),
+        WebPushConfig {
+            allow_local: true,
+            ..WebPushConfig::default()
+        },
+    )?;
+    let (subscription, hash) = subscribe(sender.vapid().public_key()).await?;
+    let to = Subscription {
+        endpoint: subscription["endpoint"].as_str().unwrap_or_default(),
+        p256dh: subscription["keys"]["p256dh"].as_str().unwrap_or_default(),
+        auth: subscription["keys"]["auth"].as_str().unwrap_or_default(),
+    };
+    let payload = json!({"conversation": "dm:alice:bob", "seq": 17, "from": "alice", "preview": "héllo ✓", "unread": 3});
+    let push = WebPush {
+        body: payload.to_string().into_bytes(),
+        topic: Some(connect_push::webpush::topic("dm:alice:bob")),
+        urgency: Urgency::High,
+    };
+    sender.send(&to, &push).await?;
+    let got = received(&hash).await?;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(serde_json::from_str::<Value>(&got[0])?, payload);
+    // Signed with another key than the subscription's: the service refuses it.
+    let other = WebPushSender::new(
+        Vapid::new(
+            "kEFVU2Qq0a3_iO7r3ZfBFKH2VZgG6a9Qs9kSvHkyV8o",
+            "mailto:a@example.com",
+        )?,
+        WebPushConfig {
+            allow_local: true,
+            ..WebPushConfig::default()
+        },
+    )?;
+    assert!(matches!(
+        other.send(&to, &push).await,
+        Err(PushError::Refused(_))
+    ));
+    assert_eq!(received(&hash).await?.len(), 1);
+    // Expired at the service: 410, the registration must go.
+    let (status, _) = service(&format!("/expire-subscription/{hash}"), json!({})).await?;
+    assert_eq!(status, 200);
+    assert_eq!(sender.send(&to, &push).await, Err(PushError::Gone(410)));
+    Ok(())
+}
