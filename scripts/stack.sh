@@ -361,6 +361,11 @@ start_services() {
   # consumer keeps Kafka's default fetch wait instead of the hot path's 10 ms polling.
   start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery \
     KAFKA_FETCH_WAIT_MS=100 KAFKA_FETCH_MIN_BYTES=1
+  # push_requests → push (the MSK trigger of the push function).
+  start_service push-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=push \
+    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_TOPIC:-push_requests}" KAFKA_FETCH_WAIT_MS=50 KAFKA_FETCH_MIN_BYTES=1
+  start_service push-later-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=push-later \
+    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_LATER_TOPIC:-push_later}" KAFKA_FETCH_WAIT_MS=50 KAFKA_FETCH_MIN_BYTES=1
   # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling),
   # in the region that makes the tables (its system messages reach the group's home region).
   [ "$GROUP_EVENTS" = 1 ] || return 0
@@ -433,7 +438,7 @@ up() {
 
 stop_services() {
   local name
-  for name in group-poller event-poller lambda local-api $(for p in $MESSAGING_OPS_PORTS; do echo "messaging-$p"; done) $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done); do stop "$name"; done
+  for name in group-poller push-later-poller push-poller event-poller lambda local-api $(for p in $MESSAGING_OPS_PORTS; do echo "messaging-$p"; done) $(for p in $GATEWAY_PORTS; do echo "gateway-$p"; done); do stop "$name"; done
 }
 
 down() {
@@ -489,8 +494,8 @@ status() {
   for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
   for p in $MESSAGING_OPS_PORTS; do echo "  messaging    http://127.0.0.1:$p/healthz  /metrics   (consumer group: messaging)"; done
   echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history, inbox, groups, push; same handlers as the Lambdas)"
-  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, inbox, groups, devices, offline-delivery, group-events, sequencer"
-  echo "  pollers      user_connected → offline-delivery; group table stream → group-events"
+  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, inbox, groups, devices, push, push-later, offline-delivery, group-events, sequencer"
+  echo "  pollers      user_connected → offline-delivery; push_requests → push; push_later → push-later; group table stream → group-events"
   echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in $LOCAL/kafka)${KAFKA_SECURITY_PROTOCOL:+, $KAFKA_SECURITY_PROTOCOL $KAFKA_SASL_MECHANISM}"
   echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)}"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"

@@ -111,6 +111,7 @@ where
     let (tx, mut rx) = outbox(gw.cfg.outbound_queue, gw.cfg.outbound_queue_bytes);
     let info = ConnInfo {
         user: user.clone(),
+        device: peer.device.clone().into(),
         connected_at_ms: connect_core::now_ms(),
         source_ip: peer.source_ip,
         user_agent: peer.user_agent,
@@ -217,7 +218,7 @@ where
     async fn open(&mut self) -> Result<(), PortError> {
         let session = Session {
             user: self.user.clone(),
-            route: self.gw.route(&self.conn),
+            route: self.gw.route(&self.conn, &self.device),
         };
         self.gw.registry.upsert(&[session]).await?;
         let hello = ServerFrame::Hello {

@@ -50,9 +50,9 @@ pub async fn run(gw: Arc<Gateway>, lease: SlotLease) {
             .hub
             .sessions()
             .into_iter()
-            .map(|(user, conn)| Session {
+            .map(|(user, conn, device)| Session {
                 user,
-                route: gw.route(&conn),
+                route: gw.route(&conn, &device),
             })
             .collect();
         if let Err(e) = gw.registry.upsert(&sessions).await {

@@ -50,6 +50,8 @@ pub use crate::outbox::Outbox;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnInfo {
     pub user: UserId,
+    /// `?device=`, or the default device.
+    pub device: Arc<str>,
     pub connected_at_ms: u64,
     pub source_ip: String,
     pub user_agent: String,
@@ -137,12 +139,12 @@ impl Hub {
         remove_locked(&mut inner, conn)
     }
 
-    /// Every local (user, connection).
-    pub fn sessions(&self) -> Vec<(UserId, Arc<str>)> {
+    /// Every local (user, connection, device).
+    pub fn sessions(&self) -> Vec<(UserId, Arc<str>, Arc<str>)> {
         self.lock()
             .conns
             .iter()
-            .map(|(c, e)| (e.info.user.clone(), c.clone()))
+            .map(|(c, e)| (e.info.user.clone(), c.clone(), e.info.device.clone()))
             .collect()
     }
 
@@ -254,6 +256,7 @@ mod tests {
     fn info(u: &str) -> ConnInfo {
         ConnInfo {
             user: user(u),
+            device: "d".into(),
             connected_at_ms: 0,
             source_ip: String::new(),
             user_agent: String::new(),
@@ -374,6 +377,7 @@ mod post_tests {
         let (tx, mut rx) = crate::outbox::outbox(1, usize::MAX);
         let info = ConnInfo {
             user: UserId::parse("a").unwrap(),
+            device: "d".into(),
             connected_at_ms: 5,
             source_ip: "127.0.0.1".into(),
             user_agent: "t".into(),

@@ -66,12 +66,13 @@ impl Gateway {
     }
 
     /// Where a local connection is reached, as recorded in the registry.
-    pub fn route(&self, conn: &str) -> SessionRoute {
+    pub fn route(&self, conn: &str, device: &str) -> SessionRoute {
         SessionRoute {
             conn: conn.to_owned(),
             slot: self.slot,
             gateway: self.cfg.id.clone(),
             endpoint: self.cfg.endpoint.clone(),
+            device: Some(device.to_owned()),
         }
     }
 

@@ -65,6 +65,8 @@ fn decode(kinds: &TopicKinds, m: &BorrowedMessage<'_>) -> Option<Inbound> {
 #[derive(Clone)]
 pub struct Outputs {
     pub deliveries: Arc<dyn DeliveryBus>,
+    /// Push requests, for the push function.
+    pub pushes: Arc<dyn connect_core::ports::PushBus>,
     pub regions: Option<Arc<dyn RegionBus>>,
 }
 
@@ -94,6 +96,9 @@ async fn publish_and_commit(
         outputs.deliveries.publish(&prepared.deliveries)
     })
     .await;
+    if !prepared.pushes.is_empty() {
+        until_published("push requests", || outputs.pushes.publish(&prepared.pushes)).await;
+    }
     if let Some(regions) = &outputs.regions {
         if !prepared.taken_in.is_empty() {
             until_published("taken in", || regions.take_in(&prepared.taken_in)).await;
@@ -114,6 +119,7 @@ async fn publish_and_commit(
     counter!("connect_messaging_shed_total").increment(report.shed as u64);
     counter!("connect_messaging_log_retries_total").increment(report.log_retries as u64);
     counter!("connect_messaging_markers_total").increment(report.markers as u64);
+    counter!("connect_messaging_pushes_total").increment(report.pushes as u64);
     counter!("connect_messaging_marker_retries_total").increment(report.marker_retries as u64);
     counter!("connect_messaging_lookup_retries_total").increment(report.lookup_retries as u64);
     counter!("connect_messaging_forwarded_total").increment(report.forwarded as u64);

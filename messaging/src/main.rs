@@ -84,9 +84,10 @@ async fn main() -> anyhow::Result<()> {
             cfg.dedupe_ttl,
             cfg.dedupe_max_per_sender,
         )),
-        log: Arc::new(RedisLog::new(redis, cfg.offline)),
+        log: Arc::new(RedisLog::new(redis.clone(), cfg.offline)),
         markers: inbox.clone(),
         inbox,
+        push: Arc::new(connect_redis::RedisPushDevices::new(redis.clone())),
         history,
         deliveries: deliveries.clone(),
     };
@@ -141,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
             .regions(cfg.regions.clone()),
         consumer::Outputs {
             deliveries,
+            pushes: Arc::new(connect_kafka::KafkaJsonTopic::new(
+                producer.clone(),
+                cfg.topics.push.clone(),
+            )),
             regions: cfg.regions.active().then(|| {
                 Arc::new(KafkaRegionBus::new(
                     producer.clone(),

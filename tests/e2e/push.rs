@@ -195,3 +195,143 @@ async fn the_push_service_decrypts_what_the_sender_sends_and_a_dead_subscription
     assert_eq!(sender.send(&to, &push).await, Err(PushError::Gone(410)));
     Ok(())
 }
+
+/// What the push service decrypted for `hash`, once it holds at least `n` (or [`WAIT`] passed).
+async fn received_at_least(hash: &str, n: usize) -> anyhow::Result<Vec<Value>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = received(hash).await?;
+        if got.len() >= n || tokio::time::Instant::now() >= deadline {
+            return got.iter().map(|m| Ok(serde_json::from_str(m)?)).collect();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `user`'s `device` registered with a fresh subscription of the local push service: its hash.
+async fn registered_device(user: &str, device: &str) -> anyhow::Result<String> {
+    let (_, vapid) = api_get("/v1/push/vapid", Some(user)).await?;
+    let (subscription, hash) = subscribe(vapid["public_key"].as_str().unwrap_or_default()).await?;
+    let body = json!({"kind": "webpush", "endpoint": subscription["endpoint"], "keys": subscription["keys"]});
+    let (status, answer) = api_call(
+        "PUT",
+        &format!("/v1/devices/{device}/push"),
+        Some(user),
+        &body.to_string(),
+    )
+    .await?;
+    anyhow::ensure!(status == 204, "registering answered {status}: {answer}");
+    Ok(hash)
+}
+
+#[tokio::test]
+async fn a_message_to_a_device_with_no_connection_is_pushed_and_one_with_a_connection_is_not(
+) -> anyhow::Result<()> {
+    let gws = gateways();
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let hash = registered_device(&bob, "phone").await?;
+    let mut a = Client::connect(&gws[0], &alice).await?;
+    let seq = a.send_accepted("m1", &bob, "hello bob").await?;
+    let got = received_at_least(&hash, 1).await?;
+    assert_eq!(
+        got,
+        vec![
+            json!({"conversation": dm(&alice, &bob), "seq": seq, "from": alice, "preview": "hello bob", "unread": seq})
+        ],
+        "PROTOCOL's payload, decrypted by the push service"
+    );
+    // The sender's own devices get no push for their own messages.
+    let mine = registered_device(&alice, "tablet").await?;
+    // With the phone connected, carol's message goes to it and is not pushed.
+    let mut phone = Client::connect_device(&gws[1], &bob, "phone").await?;
+    let mut c = Client::connect(&gws[0], &carol).await?;
+    let first = c.send_accepted("c1", &bob, "are you there").await?;
+    // (Its backlog, alice's first message, may come before.)
+    loop {
+        let m = phone.expect("message").await?;
+        if m["conversation"] == dm(&bob, &carol) {
+            assert_eq!(m["seq"], first);
+            break;
+        }
+    }
+    a.send_accepted("m2", &bob, "again").await?;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(received(&hash).await?.len(), 1, "nothing while connected");
+    assert!(
+        received(&mine).await?.is_empty(),
+        "not the sender's own devices"
+    );
+    // Acked and gone: carol's next message is pushed, with both unread.
+    phone.ack(&dm(&bob, &carol), first).await?;
+    phone.close().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = c.send_accepted("c2", &bob, "hello?").await?;
+    let got = received_at_least(&hash, 2).await?;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        (
+            got[1]["conversation"].as_str(),
+            got[1]["seq"].as_u64(),
+            got[1]["unread"].as_u64()
+        ),
+        (Some(dm(&bob, &carol).as_str()), Some(second), Some(second)),
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_subscription_the_push_service_expired_is_removed_after_its_first_failure(
+) -> anyhow::Result<()> {
+    let gws = gateways();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let hash = registered_device(&bob, "phone").await?;
+    let (status, _) = service(&format!("/expire-subscription/{hash}"), json!({})).await?;
+    assert_eq!(status, 200);
+    let mut a = Client::connect(&gws[0], &alice).await?;
+    a.send_accepted("m1", &bob, "hello").await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while registered(&bob, "phone").await?.is_some() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "still registered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn ten_messages_in_two_seconds_make_at_most_three_pushes_the_last_with_the_newest(
+) -> anyhow::Result<()> {
+    let gws = gateways();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let hash = registered_device(&bob, "phone").await?;
+    let mut a = Client::connect(&gws[0], &alice).await?;
+    let mut last = 0;
+    for i in 1..=10 {
+        last = a
+            .send_accepted(&format!("m{i}"), &bob, &format!("message {i}"))
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The newest arrives when the window held it back closes (5 s after the first push).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let got = loop {
+        let got = received_at_least(&hash, 1).await?;
+        if got.last().is_some_and(|p| p["seq"] == last) || tokio::time::Instant::now() >= deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!((1..=3).contains(&got.len()), "{got:?}");
+    let last_push = got.last().expect("a push");
+    assert_eq!(
+        (
+            last_push["seq"].as_u64(),
+            last_push["preview"].as_str(),
+            last_push["unread"].as_u64()
+        ),
+        (Some(last), Some("message 10"), Some(last))
+    );
+    // Nothing more comes after the newest.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(received(&hash).await?.len(), got.len());
+    Ok(())
+}

@@ -11,7 +11,9 @@ use connect_core::auth::TokenVerifier;
 use connect_core::groups::{self, GroupStore, Groups};
 use connect_core::history::{self, PageBody};
 use connect_core::inbox;
-use connect_core::ports::{ChatStore, HistoryStore, InboxIndex, PushRegistry, ReadMarkers};
+use connect_core::ports::{
+    ChatStore, HistoryStore, InboxIndex, PushDevices, PushRegistry, ReadMarkers,
+};
 use connect_core::push::{EndpointCheck, EndpointRule};
 use connect_core::ApiError;
 use connect_protocol::{ErrorCode, UserId};
@@ -279,6 +281,8 @@ impl ApiPorts {
 #[derive(Clone)]
 pub struct PushSettings {
     pub registry: Arc<dyn PushRegistry>,
+    /// The registrations' mirror messaging reads with every batch (Redis).
+    pub mirror: Arc<dyn PushDevices>,
     /// The VAPID public key browsers subscribe with (base64url, an uncompressed P-256 point).
     pub vapid_public_key: String,
     /// Where endpoints may point (the local stack: its own push service too).
@@ -330,7 +334,11 @@ impl EndpointCheck for Resolving {
 impl PushSettings {
     /// The VAPID key from `config` (production refuses to start without one, or with the
     /// development key), registrations in `registry`, endpoints checked by resolving them.
-    pub fn new(config: &PushConfig, registry: Arc<dyn PushRegistry>) -> Result<Self, String> {
+    pub fn new(
+        config: &PushConfig,
+        registry: Arc<dyn PushRegistry>,
+        mirror: Arc<dyn PushDevices>,
+    ) -> Result<Self, String> {
         use connect_push::vapid::Vapid;
         let vapid = match &config.vapid_private_key {
             Some(key) => Vapid::new(key, &config.vapid_contact).map_err(|e| e.to_string())?,
@@ -344,6 +352,7 @@ impl PushSettings {
         }
         Ok(Self {
             registry,
+            mirror,
             vapid_public_key: vapid.public_key().to_owned(),
             rule: EndpointRule {
                 allow_local: config.local,
@@ -387,7 +396,8 @@ impl HttpApi {
     /// during a rotation), `CONNECT_ENV`, `AWS_REGION`,
     /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`,
     /// `PLACES_TABLE`, `PUSH_TABLE`,
-    /// `GROUP_MAX_MEMBERS` (10000); with `push`, the push routes too.
+    /// `GROUP_MAX_MEMBERS` (10000); with `push`, the push routes too (and `REDIS_URL`, the
+    /// registrations' mirror).
     pub async fn from_env(push: Option<PushConfig>) -> Result<Self, String> {
         use connect_core::env::production;
         let (secret, previous) =
@@ -419,7 +429,14 @@ impl HttpApi {
         Ok(match push {
             Some(config) => {
                 let registry = Arc::new(connect_dynamo::DynamoPush::new(dynamo, &tables.push));
-                api.with_push(PushSettings::new(&config, registry)?)
+                let redis = connect_redis::connect(&connect_core::env::string(
+                    "REDIS_URL",
+                    "redis://127.0.0.1:6380",
+                ))
+                .await
+                .map_err(|e| format!("connecting to Redis: {e}"))?;
+                let mirror = Arc::new(connect_redis::RedisPushDevices::new(redis));
+                api.with_push(PushSettings::new(&config, registry, mirror)?)
             }
             None => api,
         })
@@ -553,6 +570,7 @@ impl HttpApi {
         let device = connect_core::push::device_id(&device)?;
         if route == UNREGISTER_PUSH {
             push.registry.unregister(&caller, &device).await?;
+            push.mirror.remove(&caller, &device).await?;
             return Ok(no_content());
         }
         let registration = connect_core::push::registration(body_of(req), push.rule)?;
@@ -565,6 +583,8 @@ impl HttpApi {
         push.registry
             .register(&caller, &device, &registration, connect_core::now_ms())
             .await?;
+        // After the table (the truth): a failure here answers 503 and the retry writes both.
+        push.mirror.add(&caller, &device).await?;
         tracing::info!(user = %caller, device, kind = registration.kind(), "push registered");
         Ok(no_content())
     }

@@ -314,7 +314,7 @@ fn push_api(mem: &Arc<Memory>) -> HttpApi {
         local: true,
         ..PushConfig::default()
     };
-    api(mem).with_push(PushSettings::new(&config, mem.clone()).unwrap())
+    api(mem).with_push(PushSettings::new(&config, mem.clone(), mem.clone()).unwrap())
 }
 
 fn webpush(endpoint: &str) -> String {
@@ -401,15 +401,15 @@ fn production_refuses_to_start_without_a_vapid_key_or_with_the_development_one()
         vapid_contact: "mailto:ops@example.com".into(),
         ..PushConfig::default()
     };
-    assert!(PushSettings::new(&prod, mem.clone()).is_err());
+    assert!(PushSettings::new(&prod, mem.clone(), mem.clone()).is_err());
     let dev = PushConfig {
         vapid_private_key: Some(connect_push::vapid::DEVELOPMENT_PRIVATE_KEY.into()),
         ..prod.clone()
     };
-    assert!(PushSettings::new(&dev, mem.clone()).is_err());
+    assert!(PushSettings::new(&dev, mem.clone(), mem.clone()).is_err());
     let own = PushConfig {
         vapid_private_key: Some("kEFVU2Qq0a3_iO7r3ZfBFKH2VZgG6a9Qs9kSvHkyV8o".into()),
         ..prod
     };
-    assert!(PushSettings::new(&own, mem).is_ok());
+    assert!(PushSettings::new(&own, mem.clone(), mem).is_ok());
 }

@@ -86,6 +86,7 @@ impl Memory {
                 1000,
             )),
             markers: self.clone(),
+            push: self.clone(),
             inbox: self.clone(),
             history: self.clone(),
         }
@@ -488,6 +489,33 @@ impl crate::ports::PushRegistry for Memory {
     ) -> Result<Vec<Option<crate::push::Registration>>, PortError> {
         let push = lock(&self.push);
         Ok(keys.iter().map(|k| push.get(k).cloned()).collect())
+    }
+}
+
+#[async_trait]
+impl crate::ports::PushDevices for Memory {
+    async fn registered(&self, users: &[UserId]) -> Result<Vec<Vec<String>>, PortError> {
+        let push = lock(&self.push);
+        Ok(users
+            .iter()
+            .map(|u| {
+                let mut devices: Vec<String> = push
+                    .keys()
+                    .filter(|(user, _)| user == u)
+                    .map(|(_, d)| d.clone())
+                    .collect();
+                devices.sort();
+                devices
+            })
+            .collect())
+    }
+
+    async fn add(&self, _user: &UserId, _device: &str) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    async fn remove(&self, _user: &UserId, _device: &str) -> Result<(), PortError> {
+        Ok(())
     }
 }
 

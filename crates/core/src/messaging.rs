@@ -63,6 +63,8 @@ pub struct StepReport {
     pub relayed: usize,
     /// Read markers that moved (and were stored).
     pub markers: usize,
+    /// Push requests emitted (registered devices without a live session).
+    pub pushes: usize,
     /// Read-marker reads and writes (and head reads) that failed and were tried again.
     pub marker_retries: usize,
     /// Where the batch's time went.
@@ -120,6 +122,7 @@ impl StepReport {
         self.forwarded += other.forwarded;
         self.relayed += other.relayed;
         self.markers += other.markers;
+        self.pushes += other.pushes;
         self.marker_retries += other.marker_retries;
         self.phases.add(&other.phases);
     }
@@ -149,6 +152,8 @@ pub struct Prepared {
     pub taken_in: Vec<Submission>,
     /// (sender, conversation) → the seq their newest stored send moved their read marker to.
     pub sent: HashMap<(connect_protocol::UserId, connect_protocol::ConversationId), u64>,
+    /// Pushes for registered devices with no live session, for the push function.
+    pub pushes: Vec<crate::push::PushRequest>,
 }
 
 impl Prepared {
@@ -166,6 +171,7 @@ impl Prepared {
         self.forwards.extend(other.forwards);
         self.replicas.extend(other.replicas);
         self.taken_in.extend(other.taken_in);
+        self.pushes.extend(other.pushes);
         for (key, seq) in other.sent {
             let at = self.sent.entry(key).or_default();
             *at = (*at).max(seq);
@@ -251,6 +257,8 @@ struct Outcome {
     report: StepReport,
     /// See [`Prepared::sent`].
     sent: HashMap<(connect_protocol::UserId, connect_protocol::ConversationId), u64>,
+    /// See [`Prepared::pushes`].
+    pushes: Vec<crate::push::PushRequest>,
 }
 
 impl Outcome {
@@ -427,6 +435,11 @@ impl MessagingStep {
     async fn finish(&self, mut out: Outcome, replicate: bool) -> Prepared {
         let deliveries = self.route(&mut out).await;
         out.report.records = deliveries.len();
+        if !replicate {
+            // Another region's messages are pushed by the region that sequenced them.
+            out.pushes.clear();
+            out.report.pushes = 0;
+        }
         let replicas = if replicate {
             self.replicas(&out)
         } else {
@@ -441,6 +454,7 @@ impl MessagingStep {
             replicas,
             taken_in: Vec::new(),
             sent: out.sent,
+            pushes: out.pushes,
         }
     }
 

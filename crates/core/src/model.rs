@@ -142,6 +142,8 @@ pub struct SessionRoute {
     pub gateway: String,
     /// The gateway's API Gateway Management API endpoint.
     pub endpoint: String,
+    /// The connection's device (`?device=`; none from a gateway that does not say).
+    pub device: Option<String>,
 }
 
 /// A session to record in the registry.

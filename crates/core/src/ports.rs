@@ -267,6 +267,23 @@ pub trait PushRegistry: Send + Sync {
     ) -> Result<Vec<Option<crate::push::Registration>>, PortError>;
 }
 
+/// Which devices of which users are registered for push: a mirror of [`PushRegistry`] that
+/// messaging reads with every batch (Redis), written with each registration.
+#[async_trait]
+pub trait PushDevices: Send + Sync {
+    /// Each user's registered devices (same order; none: nothing registered), batched.
+    async fn registered(&self, users: &[UserId]) -> Result<Vec<Vec<String>>, PortError>;
+    async fn add(&self, user: &UserId, device: &str) -> Result<(), PortError>;
+    async fn remove(&self, user: &UserId, device: &str) -> Result<(), PortError>;
+}
+
+/// Messaging → the push function: the `push_requests` topic (key = user).
+#[async_trait]
+pub trait PushBus: Send + Sync {
+    /// Publishes every request and waits until all are acked.
+    async fn publish(&self, requests: &[crate::push::PushRequest]) -> Result<(), PortError>;
+}
+
 /// Everything the messaging step needs.
 #[derive(Clone)]
 pub struct Ports {
@@ -281,4 +298,6 @@ pub struct Ports {
     pub inbox: Arc<dyn InboxIndex>,
     /// The last message of a conversation whose log is empty (clamping a marker to the head).
     pub history: Arc<dyn HistoryStore>,
+    /// Devices registered for push (who gets a push request).
+    pub push: Arc<dyn PushDevices>,
 }

@@ -214,6 +214,340 @@ pub fn preview(body: &str) -> String {
     body.chars().take(PREVIEW_CHARS).collect()
 }
 
+/// Groups of more than this many members push nothing (PROTOCOL.md).
+pub const MAX_GROUP: usize = 1024;
+
+/// A push to send (messaging → the push function, a record on `push_requests`, key = user):
+/// one per (message, registered device of a recipient with no live session on it). The push
+/// function collapses them per (device, conversation) and sends the newest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PushRequest {
+    pub user: UserId,
+    pub device: String,
+    pub conversation: connect_protocol::ConversationId,
+    pub seq: u64,
+    pub from: UserId,
+    /// The first [`PREVIEW_CHARS`] characters of the body.
+    pub preview: String,
+    /// When the message was accepted (ms).
+    pub ts: u64,
+}
+
+impl PushRequest {
+    /// The payload, with the recipient's unread count in the conversation.
+    pub fn payload(&self, unread: u64) -> Payload {
+        Payload {
+            conversation: self.conversation.to_string(),
+            seq: self.seq,
+            from: self.from.to_string(),
+            preview: self.preview.clone(),
+            unread,
+            group: self.conversation.group_id().map(ToString::to_string),
+        }
+    }
+}
+
+/// The push requests of one stored message: every member of its `audience` but the sender
+/// (`registered[i]`: the devices of `audience[i]` registered for push; `live[i]`: the devices
+/// with an open connection), each registered device without a live one. None for a system
+/// message or an audience above [`MAX_GROUP`] (a direct conversation's audience is its two
+/// users).
+pub fn requests(
+    message: &crate::model::StoredMessage,
+    audience: &[UserId],
+    registered: &[Vec<String>],
+    live: &[Vec<String>],
+) -> Vec<PushRequest> {
+    if message.event.is_some() || audience.len() > MAX_GROUP {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, user) in audience.iter().enumerate() {
+        if *user == message.from {
+            continue;
+        }
+        let on = live.get(i).map_or(&[][..], Vec::as_slice);
+        for device in registered.get(i).into_iter().flatten() {
+            if !on.contains(device) {
+                out.push(PushRequest {
+                    user: user.clone(),
+                    device: device.clone(),
+                    conversation: message.conversation.clone(),
+                    seq: message.seq,
+                    from: message.from.clone(),
+                    preview: preview(&message.body),
+                    ts: message.ts,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// How long a (device, conversation) gets no second push after one (PROTOCOL.md: at most one
+/// per 5 s).
+pub const COLLAPSE_MS: u64 = 5_000;
+
+/// Why a push was not sent by its transport.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The push service says the registration is dead (404/410, an unregistered token): it
+    /// goes.
+    #[error("registration gone: {0}")]
+    Gone(String),
+    /// Not sent; `retryable` says whether trying again later may help.
+    #[error("not sent: {message}")]
+    Failed { message: String, retryable: bool },
+}
+
+/// Sends one payload to one registration: Web Push itself, APNs and FCM through Amazon SNS.
+/// `collapse` names the (device, conversation): a newer push with it replaces an older one the
+/// service still holds (Web Push `Topic`, APNs `apns-collapse-id`, FCM `collapse_key`).
+#[async_trait::async_trait]
+pub trait PushTransport: Send + Sync {
+    async fn send(
+        &self,
+        registration: &Registration,
+        payload: &Payload,
+        collapse: &str,
+    ) -> Result<(), TransportError>;
+}
+
+/// The collapse windows (Redis): a window per key opens at most once per `window_ms`.
+#[async_trait::async_trait]
+pub trait PushGate: Send + Sync {
+    /// For each key, whether its window was open (then it is closed for `window_ms` from now).
+    async fn open(&self, keys: &[String], window_ms: u64) -> Result<Vec<bool>, crate::PortError>;
+    /// Keeps `request` as the key's pending push (replacing an older one). Returns when its
+    /// window closes (ms since the epoch) if nothing was pending: a [`Deferred`] must then be
+    /// scheduled; otherwise the one already scheduled will send this newer request.
+    async fn defer(
+        &self,
+        key: &str,
+        request: &PushRequest,
+        window_ms: u64,
+    ) -> Result<Option<u64>, crate::PortError>;
+    /// Takes the key's pending push, if any.
+    async fn take(&self, key: &str) -> Result<Option<PushRequest>, crate::PortError>;
+}
+
+/// A push held back by its window, to be sent when the window closes (the push function →
+/// `push_later`, key = user): the newest request of the (device, conversation) then goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Deferred {
+    /// The collapse key (`<user>|<device>|<conversation>`).
+    pub key: String,
+    pub user: UserId,
+    /// When the window closes (ms since the epoch).
+    pub due_ms: u64,
+}
+
+/// What the push function reads and writes.
+#[derive(Clone, Copy)]
+pub struct DeliverPorts<'a> {
+    pub registry: &'a dyn crate::ports::PushRegistry,
+    pub devices: &'a dyn crate::ports::PushDevices,
+    pub sessions: &'a dyn crate::ports::SessionRegistry,
+    pub log: &'a dyn crate::ports::ConversationLog,
+    pub markers: &'a dyn crate::ports::ReadMarkers,
+    pub gate: &'a dyn PushGate,
+    pub transport: &'a dyn PushTransport,
+}
+
+/// What one batch of push requests came to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeliverReport {
+    pub sent: usize,
+    /// Older requests of a (device, conversation) with a newer one in the batch.
+    pub superseded: usize,
+    /// The device had acked the message by then.
+    pub acked: usize,
+    /// The device had a live connection by then.
+    pub live: usize,
+    /// A push went to the (device, conversation) less than the window ago: held back as its
+    /// pending push (the newest wins), sent when the window closes.
+    pub collapsed: usize,
+    /// Held-back pushes to schedule (the first held back in each window).
+    pub deferred: Vec<Deferred>,
+    /// The device is no longer registered (the mirror lagged): taken out of it.
+    pub unregistered: usize,
+    /// The push service said the registration is dead: removed.
+    pub gone: usize,
+    /// Not sent (the transport failed).
+    pub failed: usize,
+}
+
+/// Sends the pushes held back until their windows closed: waits for the latest of `deferred`
+/// to fall due (at most `window_ms`, so a batch never waits longer than one window), takes each
+/// key's pending push (the newest of its window) and sends them as [`deliver`] does (checked
+/// again: acked or connected meanwhile, nothing goes).
+pub async fn flush(
+    ports: DeliverPorts<'_>,
+    deferred: Vec<Deferred>,
+    window_ms: u64,
+) -> Result<DeliverReport, crate::PortError> {
+    let due = deferred.iter().map(|d| d.due_ms).max().unwrap_or(0);
+    let wait = due.saturating_sub(crate::now_ms()).min(window_ms);
+    if wait > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+    }
+    let mut keys: Vec<String> = deferred.into_iter().map(|d| d.key).collect();
+    keys.sort();
+    keys.dedup();
+    let mut requests = Vec::new();
+    for key in &keys {
+        requests.extend(ports.gate.take(key).await?);
+    }
+    deliver(ports, requests, window_ms).await
+}
+
+/// Sends a batch of push requests: the newest per (device, conversation), to devices that have
+/// not acked it and have no live connection, at most one per (device, conversation) per
+/// `window_ms`, with the recipient's unread count in the conversation. A registration the push
+/// service calls dead is removed. `Err`: a backend the checks need is down (the batch may be
+/// tried again; what was sent is collapsed then).
+pub async fn deliver(
+    ports: DeliverPorts<'_>,
+    requests: Vec<PushRequest>,
+    window_ms: u64,
+) -> Result<DeliverReport, crate::PortError> {
+    use std::collections::HashMap;
+    let mut report = DeliverReport::default();
+    // The newest per (user, device, conversation), in first-seen order.
+    let mut order: Vec<PushRequest> = Vec::new();
+    let mut at: HashMap<(UserId, String, connect_protocol::ConversationId), usize> = HashMap::new();
+    for r in requests {
+        let key = (r.user.clone(), r.device.clone(), r.conversation.clone());
+        match at.get(&key) {
+            Some(&i) => {
+                report.superseded += 1;
+                if r.seq > order[i].seq {
+                    order[i] = r;
+                }
+            }
+            None => {
+                at.insert(key, order.len());
+                order.push(r);
+            }
+        }
+    }
+    // Acked by the device since?
+    let mut devices: Vec<(UserId, String)> = order
+        .iter()
+        .map(|r| (r.user.clone(), r.device.clone()))
+        .collect();
+    devices.sort();
+    devices.dedup();
+    let cursors =
+        futures_util::future::try_join_all(devices.iter().map(|(u, d)| ports.log.cursors(u, d)))
+            .await?;
+    let cursor_of: HashMap<&(UserId, String), &HashMap<String, u64>> =
+        devices.iter().zip(&cursors).collect();
+    order.retain(|r| {
+        let acked = cursor_of
+            .get(&(r.user.clone(), r.device.clone()))
+            .and_then(|c| c.get(&r.conversation.to_string()))
+            .is_some_and(|&seq| seq >= r.seq);
+        report.acked += usize::from(acked);
+        !acked
+    });
+    // Connected since?
+    let mut users: Vec<UserId> = order.iter().map(|r| r.user.clone()).collect();
+    users.sort();
+    users.dedup();
+    let sessions = if users.is_empty() {
+        Vec::new()
+    } else {
+        ports.sessions.lookup(&users).await?
+    };
+    let live: HashMap<&UserId, Vec<String>> = users
+        .iter()
+        .zip(&sessions)
+        .map(|(u, routes)| (u, routes.iter().filter_map(|r| r.device.clone()).collect()))
+        .collect();
+    order.retain(|r| {
+        let on = live.get(&r.user).is_some_and(|d| d.contains(&r.device));
+        report.live += usize::from(on);
+        !on
+    });
+    if order.is_empty() {
+        return Ok(report);
+    }
+    // At most one per window.
+    let keys: Vec<String> = order
+        .iter()
+        .map(|r| format!("{}|{}|{}", r.user, r.device, r.conversation))
+        .collect();
+    let open = ports.gate.open(&keys, window_ms).await?;
+    let mut kept = Vec::new();
+    for ((r, key), open) in order.into_iter().zip(keys).zip(open) {
+        if open {
+            kept.push((r, key));
+        } else {
+            report.collapsed += 1;
+            if let Some(due_ms) = ports.gate.defer(&key, &r, window_ms).await? {
+                report.deferred.push(Deferred {
+                    key,
+                    user: r.user.clone(),
+                    due_ms,
+                });
+            }
+        }
+    }
+    if kept.is_empty() {
+        return Ok(report);
+    }
+    let regs = ports
+        .registry
+        .get(
+            &kept
+                .iter()
+                .map(|(r, _)| (r.user.clone(), r.device.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+    let markers = ports
+        .markers
+        .get(
+            &kept
+                .iter()
+                .map(|(r, _)| (r.user.clone(), r.conversation.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .await?;
+    let sends = kept
+        .iter()
+        .zip(&regs)
+        .zip(&markers)
+        .map(|(((r, key), reg), markers)| async move {
+            let Some(reg) = reg else {
+                return (r, None);
+            };
+            let payload = r.payload(r.seq.saturating_sub(markers.read));
+            (r, Some(ports.transport.send(reg, &payload, key).await))
+        });
+    for (r, outcome) in futures_util::future::join_all(sends).await {
+        match outcome {
+            None => {
+                report.unregistered += 1;
+                let _ = ports.devices.remove(&r.user, &r.device).await;
+            }
+            Some(Ok(())) => report.sent += 1,
+            Some(Err(TransportError::Gone(why))) => {
+                report.gone += 1;
+                tracing::info!(user = %r.user, device = %r.device, why, "push registration gone; removed");
+                ports.registry.unregister(&r.user, &r.device).await?;
+                let _ = ports.devices.remove(&r.user, &r.device).await;
+            }
+            Some(Err(e)) => {
+                report.failed += 1;
+                tracing::warn!(user = %r.user, device = %r.device, cause = %e, "push not sent");
+            }
+        }
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +647,246 @@ mod tests {
         assert_eq!(preview("hi"), "hi");
         let long: String = "é".repeat(150);
         assert_eq!(preview(&long).chars().count(), 100);
+    }
+
+    fn stored(from: &str, conversation: &str, seq: u64, body: &str) -> crate::model::StoredMessage {
+        crate::model::StoredMessage {
+            conversation: connect_protocol::ConversationId::parse(conversation).unwrap(),
+            seq,
+            from: UserId::parse(from).unwrap(),
+            id: connect_protocol::ClientMsgId::parse(format!("m{seq}")).unwrap(),
+            body: body.into(),
+            ts: 7,
+            event: None,
+            mv: None,
+            device: None,
+        }
+    }
+
+    fn users(names: &[&str]) -> Vec<UserId> {
+        names.iter().map(|n| UserId::parse(*n).unwrap()).collect()
+    }
+
+    fn devices(lists: &[&[&str]]) -> Vec<Vec<String>> {
+        lists
+            .iter()
+            .map(|l| l.iter().map(|d| (*d).to_owned()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn registered_devices_without_a_connection_get_requests_but_never_the_senders() {
+        let m = stored("alice", "dm:alice:bob", 3, &"x".repeat(150));
+        let got = requests(
+            &m,
+            &users(&["alice", "bob"]),
+            &devices(&[&["tablet"], &["phone", "laptop"]]),
+            &devices(&[&[], &["laptop"]]),
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].user.as_str(), got[0].device.as_str(), got[0].seq),
+            ("bob", "phone", 3)
+        );
+        assert_eq!(got[0].preview.len(), PREVIEW_CHARS);
+        let p = got[0].payload(2);
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"conversation":"dm:alice:bob","seq":3,"from":"alice","preview":"x".repeat(100),"unread":2})
+        );
+        // A group's payload names the group; a system message pushes nothing.
+        let g = stored("alice", "group:g_1", 9, "hi");
+        let got = requests(
+            &g,
+            &users(&["alice", "bob"]),
+            &devices(&[&[], &["phone"]]),
+            &[],
+        );
+        assert_eq!(got[0].payload(1).group.as_deref(), Some("g_1"));
+        let mut event = g.clone();
+        event.event = Some(connect_protocol::GroupEvent {
+            kind: "group_created".into(),
+            user: None,
+        });
+        assert!(requests(
+            &event,
+            &users(&["alice", "bob"]),
+            &devices(&[&[], &["phone"]]),
+            &[]
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn groups_above_the_limit_push_nothing() {
+        let g = stored("u0", "group:g_1", 1, "hi");
+        let big: Vec<UserId> = (0..=MAX_GROUP)
+            .map(|i| UserId::parse(format!("u{i}")).unwrap())
+            .collect();
+        let registered = vec![vec!["phone".to_owned()]; big.len()];
+        assert!(requests(&g, &big, &registered, &[]).is_empty());
+        assert_eq!(
+            requests(&g, &big[..MAX_GROUP], &registered, &[]).len(),
+            MAX_GROUP - 1
+        );
+    }
+
+    /// A gate in memory, and a transport that records what it sends (or says a device is gone).
+    #[derive(Default)]
+    struct Sink {
+        closed: std::sync::Mutex<std::collections::HashSet<String>>,
+        sent: std::sync::Mutex<Vec<(String, Payload)>>,
+        gone: std::sync::Mutex<Vec<String>>,
+        pending: std::sync::Mutex<std::collections::HashMap<String, PushRequest>>,
+    }
+
+    #[async_trait::async_trait]
+    impl PushGate for Sink {
+        async fn open(&self, keys: &[String], _: u64) -> Result<Vec<bool>, crate::PortError> {
+            let mut closed = self.closed.lock().unwrap();
+            Ok(keys.iter().map(|k| closed.insert(k.clone())).collect())
+        }
+
+        async fn defer(
+            &self,
+            key: &str,
+            r: &PushRequest,
+            _: u64,
+        ) -> Result<Option<u64>, crate::PortError> {
+            let old = self.pending.lock().unwrap().insert(key.into(), r.clone());
+            Ok(old.is_none().then_some(0))
+        }
+
+        async fn take(&self, key: &str) -> Result<Option<PushRequest>, crate::PortError> {
+            Ok(self.pending.lock().unwrap().remove(key))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl PushTransport for Sink {
+        async fn send(&self, r: &Registration, p: &Payload, _: &str) -> Result<(), TransportError> {
+            let Registration::Apns { token } = r else {
+                unreachable!()
+            };
+            if self.gone.lock().unwrap().contains(token) {
+                return Err(TransportError::Gone("410".into()));
+            }
+            self.sent.lock().unwrap().push((token.clone(), p.clone()));
+            Ok(())
+        }
+    }
+
+    fn request(user: &str, device: &str, conversation: &str, seq: u64) -> PushRequest {
+        PushRequest {
+            user: UserId::parse(user).unwrap(),
+            device: device.into(),
+            conversation: connect_protocol::ConversationId::parse(conversation).unwrap(),
+            seq,
+            from: UserId::parse("alice").unwrap(),
+            preview: "hi".into(),
+            ts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_newest_goes_once_per_window_and_not_to_acked_or_connected_devices() {
+        use crate::ports::{ConversationLog, PushRegistry, ReadMarkers, SessionRegistry};
+        let mem = std::sync::Arc::new(crate::memory::Memory::default());
+        let sink = Sink::default();
+        let bob = UserId::parse("bob").unwrap();
+        for device in ["phone", "watch", "laptop"] {
+            let token = Registration::Apns {
+                token: device.into(),
+            };
+            mem.register(&bob, device, &token, 0).await.unwrap();
+        }
+        let dm = connect_protocol::ConversationId::parse("dm:alice:bob").unwrap();
+        ReadMarkers::put(
+            &*mem,
+            &[(
+                bob.clone(),
+                dm.clone(),
+                crate::model::Markers {
+                    read: 2,
+                    delivered: 2,
+                    ts: 0,
+                },
+            )],
+        )
+        .await
+        .unwrap();
+        mem.ack(&bob, "watch", "dm:alice:bob", 5).await.unwrap();
+        mem.upsert(&[crate::model::Session {
+            user: bob.clone(),
+            route: crate::model::SessionRoute {
+                conn: "c1".into(),
+                slot: 0,
+                gateway: "g".into(),
+                endpoint: "e".into(),
+                device: Some("laptop".into()),
+            },
+        }])
+        .await
+        .unwrap();
+        let ports = DeliverPorts {
+            registry: &*mem,
+            devices: &*mem,
+            sessions: &*mem,
+            log: &*mem,
+            markers: &*mem,
+            gate: &sink,
+            transport: &sink,
+        };
+        let batch = vec![
+            request("bob", "phone", "dm:alice:bob", 4),
+            request("bob", "phone", "dm:alice:bob", 5),
+            request("bob", "watch", "dm:alice:bob", 5),
+            request("bob", "laptop", "dm:alice:bob", 5),
+        ];
+        let r = deliver(ports, batch, COLLAPSE_MS).await.unwrap();
+        assert_eq!(
+            (r.sent, r.superseded, r.acked, r.live),
+            (1, 1, 1, 1),
+            "{r:?}"
+        );
+        let sent = sink.sent.lock().unwrap().clone();
+        assert_eq!(sent[0].0, "phone");
+        assert_eq!((sent[0].1.seq, sent[0].1.unread), (5, 3));
+        // Within the window: held back, the newest winning, one deferral per window.
+        let one = |seq| vec![request("bob", "phone", "dm:alice:bob", seq)];
+        let r = deliver(ports, one(6), COLLAPSE_MS).await.unwrap();
+        assert_eq!((r.sent, r.collapsed, r.deferred.len()), (0, 1, 1));
+        let deferred = r.deferred;
+        let r = deliver(ports, one(7), COLLAPSE_MS).await.unwrap();
+        assert_eq!(
+            (r.collapsed, r.deferred.len()),
+            (1, 0),
+            "one already scheduled"
+        );
+        // The window closes: the newest goes.
+        sink.closed.lock().unwrap().clear();
+        let r = flush(ports, deferred, COLLAPSE_MS).await.unwrap();
+        assert_eq!(r.sent, 1);
+        assert_eq!(
+            sink.sent.lock().unwrap().last().map(|(_, p)| p.seq),
+            Some(7)
+        );
+        let r = flush(ports, vec![], COLLAPSE_MS).await.unwrap();
+        assert_eq!(r.sent, 0, "nothing pending any more");
+        // Dead at the service: the registration goes.
+        sink.gone.lock().unwrap().push("phone".into());
+        sink.closed.lock().unwrap().clear();
+        let r = deliver(ports, one(8), COLLAPSE_MS).await.unwrap();
+        assert_eq!(r.gone, 1);
+        assert_eq!(
+            PushRegistry::get(&*mem, &[(bob.clone(), "phone".to_owned())])
+                .await
+                .unwrap(),
+            vec![None]
+        );
+        // Not registered (any more): nothing sent.
+        sink.closed.lock().unwrap().clear();
+        let r = deliver(ports, one(9), COLLAPSE_MS).await.unwrap();
+        assert_eq!((r.sent, r.unregistered), (0, 1));
     }
 }

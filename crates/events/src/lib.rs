@@ -34,6 +34,12 @@ pub struct MskRecord {
 /// The `user_connected` records of an MSK event, in partition order; undecodable ones are
 /// logged and skipped (they would never decode).
 pub fn user_connected(event: &MskEvent) -> Vec<UserConnected> {
+    records(event)
+}
+
+/// The records of an MSK event whose values are JSON `T`s (`user_connected`, `push_requests`),
+/// in partition order; undecodable ones are logged and skipped (they would never decode).
+pub fn records<T: serde::de::DeserializeOwned>(event: &MskEvent) -> Vec<T> {
     event
         .records
         .values()
@@ -45,7 +51,9 @@ pub fn user_connected(event: &MskEvent) -> Vec<UserConnected> {
                 .map_err(|e| warn!(cause = %e, offset = r.offset, "value is not base64; skipped"))
                 .ok()?;
             serde_json::from_slice(&bytes)
-                .map_err(|e| warn!(cause = %e, offset = r.offset, "not a user_connected record; skipped"))
+                .map_err(
+                    |e| warn!(cause = %e, offset = r.offset, "not a record of this topic; skipped"),
+                )
                 .ok()
         })
         .collect()

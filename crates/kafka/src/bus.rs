@@ -9,7 +9,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use connect_core::model::{Delivery, MarkerUpdate, Submission, UserConnected};
-use connect_core::ports::{ConnectionEvents, DeliveryBus, PendingPublish, SubmissionBus};
+use connect_core::ports::{ConnectionEvents, DeliveryBus, PendingPublish, PushBus, SubmissionBus};
 use connect_core::regions::{forward_topic, AckBus, AckRecord, RegionBus, Replica};
 use connect_core::PortError;
 
@@ -249,5 +249,44 @@ impl AckBus for KafkaAckBus {
             ack.user.as_str(),
             &encode_json(ack),
         )
+    }
+}
+
+/// Publishes JSON records to one topic, each with its key: push requests (`push_requests`,
+/// key = user) and held-back pushes (`push_later`, key = user).
+#[derive(Clone)]
+pub struct KafkaJsonTopic {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaJsonTopic {
+    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+        Self {
+            producer,
+            topic: topic.into(),
+        }
+    }
+
+    /// Publishes every (key, value) and waits until all are acked.
+    pub async fn publish<'a, T: serde::Serialize + 'a>(
+        &self,
+        records: impl IntoIterator<Item = (&'a str, &'a T)>,
+    ) -> Result<(), PortError> {
+        let sends: Vec<PendingPublish> = records
+            .into_iter()
+            .map(|(key, value)| publish(&self.producer, &self.topic, key, &encode_json(value)))
+            .collect();
+        for result in join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PushBus for KafkaJsonTopic {
+    async fn publish(&self, requests: &[connect_core::push::PushRequest]) -> Result<(), PortError> {
+        KafkaJsonTopic::publish(self, requests.iter().map(|r| (r.user.as_str(), r))).await
     }
 }

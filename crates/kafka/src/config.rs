@@ -213,6 +213,10 @@ pub struct Topics {
     pub user_connected: String,
     pub sequenced: String,
     pub acks: String,
+    /// Push requests, messaging → the push function (key = user).
+    pub push: String,
+    /// Pushes held back by their collapse window, the push function → `push-later` (key = user).
+    pub push_later: String,
 }
 
 impl Topics {
@@ -224,6 +228,8 @@ impl Topics {
             user_connected: string("KAFKA_USER_CONNECTED_TOPIC", "user_connected"),
             sequenced: string("KAFKA_SEQUENCED_TOPIC", "sequenced_messages"),
             acks: string("KAFKA_ACKS_TOPIC", "acks"),
+            push: string("KAFKA_PUSH_TOPIC", "push_requests"),
+            push_later: string("KAFKA_PUSH_LATER_TOPIC", "push_later"),
         }
     }
 }

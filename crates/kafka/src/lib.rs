@@ -20,7 +20,8 @@ pub mod group;
 
 pub use admin::{ensure_topics, rewind_group, RewindTo};
 pub use bus::{
-    KafkaAckBus, KafkaConnectionEvents, KafkaDeliveryBus, KafkaRegionBus, KafkaSubmissionBus,
+    KafkaAckBus, KafkaConnectionEvents, KafkaDeliveryBus, KafkaJsonTopic, KafkaRegionBus,
+    KafkaSubmissionBus,
 };
 pub use config::{KafkaConfig, Topics};
 pub use group::{Batch, GroupConsumer, PartitionKey, RevokeHook};

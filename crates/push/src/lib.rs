@@ -15,6 +15,7 @@
 //! `http::Request`, which is what an SSRF-safe sender needs.
 
 pub mod endpoint;
+pub mod transport;
 pub mod vapid;
 pub mod webpush;
 

@@ -15,11 +15,13 @@
 pub mod conn;
 pub mod dedupe;
 pub mod offline;
+pub mod push;
 pub mod registry;
 pub mod slots;
 
 pub use dedupe::RedisDedupe;
 pub use offline::{OfflineLimits, RedisLog};
+pub use push::{RedisPushDevices, RedisPushGate};
 pub use registry::RedisRegistry;
 pub use slots::{LeaseError, SlotLease};
 

@@ -1,6 +1,7 @@
 //! The session registry: which gateway slot each live connection of a user is on.
 //!
-//! `sess:{user}` holds a user's sessions; `online:{<n>}` (16 shards) the users who may have
+//! `sess:{user}` holds a user's sessions (and, in `d:<connection>`, each one's device: a field
+//! of its own, so a route's value reads as before); `online:{<n>}` (16 shards) the users who may have
 //! one. A lookup first asks the shards which of the users are there (one `SMISMEMBER` per
 //! shard), then reads only their sessions: a 10,000-member group with 1,000 online costs 16
 //! commands and 1,000 hash reads, not 10,000. A user left in a shard with no live session (a
@@ -31,10 +32,54 @@ fn key(user: &UserId) -> String {
     format!("sess:{user}")
 }
 
-const ONLINE_SHARDS: u32 = 16;
+/// The shards of the online set (and of the push mirror's, `crate::push`).
+pub(crate) const SHARDS: u32 = 16;
+const ONLINE_SHARDS: u32 = SHARDS;
 
-/// The online shard a user belongs to (FNV-1a of the id).
-fn shard(user: &UserId) -> u32 {
+/// A session's device field.
+fn device_field(conn: &str) -> String {
+    format!("d:{conn}")
+}
+
+/// The indices of the `users` found in their shards' sets (`set_of(shard)`): one `SMISMEMBER` per
+/// shard that has any of them.
+pub(crate) async fn in_shards(
+    conn: &RedisConn,
+    users: &[UserId],
+    set_of: fn(u32) -> String,
+) -> Result<Vec<usize>, PortError> {
+    let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); SHARDS as usize];
+    for (i, u) in users.iter().enumerate() {
+        by_shard[shard(u) as usize].push(i);
+    }
+    let asked: Vec<usize> = (0..by_shard.len())
+        .filter(|s| !by_shard[*s].is_empty())
+        .collect();
+    let mut batch = Batch::new();
+    for &s in &asked {
+        let mut cmd = redis::cmd("SMISMEMBER");
+        cmd.arg(set_of(s as u32));
+        for &i in &by_shard[s] {
+            cmd.arg(users[i].as_str());
+        }
+        batch.add(cmd);
+    }
+    let flags: Vec<Vec<bool>> = batch.query(conn).await.map_err(unavailable)?;
+    let mut found = Vec::new();
+    for (s, flags) in asked.iter().zip(flags) {
+        found.extend(
+            by_shard[*s]
+                .iter()
+                .zip(flags)
+                .filter(|(_, on)| *on)
+                .map(|(i, _)| *i),
+        );
+    }
+    Ok(found)
+}
+
+/// The shard a user belongs to (FNV-1a of the id).
+pub(crate) fn shard(user: &UserId) -> u32 {
     let hash = user.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
@@ -63,6 +108,7 @@ fn decode(conn: String, value: &str, now: u64) -> Option<SessionRoute> {
         slot,
         gateway,
         endpoint,
+        device: None,
     })
 }
 
@@ -108,6 +154,9 @@ impl SessionRegistry for RedisRegistry {
         for s in sessions {
             let k = key(&s.user);
             batch.add_ignored(Cmd::hset(&k, &s.route.conn, encode(&s.route, expires)));
+            if let Some(device) = &s.route.device {
+                batch.add_ignored(Cmd::hset(&k, device_field(&s.route.conn), device));
+            }
             batch.add_ignored(Cmd::pexpire(&k, ttl_ms as i64));
             batch.add_ignored(Cmd::sadd(online_key(shard(&s.user)), s.user.as_str()));
         }
@@ -120,7 +169,10 @@ impl SessionRegistry for RedisRegistry {
         }
         let mut batch = Batch::new();
         for (user, conn) in sessions {
-            batch.add_ignored(Cmd::hdel(key(user), conn));
+            batch.add_ignored(Cmd::hdel(
+                key(user),
+                &[conn.clone(), device_field(conn)][..],
+            ));
         }
         batch.exec(&self.conn).await.map_err(unavailable)
     }
@@ -130,33 +182,7 @@ impl SessionRegistry for RedisRegistry {
             return Ok(Vec::new());
         }
         // Which users may be online: one SMISMEMBER per shard.
-        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); ONLINE_SHARDS as usize];
-        for (i, u) in users.iter().enumerate() {
-            by_shard[shard(u) as usize].push(i);
-        }
-        let mut batch = Batch::new();
-        let asked: Vec<usize> = (0..by_shard.len())
-            .filter(|s| !by_shard[*s].is_empty())
-            .collect();
-        for &s in &asked {
-            let mut cmd = redis::cmd("SMISMEMBER");
-            cmd.arg(online_key(s as u32));
-            for &i in &by_shard[s] {
-                cmd.arg(users[i].as_str());
-            }
-            batch.add(cmd);
-        }
-        let flags: Vec<Vec<bool>> = batch.query(&self.conn).await.map_err(unavailable)?;
-        let mut maybe: Vec<usize> = Vec::new();
-        for (s, flags) in asked.iter().zip(flags) {
-            maybe.extend(
-                by_shard[*s]
-                    .iter()
-                    .zip(flags)
-                    .filter(|(_, on)| *on)
-                    .map(|(i, _)| *i),
-            );
-        }
+        let maybe = in_shards(&self.conn, users, online_key).await?;
         let mut routes_of = vec![Vec::new(); users.len()];
         if maybe.is_empty() {
             return Ok(routes_of);
@@ -171,8 +197,13 @@ impl SessionRegistry for RedisRegistry {
         let mut gone: Vec<&UserId> = Vec::new();
         for (&i, m) in maybe.iter().zip(maps) {
             let mut routes: Vec<_> = m
-                .into_iter()
-                .filter_map(|(c, v)| decode(c, &v, now))
+                .iter()
+                .filter(|(c, _)| !c.starts_with("d:"))
+                .filter_map(|(c, v)| {
+                    let mut route = decode(c.clone(), v, now)?;
+                    route.device = m.get(&device_field(c)).cloned();
+                    Some(route)
+                })
                 .collect();
             if routes.is_empty() {
                 gone.push(&users[i]);
@@ -210,6 +241,7 @@ mod tests {
             slot: 2,
             gateway: "gw-a".into(),
             endpoint: "http://127.0.0.1:8080".into(),
+            device: None,
         };
         let v = encode(&r, 1000);
         assert_eq!(decode("c".into(), &v, 999), Some(r));

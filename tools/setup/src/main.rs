@@ -108,6 +108,7 @@ async fn setup() -> anyhow::Result<()> {
     let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
     let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
     let connected: i32 = env::var("USER_CONNECTED_PARTITIONS", 1)?;
+    let push: i32 = env::var("PUSH_PARTITIONS", 4)?;
     let replication: i32 = env::var("KAFKA_REPLICATION_FACTOR", 1)?;
     connect_kafka::ensure_topics(
         &kafka,
@@ -115,6 +116,8 @@ async fn setup() -> anyhow::Result<()> {
             (&topics.incoming, incoming),
             (&topics.outgoing, outgoing),
             (&topics.user_connected, connected),
+            (&topics.push, push),
+            (&topics.push_later, push),
         ],
         replication,
     )
@@ -122,8 +125,8 @@ async fn setup() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
     .context("creating topics")?;
     println!(
-        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected})",
-        topics.incoming, topics.outgoing, topics.user_connected
+        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}), {} and {} ({push})",
+        topics.incoming, topics.outgoing, topics.user_connected, topics.push, topics.push_later
     );
     let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
     if regions.active() {

@@ -55,7 +55,24 @@ impl MessagingStep {
             })
             .collect();
         let users: Vec<UserId> = audiences.iter().flat_map(|a| a.iter().cloned()).collect();
-        let sessions = self.lookup(&users, out).await;
+        // Push: who of the (small enough) audiences registered devices, beside the lookup.
+        let pushable: Vec<UserId> = audiences
+            .iter()
+            .filter(|a| a.len() <= crate::push::MAX_GROUP)
+            .flat_map(|a| a.iter().cloned())
+            .collect();
+        let (sessions, registered) =
+            tokio::join!(self.lookup(&users, out), async {
+                if pushable.is_empty() {
+                    return Vec::new();
+                }
+                self.ports.push.registered(&pushable).await.unwrap_or_else(|e| {
+                warn!(cause = %e, "push registrations unavailable; this batch pushes nothing");
+                Vec::new()
+            })
+            });
+        out.pushes = self.push_requests(out, &audiences, &audience_of, &sessions, &registered);
+        out.report.pushes = out.pushes.len();
         let mut plans: Vec<Vec<(u32, Vec<UserId>)>> = Vec::with_capacity(audiences.len());
         let mut at = 0;
         for audience in &audiences {
@@ -127,6 +144,59 @@ impl MessagingStep {
 
     /// The live sessions of each user, tried [`LOOKUP_ATTEMPTS`] times; then none for all
     /// (the messages are logged, and reach the devices on their next connection).
+    /// The push requests of the batch's fanned-out messages (`registered`: the devices of the
+    /// users of the audiences of at most [`crate::push::MAX_GROUP`], in order; `sessions`: every
+    /// audience's sessions, in order).
+    fn push_requests(
+        &self,
+        out: &Outcome,
+        audiences: &[Arc<[UserId]>],
+        audience_of: &[Option<usize>],
+        sessions: &[Vec<SessionRoute>],
+        registered: &[Vec<String>],
+    ) -> Vec<crate::push::PushRequest> {
+        if registered.iter().all(Vec::is_empty) {
+            return Vec::new();
+        }
+        // Where each audience's users start in `sessions` and in `registered`.
+        let (mut at, mut pushed_at) = (0, 0);
+        let mut starts: Vec<(usize, Option<usize>)> = Vec::with_capacity(audiences.len());
+        for a in audiences {
+            let small = a.len() <= crate::push::MAX_GROUP;
+            starts.push((at, small.then_some(pushed_at)));
+            at += a.len();
+            if small {
+                pushed_at += a.len();
+            }
+        }
+        let mut requests = Vec::new();
+        for (accepted, k) in out.accepted.iter().zip(audience_of) {
+            let Some(k) = *k else { continue };
+            let (at, Some(pushed_at)) = starts[k] else {
+                continue;
+            };
+            let audience = &audiences[k];
+            let n = audience.len();
+            let (Some(devices), Some(live)) = (
+                registered.get(pushed_at..pushed_at + n),
+                sessions.get(at..at + n),
+            ) else {
+                continue;
+            };
+            let live: Vec<Vec<String>> = live
+                .iter()
+                .map(|routes| routes.iter().filter_map(|r| r.device.clone()).collect())
+                .collect();
+            requests.extend(crate::push::requests(
+                &accepted.message,
+                audience,
+                devices,
+                &live,
+            ));
+        }
+        requests
+    }
+
     pub(super) async fn lookup(
         &self,
         users: &[UserId],

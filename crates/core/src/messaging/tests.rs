@@ -36,6 +36,7 @@ async fn online(mem: &Memory, who: &str, conn: &str, slot: u32) {
         slot,
         gateway: format!("gw{slot}"),
         endpoint: String::new(),
+        device: None,
     };
     mem.upsert(&[Session {
         user: user(who),

@@ -1,0 +1,158 @@
+//! What the `push` and `push-later` functions share: their backends, wired once per cold start.
+//!
+//! Config: `REDIS_URL`, `DYNAMODB_ENDPOINT`, `PUSH_TABLE`, `INBOX_TABLE` (markers), `AWS_REGION`,
+//! `CONNECT_ENV`, `CONNECT_VAPID_PRIVATE_KEY` (or `CONNECT_VAPID_PRIVATE_KEY_ARN`),
+//! `CONNECT_VAPID_CONTACT`, `KAFKA_*` and `KAFKA_PUSH_LATER_TOPIC` (where held-back pushes go),
+//! `PUSH_COLLAPSE_MS` (5000), `PUSH_TIMEOUT_MS` (5000), `PUSH_TTL_SECS` (43200).
+
+use std::time::Duration;
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::{json, Value};
+use tracing::info;
+
+use connect_core::push::{DeliverPorts, DeliverReport};
+use connect_dynamo::{DynamoInbox, DynamoPush};
+use connect_kafka::{KafkaConfig, KafkaJsonTopic, Topics};
+use connect_push::transport::Transports;
+use connect_push::vapid::Vapid;
+use connect_push::webpush::{WebPushConfig, WebPushSender};
+use connect_redis::{OfflineLimits, RedisLog, RedisPushDevices, RedisPushGate, RedisRegistry};
+
+pub struct Ctx {
+    registry: DynamoPush,
+    devices: RedisPushDevices,
+    sessions: RedisRegistry,
+    log: RedisLog,
+    markers: DynamoInbox,
+    gate: RedisPushGate,
+    transport: Transports,
+    /// `push_later`: the held-back pushes, sent when their windows close.
+    later: KafkaJsonTopic,
+    collapse_ms: u64,
+}
+
+impl Ctx {
+    fn ports(&self) -> DeliverPorts<'_> {
+        DeliverPorts {
+            registry: &self.registry,
+            devices: &self.devices,
+            sessions: &self.sessions,
+            log: &self.log,
+            markers: &self.markers,
+            gate: &self.gate,
+            transport: &self.transport,
+        }
+    }
+
+    /// Schedules what `report` held back, logs it, and answers it.
+    async fn finish(&self, records: usize, report: DeliverReport) -> Result<Value, Error> {
+        self.later
+            .publish(report.deferred.iter().map(|d| (d.user.as_str(), d)))
+            .await?;
+        info!(
+            records,
+            sent = report.sent,
+            acked = report.acked,
+            live = report.live,
+            collapsed = report.collapsed,
+            deferred = report.deferred.len(),
+            gone = report.gone,
+            failed = report.failed,
+            "pushed"
+        );
+        Ok(json!({
+            "sent": report.sent, "superseded": report.superseded, "acked": report.acked,
+            "live": report.live, "collapsed": report.collapsed, "deferred": report.deferred.len(),
+            "unregistered": report.unregistered, "gone": report.gone, "failed": report.failed,
+        }))
+    }
+}
+
+/// The backends from env (after the secrets are loaded).
+async fn context() -> Result<Ctx, Error> {
+    use connect_service::env;
+    connect_secrets::load().await?;
+    let local = !env::production();
+    let vapid = match env::optional("CONNECT_VAPID_PRIVATE_KEY") {
+        Some(key) => Vapid::new(
+            &key,
+            &env::string("CONNECT_VAPID_CONTACT", "mailto:push@connect.invalid"),
+        )?,
+        None if local => Vapid::development(),
+        None => return Err("CONNECT_VAPID_PRIVATE_KEY is required outside the local stack".into()),
+    };
+    if !local && vapid.is_development() {
+        return Err("the development VAPID key is refused outside the local stack".into());
+    }
+    let web = WebPushSender::new(
+        vapid,
+        WebPushConfig {
+            timeout: Duration::from_millis(env::var("PUSH_TIMEOUT_MS", 5000)?),
+            ttl: Duration::from_secs(env::var("PUSH_TTL_SECS", 43_200)?),
+            allow_local: local,
+        },
+    )?;
+    let redis = connect_redis::connect(&env::string("REDIS_URL", "redis://127.0.0.1:6380")).await?;
+    let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
+    let tables = connect_dynamo::Tables::from_env();
+    let producer = KafkaConfig::from_env()?.producer().create()?;
+    Ok(Ctx {
+        registry: DynamoPush::new(dynamo.clone(), &tables.push),
+        devices: RedisPushDevices::new(redis.clone()),
+        sessions: RedisRegistry::new(redis.clone(), Duration::from_secs(60)),
+        log: RedisLog::new(redis.clone(), OfflineLimits::from_env()?),
+        markers: DynamoInbox::new(dynamo, &tables),
+        gate: RedisPushGate::new(redis),
+        transport: Transports { web },
+        later: KafkaJsonTopic::new(producer, Topics::from_env().push_later),
+        collapse_ms: env::var("PUSH_COLLAPSE_MS", connect_core::push::COLLAPSE_MS)?,
+    })
+}
+
+/// Which of the two functions this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `push`: `push_requests` records, sent now ([`connect_core::push::deliver`]).
+    Send,
+    /// `push-later`: `push_later` records, sent when their windows close
+    /// ([`connect_core::push::flush`]).
+    Later,
+}
+
+impl Ctx {
+    async fn handle(&self, role: Role, event: &connect_events::MskEvent) -> Result<Value, Error> {
+        let (n, report) = match role {
+            Role::Send => {
+                let requests: Vec<connect_core::push::PushRequest> = connect_events::records(event);
+                let n = requests.len();
+                (
+                    n,
+                    connect_core::push::deliver(self.ports(), requests, self.collapse_ms).await?,
+                )
+            }
+            Role::Later => {
+                let deferred: Vec<connect_core::push::Deferred> = connect_events::records(event);
+                let n = deferred.len();
+                (
+                    n,
+                    connect_core::push::flush(self.ports(), deferred, self.collapse_ms).await?,
+                )
+            }
+        };
+        self.finish(n, report).await
+    }
+}
+
+/// The whole `main` of both functions.
+pub async fn run(role: Role) -> Result<(), Error> {
+    connect_service::telemetry::init_tracing();
+    let ctx = context().await?;
+    let ctx = &ctx;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<connect_events::MskEvent>| async move {
+            ctx.handle(role, &event.payload).await
+        },
+    ))
+    .await
+}
