@@ -311,3 +311,59 @@ async fn mistakes_get_clear_errors_and_help_is_everywhere() -> anyhow::Result<()
     assert!(!ok);
     Ok(())
 }
+
+#[tokio::test]
+async fn push_registration_from_the_command_line() -> anyhow::Result<()> {
+    const P256DH: &str =
+        "BPzEwyx3K81k__lbPNILGxDrKFcLmEGxWFSL5SalGvPUdvo8jkfuufU8yj1TFrSw0eR2i7mgMEIqY0Yj1U4Gxlo";
+    const AUTH: &str = "AAECAwQFBgcICQoLDA0ODw";
+    let bob = user("bob");
+    let key = run_ok(&["push", "vapid", &bob]).await?;
+    assert_eq!(
+        key.trim(),
+        connect_push::vapid::Vapid::development().public_key()
+    );
+    let web = |endpoint: &'static str| {
+        vec![
+            "push",
+            "register",
+            "--device",
+            "phone",
+            "--endpoint",
+            endpoint,
+            "--p256dh",
+            P256DH,
+            "--auth",
+            AUTH,
+        ]
+    };
+    let mut args = web("http://127.0.0.1:8095/notify/x");
+    args.insert(2, &bob);
+    assert_eq!(run_ok(&args).await?.trim(), "registered");
+    assert_eq!(
+        crate::push::registered(&bob, "phone")
+            .await?
+            .expect("registered")["endpoint"],
+        "http://127.0.0.1:8095/notify/x"
+    );
+    let mut args = web("http://10.0.0.1/x");
+    args.insert(2, &bob);
+    let (ok, _, err) = run(&args).await?;
+    assert!(!ok && err.contains("400"), "{err}");
+    let (ok, _, err) = run(&["push", "register", &bob, "--device", "ipad"]).await?;
+    assert!(!ok && err.contains("--apns"), "{err}");
+    assert_eq!(
+        run_ok(&["push", "register", &bob, "--device", "ipad", "--apns", "0a1b2c"])
+            .await?
+            .trim(),
+        "registered"
+    );
+    assert_eq!(
+        run_ok(&["push", "remove", &bob, "--device", "phone"])
+            .await?
+            .trim(),
+        "removed"
+    );
+    assert_eq!(crate::push::registered(&bob, "phone").await?, None);
+    Ok(())
+}

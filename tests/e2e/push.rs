@@ -70,7 +70,7 @@ async fn register_phone(user: &str, body: &Value) -> anyhow::Result<(u16, Value)
 }
 
 /// The registration of (user, device) in the push table, if any.
-async fn registered(user: &str, device: &str) -> anyhow::Result<Option<Value>> {
+pub(crate) async fn registered(user: &str, device: &str) -> anyhow::Result<Option<Value>> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let item = dynamo()
         .await

@@ -7,6 +7,8 @@
 //! connect-bench group --members 10000 --online 1000 --messages 300 --rate 20 # mostly offline
 //! connect-bench idle --connections 19000 --sources 8                          # idle density
 //! connect-bench inbox --conversations 1000 --groups 200 --concurrency 4       # inbox pages
+//! connect-bench push --recipients 600 --rate 100                              # push latency
+//! connect-bench push --recipients 1000 --rate 1000 [--unregistered]          # push's cost
 //! ```
 //! Both seed their data through the production adapters (DynamoDB chat store, Redis offline
 //! store), then measure through the real entry points (the local HTTP API; a WebSocket to a
@@ -14,6 +16,7 @@
 
 mod idle;
 mod inbox;
+mod push;
 
 use std::time::{Duration, Instant};
 
@@ -68,6 +71,9 @@ enum What {
     Idle(idle::IdleRun),
     /// A user in N conversations reads the first page of their inbox, C readers at once.
     Inbox(inbox::InboxRun),
+    /// N offline recipients with a registered Web Push device (this benchmark's own push
+    /// service): send → decrypted push latency, pushes/s, and the stack's CPU.
+    Push(push::PushRun),
     /// A user with N messages in a conversation's log connects: how fast do they arrive?
     /// (At most the log's bound, `OFFLINE_LOG_MAX`: older messages are in history.)
     Drain {
@@ -617,5 +623,6 @@ async fn main() -> anyhow::Result<()> {
         What::Group(run) => group(&issuer, run).await,
         What::Idle(run) => idle::idle(&issuer, run).await,
         What::Inbox(run) => inbox::inbox(&issuer, run).await,
+        What::Push(run) => push::run(&issuer, run).await,
     }
 }

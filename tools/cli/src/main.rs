@@ -146,6 +146,11 @@ enum Command {
         #[arg(long)]
         cursor: Option<String>,
     },
+    /// Push: the server's VAPID key, a device's registration, its removal.
+    Push {
+        #[command(subcommand)]
+        action: PushAction,
+    },
     /// Groups: list, show, create, add, remove.
     Groups {
         user: String,
@@ -158,6 +163,41 @@ enum Command {
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PushAction {
+    /// The VAPID public key a browser subscribes with (`pushManager.subscribe`).
+    Vapid { user: String },
+    /// Register a device for push, replacing its earlier registration: a Web Push
+    /// subscription (`--endpoint --p256dh --auth`) or an APNs or FCM token.
+    Register {
+        user: String,
+        /// The device's id (as on `?device=`).
+        #[arg(long)]
+        device: String,
+        /// A Web Push subscription's endpoint (`https://…`).
+        #[arg(long, requires_all = ["p256dh", "auth"], conflicts_with_all = ["apns", "fcm"])]
+        endpoint: Option<String>,
+        /// The subscription's `keys.p256dh` (base64url).
+        #[arg(long, requires = "endpoint")]
+        p256dh: Option<String>,
+        /// The subscription's `keys.auth` (base64url).
+        #[arg(long, requires = "endpoint")]
+        auth: Option<String>,
+        /// An APNs device token.
+        #[arg(long, conflicts_with = "fcm")]
+        apns: Option<String>,
+        /// An FCM registration token.
+        #[arg(long)]
+        fcm: Option<String>,
+    },
+    /// Remove a device's registration.
+    Remove {
+        user: String,
+        #[arg(long)]
+        device: String,
     },
 }
 
@@ -281,8 +321,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Groups { user, action } => groups(&c, &checked_user(&user)?, action).await,
+        Command::Push { action } => push(&c, action).await,
         Command::Bench { args } => bench(args),
     }
+}
+
+/// `connect push …`: the push routes of the HTTP API.
+async fn push(c: &Common, action: PushAction) -> anyhow::Result<()> {
+    let (user, method, device, body) = match action {
+        PushAction::Vapid { user } => {
+            let token = token_for(c, &checked_user(&user)?)?;
+            let key =
+                client::api_ok(&token, "GET", &format!("{}/v1/push/vapid", c.api), None).await?;
+            println!("{}", key["public_key"].as_str().unwrap_or_default());
+            return Ok(());
+        }
+        PushAction::Register {
+            user,
+            device,
+            endpoint,
+            p256dh,
+            auth,
+            apns,
+            fcm,
+        } => {
+            let body = match (endpoint, apns, fcm) {
+                (Some(endpoint), _, _) => serde_json::json!({
+                    "kind": "webpush", "endpoint": endpoint,
+                    "keys": {"p256dh": p256dh, "auth": auth},
+                }),
+                (None, Some(token), _) => serde_json::json!({"kind": "apns", "token": token}),
+                (None, None, Some(token)) => serde_json::json!({"kind": "fcm", "token": token}),
+                (None, None, None) => bail!("give --endpoint --p256dh --auth, --apns or --fcm"),
+            };
+            (user, "PUT", device, Some(body.to_string()))
+        }
+        PushAction::Remove { user, device } => (user, "DELETE", device, None),
+    };
+    let token = token_for(c, &checked_user(&user)?)?;
+    let url = format!("{}/v1/devices/{device}/push", c.api);
+    let (status, answer) = client::api(&token, method, &url, body).await?;
+    if status != 204 {
+        bail!("{method} {url}: {status} {answer}");
+    }
+    println!(
+        "{}",
+        if method == "PUT" {
+            "registered"
+        } else {
+            "removed"
+        }
+    );
+    Ok(())
 }
 
 fn checked_user(user: &str) -> anyhow::Result<String> {
