@@ -92,13 +92,18 @@ async fn publish_and_commit(
     next_offsets: HashMap<PartitionKey, i64>,
     fault_pause: Option<Duration>,
 ) {
-    until_published("deliveries", || {
-        outputs.deliveries.publish(&prepared.deliveries)
-    })
-    .await;
-    if !prepared.pushes.is_empty() {
-        until_published("push requests", || outputs.pushes.publish(&prepared.pushes)).await;
-    }
+    // The push requests side by side with the deliveries: the next batch waits for neither
+    // longer than for the slower.
+    tokio::join!(
+        until_published("deliveries", || {
+            outputs.deliveries.publish(&prepared.deliveries)
+        }),
+        async {
+            if !prepared.pushes.is_empty() {
+                until_published("push requests", || outputs.pushes.publish(&prepared.pushes)).await;
+            }
+        }
+    );
     if let Some(regions) = &outputs.regions {
         if !prepared.taken_in.is_empty() {
             until_published("taken in", || regions.take_in(&prepared.taken_in)).await;

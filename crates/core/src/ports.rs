@@ -277,7 +277,7 @@ pub trait PushDevices: Send + Sync {
     async fn remove(&self, user: &UserId, device: &str) -> Result<(), PortError>;
 }
 
-/// Messaging → the push function: the `push_requests` topic (key = user).
+/// Messaging → the push function: the `push_requests` topic (one record per batch).
 #[async_trait]
 pub trait PushBus: Send + Sync {
     /// Publishes every request and waits until all are acked.

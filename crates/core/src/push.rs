@@ -217,7 +217,8 @@ pub fn preview(body: &str) -> String {
 /// Groups of more than this many members push nothing (PROTOCOL.md).
 pub const MAX_GROUP: usize = 1024;
 
-/// A push to send (messaging → the push function, a record on `push_requests`, key = user):
+/// A push to send (messaging → the push function: each record on `push_requests` holds one
+/// batch's, a JSON array):
 /// one per (message, registered device of a recipient with no live session on it). The push
 /// function collapses them per (device, conversation) and sends the newest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -286,7 +286,13 @@ impl KafkaJsonTopic {
 
 #[async_trait]
 impl PushBus for KafkaJsonTopic {
+    /// One record for the whole batch (a JSON array; keyed by its first user, so batches spread
+    /// over the partitions): the push function keeps the newest per (device, conversation)
+    /// whatever the order, so nothing needs a user's requests in one partition.
     async fn publish(&self, requests: &[connect_core::push::PushRequest]) -> Result<(), PortError> {
-        KafkaJsonTopic::publish(self, requests.iter().map(|r| (r.user.as_str(), r))).await
+        let Some(first) = requests.first() else {
+            return Ok(());
+        };
+        KafkaJsonTopic::publish(self, [(first.user.as_str(), &requests)]).await
     }
 }

@@ -124,7 +124,12 @@ impl Ctx {
     async fn handle(&self, role: Role, event: &connect_events::MskEvent) -> Result<Value, Error> {
         let (n, report) = match role {
             Role::Send => {
-                let requests: Vec<connect_core::push::PushRequest> = connect_events::records(event);
+                // Each record: one messaging batch's requests.
+                let requests: Vec<connect_core::push::PushRequest> =
+                    connect_events::records::<Vec<_>>(event)
+                        .into_iter()
+                        .flatten()
+                        .collect();
                 let n = requests.len();
                 (
                     n,

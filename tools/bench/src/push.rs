@@ -228,7 +228,11 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
                         }
                     }
                     m = ws.next() => {
-                        let Some(Ok(Message::Text(text))) = m else { bail!("a sender's connection closed") };
+                        let text = match m {
+                            Some(Ok(Message::Text(text))) => text,
+                            Some(Ok(Message::Close(_)) | Err(_)) | None => bail!("a sender's connection closed"),
+                            Some(Ok(_)) => continue,
+                        };
                         let f: serde_json::Value = serde_json::from_str(&text)?;
                         if f["type"] == "accepted" {
                             if let Some(t) = f["id"].as_str().and_then(|id| inflight.remove(id)) {
