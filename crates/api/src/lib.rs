@@ -340,16 +340,12 @@ impl PushSettings {
         mirror: Arc<dyn PushDevices>,
     ) -> Result<Self, String> {
         use connect_push::vapid::Vapid;
-        let vapid = match &config.vapid_private_key {
-            Some(key) => Vapid::new(key, &config.vapid_contact).map_err(|e| e.to_string())?,
-            None if config.local => Vapid::development(),
-            None => {
-                return Err("CONNECT_VAPID_PRIVATE_KEY is required outside the local stack".into())
-            }
-        };
-        if !config.local && vapid.is_development() {
-            return Err("the development VAPID key is refused outside the local stack".into());
-        }
+        let vapid = Vapid::configured(
+            config.vapid_private_key.as_deref(),
+            &config.vapid_contact,
+            config.local,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Self {
             registry,
             mirror,

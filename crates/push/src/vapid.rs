@@ -64,6 +64,31 @@ impl Vapid {
         (B64.encode(key.to_bytes()), B64.encode(public))
     }
 
+    /// The key pair a deployment runs with: `private_key` when given; without one, the
+    /// development pair on the local stack only; outside it, the development pair is refused
+    /// too (a deployment that forgot its key fails to start).
+    pub fn configured(
+        private_key: Option<&str>,
+        contact: &str,
+        local: bool,
+    ) -> Result<Self, PushError> {
+        let vapid = match private_key {
+            Some(key) => Self::new(key, contact)?,
+            None if local => Self::development(),
+            None => {
+                return Err(PushError::Refused(
+                    "CONNECT_VAPID_PRIVATE_KEY is required outside the local stack".into(),
+                ))
+            }
+        };
+        if !local && vapid.is_development() {
+            return Err(PushError::Refused(
+                "the development VAPID key is refused outside the local stack".into(),
+            ));
+        }
+        Ok(vapid)
+    }
+
     /// The development key pair, for the local stack.
     pub fn development() -> Self {
         Self::new(DEVELOPMENT_PRIVATE_KEY, "mailto:dev@connect.local")
@@ -113,6 +138,11 @@ mod tests {
         let other =
             Vapid::new("kEFVU2Qq0a3_iO7r3ZfBFKH2VZgG6a9Qs9kSvHkyV8o", "mailto:a@b").unwrap();
         assert!(!other.is_development());
+        assert!(Vapid::configured(None, "mailto:a@b", true)
+            .unwrap()
+            .is_development());
+        assert!(Vapid::configured(None, "mailto:a@b", false).is_err());
+        assert!(Vapid::configured(Some(DEVELOPMENT_PRIVATE_KEY), "mailto:a@b", false).is_err());
         let (private, public) = Vapid::generate();
         assert_eq!(
             Vapid::new(&private, "mailto:a@b").unwrap().public_key(),

@@ -74,17 +74,11 @@ async fn context() -> Result<Ctx, Error> {
     use connect_service::env;
     connect_secrets::load().await?;
     let local = !env::production();
-    let vapid = match env::optional("CONNECT_VAPID_PRIVATE_KEY") {
-        Some(key) => Vapid::new(
-            &key,
-            &env::string("CONNECT_VAPID_CONTACT", "mailto:push@connect.invalid"),
-        )?,
-        None if local => Vapid::development(),
-        None => return Err("CONNECT_VAPID_PRIVATE_KEY is required outside the local stack".into()),
-    };
-    if !local && vapid.is_development() {
-        return Err("the development VAPID key is refused outside the local stack".into());
-    }
+    let vapid = Vapid::configured(
+        env::optional("CONNECT_VAPID_PRIVATE_KEY").as_deref(),
+        &env::string("CONNECT_VAPID_CONTACT", "mailto:push@connect.invalid"),
+        local,
+    )?;
     let web = WebPushSender::new(
         vapid,
         WebPushConfig {
