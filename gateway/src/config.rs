@@ -78,6 +78,9 @@ pub struct Config {
     /// `GATEWAY_CATCH_UP_TIMEOUT_MS`: how long a new connection's live messages wait for its
     /// backlog (the offline-delivery function's `caught_up`) before they go out regardless.
     pub catch_up_timeout: Duration,
+    /// `GATEWAY_POST_WAIT_MS`: how long a management API post (a backlog entry) waits for room
+    /// in its connection's queue before it is answered 429 and the drain moves on.
+    pub post_wait: Duration,
     /// How long a connection gathers its acks before it reports its user's `delivered` markers
     /// (one record per conversation that moved, not one per ack).
     pub delivered_flush: Duration,
@@ -182,6 +185,7 @@ impl Config {
             drain_timeout: secs("GATEWAY_DRAIN_SECS", 10)?,
             internal_token: connect_core::auth::internal_token(env::production())?,
             catch_up_timeout: Duration::from_millis(env::var("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?),
+            post_wait: Duration::from_millis(env::var("GATEWAY_POST_WAIT_MS", 100)?),
             delivered_flush: Duration::from_millis(env::var("GATEWAY_DELIVERED_FLUSH_MS", 1000)?),
             read_flush: Duration::from_millis(env::var("GATEWAY_READ_FLUSH_MS", 250)?),
             max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,

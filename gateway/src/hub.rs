@@ -15,6 +15,16 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use connect_core::model::Delivery;
 use connect_protocol::UserId;
 
+/// What became of a management API post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posted {
+    Queued,
+    /// The connection's queue stayed full for the wait: post again later.
+    Busy,
+    /// No such connection here.
+    Gone,
+}
+
 /// What a connection's task is handed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Out {
@@ -45,6 +55,7 @@ pub struct Held {
 }
 
 pub use crate::outbox::Outbox;
+use crate::outbox::Refused;
 
 /// What the management API's `GET /@connections/{id}` tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,17 +130,20 @@ impl Hub {
         false
     }
 
-    /// Queues `out` to one connection, waiting up to `wait` for room. False if it is not here,
-    /// or if its queue stayed full (then it is evicted).
-    pub async fn post_paced(&self, conn: &str, out: Out, wait: std::time::Duration) -> bool {
+    /// Queues `out` to one connection, waiting up to `wait` for room. A queue that stays full
+    /// answers [`Posted::Busy`] and keeps its connection (a reader that never catches up is cut
+    /// off by the slow-consumer bounds, not by a backlog post).
+    pub async fn post_paced(&self, conn: &str, out: Out, wait: std::time::Duration) -> Posted {
         let Some(outbox) = self.lock().conns.get(conn).map(|e| e.outbox.clone()) else {
-            return false;
+            return Posted::Gone;
         };
-        if outbox.send_timeout(out, wait).await {
-            true
-        } else {
-            self.remove(conn);
-            false
+        match outbox.send_timeout(out, wait).await {
+            Ok(()) => Posted::Queued,
+            Err(Refused::Full(_)) => Posted::Busy,
+            Err(Refused::Closed) => {
+                self.remove(conn);
+                Posted::Gone
+            }
         }
     }
 

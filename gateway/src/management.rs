@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use connect_core::auth::INTERNAL_TOKEN_HEADER;
 
-use crate::hub::Out;
+use crate::hub::{Out, Posted};
 use crate::state::Gateway;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
@@ -107,18 +107,26 @@ async fn post_to_connection(
     } else {
         Out::Posted(text)
     };
-    // A backlog is paced by its connection: a post waits for room in the queue (up to the
-    // catch-up timeout) instead of evicting the connection it is meant for.
-    if gw
-        .hub
-        .post_paced(&connection, out, gw.cfg.catch_up_timeout)
-        .await
-    {
-        counter!("connect_gateway_management_calls_total", "result" => "posted").increment(1);
-        StatusCode::OK.into_response()
-    } else {
-        counter!("connect_gateway_management_calls_total", "result" => "gone").increment(1);
-        gone()
+    // A backlog is paced by its connection: a post waits a little for room in the queue; a
+    // queue that stays full answers 429 (as API Gateway does when it throttles), so the drain
+    // comes back to this connection later instead of holding up everyone else's.
+    match gw.hub.post_paced(&connection, out, gw.cfg.post_wait).await {
+        Posted::Queued => {
+            counter!("connect_gateway_management_calls_total", "result" => "posted").increment(1);
+            StatusCode::OK.into_response()
+        }
+        Posted::Busy => {
+            counter!("connect_gateway_management_calls_total", "result" => "busy").increment(1);
+            exception(
+                StatusCode::TOO_MANY_REQUESTS,
+                "LimitExceededException",
+                "the connection is not keeping up; post again later",
+            )
+        }
+        Posted::Gone => {
+            counter!("connect_gateway_management_calls_total", "result" => "gone").increment(1);
+            gone()
+        }
     }
 }
 

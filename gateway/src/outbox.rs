@@ -104,8 +104,9 @@ impl Outbox {
         }
     }
 
-    /// Queues `out`, waiting up to `wait` for room; false if the queue stayed full or closed.
-    pub async fn send_timeout(&self, mut out: Out, wait: Duration) -> bool {
+    /// Queues `out`, waiting up to `wait` for room; `Full` (with `out` back) if the queue stayed
+    /// full that long.
+    pub async fn send_timeout(&self, mut out: Out, wait: Duration) -> Result<(), Refused> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let room = self.shared.room.notified();
@@ -113,12 +114,11 @@ impl Outbox {
             // Registered before the check: a frame taken out meanwhile still wakes us.
             room.as_mut().enable();
             match self.try_send(out) {
-                Ok(()) => return true,
-                Err(Refused::Closed) => return false,
                 Err(Refused::Full(back)) => out = back,
+                done => return done,
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return false;
+                return Err(Refused::Full(out));
             }
         }
     }
@@ -248,10 +248,18 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!paced.is_finished());
         rx.recv().await.unwrap();
-        assert!(paced.await.unwrap());
+        assert!(paced.await.unwrap().is_ok());
         assert!(
-            !tx.send_timeout(frame(100), Duration::from_millis(50)).await,
+            matches!(
+                tx.send_timeout(frame(100), Duration::from_millis(50)).await,
+                Err(Refused::Full(_))
+            ),
             "still full after the wait"
+        );
+        drop(rx);
+        assert_eq!(
+            tx.send_timeout(frame(10), Duration::from_millis(50)).await,
+            Err(Refused::Closed)
         );
     }
 

@@ -20,7 +20,7 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens `/ws` on `gateway` as `user` from source address `source` (127.0.0.x), with extra
 /// request headers, and a receive buffer of `recv_buffer` bytes when given.
-async fn open_from(
+pub(crate) async fn open_from(
     gateway: &str,
     source: &str,
     user: &str,
@@ -291,6 +291,60 @@ async fn a_stalled_reader_is_cut_off(env: &[(&str, &str)], cut_by: &str) -> anyh
     got.sort_unstable();
     got.dedup();
     assert_eq!(got, (1..=sent as u64).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// A connection that does not read its backlog fills its queue; its gateway then answers the
+/// drain's posts 429 at once (`GATEWAY_POST_WAIT_MS`), so the drain comes back to it later
+/// instead of waiting, and another user's catch-up is not held up behind it.
+#[tokio::test]
+async fn a_reader_that_does_not_read_its_backlog_does_not_hold_up_anyone_elses(
+) -> anyhow::Result<()> {
+    const CONVERSATIONS: usize = 2000;
+    let gw = ExtraGateway::start_with(&[("GATEWAY_OUTBOUND_QUEUE_BYTES", "65536")]).await?;
+    let (stalled_user, quiet, sender) = (user("stalled"), user("quiet"), user("sender"));
+    // 2,000 × 4 KiB: more than the connection's queue and both socket buffers hold.
+    crate::offline::backlog_in_many_conversations(&stalled_user, CONVERSATIONS, 4096).await?;
+    let mut s = Client::connect(&gateways()[0], &sender).await?;
+    s.send_accepted("q1", &quiet, "for quiet").await?;
+
+    let mut stalled = open_from(&gw.addr, "127.0.0.1", &stalled_user, &[], Some(4096)).await?;
+    match stalled.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("hello") => {}
+        other => bail!("expected hello, got {other:?}"),
+    }
+    // From now on it reads nothing; its drain fills the queue and is answered busy.
+    let busy = metric_reaching(
+        &gw.addr,
+        "connect_gateway_management_calls_total",
+        "result=\"busy\"",
+        1.0,
+    )
+    .await?;
+    anyhow::ensure!(
+        busy >= 1.0,
+        "the stalled connection's drain was never answered busy"
+    );
+    let started = tokio::time::Instant::now();
+    let mut q = Client::connect(&gateways()[1], &quiet).await?;
+    let m = q.expect("message").await?;
+    let waited = started.elapsed();
+    assert_eq!(m["body"], "for quiet");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the quiet user's backlog took {waited:?} behind a connection that does not read"
+    );
+    // Nothing was lost: its next connection, which reads, gets every conversation once.
+    drop(stalled);
+    let mut again = Client::connect(&gateways()[0], &stalled_user).await?;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < CONVERSATIONS {
+        let f = again.next_within(Duration::from_secs(30)).await?;
+        if f["type"] == "message" {
+            got.insert(f["conversation"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    eprintln!("quiet's backlog after {waited:?} behind a stalled reader");
     Ok(())
 }
 

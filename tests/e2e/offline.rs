@@ -324,8 +324,13 @@ async fn a_bad_device_id_is_refused_before_the_upgrade() -> anyhow::Result<()> {
 
 /// Writes one message into each of `n` direct conversations between `user` and fresh peers,
 /// through the production Redis adapter, as messaging logs them (the send path itself caps a
-/// user's send rate far below what building this many conversations quickly needs).
-async fn backlog_in_many_conversations(user: &str, n: usize) -> anyhow::Result<()> {
+/// user's send rate far below what building this many conversations quickly needs). Each body
+/// is padded to at least `body_bytes`.
+pub(crate) async fn backlog_in_many_conversations(
+    user: &str,
+    n: usize,
+    body_bytes: usize,
+) -> anyhow::Result<()> {
     use connect_core::model::{LogEntry, StoredMessage};
     use connect_core::ports::ConversationLog;
     use connect_protocol::{ClientMsgId, ConversationId, UserId};
@@ -346,7 +351,7 @@ async fn backlog_in_many_conversations(user: &str, n: usize) -> anyhow::Result<(
                 seq: 1,
                 from: peer,
                 id: ClientMsgId::parse("m1")?,
-                body: format!("backlog {i}"),
+                body: format!("backlog {i} {}", "x".repeat(body_bytes)),
                 ts: connect_core::now_ms(),
                 event: None,
                 mv: None,
@@ -373,7 +378,7 @@ async fn a_user_with_thousands_of_backlogs_does_not_hold_up_another_users_catch_
     const CONVERSATIONS: usize = 5000;
     let gw = gateways();
     let (noisy, quiet, sender) = (user("noisy"), user("quiet"), user("sender"));
-    backlog_in_many_conversations(&noisy, CONVERSATIONS).await?;
+    backlog_in_many_conversations(&noisy, CONVERSATIONS, 0).await?;
     let mut s = Client::connect(&gw[0], &sender).await?;
     s.send_accepted("q1", &quiet, "for quiet").await?;
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::{retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
+use aws_sdk_apigatewaymanagement::config::interceptors::InterceptorContext;
+use aws_sdk_apigatewaymanagement::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_apigatewaymanagement::config::Credentials;
 use aws_sdk_apigatewaymanagement::error::SdkError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
@@ -70,10 +72,29 @@ impl ManagementPusher {
             .or_insert_with(|| {
                 let config = aws_sdk_apigatewaymanagement::config::Builder::from(&self.sdk)
                     .endpoint_url(endpoint)
+                    .retry_classifier(BusyIsFinal)
                     .build();
                 Client::from_conf(config)
             })
             .clone()
+    }
+}
+
+/// A 429 is answered to the drain at once, not retried by the SDK (its standard strategy
+/// retries throttling): waiting on one slow connection is what the drain must not do.
+#[derive(Debug)]
+struct BusyIsFinal;
+
+impl ClassifyRetry for BusyIsFinal {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.response() {
+            Some(response) if response.status().as_u16() == 429 => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "busy connections are not retried"
     }
 }
 
@@ -101,6 +122,14 @@ impl ConnectionPusher for ManagementPusher {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_gone_exception()) => {
                 Err(PushError::Gone)
+            }
+            // The connection is not keeping up: the drain comes back to it later.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_limit_exceeded_exception())
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 429) =>
+            {
+                Err(PushError::Busy)
             }
             // The endpoint does not answer: its gateway is gone, and the connection with it.
             // (Failing instead would block every later record of the partition behind one dead

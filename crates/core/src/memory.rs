@@ -48,6 +48,8 @@ pub struct Memory {
     pub pushed: Mutex<Vec<(String, String)>>,
     /// Connections that answer a push with 410.
     pub gone: Mutex<HashSet<String>>,
+    /// Connections that take this many more posts, then answer 429 (busy) until refilled.
+    pub room: Mutex<HashMap<String, usize>>,
     /// Groups: meta and members.
     pub groups: Mutex<BTreeMap<connect_protocol::GroupId, crate::groups::Group>>,
     /// `user_connected` events published.
@@ -118,6 +120,11 @@ impl Memory {
 
     pub fn set_gone(&self, conn: &str) {
         lock(&self.gone).insert(conn.to_owned());
+    }
+
+    /// `conn` takes `posts` more posts, then answers busy (a reader that is not keeping up).
+    pub fn set_room(&self, conn: &str, posts: usize) {
+        lock(&self.room).insert(conn.to_owned(), posts);
     }
 
     /// The seqs in `conversation`'s log.
@@ -524,6 +531,12 @@ impl ConnectionPusher for Memory {
     async fn post(&self, _endpoint: &str, conn: &str, data: &str) -> Result<(), PushError> {
         if lock(&self.gone).contains(conn) {
             return Err(PushError::Gone);
+        }
+        if let Some(room) = lock(&self.room).get_mut(conn) {
+            if *room == 0 {
+                return Err(PushError::Busy);
+            }
+            *room -= 1;
         }
         lock(&self.pushed).push((conn.to_owned(), data.to_owned()));
         Ok(())

@@ -17,7 +17,10 @@
 //! (the same record with a [`Resume`] point) to publish behind everyone else's records, so one
 //! user with thousands of conversations never holds up another user's catch-up for longer than
 //! one slice. Conversations the device has acked to their head are skipped without reading
-//! their logs.
+//! their logs. A connection that is not keeping up (its gateway answers busy, 429, instead of
+//! making the drain wait for room) is handled the same way: the drain hands back a continuation
+//! from the entry it could not post and goes on with the others; a connection that takes
+//! nothing for [`BatchLimits::attempts`] rounds in a row is given up until its next connection.
 
 use serde::Deserialize;
 
@@ -116,6 +119,8 @@ pub async fn drain(
     }
     let cursors = ports.log.cursors(&event.user, &event.device).await?;
     let mut pages = 0usize;
+    // Where the drain stands: the conversation it is in and the last seq handed over.
+    let mut at: Option<Resume> = None;
     for (conversation, head, since) in logs {
         let mut after = cursors.get(&conversation).copied().unwrap_or(0);
         if let Some(resume) = event
@@ -125,6 +130,10 @@ pub async fn drain(
         {
             after = after.max(resume.after);
         }
+        at = Some(Resume {
+            conversation: conversation.clone(),
+            after: after.max(head),
+        });
         if after >= head {
             continue;
         }
@@ -133,21 +142,15 @@ pub async fn drain(
         };
         while after < head {
             if pages > 0 && std::time::Instant::now() >= limits.deadline {
-                let mut more = event.clone();
-                more.resume = Some(Resume {
-                    conversation,
-                    after,
-                });
-                more.attempt = 0;
-                report.more = Some(more);
+                report.more = Some(continuation(event, &conversation, after, true));
                 return Ok(report);
             }
             pages += 1;
             let entries = ports.log.page(&id, after, page).await?;
             let last_page = entries.len() < page;
             for entry in entries {
-                after = entry.seq;
                 if !for_device(&entry, event, since) {
+                    after = entry.seq;
                     continue;
                 }
                 match ports
@@ -160,8 +163,14 @@ pub async fn drain(
                         report.gone = true;
                         return Ok(report);
                     }
+                    Err(PushError::Busy) => {
+                        let moved = report.pushed > 0;
+                        report.more = Some(continuation(event, &conversation, after, moved));
+                        return Ok(report);
+                    }
                     Err(PushError::Failed(e)) => return Err(e),
                 }
+                after = entry.seq;
             }
             if last_page {
                 break;
@@ -175,9 +184,40 @@ pub async fn drain(
     {
         Ok(()) => {}
         Err(PushError::Gone) => report.gone = true,
+        // Everything else was handed over: the continuation only posts `caught_up`.
+        Err(PushError::Busy) => {
+            let moved = report.pushed > 0;
+            report.more = Some(match at {
+                Some(at) => continuation(event, &at.conversation, at.after, moved),
+                None => continuation(event, "", 0, moved),
+            });
+        }
         Err(PushError::Failed(e)) => return Err(e),
     }
     Ok(report)
+}
+
+/// The record that resumes `event`'s drain after `after` in `conversation`. A drain that moved
+/// (pushed something, or stopped at its deadline) starts its attempts afresh; one that a busy
+/// connection stopped before it pushed anything uses up one attempt, so a connection that never
+/// reads is given up (its device gets the backlog on its next connection).
+fn continuation(
+    event: &UserConnected,
+    conversation: &str,
+    after: u64,
+    moved: bool,
+) -> UserConnected {
+    let mut more = event.clone();
+    more.resume = Some(Resume {
+        conversation: conversation.to_owned(),
+        after,
+    });
+    more.attempt = if moved {
+        0
+    } else {
+        event.attempt.saturating_add(1)
+    };
+    more
 }
 
 /// What one batch of `user_connected` records did.
@@ -234,7 +274,13 @@ pub async fn drain_batch(
             Ok(report) => {
                 batch.pushed += report.pushed;
                 batch.gone += usize::from(report.gone);
-                batch.again.extend(report.more);
+                match report.more {
+                    Some(more) if more.attempt >= limits.attempts => {
+                        tracing::warn!(user = %more.user, conn = %more.conn, "connection not reading its backlog; given up until its next connection");
+                        batch.dropped += 1;
+                    }
+                    more => batch.again.extend(more),
+                }
             }
             Err(e) if record.attempt + 1 < limits.attempts && e.is_retryable() => {
                 tracing::warn!(cause = %e, user = %record.user, conn = %record.conn, attempt = record.attempt, "drain failed; it goes round again");
@@ -305,15 +351,25 @@ mod tests {
 
     /// (conversation, seq) of what was pushed, markers as "caught_up".
     fn pushed(mem: &Memory) -> Vec<String> {
-        mem.take_pushed()
-            .into_iter()
-            .map(|(_, d)| {
-                let f: serde_json::Value = serde_json::from_str(&d).unwrap();
-                match f["type"].as_str() {
-                    Some("caught_up") => "caught_up".to_owned(),
-                    _ => format!("{}#{}", f["conversation"].as_str().unwrap(), f["seq"]),
-                }
-            })
+        mem.take_pushed().iter().map(|(_, d)| named(d)).collect()
+    }
+
+    fn named(data: &str) -> String {
+        let f: serde_json::Value = serde_json::from_str(data).unwrap();
+        match f["type"].as_str() {
+            Some("caught_up") => "caught_up".to_owned(),
+            _ => format!("{}#{}", f["conversation"].as_str().unwrap(), f["seq"]),
+        }
+    }
+
+    /// What was pushed to `conn` so far (kept).
+    fn pushed_to(mem: &Memory, conn: &str) -> Vec<String> {
+        mem.pushed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, _)| c == conn)
+            .map(|(_, d)| named(d))
             .collect()
     }
 
@@ -546,5 +602,69 @@ mod tests {
             .store(1, std::sync::atomic::Ordering::SeqCst);
         let report = drain_batch(ports(&mem), report.again, limits).await;
         assert_eq!((report.again.len(), report.dropped), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_gets_a_continuation_and_a_reader_that_takes_nothing_is_given_up() {
+        let mem = Arc::new(Memory::default());
+        let entries: Vec<_> = (1..=5).map(|s| entry("dm:alice:bob", s, "alice")).collect();
+        mem.append(&entries).await.unwrap();
+        mem.append(&[entry("dm:carol:erin", 1, "carol")])
+            .await
+            .unwrap();
+        let limits = BatchLimits {
+            page: 10,
+            budget: std::time::Duration::from_secs(60),
+            concurrency: 4,
+            attempts: 3,
+        };
+        // bob's connection takes two posts, then is busy; erin's drain is not held up by it.
+        mem.set_room("c1", 2);
+        let erin = UserConnected {
+            user: u("erin"),
+            ..connected("c9", "laptop")
+        };
+        let report = drain_batch(ports(&mem), vec![connected("c1", "phone"), erin], limits).await;
+        assert_eq!((report.pushed, report.dropped), (3, 0));
+        assert_eq!(report.again.len(), 1);
+        let more = report.again[0].clone();
+        assert_eq!(more.conn, "c1");
+        assert_eq!(more.attempt, 0, "it moved: its attempts start afresh");
+        assert_eq!(
+            more.resume
+                .as_ref()
+                .map(|r| (r.conversation.as_str(), r.after)),
+            Some(("dm:alice:bob", 2)),
+            "it resumes at the entry that could not be posted"
+        );
+        // It takes nothing now: each round uses up an attempt, until it is given up.
+        let mut record = more;
+        for attempt in 1..3 {
+            let report = drain_batch(ports(&mem), vec![record.clone()], limits).await;
+            assert_eq!((report.pushed, report.again.len()), (0, 1));
+            record = report.again[0].clone();
+            assert_eq!(record.attempt, attempt);
+        }
+        let report = drain_batch(ports(&mem), vec![record.clone()], limits).await;
+        assert_eq!((report.again.len(), report.dropped), (0, 1));
+        // Room again (it was read): the continuation finishes, every entry once, then caught_up.
+        mem.set_room("c1", 10);
+        let report = drain_batch(ports(&mem), vec![record], limits).await;
+        assert_eq!((report.pushed, report.again.len()), (3, 0));
+        let bob: Vec<String> = pushed_to(&mem, "c1");
+        let mut want: Vec<String> = (1..=5).map(|s| format!("dm:alice:bob#{s}")).collect();
+        want.push("caught_up".into());
+        assert_eq!(bob, want);
+        // Busy for `caught_up` alone: the continuation posts only that.
+        mem.set_room("c2", 5);
+        let report = drain(ports(&mem), &connected("c2", "phone"), unbounded(10))
+            .await
+            .unwrap();
+        let more = report.more.expect("a continuation for caught_up");
+        mem.set_room("c2", 1);
+        let report = drain(ports(&mem), &more, unbounded(10)).await.unwrap();
+        assert_eq!((report.pushed, report.more), (0, None));
+        assert_eq!(pushed_to(&mem, "c2").last().unwrap(), "caught_up");
+        assert_eq!(pushed_to(&mem, "c2").len(), 6);
     }
 }

@@ -219,6 +219,11 @@ pub enum PushError {
     /// The connection is gone (API Gateway's 410): later pushes to it are pointless.
     #[error("connection gone")]
     Gone,
+    /// The connection is not keeping up (API Gateway's 429 `LimitExceededException`; a gateway
+    /// answers it when the connection's queue stayed full for `GATEWAY_POST_WAIT_MS`): try it
+    /// again later, behind everyone else, rather than wait for it.
+    #[error("connection busy")]
+    Busy,
     #[error(transparent)]
     Failed(#[from] PortError),
 }
