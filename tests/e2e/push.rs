@@ -335,3 +335,223 @@ async fn ten_messages_in_two_seconds_make_at_most_three_pushes_the_last_with_the
     assert_eq!(received(&hash).await?.len(), got.len());
     Ok(())
 }
+
+/// The local SNS API (moto; `SNS_ENDPOINT`, default http://127.0.0.1:8096): its address.
+fn sns_addr() -> String {
+    std::env::var("SNS_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:8096".into())
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// Every platform endpoint the SNS API made, with what was published to it (moto's own view of
+/// its state, `/moto-api/data.json`, which keeps deleted ones too): (token → endpoint).
+async fn sns_endpoints() -> anyhow::Result<std::collections::HashMap<String, Value>> {
+    let (status, body) = http_get(&sns_addr(), "/moto-api/data.json").await?;
+    anyhow::ensure!(status == 200, "moto data: {status}");
+    let data: Value = serde_json::from_str(&body)?;
+    Ok(data["sns"]["PlatformEndpoint"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["token"].as_str()?.to_owned(), e.clone())))
+        .collect())
+}
+
+/// What was published to the endpoint of `token`, each message's JSON (MessageStructure=json).
+async fn published(token: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(sns_endpoints()
+        .await?
+        .get(token)
+        .and_then(|e| e["messages"].as_object().cloned())
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, m)| serde_json::from_str(m.as_str()?).ok())
+        .collect())
+}
+
+/// An SNS API call (query protocol) as ops or SNS itself would make it: its HTTP status.
+async fn sns_call(params: &[(&str, &str)]) -> anyhow::Result<u16> {
+    let body: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect();
+    let (status, _) = http_raw(
+        &sns_addr(),
+        "POST",
+        "/",
+        &[
+            (
+                "Content-Type",
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+            // moto tells the service from the credential scope (it does not check signatures).
+            (
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/sns/aws4_request, \
+                 SignedHeaders=host, Signature=0"
+                    .to_owned(),
+            ),
+        ],
+        &body.join("&"),
+    )
+    .await?;
+    Ok(status)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// SNS disables an endpoint when APNs or FCM says its token is unregistered.
+async fn disable(arn: &str) -> anyhow::Result<()> {
+    let status = sns_call(&[
+        ("Action", "SetEndpointAttributes"),
+        ("EndpointArn", arn),
+        ("Attributes.entry.1.key", "Enabled"),
+        ("Attributes.entry.1.value", "false"),
+    ])
+    .await?;
+    anyhow::ensure!(status == 200, "SetEndpointAttributes: {status}");
+    Ok(())
+}
+
+/// Waits up to 5 s for `n` messages published to `token`'s endpoint.
+async fn published_soon(token: &str, n: usize) -> anyhow::Result<Vec<Value>> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = published(token).await?;
+        if got.len() >= n || tokio::time::Instant::now() >= deadline {
+            return Ok(got);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn apns_and_fcm_devices_get_platform_endpoints_and_pushes_through_sns() -> anyhow::Result<()>
+{
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let (apns, fcm) = (format!("{suffix}{suffix}"), format!("fcm:{suffix}"));
+    for (device, kind, token) in [("iphone", "apns", &apns), ("pixel", "fcm", &fcm)] {
+        let (status, answer) = api_call(
+            "PUT",
+            &format!("/v1/devices/{device}/push"),
+            Some(&bob),
+            &json!({"kind": kind, "token": token}).to_string(),
+        )
+        .await?;
+        assert_eq!(status, 204, "{kind}: {answer}");
+    }
+    // Registration made each token's platform endpoint, on its kind's application.
+    let endpoints = sns_endpoints().await?;
+    let arn = |token: &str| {
+        endpoints[token]["arn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (apns_arn, fcm_arn) = (arn(&apns), arn(&fcm));
+    assert!(
+        apns_arn.contains(":endpoint/APNS/connect-apns/"),
+        "{apns_arn}"
+    );
+    assert!(fcm_arn.contains(":endpoint/GCM/connect-fcm/"), "{fcm_arn}");
+    let stored = registered(&bob, "iphone").await?.expect("stored");
+    assert_eq!(
+        (
+            stored["kind"].as_str(),
+            stored["token"].as_str(),
+            stored["arn"].as_str()
+        ),
+        (Some("apns"), Some(apns.as_str()), Some(apns_arn.as_str()))
+    );
+
+    // Bob is offline: a message pushes to both devices, each in its platform's shape.
+    let mut a = Client::connect(&gateways()[0], &alice).await?;
+    let seq = a.send_accepted("s1", &bob, "hello through SNS").await?;
+    let conversation = dm(&alice, &bob);
+    let to_iphone = published_soon(&apns, 1).await?;
+    let to_pixel = published_soon(&fcm, 1).await?;
+    assert_eq!((to_iphone.len(), to_pixel.len()), (1, 1), "one push each");
+    let body = |m: &Value, key: &str| -> Value {
+        serde_json::from_str(m[key].as_str().unwrap_or("null")).unwrap_or(Value::Null)
+    };
+    let want = json!({"conversation": conversation, "seq": seq, "from": alice,
+        "preview": "hello through SNS", "unread": seq});
+    let apns_body = body(&to_iphone[0], "APNS");
+    assert_eq!(apns_body["connect"], want);
+    assert_eq!(apns_body["aps"]["alert"]["title"], alice.as_str());
+    assert_eq!(apns_body["aps"]["thread-id"], conversation.as_str());
+    let fcm_body = body(&to_pixel[0], "GCM");
+    let message = &fcm_body["fcmV1Message"]["message"];
+    assert_eq!(message["data"]["seq"], seq.to_string());
+    assert_eq!(message["data"]["conversation"], conversation.as_str());
+    let collapse = message["android"]["collapse_key"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!collapse.is_empty(), "the collapse key: {fcm_body}");
+
+    // FCM says the pixel's token is unregistered (SNS disables its endpoint): the next push to
+    // it removes the registration and deletes the endpoint; the iPhone still gets it.
+    disable(&fcm_arn).await?;
+    let mut c = Client::connect(&gateways()[1], &carol).await?;
+    c.send_accepted("c1", &bob, "after the pixel went away")
+        .await?;
+    let to_iphone = published_soon(&apns, 2).await?;
+    assert_eq!(to_iphone.len(), 2);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    // (The registration goes first, then its endpoint.)
+    let exists = |arn: String| async move {
+        sns_call(&[("Action", "GetEndpointAttributes"), ("EndpointArn", &arn)])
+            .await
+            .map(|status| status == 200)
+    };
+    while (registered(&bob, "pixel").await?.is_some() || exists(fcm_arn.clone()).await?)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        registered(&bob, "pixel").await?,
+        None,
+        "a disabled endpoint's registration goes"
+    );
+    assert!(
+        !exists(fcm_arn.clone()).await?,
+        "its platform endpoint is deleted"
+    );
+    assert!(exists(apns_arn.clone()).await?);
+
+    // The app registers the iPhone's token again after SNS disabled it: enabled again.
+    disable(&apns_arn).await?;
+    let (status, _) = api_call(
+        "PUT",
+        "/v1/devices/iphone/push",
+        Some(&bob),
+        &json!({"kind": "apns", "token": apns}).to_string(),
+    )
+    .await?;
+    assert_eq!(status, 204);
+    let again = &sns_endpoints().await?[&apns];
+    assert_eq!(
+        again["arn"].as_str(),
+        Some(apns_arn.as_str()),
+        "the same endpoint"
+    );
+    assert_eq!(again["attributes"]["Enabled"], json!(true));
+    // And pushes go to it again.
+    let mut d = Client::connect(&gateways()[0], &user("dave")).await?;
+    d.send_accepted("d1", &bob, "after it came back").await?;
+    assert_eq!(published_soon(&apns, 3).await?.len(), 3);
+    Ok(())
+}

@@ -14,7 +14,7 @@ use connect_core::inbox;
 use connect_core::ports::{
     ChatStore, HistoryStore, InboxIndex, PushDevices, PushRegistry, ReadMarkers,
 };
-use connect_core::push::{EndpointCheck, EndpointRule};
+use connect_core::push::{EndpointCheck, EndpointRule, PlatformEndpoints};
 use connect_core::ApiError;
 use connect_protocol::{ErrorCode, UserId};
 
@@ -289,6 +289,8 @@ pub struct PushSettings {
     pub rule: EndpointRule,
     /// The endpoint's addresses.
     pub endpoints: Arc<dyn EndpointCheck>,
+    /// APNs and FCM: the SNS platform endpoint each token gets at registration.
+    pub platforms: Arc<dyn PlatformEndpoints>,
 }
 
 /// The HTTP API over its ports.
@@ -313,6 +315,9 @@ pub struct PushConfig {
     /// `CONNECT_ENV=local`: the development key is taken, and endpoints on the local push
     /// service (`http://localhost`, `http://127.0.0.1`) too.
     pub local: bool,
+    /// APNs and FCM through SNS (`SNS_*`): none enabled, such registrations get 400.
+    #[cfg(feature = "aws")]
+    pub sns: connect_push::sns::SnsConfig,
 }
 
 /// An endpoint's addresses checked by resolving its host ([`connect_push::endpoint::check`]).
@@ -354,7 +359,14 @@ impl PushSettings {
                 allow_local: config.local,
             },
             endpoints: Arc::new(Resolving),
+            platforms: Arc::new(connect_core::push::NoPlatforms),
         })
+    }
+
+    /// APNs and FCM registrations get their platform endpoints from `platforms`.
+    pub fn with_platforms(mut self, platforms: Arc<dyn PlatformEndpoints>) -> Self {
+        self.platforms = platforms;
+        self
     }
 }
 
@@ -364,7 +376,11 @@ impl PushSettings {
 pub async fn run_lambda(push: bool) -> Result<(), lambda_http::Error> {
     // The JWT secret (and VAPID key) from Secrets Manager when the deployment names their ARNs.
     connect_secrets::load().await?;
-    let api = HttpApi::from_env(push.then(push_config)).await?;
+    let push = match push {
+        true => Some(push_config()?),
+        false => None,
+    };
+    let api = HttpApi::from_env(push).await?;
     let api = &api;
     lambda_http::run(lambda_http::service_fn(move |req: Request| async move {
         Ok::<_, std::convert::Infallible>(api.handle(req).await)
@@ -375,15 +391,16 @@ pub async fn run_lambda(push: bool) -> Result<(), lambda_http::Error> {
 #[cfg(feature = "aws")]
 /// The push routes' settings from env: `CONNECT_VAPID_PRIVATE_KEY`, `CONNECT_VAPID_CONTACT`,
 /// `CONNECT_ENV` (after the secrets are loaded).
-pub fn push_config() -> PushConfig {
-    PushConfig {
+pub fn push_config() -> Result<PushConfig, String> {
+    Ok(PushConfig {
         vapid_private_key: connect_core::env::optional("CONNECT_VAPID_PRIVATE_KEY"),
         vapid_contact: connect_core::env::string(
             "CONNECT_VAPID_CONTACT",
             "mailto:push@connect.invalid",
         ),
         local: connect_core::env::local(),
-    }
+        sns: connect_push::sns::SnsConfig::from_lookup(|name| std::env::var(name).ok())?,
+    })
 }
 
 impl HttpApi {
@@ -432,7 +449,12 @@ impl HttpApi {
                 .await
                 .map_err(|e| format!("connecting to Redis: {e}"))?;
                 let mirror = Arc::new(connect_redis::RedisPushDevices::new(redis));
-                api.with_push(PushSettings::new(&config, registry, mirror)?)
+                let mut settings = PushSettings::new(&config, registry, mirror)?;
+                if config.sns.enabled() {
+                    settings = settings
+                        .with_platforms(Arc::new(connect_push::sns::Sns::new(&config.sns).await));
+                }
+                api.with_push(settings)
             }
             None => api,
         })
@@ -569,12 +591,19 @@ impl HttpApi {
             push.mirror.remove(&caller, &device).await?;
             return Ok(no_content());
         }
-        let registration = connect_core::push::registration(body_of(req), push.rule)?;
-        if let connect_core::push::Registration::WebPush { endpoint, .. } = &registration {
-            push.endpoints
+        let mut registration = connect_core::push::registration(body_of(req), push.rule)?;
+        match &mut registration {
+            connect_core::push::Registration::WebPush { endpoint, .. } => push
+                .endpoints
                 .check(endpoint, push.rule)
                 .await
-                .map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+                .map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?,
+            // Its SNS platform endpoint, made before the registration is stored.
+            connect_core::push::Registration::Mobile {
+                platform,
+                token,
+                arn,
+            } => *arn = push.platforms.endpoint(*platform, token).await?,
         }
         push.registry
             .register(&caller, &device, &registration, connect_core::now_ms())

@@ -309,12 +309,36 @@ async fn a_clients_host_and_forwarded_proto_never_reach_the_request_uri() {
     assert_eq!(res.status().as_u16(), 401, "no token: refused, not a panic");
 }
 
+/// SNS with an APNs application only: each token gets `arn:<token>`; the token "bad" is refused.
+struct ApnsOnly;
+
+#[async_trait::async_trait]
+impl connect_core::push::PlatformEndpoints for ApnsOnly {
+    async fn endpoint(
+        &self,
+        platform: connect_core::push::Platform,
+        token: &str,
+    ) -> Result<String, connect_core::push::PlatformError> {
+        use connect_core::push::{Platform, PlatformError};
+        match (platform, token) {
+            (Platform::Fcm, _) => Err(PlatformError::NotEnabled(platform)),
+            (_, "bad") => Err(PlatformError::Refused("invalid token".into())),
+            (_, "down") => Err(PlatformError::Failed {
+                message: "throttled".into(),
+                retryable: true,
+            }),
+            _ => Ok(format!("arn:{token}")),
+        }
+    }
+}
+
 fn push_api(mem: &Arc<Memory>) -> HttpApi {
     let config = PushConfig {
         local: true,
         ..PushConfig::default()
     };
-    api(mem).with_push(PushSettings::new(&config, mem.clone(), mem.clone()).unwrap())
+    let settings = PushSettings::new(&config, mem.clone(), mem.clone()).unwrap();
+    api(mem).with_push(settings.with_platforms(Arc::new(ApnsOnly)))
 }
 
 fn webpush(endpoint: &str) -> String {
@@ -343,10 +367,21 @@ async fn devices_register_for_push_and_endpoints_into_our_network_are_400() {
         webpush("https://localhost/x"),
         webpush("https://[::1]/x"),
         r#"{"kind":"sms","token":"1"}"#.to_owned(),
+        // No FCM application on this deployment; a token SNS refuses.
+        r#"{"kind":"fcm","token":"f1"}"#.to_owned(),
+        r#"{"kind":"apns","token":"bad"}"#.to_owned(),
     ] {
         let res = api.handle(put("phone", body.clone())).await;
         assert_eq!(res.status().as_u16(), 400, "{body}: {:?}", res.body());
     }
+    let res = api
+        .handle(put("phone", r#"{"kind":"apns","token":"down"}"#.into()))
+        .await;
+    assert_eq!(
+        json_of(&res)["error"]["code"],
+        "unavailable",
+        "SNS down: try again"
+    );
     assert_eq!(
         api.handle(put("a%20b", webpush("https://8.8.8.8/p")))
             .await
@@ -366,8 +401,10 @@ async fn devices_register_for_push_and_endpoints_into_our_network_are_400() {
     assert_eq!(mem.push.lock().unwrap().len(), 3);
     assert_eq!(
         mem.push.lock().unwrap()[&(alice.clone(), "ipad".to_owned())],
-        connect_core::push::Registration::Apns {
-            token: "0a1b".into()
+        connect_core::push::Registration::Mobile {
+            platform: connect_core::push::Platform::Apns,
+            token: "0a1b".into(),
+            arn: "arn:0a1b".into(),
         }
     );
     let res = api

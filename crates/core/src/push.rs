@@ -31,10 +31,14 @@ pub enum Registration {
         p256dh: String,
         auth: String,
     },
-    /// An APNs device token (delivered through Amazon SNS).
-    Apns { token: String },
-    /// An FCM registration token (delivered through Amazon SNS).
-    Fcm { token: String },
+    /// An APNs device token or an FCM registration token, delivered through Amazon SNS mobile
+    /// push: `arn` is the SNS platform endpoint made for the token at registration (empty until
+    /// then).
+    Mobile {
+        platform: Platform,
+        token: String,
+        arn: String,
+    },
 }
 
 impl Registration {
@@ -42,9 +46,74 @@ impl Registration {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::WebPush { .. } => "webpush",
-            Self::Apns { .. } => "apns",
-            Self::Fcm { .. } => "fcm",
+            Self::Mobile { platform, .. } => platform.as_str(),
         }
+    }
+}
+
+/// A mobile push service, reached through an Amazon SNS platform application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Platform {
+    Apns,
+    Fcm,
+}
+
+impl Platform {
+    /// `apns` or `fcm` (the registration's `kind`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apns => "apns",
+            Self::Fcm => "fcm",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "apns" => Some(Self::Apns),
+            "fcm" => Some(Self::Fcm),
+            _ => None,
+        }
+    }
+}
+
+/// Why a platform endpoint could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlatformError {
+    /// The deployment has no SNS platform application for this kind.
+    #[error("{} push is not enabled on this deployment", .0.as_str())]
+    NotEnabled(Platform),
+    /// SNS refused the token (malformed for its platform).
+    #[error("the push service refused the token: {0}")]
+    Refused(String),
+    /// SNS failed; `retryable` says whether trying again may help.
+    #[error("SNS: {message}")]
+    Failed { message: String, retryable: bool },
+}
+
+impl From<PlatformError> for ApiError {
+    fn from(e: PlatformError) -> Self {
+        match e {
+            PlatformError::NotEnabled(_) | PlatformError::Refused(_) => bad(e.to_string()),
+            PlatformError::Failed { .. } => ApiError::new(ErrorCode::Unavailable, e.to_string()),
+        }
+    }
+}
+
+/// Amazon SNS mobile push's platform endpoints: one per device token, made at registration.
+#[async_trait::async_trait]
+pub trait PlatformEndpoints: Send + Sync {
+    /// The platform endpoint of `token` on `platform`'s application (made, or the existing one
+    /// found and enabled again with this token); its ARN.
+    async fn endpoint(&self, platform: Platform, token: &str) -> Result<String, PlatformError>;
+}
+
+/// A deployment without SNS platform applications: APNs and FCM registrations get 400.
+pub struct NoPlatforms;
+
+#[async_trait::async_trait]
+impl PlatformEndpoints for NoPlatforms {
+    async fn endpoint(&self, platform: Platform, _: &str) -> Result<String, PlatformError> {
+        Err(PlatformError::NotEnabled(platform))
     }
 }
 
@@ -170,15 +239,16 @@ pub fn registration(body: &[u8], rule: EndpointRule) -> Result<Registration, Api
                 auth: keys.auth,
             })
         }
-        "apns" => Ok(Registration::Apns {
-            token: token(body.token)?,
-        }),
-        "fcm" => Ok(Registration::Fcm {
-            token: token(body.token)?,
-        }),
-        other => Err(bad(format!(
-            "unknown kind {other:?} (webpush, apns or fcm)"
-        ))),
+        other => match Platform::parse(other) {
+            Some(platform) => Ok(Registration::Mobile {
+                platform,
+                token: token(body.token)?,
+                arn: String::new(),
+            }),
+            None => Err(bad(format!(
+                "unknown kind {other:?} (webpush, apns or fcm)"
+            ))),
+        },
     }
 }
 
@@ -312,6 +382,10 @@ pub trait PushTransport: Send + Sync {
         payload: &Payload,
         collapse: &str,
     ) -> Result<(), TransportError>;
+
+    /// Cleans up after a registration the push service called dead (SNS: its platform endpoint
+    /// is deleted). Best effort.
+    async fn forget(&self, _registration: &Registration) {}
 }
 
 /// The collapse windows (Redis): a window per key opens at most once per `window_ms`.
@@ -522,12 +596,16 @@ pub async fn deliver(
         .zip(&markers)
         .map(|(((r, key), reg), markers)| async move {
             let Some(reg) = reg else {
-                return (r, None);
+                return (r, None, None);
             };
             let payload = r.payload(r.seq.saturating_sub(markers.read));
-            (r, Some(ports.transport.send(reg, &payload, key).await))
+            (
+                r,
+                Some(reg),
+                Some(ports.transport.send(reg, &payload, key).await),
+            )
         });
-    for (r, outcome) in futures_util::future::join_all(sends).await {
+    for (r, reg, outcome) in futures_util::future::join_all(sends).await {
         match outcome {
             None => {
                 report.unregistered += 1;
@@ -539,6 +617,9 @@ pub async fn deliver(
                 tracing::info!(user = %r.user, device = %r.device, why, "push registration gone; removed");
                 ports.registry.unregister(&r.user, &r.device).await?;
                 let _ = ports.devices.remove(&r.user, &r.device).await;
+                if let Some(reg) = reg {
+                    ports.transport.forget(reg).await;
+                }
             }
             Some(Err(e)) => {
                 report.failed += 1;
@@ -575,8 +656,10 @@ mod tests {
         let r = registration(br#"{"kind":"apns","token":"a1b2"}"#, prod).unwrap();
         assert_eq!(
             r,
-            Registration::Apns {
-                token: "a1b2".into()
+            Registration::Mobile {
+                platform: Platform::Apns,
+                token: "a1b2".into(),
+                arn: String::new(),
             }
         );
         let r = registration(br#"{"kind":"fcm","token":"x:y-z"}"#, prod).unwrap();
@@ -738,6 +821,7 @@ mod tests {
         closed: std::sync::Mutex<std::collections::HashSet<String>>,
         sent: std::sync::Mutex<Vec<(String, Payload)>>,
         gone: std::sync::Mutex<Vec<String>>,
+        forgotten: std::sync::Mutex<Vec<String>>,
         pending: std::sync::Mutex<std::collections::HashMap<String, PushRequest>>,
     }
 
@@ -766,7 +850,7 @@ mod tests {
     #[async_trait::async_trait]
     impl PushTransport for Sink {
         async fn send(&self, r: &Registration, p: &Payload, _: &str) -> Result<(), TransportError> {
-            let Registration::Apns { token } = r else {
+            let Registration::Mobile { token, .. } = r else {
                 unreachable!()
             };
             if self.gone.lock().unwrap().contains(token) {
@@ -774,6 +858,12 @@ mod tests {
             }
             self.sent.lock().unwrap().push((token.clone(), p.clone()));
             Ok(())
+        }
+
+        async fn forget(&self, r: &Registration) {
+            if let Registration::Mobile { arn, .. } = r {
+                self.forgotten.lock().unwrap().push(arn.clone());
+            }
         }
     }
 
@@ -796,8 +886,10 @@ mod tests {
         let sink = Sink::default();
         let bob = UserId::parse("bob").unwrap();
         for device in ["phone", "watch", "laptop"] {
-            let token = Registration::Apns {
+            let token = Registration::Mobile {
+                platform: Platform::Apns,
                 token: device.into(),
+                arn: format!("arn:{device}"),
             };
             mem.register(&bob, device, &token, 0).await.unwrap();
         }
@@ -879,6 +971,7 @@ mod tests {
         sink.closed.lock().unwrap().clear();
         let r = deliver(ports, one(8), COLLAPSE_MS).await.unwrap();
         assert_eq!(r.gone, 1);
+        assert_eq!(*sink.forgotten.lock().unwrap(), ["arn:phone"]);
         assert_eq!(
             PushRegistry::get(&*mem, &[(bob.clone(), "phone".to_owned())])
                 .await

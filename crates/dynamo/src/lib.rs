@@ -130,6 +130,17 @@ pub(crate) async fn batch_get(
     consistent: bool,
 ) -> Result<Vec<Item>, PortError> {
     use futures_util::stream::{self, StreamExt, TryStreamExt};
+    // BatchGetItem refuses a request with the same key twice (a user's two devices in one
+    // conversation ask for the same marker): each key once.
+    let mut seen = std::collections::HashSet::new();
+    let keys: Vec<Item> = keys
+        .into_iter()
+        .filter(|k| {
+            let canonical: std::collections::BTreeMap<&String, String> =
+                k.iter().map(|(name, v)| (name, format!("{v:?}"))).collect();
+            seen.insert(format!("{canonical:?}"))
+        })
+        .collect();
     let chunks: Vec<Vec<Item>> = keys.chunks(100).map(<[Item]>::to_vec).collect();
     let found: Vec<Vec<Item>> = stream::iter(chunks)
         .map(|chunk| async move { batch_get_chunk(client, table, chunk, consistent).await })

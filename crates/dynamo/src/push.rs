@@ -2,7 +2,8 @@
 //! item per (user, device), replaced whole by a new registration.
 //!
 //! Item: `kind` (`webpush` | `apns` | `fcm`), `endpoint`, `p256dh`, `auth` (web push) or
-//! `token` (APNs, FCM), and `at` (ms, when registered).
+//! `token` and `arn` (APNs, FCM: the token and its SNS platform endpoint), and `at` (ms, when
+//! registered).
 
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
 use connect_core::ports::PushRegistry;
-use connect_core::push::Registration;
+use connect_core::push::{Platform, Registration};
 use connect_core::PortError;
 use connect_protocol::UserId;
 
@@ -40,8 +41,9 @@ fn item(user: &UserId, device: &str, registration: &Registration, at_ms: u64) ->
             item.insert("p256dh".into(), s(p256dh));
             item.insert("auth".into(), s(auth));
         }
-        Registration::Apns { token } | Registration::Fcm { token } => {
+        Registration::Mobile { token, arn, .. } => {
             item.insert("token".into(), s(token));
+            item.insert("arn".into(), s(arn));
         }
     }
     item
@@ -55,13 +57,11 @@ fn registration(item: &Item) -> Option<Registration> {
             p256dh: field("p256dh")?,
             auth: field("auth")?,
         }),
-        "apns" => Some(Registration::Apns {
+        kind => Some(Registration::Mobile {
+            platform: Platform::parse(kind)?,
             token: field("token")?,
+            arn: field("arn").unwrap_or_default(),
         }),
-        "fcm" => Some(Registration::Fcm {
-            token: field("token")?,
-        }),
-        _ => None,
     }
 }
 

@@ -9,12 +9,15 @@
 //!   VAPID by `web-push-native` (pure Rust, and it only builds the request: the HTTP client is
 //!   ours, so redirects are never followed, every send has a timeout and every address is
 //!   checked), with `TTL`, `Topic` and `Urgency`.
+//! - [`sns`]: APNs and FCM through Amazon SNS mobile push (platform endpoints made at
+//!   registration, `Publish` with the collapse id / key).
 //!
 //! Why `web-push-native` over `web-push`: `web-push` brings its own HTTP client (isahc or
 //! hyper 0.14) and OpenSSL through `ece`; `web-push-native` is RustCrypto only and hands back an
 //! `http::Request`, which is what an SSRF-safe sender needs.
 
 pub mod endpoint;
+pub mod sns;
 pub mod transport;
 pub mod vapid;
 pub mod webpush;

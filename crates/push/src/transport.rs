@@ -1,16 +1,19 @@
-//! The push function's transport: Web Push itself (APNs and FCM, through Amazon SNS, are not
-//! wired yet: such a registration is not sent to).
+//! The push function's transport: Web Push itself, APNs and FCM through Amazon SNS.
 
 use async_trait::async_trait;
 
 use connect_core::push::{Payload, PushTransport, Registration, TransportError};
 
+use crate::sns::Sns;
 use crate::webpush::{topic, Subscription, Urgency, WebPush, WebPushSender};
 use crate::PushError;
 
 /// Sends each registration by its kind.
 pub struct Transports {
     pub web: WebPushSender,
+    /// None: the deployment has no SNS platform application (no APNs or FCM registration is
+    /// taken then).
+    pub sns: Option<Sns>,
 }
 
 #[async_trait]
@@ -45,10 +48,19 @@ impl PushTransport for Transports {
                     },
                 })
             }
-            Registration::Apns { .. } | Registration::Fcm { .. } => Err(TransportError::Failed {
-                message: "APNs and FCM (through SNS) are not wired yet".into(),
-                retryable: false,
-            }),
+            Registration::Mobile { arn, platform, .. } => match &self.sns {
+                Some(sns) => sns.publish(arn, payload, &topic(collapse)).await,
+                None => Err(TransportError::Failed {
+                    message: format!("{} push is not enabled here", platform.as_str()),
+                    retryable: false,
+                }),
+            },
+        }
+    }
+
+    async fn forget(&self, registration: &Registration) {
+        if let (Registration::Mobile { arn, .. }, Some(sns)) = (registration, &self.sns) {
+            sns.delete(arn).await;
         }
     }
 }

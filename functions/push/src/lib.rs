@@ -3,7 +3,9 @@
 //! Config: `REDIS_URL`, `DYNAMODB_ENDPOINT`, `PUSH_TABLE`, `INBOX_TABLE` (markers), `AWS_REGION`,
 //! `CONNECT_ENV`, `CONNECT_VAPID_PRIVATE_KEY` (or `CONNECT_VAPID_PRIVATE_KEY_ARN`),
 //! `CONNECT_VAPID_CONTACT`, `KAFKA_*` and `KAFKA_PUSH_LATER_TOPIC` (where held-back pushes go),
-//! `PUSH_COLLAPSE_MS` (5000), `PUSH_TIMEOUT_MS` (5000), `PUSH_TTL_SECS` (43200).
+//! `PUSH_COLLAPSE_MS` (5000), `PUSH_TIMEOUT_MS` (5000), `PUSH_TTL_SECS` (43200); APNs and FCM
+//! through SNS: `SNS_APNS_APPLICATION_ARN`, `SNS_FCM_APPLICATION_ARN`, `SNS_ENDPOINT` (local),
+//! `SNS_TIMEOUT_MS` (3000).
 
 use std::time::Duration;
 
@@ -91,6 +93,11 @@ async fn context() -> Result<Ctx, Error> {
     let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
     let tables = connect_dynamo::Tables::from_env();
     let producer = KafkaConfig::from_env()?.producer().create()?;
+    let sns = connect_push::sns::SnsConfig::from_lookup(|name| std::env::var(name).ok())?;
+    let sns = match sns.enabled() {
+        true => Some(connect_push::sns::Sns::new(&sns).await),
+        false => None,
+    };
     Ok(Ctx {
         registry: DynamoPush::new(dynamo.clone(), &tables.push),
         devices: RedisPushDevices::new(redis.clone()),
@@ -98,7 +105,7 @@ async fn context() -> Result<Ctx, Error> {
         log: RedisLog::new(redis.clone(), OfflineLimits::from_env()?),
         markers: DynamoInbox::new(dynamo, &tables),
         gate: RedisPushGate::new(redis),
-        transport: Transports { web },
+        transport: Transports { web, sns },
         later: KafkaJsonTopic::new(producer, Topics::from_env().push_later),
         collapse_ms: env::var("PUSH_COLLAPSE_MS", connect_core::push::COLLAPSE_MS)?,
     })

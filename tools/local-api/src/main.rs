@@ -112,10 +112,12 @@ fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();
     let addr: SocketAddr = connect_service::env::var("LOCAL_API_ADDR", "127.0.0.1:8090".parse()?)?;
-    let api = HttpApi::from_env(Some(connect_api::push_config()))
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("configuring the HTTP API")?;
+    let api = HttpApi::from_env(Some(
+        connect_api::push_config().map_err(anyhow::Error::msg)?,
+    ))
+    .await
+    .map_err(anyhow::Error::msg)
+    .context("configuring the HTTP API")?;
     let app =
         Router::new()
             .fallback(serve)
