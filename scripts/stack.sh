@@ -617,7 +617,7 @@ test_browser() {
   install_browser_test
   log "the web client in headless Chromium (gateways :$a and :$b)"
   (cd "$ROOT/tests/browser" && BROWSER_OUT="$LOCAL/browser-test" GATEWAY_A="http://127.0.0.1:$a" \
-    GATEWAY_B="http://127.0.0.1:$b" node chat.test.mjs) || rc=$?
+    GATEWAY_B="http://127.0.0.1:$b" WEBPUSH="http://127.0.0.1:$WEBPUSH_PORT" node chat.test.mjs) || rc=$?
   if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
   return $rc
 }

@@ -1,5 +1,5 @@
-//! The web client, served beside `/ws`: the page (`/`, `/app.js`, `/app.css`, built into the
-//! binary from `gateway/web/`), `/config.json` (where the HTTP API is, whether development
+//! The web client, served beside `/ws`: the page (`/`, `/app.js`, `/app.css`, and `/sw.js`, the
+//! service worker that shows pushes; built into the binary from `gateway/web/`), `/config.json` (where the HTTP API is, whether development
 //! sign-in is on) and, on the local stack only, `POST /dev/token` (a token for any user id).
 
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::state::Gateway;
 const INDEX: &str = include_str!("../web/index.html");
 const SCRIPT: &str = include_str!("../web/app.js");
 const STYLE: &str = include_str!("../web/app.css");
+const WORKER: &str = include_str!("../web/sw.js");
 
 /// The largest development sign-in body (`{"user":"…"}` is under 100 bytes).
 const DEV_SIGN_IN_MAX_BYTES: usize = 1024;
@@ -35,6 +36,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/", get(index))
         .route("/app.js", get(script))
         .route("/app.css", get(style))
+        .route("/sw.js", get(worker))
         .route("/config.json", get(config))
         .route(
             "/dev/token",
@@ -90,6 +92,11 @@ async fn script(State(gw): State<Arc<Gateway>>) -> Response {
 
 async fn style(State(gw): State<Arc<Gateway>>) -> Response {
     asset(&gw, "text/css; charset=utf-8", STYLE)
+}
+
+/// The service worker that shows pushes (scope `/`, the page's).
+async fn worker(State(gw): State<Arc<Gateway>>) -> Response {
+    asset(&gw, "text/javascript; charset=utf-8", WORKER)
 }
 
 async fn config(State(gw): State<Arc<Gateway>>) -> Response {

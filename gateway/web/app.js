@@ -18,6 +18,7 @@
 'use strict';
 
 const ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+const CONVERSATION_RE = /^(dm:[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_.-]{1,64}|group:[A-Za-z0-9_.-]{1,64})$/;
 const MAX_BODY_BYTES = 16 * 1024;
 const PAGE = 50;
 const RETRY_CODES = new Set(['unavailable', 'rate_limited']);
@@ -490,6 +491,80 @@ function start(session) {
   $('me-name').textContent = session.device ? `${session.user} · ${session.device}` : session.user;
   render();
   connect();
+  showNotifyState();
+  // A notification clicked (sw.js) or a link to one conversation.
+  const linked = decodeURIComponent(location.hash.slice(1));
+  if (CONVERSATION_RE.test(linked)) openConversation(linked);
+}
+
+// ---- push notifications --------------------------------------------------------------
+// With the browser's consent ("Notify me"), this device is registered for Web Push
+// (PROTOCOL.md "Push notifications"): while none of its pages is connected, a message to its
+// user comes as a notification, which the service worker (/sw.js) shows.
+
+const pushOffered = () => 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
+const deviceId = () => state.session?.device || 'default';
+
+function keyBytes(b64url) {
+  const b64 = b64url.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(b64url.length / 4) * 4, '=');
+  return Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+}
+
+function renderNotify(on) {
+  const button = $('notify');
+  button.hidden = !pushOffered();
+  button.dataset.state = on ? 'on' : 'off';
+  button.textContent = on ? 'Notifications on' : 'Notify me';
+}
+
+async function pushSubscription() {
+  const reg = await navigator.serviceWorker.register('/sw.js');
+  await navigator.serviceWorker.ready;
+  return { reg, sub: await reg.pushManager.getSubscription() };
+}
+
+async function enablePush() {
+  if (await Notification.requestPermission() !== 'granted') throw new Error('notifications are blocked for this site');
+  const { reg, sub: old } = await pushSubscription();
+  const { public_key: key } = await api('GET', '/v1/push/vapid');
+  let sub = old;
+  // A subscription made for another server key (a key rotation) cannot be pushed to.
+  const current = old?.options?.applicationServerKey ? new Uint8Array(old.options.applicationServerKey) : null;
+  const want = keyBytes(key);
+  if (sub && current && !(current.length === want.length && current.every((b, i) => b === want[i]))) {
+    await sub.unsubscribe();
+    sub = null;
+  }
+  if (!sub) sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: want });
+  await api('PUT', `/v1/devices/${encodeURIComponent(deviceId())}/push`, { kind: 'webpush', ...sub.toJSON() });
+}
+
+async function disablePush() {
+  await api('DELETE', `/v1/devices/${encodeURIComponent(deviceId())}/push`);
+  const { sub } = await pushSubscription();
+  if (sub) await sub.unsubscribe();
+}
+
+async function toggleNotify() {
+  const on = $('notify').dataset.state === 'on';
+  showError('sidebar-error', '');
+  try {
+    if (on) await disablePush(); else await enablePush();
+    renderNotify(!on);
+  } catch (e) {
+    showError('sidebar-error', `Notifications: ${e.message}`);
+  }
+}
+
+// Whether this device is registered already (a subscription and the permission).
+async function showNotifyState() {
+  if (!pushOffered()) { renderNotify(false); return; }
+  let on = false;
+  try {
+    const reg = await navigator.serviceWorker.getRegistration('/');
+    on = Notification.permission === 'granted' && Boolean(await reg?.pushManager.getSubscription());
+  } catch { /* none */ }
+  renderNotify(on);
 }
 
 // ---- rendering -------------------------------------------------------------------------
@@ -610,6 +685,10 @@ async function removeMember(group, user) {
 function wire() {
   $('signin-form').addEventListener('submit', signIn);
   $('signout').addEventListener('click', () => signOut());
+  $('notify').addEventListener('click', toggleNotify);
+  if ('serviceWorker' in navigator) {
+    navigator.serviceWorker.addEventListener('message', (ev) => { if (CONVERSATION_RE.test(ev.data?.open || '')) openConversation(ev.data.open); });
+  }
   $('back').addEventListener('click', () => { $('app').classList.remove('show-chat'); state.active = null; render(); });
   $('older').addEventListener('click', () => { const c = state.convs.get(state.active); if (c) loadOlder(c); });
   $('messages').addEventListener('scroll', () => {

@@ -9,7 +9,11 @@
 //      adds dave;
 //   4. carol closes her page, alice writes, carol comes back: the message arrives on her new
 //      connection (offline delivery) before she opens the group;
-//   5. bob at phone width.
+//   5. bob at phone width;
+//   6. erin turns notifications on: the page subscribes with the server's VAPID key (Chromium's
+//      own push service is not reachable here, so the subscription is one of the local Web Push
+//      service) and registers the device; the service worker shows a payload as a
+//      notification; with her page closed, alice's message reaches the local push service.
 // Screenshots go to BROWSER_OUT (.local/browser-test). Any page error, console error or CSP
 // violation fails the run.
 import { mkdirSync, rmSync } from 'node:fs';
@@ -21,12 +25,14 @@ const GW_B = process.env.GATEWAY_B || 'http://127.0.0.1:8081';
 const OUT = process.env.BROWSER_OUT || '.local/browser-test';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const WAIT = Number(process.env.BROWSER_WAIT_MS || 20000);
+const WEBPUSH = process.env.WEBPUSH || 'http://127.0.0.1:8095';
 
 const run = Date.now().toString(36);
 const alice = `alice_${run}`;
 const bob = `bob_${run}`;
 const carol = `carol_${run}`;
 const dave = `dave_${run}`;
+const erin = `erin_${run}`;
 const dm = alice < bob ? `dm:${alice}:${bob}` : `dm:${bob}:${alice}`;
 const groupName = `Trip ${run}`;
 
@@ -42,9 +48,9 @@ async function shot(page, name) {
   await page.screenshot({ path: join(OUT, `${String(shots).padStart(2, '0')}-${name}.png`), fullPage: true });
 }
 
-// A signed-in page of `user` on `gateway`.
-async function signIn(browser, gateway, user) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+// A signed-in page of `user` on `gateway` (in `context`, or a new one).
+async function signIn(browser, gateway, user, context = null) {
+  context = context || await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
   page.on('pageerror', (e) => problems.push(`${user}: page error: ${e.message}`));
   page.on('console', (m) => { if (m.type() === 'error') problems.push(`${user}: console: ${m.text()}`); });
@@ -202,6 +208,61 @@ try {
   check(await b.locator('#sidebar').isHidden(), 'at phone width the list hides while a conversation is open');
   await shot(b, 'phone-chat');
   log('phone width: list and conversation one at a time');
+
+  // 6. Notifications.
+  const post = async (url, body, headers = {}) => {
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+    return res.json();
+  };
+  const { api } = await (await fetch(`${GW_A}/config.json`)).json();
+  const { token } = await post(`${GW_A}/dev/token`, { user: erin });
+  const vapid = await (await fetch(`${api}/v1/push/vapid`, { headers: { authorization: `Bearer ${token}` } })).json();
+  const made = (await post(`${WEBPUSH}/subscribe`, { applicationServerKey: vapid.public_key, userVisibleOnly: 'true' })).data;
+  const ctx = await browser.newContext({ viewport: { width: 1100, height: 720 }, permissions: ['notifications'] });
+  await ctx.addInitScript((sub) => {
+    let current = null;
+    PushManager.prototype.subscribe = async function subscribe(options) {
+      window.askedKey = btoa(String.fromCharCode(...new Uint8Array(options.applicationServerKey)));
+      current = {
+        endpoint: sub.endpoint,
+        options,
+        toJSON: () => ({ endpoint: sub.endpoint, expirationTime: null, keys: sub.keys }),
+        unsubscribe: async () => { current = null; return true; },
+      };
+      return current;
+    };
+    PushManager.prototype.getSubscription = async function getSubscription() { return current; };
+  }, { endpoint: made.endpoint, keys: made.keys });
+  const e = await signIn(browser, GW_A, erin, ctx);
+  await e.click('#notify');
+  await e.locator('#notify[data-state="on"]').waitFor({ timeout: WAIT });
+  const asked = (await e.evaluate(() => window.askedKey)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  check(asked === vapid.public_key, `subscribed with ${asked}, not the server's key ${vapid.public_key}`);
+  log(`${erin} turned notifications on: subscribed with the server's VAPID key, device registered`);
+  await shot(e, 'notifications-on');
+  const worker = ctx.serviceWorkers()[0] || await ctx.waitForEvent('serviceworker', { timeout: WAIT });
+  const shown = await worker.evaluate(async () => {
+    await self.showPush({ conversation: 'dm:alice:erin', seq: 3, from: 'alice', preview: 'are you there?', unread: 2 });
+    const all = await self.registration.getNotifications();
+    return all.map((n) => ({ title: n.title, body: n.body, tag: n.tag }));
+  });
+  check(shown.some((n) => n.title === 'alice' && n.body === 'are you there? (2 unread)' && n.tag === 'dm:alice:erin'),
+    `the service worker showed ${JSON.stringify(shown)}`);
+  log('the service worker shows a payload as a notification, one per conversation');
+  await ctx.close();
+  await a.setViewportSize({ width: 1100, height: 720 });
+  await a.fill('#new-chat-user', erin);
+  await a.press('#new-chat-user', 'Enter');
+  await say(a, 'ping erin');
+  const deadline = Date.now() + WAIT;
+  let pushed = [];
+  while (Date.now() < deadline) {
+    pushed = ((await post(`${WEBPUSH}/get-notifications`, { clientHash: made.clientHash })).data?.messages || []).map((m) => JSON.parse(m));
+    if (pushed.some((p) => p.preview === 'ping erin')) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  check(pushed.some((p) => p.preview === 'ping erin' && p.from === alice), `the push service got ${JSON.stringify(pushed)}`);
+  log(`with her page closed, alice's message reached ${erin}'s subscription at the push service`);
 } catch (e) {
   failed = e;
 }
