@@ -393,15 +393,16 @@ pub trait PushTransport: Send + Sync {
 pub trait PushGate: Send + Sync {
     /// For each key, whether its window was open (then it is closed for `window_ms` from now).
     async fn open(&self, keys: &[String], window_ms: u64) -> Result<Vec<bool>, crate::PortError>;
-    /// Keeps `request` as the key's pending push (replacing an older one). Returns when its
-    /// window closes (ms since the epoch) if nothing was pending: a [`Deferred`] must then be
-    /// scheduled; otherwise the one already scheduled will send this newer request.
+    /// Opens the keys' windows again (a window opened for a push that was not sent).
+    async fn release(&self, keys: &[String]) -> Result<(), crate::PortError>;
+    /// Keeps each request as its key's pending push (replacing an older one). For each, when
+    /// its window closes (ms since the epoch) if nothing was pending: a [`Deferred`] must then
+    /// be scheduled; otherwise the one already scheduled will send this newer request.
     async fn defer(
         &self,
-        key: &str,
-        request: &PushRequest,
+        pending: &[(String, PushRequest)],
         window_ms: u64,
-    ) -> Result<Option<u64>, crate::PortError>;
+    ) -> Result<Vec<Option<u64>>, crate::PortError>;
     /// Takes the key's pending push, if any.
     async fn take(&self, key: &str) -> Result<Option<PushRequest>, crate::PortError>;
 }
@@ -506,10 +507,42 @@ pub async fn deliver(
             }
         }
     }
-    // Acked by the device since?
-    let mut devices: Vec<(UserId, String)> = order
+    // At most one per window: the window first (one pipelined call), so a request held back
+    // costs no other read; the newest held back is checked like any other when it goes.
+    let keys: Vec<String> = order
         .iter()
-        .map(|r| (r.user.clone(), r.device.clone()))
+        .map(|r| format!("{}|{}|{}", r.user, r.device, r.conversation))
+        .collect();
+    let open = ports.gate.open(&keys, window_ms).await?;
+    let mut kept = Vec::new();
+    let mut held = Vec::new();
+    for ((r, key), open) in order.into_iter().zip(keys).zip(open) {
+        if open {
+            kept.push((r, key));
+        } else {
+            held.push((key, r));
+        }
+    }
+    report.collapsed = held.len();
+    if !held.is_empty() {
+        let due = ports.gate.defer(&held, window_ms).await?;
+        for ((key, r), due_ms) in held.into_iter().zip(due) {
+            if let Some(due_ms) = due_ms {
+                report.deferred.push(Deferred {
+                    key,
+                    user: r.user,
+                    due_ms,
+                });
+            }
+        }
+    }
+    if kept.is_empty() {
+        return Ok(report);
+    }
+    // Acked by the device since?
+    let mut devices: Vec<(UserId, String)> = kept
+        .iter()
+        .map(|(r, _)| (r.user.clone(), r.device.clone()))
         .collect();
     devices.sort();
     devices.dedup();
@@ -518,56 +551,33 @@ pub async fn deliver(
             .await?;
     let cursor_of: HashMap<&(UserId, String), &HashMap<String, u64>> =
         devices.iter().zip(&cursors).collect();
-    order.retain(|r| {
-        let acked = cursor_of
-            .get(&(r.user.clone(), r.device.clone()))
-            .and_then(|c| c.get(&r.conversation.to_string()))
-            .is_some_and(|&seq| seq >= r.seq);
-        report.acked += usize::from(acked);
-        !acked
-    });
     // Connected since?
-    let mut users: Vec<UserId> = order.iter().map(|r| r.user.clone()).collect();
+    let mut users: Vec<UserId> = kept.iter().map(|(r, _)| r.user.clone()).collect();
     users.sort();
     users.dedup();
-    let sessions = if users.is_empty() {
-        Vec::new()
-    } else {
-        ports.sessions.lookup(&users).await?
-    };
+    let sessions = ports.sessions.lookup(&users).await?;
     let live: HashMap<&UserId, Vec<String>> = users
         .iter()
         .zip(&sessions)
         .map(|(u, routes)| (u, routes.iter().filter_map(|r| r.device.clone()).collect()))
         .collect();
-    order.retain(|r| {
-        let on = live.get(&r.user).is_some_and(|d| d.contains(&r.device));
+    let mut unsent = Vec::new();
+    kept.retain(|(r, key)| {
+        let acked = cursor_of
+            .get(&(r.user.clone(), r.device.clone()))
+            .and_then(|c| c.get(&r.conversation.to_string()))
+            .is_some_and(|&seq| seq >= r.seq);
+        let on = !acked && live.get(&r.user).is_some_and(|d| d.contains(&r.device));
+        report.acked += usize::from(acked);
         report.live += usize::from(on);
-        !on
-    });
-    if order.is_empty() {
-        return Ok(report);
-    }
-    // At most one per window.
-    let keys: Vec<String> = order
-        .iter()
-        .map(|r| format!("{}|{}|{}", r.user, r.device, r.conversation))
-        .collect();
-    let open = ports.gate.open(&keys, window_ms).await?;
-    let mut kept = Vec::new();
-    for ((r, key), open) in order.into_iter().zip(keys).zip(open) {
-        if open {
-            kept.push((r, key));
-        } else {
-            report.collapsed += 1;
-            if let Some(due_ms) = ports.gate.defer(&key, &r, window_ms).await? {
-                report.deferred.push(Deferred {
-                    key,
-                    user: r.user.clone(),
-                    due_ms,
-                });
-            }
+        if acked || on {
+            unsent.push(key.clone());
         }
+        !(acked || on)
+    });
+    // Nothing went to those: a message that comes next (the device gone away) pushes at once.
+    if !unsent.is_empty() {
+        ports.gate.release(&unsent).await?;
     }
     if kept.is_empty() {
         return Ok(report);
@@ -832,14 +842,27 @@ mod tests {
             Ok(keys.iter().map(|k| closed.insert(k.clone())).collect())
         }
 
+        async fn release(&self, keys: &[String]) -> Result<(), crate::PortError> {
+            let mut closed = self.closed.lock().unwrap();
+            for k in keys {
+                closed.remove(k);
+            }
+            Ok(())
+        }
+
         async fn defer(
             &self,
-            key: &str,
-            r: &PushRequest,
+            held: &[(String, PushRequest)],
             _: u64,
-        ) -> Result<Option<u64>, crate::PortError> {
-            let old = self.pending.lock().unwrap().insert(key.into(), r.clone());
-            Ok(old.is_none().then_some(0))
+        ) -> Result<Vec<Option<u64>>, crate::PortError> {
+            let mut pending = self.pending.lock().unwrap();
+            Ok(held
+                .iter()
+                .map(|(key, r)| {
+                    let old = pending.insert(key.clone(), r.clone());
+                    old.is_none().then_some(0)
+                })
+                .collect())
         }
 
         async fn take(&self, key: &str) -> Result<Option<PushRequest>, crate::PortError> {
@@ -945,6 +968,11 @@ mod tests {
         let sent = sink.sent.lock().unwrap().clone();
         assert_eq!(sent[0].0, "phone");
         assert_eq!((sent[0].1.seq, sent[0].1.unread), (5, 3));
+        // Nothing went to the watch or the laptop: their windows are open again.
+        assert_eq!(
+            *sink.closed.lock().unwrap(),
+            std::collections::HashSet::from(["bob|phone|dm:alice:bob".to_owned()])
+        );
         // Within the window: held back, the newest winning, one deferral per window.
         let one = |seq| vec![request("bob", "phone", "dm:alice:bob", seq)];
         let r = deliver(ports, one(6), COLLAPSE_MS).await.unwrap();

@@ -127,32 +127,51 @@ impl connect_core::push::PushGate for RedisPushGate {
         Ok(set.into_iter().map(|s| s.is_some()).collect())
     }
 
+    async fn release(&self, keys: &[String]) -> Result<(), PortError> {
+        let mut batch = Batch::new();
+        for k in keys {
+            batch.add_ignored(Cmd::del(gate_key(k)));
+        }
+        batch.exec(&self.conn).await.map_err(unavailable)
+    }
+
     async fn defer(
         &self,
-        key: &str,
-        request: &connect_core::push::PushRequest,
+        held: &[(String, connect_core::push::PushRequest)],
         window_ms: u64,
-    ) -> Result<Option<u64>, PortError> {
-        let value = serde_json::to_string(request)
-            .map_err(|e| PortError::unavailable("redis", format!("encoding a push: {e}")))?;
-        // Kept a few windows at most: a deferral that never ran leaves nothing behind.
-        let mut set = redis::cmd("SET");
-        set.arg(pending_key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(window_ms.saturating_mul(4).max(1))
-            .arg("GET");
+    ) -> Result<Vec<Option<u64>>, PortError> {
+        // Each kept a few windows at most: a deferral that never ran leaves nothing behind.
         let mut batch = Batch::new();
-        batch.add(set);
+        for (key, request) in held {
+            let value = serde_json::to_string(request)
+                .map_err(|e| PortError::unavailable("redis", format!("encoding a push: {e}")))?;
+            let mut set = redis::cmd("SET");
+            set.arg(pending_key(key))
+                .arg(value)
+                .arg("PX")
+                .arg(window_ms.saturating_mul(4).max(1))
+                .arg("GET");
+            batch.add(set);
+        }
         let old: Vec<Option<String>> = batch.query(&self.conn).await.map_err(unavailable)?;
-        if old.into_iter().flatten().next().is_some() {
-            return Ok(None);
+        // Those that had nothing pending: when their windows close.
+        let first: Vec<usize> = (0..held.len())
+            .filter(|&i| old.get(i).is_none_or(Option::is_none))
+            .collect();
+        let mut due = vec![None; held.len()];
+        if first.is_empty() {
+            return Ok(due);
         }
         let mut batch = Batch::new();
-        batch.add(Cmd::pttl(gate_key(key)));
+        for &i in &first {
+            batch.add(Cmd::pttl(gate_key(&held[i].0)));
+        }
         let ttl: Vec<i64> = batch.query(&self.conn).await.map_err(unavailable)?;
-        let left = ttl.first().copied().unwrap_or(0).max(0) as u64;
-        Ok(Some(connect_core::now_ms() + left))
+        let now = connect_core::now_ms();
+        for (i, left) in first.into_iter().zip(ttl) {
+            due[i] = Some(now + left.max(0) as u64);
+        }
+        Ok(due)
     }
 
     async fn take(&self, key: &str) -> Result<Option<connect_core::push::PushRequest>, PortError> {

@@ -4,6 +4,10 @@
 //! (RFC 8291, with the keys it subscribed with) and reads the send time the body carries:
 //! accepted → decrypted latency, pushes per second, and the stack's CPU. `--unregistered` sends
 //! the same to recipients with nothing registered: the message path's cost of push, side by side.
+//! `--group` puts everyone in one group instead (the senders, the registered offline
+//! recipients, and `--online` members connected and reading): every message is a push to each
+//! recipient, collapsed to one per device per 5 s window, the newest of a window sent when it
+//! closes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,8 +43,14 @@ pub struct PushRun {
     /// Register nothing: the same messages, no push.
     #[arg(long)]
     unregistered: bool,
+    /// One group of everyone: each message goes to the group.
+    #[arg(long)]
+    group: bool,
+    /// With `--group`: members connected (and reading) besides the offline recipients.
+    #[arg(long, default_value_t = 0)]
+    online: usize,
     /// This benchmark's push service.
-    #[arg(long, default_value = "127.0.0.1:8096")]
+    #[arg(long, default_value = "127.0.0.1:8097")]
     listen: String,
     #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
     gateways: String,
@@ -185,6 +195,13 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
         );
     }
     let gateways: Vec<String> = run.gateways.split(',').map(str::to_owned).collect();
+    let (group, readers) = match run.group {
+        true => {
+            let (group, readers) = group_of(issuer, &run, &tag, &recipients, &gateways).await?;
+            (Some(group), readers)
+        }
+        false => (None, Vec::new()),
+    };
     let period = Duration::from_secs_f64(run.senders as f64 / run.rate);
     let start = tokio::time::Instant::now() + Duration::from_secs(1);
     let measure_from = start + Duration::from_secs(run.warmup);
@@ -202,6 +219,7 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
         let ws = connect_bench::client::open(issuer, &gateway, &me).await?;
         let recipients = recipients.clone();
         let senders = run.senders;
+        let group = group.clone();
         tasks.push(tokio::spawn(async move {
             let mut ws = ws;
             let mut accepted = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -220,7 +238,11 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
                         let to = &recipients[(k * senders + s) % recipients.len()];
                         let id = format!("{k}");
                         k += 1;
-                        let frame = serde_json::json!({"type":"send","id":id,"to":to,"body":format!("{now_us} push benchmark")});
+                        let body = format!("{now_us} push benchmark");
+                        let frame = match &group {
+                            Some(g) => serde_json::json!({"type":"send","id":id,"group":g,"body":body}),
+                            None => serde_json::json!({"type":"send","id":id,"to":to,"body":body}),
+                        };
                         ws.send(Message::Text(frame.to_string().into())).await?;
                         if now >= measure_from {
                             inflight.insert(id, now);
@@ -268,16 +290,27 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
         sent += n;
     }
     tokio::time::sleep(Duration::from_secs(run.drain)).await;
+    for reader in readers {
+        reader.abort();
+    }
     let r = service.received.lock().unwrap_or_else(|p| p.into_inner());
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let secs = run.duration as f64;
     println!(
-        "connect-bench push: {} recipients ({}), {} senders, offered {:.0} msg/s, measured {} s",
+        "connect-bench push: {} recipients ({}{}), {} senders, offered {:.0} msg/s, measured {} s",
         run.recipients,
         if run.unregistered {
             "nothing registered"
         } else {
             "each with one registered device, offline"
+        },
+        match run.group {
+            true => format!(
+                "; one group of {} with {} members online",
+                run.recipients + run.online + run.senders,
+                run.online
+            ),
+            false => String::new(),
         },
         run.senders,
         run.rate,
@@ -305,4 +338,46 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
         hot / sent.max(1) as f64 * 1e6
     );
     Ok(())
+}
+
+/// `--group`: one group of the senders (the first owns it), the recipients and `--online`
+/// members, who connect and read everything; its id and the readers.
+async fn group_of(
+    issuer: &TokenIssuer,
+    run: &PushRun,
+    tag: &str,
+    recipients: &[String],
+    gateways: &[String],
+) -> anyhow::Result<(String, Vec<tokio::task::JoinHandle<()>>)> {
+    let owner = format!("pb{tag}s0");
+    let online: Vec<String> = (0..run.online).map(|i| format!("pb{tag}o{i}")).collect();
+    let mut members: Vec<String> = (1..run.senders).map(|s| format!("pb{tag}s{s}")).collect();
+    members.extend(recipients.iter().cloned());
+    members.extend(online.iter().cloned());
+    let body = serde_json::json!({"name": "push benchmark", "members": members}).to_string();
+    let url = format!("http://{}/v1/groups", run.api);
+    let started = Instant::now();
+    let (status, created) =
+        connect_bench::client::api_request(issuer, &owner, "POST", &url, Some(body)).await?;
+    if status != 201 {
+        bail!("creating the group answered {status}: {created}");
+    }
+    let group = created["group"].as_str().context("no group id")?.to_owned();
+    let mut readers = Vec::new();
+    for (i, user) in online.iter().enumerate() {
+        let mut ws =
+            connect_bench::client::open(issuer, &gateways[i % gateways.len()], user).await?;
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+        }));
+    }
+    println!(
+        "group {group} of {} members made in {:.1} s; {} online",
+        members.len() + 1,
+        started.elapsed().as_secs_f64(),
+        online.len()
+    );
+    // The group's own event and the connects settle before the clock starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok((group, readers))
 }
