@@ -309,7 +309,10 @@ start_infra() {
   start webpush "$LOCAL" node "$ROOT/scripts/webpush/node_modules/web-push-testing/src/bin/server.js" "$WEBPUSH_PORT"
   # The SNS API (moto): APNs and FCM registrations get platform endpoints there and pushes are
   # published to them; no device receives them (no local engine delivers to APNs or FCM).
-  start sns "$LOCAL" moto_server -H 127.0.0.1 -p "$SNS_PORT"
+  # It records every call (GET /moto-api/recorder/download-recording): the tests read the message
+  # attributes of a Publish there (its own view of the state keeps only the message).
+  start sns "$LOCAL" env MOTO_ENABLE_RECORDING=true MOTO_RECORDER_FILEPATH="$LOCAL/logs/sns-calls.jsonl" \
+    moto_server -H 127.0.0.1 -p "$SNS_PORT"
   local jars storage; jars=$(ddb_jar_dir)
   # In memory by default: on this kind of machine DynamoDB Local on disk syncs every write and
   # tops out near 700 items/s (BatchWriteItem) against ~4,300 in memory. DYNAMODB_PERSIST=1 keeps
@@ -486,7 +489,7 @@ down() {
 
 # region_b ARGS...: this script for region b (its ports and data; region a's DynamoDB Local).
 region_b() {
-  env -u REDIS_URL -u KAFKA_BROKERS -u LAMBDA_ENDPOINT -u REDIS_CLUSTER -u REDIS_CA_FILE \
+  env -u REDIS_URL -u KAFKA_BROKERS -u LAMBDA_ENDPOINT -u REDIS_CLUSTER -u REDIS_CA_FILE -u SNS_ENDPOINT \
     "${REGION_B_ENV[@]}" CONNECT_STACK=plain "$ROOT/scripts/stack.sh" "$@" 2>&1 | sed 's/\[stack\]/[stack b]/'
   return "${PIPESTATUS[0]}"
 }

@@ -411,6 +411,75 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// The `Publish` calls the SNS API took for `arn` (moto records every call it takes), each as
+/// its form parameters.
+async fn publishes_to(arn: &str) -> anyhow::Result<Vec<std::collections::HashMap<String, String>>> {
+    use base64::Engine as _;
+    let (status, body) = http_get(&sns_addr(), "/moto-api/recorder/download-recording").await?;
+    anyhow::ensure!(status == 200, "moto recording: {status}");
+    let mut out = Vec::new();
+    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+        let call: Value = serde_json::from_str(line)?;
+        let raw = call["body"].as_str().unwrap_or_default();
+        let form = if call["body_encoded"] == json!(true) {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(raw)?)?
+        } else {
+            raw.to_owned()
+        };
+        let params: std::collections::HashMap<String, String> = form
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (urldecode(k), urldecode(v)))
+            .collect();
+        if params.get("Action").map(String::as_str) == Some("Publish")
+            && params.get("TargetArn").map(String::as_str) == Some(arn)
+        {
+            out.push(params);
+        }
+    }
+    Ok(out)
+}
+
+fn urldecode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of the message attribute `name` in a `Publish` call's form parameters.
+fn attribute<'a>(
+    call: &'a std::collections::HashMap<String, String>,
+    name: &str,
+) -> Option<&'a str> {
+    (1..=10).find_map(|i| {
+        (call
+            .get(&format!("MessageAttributes.entry.{i}.Name"))?
+            .as_str()
+            == name)
+            .then(|| call.get(&format!("MessageAttributes.entry.{i}.Value.StringValue")))
+            .flatten()
+            .map(String::as_str)
+    })
+}
+
 /// SNS disables an endpoint when APNs or FCM says its token is unregistered.
 async fn disable(arn: &str) -> anyhow::Result<()> {
     let status = sns_call(&[
@@ -496,10 +565,30 @@ async fn apns_and_fcm_devices_get_platform_endpoints_and_pushes_through_sns() ->
     let message = &fcm_body["fcmV1Message"]["message"];
     assert_eq!(message["data"]["seq"], seq.to_string());
     assert_eq!(message["data"]["conversation"], conversation.as_str());
-    let collapse = message["android"]["collapse_key"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(!collapse.is_empty(), "the collapse key: {fcm_body}");
+    // Each names its (device, conversation): a newer push replaces one the service still holds.
+    let collapse_of =
+        |device: &str| connect_push::webpush::topic(&format!("{bob}|{device}|{conversation}"));
+    assert_eq!(
+        message["android"]["collapse_key"].as_str(),
+        Some(collapse_of("pixel").as_str()),
+        "FCM's collapse key: {fcm_body}"
+    );
+    let calls = publishes_to(&apns_arn).await?;
+    assert_eq!(calls.len(), 1, "one Publish to the iPhone's endpoint");
+    assert_eq!(
+        attribute(&calls[0], "AWS.SNS.MOBILE.APNS.COLLAPSE_ID"),
+        Some(collapse_of("iphone").as_str()),
+        "APNs' collapse id: {:?}",
+        calls[0]
+    );
+    assert_eq!(
+        attribute(&calls[0], "AWS.SNS.MOBILE.APNS.PUSH_TYPE"),
+        Some("alert")
+    );
+    assert_eq!(
+        calls[0].get("MessageStructure").map(String::as_str),
+        Some("json")
+    );
 
     // FCM says the pixel's token is unregistered (SNS disables its endpoint): the next push to
     // it removes the registration and deletes the endpoint; the iPhone still gets it.

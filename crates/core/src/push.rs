@@ -507,6 +507,9 @@ pub async fn deliver(
             }
         }
     }
+    if order.is_empty() {
+        return Ok(report);
+    }
     // At most one per window: the window first (one pipelined call), so a request held back
     // costs no other read; the newest held back is checked like any other when it goes.
     let keys: Vec<String> = order
@@ -838,6 +841,10 @@ mod tests {
     #[async_trait::async_trait]
     impl PushGate for Sink {
         async fn open(&self, keys: &[String], _: u64) -> Result<Vec<bool>, crate::PortError> {
+            // As Redis does: a pipeline of no command is an error.
+            if keys.is_empty() {
+                return Err(crate::PortError::unavailable("redis", "empty command"));
+            }
             let mut closed = self.closed.lock().unwrap();
             Ok(keys.iter().map(|k| closed.insert(k.clone())).collect())
         }

@@ -113,6 +113,9 @@ impl RedisPushGate {
 #[async_trait]
 impl connect_core::push::PushGate for RedisPushGate {
     async fn open(&self, keys: &[String], window_ms: u64) -> Result<Vec<bool>, PortError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut batch = Batch::new();
         for k in keys {
             let mut cmd = redis::cmd("SET");
@@ -128,6 +131,9 @@ impl connect_core::push::PushGate for RedisPushGate {
     }
 
     async fn release(&self, keys: &[String]) -> Result<(), PortError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let mut batch = Batch::new();
         for k in keys {
             batch.add_ignored(Cmd::del(gate_key(k)));
@@ -140,6 +146,9 @@ impl connect_core::push::PushGate for RedisPushGate {
         held: &[(String, connect_core::push::PushRequest)],
         window_ms: u64,
     ) -> Result<Vec<Option<u64>>, PortError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
         // Each kept a few windows at most: a deferral that never ran leaves nothing behind.
         let mut batch = Batch::new();
         for (key, request) in held {
