@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
 use connect_core::inbound::{handle_text, Inbound};
-use connect_core::model::{MarkerUpdate, ReplyTo, Session, UserConnected};
+use connect_core::model::{MarkerUpdate, ReplyTo, Session, TypingUpdate, UserConnected};
 use connect_core::PortError;
 use connect_protocol::{ConversationId, ErrorCode, FrameError, ServerFrame, UserId};
 
@@ -70,6 +70,9 @@ struct Connection<S> {
     reads_due: Option<tokio::time::Instant>,
     /// Receipts: at most one per (user, conversation) per second.
     receipts: Pacer,
+    /// `typing` sent on, per conversation: when, and whether it was a stop (at most one per
+    /// conversation per second; a change between typing and stopped goes at once).
+    typing: HashMap<ConversationId, (tokio::time::Instant, bool)>,
     /// Ends a write stuck on a peer that stopped reading once the hub evicts the connection.
     evicted: Evicted,
     /// When the token's `exp` passes (with the verifier's leeway), if the connection closes then.
@@ -137,6 +140,7 @@ where
         reads: HashMap::new(),
         reads_due: None,
         receipts: Pacer::new(Duration::from_secs(1)),
+        typing: HashMap::new(),
         evicted: rx.evicted(),
         expires,
         catching_up: Some(tokio::time::Instant::now() + gw.cfg.catch_up_timeout),
@@ -383,6 +387,39 @@ where
         }
     }
 
+    /// Sends a `typing` on to messaging (which checks membership and fans it out), at most one
+    /// per conversation per second; more are dropped without an answer (PROTOCOL.md). Nobody
+    /// waits for it: a typing signal lost is never retried.
+    fn typing(&mut self, conversation: ConversationId, stop: bool) {
+        /// Conversations remembered per connection (forgotten all at once when full).
+        const TRACKED: usize = 256;
+        let now = tokio::time::Instant::now();
+        if let Some((at, was_stop)) = self.typing.get(&conversation) {
+            if *was_stop == stop && now.duration_since(*at) < Duration::from_secs(1) {
+                counter!("connect_gateway_typing_total", "result" => "dropped").increment(1);
+                return;
+            }
+        }
+        if self.typing.len() >= TRACKED && !self.typing.contains_key(&conversation) {
+            self.typing.clear();
+        }
+        self.typing.insert(conversation.clone(), (now, stop));
+        counter!("connect_gateway_typing_total", "result" => "sent").increment(1);
+        let update = TypingUpdate {
+            conversation,
+            user: self.user.clone(),
+            stop,
+            ts: connect_core::now_ms(),
+            reply: self.reply_to(),
+        };
+        let pending = self.gw.bus.typing(&update);
+        tokio::spawn(async move {
+            if let Err(e) = pending.await {
+                debug!(cause = %e, "a typing signal was not published");
+            }
+        });
+    }
+
     /// Writes the pending acks (one task; each conversation's cursor concurrently).
     fn flush_acks(&mut self) {
         if self.acks.is_empty() {
@@ -622,12 +659,19 @@ where
                 }
                 Ok(())
             }
-            Inbound::Typing { .. } | Inbound::Watch(_) => {
+            Inbound::Typing { conversation, stop } => {
                 if let Some(text) = self.rate_limited(false, None) {
                     return self.send_text(text).await;
                 }
-                // Typing and presence are being built (issue 22): until then the client is told
-                // so, never left waiting for something that never comes.
+                self.typing(conversation, stop);
+                Ok(())
+            }
+            Inbound::Watch(_) => {
+                if let Some(text) = self.rate_limited(false, None) {
+                    return self.send_text(text).await;
+                }
+                // Presence is being built (issue 22): until then the client is told so, never
+                // left waiting for something that never comes.
                 let err = FrameError::new(ErrorCode::Internal, "not available on this server yet");
                 self.reject(&err).await
             }

@@ -20,6 +20,11 @@ pub struct Config {
     pub shed_after_ms: u64,
     /// `RECEIPTS_LIVE_MAX_MEMBERS`: groups up to this size get every member's receipts live.
     pub receipts_live_max_members: usize,
+    /// `MESSAGING_TYPING_MAX_AGE_MS`: a `typing` signal that waited longer than this is dropped
+    /// (under load typing gives way first).
+    pub typing_max_age_ms: u64,
+    /// `TYPING_MAX_MEMBERS`: groups above this size get no `typing`.
+    pub typing_max_members: usize,
     /// `INBOX_PLACE_STEP_MS`: a busy direct conversation's place in the inbox order moves at most
     /// once per this (its head, and so its item, with every message).
     pub inbox_place_step_ms: u64,
@@ -66,6 +71,8 @@ impl Config {
             batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
             shed_after_ms: env::var("MESSAGING_SHED_AFTER_MS", 400)?,
             receipts_live_max_members: env::var("RECEIPTS_LIVE_MAX_MEMBERS", 32)?,
+            typing_max_age_ms: env::var("MESSAGING_TYPING_MAX_AGE_MS", 2000)?,
+            typing_max_members: env::var("TYPING_MAX_MEMBERS", 256)?,
             inbox_place_step_ms: env::var("INBOX_PLACE_STEP_MS", 1000)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,

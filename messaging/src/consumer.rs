@@ -48,6 +48,7 @@ fn decode(kinds: &TopicKinds, m: &BorrowedMessage<'_>) -> Option<Inbound> {
             decode_incoming(m.headers(), payload).map(|incoming| match incoming {
                 Incoming::Send(s) => Inbound::Send(s),
                 Incoming::Marker(u) => Inbound::Marker(u),
+                Incoming::Typing(u) => Inbound::Typing(u),
             })
         }
     };
@@ -126,6 +127,9 @@ async fn publish_and_commit(
     counter!("connect_messaging_markers_total").increment(report.markers as u64);
     counter!("connect_messaging_pushes_total").increment(report.pushes as u64);
     counter!("connect_messaging_marker_retries_total").increment(report.marker_retries as u64);
+    counter!("connect_messaging_typing_total", "result" => "sent").increment(report.typing as u64);
+    counter!("connect_messaging_typing_total", "result" => "dropped")
+        .increment(report.typing_dropped as u64);
     counter!("connect_messaging_lookup_retries_total").increment(report.lookup_retries as u64);
     counter!("connect_messaging_forwarded_total").increment(report.forwarded as u64);
     counter!("connect_messaging_relayed_total").increment(report.relayed as u64);

@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         MessagingStep::new(ports)
             .shed_after_ms(cfg.shed_after_ms)
             .receipts_live_max_members(cfg.receipts_live_max_members)
+            .typing_limits(cfg.typing_max_age_ms, cfg.typing_max_members)
             .place_step_ms(cfg.inbox_place_step_ms)
             .regions(cfg.regions.clone()),
         consumer::Outputs {

@@ -20,4 +20,5 @@ mod push;
 mod rebalance;
 mod replay;
 mod semantics;
+mod typing;
 mod web;

@@ -28,6 +28,7 @@ mod markers;
 mod relay;
 mod route;
 mod store;
+mod typing;
 
 use std::collections::HashMap;
 
@@ -67,6 +68,10 @@ pub struct StepReport {
     pub pushes: usize,
     /// Read-marker reads and writes (and head reads) that failed and were tried again.
     pub marker_retries: usize,
+    /// `typing` signals fanned out.
+    pub typing: usize,
+    /// `typing` signals dropped: too old, a group too large, a backend down.
+    pub typing_dropped: usize,
     /// Where the batch's time went.
     pub phases: Phases,
 }
@@ -124,6 +129,8 @@ impl StepReport {
         self.markers += other.markers;
         self.pushes += other.pushes;
         self.marker_retries += other.marker_retries;
+        self.typing += other.typing;
+        self.typing_dropped += other.typing_dropped;
         self.phases.add(&other.phases);
     }
 }
@@ -189,6 +196,10 @@ pub struct MessagingStep {
     /// Groups up to this size get receipts live to every member (larger: the reader's own
     /// connections only).
     receipts_live_max_members: usize,
+    /// A `typing` signal older than this (ms) when its batch starts is dropped.
+    typing_max_age_ms: u64,
+    /// Groups above this size get no `typing`.
+    typing_max_members: usize,
     /// A direct conversation's place in its users' recency index moves when its newest message
     /// is at least this much newer than the place this process last wrote (ms).
     place_step_ms: u64,
@@ -321,6 +332,8 @@ impl MessagingStep {
             shed_after_ms: 0,
             regions: crate::regions::Regions::single("local"),
             receipts_live_max_members: 32,
+            typing_max_age_ms: 2000,
+            typing_max_members: 256,
             place_step_ms: 1000,
             placed: Placed::default(),
         }
@@ -336,6 +349,15 @@ impl MessagingStep {
     /// Groups up to `n` members get every member's receipts live (`RECEIPTS_LIVE_MAX_MEMBERS`).
     pub fn receipts_live_max_members(mut self, n: usize) -> Self {
         self.receipts_live_max_members = n;
+        self
+    }
+
+    /// `typing` signals older than `ms` when their batch starts are dropped
+    /// (`MESSAGING_TYPING_MAX_AGE_MS`), and groups of more than `members` get none
+    /// (`TYPING_MAX_MEMBERS`).
+    pub fn typing_limits(mut self, ms: u64, members: usize) -> Self {
+        self.typing_max_age_ms = ms;
+        self.typing_max_members = members;
         self
     }
 

@@ -176,6 +176,22 @@ pub struct MarkerUpdate {
     pub reply: Option<ReplyTo>,
 }
 
+/// A `typing` frame on its way to the conversation's other members (gateway → messaging, on
+/// `incoming_messages` beside the sends, key = conversation). Ephemeral: never stored, never
+/// retried, dropped once older than messaging's limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypingUpdate {
+    pub conversation: ConversationId,
+    pub user: UserId,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop: bool,
+    /// When the gateway took it (ms since the epoch).
+    pub ts: u64,
+    /// The typist's connection: answered `forbidden` when the user is not a member, and never
+    /// sent the typing.
+    pub reply: ReplyTo,
+}
+
 /// A user's markers in one conversation (0: none).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Markers {

@@ -24,6 +24,8 @@ pub trait SubmissionBus: Send + Sync {
     fn submit(&self, submission: &Submission) -> PendingPublish;
     /// Enqueues a read-state change (key = conversation, so it is ordered with the sends).
     fn mark(&self, update: &MarkerUpdate) -> PendingPublish;
+    /// Enqueues a `typing` signal (key = conversation; nobody waits for it to be durable).
+    fn typing(&self, update: &crate::model::TypingUpdate) -> PendingPublish;
 }
 
 /// Read markers per (user, conversation), durable (DynamoDB), shared by the user's devices.

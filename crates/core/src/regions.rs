@@ -187,6 +187,8 @@ pub enum Inbound {
     Ack(AckRecord),
     /// A read-state change from this region's gateways (`incoming_messages`).
     Marker(crate::model::MarkerUpdate),
+    /// A `typing` signal from this region's gateways (`incoming_messages`).
+    Typing(crate::model::TypingUpdate),
 }
 
 /// Messaging → the other regions (and forwarded sends into this region's `incoming_messages`).

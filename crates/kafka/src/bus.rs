@@ -8,12 +8,14 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use connect_core::model::{Delivery, MarkerUpdate, Submission, UserConnected};
+use connect_core::model::{Delivery, MarkerUpdate, Submission, TypingUpdate, UserConnected};
 use connect_core::ports::{ConnectionEvents, DeliveryBus, PendingPublish, PushBus, SubmissionBus};
 use connect_core::regions::{forward_topic, AckBus, AckRecord, RegionBus, Replica};
 use connect_core::PortError;
 
-use crate::codec::{encode_delivery, encode_json, encode_submission, KIND_HEADER, MARKER_KIND};
+use crate::codec::{
+    encode_delivery, encode_json, encode_submission, KIND_HEADER, MARKER_KIND, TYPING_KIND,
+};
 
 const BACKEND: &str = "kafka";
 
@@ -51,6 +53,21 @@ fn enqueue(producer: &FutureProducer, record: FutureRecord<'_, str, [u8]>) -> Pe
     }
 }
 
+impl KafkaSubmissionBus {
+    /// A record of `incoming_messages` that is not a send: its `kind` header says what it is.
+    fn kind_record(&self, kind: &str, key: &str, payload: &[u8]) -> PendingPublish {
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: KIND_HEADER,
+            value: Some(kind),
+        });
+        let record = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        enqueue(&self.producer, record)
+    }
+}
+
 impl SubmissionBus for KafkaSubmissionBus {
     fn submit(&self, submission: &Submission) -> PendingPublish {
         let key = submission.conversation.to_string();
@@ -63,17 +80,19 @@ impl SubmissionBus for KafkaSubmissionBus {
     }
 
     fn mark(&self, update: &MarkerUpdate) -> PendingPublish {
-        let key = update.conversation.to_string();
-        let payload = encode_json(update);
-        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-            key: KIND_HEADER,
-            value: Some(MARKER_KIND),
-        });
-        let record = FutureRecord::to(&self.topic)
-            .key(key.as_str())
-            .payload(payload.as_slice())
-            .headers(headers);
-        enqueue(&self.producer, record)
+        self.kind_record(
+            MARKER_KIND,
+            &update.conversation.to_string(),
+            &encode_json(update),
+        )
+    }
+
+    fn typing(&self, update: &TypingUpdate) -> PendingPublish {
+        self.kind_record(
+            TYPING_KIND,
+            &update.conversation.to_string(),
+            &encode_json(update),
+        )
     }
 }
 

@@ -11,7 +11,9 @@
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
-use connect_core::model::{Delivery, MarkerUpdate, OutboundMessage, Reply, Signal, Submission};
+use connect_core::model::{
+    Delivery, MarkerUpdate, OutboundMessage, Reply, Signal, Submission, TypingUpdate,
+};
 use connect_protocol::UserId;
 
 /// A record that cannot be decoded (logged and skipped: it would never decode).
@@ -31,12 +33,15 @@ pub fn decode_submission(payload: &[u8]) -> Result<Submission, CodecError> {
 pub const KIND_HEADER: &str = "kind";
 /// Its value for a [`MarkerUpdate`].
 pub const MARKER_KIND: &str = "marker";
+/// Its value for a [`TypingUpdate`].
+pub const TYPING_KIND: &str = "typing";
 
 /// What a record of `incoming_messages` carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     Send(Submission),
     Marker(MarkerUpdate),
+    Typing(TypingUpdate),
 }
 
 /// Decodes a record of `incoming_messages` by its `kind` header.
@@ -44,14 +49,15 @@ pub fn decode_incoming<H: Headers>(
     headers: Option<&H>,
     payload: &[u8],
 ) -> Result<Incoming, CodecError> {
-    let marker = headers.is_some_and(|h| {
+    let kind = headers.and_then(|h| {
         h.iter()
-            .any(|h| h.key == KIND_HEADER && h.value == Some(MARKER_KIND.as_bytes()))
+            .find(|h| h.key == KIND_HEADER)
+            .and_then(|h| h.value)
     });
-    if marker {
-        decode_json(payload).map(Incoming::Marker)
-    } else {
-        decode_submission(payload).map(Incoming::Send)
+    match kind {
+        Some(k) if k == MARKER_KIND.as_bytes() => decode_json(payload).map(Incoming::Marker),
+        Some(k) if k == TYPING_KIND.as_bytes() => decode_json(payload).map(Incoming::Typing),
+        _ => decode_submission(payload).map(Incoming::Send),
     }
 }
 

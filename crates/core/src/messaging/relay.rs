@@ -162,9 +162,11 @@ impl MessagingStep {
         let mut acks = Vec::new();
         let mut taken_in = Vec::new();
         let mut markers = Vec::new();
+        let mut typing = Vec::new();
         for item in batch {
             match item {
                 Inbound::Marker(m) => markers.push(m),
+                Inbound::Typing(t) => typing.push(t),
                 Inbound::Send(s) => sends.push(s),
                 Inbound::Forwarded(s) => taken_in.push(s),
                 Inbound::Replica(r) => replicas.push(r),
@@ -177,7 +179,7 @@ impl MessagingStep {
             .into_iter()
             .partition(|m| senders.contains(&(&m.user, &m.conversation)));
         drop(senders);
-        let (mut prepared, marked) = tokio::join!(
+        let (mut prepared, marked, typed) = tokio::join!(
             async {
                 if sends.is_empty() {
                     Prepared::default()
@@ -191,9 +193,17 @@ impl MessagingStep {
                 } else {
                     self.mark(now, now_ms).await
                 }
+            },
+            async {
+                if typing.is_empty() {
+                    Prepared::default()
+                } else {
+                    self.typing(typing, now_ms).await
+                }
             }
         );
         prepared.merge(marked);
+        prepared.merge(typed);
         if !later.is_empty() {
             // A stored send moved its sender's marker to its seq, past anything they could have
             // read before it: such a read (or ack) moves only the reading device's cursor. The

@@ -1180,3 +1180,92 @@ async fn with_the_log_gone_a_read_is_clamped_to_the_last_stored_message() {
     assert_eq!(report.markers, 1);
     assert_eq!(mem.markers.lock().unwrap()[&(user("bob"), dm)].read, 2);
 }
+
+fn typing(who: &str, conversation: &str, conn: &str, ts: u64) -> crate::regions::Inbound {
+    crate::regions::Inbound::Typing(crate::model::TypingUpdate {
+        conversation: ConversationId::parse(conversation).unwrap(),
+        user: user(who),
+        stop: false,
+        ts,
+        reply: ReplyTo {
+            conn: conn.into(),
+            slot: 0,
+            region: None,
+        },
+    })
+}
+
+#[tokio::test]
+async fn typing_reaches_the_other_members_only_and_stores_nothing() {
+    let mem = Arc::new(Memory::default());
+    trip(&mem, &["alice", "bob", "carol"]).await;
+    for (who, conn) in [
+        ("alice", "a1"),
+        ("alice", "a2"),
+        ("bob", "b1"),
+        ("carol", "c1"),
+    ] {
+        online(&mem, who, conn, 0).await;
+    }
+    online(&mem, "dave", "d1", 0).await;
+    let step = MessagingStep::new(mem.ports());
+    // Two from alice in one batch: the newest goes, once.
+    let p = step
+        .prepare_inbound(
+            vec![
+                typing("alice", "group:g_trip", "a1", 1000),
+                typing("alice", "group:g_trip", "a1", 1100),
+            ],
+            1200,
+        )
+        .await;
+    assert_eq!((p.report.typing, p.report.stored), (1, 0));
+    crate::ports::DeliveryBus::publish(&*mem, &p.deliveries)
+        .await
+        .unwrap();
+    let got = signals(&mem);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (mut to, frame, except) = got[0].clone();
+    to.sort();
+    assert_eq!(
+        to,
+        vec![user("bob"), user("carol")],
+        "not the typist's own connections"
+    );
+    assert_eq!(
+        frame,
+        serde_json::json!({"type":"typing","conversation":"group:g_trip","user":"alice"})
+    );
+    assert_eq!(except, None);
+    assert!(mem.log_seqs("group:g_trip").is_empty(), "nothing logged");
+    // A non-member is answered forbidden; a signal that waited too long is dropped.
+    let p = step
+        .prepare_inbound(vec![typing("dave", "group:g_trip", "d1", 2000)], 2000)
+        .await;
+    assert_eq!((p.report.typing, p.report.rejected), (0, 1));
+    let answer = p.deliveries[0].reply.as_ref().unwrap();
+    assert_eq!(
+        (answer.conn.as_str(), frame_of(&answer.frame)),
+        ("d1", Some("forbidden".to_owned()))
+    );
+    let p = step
+        .prepare_inbound(vec![typing("bob", "group:g_trip", "b1", 1000)], 4000)
+        .await;
+    assert_eq!((p.report.typing, p.report.typing_dropped), (0, 1));
+    assert!(p.deliveries.is_empty());
+    // A group above the limit gets none; a direct conversation's peer does.
+    let small = MessagingStep::new(mem.ports()).typing_limits(2000, 2);
+    let p = small
+        .prepare_inbound(vec![typing("bob", "group:g_trip", "b1", 5000)], 5000)
+        .await;
+    assert_eq!((p.report.typing, p.report.typing_dropped), (0, 1));
+    let p = small
+        .prepare_inbound(vec![typing("bob", "dm:alice:bob", "b1", 5000)], 5000)
+        .await;
+    assert_eq!(p.report.typing, 1);
+    assert_eq!(p.deliveries[0].recipients, vec![user("alice")]);
+}
+
+fn frame_of(text: &str) -> Option<String> {
+    frame(text)["code"].as_str().map(str::to_owned)
+}
