@@ -15,6 +15,9 @@
 // `pending` until `accepted`; after a reconnect, or an `unavailable` / `rate_limited` answer, they
 // go again with the same id (the server never stores a message twice). On every `hello` it
 // catches up from history after the last seq it holds, for each conversation it has loaded.
+// While the user types it says `typing` (at most every 3 s; `stop` when the composer is
+// emptied), and it shows who is typing in the open conversation's header and in the list, for
+// 6 s unless repeated, stopped, or ended by that user's message.
 'use strict';
 
 const ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -50,7 +53,14 @@ const state = {
   active: null,         // open conversation id
   pending: new Map(),   // client message id -> { frame, conversation, body, state, error, tries, timer }
   counter: 0,
+  typing: new Map(),    // conversation id -> Map(user -> timer): who is typing there now
+  typed: new Map(),     // conversation id -> when this page last said it types there (ms)
 };
+
+// A `typing` is shown this long unless repeated, stopped, or followed by that user's message
+// (PROTOCOL.md); this page says it again at most this often while the user types.
+const TYPING_SHOWN_MS = 6000;
+const TYPING_EVERY_MS = 3000;
 
 // ---- conversations ---------------------------------------------------------------------
 
@@ -358,7 +368,13 @@ function onFrame(f) {
       break;
     }
     case 'message':
+      stopTyping(f.conversation, f.from);
       if (addMessage(f)) render();
+      break;
+    case 'typing':
+      if (f.stop) stopTyping(f.conversation, f.user);
+      else startTyping(f.conversation, f.user);
+      render();
       break;
     case 'receipt':
       takeReceipt(conv(f.conversation), f);
@@ -389,9 +405,49 @@ function transmit(id) {
   state.ws.send(JSON.stringify(p.frame));
 }
 
+// ---- typing ----------------------------------------------------------------------------
+
+function startTyping(conversation, user) {
+  let who = state.typing.get(conversation);
+  if (!who) { who = new Map(); state.typing.set(conversation, who); }
+  clearTimeout(who.get(user));
+  who.set(user, setTimeout(() => { stopTyping(conversation, user); render(); }, TYPING_SHOWN_MS));
+}
+
+function stopTyping(conversation, user) {
+  const who = state.typing.get(conversation);
+  if (!who || !who.has(user)) return;
+  clearTimeout(who.get(user));
+  who.delete(user);
+  if (!who.size) state.typing.delete(conversation);
+}
+
+// "bob is typing…", "bob and carol are typing…" (empty: nobody).
+function typingText(conversation) {
+  const who = [...(state.typing.get(conversation)?.keys() || [])];
+  if (!who.length) return '';
+  return who.length === 1 ? `${who[0]} is typing…` : `${who.slice(0, -1).join(', ')} and ${who.at(-1)} are typing…`;
+}
+
+// The composer changed: say so (at most every few seconds), or that the user stopped.
+function composing(text) {
+  const id = state.active;
+  if (!id || !state.connected) return;
+  const last = state.typed.get(id);
+  if (text.trim()) {
+    if (last && Date.now() - last < TYPING_EVERY_MS) return;
+    state.typed.set(id, Date.now());
+    state.ws.send(JSON.stringify({ type: 'typing', conversation: id }));
+  } else if (last) {
+    state.typed.delete(id);
+    state.ws.send(JSON.stringify({ type: 'typing', conversation: id, stop: true }));
+  }
+}
+
 function send(text) {
   const c = state.convs.get(state.active);
   if (!c || !text.trim()) return;
+  state.typed.delete(c.id); // the message itself ends the peers' "typing…"
   if (new TextEncoder().encode(text).length > MAX_BODY_BYTES) { showError('chat-error', 'too_large: a message is at most 16 KiB'); return; }
   state.counter += 1;
   const id = `web-${state.session.device || 'default'}-${Date.now().toString(36)}-${state.counter}`;
@@ -635,14 +691,16 @@ function render() {
       type: 'button', role: 'option', 'data-conversation': c.id, 'aria-selected': String(c.id === state.active),
       onclick: () => openConversation(c.id),
     }, h('span', { class: 'entry' }, h('span', {}, title(c), h('span', { class: 'kind' }, c.group ? 'group' : '')),
-      h('span', { class: 'preview' }, previewText(c.preview))),
+      typingText(c.id) ? h('span', { class: 'preview typing' }, typingText(c.id)) : h('span', { class: 'preview' }, previewText(c.preview))),
     unread(c) ? h('span', { class: 'badge', 'aria-label': `${unread(c)} unread` }, unread(c)) : ''))));
 
   const c = state.convs.get(state.active);
   const group = c?.group ? state.groups.get(c.group) : null;
   $('chat-title').textContent = c ? title(c) : 'No conversation open';
   const members = group?.members || [];
-  $('chat-sub').textContent = group ? (group.members ? `${members.length} members` : 'group') : (c ? c.id : '');
+  const typingNow = c ? typingText(c.id) : '';
+  $('chat-sub').textContent = typingNow || (group ? (group.members ? `${members.length} members` : 'group') : (c ? c.id : ''));
+  $('chat-sub').classList.toggle('typing', Boolean(typingNow));
   $('group-panel').hidden = !group;
   if (group) {
     const owner = group.owner === state.session.user;
@@ -742,6 +800,7 @@ function wire() {
     send(input.value);
     input.value = '';
   });
+  $('composer-input').addEventListener('input', (ev) => composing(ev.target.value));
   $('composer-input').addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('composer').requestSubmit(); }
   });

@@ -1,7 +1,8 @@
 // The web client in headless Chromium against the running local stack (scripts/stack.sh
 // test-browser, run by `make test`):
 //   1. alice (gateway A) and bob (gateway B) sign in and chat across the two gateways; alice's
-//      message turns from sent to read (✓✓) when bob opens it;
+//      message turns from sent to read (✓✓) when bob opens it; bob sees "alice is typing…"
+//      while she types, until her message comes;
 //   2. bob reloads the page and sees the conversation's history, and scrolls back past its
 //      first page; bob in a fresh browser (nothing stored) finds the conversation in his inbox,
 //      with its last message;
@@ -154,6 +155,18 @@ try {
   const all = await seqsOf(b);
   check(all.length === 57 && all.every((seq, i) => seq === i + 1), `after scrolling back: seqs ${all}`);
   log('bob scrolled back past the first page of history (57 messages)');
+
+  // Typing: bob sees it while alice types, until her message comes.
+  // (A connection passes on one typing a second per conversation: the burst's last went a
+  // moment ago.)
+  await a.waitForTimeout(1100);
+  await a.fill('#composer-input', 'typing this');
+  await b.locator('#chat-sub.typing', { hasText: `${alice} is typing…` }).waitFor({ timeout: WAIT });
+  await shot(b, 'bob-sees-typing');
+  await say(a, 'done typing');
+  await sees(b, 'done typing');
+  check(await b.locator('#chat-sub.typing').count() === 0, 'her message ends "typing…"');
+  log('bob saw alice typing, until her message came');
 
   // 3. A group of three.
   const c = await signIn(browser, GW_A, carol);

@@ -127,3 +127,20 @@ async fn typing_from_a_non_member_is_forbidden() -> anyhow::Result<()> {
     assert!(typings(&mut b, Duration::from_secs(1)).await.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn typing_in_a_direct_conversation_reaches_the_peer() -> anyhow::Result<()> {
+    let gw = gateways();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conversation = dm(&alice, &bob);
+    let mut a = Client::connect(&gw[0], &alice).await?;
+    let mut b = Client::connect(&gw[1], &bob).await?;
+    a.send_raw(&json!({"type":"typing","conversation":conversation}).to_string())
+        .await?;
+    let got = first_typing(&mut b, Duration::from_secs(2)).await?;
+    assert_eq!(
+        got,
+        json!({"type":"typing","conversation":conversation,"user":alice})
+    );
+    Ok(())
+}
