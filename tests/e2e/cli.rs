@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -103,6 +103,30 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
         reply.ends_with(&format!("{bob} → {alice}: hi back")),
         "{reply}"
     );
+    // Typing: a burst of three (over 2 s) is printed once, before the message that ends it.
+    let mut typist = Client::connect(&gws[0], &alice).await?;
+    let typing = json!({"type":"typing","conversation":dm(&alice, &bob)}).to_string();
+    for _ in 0..3 {
+        typist.send_raw(&typing).await?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    typist.close().await;
+    a_in.write_all(b"and another\n").await?;
+    let mut shown = Vec::new();
+    loop {
+        let line = line_with(&mut b_out, "").await?;
+        if line.contains("and another") {
+            break;
+        }
+        if line.starts_with("* ") {
+            shown.push(line);
+        }
+    }
+    assert_eq!(
+        shown,
+        vec![format!("* {alice} is typing…")],
+        "one line for a burst of three"
+    );
     // /history in the terminal reads the HTTP API.
     a_in.write_all(b"/history 5\n").await?;
     line_with(&mut a_out, &format!("{bob} → {alice}: hi back")).await?;
@@ -140,7 +164,7 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
     let mut again = Client::connect(&gws[0], &bob).await?;
     again.expect_nothing_fresh(Duration::from_secs(2)).await?;
     // `connect inbox`: the conversation, nothing unread for bob (he read it), and for alice her
-    // own reply is read too.
+    // own last message is read too.
     let listed = run_ok(&["inbox", &bob]).await?;
     let row = listed
         .lines()
@@ -148,7 +172,7 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
         .unwrap_or_default();
     assert!(row.starts_with("    "), "nothing unread: {listed:?}");
     assert!(
-        row.ends_with(&format!("{bob} → {alice}: hi back")),
+        row.ends_with(&format!("{alice} → {bob}: and another")),
         "{listed:?}"
     );
     let json: Value = serde_json::from_str(&run_ok(&["inbox", &alice, "--json"]).await?)?;

@@ -625,6 +625,9 @@ struct Session {
     names: HashMap<String, String>,
     token: String,
     quitting: bool,
+    /// (conversation, user) → when `* user is typing…` was printed: once per burst (again only
+    /// after a stop, their message, or 6 s of quiet).
+    typing: HashMap<(String, String), tokio::time::Instant>,
 }
 
 impl Session {
@@ -671,6 +674,7 @@ async fn chat_loop(
         names: group_names(c, &token).await,
         token,
         quitting: false,
+        typing: HashMap::new(),
     };
     if let Some(t) = s.target.take() {
         s.target = Some(s.resolve(t));
@@ -921,7 +925,40 @@ async fn handle_frame(c: &Common, s: &mut Session, f: Value, retry: &mpsc::Sende
                 s.unacked.insert(conv.to_owned());
             }
         }
-        "message" => show(c, s, &f).await,
+        "message" => {
+            if let (Some(conv), Some(from)) = (f["conversation"].as_str(), f["from"].as_str()) {
+                s.typing.remove(&(conv.to_owned(), from.to_owned()));
+            }
+            show(c, s, &f).await
+        }
+        "typing" if !c.json => {
+            let (Some(conv), Some(who)) = (f["conversation"].as_str(), f["user"].as_str()) else {
+                return;
+            };
+            let key = (conv.to_owned(), who.to_owned());
+            if f["stop"] == true {
+                s.typing.remove(&key);
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            let shown = s
+                .typing
+                .get(&key)
+                .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(6));
+            s.typing.insert(key, now);
+            if !shown {
+                match f["conversation"]
+                    .as_str()
+                    .and_then(|c| c.strip_prefix("group:"))
+                {
+                    Some(g) => println!(
+                        "* {who} is typing in #{}…",
+                        s.names.get(g).map_or(g, String::as_str)
+                    ),
+                    None => println!("* {who} is typing…"),
+                }
+            }
+        }
         "accepted" => {
             let id = f["id"].as_str().unwrap_or("");
             if let Some(Pending { target, body, .. }) = s.pending.remove(id) {
