@@ -57,6 +57,10 @@ struct Args {
     /// with the conversation open does: receipts go back to the sender.
     #[arg(long)]
     read: bool,
+    /// Every user also sends `typing` into its conversation once a second (the peer gets it as
+    /// a signal): the cost of typing on the message path.
+    #[arg(long)]
+    typing: bool,
     /// Where the stack keeps its pid files (for RSS and CPU); comma-separated for several
     /// (`make regions`: `.local/pids,.local/region-b/pids,.local/mirrormaker/pids`).
     #[arg(long, default_value = ".local/pids", value_delimiter = ',')]
@@ -92,6 +96,8 @@ struct Stats {
     refused: Histogram<u64>,
     sent: u64,
     errors: HashMap<String, u64>,
+    /// `typing` signals received.
+    typing: u64,
 }
 
 struct Plan {
@@ -123,6 +129,8 @@ struct Driver {
     sends: bool,
     /// Sends a `read` for every message it gets.
     reads: bool,
+    /// The conversation to send `typing` into once a second (none: no typing).
+    typing: Option<String>,
     /// The soak sampler's current interval, when sampling.
     interval: Option<soak::Shared>,
 }
@@ -138,6 +146,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
         plan,
         sends,
         reads,
+        typing,
         interval,
     } = d;
     let note = |f: &dyn Fn(&mut soak::Interval)| {
@@ -155,7 +164,10 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
         refused: hist(),
         sent: 0,
         errors: HashMap::new(),
+        typing: 0,
     };
+    let mut typing_tick = tokio::time::interval_at(plan.base + offset, Duration::from_secs(1));
+    typing_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut inflight: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval_at(plan.base + offset, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -174,6 +186,10 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                 ws.send(Message::Text(frame.into())).await?;
                 inflight.insert(id, now_us);
                 if plan.measured(now_us) { stats.sent += 1; note(&|i| i.sent += 1); }
+            }
+            _ = typing_tick.tick(), if typing.is_some() && Instant::now() < plan.send_until => {
+                let frame = json!({"type":"typing","conversation":typing}).to_string();
+                ws.send(Message::Text(frame.into())).await?;
             }
             msg = ws.next() => {
                 let Some(msg) = msg else { break };
@@ -208,6 +224,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                             note(&|i| { let _ = i.delivered.record(took); });
                         }
                     }
+                    Some("typing") => stats.typing += 1,
                     Some("error") => {
                         let code = f["code"].as_str().unwrap_or("?").to_owned();
                         *stats.errors.entry(code).or_default() += 1;
@@ -275,6 +292,11 @@ async fn main() -> anyhow::Result<()> {
                 period.mul_f64(((2 * i + j) as f64 / conns as f64) % 1.0)
             };
             let token = issuer.mint(&me, 3600);
+            let conversation = if me < peer {
+                format!("dm:{me}:{peer}")
+            } else {
+                format!("dm:{peer}:{me}")
+            };
             tasks.push(tokio::spawn(drive(Driver {
                 url: format!("ws://{gw}/ws"),
                 token,
@@ -285,6 +307,7 @@ async fn main() -> anyhow::Result<()> {
                 plan: plan.clone(),
                 sends: j == 0 || !args.one_way,
                 reads: args.read,
+                typing: args.typing.then_some(conversation),
                 interval: interval.clone(),
             })));
         }
@@ -315,12 +338,14 @@ async fn main() -> anyhow::Result<()> {
 
     let (mut accepted, mut delivered, mut refused, mut sent, mut errors) =
         (hist(), hist(), hist(), 0u64, HashMap::<String, u64>::new());
+    let mut typing = 0u64;
     for t in tasks {
         let s = t.await?.context("a connection failed")?;
         accepted.add(&s.accepted)?;
         delivered.add(&s.delivered)?;
         refused.add(&s.refused)?;
         sent += s.sent;
+        typing += s.typing;
         for (k, v) in s.errors {
             *errors.entry(k).or_default() += v;
         }
@@ -337,6 +362,9 @@ async fn main() -> anyhow::Result<()> {
         sent.saturating_sub(delivered.len() + refused.len()),
         sent.saturating_sub(delivered.len())
     );
+    if args.typing {
+        println!("typing      {typing} signals received (whole run)");
+    }
     if !refused.is_empty() {
         println!("refused     {:>9.0} msg/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms", refused.len() as f64 / secs, ms(&refused, 0.5), ms(&refused, 0.95), ms(&refused, 0.99), refused.max() as f64 / 1000.0);
     }
