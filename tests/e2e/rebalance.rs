@@ -72,7 +72,10 @@ async fn send_stream(
 async fn receive_stream(mut receiver: Client, stop: Arc<AtomicBool>) -> Vec<(u64, String)> {
     let mut got = Vec::new();
     loop {
-        let wait = if stop.load(Ordering::Relaxed) {
+        // Only a quiet spell that began after the stop ends it: a short wait that was already
+        // running when the senders stopped must not cut off their last messages' delivery.
+        let stopping = stop.load(Ordering::Relaxed);
+        let wait = if stopping {
             Duration::from_secs(3)
         } else {
             Duration::from_millis(500)
@@ -83,7 +86,7 @@ async fn receive_stream(mut receiver: Client, stop: Arc<AtomicBool>) -> Vec<(u64
                 f["id"].as_str().unwrap_or_default().to_owned(),
             )),
             Ok(_) => {}
-            Err(_) if stop.load(Ordering::Relaxed) => return got,
+            Err(_) if stopping => return got,
             Err(_) => {}
         }
     }
