@@ -19,7 +19,7 @@ use tracing::warn;
 
 use connect_protocol::{ConversationId, ErrorCode, FrameError, GroupId, UserId};
 
-use super::route::{by_gateway, until_ok};
+use super::route::{signal_deliveries, until_ok};
 use super::{MessagingStep, Prepared};
 use crate::history::Range;
 use crate::model::{Delivery, MarkerUpdate, Markers, ReplyTo, Signal};
@@ -302,32 +302,16 @@ impl MessagingStep {
             .collect();
         let users: Vec<UserId> = audiences.iter().flatten().cloned().collect();
         let sessions = self.lookup(&users, out).await;
-        let mut deliveries = Vec::new();
-        let mut at = 0;
-        for ((user, conversation, markers), audience) in moved.iter().zip(&audiences) {
-            let end = (at + audience.len()).min(sessions.len());
-            let plan = by_gateway(audience, sessions.get(at..end).unwrap_or_default());
-            at += audience.len();
+        signal_deliveries(&audiences, &sessions, |i| {
+            let (user, conversation, markers) = &moved[i];
             let conversation_text = conversation.to_string();
-            let frame = markers.receipt_text(&conversation_text, user.as_str());
-            let key = format!("{conversation_text} {user}");
-            let except = changes[&(user.clone(), conversation.clone())]
-                .origin
-                .clone();
-            for (slot, recipients) in plan {
-                deliveries.push(Delivery {
-                    slot,
-                    recipients,
-                    message: None,
-                    reply: None,
-                    signal: Some(Signal {
-                        key: key.clone(),
-                        frame: frame.clone(),
-                        except: except.clone(),
-                    }),
-                });
+            Signal {
+                key: format!("{conversation_text} {user}"),
+                frame: markers.receipt_text(&conversation_text, user.as_str()),
+                except: changes[&(user.clone(), conversation.clone())]
+                    .origin
+                    .clone(),
             }
-        }
-        deliveries
+        })
     }
 }

@@ -278,6 +278,35 @@ pub(super) fn by_gateway(
     by_slot
 }
 
+/// The deliveries of signals (receipts, typing): `signal(i)` to the online members of
+/// `audiences[i]`, one record per gateway slot. `sessions` holds every audience's members'
+/// sessions in order, as one registry lookup of all of them answered.
+pub(super) fn signal_deliveries(
+    audiences: &[Vec<UserId>],
+    sessions: &[Vec<SessionRoute>],
+    mut signal: impl FnMut(usize) -> crate::model::Signal,
+) -> Vec<Delivery> {
+    let mut deliveries = Vec::new();
+    let mut at = 0;
+    for (i, audience) in audiences.iter().enumerate() {
+        let end = (at + audience.len()).min(sessions.len());
+        let plan = by_gateway(audience, sessions.get(at..end).unwrap_or_default());
+        at += audience.len();
+        if plan.is_empty() {
+            continue;
+        }
+        let signal = signal(i);
+        deliveries.extend(plan.into_iter().map(|(slot, recipients)| Delivery {
+            slot,
+            recipients,
+            message: None,
+            reply: None,
+            signal: Some(signal.clone()),
+        }));
+    }
+    deliveries
+}
+
 /// The deliveries of one message (`frame`: its rendering, needed when it has recipients): one
 /// per slot of `plan` (its audience's online members by slot), with the sender's `accepted` on
 /// the record for its own slot (or alone, if no recipient is there).

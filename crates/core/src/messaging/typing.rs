@@ -15,9 +15,9 @@ use tracing::warn;
 
 use connect_protocol::{ConversationId, ErrorCode, FrameError, ServerFrame, UserId};
 
-use super::route::by_gateway;
+use super::route::signal_deliveries;
 use super::{MessagingStep, Prepared};
-use crate::model::{Delivery, Signal, TypingUpdate};
+use crate::model::{Signal, TypingUpdate};
 
 impl MessagingStep {
     /// Fans a batch's `typing` signals out to the other members' connections; the returned
@@ -101,35 +101,23 @@ impl MessagingStep {
                 }
             }
         };
-        let mut deliveries = Vec::new();
-        let mut at = 0;
-        for (u, audience) in &signals {
-            let end = (at + audience.len()).min(sessions.len());
-            let plan = by_gateway(audience, sessions.get(at..end).unwrap_or_default());
-            at += audience.len();
-            out.report.typing += 1;
+        out.report.typing += signals.len();
+        let (updates, audiences): (Vec<TypingUpdate>, Vec<Vec<UserId>>) =
+            signals.into_iter().unzip();
+        let deliveries = signal_deliveries(&audiences, &sessions, |i| {
+            let u = &updates[i];
             let conversation = u.conversation.to_string();
-            let frame = ServerFrame::Typing {
-                conversation: &conversation,
-                user: u.user.as_str(),
-                stop: u.stop,
+            Signal {
+                key: format!("typing {conversation} {}", u.user),
+                frame: ServerFrame::Typing {
+                    conversation: &conversation,
+                    user: u.user.as_str(),
+                    stop: u.stop,
+                }
+                .to_text(),
+                except: None,
             }
-            .to_text();
-            let key = format!("typing {conversation} {}", u.user);
-            for (slot, recipients) in plan {
-                deliveries.push(Delivery {
-                    slot,
-                    recipients,
-                    message: None,
-                    reply: None,
-                    signal: Some(Signal {
-                        key: key.clone(),
-                        frame: frame.clone(),
-                        except: None,
-                    }),
-                });
-            }
-        }
+        });
         let mut prepared = self.finish(out, false).await;
         prepared.report.records += deliveries.len();
         prepared.deliveries.extend(deliveries);
