@@ -2,7 +2,7 @@
 # MirrorMaker 2 in one region of an active-active pair (template.yaml: MirrorMakerService): reads
 # the peer region's MSK and writes this region's (MM2 runs in the target region). Cluster aliases
 # are the region names, so the default replication policy names the peer's topics
-# `<peer>.sequenced_messages`, `<peer>.acks` and `<peer>.forward_<here>` here, as messaging
+# `<peer>.sequenced_messages`, `<peer>.acks`, `<peer>.forward_<here>` and `<peer>.presence` here, as messaging
 # expects (crates/core/src/regions.rs) and as `make regions` runs it locally
 # (scripts/mirrormaker/mm2.properties.in).
 #
@@ -31,7 +31,7 @@ umask 077
   scram "$here" "${KAFKA_SASL_USERNAME:?}" "${KAFKA_SASL_PASSWORD:?}"
   cat <<PROPS
 $peer->$here.enabled = true
-$peer->$here.topics = sequenced_messages, acks, forward_$here
+$peer->$here.topics = sequenced_messages, acks, forward_$here, presence
 $here->$peer.enabled = false
 groups = messaging
 sync.group.offsets.enabled = false

@@ -425,7 +425,7 @@ wait_group_settled() {
   for i in $(seq 1 240); do
     owned=0 idle=0
     for port in $MESSAGING_OPS_PORTS; do
-      n=$(metric "$port" connect_kafka_assigned_partitions)
+      n=$(metric "$port" 'connect_kafka_assigned_partitions{group="messaging"}')
       owned=$((owned + n)); [ "$n" -eq 0 ] && idle=$((idle + 1))
     done
     [ "$owned" -eq "$want" ] && { [ "$idle" -eq 0 ] || [ "$(echo $MESSAGING_OPS_PORTS | wc -w)" -gt "$want" ]; } && return 0
@@ -528,7 +528,7 @@ status() {
   for p in $GATEWAY_PORTS; do echo "  gateway      ws://127.0.0.1:$p/ws   http://127.0.0.1:$p/healthz  /metrics"; done
   for p in $MESSAGING_OPS_PORTS; do echo "  messaging    http://127.0.0.1:$p/healthz  /metrics   (consumer group: messaging)"; done
   echo "  HTTP API     http://127.0.0.1:$LOCAL_API_PORT/v1/…   (history, inbox, groups, push; same handlers as the Lambdas)"
-  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, inbox, groups, devices, push, push-later, offline-delivery, group-events, sequencer"
+  echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, inbox, groups, devices, presence, push, push-later, offline-delivery, group-events, sequencer"
   echo "  pollers      user_connected → offline-delivery; push_requests → push; push_later → push-later; group table stream → group-events"
   echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in $LOCAL/kafka)${KAFKA_SECURITY_PROTOCOL:+, $KAFKA_SECURITY_PROTOCOL $KAFKA_SASL_MECHANISM}"
   echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)}"

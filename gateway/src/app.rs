@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::config::Config;
+use crate::presence::PresencePorts;
 use crate::state::{Gateway, GatewayPorts};
 
 pub struct Application {
@@ -34,6 +35,8 @@ impl Application {
             .await
             .context("connecting to Redis")?;
         let lease = acquire_slot(redis.clone(), &cfg).await?;
+        // Who may watch whom (presence) is read from DynamoDB.
+        let dynamo = connect_dynamo::client(&cfg.dynamo).await;
         let slot = lease.slot();
         let producer: FutureProducer = cfg
             .kafka
@@ -76,6 +79,24 @@ impl Application {
                 producer.clone(),
                 cfg.topics.user_connected.clone(),
             )),
+            presence: PresencePorts {
+                store: Arc::new(connect_redis::RedisPresence::new(
+                    redis.clone(),
+                    cfg.presence.clone(),
+                )),
+                bus: Arc::new(connect_kafka::KafkaJsonTopic::new(
+                    producer.clone(),
+                    cfg.topics.presence.clone(),
+                )),
+                inbox: Arc::new(connect_dynamo::DynamoInbox::new(
+                    dynamo.clone(),
+                    &cfg.tables,
+                )),
+                groups: Arc::new(connect_dynamo::DynamoGroups::new(
+                    dynamo,
+                    &cfg.tables.groups,
+                )),
+            },
         };
         let (tracker, drained) = mpsc::channel(1);
         let gw = Arc::new(Gateway::new(cfg, slot, ports, tracker));

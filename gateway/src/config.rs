@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use connect_core::auth::JwtSecret;
+use connect_dynamo::{DynamoConfig, Tables};
 use connect_kafka::{KafkaConfig, Topics};
 use connect_protocol::FrameLimits;
-use connect_redis::OfflineLimits;
+use connect_redis::{OfflineLimits, PresenceConfig};
 use connect_service::env;
 
 use crate::limits::{Limits, Rate};
@@ -93,6 +94,21 @@ pub struct Config {
     pub offline: OfflineLimits,
     /// `GATEWAY_WEB_API_URL`: where the web client (served at `/`) finds the HTTP API.
     pub web_api_url: String,
+    /// Presence in this region: `PRESENCE_DEBOUNCE_MS` (5000), `PRESENCE_RETAIN_DAYS` (30).
+    pub presence: PresenceConfig,
+    /// `PRESENCE_WATCH_TTL_SECS` (600): how long this gateway's record as a watcher of a user
+    /// lives unrefreshed (the heartbeat refreshes what its connections still watch).
+    pub watch_ttl: Duration,
+    /// `GATEWAY_WATCH_RATE` (0.5/s) and `GATEWAY_WATCH_BURST` (5): `watch` frames per
+    /// connection (each may cost reads of up to 256 users' shared conversations).
+    pub watch_rate: Rate,
+    /// Who may watch whom is read from DynamoDB (`DYNAMODB_*`, the tables' names).
+    pub dynamo: DynamoConfig,
+    pub tables: Tables,
+    /// `GROUP_CACHE_TTL_SECS` (60) and `GROUP_CACHE_MAX` (10000): group rosters kept for the
+    /// watch check.
+    pub group_cache_ttl: Duration,
+    pub group_cache_max: usize,
     /// Development sign-in for the web client (`POST /dev/token`): only with `CONNECT_ENV=local`,
     /// and `GATEWAY_DEV_SIGN_IN` (true) not turned off.
     pub dev_sign_in: bool,
@@ -123,7 +139,20 @@ impl Config {
                 burst: env::var(&format!("{prefix}_BURST"), burst)?,
             })
         };
+        let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
+        let session_ttl = secs("SESSION_TTL_SECS", 60)?;
         Ok(Self {
+            presence: PresenceConfig {
+                region: regions.local.clone(),
+                debounce: millis("PRESENCE_DEBOUNCE_MS", 5000)?,
+                retain: Duration::from_secs(env::var::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400),
+            },
+            watch_ttl: secs("PRESENCE_WATCH_TTL_SECS", 600)?,
+            watch_rate: rate("GATEWAY_WATCH", 0.5, 5.0)?,
+            dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
+            tables: Tables::from_env(),
+            group_cache_ttl: secs("GROUP_CACHE_TTL_SECS", 60)?,
+            group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,
             endpoint: env::string(
                 "GATEWAY_ENDPOINT",
                 &format!("http://{}", management_addr.unwrap_or(addr)),
@@ -134,7 +163,7 @@ impl Config {
             id,
             kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
             topics: Topics::from_env(),
-            regions: connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?,
+            regions,
             slots: env::var("OUTGOING_PARTITIONS", 16)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             secret: JwtSecret::new(env::optional("CONNECT_JWT_SECRET"), env::production())
@@ -180,7 +209,7 @@ impl Config {
                 }),
             ping_interval: secs("GATEWAY_PING_INTERVAL_SECS", 20)?,
             idle_timeout: secs("GATEWAY_IDLE_TIMEOUT_SECS", 60)?,
-            session_ttl: secs("SESSION_TTL_SECS", 60)?,
+            session_ttl,
             slot_ttl: secs("SLOT_LEASE_TTL_SECS", 15)?,
             drain_timeout: secs("GATEWAY_DRAIN_SECS", 10)?,
             internal_token: connect_core::auth::internal_token(env::production())?,

@@ -30,6 +30,7 @@ use crate::hub::{ConnInfo, Held, Out};
 use crate::limits::{Admitted, Limited};
 use crate::outbox::{outbox, Evicted, Inbox};
 use crate::pacer::Pacer;
+use crate::rate::TokenBucket;
 use crate::state::Gateway;
 
 /// A publish in flight: the `id` of the send it carries (none: a `read`), and its outcome.
@@ -73,6 +74,8 @@ struct Connection<S> {
     /// `typing` sent on, per conversation: when, and whether it was a stop (at most one per
     /// conversation per second; a change between typing and stopped goes at once).
     typing: HashMap<ConversationId, (tokio::time::Instant, bool)>,
+    /// `watch` frames (`GATEWAY_WATCH_RATE`, `GATEWAY_WATCH_BURST`): each may cost reads.
+    watches: TokenBucket,
     /// Ends a write stuck on a peer that stopped reading once the hub evicts the connection.
     evicted: Evicted,
     /// When the token's `exp` passes (with the verifier's leeway), if the connection closes then.
@@ -87,6 +90,9 @@ struct Connection<S> {
     /// Set when the loop must end after the current step.
     end: Option<End>,
 }
+
+/// A `watch` not answered within this gets `unavailable`.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn error_text(code: ErrorCode, message: &str, id: Option<&str>) -> Utf8Bytes {
     ServerFrame::Error { code, message, id }.to_text().into()
@@ -141,6 +147,7 @@ where
         reads_due: None,
         receipts: Pacer::new(Duration::from_secs(1)),
         typing: HashMap::new(),
+        watches: gw.cfg.watch_rate.bucket(Instant::now()),
         evicted: rx.evicted(),
         expires,
         catching_up: Some(tokio::time::Instant::now() + gw.cfg.catch_up_timeout),
@@ -179,6 +186,8 @@ where
         .await
     {
         warn!(cause = %e, user = %user, "could not remove the session; it expires with its TTL");
+    } else {
+        gw.presence.closed(&user).await;
     }
     gauge!("connect_gateway_connections").decrement(1.0);
 }
@@ -225,6 +234,10 @@ where
             route: self.gw.route(&self.conn, &self.device),
         };
         self.gw.registry.upsert(&[session]).await?;
+        self.gw
+            .presence
+            .present(std::slice::from_ref(&self.user))
+            .await;
         let hello = ServerFrame::Hello {
             user: self.user.as_str(),
             session: &self.conn,
@@ -666,14 +679,21 @@ where
                 self.typing(conversation, stop);
                 Ok(())
             }
-            Inbound::Watch(_) => {
+            Inbound::Watch(users) => {
                 if let Some(text) = self.rate_limited(false, None) {
                     return self.send_text(text).await;
                 }
-                // Presence is being built (issue 22): until then the client is told so, never
-                // left waiting for something that never comes.
-                let err = FrameError::new(ErrorCode::Internal, "not available on this server yet");
-                self.reject(&err).await
+                if !self.watches.try_take(Instant::now()) {
+                    counter!("connect_gateway_rate_limited_total", "scope" => "connection", "frame" => "watch")
+                        .increment(1);
+                    let text = error_text(
+                        ErrorCode::RateLimited,
+                        "too many watch frames; slow down",
+                        None,
+                    );
+                    return self.send_text(text).await;
+                }
+                self.watch(users).await
             }
             Inbound::Reject(err) => {
                 if let Some(text) = self.rate_limited(false, None) {
@@ -682,6 +702,60 @@ where
                 self.reject(&err).await
             }
         }
+    }
+
+    /// Replaces the watch list: the users this connection may watch are watched (recorded in
+    /// the hub first, so a change relayed meanwhile reaches it) and answered with their views,
+    /// the others with `hidden`, one frame per user in the list's order.
+    async fn watch(&mut self, users: Vec<UserId>) -> Result<(), WsError> {
+        counter!("connect_gateway_watches_total").increment(1);
+        let gw = self.gw.clone();
+        let checked = tokio::time::timeout(WATCH_TIMEOUT, async {
+            let allowed = gw.presence.watchable(&self.user, &users).await?;
+            let visible: Vec<UserId> = users
+                .iter()
+                .zip(&allowed)
+                .filter(|(_, a)| **a)
+                .map(|(u, _)| u.clone())
+                .collect();
+            gw.hub.watch(&self.conn, &visible);
+            let views = gw.presence.record(&visible, gw.slot).await?;
+            Ok::<_, PortError>((allowed, views))
+        })
+        .await;
+        let (allowed, views) = match checked {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                warn!(cause = %e, user = %self.user, "watch failed");
+                let err = FrameError::new(
+                    ErrorCode::Unavailable,
+                    "presence unavailable; send the watch again",
+                );
+                return self.reject(&err).await;
+            }
+            Err(_) => {
+                warn!(user = %self.user, "watch timed out");
+                let err = FrameError::new(
+                    ErrorCode::Unavailable,
+                    "presence unavailable; send the watch again",
+                );
+                return self.reject(&err).await;
+            }
+        };
+        let mut views = views.into_iter();
+        let mut frames = Vec::with_capacity(users.len());
+        for (user, allowed) in users.iter().zip(allowed) {
+            if !allowed {
+                frames.push(connect_core::presence::hidden_frame(user).into());
+                continue;
+            }
+            let Some(view) = views.next() else { break };
+            // A newer view that reached this connection meanwhile stands.
+            if gw.hub.answer(&self.conn, user, view.version) {
+                frames.push(view.frame(user).into());
+            }
+        }
+        self.write_frames(frames).await
     }
 
     async fn reject(&mut self, err: &FrameError) -> Result<(), WsError> {

@@ -57,7 +57,18 @@ pub async fn run(gw: Arc<Gateway>, lease: SlotLease) {
             .collect();
         if let Err(e) = gw.registry.upsert(&sessions).await {
             warn!(cause = %e, count = sessions.len(), "session refresh failed");
+        } else {
+            // Presence follows the sessions: each user's offline check moves to their new
+            // expiry (and a user whose state was lost is online again).
+            let mut users: Vec<_> = sessions.into_iter().map(|s| s.user).collect();
+            users.sort();
+            users.dedup();
+            gw.presence.present(&users).await;
         }
+        let as_of = Instant::now();
+        gw.presence
+            .refresh_watches(gw.hub.watched(), as_of, gw.slot)
+            .await;
     }
     if let Err(e) = lease.release().await {
         warn!(cause = %e, "could not release the slot lease; it expires with its TTL");

@@ -71,12 +71,17 @@ pub struct ConnInfo {
 struct Entry {
     info: ConnInfo,
     outbox: Outbox,
+    /// The users this connection watches.
+    watching: Vec<UserId>,
 }
 
 #[derive(Default)]
 struct Inner {
     conns: HashMap<Arc<str>, Entry>,
     users: HashMap<UserId, Vec<Arc<str>>>,
+    /// Presence: watched user → the local connections watching them, each with the version
+    /// of the last view it was given (a view never follows a newer one).
+    watchers: HashMap<UserId, HashMap<Arc<str>, u64>>,
 }
 
 /// What one delivery did.
@@ -109,7 +114,14 @@ impl Hub {
             .entry(info.user.clone())
             .or_default()
             .push(conn.clone());
-        inner.conns.insert(conn, Entry { info, outbox });
+        inner.conns.insert(
+            conn,
+            Entry {
+                info,
+                outbox,
+                watching: Vec::new(),
+            },
+        );
     }
 
     pub fn info(&self, conn: &str) -> Option<ConnInfo> {
@@ -166,6 +178,50 @@ impl Hub {
         self.lock().conns.len()
     }
 
+    /// Replaces `conn`'s watch list. A user it keeps watching keeps the version it was given;
+    /// a new one starts at none, so a change relayed from now on reaches it.
+    pub fn watch(&self, conn: &str, users: &[UserId]) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.conns.get_mut(conn) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.watching, users.to_vec());
+        let key: Arc<str> = inner
+            .conns
+            .get_key_value(conn)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| conn.into());
+        for u in old.iter().filter(|u| !users.contains(u)) {
+            unwatch_locked(&mut inner, u, conn);
+        }
+        for u in users {
+            inner
+                .watchers
+                .entry(u.clone())
+                .or_default()
+                .entry(key.clone())
+                .or_insert(0);
+        }
+    }
+
+    /// Whether `conn` is to be given `user`'s view at `version` as the answer to its `watch`:
+    /// yes unless a newer view already went to it (then that one stands).
+    pub fn answer(&self, conn: &str, user: &UserId, version: u64) -> bool {
+        let mut inner = self.lock();
+        match inner.watchers.get_mut(user).and_then(|w| w.get_mut(conn)) {
+            Some(last) if *last <= version => {
+                *last = version;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every user some local connection watches.
+    pub fn watched(&self) -> Vec<UserId> {
+        self.lock().watchers.keys().cloned().collect()
+    }
+
     /// Queues the delivery's frames to the local connections it names.
     pub fn deliver(&self, delivery: Delivery) -> Handed {
         let mut handed = Handed::default();
@@ -212,6 +268,27 @@ impl Hub {
                 }
             }
         }
+        if let Some(p) = delivery.presence {
+            let key: Arc<str> = format!("presence {}", p.user).into();
+            let frame = Utf8Bytes::from(p.frame);
+            let Inner {
+                conns, watchers, ..
+            } = &mut *inner;
+            for (conn, last) in watchers.get_mut(&p.user).into_iter().flatten() {
+                if *last >= p.version {
+                    continue;
+                }
+                *last = p.version;
+                let out = Out::Signal {
+                    key: key.clone(),
+                    frame: frame.clone(),
+                };
+                match conns.get(conn).map(|e| e.outbox.try_send(out)) {
+                    Some(Ok(())) => handed.frames += 1,
+                    _ => handed.dropped += 1,
+                }
+            }
+        }
         if let Some(reply) = delivery.reply {
             if let Some(entry) = inner.conns.get(reply.conn.as_str()) {
                 match entry
@@ -232,11 +309,23 @@ impl Hub {
     }
 }
 
+fn unwatch_locked(inner: &mut Inner, user: &UserId, conn: &str) {
+    if let Some(w) = inner.watchers.get_mut(user) {
+        w.remove(conn);
+        if w.is_empty() {
+            inner.watchers.remove(user);
+        }
+    }
+}
+
 fn remove_locked(inner: &mut Inner, conn: &str) -> bool {
     let Some(entry) = inner.conns.remove(conn) else {
         return false;
     };
     entry.outbox.evict();
+    for u in &entry.watching {
+        unwatch_locked(inner, u, conn);
+    }
     if let Some(conns) = inner.users.get_mut(&entry.info.user) {
         conns.retain(|c| &**c != conn);
         if conns.is_empty() {
@@ -303,6 +392,7 @@ mod tests {
                 frame: "r".into(),
             }),
             signal: None,
+            presence: None,
         }
     }
 
@@ -371,6 +461,7 @@ mod tests {
                 frame: "receipt".into(),
                 except: Some("a1".into()),
             }),
+            presence: None,
         });
         assert_eq!((handed.frames, handed.dropped, handed.evicted), (1, 1, 0));
         assert!(rx1.try_recv().is_none(), "the origin gets none");

@@ -22,7 +22,7 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn bucket(self, now: Instant) -> TokenBucket {
+    pub(crate) fn bucket(self, now: Instant) -> TokenBucket {
         TokenBucket::new(self.rate, self.burst, now)
     }
 }

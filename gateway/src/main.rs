@@ -10,7 +10,8 @@
 //! - `delivery`: the slot's Kafka consumer.
 //! - `ecs`: the task's own address on ECS Fargate (task metadata endpoint v4).
 //! - `emf`: the connection count as a CloudWatch embedded metric (autoscaling on AWS).
-//! - `heartbeat`: slot lease renewal and session refresh.
+//! - `heartbeat`: slot lease renewal, session refresh (and presence with it).
+//! - `presence`: transitions from this gateway's connections, `watch` checked and answered.
 //! - `rate`: the per-connection token bucket.
 
 mod app;
@@ -25,6 +26,7 @@ mod limits;
 mod management;
 mod outbox;
 mod pacer;
+mod presence;
 mod rate;
 mod server;
 mod state;

@@ -11,6 +11,7 @@ use connect_core::ports::{ConnectionEvents, ConversationLog, SessionRegistry, Su
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::Admission;
+use crate::presence::{Presence, PresencePorts};
 
 /// The backends a gateway talks to.
 pub struct GatewayPorts {
@@ -18,6 +19,7 @@ pub struct GatewayPorts {
     pub registry: Arc<dyn SessionRegistry>,
     pub log: Arc<dyn ConversationLog>,
     pub events: Arc<dyn ConnectionEvents>,
+    pub presence: PresencePorts,
 }
 
 pub struct Gateway {
@@ -30,6 +32,7 @@ pub struct Gateway {
     pub registry: Arc<dyn SessionRegistry>,
     pub log: Arc<dyn ConversationLog>,
     pub events: Arc<dyn ConnectionEvents>,
+    pub presence: Presence,
     /// Caps open connections (`GATEWAY_MAX_CONNECTIONS`).
     pub permits: Arc<Semaphore>,
     /// Caps connections per user and per address; holds each user's rate buckets.
@@ -46,6 +49,7 @@ impl Gateway {
             registry,
             log,
             events,
+            presence,
         } = ports;
         Self {
             verifier: TokenVerifier::new(&cfg.secret)
@@ -54,6 +58,12 @@ impl Gateway {
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
             admission: Arc::new(Admission::new(cfg.limits_per.clone())),
             hub: Hub::default(),
+            presence: Presence::new(
+                presence,
+                cfg.session_ttl,
+                cfg.watch_ttl,
+                (cfg.group_cache_ttl, cfg.group_cache_max),
+            ),
             stop: watch::channel(false).0,
             cfg,
             slot,

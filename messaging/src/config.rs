@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use connect_dynamo::{DynamoConfig, Tables};
 use connect_kafka::{KafkaConfig, Topics};
-use connect_redis::OfflineLimits;
+use connect_redis::{OfflineLimits, PresenceConfig};
 use connect_service::env;
 
 #[derive(Debug, Clone)]
@@ -44,6 +44,15 @@ pub struct Config {
     /// first), so Redis holds at most active senders × this many entries.
     pub dedupe_max_per_sender: usize,
     pub session_ttl: Duration,
+    /// Presence in this region: `PRESENCE_DEBOUNCE_MS` (5000), `PRESENCE_RETAIN_DAYS` (30).
+    pub presence: PresenceConfig,
+    /// `MESSAGING_PRESENCE_GROUP_ID` (presence): the consumer group of the presence relay.
+    pub presence_group_id: String,
+    /// `PRESENCE_SWEEP_MS` (250): how often the due offline checks are swept (0: not in this
+    /// process; another one sweeps).
+    pub presence_sweep: Duration,
+    /// `PRESENCE_SWEEP_MAX` (1000): most due checks taken per shard per sweep.
+    pub presence_sweep_max: usize,
     pub offline: OfflineLimits,
     /// Membership cache: entries live this long at most (group events invalidate them sooner).
     pub group_cache_ttl: Duration,
@@ -63,6 +72,8 @@ impl Config {
         if (fault > 0 || fail_writes.is_some()) && env::production() {
             anyhow::bail!("MESSAGING_FAULT_* settings are test switches; refused in production");
         }
+        let session_ttl = Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?);
+        let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
         Ok(Self {
             ops_addr: env::var("MESSAGING_ADDR", "127.0.0.1:8070".parse()?)?,
             kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
@@ -77,13 +88,21 @@ impl Config {
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
             tables: Tables::from_env(),
-            regions: connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?,
+            regions: regions.clone(),
             dynamo_concurrency: env::var("DYNAMODB_CONCURRENCY", 16)?,
             seq_block_max: env::var("SEQ_BLOCK_MAX", 64)?,
             seq_block_conversations: env::var("SEQ_BLOCK_CONVERSATIONS", 100_000)?,
             dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
             dedupe_max_per_sender: env::var("DEDUPE_MAX_PER_SENDER", 1000)?,
-            session_ttl: Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?),
+            session_ttl,
+            presence: PresenceConfig {
+                region: regions.local.clone(),
+                debounce: Duration::from_millis(env::var("PRESENCE_DEBOUNCE_MS", 5000)?),
+                retain: Duration::from_secs(env::var::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400),
+            },
+            presence_group_id: env::string("MESSAGING_PRESENCE_GROUP_ID", "presence"),
+            presence_sweep: Duration::from_millis(env::var("PRESENCE_SWEEP_MS", 250)?),
+            presence_sweep_max: env::var("PRESENCE_SWEEP_MAX", 1000)?,
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
             group_cache_ttl: Duration::from_secs(env::var("GROUP_CACHE_TTL_SECS", 60)?),
             group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,

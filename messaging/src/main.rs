@@ -4,9 +4,12 @@
 //! # Layout
 //! - `config`: [`config::Config`] from env vars.
 //! - `consumer`: the batch / process / commit loop.
+//! - `presence`: the presence relay and the sweep of due offline checks, beside the message
+//!   path (their own consumer group and batches).
 
 mod config;
 mod consumer;
+mod presence;
 
 use std::sync::Arc;
 
@@ -133,6 +136,44 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
     });
+    // Presence: every region's transitions, relayed to the watching gateways; the due offline
+    // checks swept.
+    let presence_store: Arc<dyn connect_core::presence::PresenceStore> = Arc::new(
+        connect_redis::RedisPresence::new(redis.clone(), cfg.presence.clone()),
+    );
+    let mut presence_topics = vec![cfg.topics.presence.clone()];
+    presence_topics.extend(
+        cfg.regions
+            .peers
+            .iter()
+            .map(|p| connect_core::regions::remote_topic(p, &cfg.topics.presence)),
+    );
+    let presence_topics: Vec<&str> = presence_topics.iter().map(String::as_str).collect();
+    let presence_consumer = connect_kafka::GroupConsumer::subscribe(
+        &cfg.kafka,
+        &cfg.presence_group_id,
+        &presence_topics,
+    )
+    .context("joining the presence consumer group")?;
+    let presence_relay = tokio::spawn(presence::relay(
+        presence_consumer,
+        presence_store.clone(),
+        deliveries.clone(),
+        cfg.batch_max,
+        stop_rx.clone(),
+    ));
+    let presence_sweep = (!cfg.presence_sweep.is_zero()).then(|| {
+        tokio::spawn(presence::sweep(
+            presence_store,
+            Arc::new(connect_kafka::KafkaJsonTopic::new(
+                producer.clone(),
+                cfg.topics.presence.clone(),
+            )),
+            cfg.presence_sweep,
+            cfg.presence_sweep_max,
+            stop_rx.clone(),
+        ))
+    });
     let work = tokio::spawn(consumer::run(
         consumer,
         MessagingStep::new(ports)
@@ -164,6 +205,10 @@ async fn main() -> anyhow::Result<()> {
     info!("stopping: finishing the batch in hand, then committing");
     stop_tx.send_replace(true);
     let _ = work.await;
+    let _ = presence_relay.await;
+    if let Some(sweep) = presence_sweep {
+        let _ = sweep.await;
+    }
     let _ = ops.await;
     let _ = tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
         .await;

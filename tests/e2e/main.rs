@@ -15,6 +15,7 @@ mod inbox;
 mod limits;
 mod offline;
 mod overload;
+mod presence;
 mod private;
 mod push;
 mod rebalance;

@@ -83,6 +83,14 @@ impl PrivateStack {
             // A killed gateway's slot is free again within seconds.
             ("SLOT_LEASE_TTL_SECS".into(), "3".into()),
             ("MESSAGING_GROUP_ID".into(), format!("messaging_{id}")),
+            // Presence of its own, and no sweep here: the shared stack's users' offline checks
+            // are the shared stack's to publish.
+            ("KAFKA_PRESENCE_TOPIC".into(), format!("presence_{id}")),
+            (
+                "MESSAGING_PRESENCE_GROUP_ID".into(),
+                format!("presence_{id}"),
+            ),
+            ("PRESENCE_SWEEP_MS".into(), "0".into()),
             // Nothing drains this slice's user_connected: live messages need not wait for a
             // backlog that never comes.
             ("GATEWAY_CATCH_UP_TIMEOUT_MS".into(), "100".into()),
@@ -147,7 +155,14 @@ impl PrivateStack {
         loop {
             let mut owned = Vec::new();
             for (ops, _) in &self.messaging {
-                owned.push(metric(ops, "connect_kafka_assigned_partitions", "").await? as usize);
+                owned.push(
+                    metric(
+                        ops,
+                        "connect_kafka_assigned_partitions",
+                        "group=\"messaging_",
+                    )
+                    .await? as usize,
+                );
             }
             let every = self.messaging.len() > INCOMING_PARTITIONS || owned.iter().all(|&n| n > 0);
             if every && owned.iter().sum::<usize>() == INCOMING_PARTITIONS {

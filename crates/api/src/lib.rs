@@ -71,6 +71,12 @@ pub const VAPID: Route = devices("GET", "/v1/push/vapid");
 pub const REGISTER_PUSH: Route = devices("PUT", "/v1/devices/{device}/push");
 pub const UNREGISTER_PUSH: Route = devices("DELETE", "/v1/devices/{device}/push");
 
+pub const PRESENCE: Route = Route {
+    method: "GET",
+    path: "/v1/users/{user}/presence",
+    function: "presence",
+};
+
 pub const CREATE_GROUP: Route = groups("POST", "/v1/groups");
 pub const LIST_GROUPS: Route = groups("GET", "/v1/groups");
 pub const GET_GROUP: Route = groups("GET", "/v1/groups/{group}");
@@ -90,6 +96,7 @@ pub const ROUTES: &[Route] = &[
     VAPID,
     REGISTER_PUSH,
     UNREGISTER_PUSH,
+    PRESENCE,
 ];
 
 /// The route that serves `method path`, with its path parameters (still percent-encoded, as
@@ -293,6 +300,13 @@ pub struct PushSettings {
     pub platforms: Arc<dyn PlatformEndpoints>,
 }
 
+/// `GET /v1/users/{user}/presence`: the views (Redis) and the group rosters of the watch check.
+#[derive(Clone)]
+pub struct PresenceRead {
+    pub store: Arc<dyn connect_core::presence::PresenceStore>,
+    pub rosters: Arc<groups::MembershipCache>,
+}
+
 /// The HTTP API over its ports.
 #[derive(Clone)]
 pub struct HttpApi {
@@ -301,6 +315,19 @@ pub struct HttpApi {
     max_members: usize,
     /// None: the push routes answer 404 (a function that does not serve them).
     push: Option<PushSettings>,
+    /// None: the presence route answers 404.
+    presence: Option<PresenceRead>,
+}
+
+/// What a Lambda serves beside the routes every HTTP function can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    /// History, the inbox and groups (DynamoDB only).
+    Api,
+    /// The push routes too (`devices`).
+    Push,
+    /// The presence route too (`presence`).
+    Presence,
 }
 
 /// How the push routes are configured: the binary reads it (after the secrets are loaded) and
@@ -373,14 +400,14 @@ impl PushSettings {
 #[cfg(feature = "aws")]
 /// Serves `HttpApi::from_env` as a Lambda (API Gateway HTTP API v2 events): the whole `main` of
 /// every HTTP function (`push`: this function serves the push routes).
-pub async fn run_lambda(push: bool) -> Result<(), lambda_http::Error> {
+pub async fn run_lambda(serves: Serves) -> Result<(), lambda_http::Error> {
     // The JWT secret (and VAPID key) from Secrets Manager when the deployment names their ARNs.
     connect_secrets::load().await?;
-    let push = match push {
-        true => Some(push_config()?),
-        false => None,
+    let push = match serves {
+        Serves::Push => Some(push_config()?),
+        _ => None,
     };
-    let api = HttpApi::from_env(push).await?;
+    let api = HttpApi::from_env(push, serves == Serves::Presence).await?;
     let api = &api;
     lambda_http::run(lambda_http::service_fn(move |req: Request| async move {
         Ok::<_, std::convert::Infallible>(api.handle(req).await)
@@ -410,8 +437,9 @@ impl HttpApi {
     /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`,
     /// `PLACES_TABLE`, `PUSH_TABLE`,
     /// `GROUP_MAX_MEMBERS` (10000); with `push`, the push routes too (and `REDIS_URL`, the
-    /// registrations' mirror).
-    pub async fn from_env(push: Option<PushConfig>) -> Result<Self, String> {
+    /// registrations' mirror); with `presence`, the presence route too (`REDIS_URL`,
+    /// `GROUP_CACHE_TTL_SECS`, `GROUP_CACHE_MAX`).
+    pub async fn from_env(push: Option<PushConfig>, presence: bool) -> Result<Self, String> {
         use connect_core::env::production;
         let (secret, previous) =
             connect_core::auth::JwtSecret::from_env(production()).map_err(|e| e.to_string())?;
@@ -434,20 +462,47 @@ impl HttpApi {
             markers: inbox,
         };
         let max_members = connect_core::env::parsed("GROUP_MAX_MEMBERS", 10_000)?;
-        let api = Self::new(
+        let mut api = Self::new(
             TokenVerifier::new(&secret).also(previous.as_ref()),
             ports,
             max_members,
         );
+        let redis = || async {
+            connect_redis::connect(&connect_core::env::string(
+                "REDIS_URL",
+                "redis://127.0.0.1:6380",
+            ))
+            .await
+            .map_err(|e| format!("connecting to Redis: {e}"))
+        };
+        if presence {
+            let cfg = connect_redis::PresenceConfig {
+                region: connect_core::regions::Regions::from_env()?.local,
+                debounce: std::time::Duration::from_millis(connect_core::env::parsed(
+                    "PRESENCE_DEBOUNCE_MS",
+                    5000,
+                )?),
+                retain: std::time::Duration::from_secs(
+                    connect_core::env::parsed::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400,
+                ),
+            };
+            let rosters = groups::MembershipCache::new(
+                api.ports.groups.clone(),
+                std::time::Duration::from_secs(connect_core::env::parsed(
+                    "GROUP_CACHE_TTL_SECS",
+                    60,
+                )?),
+                connect_core::env::parsed("GROUP_CACHE_MAX", 10_000)?,
+            );
+            api = api.with_presence(PresenceRead {
+                store: Arc::new(connect_redis::RedisPresence::new(redis().await?, cfg)),
+                rosters: Arc::new(rosters),
+            });
+        }
         Ok(match push {
             Some(config) => {
                 let registry = Arc::new(connect_dynamo::DynamoPush::new(dynamo, &tables.push));
-                let redis = connect_redis::connect(&connect_core::env::string(
-                    "REDIS_URL",
-                    "redis://127.0.0.1:6380",
-                ))
-                .await
-                .map_err(|e| format!("connecting to Redis: {e}"))?;
+                let redis = redis().await?;
                 let mirror = Arc::new(connect_redis::RedisPushDevices::new(redis));
                 let mut settings = PushSettings::new(&config, registry, mirror)?;
                 if config.sns.enabled() {
@@ -466,7 +521,14 @@ impl HttpApi {
             ports,
             max_members,
             push: None,
+            presence: None,
         }
+    }
+
+    /// Serves the presence route too.
+    pub fn with_presence(mut self, presence: PresenceRead) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     /// Serves the push routes too.
@@ -489,6 +551,7 @@ impl HttpApi {
             Some(r) if r == INBOX => self.inbox(&req).await,
             Some(r) if r == RECEIPTS => self.receipts(&req).await,
             Some(r) if r.function == "devices" => self.devices(r, &req).await,
+            Some(r) if r == PRESENCE => self.presence(&req).await,
             Some(r) => self.groups(r, &req).await,
             None => Err(ApiError::new(ErrorCode::NotFound, "no such route")),
         };
@@ -570,6 +633,45 @@ fn body_of(req: &Request) -> &[u8] {
 }
 
 impl HttpApi {
+    /// `GET /v1/users/{user}/presence`: the user's presence, for a caller who may watch them
+    /// (PROTOCOL.md "Presence"), else 403.
+    async fn presence(&self, req: &Request) -> Result<Response<Body>, ApiError> {
+        let caller = self.caller(req)?;
+        let read = self
+            .presence
+            .as_ref()
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "presence is not served here"))?;
+        let user = req
+            .path_parameters()
+            .first("user")
+            .map(percent_decode)
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "missing user"))?;
+        let user = UserId::parse(user)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("user: {e}")))?;
+        let users = [user];
+        let allowed = connect_core::presence::watchable(
+            &caller,
+            &users,
+            &*self.ports.inbox,
+            &*self.ports.groups,
+            &read.rosters,
+        )
+        .await?;
+        if allowed.first() != Some(&true) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "you share no conversation with this user",
+            ));
+        }
+        let view = read.store.views(&users, None).await?[0];
+        let [user] = users;
+        let mut body = serde_json::json!({ "user": user, "online": view.online });
+        if let Some(seen) = view.last_seen {
+            body["last_seen"] = seen.into();
+        }
+        ok_json(&body)
+    }
+
     /// The push routes: the VAPID key, a device's registration and its removal.
     async fn devices(&self, route: Route, req: &Request) -> Result<Response<Body>, ApiError> {
         let caller = self.caller(req)?;

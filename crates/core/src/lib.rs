@@ -19,6 +19,8 @@
 //! - [`sequencer`]: batched seq allocation (the sequencer function).
 //! - [`seqblocks`]: messaging's seq blocks: busy conversations reserve ahead, one atomic add
 //!   per block.
+//! - [`presence`]: who is online (transitions from the session registry, views merged over
+//!   regions, the watch index) and who may watch whom.
 //! - [`push`]: push registrations (their checks) and the payload a push carries.
 //! - [`regions`]: active-active regions: forwarding to a conversation's home, the records
 //!   replicated between regions, acks for the other regions' cursors.
@@ -41,6 +43,7 @@ pub mod messaging;
 pub mod model;
 pub mod offline;
 pub mod ports;
+pub mod presence;
 pub mod push;
 pub mod regions;
 pub mod seqblocks;

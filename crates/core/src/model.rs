@@ -255,6 +255,18 @@ pub struct Delivery {
     pub reply: Option<Reply>,
     /// A signal for the recipients (then `message` is none).
     pub signal: Option<Signal>,
+    /// A presence change for the connections there that watch its user (then nothing else).
+    pub presence: Option<PresenceSignal>,
+}
+
+/// A watched user's new presence, for the connections of one gateway that watch them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceSignal {
+    pub user: UserId,
+    /// The view's version: a connection never gets an older view after a newer one.
+    pub version: u64,
+    /// The `presence` frame.
+    pub frame: String,
 }
 
 /// A message in its conversation's log: the offline state, kept once per conversation

@@ -272,7 +272,8 @@ impl AckBus for KafkaAckBus {
 }
 
 /// Publishes JSON records to one topic, each with its key: push requests (`push_requests`,
-/// key = user) and held-back pushes (`push_later`, key = user).
+/// key = user), held-back pushes (`push_later`, key = user) and presence transitions
+/// (`presence`, key = user).
 #[derive(Clone)]
 pub struct KafkaJsonTopic {
     producer: FutureProducer,
@@ -300,6 +301,29 @@ impl KafkaJsonTopic {
             result?;
         }
         Ok(())
+    }
+}
+
+impl connect_core::presence::PresenceBus for KafkaJsonTopic {
+    /// One record per transition, key = user (one user's transitions in one partition).
+    fn publish(&self, changes: &[connect_core::presence::PresenceChange]) -> PendingPublish {
+        let pending: Vec<PendingPublish> = changes
+            .iter()
+            .map(|c| {
+                publish(
+                    &self.producer,
+                    &self.topic,
+                    c.user.as_str(),
+                    &encode_json(c),
+                )
+            })
+            .collect();
+        Box::pin(async move {
+            for result in join_all(pending).await {
+                result?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -4,7 +4,8 @@
 //! reply); headers `to` (recipients, comma-separated — user ids have no commas), `conv`, `seq`,
 //! `ts`, and for the sender's connection `reply_conn` + `reply` (its `accepted`/`error` frame);
 //! a signal (a `receipt`) has its frame as the value, `to`, `signal` (its coalescing key) and
-//! `except` (a connection left out).
+//! `except` (a connection left out); a presence change has its frame as the value and
+//! `presence` (`<user> <version>`: it goes to the connections watching the user).
 //!
 //! `incoming_messages`: value = a [`Submission`] as JSON, or with the header `kind: marker` a
 //! [`MarkerUpdate`].
@@ -12,7 +13,8 @@
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
 use connect_core::model::{
-    Delivery, MarkerUpdate, OutboundMessage, Reply, Signal, Submission, TypingUpdate,
+    Delivery, MarkerUpdate, OutboundMessage, PresenceSignal, Reply, Signal, Submission,
+    TypingUpdate,
 };
 use connect_protocol::UserId;
 
@@ -116,6 +118,13 @@ pub fn encode_delivery(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
         }
         value = signal.frame.as_bytes().to_vec();
     }
+    if let Some(p) = &d.presence {
+        h = h.insert(Header {
+            key: "presence",
+            value: Some(format!("{} {}", p.user, p.version).as_bytes()),
+        });
+        value = p.frame.as_bytes().to_vec();
+    }
     if let Some(r) = &d.reply {
         h = h
             .insert(Header {
@@ -149,7 +158,7 @@ pub fn decode_delivery<H: Headers>(
 ) -> Result<Delivery, CodecError> {
     let (mut to, mut conv, mut seq, mut ts, mut reply_conn, mut reply) =
         (None, None, None, None, None, None);
-    let (mut signal, mut except) = (None, None);
+    let (mut signal, mut except, mut presence) = (None, None, None);
     if let Some(headers) = headers {
         for h in headers.iter() {
             match h.key {
@@ -161,6 +170,7 @@ pub fn decode_delivery<H: Headers>(
                 "reply" => reply = Some(text(h.value, "reply")?),
                 "signal" => signal = Some(text(h.value, "signal")?),
                 "except" => except = Some(text(h.value, "except")?),
+                "presence" => presence = Some(text(h.value, "presence")?),
                 _ => {}
             }
         }
@@ -193,12 +203,29 @@ pub fn decode_delivery<H: Headers>(
         }),
         None => None,
     };
+    let presence = match presence {
+        Some(header) => {
+            let bad = || {
+                CodecError(format!(
+                    "header `presence` is not `<user> <version>`: {header}"
+                ))
+            };
+            let (user, version) = header.split_once(' ').ok_or_else(bad)?;
+            Some(PresenceSignal {
+                user: UserId::parse(user).map_err(|_| bad())?,
+                version: version.parse().map_err(|_| bad())?,
+                frame: text(value, "value")?,
+            })
+        }
+        None => None,
+    };
     Ok(Delivery {
         slot,
         recipients,
         message,
         reply,
         signal,
+        presence,
     })
 }
 
@@ -225,6 +252,7 @@ mod tests {
                 frame: "{\"type\":\"accepted\"}".into(),
             }),
             signal: None,
+            presence: None,
         };
         let (h, v) = encode_delivery(&d);
         assert_eq!(decode_delivery(3, Some(&h), Some(&v)).unwrap(), d);
@@ -234,6 +262,7 @@ mod tests {
             message: None,
             reply: d.reply.clone(),
             signal: None,
+            presence: None,
         };
         let (h, v) = encode_delivery(&reply_only);
         assert_eq!(decode_delivery(1, Some(&h), Some(&v)).unwrap(), reply_only);
@@ -247,9 +276,24 @@ mod tests {
                 frame: "{\"type\":\"receipt\"}".into(),
                 except: Some("c9".into()),
             }),
+            presence: None,
         };
         let (h, v) = encode_delivery(&signal);
         assert_eq!(decode_delivery(2, Some(&h), Some(&v)).unwrap(), signal);
+        let presence = Delivery {
+            slot: 1,
+            recipients: Vec::new(),
+            message: None,
+            reply: None,
+            signal: None,
+            presence: Some(PresenceSignal {
+                user: UserId::parse("bob").unwrap(),
+                version: 1_763_800_000_123,
+                frame: "{\"type\":\"presence\"}".into(),
+            }),
+        };
+        let (h, v) = encode_delivery(&presence);
+        assert_eq!(decode_delivery(1, Some(&h), Some(&v)).unwrap(), presence);
     }
 
     #[test]

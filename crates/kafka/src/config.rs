@@ -202,7 +202,8 @@ impl KafkaConfig {
 }
 
 /// Topic names: `KAFKA_INCOMING_TOPIC` (incoming_messages), `KAFKA_OUTGOING_TOPIC`
-/// (outgoing_messages), `KAFKA_USER_CONNECTED_TOPIC` (user_connected); with other regions
+/// (outgoing_messages), `KAFKA_USER_CONNECTED_TOPIC` (user_connected), `KAFKA_PRESENCE_TOPIC`
+/// (presence); with other regions
 /// `KAFKA_SEQUENCED_TOPIC` (sequenced_messages) and `KAFKA_ACKS_TOPIC` (acks), which
 /// MirrorMaker 2 replicates to the other regions (forward topics are named after the home
 /// region: `forward_<region>`).
@@ -217,6 +218,9 @@ pub struct Topics {
     pub push: String,
     /// Pushes held back by their collapse window, the push function → `push-later` (key = user).
     pub push_later: String,
+    /// Presence transitions, gateways and messaging's sweep → every region's presence relay
+    /// (key = user; MirrorMaker 2 replicates it as `<region>.presence`).
+    pub presence: String,
 }
 
 impl Topics {
@@ -230,6 +234,7 @@ impl Topics {
             acks: string("KAFKA_ACKS_TOPIC", "acks"),
             push: string("KAFKA_PUSH_TOPIC", "push_requests"),
             push_later: string("KAFKA_PUSH_LATER_TOPIC", "push_later"),
+            presence: string("KAFKA_PRESENCE_TOPIC", "presence"),
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   route with its own expiry, so a crashed gateway's sessions age out while others live on).
 //! - [`dedupe`]: [`RedisDedupe`], (sender, client id) → acceptance, with a TTL.
 //! - [`offline`]: [`RedisLog`], the offline state: conversation logs, inboxes, device cursors.
+//! - [`presence`]: [`RedisPresence`], presence per user (`pres:{user}`, beside its sessions) and
+//!   the due offline checks.
 //! - [`slots`]: [`SlotLease`], a gateway's lease on one partition of `outgoing_messages`.
 //!
 //! - [`conn`]: [`RedisConn`], a single server or a cluster (ElastiCache cluster mode).
@@ -15,12 +17,14 @@
 pub mod conn;
 pub mod dedupe;
 pub mod offline;
+pub mod presence;
 pub mod push;
 pub mod registry;
 pub mod slots;
 
 pub use dedupe::RedisDedupe;
 pub use offline::{OfflineLimits, RedisLog};
+pub use presence::{PresenceConfig, RedisPresence};
 pub use push::{RedisPushDevices, RedisPushGate};
 pub use registry::RedisRegistry;
 pub use slots::{LeaseError, SlotLease};

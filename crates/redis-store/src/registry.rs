@@ -28,8 +28,14 @@ pub struct RedisRegistry {
     ttl: Duration,
 }
 
+/// A user's sessions hash (hash-tagged: the user's presence, `crate::presence`, shares its
+/// slot, so one script reads both).
+pub(crate) fn session_key(user: &UserId) -> String {
+    format!("sess:{{{user}}}")
+}
+
 fn key(user: &UserId) -> String {
-    format!("sess:{user}")
+    session_key(user)
 }
 
 /// The shards of the online set (and of the push mirror's, `crate::push`).

@@ -4,5 +4,5 @@
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     connect_service::telemetry::init_tracing();
-    connect_api::run_lambda(false).await
+    connect_api::run_lambda(connect_api::Serves::Api).await
 }

@@ -112,9 +112,10 @@ fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();
     let addr: SocketAddr = connect_service::env::var("LOCAL_API_ADDR", "127.0.0.1:8090".parse()?)?;
-    let api = HttpApi::from_env(Some(
-        connect_api::push_config().map_err(anyhow::Error::msg)?,
-    ))
+    let api = HttpApi::from_env(
+        Some(connect_api::push_config().map_err(anyhow::Error::msg)?),
+        true,
+    )
     .await
     .map_err(anyhow::Error::msg)
     .context("configuring the HTTP API")?;

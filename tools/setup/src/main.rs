@@ -4,7 +4,7 @@
 //! tables there). With `CONNECT_PEER_REGIONS` it also creates the topics the regions exchange
 //! through MirrorMaker 2: `sequenced_messages`, `acks` and `forward_<peer>` here, and the names
 //! MirrorMaker 2 gives the peers' copies (`<peer>.sequenced_messages`, `<peer>.acks`,
-//! `<peer>.forward_<here>`), so messaging subscribes to topics that exist.
+//! `<peer>.forward_<here>`, `<peer>.presence`), so messaging subscribes to topics that exist.
 //!
 //! `connect-setup move-homes <from> <to>`: failover. Every conversation homed in region `from`
 //! is homed in `to` from now on, its epoch bumped and its sequence continued past anything
@@ -109,6 +109,7 @@ async fn setup() -> anyhow::Result<()> {
     let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
     let connected: i32 = env::var("USER_CONNECTED_PARTITIONS", 1)?;
     let push: i32 = env::var("PUSH_PARTITIONS", 4)?;
+    let presence: i32 = env::var("PRESENCE_PARTITIONS", 8)?;
     let replication: i32 = env::var("KAFKA_REPLICATION_FACTOR", 1)?;
     connect_kafka::ensure_topics(
         &kafka,
@@ -118,6 +119,7 @@ async fn setup() -> anyhow::Result<()> {
             (&topics.user_connected, connected),
             (&topics.push, push),
             (&topics.push_later, push),
+            (&topics.presence, presence),
         ],
         replication,
     )
@@ -125,8 +127,8 @@ async fn setup() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
     .context("creating topics")?;
     println!(
-        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}), {} and {} ({push})",
-        topics.incoming, topics.outgoing, topics.user_connected, topics.push, topics.push_later
+        "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}), {} and {} ({push}), {} ({presence})",
+        topics.incoming, topics.outgoing, topics.user_connected, topics.push, topics.push_later, topics.presence
     );
     let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
     if regions.active() {
@@ -139,7 +141,14 @@ async fn setup() -> anyhow::Result<()> {
         for (forward, sequenced, acks) in regions.mirrored_topics(&topics.sequenced, &topics.acks) {
             names.extend([forward, sequenced, acks]);
         }
-        let wanted: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), incoming)).collect();
+        let mut wanted: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), incoming)).collect();
+        // The peers' presence, as MirrorMaker 2 names it here (same partitions as ours).
+        let mirrored_presence: Vec<String> = regions
+            .peers
+            .iter()
+            .map(|p| connect_core::regions::remote_topic(p, &topics.presence))
+            .collect();
+        wanted.extend(mirrored_presence.iter().map(|n| (n.as_str(), presence)));
         connect_kafka::ensure_topics(&kafka, &wanted, replication)
             .await
             .map_err(anyhow::Error::msg)
@@ -148,7 +157,12 @@ async fn setup() -> anyhow::Result<()> {
             "region {} with {:?}: topics {}",
             regions.local,
             regions.peers,
-            names.join(", ")
+            names
+                .iter()
+                .chain(&mirrored_presence)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     if env::var("SETUP_TABLES", true)? {

@@ -104,6 +104,7 @@ impl MessagingStep {
                     frame: err.to_frame().to_text(),
                 }),
                 signal: None,
+                presence: None,
             });
         }
         out.report.phases.route = started.elapsed();
@@ -302,6 +303,7 @@ pub(super) fn signal_deliveries(
             message: None,
             reply: None,
             signal: Some(signal.clone()),
+            presence: None,
         }));
     }
     deliveries
@@ -345,6 +347,7 @@ fn plan_deliveries(
                 frame: message.accepted_text(),
             }),
             signal: None,
+            presence: None,
         })
         .collect()
 }
