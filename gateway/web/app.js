@@ -17,7 +17,9 @@
 // catches up from history after the last seq it holds, for each conversation it has loaded.
 // While the user types it says `typing` (at most every 3 s; `stop` when the composer is
 // emptied), and it shows who is typing in the open conversation's header and in the list, for
-// 6 s unless repeated, stopped, or ended by that user's message.
+// 6 s unless repeated, stopped, or ended by that user's message. It watches the peers of its
+// direct conversations (`watch`, sent again when that list changes and on every `hello`) and
+// shows each one's presence: a dot in the list, "online" / "last seen …" in the header.
 'use strict';
 
 const ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -55,7 +57,13 @@ const state = {
   counter: 0,
   typing: new Map(),    // conversation id -> Map(user -> timer): who is typing there now
   typed: new Map(),     // conversation id -> when this page last said it types there (ms)
+  presence: new Map(),  // user -> { online, last_seen } (a `presence` frame), for the direct peers
+  watching: '',         // the watch list last sent on this connection (sorted, comma-joined)
+  hidden: new Set(),    // peers answered `hidden` (no message yet): watched again after one
 };
+
+// A page watches the peers of its direct conversations (PROTOCOL.md "Presence": at most 256).
+const WATCH_MAX = 256;
 
 // A `typing` is shown this long unless repeated, stopped, or followed by that user's message
 // (PROTOCOL.md); this page says it again at most this often while the user types.
@@ -95,6 +103,8 @@ function title(c) {
 // Adds a message (a live frame, an `accepted` send or a history item); false for a repeat.
 function addMessage(m) {
   const c = conv(m.conversation);
+  // A peer is watchable once the conversation has a message: the next render watches again.
+  if (c.peer && state.hidden.delete(c.peer)) state.watching = '';
   if (c.msgs.has(m.seq)) return false;
   c.msgs.set(m.seq, m);
   seen(c, m);
@@ -349,6 +359,7 @@ function onFrame(f) {
   switch (f.type) {
     case 'hello':
       state.connected = true;
+      state.watching = ''; // a new connection watches nobody yet
       state.attempt = 0;
       setStatus('connected', 'connected');
       $('status').title = `gateway ${f.gateway}, session ${f.session}`;
@@ -380,6 +391,10 @@ function onFrame(f) {
       takeReceipt(conv(f.conversation), f);
       render();
       break;
+    case 'presence':
+      if (f.hidden) { state.presence.delete(f.user); state.hidden.add(f.user); } else state.presence.set(f.user, { online: f.online, last_seen: f.last_seen });
+      render();
+      break;
     case 'error': {
       const p = f.id && state.pending.get(f.id);
       if (!p) { showError('chat-error', `${f.code}: ${f.message}`); break; }
@@ -403,6 +418,33 @@ function transmit(id) {
   const p = state.pending.get(id);
   if (!p || p.state === 'failed' || !state.connected) return;
   state.ws.send(JSON.stringify(p.frame));
+}
+
+// ---- presence --------------------------------------------------------------------------
+
+// Watches the peers of the direct conversations (the most recent first), when that list
+// changed since it was last sent on this connection.
+function syncWatch() {
+  if (!state.connected) return;
+  const peers = [...new Set(ordered().filter((c) => c.peer && c.peer !== state.session.user).map((c) => c.peer))]
+    .slice(0, WATCH_MAX).sort();
+  const list = peers.join(',');
+  if (list === state.watching) return;
+  state.watching = list;
+  state.ws.send(JSON.stringify({ type: 'watch', users: peers }));
+}
+
+// "online", "last seen 5 min ago", "" (not known).
+function presenceText(user) {
+  const p = user && state.presence.get(user);
+  if (!p) return '';
+  if (p.online) return 'online';
+  if (!p.last_seen) return 'offline';
+  const ago = Math.max(0, Date.now() - p.last_seen);
+  if (ago < 60000) return 'last seen just now';
+  if (ago < 3600000) return `last seen ${Math.floor(ago / 60000)} min ago`;
+  const at = new Date(p.last_seen);
+  return ago < 86400000 ? `last seen at ${at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}` : `last seen ${at.toLocaleDateString()}`;
 }
 
 // ---- typing ----------------------------------------------------------------------------
@@ -684,13 +726,14 @@ function ordered() {
 
 function render() {
   if (!state.session) return;
+  syncWatch();
   ackShown(); // first: what is shown is read, so its badge goes with this render
   const list = $('conversations');
   list.replaceChildren(...ordered().map((c) => h('li', {},
     h('button', {
       type: 'button', role: 'option', 'data-conversation': c.id, 'aria-selected': String(c.id === state.active),
       onclick: () => openConversation(c.id),
-    }, h('span', { class: 'entry' }, h('span', {}, title(c), h('span', { class: 'kind' }, c.group ? 'group' : '')),
+    }, h('span', { class: 'entry' }, h('span', {}, c.peer && state.presence.get(c.peer)?.online ? h('span', { class: 'presence online', 'aria-label': 'online', title: 'online' }, '●') : '', title(c), h('span', { class: 'kind' }, c.group ? 'group' : '')),
       typingText(c.id) ? h('span', { class: 'preview typing' }, typingText(c.id)) : h('span', { class: 'preview' }, previewText(c.preview))),
     unread(c) ? h('span', { class: 'badge', 'aria-label': `${unread(c)} unread` }, unread(c)) : ''))));
 
@@ -699,7 +742,7 @@ function render() {
   $('chat-title').textContent = c ? title(c) : 'No conversation open';
   const members = group?.members || [];
   const typingNow = c ? typingText(c.id) : '';
-  $('chat-sub').textContent = typingNow || (group ? (group.members ? `${members.length} members` : 'group') : (c ? c.id : ''));
+  $('chat-sub').textContent = typingNow || (group ? (group.members ? `${members.length} members` : 'group') : (c ? presenceText(c.peer) || c.id : ''));
   $('chat-sub').classList.toggle('typing', Boolean(typingNow));
   $('group-panel').hidden = !group;
   if (group) {

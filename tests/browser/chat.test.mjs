@@ -10,7 +10,8 @@
 //      adds dave;
 //   4. carol closes her page, alice writes, carol comes back: the message arrives on her new
 //      connection (offline delivery) before she opens the group;
-//   5. bob at phone width;
+//   5. bob at phone width; alice sees bob online in her conversation with him (a dot in the
+//      list, "online" in the header), and "last seen …" once his page is closed;
 //   6. erin turns notifications on: the page subscribes with the server's VAPID key (Chromium's
 //      own push service is not reachable here, so the subscription is one of the local Web Push
 //      service) and registers the device; the service worker shows a payload as a
@@ -221,6 +222,17 @@ try {
   check(await b.locator('#sidebar').isHidden(), 'at phone width the list hides while a conversation is open');
   await shot(b, 'phone-chat');
   log('phone width: list and conversation one at a time');
+
+  // Presence: alice's conversation with bob shows him online, and last seen once he is gone.
+  await conversationButton(a, dm).click();
+  await a.locator('#chat-sub', { hasText: 'online' }).waitFor({ timeout: WAIT });
+  await conversationButton(a, dm).locator('.presence.online').waitFor({ timeout: WAIT });
+  await shot(a, 'alice-sees-bob-online');
+  await b.context().close();
+  await a.locator('#chat-sub', { hasText: 'last seen' }).waitFor({ timeout: WAIT });
+  check(await conversationButton(a, dm).locator('.presence.online').count() === 0, 'no online dot once bob is gone');
+  log('alice saw bob online, then last seen once his page closed');
+  await shot(a, 'alice-sees-bob-last-seen');
 
   // 6. Notifications.
   const post = async (url, body, headers = {}) => {

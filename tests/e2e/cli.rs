@@ -127,6 +127,10 @@ async fn two_terminals_chat_in_lines_across_the_gateways() -> anyhow::Result<()>
         vec![format!("* {alice} is typing…")],
         "one line for a burst of three"
     );
+    // /who: alice's terminal is connected, so she is online.
+    b_in.write_all(format!("/to {alice}\n/who\n").as_bytes())
+        .await?;
+    line_with(&mut b_out, &format!("* {alice}: online")).await?;
     // /history in the terminal reads the HTTP API.
     a_in.write_all(b"/history 5\n").await?;
     line_with(&mut a_out, &format!("{bob} → {alice}: hi back")).await?;

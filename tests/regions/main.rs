@@ -514,3 +514,63 @@ async fn failover_moves_region_bs_homes_to_a_and_seqs_jump_past_b() -> anyhow::R
     ensure!(seqs == vec![1, 2, 3, s1, s2, s3], "history seqs {seqs:?}");
     Ok(())
 }
+
+/// The next `presence` frame within `wait` (others passed over).
+async fn next_presence(c: &mut Client, wait: Duration) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let f = c.next_within(left).await?;
+        if f["type"] == "presence" {
+            return Ok(f);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_in_one_region_is_seen_in_the_other_and_online_anywhere_is_online(
+) -> anyhow::Result<()> {
+    let _gate = GATE.read().await;
+    replication_ready().await?;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let mut a = Client::connect(A[0], &alice).await?;
+    send_cross(&mut a, "hi", json!({"to": bob}), "hello").await?;
+    a.send_raw(&json!({"type":"watch","users":[bob]}).to_string())
+        .await?;
+    ensure!(
+        next_presence(&mut a, CROSS).await? == json!({"type":"presence","user":bob,"online":false}),
+        "bob was never seen"
+    );
+
+    // Bob connects in region b: alice, watching in region a, sees him online.
+    let started = std::time::Instant::now();
+    let in_b = Client::connect(B[0], &bob).await?;
+    let f = next_presence(&mut a, CROSS).await?;
+    ensure!(
+        f == json!({"type":"presence","user":bob,"online":true}),
+        "got {f}"
+    );
+    println!(
+        "online in b reached a watcher in a after {:?}",
+        started.elapsed()
+    );
+
+    // He is online in a too, and leaves b: still online anywhere, so nothing changes for alice.
+    let in_a = Client::connect(A[1], &bob).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    in_b.close().await;
+    if let Ok(f) = next_presence(&mut a, Duration::from_secs(9)).await {
+        bail!("bob is still online in a, yet alice got {f}");
+    }
+    // He leaves a too: offline, with when he left.
+    let left = connect_core::now_ms();
+    in_a.close().await;
+    let f = next_presence(&mut a, CROSS).await?;
+    ensure!(f["online"] == false, "got {f}");
+    let seen = f["last_seen"].as_u64().context("last_seen")?;
+    ensure!(
+        seen + 1000 >= left && seen <= left + 1000,
+        "last_seen {seen}, left at {left}"
+    );
+    Ok(())
+}

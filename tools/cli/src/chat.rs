@@ -58,6 +58,8 @@ pub enum Input {
     History(u32),
     /// `/groups`: the user's groups.
     Groups,
+    /// The presence of the current conversation's members.
+    Who,
     /// A line starting with `{`: sent as it is (a raw frame).
     Raw(String),
     Help,
@@ -74,6 +76,7 @@ pub const HELP: &str = "\
   @user text         one line to a user;  #group text: one line to a group
   /history [n]       the last n messages here (20)
   /groups            your groups
+  /who               who of this conversation is online (and, from then on, their changes)
   {…}                a raw JSON frame
   /help, /quit       (Ctrl-D quits too)";
 
@@ -117,11 +120,29 @@ impl Input {
                 _ => Input::Invalid("/history [1..100]".into()),
             },
             "groups" => Input::Groups,
+            "who" | "w" => Input::Who,
             "help" | "?" => Input::Help,
             "quit" | "exit" | "q" => Input::Quit,
             other => Input::Invalid(format!("no command /{other} (/help lists them)")),
         }
     }
+}
+
+/// A `presence` frame as a line: `* bob: online`, `* bob: last seen 12:03`, `* bob: offline`
+/// (never seen), `* x: hidden` (not one you may watch).
+pub fn presence_line(f: &Value) -> String {
+    let who = f["user"].as_str().unwrap_or("?");
+    let state = if f["hidden"] == true {
+        "hidden".to_owned()
+    } else if f["online"] == true {
+        "online".to_owned()
+    } else {
+        match f["last_seen"].as_u64() {
+            Some(ts) => format!("last seen {}", clock(ts)),
+            None => "offline".to_owned(),
+        }
+    };
+    format!("* {who}: {state}")
 }
 
 /// `HH:MM` (UTC) of a timestamp in milliseconds.
@@ -215,6 +236,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn presence_reads_as_a_line() {
+        use serde_json::json;
+        assert_eq!(
+            presence_line(&json!({"type":"presence","user":"bob","online":true})),
+            "* bob: online"
+        );
+        assert_eq!(
+            presence_line(
+                &json!({"type":"presence","user":"bob","online":false,"last_seen":1_763_800_000_123_u64})
+            ),
+            format!("* bob: last seen {}", clock(1_763_800_000_123))
+        );
+        assert_eq!(
+            presence_line(&json!({"type":"presence","user":"bob","online":false})),
+            "* bob: offline"
+        );
+        assert_eq!(
+            presence_line(&json!({"type":"presence","user":"x","hidden":true})),
+            "* x: hidden"
+        );
+    }
+
+    #[test]
     fn typed_lines() {
         let me = "alice";
         assert_eq!(Input::parse("hi there", me), Input::Say("hi there".into()));
@@ -251,6 +295,7 @@ mod tests {
         assert!(matches!(Input::parse("/to", me), Input::Invalid(_)));
         assert!(matches!(Input::parse("/dance", me), Input::Invalid(_)));
         assert_eq!(Input::parse("/quit", me), Input::Quit);
+        assert_eq!(Input::parse("/who", me), Input::Who);
         let bob = Target::parse("bob", me).unwrap();
         assert_eq!(bob.conversation(me).unwrap().to_string(), "dm:alice:bob");
         assert_eq!(bob.conversation("zoe").unwrap().to_string(), "dm:bob:zoe");

@@ -824,6 +824,36 @@ async fn handle_input(
             }
             return Ok(());
         }
+        Input::Who => {
+            let Some(t) = &s.target else {
+                eprintln!("? no conversation yet: /to <user> or /group <group>");
+                return Ok(());
+            };
+            let users: Vec<String> = match t {
+                Target::User(u) => vec![u.clone()],
+                Target::Group(g) => {
+                    let url = format!("{}/v1/groups/{g}", c.api);
+                    match client::api_ok(&s.token, "GET", &url, None).await {
+                        Ok(group) => group["members"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|m| m.as_str())
+                            .filter(|m| *m != s.me)
+                            .map(str::to_owned)
+                            .collect(),
+                        Err(e) => {
+                            eprintln!("! {e:#}");
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            // The answers (and later changes) come as `presence` frames.
+            let frame = json!({"type": "watch", "users": users}).to_string();
+            sink.send(Message::Text(frame.into())).await?;
+            return Ok(());
+        }
         Input::Switch(t) => {
             if matches!(t, Target::Group(_)) {
                 s.names = group_names(c, &s.token).await;
@@ -931,6 +961,7 @@ async fn handle_frame(c: &Common, s: &mut Session, f: Value, retry: &mpsc::Sende
             }
             show(c, s, &f).await
         }
+        "presence" if !c.json => println!("{}", chat::presence_line(&f)),
         "typing" if !c.json => {
             let (Some(conv), Some(who)) = (f["conversation"].as_str(), f["user"].as_str()) else {
                 return;
