@@ -9,6 +9,7 @@
 //! connect-bench inbox --conversations 1000 --groups 200 --concurrency 4       # inbox pages
 //! connect-bench push --recipients 600 --rate 100                              # push latency
 //! connect-bench push --recipients 1000 --rate 1000 [--unregistered]          # push's cost
+//! connect-bench presence --watchers 10000 --rounds 3                          # presence fan-out
 //! ```
 //! Both seed their data through the production adapters (DynamoDB chat store, Redis offline
 //! store), then measure through the real entry points (the local HTTP API; a WebSocket to a
@@ -16,6 +17,7 @@
 
 mod idle;
 mod inbox;
+mod presence;
 mod push;
 
 use std::time::{Duration, Instant};
@@ -74,6 +76,9 @@ enum What {
     /// N offline recipients with a registered Web Push device (this benchmark's own push
     /// service): send → decrypted push latency, pushes/s, and the stack's CPU.
     Push(push::PushRun),
+    /// One user watched by many connections comes online and goes offline: time until the
+    /// last watcher knows.
+    Presence(presence::PresenceRun),
     /// A user with N messages in a conversation's log connects: how fast do they arrive?
     /// (At most the log's bound, `OFFLINE_LOG_MAX`: older messages are in history.)
     Drain {
@@ -624,5 +629,6 @@ async fn main() -> anyhow::Result<()> {
         What::Idle(run) => idle::idle(&issuer, run).await,
         What::Inbox(run) => inbox::inbox(&issuer, run).await,
         What::Push(run) => push::run(&issuer, run).await,
+        What::Presence(run) => presence::run(&issuer, run).await,
     }
 }

@@ -61,6 +61,18 @@ struct Args {
     /// a signal): the cost of typing on the message path.
     #[arg(long)]
     typing: bool,
+    /// Every connection also watches this many users (presence) of a pool of `--churners`
+    /// who come online and go offline at `--churn-rate` connects a second (each stays 3 s and
+    /// is away long enough to be shown offline): the cost of presence on the message path.
+    #[arg(long, default_value_t = 0)]
+    watch: usize,
+    #[arg(long, default_value_t = 500)]
+    churners: usize,
+    #[arg(long, default_value_t = 50.0)]
+    churn_rate: f64,
+    /// The HTTP API (`--watch` puts everyone in one group, so they may watch each other).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    api: String,
     /// Where the stack keeps its pid files (for RSS and CPU); comma-separated for several
     /// (`make regions`: `.local/pids,.local/region-b/pids,.local/mirrormaker/pids`).
     #[arg(long, default_value = ".local/pids", value_delimiter = ',')]
@@ -98,6 +110,8 @@ struct Stats {
     errors: HashMap<String, u64>,
     /// `typing` signals received.
     typing: u64,
+    /// `presence` frames received (the watch's answers included).
+    presence: u64,
 }
 
 struct Plan {
@@ -131,6 +145,8 @@ struct Driver {
     reads: bool,
     /// The conversation to send `typing` into once a second (none: no typing).
     typing: Option<String>,
+    /// Users to watch once connected (none: no `watch`).
+    watch: Vec<String>,
     /// The soak sampler's current interval, when sampling.
     interval: Option<soak::Shared>,
 }
@@ -147,6 +163,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
         sends,
         reads,
         typing,
+        watch,
         interval,
     } = d;
     let note = |f: &dyn Fn(&mut soak::Interval)| {
@@ -165,7 +182,12 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
         sent: 0,
         errors: HashMap::new(),
         typing: 0,
+        presence: 0,
     };
+    if !watch.is_empty() {
+        let frame = json!({"type":"watch","users":watch}).to_string();
+        ws.send(Message::Text(frame.into())).await?;
+    }
     let mut typing_tick = tokio::time::interval_at(plan.base + offset, Duration::from_secs(1));
     typing_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut inflight: HashMap<String, u64> = HashMap::new();
@@ -225,6 +247,7 @@ async fn drive(d: Driver) -> anyhow::Result<Stats> {
                         }
                     }
                     Some("typing") => stats.typing += 1,
+                    Some("presence") => stats.presence += 1,
                     Some("error") => {
                         let code = f["code"].as_str().unwrap_or("?").to_owned();
                         *stats.errors.entry(code).or_default() += 1;
@@ -276,6 +299,14 @@ async fn main() -> anyhow::Result<()> {
         args.pairs, conns, args.rate, args.body, args.warmup, args.duration
     );
     let interval = (args.sample_secs > 0).then(soak::shared);
+    let churners: Vec<String> = match args.watch {
+        0 => Vec::new(),
+        _ => (0..args.churners).map(|k| format!("lg{run}c{k}")).collect(),
+    };
+    let churning = match args.watch {
+        0 => Vec::new(),
+        _ => churn(&args, &issuer, run, &churners, &gateways, &plan).await?,
+    };
     let mut tasks = Vec::with_capacity(conns);
     for i in 0..args.pairs {
         let (a, b) = (format!("lg{run}a{i}"), format!("lg{run}b{i}"));
@@ -308,6 +339,9 @@ async fn main() -> anyhow::Result<()> {
                 sends: j == 0 || !args.one_way,
                 reads: args.read,
                 typing: args.typing.then_some(conversation),
+                watch: (0..args.watch)
+                    .map(|k| churners[(i * 2 + j + k * 7) % churners.len().max(1)].clone())
+                    .collect(),
                 interval: interval.clone(),
             })));
         }
@@ -338,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
 
     let (mut accepted, mut delivered, mut refused, mut sent, mut errors) =
         (hist(), hist(), hist(), 0u64, HashMap::<String, u64>::new());
-    let mut typing = 0u64;
+    let (mut typing, mut presence) = (0u64, 0u64);
     for t in tasks {
         let s = t.await?.context("a connection failed")?;
         accepted.add(&s.accepted)?;
@@ -346,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
         refused.add(&s.refused)?;
         sent += s.sent;
         typing += s.typing;
+        presence += s.presence;
         for (k, v) in s.errors {
             *errors.entry(k).or_default() += v;
         }
@@ -365,6 +400,15 @@ async fn main() -> anyhow::Result<()> {
     if args.typing {
         println!("typing      {typing} signals received (whole run)");
     }
+    for c in churning {
+        c.abort();
+    }
+    if args.watch > 0 {
+        println!(
+            "presence    {presence} frames received (whole run); {} churners, {:.0} connects/s, each connection watching {}",
+            args.churners, args.churn_rate, args.watch
+        );
+    }
     if !refused.is_empty() {
         println!("refused     {:>9.0} msg/s   p50 {:>7.2} ms  p95 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms", refused.len() as f64 / secs, ms(&refused, 0.5), ms(&refused, 0.95), ms(&refused, 0.99), refused.max() as f64 / 1000.0);
     }
@@ -377,6 +421,75 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--watch`: one group of every load user and the churners (so each may watch the others),
+/// then the churners' tasks: each connects, stays 3 s, leaves, and comes back once its turn
+/// (`churners / churn_rate` s) is up, so connects run at `churn_rate` a second.
+async fn churn(
+    args: &Args,
+    issuer: &TokenIssuer,
+    run: &str,
+    churners: &[String],
+    gateways: &[&str],
+    plan: &std::sync::Arc<Plan>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut members: Vec<String> = churners[1..].to_vec();
+    for i in 0..args.pairs {
+        members.push(format!("lg{run}a{i}"));
+        members.push(format!("lg{run}b{i}"));
+    }
+    let body = json!({"name": "loadgen watch", "members": members}).to_string();
+    let url = format!("http://{}/v1/groups", args.api);
+    let (status, created) =
+        connect_bench::client::api_request(issuer, &churners[0], "POST", &url, Some(body)).await?;
+    anyhow::ensure!(
+        status == 201,
+        "creating the group answered {status}: {created}"
+    );
+    let cycle = Duration::from_secs_f64(churners.len() as f64 / args.churn_rate);
+    let hold = Duration::from_secs(3).min(cycle / 2);
+    let mut tasks = Vec::with_capacity(churners.len());
+    for (k, user) in churners.iter().enumerate() {
+        let url = format!("ws://{}/ws", gateways[k % gateways.len()]);
+        let token = issuer.mint(user, 3600);
+        let first = plan.base + cycle.mul_f64(k as f64 / churners.len() as f64);
+        let until = plan.stop_at;
+        tasks.push(tokio::spawn(async move {
+            let mut next = first;
+            while next < until {
+                tokio::time::sleep_until(next).await;
+                next += cycle;
+                let Ok(mut req) = url.as_str().into_client_request() else {
+                    return;
+                };
+                let Ok(auth) = format!("Bearer {token}").parse() else {
+                    return;
+                };
+                req.headers_mut().insert("authorization", auth);
+                let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
+                    continue;
+                };
+                let leave = tokio::time::sleep(hold);
+                tokio::pin!(leave);
+                loop {
+                    tokio::select! {
+                        () = &mut leave => break,
+                        m = ws.next() => if !matches!(m, Some(Ok(_))) { break },
+                    }
+                }
+                let _ = ws.close(None).await;
+            }
+        }));
+    }
+    println!(
+        "churn: {} users in one group with the load users, {:.0} connects/s (each online {:.1} s of every {:.1} s)",
+        churners.len(),
+        args.churn_rate,
+        hold.as_secs_f64(),
+        cycle.as_secs_f64()
+    );
+    Ok(tasks)
 }
 
 /// Backend requests during the measured window: Redis commands (`INFO commandstats`), DynamoDB
