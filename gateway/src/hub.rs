@@ -531,7 +531,10 @@ mod presence_tests {
             })
             .collect();
         assert_eq!(got, ["online", "offline"]);
-        assert!(rx2.recv().now_or_never().flatten().is_none(), "carol watches nobody");
+        assert!(
+            rx2.recv().now_or_never().flatten().is_none(),
+            "carol watches nobody"
+        );
         // No longer watched (a new list, or the connection gone): nothing more.
         hub.watch("a1", &[user("dave")]);
         assert_eq!(hub.deliver(change(7, "online")).frames, 0);
