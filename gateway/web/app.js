@@ -19,7 +19,8 @@
 // emptied), and it shows who is typing in the open conversation's header and in the list, for
 // 6 s unless repeated, stopped, or ended by that user's message. It watches the peers of its
 // direct conversations (`watch`, sent again when that list changes and on every `hello`) and
-// shows each one's presence: a dot in the list, "online" / "last seen …" in the header.
+// shows each one's presence: a dot (online) or "last seen …" in the list, "online" / "last
+// seen …" in the header.
 'use strict';
 
 const ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -733,7 +734,7 @@ function render() {
     h('button', {
       type: 'button', role: 'option', 'data-conversation': c.id, 'aria-selected': String(c.id === state.active),
       onclick: () => openConversation(c.id),
-    }, h('span', { class: 'entry' }, h('span', {}, c.peer && state.presence.get(c.peer)?.online ? h('span', { class: 'presence online', 'aria-label': 'online', title: 'online' }, '●') : '', title(c), h('span', { class: 'kind' }, c.group ? 'group' : '')),
+    }, h('span', { class: 'entry' }, h('span', {}, c.peer && state.presence.get(c.peer)?.online ? h('span', { class: 'presence online', 'aria-label': 'online', title: 'online' }, '●') : '', title(c), h('span', { class: 'kind' }, c.group ? 'group' : presenceText(c.peer) === 'online' ? '' : presenceText(c.peer))),
       typingText(c.id) ? h('span', { class: 'preview typing' }, typingText(c.id)) : h('span', { class: 'preview' }, previewText(c.preview))),
     unread(c) ? h('span', { class: 'badge', 'aria-label': `${unread(c)} unread` }, unread(c)) : ''))));
 

@@ -11,7 +11,8 @@
 //   4. carol closes her page, alice writes, carol comes back: the message arrives on her new
 //      connection (offline delivery) before she opens the group;
 //   5. bob at phone width; alice sees bob online in her conversation with him (a dot in the
-//      list, "online" in the header), and "last seen …" once his page is closed;
+//      list, "online" in the header), and "last seen …" (list and header) once his page is
+//      closed;
 //   6. erin turns notifications on: the page subscribes with the server's VAPID key (Chromium's
 //      own push service is not reachable here, so the subscription is one of the local Web Push
 //      service) and registers the device; the service worker shows a payload as a
@@ -231,6 +232,7 @@ try {
   await b.context().close();
   await a.locator('#chat-sub', { hasText: 'last seen' }).waitFor({ timeout: WAIT });
   check(await conversationButton(a, dm).locator('.presence.online').count() === 0, 'no online dot once bob is gone');
+  await conversationButton(a, dm).locator('.kind', { hasText: 'last seen' }).waitFor({ timeout: WAIT });
   log('alice saw bob online, then last seen once his page closed');
   await shot(a, 'alice-sees-bob-last-seen');
 
