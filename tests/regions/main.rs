@@ -574,3 +574,37 @@ async fn presence_in_one_region_is_seen_in_the_other_and_online_anywhere_is_onli
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_in_one_region_reaches_the_peer_in_the_other() -> anyhow::Result<()> {
+    let _gate = GATE.read().await;
+    replication_ready().await?;
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conversation = dm(&alice, &bob);
+    let mut a = Client::connect(A[0], &alice).await?;
+    let mut b = Client::connect(B[1], &bob).await?;
+    let started = std::time::Instant::now();
+    a.send_raw(&json!({"type":"typing","conversation":conversation}).to_string())
+        .await?;
+    let deadline = tokio::time::Instant::now() + CROSS;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let f = b
+            .next_within(left)
+            .await
+            .context("bob in b got no typing")?;
+        if f["type"] == "typing" {
+            ensure!(
+                f == json!({"type":"typing","conversation":conversation,"user":alice}),
+                "got {f}"
+            );
+            break;
+        }
+    }
+    println!("typing in a reached b after {:?}", started.elapsed());
+    // Nothing comes back to alice (her own typing, from the other region).
+    if let Ok(f) = a.next_within(Duration::from_secs(2)).await {
+        ensure!(f["type"] != "typing", "alice got {f}");
+    }
+    Ok(())
+}

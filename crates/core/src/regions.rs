@@ -6,7 +6,8 @@
 //! local step logs it in the region's conversation log, remembers its acceptance, and delivers
 //! it from the region-local registry, with the sender's `accepted` / `error` when the send came
 //! in there. Acks travel the same way (`acks` → `<region>.acks`), so a device's cursors hold in
-//! whichever region it connects to.
+//! whichever region it connects to. A `typing` signal rides `sequenced_messages` too (a replica
+//! with only `typing`), so the members' connections in every region get it.
 //!
 //! This module holds the records and the ports; [`crate::messaging`] does the work.
 
@@ -161,6 +162,10 @@ pub struct Replica {
     /// The refused send's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// A `typing` signal taken in this region, for the members' connections in the others
+    /// (ephemeral there too: dropped once too old, never answered across regions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typing: Option<Box<crate::model::TypingUpdate>>,
 }
 
 /// A record on `acks` (key = user): a device's cursor moved, for the other regions' cursors.
@@ -313,6 +318,7 @@ mod tests {
                 message: "no".into(),
             }),
             id: Some("c-1".into()),
+            typing: None,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Replica>(&text).unwrap(), r);

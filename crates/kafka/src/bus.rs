@@ -236,6 +236,7 @@ impl RegionBus for KafkaRegionBus {
                     .message
                     .as_ref()
                     .map(|m| m.conversation.to_string())
+                    .or_else(|| r.typing.as_ref().map(|t| t.conversation.to_string()))
                     .unwrap_or_default();
                 (self.sequenced.clone(), key, encode_json(r))
             }),

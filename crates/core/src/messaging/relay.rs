@@ -34,6 +34,7 @@ impl MessagingStep {
                     reply,
                     error: None,
                     id: None,
+                    typing: None,
                 })
             })
             .collect();
@@ -48,6 +49,7 @@ impl MessagingStep {
                     reply: Some(reply.clone()),
                     error: Some(RemoteError::of(err)),
                     id: err.id.clone(),
+                    typing: None,
                 }),
         );
         replicas
@@ -60,6 +62,28 @@ impl MessagingStep {
     /// region go to them. Never fails: what cannot be done is logged (the messages are stored
     /// at home; history and the next connection give them).
     pub async fn relay(&self, replicas: Vec<Replica>) -> Prepared {
+        // Another region's typing signals: fanned out here like this region's own (never
+        // replicated again, never answered: the typist's connection is elsewhere).
+        let (typed, replicas): (Vec<Replica>, Vec<Replica>) =
+            replicas.into_iter().partition(|r| r.typing.is_some());
+        let typing: Vec<_> = typed
+            .into_iter()
+            .filter_map(|r| r.typing)
+            .map(|t| *t)
+            .collect();
+        let typed = if typing.is_empty() {
+            None
+        } else {
+            Some(self.typing(typing, crate::now_ms()).await)
+        };
+        let mut prepared = self.relay_messages(replicas).await;
+        if let Some(typed) = typed {
+            prepared.absorb(typed);
+        }
+        prepared
+    }
+
+    async fn relay_messages(&self, replicas: Vec<Replica>) -> Prepared {
         let mut out = Outcome::default();
         out.report.relayed = replicas.len();
         let entries: Vec<(DedupeKey, Acceptance)> = replicas

@@ -1269,3 +1269,53 @@ async fn typing_reaches_the_other_members_only_and_stores_nothing() {
 fn frame_of(text: &str) -> Option<String> {
     frame(text)["code"].as_str().map(str::to_owned)
 }
+
+#[tokio::test]
+async fn typing_crosses_to_the_other_regions_once_and_is_never_answered_there() {
+    // Region a: alice types; the signal goes to a's sessions and, once, to region b.
+    let a = Arc::new(Memory::default());
+    trip(&a, &["alice", "bob"]).await;
+    let step_a = MessagingStep::new(a.ports()).regions(two_regions("a", "b"));
+    let now = crate::now_ms();
+    let p = step_a
+        .prepare_inbound(vec![typing("alice", "group:g_trip", "a1", now)], now)
+        .await;
+    assert_eq!(p.replicas.len(), 1, "one replica for region b");
+    let replica = p.replicas[0].clone();
+    assert!(replica.message.is_none() && replica.typing.is_some());
+    assert_eq!(
+        replica.typing.as_ref().unwrap().reply.region.as_deref(),
+        Some("a"),
+        "the typist's connection is named as region a's"
+    );
+    // Region b: bob's connection there gets it; nothing is replicated back, nothing stored.
+    let b = Arc::new(Memory::default());
+    trip(&b, &["alice", "bob"]).await;
+    online(&b, "bob", "b1", 0).await;
+    let step_b = MessagingStep::new(b.ports()).regions(two_regions("b", "a"));
+    let p = step_b
+        .prepare_inbound(vec![crate::regions::Inbound::Replica(replica.clone())], now)
+        .await;
+    assert_eq!(p.report.typing, 1);
+    assert!(p.replicas.is_empty(), "never replicated again");
+    crate::ports::DeliveryBus::publish(&*b, &p.deliveries)
+        .await
+        .unwrap();
+    let got = signals(&b);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, vec![user("bob")]);
+    assert!(b.log_seqs("group:g_trip").is_empty());
+    // A typist who is no member in region b's view is dropped there, not answered.
+    let mut stranger = replica;
+    if let Some(t) = &mut stranger.typing {
+        t.user = user("mallory");
+    }
+    let p = step_b
+        .prepare_inbound(vec![crate::regions::Inbound::Replica(stranger)], now)
+        .await;
+    assert_eq!((p.report.typing_dropped, p.report.rejected), (1, 0));
+    assert!(
+        p.deliveries.is_empty(),
+        "no answer to a connection in region a"
+    );
+}

@@ -7,7 +7,9 @@
 //! a roster may lag a change by the cache's TTL); a non-member is answered `forbidden`; a group
 //! of more than [`MessagingStep::typing_max_members`] members gets none; the other members'
 //! open connections (not the typist's own) get a `typing` signal keyed by (conversation, user),
-//! which a connection passes on at most once a second (a burst sends the latest).
+//! which a connection passes on at most once a second (a burst sends the latest). With other
+//! regions, each signal typed here also goes to them as a replica (`sequenced_messages`), and
+//! theirs come here through [`MessagingStep::relay`].
 
 use std::collections::HashMap;
 
@@ -18,6 +20,7 @@ use connect_protocol::{ConversationId, ErrorCode, FrameError, ServerFrame, UserI
 use super::route::signal_deliveries;
 use super::{MessagingStep, Prepared};
 use crate::model::{Signal, TypingUpdate};
+use crate::regions::Replica;
 
 impl MessagingStep {
     /// Fans a batch's `typing` signals out to the other members' connections; the returned
@@ -75,13 +78,15 @@ impl MessagingStep {
                     let others = members.into_iter().filter(|m| *m != u.user).collect();
                     signals.push((u, others));
                 }
-                None => {
+                None if self.regions.is_local(&u.reply) => {
                     out.report.rejected += 1;
                     out.errors.push((
                         u.reply.clone(),
                         FrameError::new(ErrorCode::Forbidden, "not a member of this conversation"),
                     ));
                 }
+                // Another region's signal for someone no longer a member here: dropped.
+                None => out.report.typing_dropped += 1,
             }
         }
         let users: Vec<UserId> = signals
@@ -121,6 +126,27 @@ impl MessagingStep {
         let mut prepared = self.finish(out, false).await;
         prepared.report.records += deliveries.len();
         prepared.deliveries.extend(deliveries);
+        // The signals typed here go to the other regions too (one replica each).
+        if self.regions.active() {
+            let local = self.regions.local.clone();
+            prepared.replicas.extend(
+                updates
+                    .into_iter()
+                    .filter(|u| self.regions.is_local(&u.reply))
+                    .map(|mut u| {
+                        u.reply.region.get_or_insert_with(|| local.clone());
+                        Replica {
+                            home: local.clone(),
+                            message: None,
+                            deliver: false,
+                            reply: None,
+                            error: None,
+                            id: None,
+                            typing: Some(Box::new(u)),
+                        }
+                    }),
+            );
+        }
         prepared
     }
 }
