@@ -142,11 +142,7 @@ impl Config {
         let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
         let session_ttl = secs("SESSION_TTL_SECS", 60)?;
         Ok(Self {
-            presence: PresenceConfig {
-                region: regions.local.clone(),
-                debounce: millis("PRESENCE_DEBOUNCE_MS", 5000)?,
-                retain: Duration::from_secs(env::var::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400),
-            },
+            presence: PresenceConfig::from_env(&regions.local).map_err(anyhow::Error::msg)?,
             watch_ttl: secs("PRESENCE_WATCH_TTL_SECS", 600)?,
             watch_rate: rate("GATEWAY_WATCH", 0.5, 5.0)?,
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,

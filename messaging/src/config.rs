@@ -95,11 +95,7 @@ impl Config {
             dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
             dedupe_max_per_sender: env::var("DEDUPE_MAX_PER_SENDER", 1000)?,
             session_ttl,
-            presence: PresenceConfig {
-                region: regions.local.clone(),
-                debounce: Duration::from_millis(env::var("PRESENCE_DEBOUNCE_MS", 5000)?),
-                retain: Duration::from_secs(env::var::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400),
-            },
+            presence: PresenceConfig::from_env(&regions.local).map_err(anyhow::Error::msg)?,
             presence_group_id: env::string("MESSAGING_PRESENCE_GROUP_ID", "presence"),
             presence_sweep: Duration::from_millis(env::var("PRESENCE_SWEEP_MS", 250)?),
             presence_sweep_max: env::var("PRESENCE_SWEEP_MAX", 1000)?,

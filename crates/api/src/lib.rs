@@ -476,16 +476,9 @@ impl HttpApi {
             .map_err(|e| format!("connecting to Redis: {e}"))
         };
         if presence {
-            let cfg = connect_redis::PresenceConfig {
-                region: connect_core::regions::Regions::from_env()?.local,
-                debounce: std::time::Duration::from_millis(connect_core::env::parsed(
-                    "PRESENCE_DEBOUNCE_MS",
-                    5000,
-                )?),
-                retain: std::time::Duration::from_secs(
-                    connect_core::env::parsed::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400,
-                ),
-            };
+            let cfg = connect_redis::PresenceConfig::from_env(
+                &connect_core::regions::Regions::from_env()?.local,
+            )?;
             let rosters = groups::MembershipCache::new(
                 api.ports.groups.clone(),
                 std::time::Duration::from_secs(connect_core::env::parsed(

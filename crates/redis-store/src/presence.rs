@@ -41,6 +41,18 @@ pub struct PresenceConfig {
     pub retain: Duration,
 }
 
+impl PresenceConfig {
+    /// Region `region` with `PRESENCE_DEBOUNCE_MS` (5000) and `PRESENCE_RETAIN_DAYS` (30).
+    pub fn from_env(region: &str) -> Result<Self, String> {
+        use connect_core::env::parsed;
+        Ok(Self {
+            region: region.to_owned(),
+            debounce: Duration::from_millis(parsed("PRESENCE_DEBOUNCE_MS", 5000)?),
+            retain: Duration::from_secs(parsed::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400),
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisPresence {
     conn: RedisConn,
