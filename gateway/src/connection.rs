@@ -722,19 +722,12 @@ where
             let views = gw.presence.record(&visible, gw.slot).await?;
             Ok::<_, PortError>((allowed, views))
         })
-        .await;
+        .await
+        .unwrap_or_else(|_| Err(PortError::unavailable("presence", "watch timed out")));
         let (allowed, views) = match checked {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
+            Ok(answer) => answer,
+            Err(e) => {
                 warn!(cause = %e, user = %self.user, "watch failed");
-                let err = FrameError::new(
-                    ErrorCode::Unavailable,
-                    "presence unavailable; send the watch again",
-                );
-                return self.reject(&err).await;
-            }
-            Err(_) => {
-                warn!(user = %self.user, "watch timed out");
                 let err = FrameError::new(
                     ErrorCode::Unavailable,
                     "presence unavailable; send the watch again",

@@ -165,15 +165,8 @@ impl Presence {
         if stale.is_empty() {
             return;
         }
-        let until = now_ms() + self.watch_ttl.as_millis() as u64;
-        match self.ports.store.views(&stale, Some((slot, until))).await {
-            Ok(_) => {
-                let mut recorded = self.recorded();
-                for u in stale {
-                    recorded.insert(u, now);
-                }
-            }
-            Err(e) => warn!(cause = %e, "watch records not refreshed; next heartbeat retries"),
+        if let Err(e) = self.record(&stale, slot).await {
+            warn!(cause = %e, "watch records not refreshed; next heartbeat retries");
         }
     }
 }
