@@ -470,28 +470,6 @@ mod tests {
         assert!(matches!(rx3.try_recv(), Some(Out::Signal { key, .. }) if &*key == "dm:a:b a"));
         assert_eq!(hub.len(), 3, "nobody evicted");
     }
-}
-
-#[cfg(test)]
-mod presence_tests {
-    use super::*;
-    use crate::outbox::outbox;
-    use connect_core::model::PresenceSignal;
-    use futures_util::FutureExt;
-
-    fn user(s: &str) -> UserId {
-        UserId::parse(s).unwrap()
-    }
-
-    fn info(u: &str) -> ConnInfo {
-        ConnInfo {
-            user: user(u),
-            device: "d".into(),
-            connected_at_ms: 0,
-            source_ip: String::new(),
-            user_agent: String::new(),
-        }
-    }
 
     fn change(version: u64, frame: &str) -> Delivery {
         Delivery {
@@ -500,7 +478,7 @@ mod presence_tests {
             message: None,
             reply: None,
             signal: None,
-            presence: Some(PresenceSignal {
+            presence: Some(connect_core::model::PresenceSignal {
                 user: user("bob"),
                 version,
                 frame: frame.into(),
@@ -511,8 +489,8 @@ mod presence_tests {
     #[test]
     fn a_change_reaches_the_watchers_only_and_never_an_older_view_after_a_newer() {
         let hub = Hub::default();
-        let (tx1, mut rx1) = outbox(8, usize::MAX);
-        let (tx2, mut rx2) = outbox(8, usize::MAX);
+        let (tx1, mut rx1) = channel(8);
+        let (tx2, mut rx2) = channel(8);
         hub.add(info("alice"), "a1".into(), tx1);
         hub.add(info("carol"), "c1".into(), tx2);
         hub.watch("a1", &[user("bob")]);
@@ -524,17 +502,14 @@ mod presence_tests {
         // An older change than the last one sent is dropped; a newer one goes.
         assert_eq!(hub.deliver(change(3, "stale")).frames, 0);
         assert_eq!(hub.deliver(change(6, "offline")).frames, 1);
-        let got: Vec<String> = std::iter::from_fn(|| rx1.recv().now_or_never().flatten())
+        let got: Vec<String> = std::iter::from_fn(|| rx1.try_recv())
             .map(|o| match o {
                 Out::Signal { frame, .. } => frame.to_string(),
                 other => format!("{other:?}"),
             })
             .collect();
         assert_eq!(got, ["online", "offline"]);
-        assert!(
-            rx2.recv().now_or_never().flatten().is_none(),
-            "carol watches nobody"
-        );
+        assert!(rx2.try_recv().is_none(), "carol watches nobody");
         // No longer watched (a new list, or the connection gone): nothing more.
         hub.watch("a1", &[user("dave")]);
         assert_eq!(hub.deliver(change(7, "online")).frames, 0);

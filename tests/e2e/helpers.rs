@@ -152,6 +152,34 @@ impl Client {
         }
     }
 
+    /// The next frame of `kind` within `wait`, frames of other kinds passed over.
+    pub async fn next_of(&mut self, kind: &str, wait: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self.next_within(left).await?;
+            if f["type"] == kind {
+                return Ok(f);
+            }
+        }
+    }
+
+    /// Every frame of `kind` that arrives within `wait` (others passed over).
+    pub async fn all_of(&mut self, kind: &str, wait: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut got = Vec::new();
+        while let Ok(f) = self
+            .next_of(
+                kind,
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            )
+            .await
+        {
+            got.push(f);
+        }
+        got
+    }
+
     /// Waits for a frame of `kind`, failing on any other frame.
     pub async fn expect(&mut self, kind: &str) -> anyhow::Result<Value> {
         let f = self.next().await?;

@@ -5,36 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::*;
-
-/// The next `presence` frame within `wait` (others passed over).
-async fn next_presence(c: &mut Client, wait: Duration) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let f = c.next_within(left).await?;
-        if f["type"] == "presence" {
-            return Ok(f);
-        }
-    }
-}
-
-/// Every `presence` frame within `wait`.
-async fn presences(c: &mut Client, wait: Duration) -> Vec<Value> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(f) = next_presence(
-        c,
-        deadline.saturating_duration_since(tokio::time::Instant::now()),
-    )
-    .await
-    {
-        got.push(f);
-    }
-    got
-}
 
 async fn watch(c: &mut Client, users: &[&str]) -> anyhow::Result<()> {
     c.send_raw(&json!({"type":"watch","users":users}).to_string())
@@ -51,7 +24,7 @@ async fn a_watcher_sees_a_connect_at_once_no_flap_on_a_quick_reconnect_and_offli
     a.send_accepted("hi", &bob, "hello").await?;
     watch(&mut a, &[&bob]).await?;
     assert_eq!(
-        next_presence(&mut a, Duration::from_secs(2)).await?,
+        a.next_of("presence", Duration::from_secs(2)).await?,
         json!({"type":"presence","user":bob,"online":false}),
         "never seen: no last_seen"
     );
@@ -59,7 +32,7 @@ async fn a_watcher_sees_a_connect_at_once_no_flap_on_a_quick_reconnect_and_offli
     // Bob connects on the other gateway.
     let started = Instant::now();
     let b = Client::connect_device(&gw[1], &bob, "phone").await?;
-    let online = next_presence(&mut a, Duration::from_secs(3)).await?;
+    let online = a.next_of("presence", Duration::from_secs(3)).await?;
     let took = started.elapsed();
     assert_eq!(online, json!({"type":"presence","user":bob,"online":true}));
     assert!(
@@ -71,7 +44,7 @@ async fn a_watcher_sees_a_connect_at_once_no_flap_on_a_quick_reconnect_and_offli
     b.close().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let b = Client::connect_device(&gw[0], &bob, "phone").await?;
-    let flaps = presences(&mut a, Duration::from_secs(7)).await;
+    let flaps = a.all_of("presence", Duration::from_secs(7)).await;
     assert!(
         flaps.is_empty(),
         "a reconnect within 5 s shows nothing: {flaps:?}"
@@ -80,7 +53,7 @@ async fn a_watcher_sees_a_connect_at_once_no_flap_on_a_quick_reconnect_and_offli
     // The last connection closes: offline with last_seen, after the debounce.
     let closed = connect_core::now_ms();
     b.close().await;
-    let offline = next_presence(&mut a, Duration::from_secs(9)).await?;
+    let offline = a.next_of("presence", Duration::from_secs(9)).await?;
     let after = connect_core::now_ms() - closed;
     assert_eq!(offline["online"], false, "{offline}");
     let seen = offline["last_seen"].as_u64().expect("last_seen");
@@ -108,9 +81,9 @@ async fn strangers_are_hidden_and_too_long_a_list_is_refused() -> anyhow::Result
     let mut a = Client::connect(&gw[0], &alice).await?;
     watch(&mut a, &[&erin, &carol, &alice]).await?;
     let answers = [
-        next_presence(&mut a, Duration::from_secs(2)).await?,
-        next_presence(&mut a, Duration::from_secs(2)).await?,
-        next_presence(&mut a, Duration::from_secs(2)).await?,
+        a.next_of("presence", Duration::from_secs(2)).await?,
+        a.next_of("presence", Duration::from_secs(2)).await?,
+        a.next_of("presence", Duration::from_secs(2)).await?,
     ];
     assert_eq!(
         answers,
@@ -127,7 +100,7 @@ async fn strangers_are_hidden_and_too_long_a_list_is_refused() -> anyhow::Result
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let c = Client::connect(&gw[1], &carol).await?;
     assert_eq!(
-        next_presence(&mut a, Duration::from_secs(3)).await?,
+        a.next_of("presence", Duration::from_secs(3)).await?,
         json!({"type":"presence","user":carol,"online":true})
     );
     drop(c);
@@ -152,7 +125,7 @@ async fn strangers_are_hidden_and_too_long_a_list_is_refused() -> anyhow::Result
     assert_eq!(err["code"], "bad_request", "{err}");
     watch(&mut a, &[&carol]).await?;
     assert_eq!(
-        next_presence(&mut a, Duration::from_secs(2)).await?["user"],
+        a.next_of("presence", Duration::from_secs(2)).await?["user"],
         json!(carol)
     );
     Ok(())
@@ -170,19 +143,19 @@ async fn a_killed_gateways_users_go_offline_when_their_sessions_expire_and_come_
     a.send_accepted("hi", &bob, "hello").await?;
     let _b = Client::connect(&doomed.addr, &bob).await?;
     watch(&mut a, &[&bob]).await?;
-    let first = next_presence(&mut a, Duration::from_secs(2)).await?;
+    let first = a.next_of("presence", Duration::from_secs(2)).await?;
     let first = if first["online"] == true {
         first
     } else {
         // The watch raced the connect's transition: the change follows.
-        next_presence(&mut a, Duration::from_secs(2)).await?
+        a.next_of("presence", Duration::from_secs(2)).await?
     };
     assert_eq!(first, json!({"type":"presence","user":bob,"online":true}));
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed = connect_core::now_ms();
     doomed.kill().await?;
-    let offline = next_presence(&mut a, Duration::from_secs(8)).await?;
+    let offline = a.next_of("presence", Duration::from_secs(8)).await?;
     let after = connect_core::now_ms() - killed;
     assert_eq!(offline["online"], false, "{offline}");
     let seen = offline["last_seen"].as_u64().expect("last_seen");
@@ -197,7 +170,7 @@ async fn a_killed_gateways_users_go_offline_when_their_sessions_expire_and_come_
 
     let _b = Client::connect(&gw[1], &bob).await?;
     assert_eq!(
-        next_presence(&mut a, Duration::from_secs(3)).await?,
+        a.next_of("presence", Duration::from_secs(3)).await?,
         json!({"type":"presence","user":bob,"online":true}),
         "online again once he reconnects elsewhere"
     );

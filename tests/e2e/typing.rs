@@ -4,35 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::*;
-
-/// The `typing` frames (others passed over) that arrive within `wait`.
-async fn typings(c: &mut Client, wait: Duration) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut got = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.next_within(left).await {
-            Ok(f) if f["type"] == "typing" => got.push(f),
-            Ok(_) => {}
-            Err(_) => return got,
-        }
-    }
-}
-
-/// The first `typing` frame within `wait` (others passed over), and when it came.
-async fn first_typing(c: &mut Client, wait: Duration) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let f = c.next_within(left).await?;
-        if f["type"] == "typing" {
-            return Ok(f);
-        }
-    }
-}
 
 #[tokio::test]
 async fn typing_reaches_the_other_members_at_once_and_nothing_else() -> anyhow::Result<()> {
@@ -52,9 +26,9 @@ async fn typing_reaches_the_other_members_at_once_and_nothing_else() -> anyhow::
         .send_raw(&json!({"type":"typing","conversation":conversation}).to_string())
         .await?;
     let want = json!({"type":"typing","conversation":conversation,"user":alice});
-    let to_bob = first_typing(&mut b, Duration::from_secs(2)).await?;
+    let to_bob = b.next_of("typing", Duration::from_secs(2)).await?;
     let bob_after = started.elapsed();
-    let to_carol = first_typing(&mut c, Duration::from_secs(2)).await?;
+    let to_carol = c.next_of("typing", Duration::from_secs(2)).await?;
     let carol_after = started.elapsed();
     assert_eq!((to_bob, to_carol), (want.clone(), want));
     assert!(
@@ -62,14 +36,18 @@ async fn typing_reaches_the_other_members_at_once_and_nothing_else() -> anyhow::
         "typing took {bob_after:?} / {carol_after:?}"
     );
     assert!(
-        typings(&mut tablet, Duration::from_secs(1))
+        tablet
+            .all_of("typing", Duration::from_secs(1))
             .await
             .is_empty(),
         "not the typist's other device"
     );
     // A connection opened afterwards gets nothing of it; nothing is in history.
     let mut later = Client::connect_device(&gw[0], &bob, "laptop").await?;
-    assert!(typings(&mut later, Duration::from_secs(1)).await.is_empty());
+    assert!(later
+        .all_of("typing", Duration::from_secs(1))
+        .await
+        .is_empty());
     let (status, page) = api_get(
         &format!("/v1/conversations/{conversation}/messages?limit=100"),
         Some(&bob),
@@ -93,7 +71,7 @@ async fn typing_reaches_the_other_members_at_once_and_nothing_else() -> anyhow::
             .await?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let burst = typings(&mut b, Duration::from_millis(1500)).await;
+    let burst = b.all_of("typing", Duration::from_millis(1500)).await;
     assert!(
         (1..=4).contains(&burst.len()),
         "20 typing frames in 2 s reached bob {} times: {burst:?}",
@@ -102,7 +80,7 @@ async fn typing_reaches_the_other_members_at_once_and_nothing_else() -> anyhow::
     phone
         .send_raw(&json!({"type":"typing","conversation":conversation,"stop":true}).to_string())
         .await?;
-    let stop = first_typing(&mut b, Duration::from_secs(3)).await?;
+    let stop = b.next_of("typing", Duration::from_secs(3)).await?;
     assert_eq!(stop["stop"], true, "{stop}");
     Ok(())
 }
@@ -124,7 +102,7 @@ async fn typing_from_a_non_member_is_forbidden() -> anyhow::Result<()> {
             "{conversation}: {answer}"
         );
     }
-    assert!(typings(&mut b, Duration::from_secs(1)).await.is_empty());
+    assert!(b.all_of("typing", Duration::from_secs(1)).await.is_empty());
     Ok(())
 }
 
@@ -137,7 +115,7 @@ async fn typing_in_a_direct_conversation_reaches_the_peer() -> anyhow::Result<()
     let mut b = Client::connect(&gw[1], &bob).await?;
     a.send_raw(&json!({"type":"typing","conversation":conversation}).to_string())
         .await?;
-    let got = first_typing(&mut b, Duration::from_secs(2)).await?;
+    let got = b.next_of("typing", Duration::from_secs(2)).await?;
     assert_eq!(
         got,
         json!({"type":"typing","conversation":conversation,"user":alice})

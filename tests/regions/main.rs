@@ -515,18 +515,6 @@ async fn failover_moves_region_bs_homes_to_a_and_seqs_jump_past_b() -> anyhow::R
     Ok(())
 }
 
-/// The next `presence` frame within `wait` (others passed over).
-async fn next_presence(c: &mut Client, wait: Duration) -> anyhow::Result<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let f = c.next_within(left).await?;
-        if f["type"] == "presence" {
-            return Ok(f);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_in_one_region_is_seen_in_the_other_and_online_anywhere_is_online(
 ) -> anyhow::Result<()> {
@@ -538,14 +526,14 @@ async fn presence_in_one_region_is_seen_in_the_other_and_online_anywhere_is_onli
     a.send_raw(&json!({"type":"watch","users":[bob]}).to_string())
         .await?;
     ensure!(
-        next_presence(&mut a, CROSS).await? == json!({"type":"presence","user":bob,"online":false}),
+        a.next_of("presence", CROSS).await? == json!({"type":"presence","user":bob,"online":false}),
         "bob was never seen"
     );
 
     // Bob connects in region b: alice, watching in region a, sees him online.
     let started = std::time::Instant::now();
     let in_b = Client::connect(B[0], &bob).await?;
-    let f = next_presence(&mut a, CROSS).await?;
+    let f = a.next_of("presence", CROSS).await?;
     ensure!(
         f == json!({"type":"presence","user":bob,"online":true}),
         "got {f}"
@@ -559,13 +547,13 @@ async fn presence_in_one_region_is_seen_in_the_other_and_online_anywhere_is_onli
     let in_a = Client::connect(A[1], &bob).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     in_b.close().await;
-    if let Ok(f) = next_presence(&mut a, Duration::from_secs(9)).await {
+    if let Ok(f) = a.next_of("presence", Duration::from_secs(9)).await {
         bail!("bob is still online in a, yet alice got {f}");
     }
     // He leaves a too: offline, with when he left.
     let left = connect_core::now_ms();
     in_a.close().await;
-    let f = next_presence(&mut a, CROSS).await?;
+    let f = a.next_of("presence", CROSS).await?;
     ensure!(f["online"] == false, "got {f}");
     let seen = f["last_seen"].as_u64().context("last_seen")?;
     ensure!(
@@ -586,21 +574,14 @@ async fn typing_in_one_region_reaches_the_peer_in_the_other() -> anyhow::Result<
     let started = std::time::Instant::now();
     a.send_raw(&json!({"type":"typing","conversation":conversation}).to_string())
         .await?;
-    let deadline = tokio::time::Instant::now() + CROSS;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let f = b
-            .next_within(left)
-            .await
-            .context("bob in b got no typing")?;
-        if f["type"] == "typing" {
-            ensure!(
-                f == json!({"type":"typing","conversation":conversation,"user":alice}),
-                "got {f}"
-            );
-            break;
-        }
-    }
+    let f = b
+        .next_of("typing", CROSS)
+        .await
+        .context("bob in b got no typing")?;
+    ensure!(
+        f == json!({"type":"typing","conversation":conversation,"user":alice}),
+        "got {f}"
+    );
     println!("typing in a reached b after {:?}", started.elapsed());
     // Nothing comes back to alice (her own typing, from the other region).
     if let Ok(f) = a.next_within(Duration::from_secs(2)).await {
