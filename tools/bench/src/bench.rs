@@ -286,12 +286,8 @@ struct GroupRun {
     /// Seconds to wait for deliveries after the last send.
     #[arg(long, default_value_t = 5)]
     drain: u64,
-    #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
-    gateways: String,
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    api: String,
-    #[arg(long, default_value = ".local/pids")]
-    pids: std::path::PathBuf,
+    #[command(flatten)]
+    stack: connect_bench::client::Stack,
     /// Seconds to wait after connecting the members, before sending: every new connection's
     /// backlog (the offline-delivery function, one `user_connected` partition locally) must be
     /// in before its live messages flow.
@@ -415,13 +411,13 @@ async fn read_group(
 
 async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
     use futures_util::SinkExt;
-    let gateways: Vec<String> = run.gateways.split(',').map(str::to_owned).collect();
+    let gateways: Vec<String> = run.stack.gateways();
     let tag = unique("grp");
     let members: Vec<String> = (0..run.members).map(|i| format!("{tag}_{i}")).collect();
     let client: Client<_, http_body_util::Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let body = serde_json::json!({"name": "bench", "members": &members[1..]}).to_string();
-    let req = http::Request::post(format!("http://{}/v1/groups", run.api))
+    let req = http::Request::post(format!("http://{}/v1/groups", run.stack.api))
         .header(
             "authorization",
             format!("Bearer {}", issuer.mint(&members[0], 3600)),
@@ -475,7 +471,7 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
     let mut sender = open(issuer, &gateways[0], &members[0]).await?;
     let mut redis = connect_redis::connect(&run.redis).await?;
     let redis_before = redis_memory(&mut redis).await?;
-    let usage = connect_bench::procs::Usage::start(&run.pids);
+    let usage = connect_bench::procs::Usage::start(&run.stack.pids);
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / run.rate.max(0.001));
     let mut sent_at: std::collections::HashMap<String, Instant> = Default::default();

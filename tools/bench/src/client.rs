@@ -20,3 +20,22 @@ pub async fn api_request(
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     connect_cli::client::api(&issuer.mint(user, 3600), method, url, body).await
 }
+
+/// Where a benchmark finds the running stack (`--gateways`, `--api`, `--pids`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Stack {
+    #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
+    pub gateways: String,
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub api: String,
+    /// Where the stack keeps its pid files (for CPU and RSS).
+    #[arg(long, default_value = ".local/pids")]
+    pub pids: std::path::PathBuf,
+}
+
+impl Stack {
+    /// The gateways' addresses.
+    pub fn gateways(&self) -> Vec<String> {
+        self.gateways.split(',').map(str::to_owned).collect()
+    }
+}

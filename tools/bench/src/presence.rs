@@ -26,12 +26,8 @@ pub struct PresenceRun {
     /// Watches in flight while the watchers start.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
-    gateways: String,
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    api: String,
-    #[arg(long, default_value = ".local/pids")]
-    pids: std::path::PathBuf,
+    #[command(flatten)]
+    stack: connect_bench::client::Stack,
 }
 
 /// A watcher saw the user go (online or offline), at this instant.
@@ -41,12 +37,12 @@ pub async fn run(issuer: &TokenIssuer, run: PresenceRun) -> anyhow::Result<()> {
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let target = format!("pp{tag}t");
     let watchers: Vec<String> = (0..run.watchers).map(|i| format!("pp{tag}w{i}")).collect();
-    let gateways: Vec<String> = run.gateways.split(',').map(str::to_owned).collect();
+    let gateways: Vec<String> = run.stack.gateways();
 
     let started = Instant::now();
     for chunk in watchers.chunks(run.group_size.max(1)) {
         let body = serde_json::json!({"name": "presence benchmark", "members": chunk}).to_string();
-        let url = format!("http://{}/v1/groups", run.api);
+        let url = format!("http://{}/v1/groups", run.stack.api);
         let (status, created) =
             connect_bench::client::api_request(issuer, &target, "POST", &url, Some(body)).await?;
         if status != 201 {
@@ -111,7 +107,7 @@ pub async fn run(issuer: &TokenIssuer, run: PresenceRun) -> anyhow::Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let usage = connect_bench::procs::Usage::start(&run.pids);
+    let usage = connect_bench::procs::Usage::start(&run.stack.pids);
     let measured = Instant::now();
     let mut online = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let mut offline = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;

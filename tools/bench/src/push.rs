@@ -52,12 +52,8 @@ pub struct PushRun {
     /// This benchmark's push service.
     #[arg(long, default_value = "127.0.0.1:8097")]
     listen: String,
-    #[arg(long, default_value = "127.0.0.1:8080,127.0.0.1:8081")]
-    gateways: String,
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    api: String,
-    #[arg(long, default_value = ".local/pids")]
-    pids: std::path::PathBuf,
+    #[command(flatten)]
+    stack: connect_bench::client::Stack,
 }
 
 /// One recipient's subscription keys (the user agent's side).
@@ -180,7 +176,7 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
             .map(|(i, user)| {
                 let endpoint = format!("http://{}/p/{i}", run.listen);
                 let service = service.clone();
-                let api = run.api.clone();
+                let api = run.stack.api.clone();
                 async move { register(issuer, &api, user, &endpoint, &service.keys[i]).await }
             })
             .buffer_unordered(16)
@@ -194,7 +190,7 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    let gateways: Vec<String> = run.gateways.split(',').map(str::to_owned).collect();
+    let gateways: Vec<String> = run.stack.gateways();
     let (group, readers) = match run.group {
         true => {
             let (group, readers) = group_of(issuer, &run, &tag, &recipients, &gateways).await?;
@@ -269,7 +265,7 @@ pub async fn run(issuer: &TokenIssuer, run: PushRun) -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep_until(measure_from).await;
-    let usage = connect_bench::procs::Usage::start(&run.pids);
+    let usage = connect_bench::procs::Usage::start(&run.stack.pids);
     let (pushes_before, _) = {
         let r = service.received.lock().unwrap_or_else(|p| p.into_inner());
         (r.pushes, ())
@@ -355,7 +351,7 @@ async fn group_of(
     members.extend(recipients.iter().cloned());
     members.extend(online.iter().cloned());
     let body = serde_json::json!({"name": "push benchmark", "members": members}).to_string();
-    let url = format!("http://{}/v1/groups", run.api);
+    let url = format!("http://{}/v1/groups", run.stack.api);
     let started = Instant::now();
     let (status, created) =
         connect_bench::client::api_request(issuer, &owner, "POST", &url, Some(body)).await?;
