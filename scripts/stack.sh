@@ -87,13 +87,8 @@ export RUST_LOG=${RUST_LOG:-info}
 # Local messaging processes lose a crashed member's partitions within 6 s (MSK tasks keep the
 # 10 s default).
 export KAFKA_SESSION_TIMEOUT_MS=${KAFKA_SESSION_TIMEOUT_MS:-6000}
-# Everything shares 2 cores here: a fetch waits up to 10 ms for 64 KiB, so under load each
-# consumer fetches at most ~100 times a second instead of once per record (measured at
-# 1,500 msg/s: p50 68 ms / p99 334 ms against 108 / 546 with the fetch-per-record default).
-# The price: idle, the broker answers ~100 empty fetches a second per consumer (0.3 cores for
-# the four hot-path consumers, against 0.05 with 100 ms waits).
-export KAFKA_FETCH_MIN_BYTES=${KAFKA_FETCH_MIN_BYTES:-65536}
-export KAFKA_FETCH_WAIT_MS=${KAFKA_FETCH_WAIT_MS:-10}
+# Kafka's client settings are the services' defaults (crates/kafka/src/config.rs): a fetch is
+# answered when a record lands (fetch.min.bytes 1), producers do not linger.
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -391,15 +386,13 @@ start_services() {
   # shellcheck disable=SC2086
   start lambda "$ROOT" cargo lambda watch $release --ignore-changes --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
   wait_port "$LAMBDA_PORT" lambda
-  # user_connected tolerates delay (the MSK trigger batches for up to 500 ms by default): this
-  # consumer keeps Kafka's default fetch wait instead of the hot path's 10 ms polling.
-  start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery \
-    KAFKA_FETCH_WAIT_MS=100 KAFKA_FETCH_MIN_BYTES=1
+  # user_connected → offline-delivery (the MSK trigger of the function).
+  start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery
   # push_requests → push (the MSK trigger of the push function).
   start_service push-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=push \
-    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_TOPIC:-push_requests}" KAFKA_FETCH_WAIT_MS=50 KAFKA_FETCH_MIN_BYTES=1
+    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_TOPIC:-push_requests}"
   start_service push-later-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=push-later \
-    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_LATER_TOPIC:-push_later}" KAFKA_FETCH_WAIT_MS=50 KAFKA_FETCH_MIN_BYTES=1
+    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_LATER_TOPIC:-push_later}"
   # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling),
   # in the region that makes the tables (its system messages reach the group's home region).
   [ "$GROUP_EVENTS" = 1 ] || return 0

@@ -7,14 +7,25 @@ use rdkafka::config::ClientConfig;
 pub struct KafkaConfig {
     /// `KAFKA_BROKERS`.
     pub brokers: String,
-    /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a fetch while no data is there. Kafka
-    /// answers a waiting fetch as soon as data arrives, so this bounds idle polling, not latency.
+    /// `KAFKA_FETCH_WAIT_MS`: how long the broker may hold a fetch while no data is there. With
+    /// `fetch_min_bytes` 1 the broker answers a waiting fetch as soon as a record arrives, so
+    /// this bounds idle polling (a few empty fetches a second per consumer), not latency.
     pub fetch_wait_ms: u32,
-    /// `KAFKA_FETCH_MIN_BYTES`: the broker may hold a fetch (up to the fetch wait) until this
-    /// much data is there: fewer, fuller fetches under load.
+    /// `KAFKA_FETCH_MIN_BYTES`: the broker holds a fetch (up to the fetch wait) until this much
+    /// data is there. 1: a record is fetched when it lands. Anything larger makes every record
+    /// of a quiet system wait the whole fetch wait, on every hop.
     pub fetch_min_bytes: u32,
-    /// `KAFKA_LINGER_MS`: how long the producer batches before sending.
+    /// `KAFKA_LINGER_MS`: how long the producer holds a record hoping for more. 0: records go
+    /// when the broker connection is free; under load they still travel together, because
+    /// records queue while earlier produce requests are in flight. Our producers hand records
+    /// over in batches already formed (a messaging batch's deliveries), so a linger would only
+    /// add its time to every message.
     pub linger_ms: u32,
+    /// `KAFKA_COMMIT_INTERVAL_MS`: how often a consumer-group member commits the offsets of
+    /// the batches it has finished (a revoke and a stop commit at once). An offset commit is a
+    /// replicated write on the broker: once per batch, a quiet system's one-message batches
+    /// paid one per message. A crash replays at most this much more (the step is idempotent).
+    pub commit_interval_ms: u32,
     /// `KAFKA_MESSAGE_TIMEOUT_MS`: how long a produce may take before it is failed.
     pub message_timeout_ms: u32,
     /// `KAFKA_SESSION_TIMEOUT_MS`: how long a consumer-group member may go silent before its
@@ -181,7 +192,8 @@ impl KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (100), `KAFKA_LINGER_MS` (5),
+    /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (500),
+    /// `KAFKA_FETCH_MIN_BYTES` (1), `KAFKA_LINGER_MS` (0), `KAFKA_COMMIT_INTERVAL_MS` (100),
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
     /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none), and the security variables
     /// ([`Security::from_env`]).
@@ -189,10 +201,11 @@ impl KafkaConfig {
         use connect_core::env::parsed as num;
         Ok(Self {
             brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),
-            fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 100)?,
-            linger_ms: num("KAFKA_LINGER_MS", 5)?,
+            fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 500)?,
+            linger_ms: num("KAFKA_LINGER_MS", 0)?,
             fetch_min_bytes: num("KAFKA_FETCH_MIN_BYTES", 1)?,
             message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
+            commit_interval_ms: num("KAFKA_COMMIT_INTERVAL_MS", 100)?,
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
             max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
             debug: connect_core::env::optional("KAFKA_DEBUG"),

@@ -10,11 +10,13 @@
 //! connect-bench push --recipients 600 --rate 100                              # push latency
 //! connect-bench push --recipients 1000 --rate 1000 [--unregistered]          # push's cost
 //! connect-bench presence --watchers 10000 --rounds 3                          # presence fan-out
+//! connect-bench dynamo --items 1 --concurrency 8                             # DynamoDB's floor
 //! ```
 //! Both seed their data through the production adapters (DynamoDB chat store, Redis offline
 //! store), then measure through the real entry points (the local HTTP API; a WebSocket to a
 //! gateway, fed by the event poller and the offline-delivery Lambda).
 
+mod dynamo;
 mod idle;
 mod inbox;
 mod presence;
@@ -79,6 +81,9 @@ enum What {
     /// One user watched by many connections comes online and goes offline: time until the
     /// last watcher knows.
     Presence(presence::PresenceRun),
+    /// The chat table's writes alone (messaging's store phase): one batch's latency, and the
+    /// ceiling in items/s.
+    Dynamo(dynamo::DynamoRun),
     /// A user with N messages in a conversation's log connects: how fast do they arrive?
     /// (At most the log's bound, `OFFLINE_LOG_MAX`: older messages are in history.)
     Drain {
@@ -626,5 +631,6 @@ async fn main() -> anyhow::Result<()> {
         What::Inbox(run) => inbox::inbox(&issuer, run).await,
         What::Push(run) => push::run(&issuer, run).await,
         What::Presence(run) => presence::run(&issuer, run).await,
+        What::Dynamo(run) => dynamo::run(run).await,
     }
 }
