@@ -15,6 +15,7 @@
 //! online here (after a close: the debounce; while connected: the sessions' expiry, moved on by
 //! every refresh, so a gateway that died takes its users offline once their sessions expire).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +25,7 @@ use connect_core::presence::{PresenceChange, PresenceStore, PresenceView, ViewCh
 use connect_core::PortError;
 use connect_protocol::UserId;
 
-use crate::conn::{Batch, RedisConn};
+use crate::conn::{Batch, Lua, RedisConn};
 use crate::registry::{session_key, shard, SHARDS};
 use crate::unavailable;
 
@@ -207,15 +208,13 @@ return {{mv, on and 1 or 0, seen}}
     )
 }
 
-fn eval(script: &str, keys: &[&str]) -> Cmd {
-    // EVAL, not EVALSHA: no NOSCRIPT after a restart or failover (see `dedupe`).
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(script).arg(keys.len());
-    for k in keys {
-        cmd.arg(*k);
-    }
-    cmd
-}
+/// The scripts, each loaded once per server and called by its SHA1 (see [`Lua`]).
+static PRESENT_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(PRESENT));
+static CLOSED_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(closed_script()));
+static CHECK_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(check_script()));
+static DONE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(DONE));
+static APPLY_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(apply_script()));
+static VIEW_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(view_script()));
 
 fn int(v: &Value) -> u64 {
     match v {
@@ -278,9 +277,9 @@ impl PresenceStore for RedisPresence {
         }
         let mut batch = Batch::new();
         for u in users {
-            let mut cmd = eval(PRESENT, &[&key(u)]);
+            let mut cmd = PRESENT_LUA.call(&[&key(u)]);
             cmd.arg(now_ms).arg(self.retain_ms());
-            batch.add(cmd);
+            batch.add_script(&PRESENT_LUA, cmd);
             // The check moves to the sessions' expiry (never earlier than it was).
             batch.add_ignored(
                 redis::cmd("ZADD")
@@ -304,12 +303,11 @@ impl PresenceStore for RedisPresence {
         if users.is_empty() {
             return Ok(());
         }
-        let script = closed_script();
         let mut batch = Batch::new();
         for u in users {
-            let mut cmd = eval(&script, &[&session_key(u), &key(u)]);
+            let mut cmd = CLOSED_LUA.call(&[&session_key(u), &key(u)]);
             cmd.arg(now_ms);
-            batch.add(cmd);
+            batch.add_script(&CLOSED_LUA, cmd);
         }
         let left: Vec<u64> = batch.query(&self.conn).await.map_err(unavailable)?;
         let due = now_ms + self.cfg.debounce.as_millis() as u64;
@@ -351,12 +349,11 @@ impl PresenceStore for RedisPresence {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let script = check_script();
         let mut batch = Batch::new();
         for (u, _) in &due {
-            let mut cmd = eval(&script, &[&session_key(u), &key(u)]);
+            let mut cmd = CHECK_LUA.call(&[&session_key(u), &key(u)]);
             cmd.arg(now_ms).arg(self.retain_ms());
-            batch.add(cmd);
+            batch.add_script(&CHECK_LUA, cmd);
         }
         let results: Vec<Vec<u64>> = batch.query(&self.conn).await.map_err(unavailable)?;
         let mut changes = Vec::new();
@@ -377,9 +374,9 @@ impl PresenceStore for RedisPresence {
                 [2, v, seen] => changes.push(self.change(u, *v, false, Some(*seen))),
                 _ => {}
             }
-            let mut done = eval(DONE, &[&self.due_key(u)]);
+            let mut done = DONE_LUA.call(&[&self.due_key(u)]);
             done.arg(u.as_str()).arg(now_ms);
-            after.add_ignored(done);
+            after.add_script_ignored(&DONE_LUA, done);
         }
         after.exec(&self.conn).await.map_err(unavailable)?;
         Ok(changes)
@@ -393,17 +390,16 @@ impl PresenceStore for RedisPresence {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let script = apply_script();
         let mut batch = Batch::new();
         for c in changes {
-            let mut cmd = eval(&script, &[&key(&c.user)]);
+            let mut cmd = APPLY_LUA.call(&[&key(&c.user)]);
             cmd.arg(&c.region)
                 .arg(c.v)
                 .arg(u8::from(c.online))
                 .arg(c.last_seen.unwrap_or(0))
                 .arg(now_ms)
                 .arg(self.retain_ms());
-            batch.add(cmd);
+            batch.add_script(&APPLY_LUA, cmd);
         }
         let results: Vec<Value> = batch.query(&self.conn).await.map_err(unavailable)?;
         Ok(changes
@@ -428,16 +424,15 @@ impl PresenceStore for RedisPresence {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let script = view_script();
         let (slot, until) = match watcher {
             Some((slot, until)) => (slot.to_string(), until),
             None => (String::new(), 0),
         };
         let mut batch = Batch::new();
         for u in users {
-            let mut cmd = eval(&script, &[&key(u)]);
+            let mut cmd = VIEW_LUA.call(&[&key(u)]);
             cmd.arg(&slot).arg(until).arg(self.retain_ms());
-            batch.add(cmd);
+            batch.add_script(&VIEW_LUA, cmd);
         }
         let results: Vec<Vec<Value>> = batch.query(&self.conn).await.map_err(unavailable)?;
         Ok(results.iter().map(|r| view_of(r)).collect())
