@@ -267,9 +267,22 @@ impl DedupeIndex for Memory {
         Ok(keys.iter().map(|k| map.get(k).cloned()).collect())
     }
 
-    async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError> {
-        lock(&self.accepted).extend(entries.iter().cloned());
-        Ok(())
+    async fn remember(
+        &self,
+        entries: &[(DedupeKey, Acceptance)],
+    ) -> Result<Vec<Option<Acceptance>>, PortError> {
+        let mut map = lock(&self.accepted);
+        Ok(entries
+            .iter()
+            .map(|(key, acceptance)| match map.get(key) {
+                Some(before) if before != acceptance => Some(before.clone()),
+                Some(_) => None,
+                None => {
+                    map.insert(key.clone(), acceptance.clone());
+                    None
+                }
+            })
+            .collect())
     }
 }
 

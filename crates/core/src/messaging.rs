@@ -444,7 +444,8 @@ impl MessagingStep {
                     }
                 }
                 out.report.phases.authorize += lap(&mut clock);
-                self.sequence_and_store(fresh, now_ms, &mut out).await;
+                let taken = self.sequence_and_store(fresh, now_ms, &mut out).await;
+                earlier.extend(taken);
                 self.answer_earlier(earlier, &mut view, &mut out).await;
                 out.report.phases.store = lap(&mut clock);
             }

@@ -175,8 +175,15 @@ pub trait DedupeIndex: Send + Sync {
     /// The acceptance remembered for each key (same order as `keys`), in one round trip.
     async fn get(&self, keys: &[DedupeKey]) -> Result<Vec<Option<Acceptance>>, PortError>;
     /// Remembers acceptances; written before the messages are stored, and kept when a store
-    /// fails (the retry answers the original seq and writes what is missing).
-    async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError>;
+    /// fails (the retry answers the original seq and writes what is missing). An acceptance
+    /// already remembered for a key is never replaced: it is returned (same order as
+    /// `entries`; None where this one was remembered, or the same one was there), and it stands
+    /// (two processes that both own a partition for a moment, around a rebalance, both find
+    /// the first acceptance of a send).
+    async fn remember(
+        &self,
+        entries: &[(DedupeKey, Acceptance)],
+    ) -> Result<Vec<Option<Acceptance>>, PortError>;
 }
 
 /// The offline state (Redis, region-local): each conversation's recent messages once, a user's

@@ -16,13 +16,18 @@ use connect_core::ports::DedupeIndex;
 use connect_core::PortError;
 use connect_protocol::ConversationId;
 
-use crate::conn::{Batch, RedisConn};
+use crate::conn::{Batch, Lua, RedisConn};
 use crate::unavailable;
 
 /// KEYS: the sender's hash and order list; ARGV: id, acceptance, max per sender, ttl secs. A new
-/// id is appended to the order, and the oldest beyond the bound leave both.
-const REMEMBER: &str = r"
-if redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+/// id is remembered and appended to the order, and the oldest beyond the bound leave both; an
+/// id remembered before keeps its acceptance, which is returned (nil for a new id).
+static REMEMBER: std::sync::LazyLock<Lua> = std::sync::LazyLock::new(|| {
+    Lua::new(
+        r"
+local before = redis.call('hget', KEYS[1], ARGV[1])
+if not before then
+  redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
   local over = redis.call('rpush', KEYS[2], ARGV[1]) - tonumber(ARGV[3])
   while over > 0 do
     redis.call('hdel', KEYS[1], redis.call('lpop', KEYS[2]))
@@ -31,7 +36,9 @@ if redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) == 1 then
 end
 redis.call('expire', KEYS[1], ARGV[4])
 redis.call('expire', KEYS[2], ARGV[4])
-return 1";
+return before",
+    )
+});
 
 #[derive(Clone)]
 pub struct RedisDedupe {
@@ -101,26 +108,34 @@ impl DedupeIndex for RedisDedupe {
             .collect())
     }
 
-    async fn remember(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError> {
+    async fn remember(
+        &self,
+        entries: &[(DedupeKey, Acceptance)],
+    ) -> Result<Vec<Option<Acceptance>>, PortError> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut batch = Batch::new();
-        // EVAL, not EVALSHA: no NOSCRIPT after a restart or failover, on any cluster node
-        // (Redis caches the compiled script by its hash all the same).
         for (k, a) in entries {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(REMEMBER)
-                .arg(2)
-                .arg(hash_key(k.sender.as_str()))
-                .arg(order_key(k.sender.as_str()))
-                .arg(k.id.as_str())
+            let sender = k.sender.as_str();
+            let mut cmd = REMEMBER.call(&[&hash_key(sender), &order_key(sender)]);
+            cmd.arg(k.id.as_str())
                 .arg(encode(a))
                 .arg(self.max_per_sender)
                 .arg(self.ttl.as_secs());
-            batch.add_ignored(cmd);
+            batch.add_script(&REMEMBER, cmd);
         }
-        batch.exec(&self.conn).await.map_err(unavailable)
+        let before: Vec<Option<String>> = batch.query(&self.conn).await.map_err(unavailable)?;
+        Ok(before
+            .iter()
+            .zip(entries)
+            .map(|(before, (_, acceptance))| {
+                before
+                    .as_deref()
+                    .and_then(decode)
+                    .filter(|before| before != acceptance)
+            })
+            .collect())
     }
 }
 

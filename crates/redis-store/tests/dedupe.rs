@@ -47,7 +47,20 @@ async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
         .await
         .unwrap();
     // Remembering an id again changes nothing of the bound.
-    dedupe.remember(&sends[129..]).await.unwrap();
+    assert_eq!(
+        dedupe.remember(&sends[129..]).await.unwrap(),
+        vec![None],
+        "the same acceptance again is no conflict"
+    );
+    // Another acceptance of a remembered id (a second owner of the partition, racing) never
+    // replaces the first: the first is returned and stands.
+    assert_eq!(
+        dedupe
+            .remember(&[(key(&alice, 129), accepted(999))])
+            .await
+            .unwrap(),
+        vec![Some(accepted(130))]
+    );
 
     let asked: Vec<DedupeKey> = (0..130).map(|i| key(&alice, i)).collect();
     let found = dedupe.get(&asked).await.unwrap();
@@ -81,4 +94,35 @@ async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
         .unwrap();
     assert_eq!((fields, ids), (100, 100));
     assert!((1..=60).contains(&ttl_hash) && (1..=60).contains(&ttl_order));
+}
+
+/// Scripts go by their SHA1; a server without them (restarted, failed over: here its script
+/// cache flushed) gets them loaded and the calls run again, with nothing lost or run twice.
+#[tokio::test]
+async fn a_server_that_lost_its_scripts_gets_them_again() {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
+    let conn = connect_redis::connect(&url)
+        .await
+        .expect("the stack's Redis");
+    let dedupe = connect_redis::RedisDedupe::new(conn.clone(), Duration::from_secs(60), 100);
+    let run = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let carol = UserId::parse(format!("carol_{run}")).unwrap();
+    dedupe
+        .remember(&[(key(&carol, 0), accepted(1))])
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    let before = dedupe
+        .remember(&[(key(&carol, 0), accepted(5)), (key(&carol, 1), accepted(2))])
+        .await
+        .unwrap();
+    assert_eq!(before, vec![Some(accepted(1)), None]);
+    assert_eq!(
+        dedupe.get(&[key(&carol, 0), key(&carol, 1)]).await.unwrap(),
+        vec![Some(accepted(1)), Some(accepted(2))]
+    );
 }

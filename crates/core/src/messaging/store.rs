@@ -14,6 +14,16 @@ use crate::PortError;
 
 const STORE_DOWN: &str = "storage unavailable; retry with the same id";
 
+/// What became of a fresh submission.
+enum Stored {
+    /// Stored here, under this process's seq.
+    Ours(StoredMessage),
+    /// Another process remembered the same send first: its acceptance stands.
+    Taken(Acceptance),
+    /// Not stored (answered `unavailable`, or retried for a system message).
+    Failed(PortError),
+}
+
 /// The message a fresh submission becomes under `acceptance`.
 fn message_of(sub: &Submission, acceptance: &Acceptance) -> StoredMessage {
     StoredMessage {
@@ -32,12 +42,15 @@ fn message_of(sub: &Submission, acceptance: &Acceptance) -> StoredMessage {
 impl MessagingStep {
     /// Fresh submissions (no acceptance remembered, authorized): shed the stale ones, allocate,
     /// remember, store. A repeat of a key earlier in the batch gets that message's answer.
+    /// Returns the sends that another process remembered first (between this batch's dedupe
+    /// lookup and its remembering), with that acceptance: they are repeats, to be answered as
+    /// [`Self::answer_earlier`] answers, and their seqs here stay unused (a gap, never a reuse).
     pub(super) async fn sequence_and_store(
         &self,
         candidates: Vec<Submission>,
         now_ms: u64,
         out: &mut Outcome,
-    ) {
+    ) -> Vec<(Submission, Acceptance)> {
         let mut fresh: Vec<Submission> = Vec::new();
         let mut first_of: HashMap<DedupeKey, usize> = HashMap::new();
         let mut repeats: Vec<(Submission, usize)> = Vec::new();
@@ -59,27 +72,41 @@ impl MessagingStep {
                 fresh.push(sub);
             }
         }
-        out.report.duplicates += repeats.len();
         let stored = self.store_fresh(&fresh, now_ms, out).await;
-        for (sub, i) in repeats {
-            match &stored[i] {
-                Ok(message) => out.accepted.push(Accepted {
-                    message: message.clone(),
-                    reply: sub.reply,
-                    fan_out: false,
-                }),
-                Err(e) => out.fail(&sub, Failure::Backend(e.clone(), STORE_DOWN)),
+        let mut taken: Vec<(Submission, Acceptance)> = Vec::new();
+        for (sub, stored) in fresh.into_iter().zip(&stored) {
+            if let Stored::Taken(acceptance) = stored {
+                taken.push((sub, acceptance.clone()));
             }
         }
+        for (sub, i) in repeats {
+            match &stored[i] {
+                Stored::Ours(message) => {
+                    out.report.duplicates += 1;
+                    out.accepted.push(Accepted {
+                        message: message.clone(),
+                        reply: sub.reply,
+                        fan_out: false,
+                    })
+                }
+                // Answered (and counted) with the repeats of earlier batches.
+                Stored::Taken(acceptance) => taken.push((sub, acceptance.clone())),
+                Stored::Failed(e) => {
+                    out.report.duplicates += 1;
+                    out.fail(&sub, Failure::Backend(e.clone(), STORE_DOWN))
+                }
+            }
+        }
+        taken
     }
 
-    /// Allocates and stores fresh submissions; returns the stored message of each.
+    /// Allocates and stores fresh submissions; returns what became of each.
     async fn store_fresh(
         &self,
         fresh: &[Submission],
         now_ms: u64,
         out: &mut Outcome,
-    ) -> Vec<Result<StoredMessage, PortError>> {
+    ) -> Vec<Stored> {
         if fresh.is_empty() {
             return Vec::new();
         }
@@ -116,41 +143,59 @@ impl MessagingStep {
             .collect();
 
         let to_store: Vec<StoredMessage> = messages.iter().flatten().cloned().collect();
-        if let Err(e) = self.persist(&to_store).await {
-            warn!(cause = %e, count = to_store.len(), "storing the batch failed; answering unavailable");
-            for m in messages.iter_mut().filter(|m| m.is_ok()) {
-                *m = Err(e.clone());
-            }
-        }
-        for (sub, message) in fresh.iter().zip(&messages) {
-            match message {
-                Ok(m) => {
-                    if m.event.is_none() {
-                        let sent = out
-                            .sent
-                            .entry((m.from.clone(), m.conversation.clone()))
-                            .or_default();
-                        *sent = (*sent).max(m.seq);
-                    }
-                    out.report.stored += 1;
-                    out.accepted.push(Accepted {
-                        message: m.clone(),
-                        reply: sub.reply.clone(),
-                        fan_out: true,
-                    });
+        let mut taken = match self.persist(&to_store).await {
+            Ok(taken) => taken.into_iter(),
+            Err(e) => {
+                warn!(cause = %e, count = to_store.len(), "storing the batch failed; answering unavailable");
+                for m in messages.iter_mut().filter(|m| m.is_ok()) {
+                    *m = Err(e.clone());
                 }
-                Err(e) => out.fail(sub, Failure::Backend(e.clone(), STORE_DOWN)),
+                Vec::new().into_iter()
             }
+        };
+        let mut outcomes = Vec::with_capacity(fresh.len());
+        for (sub, message) in fresh.iter().zip(messages) {
+            let m = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    out.fail(sub, Failure::Backend(e.clone(), STORE_DOWN));
+                    outcomes.push(Stored::Failed(e));
+                    continue;
+                }
+            };
+            if let Some(Some(first)) = taken.next() {
+                outcomes.push(Stored::Taken(first));
+                continue;
+            }
+            if m.event.is_none() {
+                let sent = out
+                    .sent
+                    .entry((m.from.clone(), m.conversation.clone()))
+                    .or_default();
+                *sent = (*sent).max(m.seq);
+            }
+            out.report.stored += 1;
+            out.accepted.push(Accepted {
+                message: m.clone(),
+                reply: sub.reply.clone(),
+                fan_out: true,
+            });
+            outcomes.push(Stored::Ours(m));
         }
-        messages
+        outcomes
     }
 
-    /// Remembers the acceptances, then writes the messages. A failed write keeps the
-    /// acceptances: part of the batch may have landed, and a retry of any of its messages must
-    /// answer the seq it was given and write only what is missing (never a second copy).
-    async fn persist(&self, messages: &[StoredMessage]) -> Result<(), PortError> {
+    /// Remembers the acceptances, then writes the messages whose acceptance was remembered
+    /// here (not those another process remembered first: returned, in order, with that
+    /// acceptance). A failed write keeps the acceptances: part of the batch may have landed,
+    /// and a retry of any of its messages must answer the seq it was given and write only
+    /// what is missing (never a second copy).
+    async fn persist(
+        &self,
+        messages: &[StoredMessage],
+    ) -> Result<Vec<Option<Acceptance>>, PortError> {
         if messages.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let entries: Vec<_> = messages
             .iter()
@@ -168,7 +213,20 @@ impl MessagingStep {
                 (key, acceptance)
             })
             .collect();
-        self.ports.dedupe.remember(&entries).await?;
+        let taken = self.ports.dedupe.remember(&entries).await?;
+        let ours: Vec<StoredMessage> = messages
+            .iter()
+            .zip(&taken)
+            .filter(|(_, taken)| taken.is_none())
+            .map(|(m, _)| m.clone())
+            .collect();
+        if ours.len() < messages.len() {
+            warn!(
+                count = messages.len() - ours.len(),
+                "sends remembered first by another process (a partition moving); answering them as repeats"
+            );
+        }
+        let messages = &ours[..];
         // The inbox's writes alongside the messages': a failure of either answers
         // `unavailable`, and the retry (a repeat) writes the inbox again (forward only).
         let inbox = self.inbox_write(messages, false);
@@ -182,7 +240,7 @@ impl MessagingStep {
         stored?;
         indexed?;
         self.placed.remember(&inbox.places);
-        Ok(())
+        Ok(taken)
     }
 
     /// The inbox's writes for stored messages: each conversation's head (its newest message

@@ -177,6 +177,84 @@ async fn a_replay_after_a_crash_between_remember_and_write_stores_the_original_s
     assert_eq!((stored.len(), stored[0].seq, stored[0].ts), (1, 4, 3));
 }
 
+/// A dedupe index where another process remembers every looked-up send right after the lookup
+/// (two owners of a partition for a moment, around a rebalance, both taking the same record).
+struct Rival {
+    mem: Arc<Memory>,
+    seq: u64,
+}
+
+#[async_trait::async_trait]
+impl DedupeIndex for Rival {
+    async fn get(
+        &self,
+        keys: &[crate::model::DedupeKey],
+    ) -> Result<Vec<Option<Acceptance>>, PortError> {
+        let found = self.mem.get(keys).await?;
+        let conversation = ConversationId::direct(&user("alice"), &user("bob")).unwrap();
+        let rival: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let acceptance = Acceptance {
+                    conversation: conversation.clone(),
+                    seq: self.seq,
+                    ts: 77,
+                    mv: None,
+                };
+                (k.clone(), acceptance)
+            })
+            .collect();
+        self.mem.remember(&rival).await?;
+        Ok(found)
+    }
+
+    async fn remember(
+        &self,
+        entries: &[(crate::model::DedupeKey, Acceptance)],
+    ) -> Result<Vec<Option<Acceptance>>, PortError> {
+        self.mem.remember(entries).await
+    }
+}
+
+#[tokio::test]
+async fn a_send_remembered_first_by_another_process_keeps_that_seq_and_is_stored_once() {
+    let mem = Arc::new(Memory::default());
+    online(&mem, "bob", "b1", 1).await;
+    let mut ports = mem.ports();
+    ports.dedupe = Arc::new(Rival {
+        mem: mem.clone(),
+        seq: 40,
+    });
+    let step = MessagingStep::new(ports);
+    let report = step
+        .process(
+            vec![
+                send("alice", "bob", "m1", "a1", 0),
+                send("alice", "bob", "m1", "a2", 0),
+            ],
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.stored, report.duplicates), (0, 2), "{report:?}");
+    // One copy, under the first acceptance (written from this send, as the rival had not yet).
+    let stored: Vec<_> = mem
+        .stored()
+        .iter()
+        .map(|m| (m.seq, m.ts, m.id.to_string()))
+        .collect();
+    assert_eq!(stored, vec![(40, 77, "m1".to_owned())]);
+    let answers: Vec<_> = accepted_frames(&mem)
+        .iter()
+        .map(|f| f["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        answers,
+        vec![Some(40), Some(40)],
+        "both copies answer the first acceptance"
+    );
+}
+
 #[tokio::test]
 async fn a_store_failure_answers_unavailable_and_the_retry_gets_the_original_seq() {
     let mem = Arc::new(Memory::default());
