@@ -20,7 +20,7 @@ use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, PartitionKey};
 use metrics::{counter, histogram};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// What a topic carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,17 +71,32 @@ pub struct Outputs {
     pub regions: Option<Arc<dyn RegionBus>>,
 }
 
-/// Runs `publish` until it succeeds (the batch is not committed before).
-async fn until_published<F, Fut>(what: &str, mut publish: F)
+/// Runs `publish` until it succeeds (the batch is not committed before), as long as its errors
+/// may pass. A final error (the broker refuses the records themselves: too large, invalid) is
+/// not retried: retrying would stall every later batch of this process for good. What it held
+/// is dead-lettered: counted, logged, and left to the paths that do not need it (every message
+/// is stored and in its conversation's log, so its recipients get it when they next catch up,
+/// and a sender without `accepted` retries and is answered from the dedupe index).
+async fn until_published<F, Fut>(what: &'static str, mut publish: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), connect_core::PortError>>,
 {
     let mut backoff = Duration::from_millis(50);
-    while let Err(e) = publish().await {
-        warn!(cause = %e, what, "publishing the batch failed; retrying it before committing");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+    loop {
+        match publish().await {
+            Ok(()) => return,
+            Err(e) if !e.is_retryable() => {
+                counter!("connect_messaging_dead_letters_total", "what" => what).increment(1);
+                error!(cause = %e, what, "the broker refused the batch's records for good; dead-lettered (not retried)");
+                return;
+            }
+            Err(e) => {
+                warn!(cause = %e, what, "publishing the batch failed; retrying it before committing");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
@@ -152,7 +167,7 @@ pub async fn run(
     batch_max: usize,
     fault_pause: Option<Duration>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Result<(), connect_kafka::group::Poisoned> {
     let consumer = Arc::new(consumer);
     while let Some(batch) = consumer
         .next_batch(batch_max, |m| decode(&kinds, m), &mut stop)
@@ -212,7 +227,11 @@ pub async fn run(
                 .record(took.as_secs_f64());
         }
         histogram!("connect_messaging_batch_size").record(n as f64);
-        consumer.finish().await;
+        if let Err(poisoned) = consumer.finish().await {
+            // The batch before did not finish: committing this one would cover its records.
+            consumer.close().await;
+            return Err(poisoned);
+        }
         consumer.set_in_flight(tokio::spawn(publish_and_commit(
             outputs.clone(),
             consumer.clone(),
@@ -222,4 +241,57 @@ pub async fn run(
         )));
     }
     consumer.close().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use connect_core::PortError;
+
+    /// A publish that fails `failures` times with `error`, then succeeds; counts its calls.
+    fn flaky(
+        calls: &AtomicUsize,
+        failures: usize,
+        error: PortError,
+    ) -> impl FnMut() -> std::future::Ready<Result<(), PortError>> + '_ {
+        move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(if n < failures {
+                Err(error.clone())
+            } else {
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_that_may_pass_are_retried_until_the_batch_is_published() {
+        let calls = AtomicUsize::new(0);
+        until_published(
+            "deliveries",
+            flaky(&calls, 3, PortError::unavailable("kafka", "timed out")),
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_final_error_is_not_retried() {
+        let calls = AtomicUsize::new(0);
+        let publish = until_published(
+            "deliveries",
+            flaky(
+                &calls,
+                usize::MAX,
+                PortError::rejected("kafka", "too large"),
+            ),
+        );
+        tokio::time::timeout(Duration::from_secs(2), publish)
+            .await
+            .expect("a final error ends the publish");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

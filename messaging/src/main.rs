@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
             stop_rx.clone(),
         ))
     });
-    let work = tokio::spawn(consumer::run(
+    let mut work = tokio::spawn(consumer::run(
         consumer,
         MessagingStep::new(ports)
             .shed_after_ms(cfg.shed_after_ms)
@@ -201,10 +201,18 @@ async fn main() -> anyhow::Result<()> {
         cfg.fault_pause_before_commit,
         stop_rx,
     ));
-    connect_service::shutdown_signal().await;
-    info!("stopping: finishing the batch in hand, then committing");
-    stop_tx.send_replace(true);
-    let _ = work.await;
+    let worked = tokio::select! {
+        () = connect_service::shutdown_signal() => {
+            info!("stopping: finishing the batch in hand, then committing");
+            stop_tx.send_replace(true);
+            work.await
+        }
+        // The consume loop stops on its own only when it must (a batch that did not finish).
+        ended = &mut work => {
+            stop_tx.send_replace(true);
+            ended
+        }
+    };
     let _ = presence_relay.await;
     if let Some(sweep) = presence_sweep {
         let _ = sweep.await;
@@ -213,5 +221,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
         .await;
     info!("messaging stopped");
+    // A batch whose publish did not finish stops the process (non-zero, so its orchestrator
+    // starts another); its records are replayed by the partitions' next owner.
+    worked
+        .context("the consume loop panicked")?
+        .context("the consume loop stopped")?;
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -18,6 +19,27 @@ use crate::codec::{
 };
 
 const BACKEND: &str = "kafka";
+
+/// A failed produce as a port error: final when the record itself is refused (too large,
+/// invalid, a topic that cannot be or may not be written), so that retrying cannot help;
+/// retryable otherwise (a timeout, a broker away, a leader moving, a full queue).
+pub fn produce_error(e: &KafkaError) -> PortError {
+    use RDKafkaErrorCode::*;
+    match e.rdkafka_error_code() {
+        Some(
+            MessageSizeTooLarge
+            | MessageBatchTooLarge
+            | InvalidMessage
+            | InvalidMessageSize
+            | InvalidRecord
+            | BadMessage
+            | InvalidTopic
+            | TopicAuthorizationFailed
+            | InvalidArgument,
+        ) => PortError::rejected(BACKEND, e),
+        _ => PortError::unavailable(BACKEND, e),
+    }
+}
 
 /// Publishes submissions to `incoming_messages`, key = conversation id.
 #[derive(Clone)]
@@ -45,11 +67,11 @@ fn enqueue(producer: &FutureProducer, record: FutureRecord<'_, str, [u8]>) -> Pe
         Ok(fut) => Box::pin(async move {
             match fut.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(PortError::unavailable(BACKEND, e)),
+                Ok(Err((e, _))) => Err(produce_error(&e)),
                 Err(_) => Err(PortError::unavailable(BACKEND, "producer closed")),
             }
         }),
-        Err((e, _)) => Box::pin(std::future::ready(Err(PortError::unavailable(BACKEND, e)))),
+        Err((e, _)) => Box::pin(std::future::ready(Err(produce_error(&e)))),
     }
 }
 
@@ -154,7 +176,7 @@ impl DeliveryBus for KafkaDeliveryBus {
             }
         });
         for result in join_all(sends).await {
-            result.map_err(|(e, _)| PortError::unavailable(BACKEND, e))?;
+            result.map_err(|(e, _)| produce_error(&e))?;
         }
         Ok(())
     }
@@ -338,5 +360,32 @@ impl PushBus for KafkaJsonTopic {
             return Ok(());
         };
         KafkaJsonTopic::publish(self, [(first.user.as_str(), &requests)]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_refused_for_itself_is_final_and_anything_else_may_pass() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            let e = produce_error(&KafkaError::MessageProduction(code));
+            assert!(!e.is_retryable(), "{code:?}: {e}");
+        }
+        for code in [
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::AllBrokersDown,
+        ] {
+            let e = produce_error(&KafkaError::MessageProduction(code));
+            assert!(e.is_retryable(), "{code:?}: {e}");
+        }
     }
 }

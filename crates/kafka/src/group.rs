@@ -9,6 +9,7 @@
 //! cooperative (`cooperative-sticky`): only the partitions that move stop.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,14 +35,49 @@ pub type PartitionKey = (String, i32);
 /// Work to do before partitions are given away, after the batch in flight has finished.
 pub type RevokeHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// The work on a batch ended without finishing (its task panicked): its offsets were never
+/// committed, and no later batch's may be (they would cover its records). The member must stop
+/// without committing more; the partitions' next owner replays from the last commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the work on an earlier batch did not finish (it panicked); nothing more may be committed")]
+pub struct Poisoned;
+
 /// What the rebalance callback and the reading task share.
 #[derive(Default)]
 struct Gate {
     /// The work on the last batch, if it may still run; finished before partitions go.
     in_flight: Mutex<Option<JoinHandle<()>>>,
+    /// Set for good when a batch's work did not finish.
+    poisoned: AtomicBool,
     /// Partitions revoked since the batch being gathered started.
     revoked: Mutex<Vec<PartitionKey>>,
     on_revoke: Mutex<Option<RevokeHook>>,
+}
+
+impl Gate {
+    fn take_in_flight(&self) -> Option<JoinHandle<()>> {
+        self.in_flight.lock().expect("gate lock").take()
+    }
+
+    /// Notes how a batch's work ended: one that did not finish poisons the gate.
+    fn settled(&self, ended: Result<(), tokio::task::JoinError>) {
+        if let Err(e) = ended {
+            warn!(cause = %e, "the work on a batch did not finish; committing nothing more");
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits for the work in flight, if any; Err once any batch's work did not finish.
+    async fn finish(&self) -> Result<(), Poisoned> {
+        if let Some(work) = self.take_in_flight() {
+            self.settled(work.await);
+        }
+        if self.poisoned.load(Ordering::SeqCst) {
+            Err(Poisoned)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// The consumer's context: finishes and commits in-flight work before a revoke completes.
@@ -60,14 +96,16 @@ impl ConsumerContext for GroupContext {
             }
             return;
         };
-        let work = self.gate.in_flight.lock().expect("gate lock").take();
+        let work = self.gate.take_in_flight();
         let hook = self.gate.on_revoke.lock().expect("gate lock").clone();
         // The callback runs inside `recv` on a runtime worker: let the runtime move its other
         // tasks away while this one waits for the batch's publish and commit, then the hook.
+        // (What was stored is committed below even after a batch's work did not finish: only
+        // finished batches store offsets.)
         tokio::task::block_in_place(|| {
             let rt = tokio::runtime::Handle::current();
             if let Some(work) = work {
-                let _ = rt.block_on(work);
+                self.gate.settled(rt.block_on(work));
             }
             if let Some(hook) = hook {
                 rt.block_on(hook());
@@ -144,9 +182,16 @@ impl GroupConsumer {
     /// Joins `group_id` and subscribes to `topics` (cooperative-sticky assignment).
     pub fn subscribe(config: &KafkaConfig, group_id: &str, topics: &[&str]) -> KafkaResult<Self> {
         let gate = Arc::new(Gate::default());
+        // Offsets are stored by hand when a batch is finished ([`Self::commit`]) and committed
+        // by librdkafka every `commit_interval_ms` (only what was stored: at least once).
         let consumer: StreamConsumer<GroupContext> = config
             .consumer(group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "true")
+            .set(
+                "auto.commit.interval.ms",
+                config.commit_interval_ms.max(1).to_string(),
+            )
             .create_with_context(GroupContext {
                 gate: gate.clone(),
                 group: group_id.to_owned(),
@@ -216,16 +261,15 @@ impl GroupConsumer {
         *self.gate.in_flight.lock().expect("gate lock") = Some(work);
     }
 
-    /// Waits for the work handed over with [`Self::set_in_flight`], if any.
-    pub async fn finish(&self) {
-        let work = self.gate.in_flight.lock().expect("gate lock").take();
-        if let Some(work) = work {
-            let _ = work.await;
-        }
+    /// Waits for the work handed over with [`Self::set_in_flight`], if any. `Err` once the
+    /// work on any batch did not finish (see [`Poisoned`]): the caller must stop.
+    pub async fn finish(&self) -> Result<(), Poisoned> {
+        self.gate.finish().await
     }
 
-    /// Marks a batch done: its offsets are stored and committed (asynchronously; a revoke
-    /// commits synchronously). A partition revoked meanwhile is skipped: its new owner replays.
+    /// Marks a batch done: its offsets are stored, and committed with the next periodic commit
+    /// (a revoke and [`Self::close`] commit at once). A partition revoked meanwhile is skipped:
+    /// its new owner replays.
     pub fn commit(&self, next_offsets: &HashMap<PartitionKey, i64>) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in next_offsets {
@@ -235,9 +279,7 @@ impl GroupConsumer {
         }
         if let Err(e) = self.consumer.store_offsets(&tpl) {
             warn!(cause = %e, "storing offsets failed (partition revoked?)");
-            return;
         }
-        commit_stored(&self.consumer, CommitMode::Async);
     }
 
     /// Commits what was stored, waiting for the broker.
@@ -248,7 +290,8 @@ impl GroupConsumer {
     /// Before leaving the group (shutdown): finishes the batch in flight, runs the revoke hook
     /// and commits, as a revoke would.
     pub async fn close(&self) {
-        self.finish().await;
+        // A batch that did not finish stored no offsets: committing what is stored is right.
+        let _ = self.finish().await;
         let hook = self.gate.on_revoke.lock().expect("gate lock").clone();
         if let Some(hook) = hook {
             hook().await;
@@ -263,5 +306,24 @@ fn commit_stored<C: Consumer<GroupContext>>(consumer: &C, mode: CommitMode) {
         Ok(()) => {}
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(e) => warn!(cause = %e, "offset commit failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_whose_work_panicked_stops_every_later_commit() {
+        let gate = Gate::default();
+        *gate.in_flight.lock().unwrap() = Some(tokio::spawn(async {}));
+        assert_eq!(gate.finish().await, Ok(()));
+        *gate.in_flight.lock().unwrap() = Some(tokio::spawn(async {
+            panic!("a publish task failing");
+        }));
+        assert_eq!(gate.finish().await, Err(Poisoned));
+        // And for good: a later batch finishing fine does not clear it.
+        *gate.in_flight.lock().unwrap() = Some(tokio::spawn(async {}));
+        assert_eq!(gate.finish().await, Err(Poisoned));
     }
 }
