@@ -54,11 +54,15 @@ async fn main() -> anyhow::Result<()> {
         cfg.seq_block_max,
         cfg.seq_block_conversations,
     ));
-    let history = Arc::new(DynamoChatStore::new(
+    let inbox = Arc::new(connect_dynamo::DynamoInbox::new(
         dynamo.clone(),
-        &cfg.tables.chat,
-        cfg.dynamo_concurrency,
+        &cfg.tables,
     ));
+    // A batch's messages and inbox writes go to DynamoDB together.
+    let history = Arc::new(
+        DynamoChatStore::new(dynamo.clone(), &cfg.tables.chat, cfg.dynamo_concurrency)
+            .with_inbox((*inbox).clone()),
+    );
     let mut chat: Arc<dyn connect_core::ports::ChatStore> = history.clone();
     if let Some(spec) = &cfg.fault_fail_writes {
         tracing::warn!(spec, "fault injection: chat-table writes will fail");
@@ -66,10 +70,6 @@ async fn main() -> anyhow::Result<()> {
             connect_core::faults::FailingWrites::parse(chat, spec).map_err(anyhow::Error::msg)?,
         );
     }
-    let inbox = Arc::new(connect_dynamo::DynamoInbox::new(
-        dynamo.clone(),
-        &cfg.tables,
-    ));
     let ports = Ports {
         registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
         sequences: sequences.clone(),

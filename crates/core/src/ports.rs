@@ -162,11 +162,40 @@ pub trait ChatStore: Send + Sync {
     async fn put_batch(&self, messages: &[StoredMessage]) -> Result<(), PortError>;
     /// Stores a message unless its (conversation, seq) exists; true when it wrote.
     async fn put_if_absent(&self, message: &StoredMessage) -> Result<bool, PortError>;
+    /// A batch's messages and its inbox writes. By default side by side, the messages here and
+    /// the inbox through `index` ([`put_side_by_side`]); a store that holds the inbox in the
+    /// same database writes both together, in fewer round trips.
+    async fn put_with_inbox(
+        &self,
+        messages: &[StoredMessage],
+        write: &InboxWrite,
+        index: &dyn InboxIndex,
+    ) -> Result<(), PortError> {
+        put_side_by_side(self, messages, write, index).await
+    }
+
     /// The message at each (conversation, seq) (same order), read consistently and batched.
     async fn get_many(
         &self,
         keys: &[(ConversationId, u64)],
     ) -> Result<Vec<Option<StoredMessage>>, PortError>;
+}
+
+/// [`ChatStore::put_with_inbox`] as two writes at once: the messages, and the inbox's (if any).
+pub async fn put_side_by_side<C: ChatStore + ?Sized>(
+    chat: &C,
+    messages: &[StoredMessage],
+    write: &InboxWrite,
+    index: &dyn InboxIndex,
+) -> Result<(), PortError> {
+    let (stored, indexed) = tokio::join!(chat.put_batch(messages), async {
+        if write.is_empty() {
+            Ok(())
+        } else {
+            index.write(write).await
+        }
+    });
+    stored.and(indexed)
 }
 
 /// What (sender, client id) was accepted as.

@@ -25,7 +25,6 @@ use connect_core::PortError;
 use connect_protocol::{ConversationId, UserId};
 
 use crate::groups::{err, get, get_n, n, s};
-use crate::BATCH;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -33,6 +32,9 @@ type Item = HashMap<String, AttributeValue>;
 pub const RECENT: &str = "recent";
 
 const HEAD: &str = "head";
+
+/// BatchWriteItem calls of one inbox write in flight at once.
+const WRITES_IN_FLIGHT: usize = 8;
 
 fn key(owner: &str, item: &str) -> Item {
     HashMap::from([("owner".to_owned(), s(owner)), ("item".to_owned(), s(item))])
@@ -107,12 +109,28 @@ impl DynamoInbox {
         }
     }
 
-    /// Puts items into `table`, [`BATCH`] per BatchWriteItem, the calls concurrently.
+    /// Puts items into `table`, [`crate::BATCH`] per BatchWriteItem, the calls concurrently.
     async fn put_all(&self, table: &str, items: Vec<Item>) -> Result<(), PortError> {
-        let writes = items
-            .chunks(BATCH)
-            .map(|chunk| crate::batch_put(&self.client, table, chunk.to_vec()));
-        try_join_all(writes).await.map(|_| ())
+        let items = items.into_iter().map(|i| (table, i)).collect();
+        crate::put_items(&self.client, items, WRITES_IN_FLIGHT).await
+    }
+
+    /// A batch's inbox writes as (table, item): heads and markers, and the places due.
+    pub(crate) fn items(&self, write: &InboxWrite) -> Vec<(&str, Item)> {
+        let heads = write
+            .heads
+            .iter()
+            .map(|(c, h)| (self.table.as_str(), with_head(head_key(c), "ts", *h)));
+        let markers = write
+            .markers
+            .iter()
+            .map(|(u, c, m)| (self.table.as_str(), marker_item(u, c, m)));
+        let places = write.places.iter().flat_map(|(c, h)| {
+            place_keys(c)
+                .into_iter()
+                .map(|k| (self.places.as_str(), with_head(k, "at", *h)))
+        });
+        heads.chain(markers).chain(places).collect()
     }
 
     /// Moves the head at `key` of `table` forward only (a conditional UpdateItem).
@@ -186,21 +204,7 @@ impl ReadMarkers for DynamoInbox {
 #[async_trait]
 impl InboxIndex for DynamoInbox {
     async fn write(&self, write: &InboxWrite) -> Result<(), PortError> {
-        let heads = write
-            .heads
-            .iter()
-            .map(|(c, h)| with_head(head_key(c), "ts", *h));
-        let markers = write.markers.iter().map(|(u, c, m)| marker_item(u, c, m));
-        let places: Vec<Item> = write
-            .places
-            .iter()
-            .flat_map(|(c, h)| place_keys(c).into_iter().map(|k| with_head(k, "at", *h)))
-            .collect();
-        let (written, placed) = tokio::join!(
-            self.put_all(&self.table, heads.chain(markers).collect()),
-            self.put_all(&self.places, places)
-        );
-        written.and(placed)
+        crate::put_items(&self.client, self.items(write), WRITES_IN_FLIGHT).await
     }
 
     async fn advance(&self, write: &InboxWrite) -> Result<(), PortError> {

@@ -81,29 +81,38 @@ pub(crate) async fn batch_put(
     table: &str,
     items: Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
 ) -> Result<(), PortError> {
+    batch_put_tables(client, items.into_iter().map(|i| (table, i)).collect()).await
+}
+
+/// Puts up to [`BATCH`] items, each into its table, with one BatchWriteItem (one call may
+/// span tables), re-sending unprocessed ones with backoff.
+pub(crate) async fn batch_put_tables(
+    client: &Client,
+    items: Vec<(&str, Item)>,
+) -> Result<(), PortError> {
     use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
-    let mut requests: Vec<WriteRequest> = items
-        .into_iter()
-        .map(|item| {
-            let put = PutRequest::builder()
-                .set_item(Some(item))
-                .build()
-                .map_err(unavailable)?;
-            Ok(WriteRequest::builder().put_request(put).build())
-        })
-        .collect::<Result<_, PortError>>()?;
+    let mut requests: std::collections::HashMap<String, Vec<WriteRequest>> =
+        std::collections::HashMap::new();
+    for (table, item) in items {
+        let put = PutRequest::builder()
+            .set_item(Some(item))
+            .build()
+            .map_err(unavailable)?;
+        requests
+            .entry(table.to_owned())
+            .or_default()
+            .push(WriteRequest::builder().put_request(put).build());
+    }
     for round in 0..UNPROCESSED_ROUNDS {
         requested("BatchWriteItem");
         let out = client
             .batch_write_item()
-            .request_items(table, requests)
+            .set_request_items(Some(requests))
             .send()
             .await
             .map_err(|e| unavailable(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
-        requests = out
-            .unprocessed_items
-            .and_then(|mut m| m.remove(table))
-            .unwrap_or_default();
+        requests = out.unprocessed_items.unwrap_or_default();
+        requests.retain(|_, r| !r.is_empty());
         if requests.is_empty() {
             return Ok(());
         }
@@ -111,11 +120,31 @@ pub(crate) async fn batch_put(
     }
     Err(unavailable(format!(
         "{} items still unprocessed",
-        requests.len()
+        requests.values().map(Vec::len).sum::<usize>()
     )))
 }
 
 type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
+/// Puts every (table, item): [`BATCH`] per BatchWriteItem whatever their tables, `concurrency`
+/// calls at once.
+pub(crate) async fn put_items(
+    client: &Client,
+    items: Vec<(&str, Item)>,
+    concurrency: usize,
+) -> Result<(), PortError> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let mut writes = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let chunk: Vec<(&str, Item)> = items.by_ref().take(BATCH).collect();
+        writes.push(batch_put_tables(client, chunk));
+    }
+    stream::iter(writes)
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<()>()
+        .await
+}
 
 /// BatchGetItem calls of one [`batch_get`] in flight at once.
 const GETS_IN_FLIGHT: usize = 8;

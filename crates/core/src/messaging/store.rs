@@ -230,15 +230,10 @@ impl MessagingStep {
         // The inbox's writes alongside the messages': a failure of either answers
         // `unavailable`, and the retry (a repeat) writes the inbox again (forward only).
         let inbox = self.inbox_write(messages, false);
-        let (stored, indexed) = tokio::join!(self.ports.chat.put_batch(messages), async {
-            if inbox.is_empty() {
-                Ok(())
-            } else {
-                self.ports.inbox.write(&inbox).await
-            }
-        });
-        stored?;
-        indexed?;
+        self.ports
+            .chat
+            .put_with_inbox(messages, &inbox, self.ports.inbox.as_ref())
+            .await?;
         self.placed.remember(&inbox.places);
         Ok(taken)
     }
