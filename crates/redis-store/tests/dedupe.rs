@@ -23,14 +23,21 @@ fn accepted(seq: u64) -> Acceptance {
     }
 }
 
-#[tokio::test]
-async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
+/// The stack's Redis, a dedupe index over it (60 s, 100 per sender) and a run id.
+async fn dedupe() -> (connect_redis::RedisConn, connect_redis::RedisDedupe, String) {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
     let conn = connect_redis::connect(&url)
         .await
         .expect("the stack's Redis");
     let dedupe = connect_redis::RedisDedupe::new(conn.clone(), Duration::from_secs(60), 100);
-    let run = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    (conn, dedupe, run)
+}
+
+#[tokio::test]
+async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
+    let (conn, dedupe, run) = dedupe().await;
+    let run = run.as_str();
     let (alice, bob) = (
         UserId::parse(format!("alice_{run}")).unwrap(),
         UserId::parse(format!("bob_{run}")).unwrap(),
@@ -100,12 +107,8 @@ async fn a_sender_keeps_its_newest_ids_and_they_expire_after_its_last_send() {
 /// cache flushed) gets them loaded and the calls run again, with nothing lost or run twice.
 #[tokio::test]
 async fn a_server_that_lost_its_scripts_gets_them_again() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let conn = connect_redis::connect(&url)
-        .await
-        .expect("the stack's Redis");
-    let dedupe = connect_redis::RedisDedupe::new(conn.clone(), Duration::from_secs(60), 100);
-    let run = &uuid::Uuid::new_v4().simple().to_string()[..10];
+    let (conn, dedupe, run) = dedupe().await;
+    let run = run.as_str();
     let carol = UserId::parse(format!("carol_{run}")).unwrap();
     dedupe
         .remember(&[(key(&carol, 0), accepted(1))])
