@@ -254,15 +254,19 @@ impl Client {
     }
 
     /// Sends and waits for this send's `accepted`, returning its seq. Like a PROTOCOL.md client
-    /// it sends again with the same id on `unavailable` (a busy or restarting messaging).
+    /// it sends again with the same id on `unavailable` (a busy or restarting messaging) and on
+    /// `rate_limited` (over the gateway's send rate).
     pub async fn send_accepted(&mut self, id: &str, to: &str, body: &str) -> anyhow::Result<u64> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             self.send_to(id, to, body).await?;
             let f = self.next().await?;
-            if f["type"] == "error" && f["code"] == "unavailable" && f["id"] == id {
+            // Both say "retry with the same id": a client that sends as fast as it is
+            // answered meets the gateway's send rate limit once the answers come quickly.
+            let retry = f["code"] == "unavailable" || f["code"] == "rate_limited";
+            if f["type"] == "error" && retry && f["id"] == id {
                 if tokio::time::Instant::now() > deadline {
-                    bail!("{}: still unavailable: {f}", self.user);
+                    bail!("{}: still refused: {f}", self.user);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
