@@ -591,9 +591,13 @@ fault() {
     restart-redis)   # Redis stopped (SIGTERM; its AOF keeps the data) and started again
       [ "$CONNECT_STACK" = plain ] || { log "restart-redis: plain stack only"; return 2; }
       stop redis; start_redis ;;
+    pause-kafka)     # the broker frozen (SIGSTOP) for 15 s, past its controller's 9 s broker session:
+      # fenced when it wakes, it answers Metadata with the topics and no broker for a moment,
+      # which makes librdkafka forget every broker (crates/kafka/src/watch.rs)
+      pid=$(cat "$LOCAL/pids/kafka.pid"); kill -STOP "$pid"; sleep "${FAULT_PAUSE_KAFKA_SECS:-15}"; kill -CONT "$pid" ;;
     pause-dynamodb)  # DynamoDB Local frozen (SIGSTOP) for FAULT_DOWN_SECS: calls hang and time out
       pid=$(cat "$LOCAL/pids/dynamodb.pid"); kill -STOP "$pid"; sleep "$down"; kill -CONT "$pid" ;;
-    *) log "fault: kill-messaging | kill-gateway | restart-kafka | restart-redis | pause-dynamodb"; return 2 ;;
+    *) log "fault: kill-messaging | kill-gateway | restart-kafka | pause-kafka | restart-redis | pause-dynamodb"; return 2 ;;
   esac
 }
 
@@ -618,7 +622,7 @@ test_browser() {
   return $rc
 }
 
-FAULTS="kill-messaging kill-gateway restart-kafka restart-redis pause-dynamodb"
+FAULTS="kill-messaging kill-gateway restart-kafka pause-kafka restart-redis pause-dynamodb"
 
 # The fault suite: for each fault, a stream across both gateways through it and the check
 # (tools/bench/src/faults.rs); one JSON line per fault in .local/faults/report.jsonl.

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use connect_kafka::rdkafka::consumer::StreamConsumer;
-use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
-use connect_kafka::{KafkaAckBus, KafkaConnectionEvents, KafkaSubmissionBus};
+use connect_kafka::rdkafka::producer::Producer as _;
+use connect_kafka::{
+    KafkaAckBus, KafkaConnectionEvents, KafkaSubmissionBus, Producer, WatchedConsumer,
+};
 use connect_redis::{RedisLog, RedisRegistry, SlotLease};
 use connect_service::telemetry::PrometheusHandle;
 use metrics::gauge;
@@ -22,8 +23,8 @@ pub struct Application {
     listener: TcpListener,
     /// The management listener, when it is not the public one.
     management: Option<TcpListener>,
-    consumer: StreamConsumer,
-    producer: FutureProducer,
+    consumer: WatchedConsumer,
+    producer: Producer,
     lease: SlotLease,
     metrics: PrometheusHandle,
     drained: mpsc::Receiver<()>,
@@ -38,10 +39,9 @@ impl Application {
         // Who may watch whom (presence) is read from DynamoDB.
         let dynamo = connect_dynamo::client(&cfg.dynamo).await;
         let slot = lease.slot();
-        let producer: FutureProducer = cfg
+        let producer = cfg
             .kafka
-            .producer()
-            .create()
+            .create_producer("gateway-producer")
             .context("creating the Kafka producer")?;
         let consumer =
             crate::delivery::assigned_consumer(&cfg.kafka, &cfg.topics.outgoing, slot, &cfg.id)

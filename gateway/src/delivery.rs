@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connect_kafka::codec::decode_delivery;
-use connect_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use connect_kafka::rdkafka::consumer::Consumer;
 use connect_kafka::rdkafka::{Message, Offset, TopicPartitionList};
-use connect_kafka::KafkaConfig;
+use connect_kafka::{KafkaConfig, WatchedConsumer};
 use metrics::{counter, histogram};
 use tracing::warn;
 
@@ -19,8 +19,8 @@ pub fn assigned_consumer(
     topic: &str,
     slot: u32,
     group: &str,
-) -> anyhow::Result<StreamConsumer> {
-    let consumer: StreamConsumer = kafka.consumer(group).create()?;
+) -> anyhow::Result<WatchedConsumer> {
+    let consumer = kafka.create_consumer(group)?;
     let partition = slot as i32;
     // A broker that has just started may not have elected the partition's leader yet: retry
     // for a while instead of failing the gateway's start.
@@ -45,7 +45,7 @@ pub fn assigned_consumer(
     Ok(consumer)
 }
 
-pub async fn run(consumer: StreamConsumer, gw: Arc<Gateway>) {
+pub async fn run(consumer: WatchedConsumer, gw: Arc<Gateway>) {
     loop {
         let received = tokio::select! {
             () = gw.stopped() => return,

@@ -19,7 +19,7 @@ use connect_core::messaging::MessagingStep;
 use connect_core::ports::Ports;
 use connect_core::seqblocks::SequenceBlocks;
 use connect_dynamo::{DynamoChatStore, DynamoSequences};
-use connect_kafka::rdkafka::producer::{FutureProducer, Producer};
+use connect_kafka::rdkafka::producer::Producer as _;
 use connect_kafka::{KafkaDeliveryBus, KafkaRegionBus};
 use connect_redis::{RedisDedupe, RedisLog, RedisRegistry};
 use tokio::sync::watch;
@@ -35,10 +35,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to Redis")?;
     let dynamo = connect_dynamo::client(&cfg.dynamo).await;
-    let producer: FutureProducer = cfg
+    let producer = cfg
         .kafka
-        .producer()
-        .create()
+        .create_producer("messaging-producer")
         .context("creating the Kafka producer")?;
     let deliveries: Arc<dyn connect_core::ports::DeliveryBus> = Arc::new(KafkaDeliveryBus::new(
         producer.clone(),

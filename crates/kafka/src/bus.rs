@@ -1,4 +1,4 @@
-//! The core's bus ports over an idempotent `FutureProducer`.
+//! The core's bus ports over the idempotent, watched [`Producer`].
 
 use std::time::Duration;
 
@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 
 use connect_core::model::{Delivery, MarkerUpdate, Submission, TypingUpdate, UserConnected};
@@ -17,6 +17,8 @@ use connect_core::PortError;
 use crate::codec::{
     encode_delivery, encode_json, encode_submission, KIND_HEADER, MARKER_KIND, TYPING_KIND,
 };
+
+use crate::Producer;
 
 const BACKEND: &str = "kafka";
 
@@ -44,12 +46,12 @@ pub fn produce_error(e: &KafkaError) -> PortError {
 /// Publishes submissions to `incoming_messages`, key = conversation id.
 #[derive(Clone)]
 pub struct KafkaSubmissionBus {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
 impl KafkaSubmissionBus {
-    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+    pub fn new(producer: Producer, topic: impl Into<String>) -> Self {
         Self {
             producer,
             topic: topic.into(),
@@ -58,11 +60,11 @@ impl KafkaSubmissionBus {
 }
 
 /// Enqueues one record now; the future resolves when the broker has it.
-fn publish(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) -> PendingPublish {
+fn publish(producer: &Producer, topic: &str, key: &str, payload: &[u8]) -> PendingPublish {
     enqueue(producer, FutureRecord::to(topic).key(key).payload(payload))
 }
 
-fn enqueue(producer: &FutureProducer, record: FutureRecord<'_, str, [u8]>) -> PendingPublish {
+fn enqueue(producer: &Producer, record: FutureRecord<'_, str, [u8]>) -> PendingPublish {
     match producer.send_result(record) {
         Ok(fut) => Box::pin(async move {
             match fut.await {
@@ -121,12 +123,12 @@ impl SubmissionBus for KafkaSubmissionBus {
 /// Publishes `user_connected` records (key = user, value = JSON).
 #[derive(Clone)]
 pub struct KafkaConnectionEvents {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
 impl KafkaConnectionEvents {
-    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+    pub fn new(producer: Producer, topic: impl Into<String>) -> Self {
         Self {
             producer,
             topic: topic.into(),
@@ -144,13 +146,13 @@ impl ConnectionEvents for KafkaConnectionEvents {
 /// Publishes deliveries to `outgoing_messages`, each to its slot's partition.
 #[derive(Clone)]
 pub struct KafkaDeliveryBus {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     queue_timeout: Duration,
 }
 
 impl KafkaDeliveryBus {
-    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+    pub fn new(producer: Producer, topic: impl Into<String>) -> Self {
         Self {
             producer,
             topic: topic.into(),
@@ -187,14 +189,14 @@ impl DeliveryBus for KafkaDeliveryBus {
 /// through MirrorMaker 2, which keeps partitions).
 #[derive(Clone)]
 pub struct KafkaRegionBus {
-    producer: FutureProducer,
+    producer: Producer,
     sequenced: String,
     incoming: String,
 }
 
 impl KafkaRegionBus {
     pub fn new(
-        producer: FutureProducer,
+        producer: Producer,
         sequenced: impl Into<String>,
         incoming: impl Into<String>,
     ) -> Self {
@@ -208,7 +210,7 @@ impl KafkaRegionBus {
 
 /// Publishes every (topic, key, payload) in order and waits for all.
 async fn publish_all(
-    producer: &FutureProducer,
+    producer: &Producer,
     records: impl Iterator<Item = (String, String, Vec<u8>)>,
 ) -> Result<(), PortError> {
     let pending: Vec<PendingPublish> = records
@@ -270,12 +272,12 @@ impl RegionBus for KafkaRegionBus {
 /// Gateway → the other regions: acks on `acks` (key = user).
 #[derive(Clone)]
 pub struct KafkaAckBus {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
 impl KafkaAckBus {
-    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+    pub fn new(producer: Producer, topic: impl Into<String>) -> Self {
         Self {
             producer,
             topic: topic.into(),
@@ -299,12 +301,12 @@ impl AckBus for KafkaAckBus {
 /// (`presence`, key = user).
 #[derive(Clone)]
 pub struct KafkaJsonTopic {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
 }
 
 impl KafkaJsonTopic {
-    pub fn new(producer: FutureProducer, topic: impl Into<String>) -> Self {
+    pub fn new(producer: Producer, topic: impl Into<String>) -> Self {
         Self {
             producer,
             topic: topic.into(),

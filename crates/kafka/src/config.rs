@@ -34,6 +34,9 @@ pub struct KafkaConfig {
     /// `KAFKA_MAX_POLL_INTERVAL_MS`: a member that does not poll for this long leaves the group;
     /// also bounds how long a rebalance waits for a member that died.
     pub max_poll_interval_ms: u32,
+    /// `KAFKA_BROKER_CHECK_MS`: how often a long-lived client's statistics are read to notice
+    /// that it knows no broker any more ([`crate::watch`]); also bounds how long it stays so.
+    pub broker_check_ms: u32,
     /// `KAFKA_DEBUG`: librdkafka debug contexts (e.g. `cgrp,fetch`), empty for none.
     pub debug: Option<String>,
     /// How clients authenticate and encrypt (MSK: TLS, SASL/SCRAM).
@@ -195,7 +198,8 @@ impl KafkaConfig {
     /// From `KAFKA_BROKERS` (127.0.0.1:9092), `KAFKA_FETCH_WAIT_MS` (500),
     /// `KAFKA_FETCH_MIN_BYTES` (1), `KAFKA_LINGER_MS` (0), `KAFKA_COMMIT_INTERVAL_MS` (100),
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
-    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_DEBUG` (none), and the security variables
+    /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_BROKER_CHECK_MS` (5000), `KAFKA_DEBUG`
+    /// (none), and the security variables
     /// ([`Security::from_env`]).
     pub fn from_env() -> Result<Self, String> {
         use connect_core::env::parsed as num;
@@ -208,6 +212,7 @@ impl KafkaConfig {
             commit_interval_ms: num("KAFKA_COMMIT_INTERVAL_MS", 100)?,
             session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
             max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
+            broker_check_ms: num("KAFKA_BROKER_CHECK_MS", 5000)?,
             debug: connect_core::env::optional("KAFKA_DEBUG"),
             security: Security::from_env()?,
         })
@@ -248,6 +253,26 @@ impl Topics {
             push: string("KAFKA_PUSH_TOPIC", "push_requests"),
             push_later: string("KAFKA_PUSH_LATER_TOPIC", "push_later"),
             presence: string("KAFKA_PRESENCE_TOPIC", "presence"),
+        }
+    }
+}
+
+#[cfg(test)]
+impl KafkaConfig {
+    /// A plaintext client of `brokers` with the defaults, for tests.
+    pub(crate) fn local(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            fetch_wait_ms: 500,
+            fetch_min_bytes: 1,
+            linger_ms: 0,
+            commit_interval_ms: 100,
+            message_timeout_ms: 5000,
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 30_000,
+            broker_check_ms: 5000,
+            debug: None,
+            security: Security::Plaintext,
         }
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::KafkaConfig;
+use crate::{BrokerWatch, KafkaConfig};
 
 /// (topic, partition).
 pub type PartitionKey = (String, i32);
@@ -84,9 +84,14 @@ impl Gate {
 pub struct GroupContext {
     gate: Arc<Gate>,
     group: String,
+    watch: BrokerWatch,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.watch.check(statistics);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -192,10 +197,16 @@ impl GroupConsumer {
                 "auto.commit.interval.ms",
                 config.commit_interval_ms.max(1).to_string(),
             )
+            .set("statistics.interval.ms", config.broker_check_ms.to_string())
             .create_with_context(GroupContext {
                 gate: gate.clone(),
                 group: group_id.to_owned(),
+                watch: BrokerWatch::new(group_id, &config.brokers),
             })?;
+        consumer
+            .context()
+            .watch
+            .attach(consumer.client().native_client());
         consumer.subscribe(topics)?;
         Ok(Self { consumer, gate })
     }

@@ -8,6 +8,8 @@
 //! - [`bus`]: [`KafkaSubmissionBus`] and [`KafkaDeliveryBus`], the core's bus ports.
 //! - [`group`]: [`GroupConsumer`], a consumer-group member that finishes and commits its work
 //!   before a rebalance gives its partitions away.
+//! - [`watch`]: [`Producer`] and [`WatchedConsumer`], clients that get their bootstrap servers
+//!   back when librdkafka has forgotten every broker.
 //! - [`admin`]: [`ensure_topics`], idempotent topic creation.
 //!
 //! [`Submission`]: connect_core::model::Submission
@@ -17,6 +19,7 @@ pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod group;
+pub mod watch;
 
 pub use admin::{ensure_topics, rewind_group, RewindTo};
 pub use bus::{
@@ -26,3 +29,4 @@ pub use bus::{
 pub use config::{KafkaConfig, Topics};
 pub use group::{Batch, GroupConsumer, PartitionKey, RevokeHook};
 pub use rdkafka;
+pub use watch::{BrokerWatch, Producer, WatchedConsumer};

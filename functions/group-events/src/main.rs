@@ -9,7 +9,6 @@
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use connect_core::ports::SubmissionBus;
-use connect_kafka::rdkafka::producer::FutureProducer;
 use connect_kafka::{KafkaConfig, KafkaSubmissionBus, Topics};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use tracing::{info, warn};
@@ -51,7 +50,7 @@ async fn main() -> Result<(), Error> {
     connect_service::telemetry::init_tracing();
     connect_secrets::load().await?;
     let kafka = KafkaConfig::from_env()?;
-    let producer: FutureProducer = kafka.producer().create()?;
+    let producer = kafka.create_producer("group-events")?;
     let bus = KafkaSubmissionBus::new(producer, Topics::from_env().incoming);
     let bus = &bus;
     lambda_runtime::run(service_fn(move |event| handle(bus, event))).await
