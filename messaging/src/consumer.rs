@@ -6,6 +6,9 @@
 //! prepared (deduped, sequenced, stored) while batch N is being published; batches are
 //! published and committed strictly in order, and a rebalance waits for the batch in flight
 //! before this process's partitions move ([`GroupConsumer`]).
+//!
+//! The loop reads from a [`Source`]: the consumer group in production ([`Group`]), a script of
+//! batches in its tests, which run it in-process over the memory ports.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use connect_core::regions::{Inbound, RegionBus};
 use connect_kafka::codec::{decode_incoming, decode_json, decode_submission, CodecError, Incoming};
 use connect_kafka::rdkafka::message::BorrowedMessage;
 use connect_kafka::rdkafka::Message;
-use connect_kafka::{GroupConsumer, PartitionKey};
+use connect_kafka::{GroupConsumer, InFlight, PartitionKey};
 use metrics::{counter, histogram};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -62,6 +65,60 @@ fn decode(kinds: &TopicKinds, m: &BorrowedMessage<'_>) -> Option<Inbound> {
     }
 }
 
+/// The offsets that mark a batch done, per partition.
+pub type Offsets = HashMap<PartitionKey, i64>;
+
+/// Where the loop's batches come from and where their offsets go.
+#[async_trait::async_trait]
+pub trait Source: Send + Sync + 'static {
+    /// Waits for records, then takes what is there, up to `max`, with the offsets that mark
+    /// them done; None once `stop` is set.
+    async fn next_batch(
+        &self,
+        max: usize,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<(Vec<Inbound>, Offsets)>;
+    /// The work on the last batch, which the next batch's publish (and a revoke) waits for.
+    fn in_flight(&self) -> &InFlight;
+    /// Marks a batch done (after it was stored and published).
+    fn commit(&self, offsets: &Offsets);
+    /// Before the loop ends: finishes the batch in flight and commits what is done.
+    async fn close(&self);
+}
+
+/// The messaging consumer group: [`GroupConsumer`] reading the topics in `kinds`.
+pub struct Group {
+    pub consumer: GroupConsumer,
+    pub kinds: TopicKinds,
+}
+
+#[async_trait::async_trait]
+impl Source for Group {
+    async fn next_batch(
+        &self,
+        max: usize,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<(Vec<Inbound>, Offsets)> {
+        let batch = self
+            .consumer
+            .next_batch(max, |m| decode(&self.kinds, m), stop)
+            .await?;
+        Some(batch.into_items())
+    }
+
+    fn in_flight(&self) -> &InFlight {
+        self.consumer.in_flight()
+    }
+
+    fn commit(&self, offsets: &Offsets) {
+        self.consumer.commit(offsets);
+    }
+
+    async fn close(&self) {
+        self.consumer.close().await;
+    }
+}
+
 /// Where a prepared batch goes: this region's gateways, and the other regions (if any).
 #[derive(Clone)]
 pub struct Outputs {
@@ -101,11 +158,11 @@ where
 }
 
 /// Publishes a prepared batch (retrying until the buses take it), then commits its offsets.
-async fn publish_and_commit(
+async fn publish_and_commit<S: Source>(
     outputs: Outputs,
-    consumer: Arc<GroupConsumer>,
+    source: Arc<S>,
     prepared: Prepared,
-    next_offsets: HashMap<PartitionKey, i64>,
+    next_offsets: Offsets,
     fault_pause: Option<Duration>,
 ) {
     // The push requests side by side with the deliveries: the next batch waits for neither
@@ -156,27 +213,23 @@ async fn publish_and_commit(
         );
         tokio::time::sleep(pause).await;
     }
-    consumer.commit(&next_offsets);
+    source.commit(&next_offsets);
 }
 
-pub async fn run(
-    consumer: GroupConsumer,
+/// Runs the loop until `stop` (Ok) or until a batch's work did not finish (`Poisoned`: nothing
+/// more may be committed, the caller must stop).
+pub async fn run<S: Source>(
+    source: Arc<S>,
     step: MessagingStep,
     outputs: Outputs,
-    kinds: TopicKinds,
     batch_max: usize,
     fault_pause: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), connect_kafka::group::Poisoned> {
-    let consumer = Arc::new(consumer);
-    while let Some(batch) = consumer
-        .next_batch(batch_max, |m| decode(&kinds, m), &mut stop)
-        .await
-    {
-        if batch.is_empty() {
+    while let Some((items, next_offsets)) = source.next_batch(batch_max, &mut stop).await {
+        if next_offsets.is_empty() {
             continue;
         }
-        let (items, next_offsets) = batch.into_items();
         let now = connect_core::now_ms();
         let sends = items.iter().filter_map(|i| match i {
             Inbound::Send(s) => Some(s),
@@ -227,20 +280,20 @@ pub async fn run(
                 .record(took.as_secs_f64());
         }
         histogram!("connect_messaging_batch_size").record(n as f64);
-        if let Err(poisoned) = consumer.finish().await {
+        if let Err(poisoned) = source.in_flight().finish().await {
             // The batch before did not finish: committing this one would cover its records.
-            consumer.close().await;
+            source.close().await;
             return Err(poisoned);
         }
-        consumer.set_in_flight(tokio::spawn(publish_and_commit(
+        source.in_flight().set(tokio::spawn(publish_and_commit(
             outputs.clone(),
-            consumer.clone(),
+            source.clone(),
             prepared,
             next_offsets,
             fault_pause,
         )));
     }
-    consumer.close().await;
+    source.close().await;
     Ok(())
 }
 
@@ -293,5 +346,286 @@ mod tests {
             .await
             .expect("a final error ends the publish");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
+
+/// The loop in-process: batches from a script, the step over the memory ports, a delivery bus
+/// that records what it was given and when (and can fail, stall or panic). Each test fails
+/// when the loop's order is broken (a commit before the publish, a commit covering a batch whose
+/// publish did not finish, a stop that drops the batch in flight).
+#[cfg(test)]
+mod loop_tests {
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use connect_core::memory::Memory;
+    use connect_core::model::{Delivery, ReplyTo, Submission};
+    use connect_core::ports::PushBus;
+    use connect_core::PortError;
+    use connect_protocol::{ClientMsgId, ConversationId, UserId};
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        /// A publish went through, with this many messages stored when it started.
+        Published { stored: usize },
+        /// A publish failed (it is retried).
+        Refused,
+        /// A batch's offsets were committed: the highest one.
+        Committed(i64),
+    }
+
+    type Log = Arc<Mutex<Vec<Event>>>;
+
+    fn push(log: &Log, e: Event) {
+        log.lock().unwrap().push(e);
+    }
+
+    struct Script {
+        batches: Mutex<VecDeque<(Vec<Inbound>, Offsets)>>,
+        in_flight: InFlight,
+        log: Log,
+    }
+
+    #[async_trait::async_trait]
+    impl Source for Script {
+        async fn next_batch(
+            &self,
+            _max: usize,
+            stop: &mut watch::Receiver<bool>,
+        ) -> Option<(Vec<Inbound>, Offsets)> {
+            let next = self.batches.lock().unwrap().pop_front();
+            if next.is_none() {
+                // Nothing more to read: as a consumer waits for records, until stopped.
+                let _ = stop.wait_for(|s| *s).await;
+            }
+            next
+        }
+
+        fn in_flight(&self) -> &InFlight {
+            &self.in_flight
+        }
+
+        fn commit(&self, offsets: &Offsets) {
+            push(
+                &self.log,
+                Event::Committed(*offsets.values().max().unwrap()),
+            );
+        }
+
+        async fn close(&self) {
+            let _ = self.in_flight.finish().await;
+        }
+    }
+
+    /// The delivery bus: waits `delay`, refuses `refusals` times, panics if told to.
+    struct Recording {
+        mem: Arc<Memory>,
+        log: Log,
+        delay: Duration,
+        refusals: AtomicUsize,
+        panics: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl DeliveryBus for Recording {
+        async fn publish(&self, _deliveries: &[Delivery]) -> Result<(), PortError> {
+            tokio::time::sleep(self.delay).await;
+            assert!(!self.panics, "a publish task failing");
+            if self
+                .refusals
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                push(&self.log, Event::Refused);
+                return Err(PortError::unavailable("kafka", "timed out"));
+            }
+            let stored = self.mem.stored().len();
+            push(&self.log, Event::Published { stored });
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl PushBus for Recording {
+        async fn publish(
+            &self,
+            _requests: &[connect_core::push::PushRequest],
+        ) -> Result<(), PortError> {
+            Ok(())
+        }
+    }
+
+    fn send(n: usize) -> Inbound {
+        let alice = UserId::parse("alice").unwrap();
+        let bob = UserId::parse("bob").unwrap();
+        Inbound::Send(Submission {
+            conversation: ConversationId::direct(&alice, &bob).unwrap(),
+            sender: alice,
+            id: ClientMsgId::parse(format!("m{n}")).unwrap(),
+            body: format!("body {n}"),
+            reply: Some(ReplyTo {
+                conn: "c1".into(),
+                slot: 0,
+                region: None,
+            }),
+            event: None,
+            submitted_ms: 0,
+            device: None,
+            hops: 0,
+        })
+    }
+
+    /// `batches` batches of two sends each, at offsets 1, 2, ...
+    fn script(batches: usize, log: &Log) -> Arc<Script> {
+        let batches = (0..batches)
+            .map(|b| {
+                let offsets = HashMap::from([(("incoming_messages".to_owned(), 0), b as i64 + 1)]);
+                (vec![send(2 * b), send(2 * b + 1)], offsets)
+            })
+            .collect();
+        Arc::new(Script {
+            batches: Mutex::new(batches),
+            in_flight: InFlight::default(),
+            log: log.clone(),
+        })
+    }
+
+    struct Run {
+        log: Log,
+        stop: watch::Sender<bool>,
+        ended: tokio::task::JoinHandle<Result<(), connect_kafka::group::Poisoned>>,
+    }
+
+    fn start(batches: usize, bus: impl FnOnce(Arc<Memory>, Log) -> Recording) -> Run {
+        let log: Log = Arc::default();
+        let mem = Arc::new(Memory::default());
+        let bus = Arc::new(bus(mem.clone(), log.clone()));
+        let (stop, stop_rx) = watch::channel(false);
+        let outputs = Outputs {
+            deliveries: bus.clone(),
+            pushes: bus,
+            regions: None,
+        };
+        let ended = tokio::spawn(run(
+            script(batches, &log),
+            MessagingStep::new(mem.ports()),
+            outputs,
+            100,
+            None,
+            stop_rx,
+        ));
+        Run { log, stop, ended }
+    }
+
+    fn bus(
+        delay_ms: u64,
+        refusals: usize,
+        panics: bool,
+    ) -> impl FnOnce(Arc<Memory>, Log) -> Recording {
+        move |mem, log| Recording {
+            mem,
+            log,
+            delay: Duration::from_millis(delay_ms),
+            refusals: AtomicUsize::new(refusals),
+            panics,
+        }
+    }
+
+    /// The events in short ("P" published, "R" refused, "C<n>" committed through offset n),
+    /// after checking that the k-th publish found the first k batches (two sends each) stored:
+    /// the next batch may be prepared meanwhile, so more may be there, never fewer.
+    fn shape(events: &[Event]) -> Vec<String> {
+        let mut published = 0;
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Published { stored } => {
+                    published += 1;
+                    assert!(
+                        *stored >= 2 * published,
+                        "publish {published} before its batch was stored: {events:?}"
+                    );
+                    "P".to_owned()
+                }
+                Event::Refused => "R".to_owned(),
+                Event::Committed(n) => format!("C{n}"),
+            })
+            .collect()
+    }
+
+    impl Run {
+        fn events(&self) -> Vec<Event> {
+            self.log.lock().unwrap().clone()
+        }
+
+        /// Waits until `n` batches were committed (5 s at most), then stops the loop.
+        async fn stop_after(
+            self,
+            n: usize,
+        ) -> (Vec<Event>, Result<(), connect_kafka::group::Poisoned>) {
+            for _ in 0..500 {
+                let committed = self
+                    .events()
+                    .iter()
+                    .filter(|e| matches!(e, Event::Committed(_)))
+                    .count();
+                if committed >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            self.stop.send_replace(true);
+            let events = self.log.clone();
+            let ended = tokio::time::timeout(Duration::from_secs(5), self.ended)
+                .await
+                .expect("the loop stops")
+                .expect("the loop does not panic");
+            let events = events.lock().unwrap().clone();
+            (events, ended)
+        }
+    }
+
+    #[tokio::test]
+    async fn each_batch_is_stored_then_published_then_committed_in_order() {
+        let run = start(3, bus(0, 0, false));
+        let (events, ended) = run.stop_after(3).await;
+        assert_eq!(ended, Ok(()));
+        assert_eq!(shape(&events), ["P", "C1", "P", "C2", "P", "C3"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_committed_only_once_its_publish_went_through() {
+        let run = start(2, bus(0, 3, false));
+        let (events, ended) = run.stop_after(2).await;
+        assert_eq!(ended, Ok(()));
+        assert_eq!(shape(&events), ["R", "R", "R", "P", "C1", "P", "C2"]);
+    }
+
+    #[tokio::test]
+    async fn a_publish_that_panicked_stops_the_loop_and_nothing_after_it_is_committed() {
+        let run = start(3, bus(0, 0, true));
+        let ended = tokio::time::timeout(Duration::from_secs(5), run.ended)
+            .await
+            .expect("the loop stops on its own")
+            .expect("the loop itself does not panic");
+        assert_eq!(ended, Err(connect_kafka::group::Poisoned));
+        let events = run.log.lock().unwrap().clone();
+        assert!(
+            events.is_empty(),
+            "nothing published or committed: {events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_finishes_the_batch_in_flight_and_commits_it() {
+        let run = start(1, bus(300, 0, false));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(run.events().is_empty(), "the publish is still in flight");
+        let (events, ended) = run.stop_after(0).await;
+        assert_eq!(ended, Ok(()));
+        assert_eq!(shape(&events), ["P", "C1"]);
     }
 }

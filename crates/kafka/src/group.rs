@@ -42,24 +42,28 @@ pub type RevokeHook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 #[error("the work on an earlier batch did not finish (it panicked); nothing more may be committed")]
 pub struct Poisoned;
 
-/// What the rebalance callback and the reading task share.
+/// The work on the last batch (publishing, committing), which may still run while the next
+/// batch is read and prepared: whoever must not overtake it (a revoke, the next batch's publish,
+/// a stop) waits for it with [`Self::finish`]. Work that did not finish (its task panicked)
+/// poisons it for good.
 #[derive(Default)]
-struct Gate {
-    /// The work on the last batch, if it may still run; finished before partitions go.
-    in_flight: Mutex<Option<JoinHandle<()>>>,
-    /// Set for good when a batch's work did not finish.
+pub struct InFlight {
+    work: Mutex<Option<JoinHandle<()>>>,
     poisoned: AtomicBool,
-    /// Partitions revoked since the batch being gathered started.
-    revoked: Mutex<Vec<PartitionKey>>,
-    on_revoke: Mutex<Option<RevokeHook>>,
 }
 
-impl Gate {
-    fn take_in_flight(&self) -> Option<JoinHandle<()>> {
-        self.in_flight.lock().expect("gate lock").take()
+impl InFlight {
+    /// Hands over the work on the last batch. The previous work must have been awaited with
+    /// [`Self::finish`].
+    pub fn set(&self, work: JoinHandle<()>) {
+        *self.work.lock().expect("in-flight lock") = Some(work);
     }
 
-    /// Notes how a batch's work ended: one that did not finish poisons the gate.
+    fn take(&self) -> Option<JoinHandle<()>> {
+        self.work.lock().expect("in-flight lock").take()
+    }
+
+    /// Notes how a batch's work ended: one that did not finish poisons for good.
     fn settled(&self, ended: Result<(), tokio::task::JoinError>) {
         if let Err(e) = ended {
             warn!(cause = %e, "the work on a batch did not finish; committing nothing more");
@@ -68,8 +72,8 @@ impl Gate {
     }
 
     /// Waits for the work in flight, if any; Err once any batch's work did not finish.
-    async fn finish(&self) -> Result<(), Poisoned> {
-        if let Some(work) = self.take_in_flight() {
+    pub async fn finish(&self) -> Result<(), Poisoned> {
+        if let Some(work) = self.take() {
             self.settled(work.await);
         }
         if self.poisoned.load(Ordering::SeqCst) {
@@ -78,6 +82,16 @@ impl Gate {
             Ok(())
         }
     }
+}
+
+/// What the rebalance callback and the reading task share.
+#[derive(Default)]
+struct Gate {
+    /// The work on the last batch; finished before partitions go.
+    in_flight: InFlight,
+    /// Partitions revoked since the batch being gathered started.
+    revoked: Mutex<Vec<PartitionKey>>,
+    on_revoke: Mutex<Option<RevokeHook>>,
 }
 
 /// The consumer's context: finishes and commits in-flight work before a revoke completes.
@@ -101,7 +115,7 @@ impl ConsumerContext for GroupContext {
             }
             return;
         };
-        let work = self.gate.take_in_flight();
+        let work = self.gate.in_flight.take();
         let hook = self.gate.on_revoke.lock().expect("gate lock").clone();
         // The callback runs inside `recv` on a runtime worker: let the runtime move its other
         // tasks away while this one waits for the batch's publish and commit, then the hook.
@@ -110,7 +124,7 @@ impl ConsumerContext for GroupContext {
         tokio::task::block_in_place(|| {
             let rt = tokio::runtime::Handle::current();
             if let Some(work) = work {
-                self.gate.settled(rt.block_on(work));
+                self.gate.in_flight.settled(rt.block_on(work));
             }
             if let Some(hook) = hook {
                 rt.block_on(hook());
@@ -266,16 +280,10 @@ impl GroupConsumer {
         *self.gate.on_revoke.lock().expect("gate lock") = Some(hook);
     }
 
-    /// Hands over the work on the last batch: a revoke waits for it before giving its
-    /// partitions away. The previous work must have been awaited with [`Self::finish`].
-    pub fn set_in_flight(&self, work: JoinHandle<()>) {
-        *self.gate.in_flight.lock().expect("gate lock") = Some(work);
-    }
-
-    /// Waits for the work handed over with [`Self::set_in_flight`], if any. `Err` once the
-    /// work on any batch did not finish (see [`Poisoned`]): the caller must stop.
-    pub async fn finish(&self) -> Result<(), Poisoned> {
-        self.gate.finish().await
+    /// The work on the last batch: a revoke waits for it before giving this member's partitions
+    /// away, and so must the next batch's publish ([`InFlight::finish`]).
+    pub fn in_flight(&self) -> &InFlight {
+        &self.gate.in_flight
     }
 
     /// Marks a batch done: its offsets are stored, and committed with the next periodic commit
@@ -302,7 +310,7 @@ impl GroupConsumer {
     /// and commits, as a revoke would.
     pub async fn close(&self) {
         // A batch that did not finish stored no offsets: committing what is stored is right.
-        let _ = self.finish().await;
+        let _ = self.gate.in_flight.finish().await;
         let hook = self.gate.on_revoke.lock().expect("gate lock").clone();
         if let Some(hook) = hook {
             hook().await;
@@ -326,15 +334,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_whose_work_panicked_stops_every_later_commit() {
-        let gate = Gate::default();
-        *gate.in_flight.lock().unwrap() = Some(tokio::spawn(async {}));
-        assert_eq!(gate.finish().await, Ok(()));
-        *gate.in_flight.lock().unwrap() = Some(tokio::spawn(async {
+        let in_flight = InFlight::default();
+        in_flight.set(tokio::spawn(async {}));
+        assert_eq!(in_flight.finish().await, Ok(()));
+        in_flight.set(tokio::spawn(async {
             panic!("a publish task failing");
         }));
-        assert_eq!(gate.finish().await, Err(Poisoned));
+        assert_eq!(in_flight.finish().await, Err(Poisoned));
         // And for good: a later batch finishing fine does not clear it.
-        *gate.in_flight.lock().unwrap() = Some(tokio::spawn(async {}));
-        assert_eq!(gate.finish().await, Err(Poisoned));
+        in_flight.set(tokio::spawn(async {}));
+        assert_eq!(in_flight.finish().await, Err(Poisoned));
     }
 }

@@ -27,6 +27,6 @@ pub use bus::{
     KafkaSubmissionBus,
 };
 pub use config::{KafkaConfig, Topics};
-pub use group::{Batch, GroupConsumer, PartitionKey, RevokeHook};
+pub use group::{Batch, GroupConsumer, InFlight, PartitionKey, RevokeHook};
 pub use rdkafka;
 pub use watch::{BrokerWatch, Producer, WatchedConsumer};
