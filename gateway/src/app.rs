@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use connect_kafka::rdkafka::producer::Producer as _;
 use connect_kafka::{
-    KafkaAckBus, KafkaConnectionEvents, KafkaSubmissionBus, Producer, WatchedConsumer,
+    BrokerWatch, KafkaAckBus, KafkaConnectionEvents, KafkaSubmissionBus, Producer, WatchedConsumer,
 };
 use connect_redis::{RedisLog, RedisRegistry, SlotLease};
 use connect_service::telemetry::PrometheusHandle;
@@ -25,6 +25,8 @@ pub struct Application {
     management: Option<TcpListener>,
     consumer: WatchedConsumer,
     producer: Producer,
+    /// The producer's fatal error, if it has one: the gateway then stops.
+    producer_watch: Arc<BrokerWatch>,
     lease: SlotLease,
     metrics: PrometheusHandle,
     drained: mpsc::Receiver<()>,
@@ -39,7 +41,7 @@ impl Application {
         // Who may watch whom (presence) is read from DynamoDB.
         let dynamo = connect_dynamo::client(&cfg.dynamo).await;
         let slot = lease.slot();
-        let producer = cfg
+        let (producer, producer_watch) = cfg
             .kafka
             .create_producer("gateway-producer")
             .context("creating the Kafka producer")?;
@@ -107,6 +109,7 @@ impl Application {
             management,
             consumer,
             producer,
+            producer_watch,
             lease,
             metrics,
             drained,
@@ -125,6 +128,7 @@ impl Application {
             management,
             consumer,
             producer,
+            producer_watch,
             lease,
             metrics,
             mut drained,
@@ -152,6 +156,11 @@ impl Application {
             }
         };
         let stopper = gw.clone();
+        // A producer with a fatal error never delivers again: every send would be answered
+        // `unavailable` for good. The gateway drains and stops (non-zero) instead, so that its
+        // clients reconnect to the others and the orchestrator starts a fresh task.
+        let fatal = Arc::new(std::sync::OnceLock::new());
+        let noted = fatal.clone();
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -160,6 +169,9 @@ impl Application {
             tokio::select! {
                 () = signal => {},
                 () = stopper.stopped() => {},
+                reason = producer_watch.fatal() => {
+                    let _ = noted.set(reason);
+                }
             }
             stopper.stop();
         })
@@ -177,7 +189,12 @@ impl Application {
             tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
                 .await;
         info!("gateway stopped");
-        Ok(())
+        match fatal.get() {
+            Some(reason) => {
+                anyhow::bail!("stopped: the Kafka producer hit a fatal error: {reason}")
+            }
+            None => Ok(()),
+        }
     }
 }
 

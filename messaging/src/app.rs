@@ -12,7 +12,7 @@ use connect_core::presence::PresenceStore;
 use connect_core::seqblocks::SequenceBlocks;
 use connect_dynamo::{DynamoChatStore, DynamoSequences};
 use connect_kafka::rdkafka::producer::Producer as _;
-use connect_kafka::{GroupConsumer, KafkaDeliveryBus, KafkaRegionBus, Producer};
+use connect_kafka::{BrokerWatch, GroupConsumer, KafkaDeliveryBus, KafkaRegionBus, Producer};
 use connect_redis::{RedisDedupe, RedisLog, RedisRegistry};
 use connect_service::telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -27,6 +27,8 @@ pub struct Application {
     cfg: Config,
     metrics: PrometheusHandle,
     producer: Producer,
+    /// The producer's fatal error, if it has one: messaging then stops.
+    producer_watch: Arc<BrokerWatch>,
     source: Arc<consumer::Group>,
     step: MessagingStep,
     outputs: consumer::Outputs,
@@ -44,7 +46,7 @@ impl Application {
             .await
             .context("connecting to Redis")?;
         let dynamo = connect_dynamo::client(&cfg.dynamo).await;
-        let producer = cfg
+        let (producer, producer_watch) = cfg
             .kafka
             .create_producer("messaging-producer")
             .context("creating the Kafka producer")?;
@@ -175,6 +177,7 @@ impl Application {
             cfg,
             metrics,
             producer,
+            producer_watch,
             step,
             outputs,
             presence_consumer,
@@ -193,6 +196,7 @@ impl Application {
             cfg,
             metrics,
             producer,
+            producer_watch,
             source,
             step,
             outputs,
@@ -239,10 +243,20 @@ impl Application {
             cfg.fault_pause_before_commit,
             stop_rx,
         ));
+        let mut fatal = None;
         let worked = tokio::select! {
             () = shutdown => {
                 info!("stopping: finishing the batch in hand, then committing");
                 stop_tx.send_replace(true);
+                work.await
+            }
+            // A producer with a fatal error never delivers again: the batch in flight would be
+            // retried for good. Stop (non-zero) so that the partitions move to another process
+            // and the orchestrator starts a fresh one; what was not committed is replayed.
+            reason = producer_watch.fatal() => {
+                fatal = Some(reason);
+                stop_tx.send_replace(true);
+                work.abort();
                 work.await
             }
             // The consume loop stops on its own only when it must (a batch that did not finish).
@@ -260,6 +274,9 @@ impl Application {
             tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
                 .await;
         info!("messaging stopped");
+        if let Some(reason) = fatal {
+            anyhow::bail!("stopped: the Kafka producer hit a fatal error: {reason}");
+        }
         worked
             .context("the consume loop panicked")?
             .context("the consume loop stopped")?;

@@ -219,7 +219,7 @@ impl PrivateStack {
         };
         let mut kafka = connect_kafka::KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
         kafka.brokers = var("KAFKA_BROKERS")?;
-        let producer = kafka.create_producer("e2e")?;
+        let (producer, _) = kafka.create_producer("e2e")?;
         let bus = connect_kafka::KafkaSubmissionBus::new(producer, var("KAFKA_INCOMING_TOPIC")?);
         bus.submit(submission).await?;
         Ok(())

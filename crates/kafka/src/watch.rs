@@ -14,6 +14,11 @@
 //! client knows no broker (neither configured nor learned), adds `bootstrap.servers` back, as
 //! librdkafka's own re-bootstrap would: the client connects, reads the metadata again and
 //! carries on (a consumer rejoins its group, a producer's queued records go).
+//!
+//! The watch also keeps a client's fatal error (librdkafka's idempotent producer can meet one,
+//! e.g. a sequence desynchronized with the broker after records timed out): such a client never
+//! delivers again, so a service waits on [`BrokerWatch::fatal`] and stops (non-zero, for its
+//! orchestrator to start a fresh one) instead of answering `unavailable` for good.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,11 +27,11 @@ use std::sync::{Arc, OnceLock};
 use metrics::{counter, gauge};
 use rdkafka::client::{ClientContext, NativeClient};
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafka;
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::KafkaConfig;
 
@@ -46,13 +51,17 @@ pub struct BrokerWatch {
     native: OnceLock<Handle>,
     /// Configured and learned brokers in the last report (`usize::MAX` before the first).
     known: AtomicUsize,
+    /// The client's fatal error, once it had one.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// The client's librdkafka handle.
 struct Handle(*mut RDKafka);
 
 // SAFETY: a librdkafka handle may be used from any thread (librdkafka locks its own state);
-// `rd_kafka_brokers_add`, the one call made with it, is documented "@locality any thread".
+// `rd_kafka_brokers_add` is documented "@locality any thread", and `rd_kafka_fatal_error`
+// reads an atomic and the error text under the handle's lock. Both are called from the
+// client's own poll (its statistics and error callbacks), never under that lock.
 unsafe impl Send for Handle {}
 // SAFETY: as above; the handle is only read.
 unsafe impl Sync for Handle {}
@@ -79,7 +88,56 @@ impl BrokerWatch {
             bootstrap: CString::new(bootstrap.replace('\0', "")).unwrap_or_default(),
             native: OnceLock::new(),
             known: AtomicUsize::new(usize::MAX),
+            fatal: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Resolves once the client has had a fatal error (it will never work again), with
+    /// librdkafka's reason.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        // The sender lives in `self`: waiting ends only with a fatal error.
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        reason.unwrap_or_default()
+    }
+
+    /// Notes an error librdkafka reported for the whole client; a fatal one (the client says
+    /// so: `rd_kafka_fatal_error`) is kept.
+    pub fn error(&self, error: &KafkaError, reason: &str) {
+        match self.fatal_error() {
+            Some(fatal) => {
+                error!(client = %self.client, %fatal, "the Kafka client hit a fatal error: it will not deliver again");
+                counter!("connect_kafka_fatal_errors_total", "client" => self.client.clone())
+                    .increment(1);
+                self.fatal.send_replace(Some(fatal));
+            }
+            None => error!("librdkafka: {error}: {reason}"),
+        }
+    }
+
+    /// The client's fatal error, if it has had one.
+    fn fatal_error(&self) -> Option<String> {
+        let handle = self.native.get()?;
+        let mut buf = [0 as std::ffi::c_char; 512];
+        // SAFETY: called from the client's own poll (the handle is alive); librdkafka writes at
+        // most `buf.len()` bytes, NUL-terminated.
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_fatal_error(handle.0, buf.as_mut_ptr(), buf.len())
+        };
+        if code == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            return None;
+        }
+        // SAFETY: NUL-terminated by librdkafka (and the buffer was zeroed).
+        let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        Some(format!(
+            "{}: {}",
+            RDKafkaErrorCode::from(code),
+            text.to_string_lossy()
+        ))
     }
 
     /// How many brokers (configured or learned) the client's last report listed.
@@ -138,14 +196,19 @@ impl ClientContext for WatchedContext {
     fn stats_raw(&self, statistics: &[u8]) {
         self.watch.check(statistics);
     }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.error(&error, reason);
+    }
 }
 
 impl ConsumerContext for WatchedContext {}
 
 impl KafkaConfig {
-    /// The producer ([`Self::producer`]'s settings), watched: `client` names it in logs.
-    pub fn create_producer(&self, client: &str) -> KafkaResult<Producer> {
-        self.producer_watched(Arc::new(BrokerWatch::new(client, &self.brokers)))
+    /// The producer ([`Self::producer`]'s settings) and its watch: `client` names it in logs.
+    pub fn create_producer(&self, client: &str) -> KafkaResult<(Producer, Arc<BrokerWatch>)> {
+        let watch = Arc::new(BrokerWatch::new(client, &self.brokers));
+        Ok((self.producer_watched(watch.clone())?, watch))
     }
 
     fn producer_watched(&self, watch: Arc<BrokerWatch>) -> KafkaResult<Producer> {
@@ -240,5 +303,36 @@ mod tests {
         // A watch without its client only reads.
         let unattached = BrokerWatch::new("test", "127.0.0.1:1");
         assert!(!unattached.check(&report(&[("GroupCoordinator", "logical")])));
+    }
+
+    /// librdkafka's own test hook raises a fatal error on a real producer (as an idempotent
+    /// producer's desynchronized sequence would): the watch hands it to whoever waits.
+    #[tokio::test]
+    async fn a_fatal_error_reaches_whoever_waits_for_it() {
+        let watch = Arc::new(BrokerWatch::new("test", "127.0.0.1:1"));
+        let producer = KafkaConfig::local("127.0.0.1:1")
+            .producer_watched(watch.clone())
+            .expect("a producer");
+        let waiting = tokio::spawn({
+            let watch = watch.clone();
+            async move { watch.fatal().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "no fatal error yet");
+        let reason = std::ffi::CString::new("a test of the fatal path").unwrap();
+        use rdkafka::producer::Producer as _;
+        // SAFETY: the producer is alive; the reason outlives the call.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+        let reason = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the fatal error is reported")
+            .unwrap();
+        assert!(reason.contains("a test of the fatal path"), "{reason}");
     }
 }

@@ -50,7 +50,7 @@ async fn main() -> Result<(), Error> {
     connect_service::telemetry::init_tracing();
     connect_secrets::load().await?;
     let kafka = KafkaConfig::from_env()?;
-    let producer = kafka.create_producer("group-events")?;
+    let (producer, _) = kafka.create_producer("group-events")?;
     let bus = KafkaSubmissionBus::new(producer, Topics::from_env().incoming);
     let bus = &bus;
     lambda_runtime::run(service_fn(move |event| handle(bus, event))).await

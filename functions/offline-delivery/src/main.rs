@@ -81,7 +81,7 @@ async fn main() -> Result<(), Error> {
     ))
     .await?;
     let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
-    let producer = KafkaConfig::from_env()?.create_producer("offline-delivery")?;
+    let (producer, _) = KafkaConfig::from_env()?.create_producer("offline-delivery")?;
     let ctx = Ctx {
         log: RedisLog::new(redis, OfflineLimits::from_env()?),
         groups: DynamoGroups::new(dynamo, connect_dynamo::Tables::from_env().groups),

@@ -92,7 +92,7 @@ async fn context() -> Result<Ctx, Error> {
     let redis = connect_redis::connect(&env::string("REDIS_URL", "redis://127.0.0.1:6380")).await?;
     let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
     let tables = connect_dynamo::Tables::from_env();
-    let producer = KafkaConfig::from_env()?.create_producer("push")?;
+    let (producer, _) = KafkaConfig::from_env()?.create_producer("push")?;
     let sns = connect_push::sns::SnsConfig::from_lookup(|name| std::env::var(name).ok())?;
     let sns = match sns.enabled() {
         true => Some(connect_push::sns::Sns::new(&sns).await),
