@@ -30,6 +30,8 @@ mod presence;
 mod rate;
 mod server;
 mod state;
+#[cfg(test)]
+mod tests;
 mod web;
 
 use anyhow::Context;

@@ -1,0 +1,333 @@
+//! The connection loop in-process: a [`Gateway`] over the memory ports, served on a loopback
+//! port by the real router, and real WebSocket clients. What reaches the bus, the socket and the
+//! device cursors is checked; each test fails when the loop breaks the order it keeps (sends
+//! published in the order sent, each refusal answered with its own id, a message held back while
+//! catching up and then written, an ack moving the device's cursor, an expired token closing
+//! the connection after saying why).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use connect_core::auth::TokenIssuer;
+use connect_core::memory::Memory;
+use connect_core::model::{
+    Delivery, MarkerUpdate, OutboundMessage, Submission, TypingUpdate, DEFAULT_DEVICE,
+};
+use connect_core::ports::{PendingPublish, SubmissionBus};
+use connect_core::presence::{
+    PresenceBus, PresenceChange, PresenceStore, PresenceView, ViewChange,
+};
+use connect_core::PortError;
+use connect_protocol::{ConversationId, UserId};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::config::Config;
+use crate::presence::PresencePorts;
+use crate::state::{Gateway, GatewayPorts};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The gateway's config as a local stack's, with a short catch-up wait (no offline drain runs
+/// here to end it sooner).
+fn config() -> Config {
+    static RESOLVED: OnceLock<()> = OnceLock::new();
+    RESOLVED.get_or_init(|| {
+        let values = [
+            ("CONNECT_ENV", "local"),
+            ("GATEWAY_ADDR", "127.0.0.1:0"),
+            ("GATEWAY_CATCH_UP_TIMEOUT_MS", "100"),
+        ];
+        let _ = connect_core::env::resolve(
+            values
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+    });
+    Config::from_env().expect("the local config")
+}
+
+/// The bus: records what it is given, in call order; refuses while `refusing`.
+#[derive(Default)]
+struct Bus {
+    sent: Mutex<Vec<String>>,
+    refusing: AtomicBool,
+}
+
+impl Bus {
+    fn answer(&self) -> PendingPublish {
+        let refused = self.refusing.load(Ordering::SeqCst);
+        Box::pin(async move {
+            match refused {
+                true => Err(PortError::unavailable("kafka", "refused by the test")),
+                false => Ok(()),
+            }
+        })
+    }
+
+    fn sent(&self) -> Vec<String> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+impl SubmissionBus for Bus {
+    fn submit(&self, submission: &Submission) -> PendingPublish {
+        if !self.refusing.load(Ordering::SeqCst) {
+            self.sent.lock().unwrap().push(submission.id.to_string());
+        }
+        self.answer()
+    }
+
+    fn mark(&self, _update: &MarkerUpdate) -> PendingPublish {
+        self.answer()
+    }
+
+    fn typing(&self, _update: &TypingUpdate) -> PendingPublish {
+        self.answer()
+    }
+}
+
+/// Presence is not under test here: nobody goes online or offline, watching is unavailable.
+struct NoPresence;
+
+#[async_trait]
+impl PresenceStore for NoPresence {
+    async fn present(
+        &self,
+        _: &[UserId],
+        _: u64,
+        _: u64,
+    ) -> Result<Vec<PresenceChange>, PortError> {
+        Ok(Vec::new())
+    }
+
+    async fn closed(&self, _: &[UserId], _: u64) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    async fn sweep(&self, _: u64, _: usize) -> Result<Vec<PresenceChange>, PortError> {
+        Ok(Vec::new())
+    }
+
+    async fn apply(&self, _: &[PresenceChange], _: u64) -> Result<Vec<ViewChange>, PortError> {
+        Ok(Vec::new())
+    }
+
+    async fn views(
+        &self,
+        _: &[UserId],
+        _: Option<(u32, u64)>,
+    ) -> Result<Vec<PresenceView>, PortError> {
+        Err(PortError::unavailable("presence", "not in these tests"))
+    }
+
+    async fn unwatch(&self, _: &[UserId], _: u32) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+impl PresenceBus for NoPresence {
+    fn publish(&self, _: &[PresenceChange]) -> PendingPublish {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct Harness {
+    gw: Arc<Gateway>,
+    mem: Arc<Memory>,
+    bus: Arc<Bus>,
+    url: String,
+    tokens: TokenIssuer,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let cfg = config();
+        let tokens = TokenIssuer::new(&cfg.secret);
+        let mem = Arc::new(Memory::default());
+        let bus = Arc::new(Bus::default());
+        let ports = GatewayPorts {
+            bus: bus.clone(),
+            registry: mem.clone(),
+            log: mem.clone(),
+            events: mem.clone(),
+            presence: PresencePorts {
+                store: Arc::new(NoPresence),
+                bus: Arc::new(NoPresence),
+                inbox: mem.clone(),
+                groups: mem.clone(),
+            },
+        };
+        let (tracker, _drained) = tokio::sync::mpsc::channel(1);
+        let gw = Arc::new(Gateway::new(cfg, 0, ports, tracker));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = crate::server::public_router(gw.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            gw,
+            mem,
+            bus,
+            url: format!("ws://{addr}/ws"),
+            tokens,
+        }
+    }
+
+    async fn connect_with(&self, token: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{}?token={token}", self.url))
+            .await
+            .expect("the upgrade");
+        ws
+    }
+
+    async fn connect(&self, user: &str) -> Client {
+        let token = self.tokens.mint(user, 600);
+        let ws = self.connect_with(&token).await;
+        // Registered once the hub knows the connection.
+        for _ in 0..200 {
+            if self
+                .gw
+                .hub
+                .sessions()
+                .iter()
+                .any(|(u, _, _)| u.as_str() == user)
+            {
+                return ws;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{user} never registered");
+    }
+}
+
+/// The next text frame as JSON (5 s at most), skipping pings and the `hello`.
+async fn next_frame(ws: &mut Client) -> serde_json::Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection open")
+            .expect("a frame");
+        match msg {
+            Message::Text(t) => {
+                let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if frame["type"] != "hello" {
+                    return frame;
+                }
+            }
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Client, frame: serde_json::Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+fn dm(to: &str, id: &str) -> serde_json::Value {
+    serde_json::json!({"type": "send", "to": to, "id": id, "body": format!("body of {id}")})
+}
+
+#[tokio::test]
+async fn sends_reach_the_bus_in_the_order_sent_and_a_refused_one_is_answered_with_its_id() {
+    let h = Harness::start().await;
+    let mut alice = h.connect("alice").await;
+    let ids: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    for id in &ids {
+        send(&mut alice, dm("bob", id)).await;
+    }
+    for _ in 0..200 {
+        if h.bus.sent().len() == ids.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.bus.sent(), ids, "published in the order sent");
+    h.bus.refusing.store(true, Ordering::SeqCst);
+    send(&mut alice, dm("bob", "refused-1")).await;
+    let answer = next_frame(&mut alice).await;
+    assert_eq!(answer["type"], "error");
+    assert_eq!(answer["code"], "unavailable");
+    assert_eq!(answer["id"], "refused-1", "the refusal names its send");
+}
+
+#[tokio::test]
+async fn a_message_is_written_after_the_catch_up_and_its_ack_moves_the_device_cursor() {
+    let h = Harness::start().await;
+    let mut bob = h.connect("bob").await;
+    let alice = UserId::parse("alice").unwrap();
+    let bob_id = UserId::parse("bob").unwrap();
+    let conversation = ConversationId::direct(&alice, &bob_id).unwrap();
+    let frame = serde_json::json!({
+        "type": "message", "conversation": conversation.to_string(), "seq": 1,
+        "from": "alice", "id": "m1", "body": "hello", "ts": 1
+    });
+    let handed = h.gw.hub.deliver(Delivery {
+        slot: 0,
+        recipients: vec![bob_id.clone()],
+        message: Some(OutboundMessage {
+            conversation: conversation.to_string(),
+            seq: 1,
+            ts: 1,
+            frame: frame.to_string(),
+        }),
+        reply: None,
+        signal: None,
+        presence: None,
+    });
+    assert_eq!(handed.frames, 1);
+    let got = next_frame(&mut bob).await;
+    assert_eq!(got["type"], "message");
+    assert_eq!(got["seq"], 1);
+    send(
+        &mut bob,
+        serde_json::json!({"type": "ack", "conversation": conversation.to_string(), "seq": 1}),
+    )
+    .await;
+    let device = (bob_id, DEFAULT_DEVICE.to_owned());
+    let mut cursor = None;
+    for _ in 0..200 {
+        cursor = h
+            .mem
+            .cursors
+            .lock()
+            .unwrap()
+            .get(&device)
+            .and_then(|c: &HashMap<String, u64>| c.get(&conversation.to_string()).copied());
+        if cursor.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(cursor, Some(1), "the ack moved bob's device cursor");
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_the_connection_after_saying_why() {
+    let h = Harness::start().await;
+    // Past its `exp` already, but within the verifier's leeway: accepted, closing in ~1 s.
+    let exp = connect_core::now_ms() / 1000 + 1 - connect_core::auth::LEEWAY_SECS;
+    let mut carol = h.connect_with(&h.tokens.mint_until("carol", exp)).await;
+    let said = next_frame(&mut carol).await;
+    assert_eq!(said["type"], "error");
+    assert_eq!(said["code"], "unauthorized");
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), carol.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let closed = closed.expect("a close code");
+    assert_eq!(u16::from(closed.code), 1008, "policy: {closed:?}");
+}
