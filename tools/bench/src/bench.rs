@@ -21,6 +21,7 @@ mod idle;
 mod inbox;
 mod presence;
 mod push;
+mod storm;
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,9 @@ enum What {
     /// One user watched by many connections comes online and goes offline: time until the
     /// last watcher knows.
     Presence(presence::PresenceRun),
+    /// N devices with a message waiting connect at once (a gateway died): until every backlog
+    /// is in, and the stack's CPU.
+    Storm(storm::StormRun),
     /// The chat table's writes alone (messaging's store phase): one batch's latency, and the
     /// ceiling in items/s.
     Dynamo(dynamo::DynamoRun),
@@ -632,5 +636,6 @@ async fn main() -> anyhow::Result<()> {
         What::Push(run) => push::run(&issuer, run).await,
         What::Presence(run) => presence::run(&issuer, run).await,
         What::Dynamo(run) => dynamo::run(run).await,
+        What::Storm(run) => storm::run(&issuer, run).await,
     }
 }
