@@ -2,7 +2,8 @@
 //! (`EVENT_SOURCE_KIND=kafka`, the default) or on a DynamoDB stream (`dynamodb`, see
 //! [`stream`]). In Kafka mode it reads a topic as a member of its consumer group (`EVENT_GROUP_ID`), turns each
 //! batch into the MSK event JSON AWS sends (records keyed `topic-partition`, key and value
-//! base64), and invokes the function through the Lambda Invoke API
+//! base64), and invokes the function through the Lambda Invoke API, one invocation per
+//! partition of the batch side by side (as MSK's trigger runs partitions concurrently)
 //! (`POST {LAMBDA_ENDPOINT}/2015-03-31/functions/{name}/invocations`, which `cargo lambda watch`
 //! serves locally). Offsets are committed only after the function succeeded; a failed
 //! invocation is retried with backoff, as the MSK trigger does.
@@ -168,14 +169,18 @@ async fn run_kafka(invoker: Invoker, function: &str) -> anyhow::Result<()> {
         }
         let (records, next_offsets) = batch.into_items();
         let n = records.len();
-        let mut event: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        // One invocation per partition, side by side, as the MSK trigger runs a topic's
+        // partitions concurrently (each partition's records in order, in one event).
+        let mut partitions: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for (key, value) in records {
-            event.entry(key).or_default().push(value);
+            partitions.entry(key).or_default().push(value);
         }
-        let result = invoker
-            .invoke_until_ok(event_json(&kafka.brokers, &event))
-            .await;
-        info!(records = n, %result, "invoked");
+        let invocations = partitions.into_iter().map(|(key, values)| {
+            let event = event_json(&kafka.brokers, &BTreeMap::from([(key, values)]));
+            invoker.invoke_until_ok(event)
+        });
+        let results = futures_util::future::join_all(invocations).await;
+        info!(records = n, invocations = results.len(), results = ?results, "invoked");
         consumer.commit(&next_offsets);
     }
     consumer.close().await;

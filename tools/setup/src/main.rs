@@ -107,7 +107,7 @@ async fn setup() -> anyhow::Result<()> {
     let topics = Topics::from_env();
     let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
     let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
-    let connected: i32 = env::var("USER_CONNECTED_PARTITIONS", 1)?;
+    let connected: i32 = env::var("USER_CONNECTED_PARTITIONS", 8)?;
     let push: i32 = env::var("PUSH_PARTITIONS", 4)?;
     let presence: i32 = env::var("PRESENCE_PARTITIONS", 8)?;
     let replication: i32 = env::var("KAFKA_REPLICATION_FACTOR", 1)?;
