@@ -213,28 +213,38 @@ impl KafkaConfig {
 
     fn producer_watched(&self, watch: Arc<BrokerWatch>) -> KafkaResult<Producer> {
         use rdkafka::producer::Producer as _;
-        let producer: Producer = self
-            .producer()
-            .set("statistics.interval.ms", self.broker_check_ms.to_string())
-            .create_with_context(WatchedContext {
-                watch: watch.clone(),
-            })?;
-        watch.attach(producer.client().native_client());
-        Ok(producer)
+        self.watched(self.producer(), watch, |p: &Producer| {
+            p.client().native_client()
+        })
     }
 
     /// A consumer ([`Self::consumer`]'s settings, in `group`), watched.
     pub fn create_consumer(&self, group: &str) -> KafkaResult<WatchedConsumer> {
         use rdkafka::consumer::Consumer as _;
         let watch = Arc::new(BrokerWatch::new(group, &self.brokers));
-        let consumer: WatchedConsumer = self
-            .consumer(group)
+        self.watched(self.consumer(group), watch, |c: &WatchedConsumer| {
+            c.client().native_client()
+        })
+    }
+
+    /// A client of `config` whose statistics (every `broker_check_ms`) go to `watch`, which
+    /// gets the client's handle (`native`) once it is built.
+    fn watched<T>(
+        &self,
+        mut config: rdkafka::ClientConfig,
+        watch: Arc<BrokerWatch>,
+        native: impl Fn(&T) -> &NativeClient,
+    ) -> KafkaResult<T>
+    where
+        T: rdkafka::config::FromClientConfigAndContext<WatchedContext>,
+    {
+        let client: T = config
             .set("statistics.interval.ms", self.broker_check_ms.to_string())
             .create_with_context(WatchedContext {
                 watch: watch.clone(),
             })?;
-        watch.attach(consumer.client().native_client());
-        Ok(consumer)
+        watch.attach(native(&client));
+        Ok(client)
     }
 }
 
