@@ -21,6 +21,7 @@ mod idle;
 mod inbox;
 mod presence;
 mod push;
+mod step;
 mod storm;
 
 use std::time::{Duration, Instant};
@@ -85,6 +86,8 @@ enum What {
     /// N devices with a message waiting connect at once (a gateway died): until every backlog
     /// is in, and the stack's CPU.
     Storm(storm::StormRun),
+    /// Messaging's step alone over the memory ports (instructions per message under callgrind).
+    Step(step::StepRun),
     /// The chat table's writes alone (messaging's store phase): one batch's latency, and the
     /// ceiling in items/s.
     Dynamo(dynamo::DynamoRun),
@@ -637,5 +640,6 @@ async fn main() -> anyhow::Result<()> {
         What::Presence(run) => presence::run(&issuer, run).await,
         What::Dynamo(run) => dynamo::run(run).await,
         What::Storm(run) => storm::run(&issuer, run).await,
+        What::Step(run) => step::run(run).await,
     }
 }
