@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use connect_core::model::StoredMessage;
 use connect_core::ports::{put_side_by_side, ChatStore, InboxIndex, InboxWrite};
@@ -12,8 +11,6 @@ use connect_core::PortError;
 
 use crate::item::to_item;
 use crate::unavailable;
-
-use crate::BATCH;
 
 #[derive(Clone)]
 pub struct DynamoChatStore {
@@ -44,27 +41,24 @@ impl DynamoChatStore {
         self
     }
 
-    async fn write_chunk(&self, chunk: &[StoredMessage]) -> Result<(), PortError> {
-        crate::batch_put(
-            &self.client,
-            &self.table,
-            chunk.iter().map(to_item).collect(),
-        )
-        .await
+    /// The messages as (table, item), for [`crate::put_items`].
+    fn items<'a>(
+        &'a self,
+        messages: &'a [StoredMessage],
+    ) -> impl Iterator<Item = (&'a str, crate::Item)> + 'a {
+        messages.iter().map(|m| (self.table.as_str(), to_item(m)))
     }
 }
 
 #[async_trait]
 impl ChatStore for DynamoChatStore {
     async fn put_batch(&self, messages: &[StoredMessage]) -> Result<(), PortError> {
-        let writes: Vec<_> = messages
-            .chunks(BATCH)
-            .map(|chunk| self.write_chunk(chunk))
-            .collect();
-        stream::iter(writes)
-            .buffer_unordered(self.concurrency)
-            .try_collect::<()>()
-            .await
+        crate::put_items(
+            &self.client,
+            self.items(messages).collect(),
+            self.concurrency,
+        )
+        .await
     }
 
     async fn put_with_inbox(
@@ -76,11 +70,7 @@ impl ChatStore for DynamoChatStore {
         let Some(inbox) = &self.inbox else {
             return put_side_by_side(self, messages, write, index).await;
         };
-        let items = messages
-            .iter()
-            .map(|m| (self.table.as_str(), to_item(m)))
-            .chain(inbox.items(write))
-            .collect();
+        let items = self.items(messages).chain(inbox.items(write)).collect();
         crate::put_items(&self.client, items, self.concurrency).await
     }
 

@@ -124,7 +124,7 @@ pub(crate) async fn batch_put_tables(
     )))
 }
 
-type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+pub(crate) type Item = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
 
 /// Puts every (table, item): [`BATCH`] per BatchWriteItem whatever their tables, `concurrency`
 /// calls at once.
