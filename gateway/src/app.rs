@@ -159,8 +159,7 @@ impl Application {
         // A producer with a fatal error never delivers again: every send would be answered
         // `unavailable` for good. The gateway drains and stops (non-zero) instead, so that its
         // clients reconnect to the others and the orchestrator starts a fresh task.
-        let fatal = Arc::new(std::sync::OnceLock::new());
-        let noted = fatal.clone();
+        let watch = producer_watch.clone();
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -169,9 +168,7 @@ impl Application {
             tokio::select! {
                 () = signal => {},
                 () = stopper.stopped() => {},
-                reason = producer_watch.fatal() => {
-                    let _ = noted.set(reason);
-                }
+                _ = watch.fatal() => {},
             }
             stopper.stop();
         })
@@ -189,7 +186,7 @@ impl Application {
             tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
                 .await;
         info!("gateway stopped");
-        match fatal.get() {
+        match producer_watch.failed() {
             Some(reason) => {
                 anyhow::bail!("stopped: the Kafka producer hit a fatal error: {reason}")
             }

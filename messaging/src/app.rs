@@ -243,7 +243,6 @@ impl Application {
             cfg.fault_pause_before_commit,
             stop_rx,
         ));
-        let mut fatal = None;
         let worked = tokio::select! {
             () = shutdown => {
                 info!("stopping: finishing the batch in hand, then committing");
@@ -253,8 +252,7 @@ impl Application {
             // A producer with a fatal error never delivers again: the batch in flight would be
             // retried for good. Stop (non-zero) so that the partitions move to another process
             // and the orchestrator starts a fresh one; what was not committed is replayed.
-            reason = producer_watch.fatal() => {
-                fatal = Some(reason);
+            _ = producer_watch.fatal() => {
                 stop_tx.send_replace(true);
                 work.abort();
                 work.await
@@ -274,7 +272,7 @@ impl Application {
             tokio::task::spawn_blocking(move || producer.flush(std::time::Duration::from_secs(5)))
                 .await;
         info!("messaging stopped");
-        if let Some(reason) = fatal {
+        if let Some(reason) = producer_watch.failed() {
             anyhow::bail!("stopped: the Kafka producer hit a fatal error: {reason}");
         }
         worked

@@ -105,6 +105,11 @@ impl BrokerWatch {
         reason.unwrap_or_default()
     }
 
+    /// The client's fatal error, if it has had one (without waiting).
+    pub fn failed(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
     /// Notes an error librdkafka reported for the whole client; a fatal one (the client says
     /// so: `rd_kafka_fatal_error`) is kept.
     pub fn error(&self, error: &KafkaError, reason: &str) {
@@ -329,6 +334,7 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "no fatal error yet");
+        assert_eq!(watch.failed(), None);
         let reason = std::ffi::CString::new("a test of the fatal path").unwrap();
         use rdkafka::producer::Producer as _;
         // SAFETY: the producer is alive; the reason outlives the call.
@@ -344,5 +350,6 @@ mod tests {
             .expect("the fatal error is reported")
             .unwrap();
         assert!(reason.contains("a test of the fatal path"), "{reason}");
+        assert_eq!(watch.failed(), Some(reason));
     }
 }
