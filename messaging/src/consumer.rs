@@ -202,6 +202,7 @@ async fn publish_and_commit<S: Source>(
     counter!("connect_messaging_typing_total", "result" => "sent").increment(report.typing as u64);
     counter!("connect_messaging_typing_total", "result" => "dropped")
         .increment(report.typing_dropped as u64);
+    counter!("connect_messaging_seq_conflicts_total").increment(report.seq_conflicts as u64);
     counter!("connect_messaging_lookup_retries_total").increment(report.lookup_retries as u64);
     counter!("connect_messaging_forwarded_total").increment(report.forwarded as u64);
     counter!("connect_messaging_relayed_total").increment(report.relayed as u64);

@@ -15,7 +15,7 @@ use crate::model::{
 };
 use crate::ports::{
     ChatStore, ConnectionEvents, ConnectionPusher, ConversationLog, DedupeIndex, DeliveryBus,
-    HistoryStore, PendingPublish, Ports, PushError, SequenceAllocator, SessionRegistry,
+    HistoryStore, PendingPublish, Ports, PushError, Reserved, SequenceAllocator, SessionRegistry,
 };
 use crate::PortError;
 
@@ -28,6 +28,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Memory {
     pub sessions: Mutex<HashMap<UserId, Vec<SessionRoute>>>,
     pub seqs: Mutex<HashMap<ConversationId, u64>>,
+    /// The highest seq each conversation gave back ([`Reserved::reused_to`]).
+    pub given_back: Mutex<HashMap<ConversationId, u64>>,
     pub messages: Mutex<HashMap<(String, u64), StoredMessage>>,
     pub accepted: Mutex<HashMap<DedupeKey, Acceptance>>,
     pub published: Mutex<Vec<Delivery>>,
@@ -189,9 +191,13 @@ impl SessionRegistry for Memory {
 
 #[async_trait]
 impl SequenceAllocator for Memory {
-    async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>> {
+    async fn allocate(
+        &self,
+        requests: &[(ConversationId, u64)],
+    ) -> Vec<Result<Reserved, PortError>> {
         let homes = lock(&self.homed_elsewhere);
         let mut map = lock(&self.seqs);
+        let given = lock(&self.given_back);
         requests
             .iter()
             .map(|(c, n)| {
@@ -203,7 +209,10 @@ impl SequenceAllocator for Memory {
                 }
                 let last = map.entry(c.clone()).or_insert(0);
                 *last += n;
-                Ok(*last - n + 1)
+                Ok(Reserved {
+                    first: *last - n + 1,
+                    reused_to: given.get(c).copied().unwrap_or(0),
+                })
             })
             .collect()
     }
@@ -218,6 +227,9 @@ impl SequenceAllocator for Memory {
         match map.get_mut(conversation) {
             Some(at) if *at == last => {
                 *at = from - 1;
+                let mut mark = lock(&self.given_back);
+                let to = mark.entry(conversation.clone()).or_insert(0);
+                *to = (*to).max(last);
                 Ok(true)
             }
             _ => Ok(false),
@@ -283,6 +295,16 @@ impl DedupeIndex for Memory {
                 }
             })
             .collect())
+    }
+
+    async fn forget(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError> {
+        let mut map = lock(&self.accepted);
+        for (key, acceptance) in entries {
+            if map.get(key) == Some(acceptance) {
+                map.remove(key);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -72,6 +72,8 @@ pub struct StepReport {
     pub typing: usize,
     /// `typing` signals dropped: too old, a group too large, a backend down.
     pub typing_dropped: usize,
+    /// Fresh messages whose reused seq was found taken (not written; answered `unavailable`).
+    pub seq_conflicts: usize,
     /// Where the batch's time went.
     pub phases: Phases,
 }
@@ -131,6 +133,7 @@ impl StepReport {
         self.marker_retries += other.marker_retries;
         self.typing += other.typing;
         self.typing_dropped += other.typing_dropped;
+        self.seq_conflicts += other.seq_conflicts;
         self.phases.add(&other.phases);
     }
 }

@@ -139,20 +139,53 @@ pub trait SessionRegistry: Send + Sync {
     ) -> Result<Vec<Vec<crate::model::SessionRoute>>, PortError>;
 }
 
+/// A range of seqs reserved for one conversation: `first` and on, as many as were asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    pub first: u64,
+    /// The highest seq of the conversation ever given back ([`SequenceAllocator::give_back`]);
+    /// 0: none. Seqs at or below it were reserved before, so a write of one must not replace a
+    /// message stored under it (the chat table's guard against a reuse).
+    pub reused_to: u64,
+}
+
+impl Reserved {
+    /// A range of seqs never reserved before.
+    pub fn fresh(first: u64) -> Self {
+        Self {
+            first,
+            reused_to: 0,
+        }
+    }
+
+    /// Whether `seq` was reserved before (written only where nothing is stored).
+    pub fn reused(&self, seq: u64) -> bool {
+        seq <= self.reused_to
+    }
+}
+
 /// Per-conversation sequence numbers (DynamoDB sequence table).
 #[async_trait]
 pub trait SequenceAllocator: Send + Sync {
-    /// Reserves `count` consecutive seqs for each conversation; returns the first of each range
-    /// (same order as `requests`). One atomic add per conversation.
-    async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>>;
+    /// Reserves `count` consecutive seqs for each conversation; returns each range (same order
+    /// as `requests`). One atomic add per conversation.
+    async fn allocate(
+        &self,
+        requests: &[(ConversationId, u64)],
+    ) -> Vec<Result<Reserved, PortError>>;
     /// Returns the unused seqs `from..=last` of a reservation, only if nothing was allocated
-    /// after `last` (the next allocation then starts at `from`); `Ok(false)` otherwise.
+    /// after `last` (the next allocation then starts at `from`, with
+    /// [`Reserved::reused_to`] at least `last`); `Ok(false)` otherwise.
     async fn give_back(
         &self,
         conversation: &ConversationId,
         from: u64,
         last: u64,
     ) -> Result<bool, PortError>;
+    /// Forgets what this allocator holds of `conversation` without giving it back (a seq of
+    /// it was found taken: its remainder becomes a gap). Nothing for an allocator that holds
+    /// nothing.
+    fn abandon(&self, _conversation: &ConversationId) {}
 }
 
 /// The chat table: messages by (conversation, seq).
@@ -213,6 +246,10 @@ pub trait DedupeIndex: Send + Sync {
         &self,
         entries: &[(DedupeKey, Acceptance)],
     ) -> Result<Vec<Option<Acceptance>>, PortError>;
+    /// Forgets each key that still holds the given acceptance (one whose seq turned out taken
+    /// by another message before it was stored): a retry of that send is then sequenced anew.
+    /// One round trip.
+    async fn forget(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError>;
 }
 
 /// The offline state (Redis, region-local): each conversation's recent messages once, a user's

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use connect_protocol::ConversationId;
 
-use crate::ports::SequenceAllocator;
+use crate::ports::{Reserved, SequenceAllocator};
 use crate::PortError;
 
 /// A block used up within this long makes the next one twice as large.
@@ -36,6 +36,8 @@ struct Block {
     /// Seqs reserved beyond what was asked for, next time.
     ahead: u64,
     reserved_at: Instant,
+    /// [`Reserved::reused_to`] of the reservations the block holds.
+    reused_to: u64,
 }
 
 impl Block {
@@ -57,7 +59,8 @@ pub struct SequenceBlocks {
 /// block); otherwise (someone else allocated meanwhile) the rest is skipped.
 struct Shortfall {
     index: usize,
-    held: Option<(u64, u64)>,
+    /// The old block's rest: `from..=last`, reused up to.
+    held: Option<(u64, u64, u64)>,
     ahead: u64,
 }
 
@@ -126,9 +129,12 @@ impl SequenceBlocks {
 
 #[async_trait]
 impl SequenceAllocator for SequenceBlocks {
-    async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>> {
+    async fn allocate(
+        &self,
+        requests: &[(ConversationId, u64)],
+    ) -> Vec<Result<Reserved, PortError>> {
         let now = Instant::now();
-        let mut out: Vec<Option<Result<u64, PortError>>> = vec![None; requests.len()];
+        let mut out: Vec<Option<Result<Reserved, PortError>>> = vec![None; requests.len()];
         let mut short: Vec<Shortfall> = Vec::new();
         {
             let mut blocks = self.lock();
@@ -146,7 +152,10 @@ impl SequenceAllocator for SequenceBlocks {
                 let full = blocks.len() >= self.max_conversations;
                 match blocks.get_mut(c) {
                     Some(b) if b.left() >= *n => {
-                        out[i] = Some(Ok(b.next));
+                        out[i] = Some(Ok(Reserved {
+                            first: b.next,
+                            reused_to: b.reused_to,
+                        }));
                         b.next += n;
                     }
                     old => {
@@ -154,7 +163,9 @@ impl SequenceAllocator for SequenceBlocks {
                             None if full => 0,
                             old => self.next_ahead(old, now),
                         };
-                        let held = old.filter(|b| b.left() > 0).map(|b| (b.next, b.last));
+                        let held = old
+                            .filter(|b| b.left() > 0)
+                            .map(|b| (b.next, b.last, b.reused_to));
                         short.push(Shortfall {
                             index: i,
                             held,
@@ -175,21 +186,25 @@ impl SequenceAllocator for SequenceBlocks {
         let mut blocks = self.lock();
         for (s, result) in short.into_iter().zip(got) {
             let (conversation, n) = &requests[s.index];
-            out[s.index] = Some(result.map(|first| {
+            out[s.index] = Some(result.map(|got| {
+                let first = got.first;
                 let last = first + n + s.ahead - 1;
-                let start = match s.held {
-                    Some((from, held_last)) if held_last + 1 == first => from,
-                    Some((from, held_last)) => {
-                        warn!(%conversation, from, held_last, "seqs skipped: allocated elsewhere meanwhile");
-                        first
+                let (start, reused_to) = match s.held {
+                    Some((from, held_last, held_reused)) if held_last + 1 == first => {
+                        (from, held_reused.max(got.reused_to))
                     }
-                    None => first,
+                    Some((from, held_last, _)) => {
+                        warn!(%conversation, from, held_last, "seqs skipped: allocated elsewhere meanwhile");
+                        (first, got.reused_to)
+                    }
+                    None => (first, got.reused_to),
                 };
                 let block = Block {
                     next: start + n,
                     last,
                     ahead: s.ahead,
                     reserved_at: now,
+                    reused_to,
                 };
                 // Kept while there is room, to size the next block; always kept while it holds
                 // seqs.
@@ -197,7 +212,10 @@ impl SequenceAllocator for SequenceBlocks {
                 if block.left() > 0 || room {
                     blocks.insert(conversation.clone(), block);
                 }
-                start
+                Reserved {
+                    first: start,
+                    reused_to,
+                }
             }));
         }
         out.into_iter().map(|r| r.expect("answered")).collect()
@@ -210,6 +228,13 @@ impl SequenceAllocator for SequenceBlocks {
         last: u64,
     ) -> Result<bool, PortError> {
         self.inner.give_back(conversation, from, last).await
+    }
+
+    fn abandon(&self, conversation: &ConversationId) {
+        if let Some(b) = self.lock().remove(conversation) {
+            warn!(%conversation, from = b.next, to = b.last, "a reserved seq was taken: the block's rest is abandoned (a gap)");
+        }
+        self.inner.abandon(conversation);
     }
 }
 

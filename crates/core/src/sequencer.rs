@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use connect_protocol::ConversationId;
 
-use crate::ports::SequenceAllocator;
+use crate::ports::{Reserved, SequenceAllocator};
 use crate::PortError;
 
 /// Requests per call at most.
@@ -90,10 +90,10 @@ pub async fn allocate(
             None => merged.push((c.clone(), *n)),
         }
     }
-    let firsts: Vec<Result<u64, PortError>> = allocator.allocate(&merged).await;
-    let mut next: Vec<Result<u64, String>> = firsts
+    let reserved: Vec<Result<Reserved, PortError>> = allocator.allocate(&merged).await;
+    let mut next: Vec<Result<u64, String>> = reserved
         .into_iter()
-        .map(|r| r.map_err(|e| e.to_string()))
+        .map(|r| r.map(|r| r.first).map_err(|e| e.to_string()))
         .collect();
     for (i, c, n) in valid {
         let at = merged.iter().position(|(m, _)| *m == c).unwrap_or(0);

@@ -1,6 +1,8 @@
 //! The sequence table: `conversation` → `seq` (last allocated), `home` (region that owns the
-//! sequence) and `epoch` (bumped when the home moves). Only the home region allocates; unused
-//! seqs of a reservation go back only while nothing was allocated after them.
+//! sequence), `epoch` (bumped when the home moves) and `given` (the highest seq ever given back).
+//! Only the home region allocates; unused seqs of a reservation go back only while nothing was
+//! allocated after them, and every later reservation learns from `given` which of its seqs were
+//! reserved before ([`Reserved::reused_to`]).
 //!
 //! Failover ([`DynamoSequences::move_homes`]) moves every conversation homed in one region to
 //! another and bumps its epoch; the new home continues from [`epoch_base`] of the new epoch, past
@@ -12,7 +14,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use aws_sdk_dynamodb::Client;
 use futures_util::stream::{self, StreamExt};
 
-use connect_core::ports::SequenceAllocator;
+use connect_core::ports::{Reserved, SequenceAllocator};
 use connect_core::PortError;
 use connect_protocol::ConversationId;
 
@@ -47,7 +49,7 @@ impl DynamoSequences {
         &self,
         conversation: &ConversationId,
         count: u64,
-    ) -> Result<u64, PortError> {
+    ) -> Result<Reserved, PortError> {
         crate::requested("UpdateItem");
         let result = self
             .client
@@ -62,20 +64,25 @@ impl DynamoSequences {
             .expression_attribute_values(":region", AttributeValue::S(self.region.clone()))
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .expression_attribute_values(":n", AttributeValue::N(count.to_string()))
-            .return_values(ReturnValue::UpdatedNew)
+            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(out) => {
-                let last: u64 = out
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get("seq"))
-                    .and_then(|v| v.as_n().ok())
-                    .and_then(|n| n.parse().ok())
+                let number = |name: &str| -> Option<u64> {
+                    out.attributes
+                        .as_ref()
+                        .and_then(|a| a.get(name))
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|n| n.parse().ok())
+                };
+                let last = number("seq")
                     .ok_or_else(|| PortError::rejected("dynamodb", "UpdateItem returned no seq"))?;
-                Ok(last + 1 - count)
+                Ok(Reserved {
+                    first: last + 1 - count,
+                    reused_to: number("given").unwrap_or(0),
+                })
             }
             Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
                 if e.err().is_conditional_check_failed_exception() =>
@@ -216,7 +223,10 @@ pub fn epoch_base(epoch: u64) -> u64 {
 
 #[async_trait]
 impl SequenceAllocator for DynamoSequences {
-    async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>> {
+    async fn allocate(
+        &self,
+        requests: &[(ConversationId, u64)],
+    ) -> Vec<Result<Reserved, PortError>> {
         let calls: Vec<_> = requests
             .iter()
             .map(|(c, n)| self.allocate_one(c, *n))
@@ -233,21 +243,36 @@ impl SequenceAllocator for DynamoSequences {
         from: u64,
         last: u64,
     ) -> Result<bool, PortError> {
-        crate::requested("UpdateItem");
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("conversation", AttributeValue::S(conversation.to_string()))
-            .update_expression("SET #seq = :kept")
-            .condition_expression("#seq = :last AND #home = :region")
-            .expression_attribute_names("#seq", "seq")
-            .expression_attribute_names("#home", "home")
-            .expression_attribute_values(":kept", AttributeValue::N((from - 1).to_string()))
-            .expression_attribute_values(":last", AttributeValue::N(last.to_string()))
-            .expression_attribute_values(":region", AttributeValue::S(self.region.clone()))
-            .send()
-            .await;
-        crate::written(result)
+        // `given` only grows: raised to `last` where it is lower, else left (a second write,
+        // under the same condition on `seq`).
+        for raise in [true, false] {
+            crate::requested("UpdateItem");
+            let mut update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("conversation", AttributeValue::S(conversation.to_string()))
+                .expression_attribute_names("#seq", "seq")
+                .expression_attribute_names("#home", "home")
+                .expression_attribute_values(":kept", AttributeValue::N((from - 1).to_string()))
+                .expression_attribute_values(":last", AttributeValue::N(last.to_string()))
+                .expression_attribute_values(":region", AttributeValue::S(self.region.clone()));
+            update = if raise {
+                update
+                    .update_expression("SET #seq = :kept, #given = :last")
+                    .condition_expression(
+                        "#seq = :last AND #home = :region AND (attribute_not_exists(#given) OR #given < :last)",
+                    )
+                    .expression_attribute_names("#given", "given")
+            } else {
+                update
+                    .update_expression("SET #seq = :kept")
+                    .condition_expression("#seq = :last AND #home = :region")
+            };
+            if crate::written(update.send().await)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }

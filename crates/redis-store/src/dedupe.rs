@@ -40,6 +40,20 @@ return before",
     )
 });
 
+/// KEYS: the sender's hash and order list; ARGV: id, acceptance. The id is forgotten only if it
+/// still holds that acceptance.
+static FORGET: std::sync::LazyLock<Lua> = std::sync::LazyLock::new(|| {
+    Lua::new(
+        r"
+if redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('hdel', KEYS[1], ARGV[1])
+  redis.call('lrem', KEYS[2], 1, ARGV[1])
+  return 1
+end
+return 0",
+    )
+});
+
 #[derive(Clone)]
 pub struct RedisDedupe {
     conn: RedisConn,
@@ -136,6 +150,21 @@ impl DedupeIndex for RedisDedupe {
                     .filter(|before| before != acceptance)
             })
             .collect())
+    }
+
+    async fn forget(&self, entries: &[(DedupeKey, Acceptance)]) -> Result<(), PortError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for (k, a) in entries {
+            let sender = k.sender.as_str();
+            let mut cmd = FORGET.call(&[&hash_key(sender), &order_key(sender)]);
+            cmd.arg(k.id.as_str()).arg(encode(a));
+            batch.add_script(&FORGET, cmd);
+        }
+        let _: Vec<u8> = batch.query(&self.conn).await.map_err(unavailable)?;
+        Ok(())
     }
 }
 

@@ -129,3 +129,48 @@ async fn a_server_that_lost_its_scripts_gets_them_again() {
         vec![Some(accepted(1)), Some(accepted(2))]
     );
 }
+
+/// `forget` drops an id only while it holds the acceptance named (one whose seq was found
+/// taken), from both keys; an id remembered since with another acceptance stays.
+#[tokio::test]
+async fn forget_drops_only_the_acceptance_named() {
+    let (conn, dedupe, run) = dedupe().await;
+    let dave = UserId::parse(format!("dave_{run}")).unwrap();
+    let entries: Vec<_> = (0..3)
+        .map(|i| (key(&dave, i), accepted(i as u64 + 1)))
+        .collect();
+    dedupe.remember(&entries).await.unwrap();
+    dedupe
+        .forget(&[(key(&dave, 0), accepted(1)), (key(&dave, 1), accepted(99))])
+        .await
+        .unwrap();
+    assert_eq!(
+        dedupe
+            .get(&[key(&dave, 0), key(&dave, 1), key(&dave, 2)])
+            .await
+            .unwrap(),
+        vec![None, Some(accepted(2)), Some(accepted(3))]
+    );
+    // Remembered anew, it is a new id again.
+    assert_eq!(
+        dedupe
+            .remember(&[(key(&dave, 0), accepted(7))])
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    if let connect_redis::RedisConn::Single(mut c) = conn {
+        let order: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("dedupe:{{{dave}}}:order"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(
+            order,
+            vec!["m-1", "m-2", "m-0"],
+            "the order lists each id once"
+        );
+    }
+}

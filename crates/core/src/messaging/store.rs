@@ -10,9 +10,20 @@ use connect_protocol::{ConversationId, GroupId};
 
 use super::{Accepted, Failure, MessagingStep, Outcome};
 use crate::model::{Acceptance, DedupeKey, StoredMessage, Submission};
+use crate::ports::Reserved;
 use crate::PortError;
 
 const STORE_DOWN: &str = "storage unavailable; retry with the same id";
+
+/// What [`MessagingStep::persist`] made of one message.
+enum Persisted {
+    /// Remembered and written here.
+    Ours,
+    /// Another process remembered the same send first, with this acceptance.
+    Taken(Acceptance),
+    /// Its seq (a reused one) holds another message: not written, its acceptance forgotten.
+    Conflict,
+}
 
 /// What became of a fresh submission.
 enum Stored {
@@ -119,32 +130,35 @@ impl MessagingStep {
             });
             order[i].1 += 1;
         }
-        let mut next: Vec<Result<u64, PortError>> = self.ports.sequences.allocate(&order).await;
+        let mut next: Vec<Result<Reserved, PortError>> =
+            self.ports.sequences.allocate(&order).await;
         for (e, (conversation, _)) in next.iter().zip(&order) {
             if let Err(e) = e {
                 warn!(cause = %e, %conversation, "sequence allocation failed");
             }
         }
-        let mut messages: Vec<Result<StoredMessage, PortError>> = fresh
-            .iter()
-            .map(|sub| match &mut next[slot_of[&sub.conversation]] {
-                Ok(seq) => {
+        let mut messages: Vec<Result<StoredMessage, PortError>> = Vec::with_capacity(fresh.len());
+        let mut to_store: Vec<(StoredMessage, bool)> = Vec::with_capacity(fresh.len());
+        for sub in fresh {
+            match &mut next[slot_of[&sub.conversation]] {
+                Ok(reserved) => {
                     let acceptance = Acceptance {
                         conversation: sub.conversation.clone(),
-                        seq: *seq,
+                        seq: reserved.first,
                         ts: now_ms,
                         mv: out.audience.get(&sub.dedupe_key()).and_then(|a| a.mv),
                     };
-                    *seq += 1;
-                    Ok(message_of(sub, &acceptance))
+                    let message = message_of(sub, &acceptance);
+                    to_store.push((message.clone(), reserved.reused(reserved.first)));
+                    messages.push(Ok(message));
+                    reserved.first += 1;
                 }
-                Err(e) => Err(e.clone()),
-            })
-            .collect();
+                Err(e) => messages.push(Err(e.clone())),
+            }
+        }
 
-        let to_store: Vec<StoredMessage> = messages.iter().flatten().cloned().collect();
-        let mut taken = match self.persist(&to_store).await {
-            Ok(taken) => taken.into_iter(),
+        let mut persisted = match self.persist(&to_store).await {
+            Ok(persisted) => persisted.into_iter(),
             Err(e) => {
                 warn!(cause = %e, count = to_store.len(), "storing the batch failed; answering unavailable");
                 for m in messages.iter_mut().filter(|m| m.is_ok()) {
@@ -163,9 +177,19 @@ impl MessagingStep {
                     continue;
                 }
             };
-            if let Some(Some(first)) = taken.next() {
-                outcomes.push(Stored::Taken(first));
-                continue;
+            match persisted.next() {
+                Some(Persisted::Taken(first)) => {
+                    outcomes.push(Stored::Taken(first));
+                    continue;
+                }
+                Some(Persisted::Conflict) => {
+                    out.report.seq_conflicts += 1;
+                    let e = PortError::unavailable("chat", "its seq was found taken");
+                    out.fail(sub, Failure::Backend(e.clone(), STORE_DOWN));
+                    outcomes.push(Stored::Failed(e));
+                    continue;
+                }
+                Some(Persisted::Ours) | None => {}
             }
             if m.event.is_none() {
                 let sent = out
@@ -190,16 +214,22 @@ impl MessagingStep {
     /// acceptance). A failed write keeps the acceptances: part of the batch may have landed,
     /// and a retry of any of its messages must answer the seq it was given and write only
     /// what is missing (never a second copy).
+    ///
+    /// A message whose seq was reserved before (`true` beside it: given back once, see
+    /// [`Reserved::reused_to`]) is written only where nothing is stored. Where something is,
+    /// the seq was taken (a reuse the allocator should never make): the stored message stays,
+    /// the send's acceptance is forgotten (its retry is sequenced anew), the conversation's
+    /// reserved seqs are abandoned, and it is returned as a conflict.
     async fn persist(
         &self,
-        messages: &[StoredMessage],
-    ) -> Result<Vec<Option<Acceptance>>, PortError> {
+        messages: &[(StoredMessage, bool)],
+    ) -> Result<Vec<Persisted>, PortError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
         let entries: Vec<_> = messages
             .iter()
-            .map(|m| {
+            .map(|(m, _)| {
                 let key = DedupeKey {
                     sender: m.from.clone(),
                     id: m.id.clone(),
@@ -214,28 +244,88 @@ impl MessagingStep {
             })
             .collect();
         let taken = self.ports.dedupe.remember(&entries).await?;
-        let ours: Vec<StoredMessage> = messages
-            .iter()
-            .zip(&taken)
-            .filter(|(_, taken)| taken.is_none())
-            .map(|(m, _)| m.clone())
+        let mut persisted: Vec<Persisted> = taken
+            .into_iter()
+            .map(|t| t.map_or(Persisted::Ours, Persisted::Taken))
             .collect();
-        if ours.len() < messages.len() {
+        let others = persisted.iter().filter(|p| !matches!(p, Persisted::Ours));
+        let count = others.count();
+        if count > 0 {
             warn!(
-                count = messages.len() - ours.len(),
+                count,
                 "sends remembered first by another process (a partition moving); answering them as repeats"
             );
         }
-        let messages = &ours[..];
+        // Reused seqs first, each written only where nothing is stored.
+        let guarded: Vec<usize> = (0..messages.len())
+            .filter(|&i| messages[i].1 && matches!(persisted[i], Persisted::Ours))
+            .collect();
+        if !guarded.is_empty() {
+            let written = join_all(
+                guarded
+                    .iter()
+                    .map(|&i| self.ports.chat.put_if_absent(&messages[i].0)),
+            )
+            .await;
+            let mut conflicts = Vec::new();
+            let mut failed = None;
+            for (&i, written) in guarded.iter().zip(written) {
+                match written {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        persisted[i] = Persisted::Conflict;
+                        conflicts.push(entries[i].clone());
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            self.abandon_taken(&conflicts).await;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        let ours: Vec<StoredMessage> = messages
+            .iter()
+            .zip(&persisted)
+            .filter(|((_, reused), p)| matches!(p, Persisted::Ours) && !*reused)
+            .map(|((m, _), _)| m.clone())
+            .collect();
         // The inbox's writes alongside the messages': a failure of either answers
         // `unavailable`, and the retry (a repeat) writes the inbox again (forward only).
-        let inbox = self.inbox_write(messages, false);
+        let written: Vec<StoredMessage> = messages
+            .iter()
+            .zip(&persisted)
+            .filter(|(_, p)| matches!(p, Persisted::Ours))
+            .map(|((m, _), _)| m.clone())
+            .collect();
+        let inbox = self.inbox_write(&written, false);
         self.ports
             .chat
-            .put_with_inbox(messages, &inbox, self.ports.inbox.as_ref())
+            .put_with_inbox(&ours, &inbox, self.ports.inbox.as_ref())
             .await?;
         self.placed.remember(&inbox.places);
-        Ok(taken)
+        Ok(persisted)
+    }
+
+    /// Sends whose seq was found taken by another message: their acceptances are forgotten
+    /// (best effort: one left behind is found void by its retry, see
+    /// [`Self::answer_each_earlier`]) and their conversations' reserved seqs abandoned.
+    async fn abandon_taken(&self, conflicts: &[(DedupeKey, Acceptance)]) {
+        if conflicts.is_empty() {
+            return;
+        }
+        for (key, acceptance) in conflicts {
+            warn!(
+                conversation = %acceptance.conversation,
+                seq = acceptance.seq,
+                sender = %key.sender,
+                "a reused seq was found taken: the stored message stays, the send is answered unavailable"
+            );
+            self.ports.sequences.abandon(&acceptance.conversation);
+        }
+        if let Err(e) = self.ports.dedupe.forget(conflicts).await {
+            warn!(cause = %e, "forgetting the acceptances of taken seqs failed");
+        }
     }
 
     /// The inbox's writes for stored messages: each conversation's head (its newest message
@@ -339,6 +429,18 @@ impl MessagingStep {
         for ((sub, acceptance), found) in earlier.into_iter().zip(found) {
             let same = sub.conversation == acceptance.conversation;
             match found {
+                // The seq holds another message: this acceptance is void (its seq was found
+                // taken and forgetting it failed). Forgotten now; the retry is sequenced anew.
+                Some(stored) if stored.from != sub.sender || stored.id != sub.id => {
+                    self.abandon_taken(&[(sub.dedupe_key(), acceptance)]).await;
+                    out.fail(
+                        &sub,
+                        Failure::Backend(
+                            PortError::unavailable("chat", "its seq was found taken"),
+                            STORE_DOWN,
+                        ),
+                    );
+                }
                 Some(stored) => self.answer(sub, stored, same, view, out).await,
                 None if same => missing.push((message_of(&sub, &acceptance), sub)),
                 // Its own conversation's copy is on its way (a replay writes it): answer only.

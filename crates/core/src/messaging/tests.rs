@@ -214,6 +214,13 @@ impl DedupeIndex for Rival {
     ) -> Result<Vec<Option<Acceptance>>, PortError> {
         self.mem.remember(entries).await
     }
+
+    async fn forget(
+        &self,
+        entries: &[(crate::model::DedupeKey, Acceptance)],
+    ) -> Result<(), PortError> {
+        self.mem.forget(entries).await
+    }
 }
 
 #[tokio::test]
@@ -288,6 +295,125 @@ async fn a_store_failure_answers_unavailable_and_the_retry_gets_the_original_seq
     );
     let accepted = accepted_frames(&mem);
     assert_eq!(accepted[0]["seq"], 1);
+}
+
+/// A conversation whose seqs 4..=8 were given back while seq 4 holds a message: a state the
+/// allocator should never reach (a give-back only returns seqs nobody was handed), made here
+/// to prove the chat table's guard. Returns the conversation and the message at seq 4.
+async fn given_back_over_a_stored_message(mem: &Memory) -> (ConversationId, StoredMessage) {
+    use crate::ports::{ChatStore, SequenceAllocator};
+    let sub = send("alice", "bob", "old", "a0", 0);
+    let c = sub.conversation.clone();
+    assert_eq!(
+        mem.allocate(&[(c.clone(), 8)]).await[0]
+            .clone()
+            .unwrap()
+            .first,
+        1
+    );
+    assert!(mem.give_back(&c, 4, 8).await.unwrap());
+    let old = StoredMessage {
+        conversation: c.clone(),
+        seq: 4,
+        from: user("alice"),
+        id: ClientMsgId::parse("old").unwrap(),
+        body: "stored before".into(),
+        ts: 1,
+        event: None,
+        mv: None,
+        device: None,
+    };
+    mem.put_batch(std::slice::from_ref(&old)).await.unwrap();
+    (c, old)
+}
+
+fn errors_of(mem: &Memory) -> Vec<(String, String)> {
+    mem.take_published()
+        .into_iter()
+        .filter_map(|d| d.reply)
+        .map(|r| frame(&r.frame))
+        .filter(|f| f["type"] == "error")
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap().into(),
+                f["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reused_seq_never_replaces_a_stored_message() {
+    let mem = Arc::new(Memory::default());
+    let step = MessagingStep::new(mem.ports());
+    let (c, old) = given_back_over_a_stored_message(&mem).await;
+    let report = step
+        .process(vec![send("bob", "alice", "m1", "b1", 0)], 2)
+        .await
+        .unwrap();
+    assert_eq!((report.stored, report.seq_conflicts), (0, 1));
+    assert_eq!(errors_of(&mem), vec![("unavailable".into(), "m1".into())]);
+    let at = |seq: u64| {
+        mem.messages
+            .lock()
+            .unwrap()
+            .get(&(c.to_string(), seq))
+            .cloned()
+    };
+    assert_eq!(at(4), Some(old.clone()), "the stored message stays");
+    // The retry (same id) is sequenced anew, on a seq nobody holds.
+    step.process(vec![send("bob", "alice", "m1", "b1", 0)], 3)
+        .await
+        .unwrap();
+    let accepted = accepted_frames(&mem);
+    assert_eq!(accepted.len(), 1);
+    assert_eq!(accepted[0]["seq"], 5);
+    assert_eq!(at(5).map(|m| m.id.to_string()), Some("m1".into()));
+    assert_eq!(at(4), Some(old));
+}
+
+#[tokio::test]
+async fn an_acceptance_whose_seq_holds_another_message_is_void() {
+    let mem = Arc::new(Memory::default());
+    let step = MessagingStep::new(mem.ports());
+    let (c, old) = given_back_over_a_stored_message(&mem).await;
+    // What a failed forget leaves: m1 remembered under seq 4 (allocated to it), which holds
+    // `old`.
+    use crate::ports::SequenceAllocator;
+    assert_eq!(
+        mem.allocate(&[(c.clone(), 1)]).await[0]
+            .clone()
+            .unwrap()
+            .first,
+        4
+    );
+    let sub = send("bob", "alice", "m1", "b1", 0);
+    let acceptance = Acceptance {
+        conversation: c.clone(),
+        seq: 4,
+        ts: 2,
+        mv: None,
+    };
+    mem.remember(&[(sub.dedupe_key(), acceptance)])
+        .await
+        .unwrap();
+    step.process(vec![sub.clone()], 3).await.unwrap();
+    assert_eq!(
+        errors_of(&mem),
+        vec![("unavailable".into(), "m1".into())],
+        "never answered with another's seq"
+    );
+    step.process(vec![sub], 4).await.unwrap();
+    let accepted = accepted_frames(&mem);
+    assert_eq!(accepted[0]["seq"], 5);
+    let at = |seq: u64| {
+        mem.messages
+            .lock()
+            .unwrap()
+            .get(&(c.to_string(), seq))
+            .cloned()
+    };
+    assert_eq!(at(4), Some(old));
 }
 
 fn accepted_frames(mem: &Memory) -> Vec<serde_json::Value> {

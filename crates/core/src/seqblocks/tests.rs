@@ -12,7 +12,10 @@ struct Counted {
 
 #[async_trait]
 impl SequenceAllocator for Counted {
-    async fn allocate(&self, requests: &[(ConversationId, u64)]) -> Vec<Result<u64, PortError>> {
+    async fn allocate(
+        &self,
+        requests: &[(ConversationId, u64)],
+    ) -> Vec<Result<Reserved, PortError>> {
         self.calls.fetch_add(requests.len(), Ordering::Relaxed);
         self.memory.allocate(requests).await
     }
@@ -30,6 +33,7 @@ async fn take(blocks: &SequenceBlocks, c: &ConversationId, n: u64) -> u64 {
     blocks.allocate(&[(c.clone(), n)]).await[0]
         .clone()
         .expect("allocated")
+        .first
 }
 
 /// Seqs handed out one batch at a time stay consecutive while blocks grow.
@@ -68,11 +72,34 @@ async fn unused_seqs_go_back_so_the_next_owner_continues_without_a_gap() {
         take(&blocks, &c, 1).await;
     }
     // 21 handed out, more reserved ahead.
-    assert!(inner.memory.seqs.lock().unwrap()[&c] > 21);
+    let reserved = inner.memory.seqs.lock().unwrap()[&c];
+    assert!(reserved > 21);
     assert_eq!(blocks.give_back_all().await, 1);
-    // Another process (here: the inner allocator itself) continues at 22.
+    // Another process (here: the inner allocator itself) continues at 22, and learns that
+    // 22..=reserved were reserved before (their writes must not replace anything).
     let next = inner.allocate(&[(c.clone(), 1)]).await[0].clone().unwrap();
-    assert_eq!(next, 22);
+    assert_eq!(next.first, 22);
+    assert_eq!(next.reused_to, reserved);
+    // A block that starts in the given-back range carries the mark to every seq it hands out.
+    let again = SequenceBlocks::new(inner.clone(), 64, 100);
+    let got = again.allocate(&[(c.clone(), 1)]).await[0].clone().unwrap();
+    assert_eq!((got.first, got.reused_to), (23, reserved));
+}
+
+#[tokio::test]
+async fn an_abandoned_block_is_never_handed_out_again() {
+    let inner = Arc::new(Counted::default());
+    let blocks = SequenceBlocks::new(inner.clone(), 64, 100);
+    let c = conv("dm:alice:bob");
+    for _ in 0..21 {
+        take(&blocks, &c, 1).await;
+    }
+    let reserved = inner.memory.seqs.lock().unwrap()[&c];
+    assert!(reserved > 21, "a block is held ahead");
+    blocks.abandon(&c);
+    // Its rest is a gap: the next seq comes after everything reserved, and nothing goes back.
+    assert_eq!(take(&blocks, &c, 1).await, reserved + 1);
+    assert_eq!(blocks.give_back_all().await, 0);
 }
 
 #[tokio::test]
@@ -85,7 +112,10 @@ async fn seqs_allocated_elsewhere_are_never_reused() {
         mine.push(take(&blocks, &c, 1).await);
     }
     // A zombie or the sequencer function allocates meanwhile.
-    let theirs = inner.allocate(&[(c.clone(), 5)]).await[0].clone().unwrap();
+    let theirs = inner.allocate(&[(c.clone(), 5)]).await[0]
+        .clone()
+        .unwrap()
+        .first;
     for _ in 0..100 {
         mine.push(take(&blocks, &c, 1).await);
     }
@@ -133,7 +163,7 @@ async fn a_conversation_named_twice_in_one_call_is_refused_not_given_overlapping
     let blocks = SequenceBlocks::new(inner.clone(), 64, 100);
     let c = conv("dm:alice:bob");
     let got = blocks.allocate(&[(c.clone(), 1), (c.clone(), 1)]).await;
-    assert_eq!(got[0].clone().unwrap(), 1);
+    assert_eq!(got[0].clone().unwrap().first, 1);
     assert!(got[1].is_err());
     assert_eq!(take(&blocks, &c, 1).await, 2);
 }
