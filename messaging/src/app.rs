@@ -220,7 +220,7 @@ impl Application {
             presence_consumer,
             presence_store.clone(),
             deliveries,
-            cfg.batch_max,
+            cfg.pipeline.batch_max,
             stop_rx.clone(),
         ));
         let presence_sweep = (!cfg.presence_sweep.is_zero()).then(|| {
@@ -239,7 +239,7 @@ impl Application {
             source,
             step,
             outputs,
-            cfg.batch_max,
+            cfg.pipeline,
             cfg.fault_pause_before_commit,
             stop_rx,
         ));

@@ -14,7 +14,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: Topics,
     pub group_id: String,
-    pub batch_max: usize,
+    /// `MESSAGING_BATCH_MAX` (500), `MESSAGING_BATCHES_IN_FLIGHT` (8): see
+    /// [`crate::consumer::Pipeline`].
+    pub pipeline: crate::consumer::Pipeline,
     /// `MESSAGING_SHED_AFTER_MS`: a client send that waited longer than this since the gateway
     /// took it is answered `unavailable` unprocessed (overload; 0: never).
     pub shed_after_ms: u64,
@@ -79,7 +81,13 @@ impl Config {
             kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
             topics: Topics::from_env(),
             group_id: env::string("MESSAGING_GROUP_ID", "messaging"),
-            batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
+            pipeline: crate::consumer::Pipeline {
+                batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
+                in_flight: env::var::<usize>("MESSAGING_BATCHES_IN_FLIGHT", 8)?.max(1),
+                // Another region's mirrored topics carry a conversation on partitions of their
+                // own: with peers, one lane keeps each conversation's work in one order.
+                per_partition: !regions.active(),
+            },
             shed_after_ms: env::var("MESSAGING_SHED_AFTER_MS", 400)?,
             receipts_live_max_members: env::var("RECEIPTS_LIVE_MAX_MEMBERS", 32)?,
             typing_max_age_ms: env::var("MESSAGING_TYPING_MAX_AGE_MS", 2000)?,

@@ -2,10 +2,11 @@
 //! sends they forward here, their sequenced messages and their acks), run the messaging step,
 //! commit.
 //! Offsets are committed only after the step has stored and published the batch (at least
-//! once; the step is idempotent, so a replay answers with the original seqs). Batch N+1 is
-//! prepared (deduped, sequenced, stored) while batch N is being published; batches are
-//! published and committed strictly in order, and a rebalance waits for the batch in flight
-//! before this process's partitions move ([`GroupConsumer`]).
+//! once; the step is idempotent, so a replay answers with the original seqs). Each partition
+//! is a lane ([`run`]): its batches are prepared (deduped, sequenced, stored) in order, batch
+//! N+1 while batch N is being published, and published and committed strictly in order, while
+//! other partitions' batches are in the works side by side. A rebalance waits for every lane's
+//! work before this process's partitions move ([`GroupConsumer`]).
 //!
 //! The loop reads from a [`Source`]: the consumer group in production ([`Group`]), a script of
 //! batches in its tests, which run it in-process over the memory ports.
@@ -21,8 +22,9 @@ use connect_kafka::codec::{decode_incoming, decode_json, decode_submission, Code
 use connect_kafka::rdkafka::message::BorrowedMessage;
 use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, InFlight, PartitionKey};
+use futures_util::FutureExt;
 use metrics::{counter, histogram};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 /// What a topic carries.
@@ -71,14 +73,14 @@ pub type Offsets = HashMap<PartitionKey, i64>;
 /// Where the loop's batches come from and where their offsets go.
 #[async_trait::async_trait]
 pub trait Source: Send + Sync + 'static {
-    /// Waits for records, then takes what is there, up to `max`, with the offsets that mark
-    /// them done; None once `stop` is set.
+    /// Waits for records, then takes what is there, up to `max` (each with its partition),
+    /// with the offsets that mark them done; None once `stop` is set.
     async fn next_batch(
         &self,
         max: usize,
         stop: &mut watch::Receiver<bool>,
-    ) -> Option<(Vec<Inbound>, Offsets)>;
-    /// The work on the last batch, which the next batch's publish (and a revoke) waits for.
+    ) -> Option<(Vec<(PartitionKey, Inbound)>, Offsets)>;
+    /// The work in flight, which a revoke and a stop wait for.
     fn in_flight(&self) -> &InFlight;
     /// Marks a batch done (after it was stored and published).
     fn commit(&self, offsets: &Offsets);
@@ -98,12 +100,12 @@ impl Source for Group {
         &self,
         max: usize,
         stop: &mut watch::Receiver<bool>,
-    ) -> Option<(Vec<Inbound>, Offsets)> {
+    ) -> Option<(Vec<(PartitionKey, Inbound)>, Offsets)> {
         let batch = self
             .consumer
             .next_batch(max, |m| decode(&self.kinds, m), stop)
             .await?;
-        Some(batch.into_items())
+        Some(batch.into_keyed())
     }
 
     fn in_flight(&self) -> &InFlight {
@@ -217,85 +219,262 @@ async fn publish_and_commit<S: Source>(
     source.commit(&next_offsets);
 }
 
+/// How many batches may be in the works at once, and how they are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pipeline {
+    /// `MESSAGING_BATCH_MAX`: most records per batch read.
+    pub batch_max: usize,
+    /// `MESSAGING_BATCHES_IN_FLIGHT`: most (partition) batches prepared, stored or published at
+    /// once, across the partitions this process owns (at least 1).
+    pub in_flight: usize,
+    /// One lane per partition (false: one lane for all; with other regions, whose mirrored
+    /// topics carry a conversation on partitions of their own).
+    pub per_partition: bool,
+}
+
+/// How a batch's work in its lane ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Published and committed.
+    Committed,
+    /// Left uncommitted on a stop (system messages not yet in); so are the later batches of
+    /// its lane (the partitions' next owner replays them).
+    Held,
+    /// Did not finish (its task panicked, or an earlier batch of its lane did not): nothing
+    /// more may be committed.
+    Failed,
+}
+
+type Done = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Ended>>;
+
+/// A lane's tail: the last batch handed to it.
+#[derive(Default)]
+struct Lane {
+    /// Fires when that batch is prepared: the next one is prepared after it.
+    prepared: Option<oneshot::Receiver<()>>,
+    /// That batch's whole work: the next one is published after it.
+    done: Option<Done>,
+}
+
+/// One partition batch's work, in its lane.
+struct LaneBatch<S> {
+    source: Arc<S>,
+    step: Arc<MessagingStep>,
+    outputs: Outputs,
+    items: Vec<Inbound>,
+    offsets: Offsets,
+    after_prepared: Option<oneshot::Receiver<()>>,
+    prepared: oneshot::Sender<()>,
+    after_done: Option<Done>,
+    fault_pause: Option<Duration>,
+    stop: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Prepares a batch after the one before it in its lane (dedupe, authorize and allocate in
+/// partition order), while later batches of other lanes are prepared, stored and published;
+/// then publishes and commits it after the one before it.
+async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
+    let LaneBatch {
+        source,
+        step,
+        outputs,
+        items,
+        offsets,
+        after_prepared,
+        prepared: prepared_tx,
+        after_done,
+        fault_pause,
+        mut stop,
+        _permit,
+    } = b;
+    if let Some(before) = after_prepared {
+        // Dropped unsent (that batch's task ended early): its `done` says how.
+        let _ = before.await;
+    }
+    let started = Instant::now();
+    let n = items.len();
+    let mut prepared = step.prepare_inbound(items, connect_core::now_ms()).await;
+    // System messages (group events) have no client to retry them: one that failed for a
+    // reason that may pass is prepared again, and the batch is not committed before it is in
+    // (a stop meanwhile leaves the batch uncommitted, for the next owner).
+    let mut backoff = Duration::from_millis(50);
+    while !prepared.retry.is_empty() {
+        counter!("connect_messaging_retried_total").increment(prepared.retry.len() as u64);
+        warn!(
+            count = prepared.retry.len(),
+            "system messages failed on a backend; preparing them again"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let again = std::mem::take(&mut prepared.retry);
+        prepared.absorb(step.prepare(again, connect_core::now_ms()).await);
+    }
+    let _ = prepared_tx.send(());
+    if !prepared.retry.is_empty() {
+        info!("stopping with system messages not yet in; this batch stays uncommitted");
+        return Ended::Held;
+    }
+    histogram!("connect_messaging_prepare_seconds").record(started.elapsed().as_secs_f64());
+    for (phase, took) in prepared.report.phases.named() {
+        histogram!("connect_messaging_phase_seconds", "phase" => phase).record(took.as_secs_f64());
+    }
+    histogram!("connect_messaging_batch_size").record(n as f64);
+    if let Some(before) = after_done {
+        match before.await {
+            Ended::Committed => {}
+            // Committing this batch would cover that one's records.
+            ended => return ended,
+        }
+    }
+    publish_and_commit(outputs, source, prepared, offsets, fault_pause).await;
+    Ended::Committed
+}
+
 /// Runs the loop until `stop` (Ok) or until a batch's work did not finish (`Poisoned`: nothing
 /// more may be committed, the caller must stop).
+///
+/// Each batch read is split by partition, and each partition's part goes down that
+/// partition's lane: prepared (dedupe, authorize, allocate, store, log, route) after the lane's
+/// previous batch was prepared, published and committed after it was committed. Lanes run side
+/// by side, up to `pipeline.in_flight` batches at once: a conversation lives on one partition,
+/// so its messages keep one order while a slow store in one lane holds no other lane up. A
+/// revoke (and a stop) waits for every lane's work before seqs are given back and offsets
+/// committed ([`Source::in_flight`] holds the latest batch of every lane).
 pub async fn run<S: Source>(
     source: Arc<S>,
     step: MessagingStep,
     outputs: Outputs,
-    batch_max: usize,
+    pipeline: Pipeline,
     fault_pause: Option<Duration>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), connect_kafka::group::Poisoned> {
-    while let Some((items, next_offsets)) = source.next_batch(batch_max, &mut stop).await {
+    let step = Arc::new(step);
+    let permits = Arc::new(tokio::sync::Semaphore::new(pipeline.in_flight.max(1)));
+    let mut lanes: HashMap<PartitionKey, Lane> = HashMap::new();
+    // A lane's batch that did not finish stops the reading at once (not at the next batch).
+    let poison = Arc::new(watch::Sender::new(false));
+    let (halt_tx, mut halt) = watch::channel(false);
+    let halting = tokio::spawn({
+        let (mut stop, mut poisoned) = (stop.clone(), poison.subscribe());
+        async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = poisoned.wait_for(|p| *p) => {}
+            }
+            halt_tx.send_replace(true);
+        }
+    });
+    'read: while let Some((items, next_offsets)) =
+        source.next_batch(pipeline.batch_max, &mut halt).await
+    {
         if next_offsets.is_empty() {
             continue;
         }
         let now = connect_core::now_ms();
-        let sends = items.iter().filter_map(|i| match i {
-            Inbound::Send(s) => Some(s),
-            _ => None,
-        });
-        for s in sends.filter(|s| s.submitted_ms > 0) {
-            // Gateway → messaging: the Kafka hop plus the wait for earlier batches.
-            histogram!("connect_messaging_wait_seconds")
-                .record(now.saturating_sub(s.submitted_ms) as f64 / 1000.0);
+        record_waits(&items, now);
+        let lane_of = |key: &PartitionKey| -> PartitionKey {
+            if pipeline.per_partition {
+                key.clone()
+            } else {
+                (String::new(), 0)
+            }
+        };
+        let mut parts: HashMap<PartitionKey, (Vec<Inbound>, Offsets)> = HashMap::new();
+        for (key, offset) in next_offsets {
+            parts
+                .entry(lane_of(&key))
+                .or_default()
+                .1
+                .insert(key, offset);
         }
-        for item in &items {
-            if let Inbound::Replica(r) = item {
+        for (key, item) in items {
+            parts.entry(lane_of(&key)).or_default().0.push(item);
+        }
+        // Lanes in a fixed order: the same partitions dispatch alike from batch to batch.
+        let mut parts: Vec<_> = parts.into_iter().collect();
+        parts.sort_by(|a, b| a.0.cmp(&b.0));
+        for (lane_key, (items, offsets)) in parts {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+                _ = halt.wait_for(|h| *h) => break 'read,
+            };
+            let lane = lanes.entry(lane_key).or_default();
+            let (prepared, after) = oneshot::channel();
+            let work = tokio::spawn({
+                let batch = LaneBatch {
+                    source: source.clone(),
+                    step: step.clone(),
+                    outputs: outputs.clone(),
+                    items,
+                    offsets,
+                    after_prepared: lane.prepared.replace(after),
+                    prepared,
+                    after_done: lane.done.clone(),
+                    fault_pause,
+                    stop: stop.clone(),
+                    _permit: permit,
+                };
+                let poison = poison.clone();
+                async move {
+                    let ended = std::panic::AssertUnwindSafe(lane_batch(batch))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or(Ended::Failed);
+                    if ended == Ended::Failed {
+                        poison.send_replace(true);
+                    }
+                    ended
+                }
+            });
+            lane.done = Some(
+                async move { work.await.unwrap_or(Ended::Failed) }
+                    .boxed()
+                    .shared(),
+            );
+        }
+        // What a revoke and a stop wait for: the latest batch of every lane (each waits for
+        // the one before it in its lane). One that did not finish poisons it.
+        let tails: Vec<Done> = lanes.values().filter_map(|l| l.done.clone()).collect();
+        source.in_flight().set(tokio::spawn(async move {
+            let ended = futures_util::future::join_all(tails).await;
+            assert!(
+                !ended.contains(&Ended::Failed),
+                "the work on a batch did not finish"
+            );
+        }));
+    }
+    halting.abort();
+    source.close().await;
+    if *poison.borrow() {
+        Err(connect_kafka::group::Poisoned)
+    } else {
+        Ok(())
+    }
+}
+
+/// The time sends waited before this batch (gateway → messaging: the Kafka hop plus the wait
+/// for earlier batches), and the age of other regions' replicas.
+fn record_waits(items: &[(PartitionKey, Inbound)], now: u64) {
+    for (_, item) in items {
+        match item {
+            Inbound::Send(s) if s.submitted_ms > 0 => {
+                histogram!("connect_messaging_wait_seconds")
+                    .record(now.saturating_sub(s.submitted_ms) as f64 / 1000.0);
+            }
+            // Home acceptance → here: the home's publish, MirrorMaker 2 and this read.
+            Inbound::Replica(r) => {
                 if let Some(m) = &r.message {
-                    // Home acceptance → here: the home's publish, MirrorMaker 2 and this read.
                     histogram!("connect_messaging_replica_age_seconds")
                         .record(now.saturating_sub(m.ts) as f64 / 1000.0);
                 }
             }
+            _ => {}
         }
-        let started = Instant::now();
-        let n = items.len();
-        let mut prepared = step.prepare_inbound(items, connect_core::now_ms()).await;
-        // System messages (group events) have no client to retry them: one that failed for a
-        // reason that may pass is prepared again, and the batch is not committed before it is
-        // in (a stop meanwhile leaves the batch uncommitted, for the next owner).
-        let mut backoff = Duration::from_millis(50);
-        while !prepared.retry.is_empty() {
-            counter!("connect_messaging_retried_total").increment(prepared.retry.len() as u64);
-            warn!(
-                count = prepared.retry.len(),
-                "system messages failed on a backend; preparing them again"
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.wait_for(|s| *s) => break,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            let again = std::mem::take(&mut prepared.retry);
-            prepared.absorb(step.prepare(again, connect_core::now_ms()).await);
-        }
-        if !prepared.retry.is_empty() {
-            info!("stopping with system messages not yet in; this batch stays uncommitted");
-            break;
-        }
-        histogram!("connect_messaging_prepare_seconds").record(started.elapsed().as_secs_f64());
-        for (phase, took) in prepared.report.phases.named() {
-            histogram!("connect_messaging_phase_seconds", "phase" => phase)
-                .record(took.as_secs_f64());
-        }
-        histogram!("connect_messaging_batch_size").record(n as f64);
-        if let Err(poisoned) = source.in_flight().finish().await {
-            // The batch before did not finish: committing this one would cover its records.
-            source.close().await;
-            return Err(poisoned);
-        }
-        source.in_flight().set(tokio::spawn(publish_and_commit(
-            outputs.clone(),
-            source.clone(),
-            prepared,
-            next_offsets,
-            fault_pause,
-        )));
     }
-    source.close().await;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -384,8 +563,10 @@ mod loop_tests {
         log.lock().unwrap().push(e);
     }
 
+    type Keyed = Vec<(PartitionKey, Inbound)>;
+
     struct Script {
-        batches: Mutex<VecDeque<(Vec<Inbound>, Offsets)>>,
+        batches: Mutex<VecDeque<(Keyed, Offsets)>>,
         in_flight: InFlight,
         log: Log,
     }
@@ -396,7 +577,7 @@ mod loop_tests {
             &self,
             _max: usize,
             stop: &mut watch::Receiver<bool>,
-        ) -> Option<(Vec<Inbound>, Offsets)> {
+        ) -> Option<(Keyed, Offsets)> {
             let next = self.batches.lock().unwrap().pop_front();
             if next.is_none() {
                 // Nothing more to read: as a consumer waits for records, until stopped.
@@ -421,19 +602,35 @@ mod loop_tests {
         }
     }
 
-    /// The delivery bus: waits `delay`, refuses `refusals` times, panics if told to.
+    /// The delivery bus: waits `delay` (the first publish: `first_delay`; one answering
+    /// connection `stalled`: `stall`), refuses `refusals` times, panics if told to.
     struct Recording {
         mem: Arc<Memory>,
         log: Log,
         delay: Duration,
         refusals: AtomicUsize,
         panics: bool,
+        first_delay: Option<Duration>,
+        calls: AtomicUsize,
+        stalled: Option<(&'static str, Duration)>,
+        published: Arc<Mutex<Vec<Vec<String>>>>,
     }
 
     #[async_trait::async_trait]
     impl DeliveryBus for Recording {
-        async fn publish(&self, _deliveries: &[Delivery]) -> Result<(), PortError> {
-            tokio::time::sleep(self.delay).await;
+        async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError> {
+            let is_first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+            let stalled = self.stalled.filter(|(conn, _)| {
+                deliveries
+                    .iter()
+                    .any(|d| d.reply.as_ref().is_some_and(|r| r.conn == *conn))
+            });
+            let delay = match (stalled, self.first_delay) {
+                (Some((_, stall)), _) => stall,
+                (None, Some(first)) if is_first => first,
+                _ => self.delay,
+            };
+            tokio::time::sleep(delay).await;
             assert!(!self.panics, "a publish task failing");
             if self
                 .refusals
@@ -444,7 +641,12 @@ mod loop_tests {
                 return Err(PortError::unavailable("kafka", "timed out"));
             }
             let stored = self.mem.stored().len();
+            let conns: Vec<String> = deliveries
+                .iter()
+                .filter_map(|d| d.reply.as_ref().map(|r| r.conn.clone()))
+                .collect();
             push(&self.log, Event::Published { stored });
+            self.published.lock().unwrap().push(conns);
             Ok(())
         }
     }
@@ -460,15 +662,20 @@ mod loop_tests {
     }
 
     fn send(n: usize) -> Inbound {
-        let alice = UserId::parse("alice").unwrap();
-        let bob = UserId::parse("bob").unwrap();
+        send_as("alice", "bob", "c1", n)
+    }
+
+    /// A send of `from`'s to `to`, answered on connection `conn`.
+    fn send_as(from: &str, to: &str, conn: &str, n: usize) -> Inbound {
+        let sender = UserId::parse(from).unwrap();
+        let peer = UserId::parse(to).unwrap();
         Inbound::Send(Submission {
-            conversation: ConversationId::direct(&alice, &bob).unwrap(),
-            sender: alice,
+            conversation: ConversationId::direct(&sender, &peer).unwrap(),
+            sender,
             id: ClientMsgId::parse(format!("m{n}")).unwrap(),
             body: format!("body {n}"),
             reply: Some(ReplyTo {
-                conn: "c1".into(),
+                conn: conn.into(),
                 slot: 0,
                 region: None,
             }),
@@ -479,14 +686,23 @@ mod loop_tests {
         })
     }
 
-    /// `batches` batches of two sends each, at offsets 1, 2, ...
+    fn partition(p: i32) -> PartitionKey {
+        ("incoming_messages".to_owned(), p)
+    }
+
+    /// `batches` batches of two sends each on partition 0, at offsets 1, 2, ...
     fn script(batches: usize, log: &Log) -> Arc<Script> {
         let batches = (0..batches)
             .map(|b| {
-                let offsets = HashMap::from([(("incoming_messages".to_owned(), 0), b as i64 + 1)]);
-                (vec![send(2 * b), send(2 * b + 1)], offsets)
+                let offsets = HashMap::from([(partition(0), b as i64 + 1)]);
+                let items = vec![(partition(0), send(2 * b)), (partition(0), send(2 * b + 1))];
+                (items, offsets)
             })
             .collect();
+        scripted(batches, log)
+    }
+
+    fn scripted(batches: VecDeque<(Keyed, Offsets)>, log: &Log) -> Arc<Script> {
         Arc::new(Script {
             batches: Mutex::new(batches),
             in_flight: InFlight::default(),
@@ -498,27 +714,48 @@ mod loop_tests {
         log: Log,
         stop: watch::Sender<bool>,
         ended: tokio::task::JoinHandle<Result<(), connect_kafka::group::Poisoned>>,
+        /// The answering connections of each publish that went through, in order.
+        published: Arc<Mutex<Vec<Vec<String>>>>,
     }
 
     fn start(batches: usize, bus: impl FnOnce(Arc<Memory>, Log) -> Recording) -> Run {
         let log: Log = Arc::default();
+        start_with(script(batches, &log), log, bus)
+    }
+
+    fn start_with(
+        script: Arc<Script>,
+        log: Log,
+        bus: impl FnOnce(Arc<Memory>, Log) -> Recording,
+    ) -> Run {
         let mem = Arc::new(Memory::default());
         let bus = Arc::new(bus(mem.clone(), log.clone()));
+        let published = bus.published.clone();
         let (stop, stop_rx) = watch::channel(false);
         let outputs = Outputs {
             deliveries: bus.clone(),
             pushes: bus,
             regions: None,
         };
+        let pipeline = Pipeline {
+            batch_max: 100,
+            in_flight: 8,
+            per_partition: true,
+        };
         let ended = tokio::spawn(run(
-            script(batches, &log),
+            script,
             MessagingStep::new(mem.ports()),
             outputs,
-            100,
+            pipeline,
             None,
             stop_rx,
         ));
-        Run { log, stop, ended }
+        Run {
+            log,
+            stop,
+            ended,
+            published,
+        }
     }
 
     fn bus(
@@ -532,6 +769,10 @@ mod loop_tests {
             delay: Duration::from_millis(delay_ms),
             refusals: AtomicUsize::new(refusals),
             panics,
+            first_delay: None,
+            calls: AtomicUsize::new(0),
+            stalled: None,
+            published: Arc::default(),
         }
     }
 
@@ -628,5 +869,76 @@ mod loop_tests {
         let (events, ended) = run.stop_after(0).await;
         assert_eq!(ended, Ok(()));
         assert_eq!(shape(&events), ["P", "C1"]);
+    }
+
+    #[tokio::test]
+    async fn a_slow_publish_holds_the_later_batches_of_its_partition() {
+        let run = start(3, |mem, log| Recording {
+            first_delay: Some(Duration::from_millis(200)),
+            ..bus(0, 0, false)(mem, log)
+        });
+        let (events, ended) = run.stop_after(3).await;
+        assert_eq!(ended, Ok(()));
+        assert_eq!(shape(&events), ["P", "C1", "P", "C2", "P", "C3"]);
+    }
+
+    /// Partition 0 carries alice's sends (answered on c1), partition 1 carol's (on c2); every
+    /// publish answering carol takes 300 ms. Alice's batches are published and committed
+    /// meanwhile, each partition's in its own order.
+    #[tokio::test]
+    async fn a_slow_partition_holds_no_other_partition_up() {
+        let log: Log = Arc::default();
+        let batches = (0..3)
+            .map(|b| {
+                let offsets =
+                    HashMap::from([(partition(0), b as i64 + 1), (partition(1), b as i64 + 101)]);
+                let items = vec![
+                    (partition(0), send_as("alice", "bob", "c1", 2 * b)),
+                    (partition(1), send_as("carol", "dave", "c2", 2 * b)),
+                    (partition(0), send_as("alice", "bob", "c1", 2 * b + 1)),
+                ];
+                (items, offsets)
+            })
+            .collect();
+        let run = start_with(scripted(batches, &log), log, |mem, log| Recording {
+            stalled: Some(("c2", Duration::from_millis(300))),
+            ..bus(0, 0, false)(mem, log)
+        });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let early: Vec<Event> = run.events();
+        assert_eq!(
+            early
+                .iter()
+                .filter(|e| matches!(e, Event::Committed(_)))
+                .cloned()
+                .collect::<Vec<_>>(),
+            [
+                Event::Committed(1),
+                Event::Committed(2),
+                Event::Committed(3)
+            ],
+            "partition 0 is done while partition 1 waits on its first publish: {early:?}"
+        );
+        let published = run.published.clone();
+        let (events, ended) = run.stop_after(6).await;
+        assert_eq!(ended, Ok(()));
+        let committed: Vec<i64> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Committed(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(committed, [1, 2, 3, 101, 102, 103]);
+        let answered: Vec<Vec<String>> = published.lock().unwrap().clone();
+        let c2: Vec<&Vec<String>> = answered
+            .iter()
+            .filter(|c| c.contains(&"c2".into()))
+            .collect();
+        assert_eq!(c2.len(), 3, "{answered:?}");
+        assert!(
+            answered.iter().all(|c| c.iter().all(|x| x == &c[0])),
+            "each publish answers one partition's sends: {answered:?}"
+        );
     }
 }

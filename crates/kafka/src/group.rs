@@ -185,6 +185,11 @@ impl<T> Batch<T> {
         )
     }
 
+    /// The decoded items with the partition each came from, in the order read.
+    pub fn into_keyed(self) -> (Vec<(PartitionKey, T)>, HashMap<PartitionKey, i64>) {
+        (self.items, self.next_offsets)
+    }
+
     fn drop_partitions(&mut self, gone: &[PartitionKey]) {
         self.items.retain(|(p, _)| !gone.contains(p));
         self.next_offsets.retain(|p, _| !gone.contains(p));
