@@ -14,7 +14,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: Topics,
     pub group_id: String,
-    /// `MESSAGING_BATCH_MAX` (500), `MESSAGING_BATCHES_IN_FLIGHT` (8): see
+    /// `MESSAGING_BATCH_MAX` (500), `MESSAGING_BATCHES_IN_FLIGHT` (8), `MESSAGING_LANES` (1): see
     /// [`crate::consumer::Pipeline`].
     pub pipeline: crate::consumer::Pipeline,
     /// `MESSAGING_SHED_AFTER_MS`: a client send that waited longer than this since the gateway
@@ -86,7 +86,11 @@ impl Config {
                 in_flight: env::var::<usize>("MESSAGING_BATCHES_IN_FLIGHT", 8)?.max(1),
                 // Another region's mirrored topics carry a conversation on partitions of their
                 // own: with peers, one lane keeps each conversation's work in one order.
-                per_partition: !regions.active(),
+                lanes: if regions.active() {
+                    1
+                } else {
+                    env::var::<usize>("MESSAGING_LANES", 1)?.max(1)
+                },
             },
             shed_after_ms: env::var("MESSAGING_SHED_AFTER_MS", 400)?,
             receipts_live_max_members: env::var("RECEIPTS_LIVE_MAX_MEMBERS", 32)?,

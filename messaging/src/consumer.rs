@@ -2,10 +2,10 @@
 //! sends they forward here, their sequenced messages and their acks), run the messaging step,
 //! commit.
 //! Offsets are committed only after the step has stored and published the batch (at least
-//! once; the step is idempotent, so a replay answers with the original seqs). Each partition
-//! is a lane ([`run`]): its batches are prepared (deduped, sequenced, stored) in order, batch
-//! N+1 while batch N is being published, and published and committed strictly in order, while
-//! other partitions' batches are in the works side by side. A rebalance waits for every lane's
+//! once; the step is idempotent, so a replay answers with the original seqs). Partitions go
+//! down lanes ([`run`]): a lane's batches are prepared (deduped, sequenced, stored) in order,
+//! batch N+1 while batch N is being published, and published and committed strictly in order,
+//! while other lanes' batches are in the works side by side. A rebalance waits for every lane's
 //! work before this process's partitions move ([`GroupConsumer`]).
 //!
 //! The loop reads from a [`Source`]: the consumer group in production ([`Group`]), a script of
@@ -227,9 +227,10 @@ pub struct Pipeline {
     /// `MESSAGING_BATCHES_IN_FLIGHT`: most (partition) batches prepared, stored or published at
     /// once, across the partitions this process owns (at least 1).
     pub in_flight: usize,
-    /// One lane per partition (false: one lane for all; with other regions, whose mirrored
-    /// topics carry a conversation on partitions of their own).
-    pub per_partition: bool,
+    /// `MESSAGING_LANES`: partition `p` goes down lane `p % lanes` (1: one lane for all, and
+    /// always with other regions, whose mirrored topics carry a conversation on partitions of
+    /// their own).
+    pub lanes: usize,
 }
 
 /// How a batch's work in its lane ended.
@@ -337,13 +338,17 @@ async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
 /// Runs the loop until `stop` (Ok) or until a batch's work did not finish (`Poisoned`: nothing
 /// more may be committed, the caller must stop).
 ///
-/// Each batch read is split by partition, and each partition's part goes down that
-/// partition's lane: prepared (dedupe, authorize, allocate, store, log, route) after the lane's
+/// Each batch read is split by lane (partition `p`: lane `p % lanes`), and each part goes down
+/// its lane: prepared (dedupe, authorize, allocate, store, log, route) after the lane's
 /// previous batch was prepared, published and committed after it was committed. Lanes run side
 /// by side, up to `pipeline.in_flight` batches at once: a conversation lives on one partition,
 /// so its messages keep one order while a slow store in one lane holds no other lane up. A
 /// revoke (and a stop) waits for every lane's work before seqs are given back and offsets
 /// committed ([`Source::in_flight`] holds the latest batch of every lane).
+///
+/// Lanes trade batch size for concurrency: worth it where the store's latency, not its CPU,
+/// bounds a batch (DynamoDB); on one machine with DynamoDB Local, smaller batches cost more
+/// CPU than the overlap saves, so the default is one lane (README: Benchmarks).
 pub async fn run<S: Source>(
     source: Arc<S>,
     step: MessagingStep,
@@ -354,7 +359,7 @@ pub async fn run<S: Source>(
 ) -> Result<(), connect_kafka::group::Poisoned> {
     let step = Arc::new(step);
     let permits = Arc::new(tokio::sync::Semaphore::new(pipeline.in_flight.max(1)));
-    let mut lanes: HashMap<PartitionKey, Lane> = HashMap::new();
+    let mut lanes: HashMap<usize, Lane> = HashMap::new();
     // A lane's batch that did not finish stops the reading at once (not at the next batch).
     let poison = Arc::new(watch::Sender::new(false));
     let (halt_tx, mut halt) = watch::channel(false);
@@ -376,14 +381,8 @@ pub async fn run<S: Source>(
         }
         let now = connect_core::now_ms();
         record_waits(&items, now);
-        let lane_of = |key: &PartitionKey| -> PartitionKey {
-            if pipeline.per_partition {
-                key.clone()
-            } else {
-                (String::new(), 0)
-            }
-        };
-        let mut parts: HashMap<PartitionKey, (Vec<Inbound>, Offsets)> = HashMap::new();
+        let lane_of = |key: &PartitionKey| key.1.unsigned_abs() as usize % pipeline.lanes.max(1);
+        let mut parts: HashMap<usize, (Vec<Inbound>, Offsets)> = HashMap::new();
         for (key, offset) in next_offsets {
             parts
                 .entry(lane_of(&key))
@@ -396,7 +395,7 @@ pub async fn run<S: Source>(
         }
         // Lanes in a fixed order: the same partitions dispatch alike from batch to batch.
         let mut parts: Vec<_> = parts.into_iter().collect();
-        parts.sort_by(|a, b| a.0.cmp(&b.0));
+        parts.sort_by_key(|(lane, _)| *lane);
         for (lane_key, (items, offsets)) in parts {
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("never closed"),
@@ -740,7 +739,7 @@ mod loop_tests {
         let pipeline = Pipeline {
             batch_max: 100,
             in_flight: 8,
-            per_partition: true,
+            lanes: 8,
         };
         let ended = tokio::spawn(run(
             script,
