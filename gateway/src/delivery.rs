@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_kafka::codec::decode_delivery;
+use connect_kafka::codec::{decode_delivery, CodecError};
 use connect_kafka::rdkafka::consumer::Consumer;
+use connect_kafka::rdkafka::message::Headers;
 use connect_kafka::rdkafka::{Message, Offset, TopicPartitionList};
 use connect_kafka::{KafkaConfig, WatchedConsumer};
 use metrics::{counter, histogram};
@@ -61,22 +62,32 @@ pub async fn run(consumer: WatchedConsumer, gw: Arc<Gateway>) {
         };
         counter!("connect_gateway_records_total", "partition" => record.partition().to_string())
             .increment(1);
-        match decode_delivery(gw.slot, record.headers(), record.payload()) {
-            Ok(delivery) => {
-                if let Some(m) = &delivery.message {
-                    let now = connect_core::now_ms();
-                    histogram!("connect_delivery_latency_seconds")
-                        .record(now.saturating_sub(m.ts) as f64 / 1000.0);
-                }
-                let handed = gw.hub.deliver(delivery);
-                counter!("connect_gateway_deliveries_total").increment(handed.frames as u64);
-                counter!("connect_gateway_slow_consumers_total").increment(handed.evicted as u64);
-                counter!("connect_gateway_signals_dropped_total").increment(handed.dropped as u64);
-                // Recipients who left after the registry lookup: their devices' next
-                // connections find the message in the conversation's log.
-                counter!("connect_gateway_absent_total").increment(handed.absent.len() as u64);
-            }
-            Err(e) => warn!(cause = %e, offset = record.offset(), "skipping undecodable record"),
+        if let Err(e) = hand_over(&gw, record.headers(), record.payload()) {
+            warn!(cause = %e, offset = record.offset(), "skipping undecodable record");
         }
     }
+}
+
+/// Hands one record of the slot's partition (its headers and value) to the hub: what [`run`]
+/// does with each record read, and the harness of `connect-bench gateway` with each record its
+/// in-process messaging encodes.
+pub fn hand_over<H: Headers>(
+    gw: &Gateway,
+    headers: Option<&H>,
+    payload: Option<&[u8]>,
+) -> Result<(), CodecError> {
+    let delivery = decode_delivery(gw.slot, headers, payload)?;
+    if let Some(m) = &delivery.message {
+        let now = connect_core::now_ms();
+        histogram!("connect_delivery_latency_seconds")
+            .record(now.saturating_sub(m.ts) as f64 / 1000.0);
+    }
+    let handed = gw.hub.deliver(delivery);
+    counter!("connect_gateway_deliveries_total").increment(handed.frames as u64);
+    counter!("connect_gateway_slow_consumers_total").increment(handed.evicted as u64);
+    counter!("connect_gateway_signals_dropped_total").increment(handed.dropped as u64);
+    // Recipients who left after the registry lookup: their devices' next connections find the
+    // message in the conversation's log.
+    counter!("connect_gateway_absent_total").increment(handed.absent.len() as u64);
+    Ok(())
 }

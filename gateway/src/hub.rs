@@ -174,8 +174,13 @@ impl Hub {
             .collect()
     }
 
+    /// Open connections.
     pub fn len(&self) -> usize {
         self.lock().conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().conns.is_empty()
     }
 
     /// Replaces `conn`'s watch list. A user it keeps watching keeps the version it was given;

@@ -1,58 +1,10 @@
-//! Gateway Service: WebSocket connections, session registry, delivery from its own slot of
-//! `outgoing_messages`.
-//!
-//! # Layout
-//! - `config`: [`config::Config`] from env vars.
-//! - `app`: builds the parts and runs until stopped (graceful drain on SIGTERM).
-//! - `server`: `GET /ws` (JWT at the upgrade), `/healthz`, `/metrics`.
-//! - `connection`: one socket's loop.
-//! - `hub`: local connections by user; delivery into bounded per-connection queues.
-//! - `delivery`: the slot's Kafka consumer.
-//! - `ecs`: the task's own address on ECS Fargate (task metadata endpoint v4).
-//! - `emf`: the connection count as a CloudWatch embedded metric (autoscaling on AWS).
-//! - `heartbeat`: slot lease renewal, session refresh (and presence with it).
-//! - `presence`: transitions from this gateway's connections, `watch` checked and answered.
-//! - `rate`: the per-connection token bucket.
-
-mod app;
-mod config;
-mod connection;
-mod delivery;
-mod ecs;
-mod emf;
-mod heartbeat;
-mod hub;
-mod limits;
-mod management;
-mod outbox;
-mod pacer;
-mod presence;
-mod rate;
-mod server;
-mod state;
-#[cfg(test)]
-mod tests;
-mod web;
+//! `connect-gateway`: the Gateway Service's binary (the parts are in the library).
 
 use anyhow::Context;
+use connect_gateway::{app, config};
 
-/// jemalloc, so memory freed when connections close goes back to the OS.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's options (a C string it reads at start): a background thread purges freed pages
-/// after about a second, whether or not the gateway is busy. `_RJEM_MALLOC_CONF` in the
-/// environment overrides them.
-#[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: MallocConf =
-    MallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000".as_ptr());
-
-/// A thin pointer to a NUL-terminated string, shaped as jemalloc's `const char *malloc_conf`.
-#[repr(transparent)]
-pub struct MallocConf(*const std::ffi::c_char);
-
-// SAFETY: it points at a static, immutable byte string.
-unsafe impl Sync for MallocConf {}
+// jemalloc, so memory freed when connections close goes back to the OS.
+connect_service::jemalloc!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

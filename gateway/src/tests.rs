@@ -10,16 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use connect_core::auth::TokenIssuer;
-use connect_core::memory::Memory;
+use connect_core::memory::{Memory, NoPresence};
 use connect_core::model::{
     Delivery, MarkerUpdate, OutboundMessage, Submission, TypingUpdate, DEFAULT_DEVICE,
 };
 use connect_core::ports::{PendingPublish, SubmissionBus};
-use connect_core::presence::{
-    PresenceBus, PresenceChange, PresenceStore, PresenceView, ViewChange,
-};
 use connect_core::PortError;
 use connect_protocol::{ConversationId, UserId};
 use futures_util::{SinkExt, StreamExt};
@@ -90,51 +86,6 @@ impl SubmissionBus for Bus {
 
     fn typing(&self, _update: &TypingUpdate) -> PendingPublish {
         self.answer()
-    }
-}
-
-/// Presence is not under test here: nobody goes online or offline, watching is unavailable.
-struct NoPresence;
-
-#[async_trait]
-impl PresenceStore for NoPresence {
-    async fn present(
-        &self,
-        _: &[UserId],
-        _: u64,
-        _: u64,
-    ) -> Result<Vec<PresenceChange>, PortError> {
-        Ok(Vec::new())
-    }
-
-    async fn closed(&self, _: &[UserId], _: u64) -> Result<(), PortError> {
-        Ok(())
-    }
-
-    async fn sweep(&self, _: u64, _: usize) -> Result<Vec<PresenceChange>, PortError> {
-        Ok(Vec::new())
-    }
-
-    async fn apply(&self, _: &[PresenceChange], _: u64) -> Result<Vec<ViewChange>, PortError> {
-        Ok(Vec::new())
-    }
-
-    async fn views(
-        &self,
-        _: &[UserId],
-        _: Option<(u32, u64)>,
-    ) -> Result<Vec<PresenceView>, PortError> {
-        Err(PortError::unavailable("presence", "not in these tests"))
-    }
-
-    async fn unwatch(&self, _: &[UserId], _: u32) -> Result<(), PortError> {
-        Ok(())
-    }
-}
-
-impl PresenceBus for NoPresence {
-    fn publish(&self, _: &[PresenceChange]) -> PendingPublish {
-        Box::pin(async { Ok(()) })
     }
 }
 

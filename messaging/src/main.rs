@@ -15,6 +15,10 @@ mod presence;
 
 use anyhow::Context;
 
+// jemalloc: its per-thread caches make a batch's many small allocations (keys, frames, records)
+// cheaper than glibc's malloc (47% of the step's instructions under it: `connect-bench step`).
+connect_service::jemalloc!();
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     connect_service::telemetry::init_tracing();

@@ -776,3 +776,57 @@ impl crate::groups::GroupStore for Memory {
             .collect())
     }
 }
+
+/// Presence nobody uses: no user ever goes online or offline, and watching is unavailable (for
+/// tests and harnesses of what is not presence).
+pub struct NoPresence;
+
+#[async_trait]
+impl crate::presence::PresenceStore for NoPresence {
+    async fn present(
+        &self,
+        _: &[UserId],
+        _: u64,
+        _: u64,
+    ) -> Result<Vec<crate::presence::PresenceChange>, PortError> {
+        Ok(Vec::new())
+    }
+
+    async fn closed(&self, _: &[UserId], _: u64) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    async fn sweep(
+        &self,
+        _: u64,
+        _: usize,
+    ) -> Result<Vec<crate::presence::PresenceChange>, PortError> {
+        Ok(Vec::new())
+    }
+
+    async fn apply(
+        &self,
+        _: &[crate::presence::PresenceChange],
+        _: u64,
+    ) -> Result<Vec<crate::presence::ViewChange>, PortError> {
+        Ok(Vec::new())
+    }
+
+    async fn views(
+        &self,
+        _: &[UserId],
+        _: Option<(u32, u64)>,
+    ) -> Result<Vec<crate::presence::PresenceView>, PortError> {
+        Err(PortError::unavailable("presence", "no presence here"))
+    }
+
+    async fn unwatch(&self, _: &[UserId], _: u32) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+impl crate::presence::PresenceBus for NoPresence {
+    fn publish(&self, _: &[crate::presence::PresenceChange]) -> PendingPublish {
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -5,7 +5,10 @@
 //! - [`telemetry`]: `tracing` (pretty locally, JSON in AWS) and the Prometheus recorder.
 //! - [`ops`]: the `/healthz` + `/metrics` routes.
 //! - [`shutdown_signal`]: resolves on Ctrl-C or SIGTERM.
+//! - [`alloc`] (feature `jemalloc`): [`jemalloc!`], the binaries' allocator.
 
+#[cfg(feature = "jemalloc")]
+pub mod alloc;
 pub mod env;
 pub mod ops;
 pub mod telemetry;

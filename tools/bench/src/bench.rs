@@ -11,12 +11,14 @@
 //! connect-bench push --recipients 1000 --rate 1000 [--unregistered]          # push's cost
 //! connect-bench presence --watchers 10000 --rounds 3                          # presence fan-out
 //! connect-bench dynamo --items 1 --concurrency 8                             # DynamoDB's floor
+//! connect-bench step | gateway        # over the memory ports: scripts/bench-instructions.sh
 //! ```
 //! Both seed their data through the production adapters (DynamoDB chat store, Redis offline
 //! store), then measure through the real entry points (the local HTTP API; a WebSocket to a
 //! gateway, fed by the event poller and the offline-delivery Lambda).
 
 mod dynamo;
+mod gateway;
 mod idle;
 mod inbox;
 mod presence;
@@ -40,6 +42,9 @@ use connect_core::auth::{JwtSecret, TokenIssuer};
 use connect_core::model::{LogEntry, StoredMessage};
 use connect_core::ports::{ChatStore, ConversationLog};
 use connect_protocol::{ClientMsgId, ConversationId, UserId};
+
+// The services' allocator, so that instruction counts (`step`, `gateway`) are theirs.
+connect_service::jemalloc!();
 
 #[derive(Parser)]
 #[command(about = "History and offline-drain benchmarks (run against `make up`)")]
@@ -88,6 +93,9 @@ enum What {
     Storm(storm::StormRun),
     /// Messaging's step alone over the memory ports (instructions per message under callgrind).
     Step(step::StepRun),
+    /// The gateway over the memory ports, clients in a child process (instructions per message
+    /// under callgrind: `scripts/bench-instructions.sh`).
+    Gateway(gateway::GatewayRun),
     /// The chat table's writes alone (messaging's store phase): one batch's latency, and the
     /// ceiling in items/s.
     Dynamo(dynamo::DynamoRun),
@@ -641,5 +649,6 @@ async fn main() -> anyhow::Result<()> {
         What::Dynamo(run) => dynamo::run(run).await,
         What::Storm(run) => storm::run(&issuer, run).await,
         What::Step(run) => step::run(run).await,
+        What::Gateway(run) => gateway::run(&issuer, run).await,
     }
 }
