@@ -205,20 +205,17 @@ fn message_key(frame: &str) -> Option<(&str, u64)> {
     (key.kind == "message").then_some((key.conversation?, key.seq?))
 }
 
+/// Resolves once the gateway is stopping (the loop's one subscription).
+async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
 /// Waits for the ack write in flight, or forever without one.
 async fn ack_written(write: &mut Option<JoinHandle<()>>) {
     match write {
         Some(handle) => {
             let _ = handle.await;
         }
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -465,47 +462,50 @@ where
         let mut ping = tokio::time::interval(gw.cfg.ping_interval);
         ping.tick().await;
         let mut last_seen = Instant::now();
+        let mut stop = gw.stop_signal();
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<tokio::time::Instant> = None;
         loop {
             if let Some(end) = self.end.take() {
                 return end;
             }
+            // One timer for every deadline, moved only when the earliest one changes (not a
+            // new timer per deadline per turn of the loop).
+            let next = self.next_due();
+            if next != armed {
+                armed = next;
+                if let Some(at) = next {
+                    timer.as_mut().reset(at);
+                }
+            }
             let step = tokio::select! {
-                () = gw.stopped() => return End::Close(CloseCode::Away, "server shutting down"),
+                () = stopping(&mut stop) => {
+                    return End::Close(CloseCode::Away, "server shutting down")
+                },
                 out = outbox.recv() => match out {
                     Some(out) => self.write_queued(out, outbox).await,
                     None => return End::Close(CloseCode::Policy, "slow consumer: outbound queue full"),
                 },
-                () = sleep_until_some(self.expires) => {
-                    counter!("connect_gateway_token_expiries_total").increment(1);
-                    let text = error_text(
-                        ErrorCode::Unauthorized,
-                        "token expired; reconnect with a new token",
-                        None,
-                    );
-                    let _ = self.send_text(text).await;
-                    return End::Close(CloseCode::Policy, "token expired");
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    let now = tokio::time::Instant::now();
+                    if self.expires.is_some_and(|at| at <= now) {
+                        counter!("connect_gateway_token_expiries_total").increment(1);
+                        let text = error_text(
+                            ErrorCode::Unauthorized,
+                            "token expired; reconnect with a new token",
+                            None,
+                        );
+                        let _ = self.send_text(text).await;
+                        return End::Close(CloseCode::Policy, "token expired");
+                    }
+                    self.on_due(now).await
                 },
                 () = ack_written(&mut self.ack_write) => {
                     self.ack_write = None;
                     self.flush_acks();
                     Ok(())
-                },
-                () = sleep_until_some(self.delivered_due) => {
-                    self.report_delivered();
-                    Ok(())
-                },
-                () = sleep_until_some(self.reads_due) => {
-                    self.report_reads(false);
-                    Ok(())
-                },
-                () = sleep_until_some(self.receipts.due()) => {
-                    let frames = self.receipts.release(tokio::time::Instant::now());
-                    self.write_frames(frames).await
-                },
-                () = sleep_until_some(self.catching_up) => {
-                    counter!("connect_gateway_catch_up_timeouts_total").increment(1);
-                    let late = self.caught_up();
-                    self.write_frames(late).await
                 },
                 inbound = self.ws.next() => {
                     last_seen = Instant::now();
@@ -539,6 +539,42 @@ where
                 return End::Gone;
             }
         }
+    }
+
+    /// The earliest of the connection's deadlines: its token's expiry, the end of the catch-up
+    /// wait, the next delivered and read reports, the next paced receipt.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        [
+            self.expires,
+            self.catching_up,
+            self.delivered_due,
+            self.reads_due,
+            self.receipts.due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Does what is due at `now` (the token's expiry aside): the catch-up wait ends, the
+    /// delivered and read reports go out, paced receipts are written.
+    async fn on_due(&mut self, now: tokio::time::Instant) -> Result<(), WsError> {
+        if self.catching_up.is_some_and(|at| at <= now) {
+            counter!("connect_gateway_catch_up_timeouts_total").increment(1);
+            let late = self.caught_up();
+            self.write_frames(late).await?;
+        }
+        if self.delivered_due.is_some_and(|at| at <= now) {
+            self.report_delivered();
+        }
+        if self.reads_due.is_some_and(|at| at <= now) {
+            self.report_reads(false);
+        }
+        if self.receipts.due().is_some_and(|at| at <= now) {
+            let frames = self.receipts.release(now);
+            self.write_frames(frames).await?;
+        }
+        Ok(())
     }
 
     /// Writes a queued frame and what else is queued (up to a batch), with one flush.

@@ -95,6 +95,11 @@ impl Gateway {
         *self.stop.borrow()
     }
 
+    /// Watches [`Gateway::stop`] (for a loop that subscribes once).
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
     /// Resolves once [`Gateway::stop`] was called.
     pub async fn stopped(&self) {
         let mut rx = self.stop.subscribe();

@@ -53,6 +53,8 @@ fn config() -> Config {
 #[derive(Default)]
 struct Bus {
     sent: Mutex<Vec<String>>,
+    /// (conversation, delivered) of each marker update.
+    marks: Mutex<Vec<(String, u64)>>,
     refusing: AtomicBool,
 }
 
@@ -80,7 +82,11 @@ impl SubmissionBus for Bus {
         self.answer()
     }
 
-    fn mark(&self, _update: &MarkerUpdate) -> PendingPublish {
+    fn mark(&self, update: &MarkerUpdate) -> PendingPublish {
+        self.marks
+            .lock()
+            .unwrap()
+            .push((update.conversation.to_string(), update.delivered));
         self.answer()
     }
 
@@ -261,6 +267,21 @@ async fn a_message_is_written_after_the_catch_up_and_its_ack_moves_the_device_cu
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(cursor, Some(1), "the ack moved bob's device cursor");
+    // The ack is reported as bob's `delivered` marker when its flush is due, the connection
+    // still open (the loop's timer, not its close, sends it).
+    let reported = (conversation.to_string(), 1);
+    for _ in 0..600 {
+        if h.bus.marks.lock().unwrap().contains(&reported) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        h.bus.marks.lock().unwrap().contains(&reported),
+        "delivered reported while connected: {:?}",
+        h.bus.marks.lock().unwrap()
+    );
+    drop(bob);
 }
 
 #[tokio::test]
