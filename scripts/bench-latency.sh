@@ -5,7 +5,8 @@
 # connect-loadgen at 100, 500, 1,000, 2,000 (50 pairs) and 3,000 msg/s (100 pairs), prints
 # messaging's mean phase times, and DynamoDB Local's own floor and ceiling (connect-bench dynamo).
 #   scripts/bench-latency.sh [LABEL]        → .local/bench/latency-LABEL.txt
-# Settings to compare go in the environment (e.g. KAFKA_LINGER_MS=5 scripts/bench-latency.sh old).
+# Settings to compare go in the environment (e.g. KAFKA_LINGER_MS=5 scripts/bench-latency.sh old);
+# PROFILE=before runs the stack from binaries copied into target/before (an older build).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -14,10 +15,10 @@ mkdir -p .local/bench
 out=".local/bench/latency-$label.txt"
 : >"$out"
 scripts/stack.sh down >/dev/null 2>&1 || true
-PROFILE=release STACK_BUILD=0 scripts/stack.sh up >".local/bench/up-$label.log" 2>&1
+PROFILE=${PROFILE:-release} STACK_BUILD=0 scripts/stack.sh up >".local/bench/up-$label.log" 2>&1
 export CONNECT_JWT_SECRET=${CONNECT_JWT_SECRET:-connect-dev-secret} CONNECT_ENV=local
 export DYNAMODB_ENDPOINT=${DYNAMODB_ENDPOINT:-http://127.0.0.1:8000} AWS_REGION=${AWS_REGION:-us-east-1}
-echo "# $label $(date -u +%FT%TZ) $(git rev-parse --short HEAD)" >>"$out"
+echo "# $label $(date -u +%FT%TZ) $(git rev-parse --short HEAD), binaries of target/${PROFILE:-release}" >>"$out"
 target/release/connect-loadgen --pairs 50 --rate 1000 --duration 50 --warmup 10 >/dev/null 2>&1
 for spec in "50 100" "50 500" "50 1000" "50 2000" "100 3000"; do
   set -- $spec
