@@ -6,7 +6,9 @@
 # messaging's mean phase times, and DynamoDB Local's own floor and ceiling (connect-bench dynamo).
 #   scripts/bench-latency.sh [LABEL]        → .local/bench/latency-LABEL.txt
 # Settings to compare go in the environment (e.g. KAFKA_LINGER_MS=5 scripts/bench-latency.sh old);
-# PROFILE=before runs the stack from binaries copied into target/before (an older build).
+# PROFILE=before runs the services from binaries copied into target/before (an older build);
+# the Lambdas then run cargo lambda watch's debug build (it takes --release only with
+# PROFILE=release): fine for the 1:1 path they are not on, not for offline delivery or storms.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
