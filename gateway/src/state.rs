@@ -22,6 +22,27 @@ pub struct GatewayPorts {
     pub presence: PresencePorts,
 }
 
+#[cfg(any(test, feature = "memory"))]
+impl GatewayPorts {
+    /// Every backend in `mem` but the bus, with presence nobody uses: the in-process tests'
+    /// and `connect-bench gateway`'s gateway.
+    pub fn in_memory(mem: Arc<connect_core::memory::Memory>, bus: Arc<dyn SubmissionBus>) -> Self {
+        use connect_core::memory::NoPresence;
+        Self {
+            bus,
+            registry: mem.clone(),
+            log: mem.clone(),
+            events: mem.clone(),
+            presence: PresencePorts {
+                store: Arc::new(NoPresence),
+                bus: Arc::new(NoPresence),
+                inbox: mem.clone(),
+                groups: mem,
+            },
+        }
+    }
+}
+
 pub struct Gateway {
     pub cfg: Config,
     /// This gateway's partition of `outgoing_messages`.

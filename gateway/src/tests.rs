@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use connect_core::auth::TokenIssuer;
-use connect_core::memory::{Memory, NoPresence};
+use connect_core::memory::Memory;
 use connect_core::model::{
     Delivery, MarkerUpdate, OutboundMessage, Submission, TypingUpdate, DEFAULT_DEVICE,
 };
@@ -24,7 +24,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::config::Config;
-use crate::presence::PresencePorts;
 use crate::state::{Gateway, GatewayPorts};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -109,18 +108,7 @@ impl Harness {
         let tokens = TokenIssuer::new(&cfg.secret);
         let mem = Arc::new(Memory::default());
         let bus = Arc::new(Bus::default());
-        let ports = GatewayPorts {
-            bus: bus.clone(),
-            registry: mem.clone(),
-            log: mem.clone(),
-            events: mem.clone(),
-            presence: PresencePorts {
-                store: Arc::new(NoPresence),
-                bus: Arc::new(NoPresence),
-                inbox: mem.clone(),
-                groups: mem.clone(),
-            },
-        };
+        let ports = GatewayPorts::in_memory(mem.clone(), bus.clone());
         let (tracker, _drained) = tokio::sync::mpsc::channel(1);
         let gw = Arc::new(Gateway::new(cfg, 0, ports, tracker));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

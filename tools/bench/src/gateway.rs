@@ -21,12 +21,11 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_tungstenite::tungstenite::Message;
 
 use connect_core::auth::TokenIssuer;
-use connect_core::memory::{Memory, NoPresence};
+use connect_core::memory::Memory;
 use connect_core::messaging::MessagingStep;
 use connect_core::model::{MarkerUpdate, Submission, TypingUpdate};
 use connect_core::ports::{PendingPublish, SubmissionBus};
 use connect_core::PortError;
-use connect_gateway::presence::PresencePorts;
 use connect_gateway::state::{Gateway, GatewayPorts};
 use connect_kafka::codec::{decode_submission, encode_delivery, encode_submission};
 use connect_kafka::rdkafka::message::OwnedHeaders;
@@ -79,18 +78,7 @@ pub async fn run(issuer: &TokenIssuer, run: GatewayRun) -> anyhow::Result<()> {
     let cfg = connect_gateway::config::Config::from_env()?;
     let mem = Arc::new(Memory::default());
     let (incoming, sends) = mpsc::unbounded_channel();
-    let ports = GatewayPorts {
-        bus: Arc::new(Incoming(incoming)),
-        registry: mem.clone(),
-        log: mem.clone(),
-        events: mem.clone(),
-        presence: PresencePorts {
-            store: Arc::new(NoPresence),
-            bus: Arc::new(NoPresence),
-            inbox: mem.clone(),
-            groups: mem.clone(),
-        },
-    };
+    let ports = GatewayPorts::in_memory(mem.clone(), Arc::new(Incoming(incoming)));
     let (tracker, _drained) = mpsc::channel(1);
     let gw = Arc::new(Gateway::new(cfg, 0, ports, tracker));
     let (records, outgoing) = mpsc::unbounded_channel();

@@ -248,8 +248,10 @@ impl MessagingStep {
             .into_iter()
             .map(|t| t.map_or(Persisted::Ours, Persisted::Taken))
             .collect();
-        let others = persisted.iter().filter(|p| !matches!(p, Persisted::Ours));
-        let count = others.count();
+        let count = persisted
+            .iter()
+            .filter(|p| !matches!(p, Persisted::Ours))
+            .count();
         if count > 0 {
             warn!(
                 count,

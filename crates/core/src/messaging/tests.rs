@@ -157,21 +157,27 @@ async fn a_retried_id_keeps_its_seq_in_the_same_and_in_a_later_batch() {
     assert_eq!(m1, vec![(Some(1), Some(7)); 3]);
 }
 
+/// Remembers `sub` as accepted at (`seq`, `ts`) in its own conversation, as a process that
+/// stopped before writing it leaves it.
+async fn remember_at(mem: &Memory, sub: &Submission, seq: u64, ts: u64) {
+    let acceptance = Acceptance {
+        conversation: sub.conversation.clone(),
+        seq,
+        ts,
+        mv: None,
+    };
+    mem.remember(&[(sub.dedupe_key(), acceptance)])
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_replay_after_a_crash_between_remember_and_write_stores_the_original_seq() {
     let mem = Arc::new(Memory::default());
     let step = MessagingStep::new(mem.ports());
     let sub = send("alice", "bob", "m1", "a1", 0);
     // What a crash leaves: the acceptance remembered (seq 4), the message not written.
-    let acceptance = Acceptance {
-        conversation: sub.conversation.clone(),
-        seq: 4,
-        ts: 3,
-        mv: None,
-    };
-    mem.remember(&[(sub.dedupe_key(), acceptance)])
-        .await
-        .unwrap();
+    remember_at(&mem, &sub, 4, 3).await;
     step.process(vec![sub], 10).await.unwrap();
     let stored = mem.stored();
     assert_eq!((stored.len(), stored[0].seq, stored[0].ts), (1, 4, 3));
@@ -388,15 +394,7 @@ async fn an_acceptance_whose_seq_holds_another_message_is_void() {
         4
     );
     let sub = send("bob", "alice", "m1", "b1", 0);
-    let acceptance = Acceptance {
-        conversation: c.clone(),
-        seq: 4,
-        ts: 2,
-        mv: None,
-    };
-    mem.remember(&[(sub.dedupe_key(), acceptance)])
-        .await
-        .unwrap();
+    remember_at(&mem, &sub, 4, 2).await;
     step.process(vec![sub.clone()], 3).await.unwrap();
     assert_eq!(
         errors_of(&mem),

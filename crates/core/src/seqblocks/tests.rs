@@ -63,17 +63,22 @@ async fn a_quiet_conversation_reserves_exactly_what_it_needs() {
     assert_eq!(inner.memory.seqs.lock().unwrap()[&c], 2);
 }
 
+/// Hands out seqs 1..=21 one at a time, so that a block is held ahead: the highest reserved.
+async fn hand_out_21(blocks: &SequenceBlocks, inner: &Counted, c: &ConversationId) -> u64 {
+    for _ in 0..21 {
+        take(blocks, c, 1).await;
+    }
+    let reserved = inner.memory.seqs.lock().unwrap()[c];
+    assert!(reserved > 21, "a block is held ahead");
+    reserved
+}
+
 #[tokio::test]
 async fn unused_seqs_go_back_so_the_next_owner_continues_without_a_gap() {
     let inner = Arc::new(Counted::default());
     let blocks = SequenceBlocks::new(inner.clone(), 64, 100);
     let c = conv("dm:alice:bob");
-    for _ in 0..21 {
-        take(&blocks, &c, 1).await;
-    }
-    // 21 handed out, more reserved ahead.
-    let reserved = inner.memory.seqs.lock().unwrap()[&c];
-    assert!(reserved > 21);
+    let reserved = hand_out_21(&blocks, &inner, &c).await;
     assert_eq!(blocks.give_back_all().await, 1);
     // Another process (here: the inner allocator itself) continues at 22, and learns that
     // 22..=reserved were reserved before (their writes must not replace anything).
@@ -91,11 +96,7 @@ async fn an_abandoned_block_is_never_handed_out_again() {
     let inner = Arc::new(Counted::default());
     let blocks = SequenceBlocks::new(inner.clone(), 64, 100);
     let c = conv("dm:alice:bob");
-    for _ in 0..21 {
-        take(&blocks, &c, 1).await;
-    }
-    let reserved = inner.memory.seqs.lock().unwrap()[&c];
-    assert!(reserved > 21, "a block is held ahead");
+    let reserved = hand_out_21(&blocks, &inner, &c).await;
     blocks.abandon(&c);
     // Its rest is a gap: the next seq comes after everything reserved, and nothing goes back.
     assert_eq!(take(&blocks, &c, 1).await, reserved + 1);
