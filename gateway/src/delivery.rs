@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use connect_kafka::codec::{decode_delivery, CodecError};
+use connect_kafka::codec::{decode_record, CodecError};
 use connect_kafka::rdkafka::consumer::Consumer;
 use connect_kafka::rdkafka::message::Headers;
 use connect_kafka::rdkafka::{Message, Offset, TopicPartitionList};
@@ -62,32 +62,47 @@ pub async fn run(consumer: WatchedConsumer, gw: Arc<Gateway>) {
         };
         counter!("connect_gateway_records_total", "partition" => record.partition().to_string())
             .increment(1);
-        if let Err(e) = hand_over(&gw, record.headers(), record.payload()) {
-            warn!(cause = %e, offset = record.offset(), "skipping undecodable record");
-        }
+        let offset = record.offset();
+        hand_over(&gw, record.headers(), record.payload(), |e| {
+            warn!(cause = %e, offset, "skipping an undecodable delivery");
+        });
     }
 }
 
-/// Hands one record of the slot's partition (its headers and value) to the hub: what [`run`]
-/// does with each record read, and the harness of `connect-bench gateway` with each record its
-/// in-process messaging encodes.
+/// Hands one record of the slot's partition (its headers and value) to the hub, delivery by
+/// delivery; `undecodable` hears of each delivery that does not decode (the others still go).
+/// What [`run`] does with each record read, and the harness of `connect-bench gateway` with each
+/// record its in-process messaging encodes.
 pub fn hand_over<H: Headers>(
     gw: &Gateway,
     headers: Option<&H>,
     payload: Option<&[u8]>,
-) -> Result<(), CodecError> {
-    let delivery = decode_delivery(gw.slot, headers, payload)?;
-    if let Some(m) = &delivery.message {
-        let now = connect_core::now_ms();
-        histogram!("connect_delivery_latency_seconds")
-            .record(now.saturating_sub(m.ts) as f64 / 1000.0);
+    mut undecodable: impl FnMut(CodecError),
+) {
+    let now = connect_core::now_ms();
+    let (mut frames, mut evicted, mut dropped, mut absent) = (0, 0, 0, 0);
+    for delivery in decode_record(gw.slot, headers, payload) {
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(e) => {
+                undecodable(e);
+                continue;
+            }
+        };
+        if let Some(m) = &delivery.message {
+            histogram!("connect_delivery_latency_seconds")
+                .record(now.saturating_sub(m.ts) as f64 / 1000.0);
+        }
+        let handed = gw.hub.deliver(delivery);
+        frames += handed.frames;
+        evicted += handed.evicted;
+        dropped += handed.dropped;
+        // Recipients who left after the registry lookup: their devices' next connections find
+        // the message in the conversation's log.
+        absent += handed.absent.len();
     }
-    let handed = gw.hub.deliver(delivery);
-    counter!("connect_gateway_deliveries_total").increment(handed.frames as u64);
-    counter!("connect_gateway_slow_consumers_total").increment(handed.evicted as u64);
-    counter!("connect_gateway_signals_dropped_total").increment(handed.dropped as u64);
-    // Recipients who left after the registry lookup: their devices' next connections find the
-    // message in the conversation's log.
-    counter!("connect_gateway_absent_total").increment(handed.absent.len() as u64);
-    Ok(())
+    counter!("connect_gateway_deliveries_total").increment(frames as u64);
+    counter!("connect_gateway_slow_consumers_total").increment(evicted as u64);
+    counter!("connect_gateway_signals_dropped_total").increment(dropped as u64);
+    counter!("connect_gateway_absent_total").increment(absent as u64);
 }

@@ -50,9 +50,12 @@ impl Application {
             .kafka
             .create_producer("messaging-producer")
             .context("creating the Kafka producer")?;
-        let deliveries: Arc<dyn connect_core::ports::DeliveryBus> = Arc::new(
-            KafkaDeliveryBus::new(producer.clone(), cfg.topics.outgoing.clone()),
-        );
+        let deliveries: Arc<dyn connect_core::ports::DeliveryBus> =
+            Arc::new(KafkaDeliveryBus::new(
+                producer.clone(),
+                cfg.topics.outgoing.clone(),
+                cfg.outgoing_record_max_bytes,
+            ));
         let sequences = Arc::new(SequenceBlocks::new(
             Arc::new(DynamoSequences::new(
                 dynamo.clone(),

@@ -62,6 +62,9 @@ pub struct Config {
     /// Fault injection for the crash test: pause after a batch is stored and published, before
     /// its offsets are committed. Refused in production.
     pub fault_pause_before_commit: Option<Duration>,
+    /// The largest record messaging writes to `outgoing_messages`: a batch's deliveries for one
+    /// gateway go in one record up to this size (below librdkafka's `message.max.bytes`).
+    pub outgoing_record_max_bytes: usize,
     /// Fault injection: `<conversation>=<times>` fails that many chat-table writes touching the
     /// conversation, after writing the rest of their batch. Refused in production.
     pub fault_fail_writes: Option<String>,
@@ -114,8 +117,37 @@ impl Config {
             offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
             group_cache_ttl: Duration::from_secs(env::var("GROUP_CACHE_TTL_SECS", 60)?),
             group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,
+            outgoing_record_max_bytes: record_max_bytes(env::var(
+                "MESSAGING_OUTGOING_RECORD_MAX_BYTES",
+                256 * 1024,
+            )?)?,
             fault_pause_before_commit: (fault > 0).then(|| Duration::from_millis(fault)),
             fault_fail_writes: fail_writes,
         })
+    }
+}
+
+/// `MESSAGING_OUTGOING_RECORD_MAX_BYTES` well within what the producer and a default topic take
+/// (librdkafka's `message.max.bytes` is 1,000,000; only a single delivery larger than the cap
+/// makes a larger record, alone).
+fn record_max_bytes(bytes: usize) -> anyhow::Result<usize> {
+    const ROOM: std::ops::RangeInclusive<usize> = 1024..=512 * 1024;
+    if !ROOM.contains(&bytes) {
+        anyhow::bail!(
+            "MESSAGING_OUTGOING_RECORD_MAX_BYTES = {bytes}: must be within {}..={}",
+            ROOM.start(),
+            ROOM.end()
+        );
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_outgoing_record_cap_stays_within_what_kafka_takes() {
+        assert_eq!(super::record_max_bytes(256 * 1024).unwrap(), 256 * 1024);
+        assert!(super::record_max_bytes(0).is_err());
+        assert!(super::record_max_bytes(1_000_000).is_err());
     }
 }

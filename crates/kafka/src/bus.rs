@@ -7,7 +7,6 @@ use futures_util::future::join_all;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 
 use connect_core::model::{Delivery, MarkerUpdate, Submission, TypingUpdate, UserConnected};
 use connect_core::ports::{ConnectionEvents, DeliveryBus, PendingPublish, PushBus, SubmissionBus};
@@ -15,7 +14,8 @@ use connect_core::regions::{forward_topic, AckBus, AckRecord, RegionBus, Replica
 use connect_core::PortError;
 
 use crate::codec::{
-    encode_delivery, encode_json, encode_submission, KIND_HEADER, MARKER_KIND, TYPING_KIND,
+    batch_headers, delivery_records, encode_json, encode_submission, KIND_HEADER, MARKER_KIND,
+    TYPING_KIND,
 };
 
 use crate::Producer;
@@ -143,19 +143,25 @@ impl ConnectionEvents for KafkaConnectionEvents {
     }
 }
 
-/// Publishes deliveries to `outgoing_messages`, each to its slot's partition.
+/// Publishes deliveries to `outgoing_messages`: one record per slot (gateway) and call, or a few
+/// when they would pass `record_max_bytes` ([`delivery_records`]), on the slot's partition.
 #[derive(Clone)]
 pub struct KafkaDeliveryBus {
     producer: Producer,
     topic: String,
+    record_max_bytes: usize,
     queue_timeout: Duration,
 }
 
 impl KafkaDeliveryBus {
-    pub fn new(producer: Producer, topic: impl Into<String>) -> Self {
+    /// `record_max_bytes` must stay under the producer's and the topic's largest record
+    /// (librdkafka's `message.max.bytes`, 1,000,000 by default): a record is cut before a
+    /// delivery that would take it past this size.
+    pub fn new(producer: Producer, topic: impl Into<String>, record_max_bytes: usize) -> Self {
         Self {
             producer,
             topic: topic.into(),
+            record_max_bytes,
             queue_timeout: Duration::from_secs(5),
         }
     }
@@ -164,21 +170,37 @@ impl KafkaDeliveryBus {
 #[async_trait]
 impl DeliveryBus for KafkaDeliveryBus {
     async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError> {
-        let sends = deliveries.iter().map(|d| {
-            let (headers, value) = encode_delivery(d);
-            let slot = d.slot as i32;
-            async move {
-                let record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(&self.topic)
-                    .partition(slot)
-                    .headers(headers)
-                    .payload(&value);
-                self.producer
-                    .send(record, Timeout::After(self.queue_timeout))
-                    .await
-            }
-        });
+        let records = delivery_records(deliveries, self.record_max_bytes);
+        // Enqueued one after the other, waiting for room when the queue is full: a slot's
+        // records reach its partition in this order (the producer is idempotent). Then awaited
+        // together.
+        let deadline = tokio::time::Instant::now() + self.queue_timeout;
+        let mut sends = Vec::with_capacity(records.len());
+        for (slot, value) in &records {
+            let mut record: FutureRecord<'_, (), Vec<u8>> = FutureRecord::to(&self.topic)
+                .partition(*slot as i32)
+                .headers(batch_headers())
+                .payload(value);
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break delivery,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if tokio::time::Instant::now() < deadline =>
+                    {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(produce_error(&e)),
+                }
+            };
+            sends.push(delivery);
+        }
         for result in join_all(sends).await {
-            result.map_err(|(e, _)| produce_error(&e))?;
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(produce_error(&e)),
+                Err(_) => return Err(PortError::unavailable(BACKEND, "producer closed")),
+            }
         }
         Ok(())
     }

@@ -1,11 +1,17 @@
 //! Record formats on the two topics.
 //!
-//! `outgoing_messages`: value = the `message` frame text (empty when the record only carries a
-//! reply); headers `to` (recipients, comma-separated — user ids have no commas), `conv`, `seq`,
-//! `ts`, and for the sender's connection `reply_conn` + `reply` (its `accepted`/`error` frame);
-//! a signal (a `receipt`) has its frame as the value, `to`, `signal` (its coalescing key) and
-//! `except` (a connection left out); a presence change has its frame as the value and
-//! `presence` (`<user> <version>`: it goes to the connections watching the user).
+//! `outgoing_messages`: a record carries the deliveries of one messaging batch (or presence
+//! sweep) for one gateway slot, in order ([`delivery_records`]), marked by the header
+//! `batch: 1`; its value is a run of entries, each a `u32` (big-endian) length and the
+//! delivery's fields, each a `u8` name length, the name, a `u32` value length and the value.
+//! A delivery's fields: `value`, the `message` frame text (none when it only carries a reply);
+//! `to` (recipients, comma-separated — user ids have no commas), `conv`, `seq`, `ts`, and for the
+//! sender's connection `reply_conn` + `reply` (its `accepted`/`error` frame); a signal (a
+//! `receipt`, typing) has its frame as `value`, `to`, `signal` (its coalescing key) and `except`
+//! (a connection left out); a presence change has its frame as `value` and `presence`
+//! (`<user> <version>`: it goes to the connections watching the user). A record without the
+//! `batch` header is one delivery whose fields are its headers and whose frame is its value: the
+//! format before batching, still read.
 //!
 //! `incoming_messages`: value = a [`Submission`] as JSON, or with the header `kind: marker` a
 //! [`MarkerUpdate`].
@@ -73,70 +79,114 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, 
     serde_json::from_slice(payload).map_err(|e| CodecError(e.to_string()))
 }
 
-/// Headers and value of a delivery record.
-pub fn encode_delivery(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
-    let mut h = OwnedHeaders::new_with_capacity(6);
-    let mut value = Vec::new();
+/// Where a delivery's fields go: a record's headers (one delivery per record, the format before
+/// batching) or an entry of a batch record.
+trait FieldSink {
+    fn field(&mut self, key: &'static str, value: &[u8]);
+}
+
+/// A delivery's fields (the headers of the one-per-record format) into `sink`; returns its
+/// frame (the record's value; empty when it only carries a reply).
+fn write_fields<'d>(d: &'d Delivery, sink: &mut impl FieldSink) -> &'d [u8] {
+    let mut value: &[u8] = &[];
     if d.message.is_some() || d.signal.is_some() {
-        let to = d
-            .recipients
-            .iter()
-            .map(UserId::as_str)
-            .collect::<Vec<_>>()
-            .join(",");
-        h = h.insert(Header {
-            key: "to",
-            value: Some(to.as_bytes()),
-        });
+        let mut to = String::with_capacity(d.recipients.len() * 12);
+        for (i, user) in d.recipients.iter().enumerate() {
+            if i > 0 {
+                to.push(',');
+            }
+            to.push_str(user.as_str());
+        }
+        sink.field("to", to.as_bytes());
     }
     if let Some(m) = &d.message {
-        h = h
-            .insert(Header {
-                key: "conv",
-                value: Some(m.conversation.as_bytes()),
-            })
-            .insert(Header {
-                key: "seq",
-                value: Some(m.seq.to_string().as_bytes()),
-            })
-            .insert(Header {
-                key: "ts",
-                value: Some(m.ts.to_string().as_bytes()),
-            });
-        value = m.frame.as_bytes().to_vec();
+        sink.field("conv", m.conversation.as_bytes());
+        sink.field("seq", m.seq.to_string().as_bytes());
+        sink.field("ts", m.ts.to_string().as_bytes());
+        value = m.frame.as_bytes();
     }
     if let Some(signal) = &d.signal {
-        h = h.insert(Header {
-            key: "signal",
-            value: Some(signal.key.as_bytes()),
-        });
+        sink.field("signal", signal.key.as_bytes());
         if let Some(except) = &signal.except {
-            h = h.insert(Header {
-                key: "except",
-                value: Some(except.as_bytes()),
-            });
+            sink.field("except", except.as_bytes());
         }
-        value = signal.frame.as_bytes().to_vec();
+        value = signal.frame.as_bytes();
     }
     if let Some(p) = &d.presence {
-        h = h.insert(Header {
-            key: "presence",
-            value: Some(format!("{} {}", p.user, p.version).as_bytes()),
-        });
-        value = p.frame.as_bytes().to_vec();
+        sink.field("presence", format!("{} {}", p.user, p.version).as_bytes());
+        value = p.frame.as_bytes();
     }
     if let Some(r) = &d.reply {
-        h = h
-            .insert(Header {
-                key: "reply_conn",
-                value: Some(r.conn.as_bytes()),
-            })
-            .insert(Header {
-                key: "reply",
-                value: Some(r.frame.as_bytes()),
-            });
+        sink.field("reply_conn", r.conn.as_bytes());
+        sink.field("reply", r.frame.as_bytes());
     }
-    (h, value)
+    value
+}
+
+/// The header that marks a record of `outgoing_messages` carrying several deliveries; its value
+/// is the format's version.
+pub const BATCH_HEADER: &str = "batch";
+const BATCH_VERSION: &[u8] = b"1";
+/// The key of a delivery's frame among its fields in a batch record.
+const VALUE_FIELD: &str = "value";
+
+/// An entry of a batch record: `u8` key length, key, `u32` (big-endian) value length, value.
+impl FieldSink for Vec<u8> {
+    fn field(&mut self, key: &'static str, value: &[u8]) {
+        self.push(key.len() as u8);
+        self.extend_from_slice(key.as_bytes());
+        self.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        self.extend_from_slice(value);
+    }
+}
+
+/// Appends one delivery as an entry of a batch record: `u32` (big-endian) length, then its
+/// fields.
+fn push_entry(record: &mut Vec<u8>, d: &Delivery) {
+    let at = record.len();
+    record.extend_from_slice(&[0; 4]);
+    let value = write_fields(d, record);
+    if !value.is_empty() {
+        record.field(VALUE_FIELD, value);
+    }
+    let len = (record.len() - at - 4) as u32;
+    record[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The records of `outgoing_messages` for `deliveries`: per slot, its deliveries in their
+/// order, in as few records as keep each under `max_bytes` (a delivery larger than that goes
+/// alone). One slot's records come in order: published in this order, each slot's partition
+/// gets its deliveries in the order given. Each record goes with [`batch_headers`].
+pub fn delivery_records(deliveries: &[Delivery], max_bytes: usize) -> Vec<(u32, Vec<u8>)> {
+    let mut open: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut done = Vec::new();
+    for d in deliveries {
+        let i = match open.iter().position(|(slot, _)| *slot == d.slot) {
+            Some(i) => i,
+            None => {
+                open.push((d.slot, Vec::new()));
+                open.len() - 1
+            }
+        };
+        let record = &mut open[i].1;
+        let before = record.len();
+        push_entry(record, d);
+        if before > 0 && record.len() > max_bytes {
+            let entry = record.split_off(before);
+            done.push((d.slot, std::mem::replace(record, entry)));
+        }
+    }
+    // Full records went first: any later record of a slot follows its earlier ones.
+    done.extend(open);
+    done
+}
+
+/// The headers of a batch record.
+pub fn batch_headers() -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(1).insert(Header {
+        key: BATCH_HEADER,
+        value: Some(BATCH_VERSION),
+    })
 }
 
 fn text(v: Option<&[u8]>, what: &str) -> Result<String, CodecError> {
@@ -150,29 +200,98 @@ fn number(v: Option<&[u8]>, what: &str) -> Result<u64, CodecError> {
         .map_err(|_| CodecError(format!("header `{what}` is not a number")))
 }
 
-/// Decodes a delivery record read from `slot`'s partition.
-pub fn decode_delivery<H: Headers>(
+/// Decodes a record read from `slot`'s partition of `outgoing_messages`: a batch record (header
+/// [`BATCH_HEADER`]) or a record of one delivery (the format before batching, which a messaging
+/// process of an older release still writes during a rolling deploy). Each entry decodes on its
+/// own: one that does not is an error in its place, and the others still go; a batch whose
+/// framing breaks ends with an error.
+pub fn decode_record<H: Headers>(
     slot: u32,
     headers: Option<&H>,
+    value: Option<&[u8]>,
+) -> Vec<Result<Delivery, CodecError>> {
+    let batch = headers.and_then(|h| h.iter().find(|h| h.key == BATCH_HEADER));
+    let Some(batch) = batch else {
+        let fields = headers
+            .into_iter()
+            .flat_map(|h| h.iter().map(|h| (h.key, h.value)));
+        return vec![decode_fields(slot, fields, value)];
+    };
+    if batch.value != Some(BATCH_VERSION) {
+        return vec![Err(CodecError(format!(
+            "batch format {:?} is not one this gateway reads",
+            batch.value.map(String::from_utf8_lossy)
+        )))];
+    }
+    let mut rest = value.unwrap_or_default();
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let Some((entry, after)) = take(rest, 4).and_then(|(len, after)| {
+            take(after, u32::from_be_bytes(len.try_into().ok()?) as usize)
+        }) else {
+            out.push(Err(CodecError(
+                "a batch entry runs past the record's end".into(),
+            )));
+            break;
+        };
+        rest = after;
+        out.push(decode_entry(slot, entry));
+    }
+    out
+}
+
+/// `n` bytes off the front of `bytes`, and the rest.
+fn take(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+    (bytes.len() >= n).then(|| bytes.split_at(n))
+}
+
+/// One entry of a batch record (its fields, see [`push_entry`]).
+fn decode_entry(slot: u32, mut entry: &[u8]) -> Result<Delivery, CodecError> {
+    let mut fields: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(8);
+    let mut value = None;
+    while !entry.is_empty() {
+        let field = (|| {
+            let (key_len, rest) = take(entry, 1)?;
+            let (key, rest) = take(rest, key_len[0] as usize)?;
+            let (len, rest) = take(rest, 4)?;
+            let (v, rest) = take(rest, u32::from_be_bytes(len.try_into().ok()?) as usize)?;
+            Some((key, v, rest))
+        })();
+        let (key, v, rest) =
+            field.ok_or_else(|| CodecError("a batch entry's field runs past its end".into()))?;
+        let key = std::str::from_utf8(key)
+            .map_err(|_| CodecError("a batch entry's field name is not UTF-8".into()))?;
+        if key == VALUE_FIELD {
+            value = Some(v);
+        } else {
+            fields.push((key, Some(v)));
+        }
+        entry = rest;
+    }
+    decode_fields(slot, fields.into_iter(), value)
+}
+
+/// A delivery from its fields (headers) and frame.
+fn decode_fields<'a>(
+    slot: u32,
+    fields: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
     value: Option<&[u8]>,
 ) -> Result<Delivery, CodecError> {
     let (mut to, mut conv, mut seq, mut ts, mut reply_conn, mut reply) =
         (None, None, None, None, None, None);
     let (mut signal, mut except, mut presence) = (None, None, None);
-    if let Some(headers) = headers {
-        for h in headers.iter() {
-            match h.key {
-                "to" => to = Some(text(h.value, "to")?),
-                "conv" => conv = Some(text(h.value, "conv")?),
-                "seq" => seq = Some(number(h.value, "seq")?),
-                "ts" => ts = Some(number(h.value, "ts")?),
-                "reply_conn" => reply_conn = Some(text(h.value, "reply_conn")?),
-                "reply" => reply = Some(text(h.value, "reply")?),
-                "signal" => signal = Some(text(h.value, "signal")?),
-                "except" => except = Some(text(h.value, "except")?),
-                "presence" => presence = Some(text(h.value, "presence")?),
-                _ => {}
-            }
+    for (key, v) in fields {
+        match key {
+            "to" => to = Some(text(v, "to")?),
+            "conv" => conv = Some(text(v, "conv")?),
+            "seq" => seq = Some(number(v, "seq")?),
+            "ts" => ts = Some(number(v, "ts")?),
+            "reply_conn" => reply_conn = Some(text(v, "reply_conn")?),
+            "reply" => reply = Some(text(v, "reply")?),
+            "signal" => signal = Some(text(v, "signal")?),
+            "except" => except = Some(text(v, "except")?),
+            "presence" => presence = Some(text(v, "presence")?),
+            _ => {}
         }
     }
     let recipients = to
@@ -233,14 +352,33 @@ pub fn decode_delivery<H: Headers>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_delivery_survives_the_round_trip() {
-        let d = Delivery {
-            slot: 3,
-            recipients: vec![
-                UserId::parse("alice").unwrap(),
-                UserId::parse("bob").unwrap(),
-            ],
+    /// A record in the one-delivery-per-record format (what a messaging process of an older
+    /// release writes).
+    fn single_record(d: &Delivery) -> (OwnedHeaders, Vec<u8>) {
+        struct Sink(Option<OwnedHeaders>);
+        impl FieldSink for Sink {
+            fn field(&mut self, key: &'static str, value: &[u8]) {
+                let h = self.0.take().unwrap_or_default();
+                self.0 = Some(h.insert(Header {
+                    key,
+                    value: Some(value),
+                }));
+            }
+        }
+        let mut sink = Sink(Some(OwnedHeaders::new()));
+        let value = write_fields(d, &mut sink).to_vec();
+        (sink.0.unwrap(), value)
+    }
+
+    fn user(u: &str) -> UserId {
+        UserId::parse(u).unwrap()
+    }
+
+    /// One delivery of each kind, for `slot`.
+    fn every_kind(slot: u32) -> Vec<Delivery> {
+        let message = Delivery {
+            slot,
+            recipients: vec![user("alice"), user("bob")],
             message: Some(OutboundMessage {
                 conversation: "dm:alice:bob".into(),
                 seq: 9,
@@ -254,21 +392,14 @@ mod tests {
             signal: None,
             presence: None,
         };
-        let (h, v) = encode_delivery(&d);
-        assert_eq!(decode_delivery(3, Some(&h), Some(&v)).unwrap(), d);
         let reply_only = Delivery {
-            slot: 1,
             recipients: vec![],
             message: None,
-            reply: d.reply.clone(),
-            signal: None,
-            presence: None,
+            ..message.clone()
         };
-        let (h, v) = encode_delivery(&reply_only);
-        assert_eq!(decode_delivery(1, Some(&h), Some(&v)).unwrap(), reply_only);
         let signal = Delivery {
-            slot: 2,
-            recipients: vec![UserId::parse("bob").unwrap()],
+            slot,
+            recipients: vec![user("bob")],
             message: None,
             reply: None,
             signal: Some(Signal {
@@ -278,22 +409,113 @@ mod tests {
             }),
             presence: None,
         };
-        let (h, v) = encode_delivery(&signal);
-        assert_eq!(decode_delivery(2, Some(&h), Some(&v)).unwrap(), signal);
         let presence = Delivery {
-            slot: 1,
+            slot,
             recipients: Vec::new(),
             message: None,
             reply: None,
             signal: None,
             presence: Some(PresenceSignal {
-                user: UserId::parse("bob").unwrap(),
+                user: user("bob"),
                 version: 1_763_800_000_123,
                 frame: "{\"type\":\"presence\"}".into(),
             }),
         };
-        let (h, v) = encode_delivery(&presence);
-        assert_eq!(decode_delivery(1, Some(&h), Some(&v)).unwrap(), presence);
+        vec![message, reply_only, signal, presence]
+    }
+
+    fn decoded(slot: u32, headers: &OwnedHeaders, value: &[u8]) -> Vec<Delivery> {
+        decode_record(slot, Some(headers), Some(value))
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_kind_of_delivery_survives_a_batch_record() {
+        let all = every_kind(3);
+        let records = delivery_records(&all, 256 * 1024);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0, 3);
+        assert_eq!(decoded(3, &batch_headers(), &records[0].1), all);
+    }
+
+    #[test]
+    fn a_record_of_one_delivery_still_decodes() {
+        for d in every_kind(1) {
+            let (h, v) = single_record(&d);
+            assert_eq!(decoded(1, &h, &v), vec![d]);
+        }
+    }
+
+    #[test]
+    fn each_slot_gets_its_deliveries_in_order_in_records_under_the_cap() {
+        let mut all = Vec::new();
+        for i in 0..40u64 {
+            let mut d = every_kind((i % 3) as u32).remove(0);
+            let m = d.message.as_mut().unwrap();
+            m.seq = i;
+            m.frame = "x".repeat(100 + (i as usize * 37) % 300);
+            all.push(d);
+        }
+        let max = 1500;
+        let records = delivery_records(&all, max);
+        assert!(records.len() > 3, "the cap splits each slot's deliveries");
+        for slot in 0..3 {
+            let got: Vec<Delivery> = records
+                .iter()
+                .filter(|(s, _)| *s == slot)
+                .inspect(|(_, r)| assert!(r.len() <= max, "{} > {max}", r.len()))
+                .flat_map(|(_, r)| decoded(slot, &batch_headers(), r))
+                .collect();
+            let sent: Vec<Delivery> = all.iter().filter(|d| d.slot == slot).cloned().collect();
+            assert_eq!(got, sent);
+        }
+    }
+
+    #[test]
+    fn a_delivery_larger_than_the_cap_goes_alone() {
+        let mut big = every_kind(0);
+        big[0].message.as_mut().unwrap().frame = "y".repeat(5000);
+        let records = delivery_records(&big, 1000);
+        assert_eq!(records.len(), 2, "the big one, then the rest");
+        assert!(records[0].1.len() > 1000);
+        let got: Vec<Delivery> = records
+            .iter()
+            .flat_map(|(_, r)| decoded(0, &batch_headers(), r))
+            .collect();
+        assert_eq!(got, big);
+    }
+
+    #[test]
+    fn a_bad_entry_is_an_error_in_its_place_and_the_others_still_go() {
+        let all = every_kind(0);
+        let mut record = Vec::new();
+        push_entry(&mut record, &all[0]);
+        // An entry whose `seq` is not a number.
+        let at = record.len();
+        record.extend_from_slice(&[0; 4]);
+        record.field("seq", b"x");
+        let len = (record.len() - at - 4) as u32;
+        record[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        push_entry(&mut record, &all[2]);
+        let got = decode_record(0, Some(&batch_headers()), Some(&record));
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().unwrap(), &all[0]);
+        assert!(got[1].is_err());
+        assert_eq!(got[2].as_ref().unwrap(), &all[2]);
+        // Cut short: the entries before the cut, then an error.
+        record.truncate(record.len() - 3);
+        let got = decode_record(0, Some(&batch_headers()), Some(&record));
+        assert_eq!(got.len(), 3);
+        assert!(got[0].is_ok() && got[1].is_err() && got[2].is_err());
+        // A format this gateway does not know.
+        let newer = OwnedHeaders::new().insert(Header {
+            key: BATCH_HEADER,
+            value: Some(b"2".as_slice()),
+        });
+        let got = decode_record(0, Some(&newer), Some(&record));
+        assert!(got.len() == 1 && got[0].is_err());
     }
 
     #[test]
@@ -302,7 +524,8 @@ mod tests {
             key: "seq",
             value: Some(b"x".as_slice()),
         });
-        assert!(decode_delivery(0, Some(&h), None).is_err());
+        let got = decode_record(0, Some(&h), None);
+        assert!(got.len() == 1 && got[0].is_err());
         assert!(decode_submission(b"{}").is_err());
     }
 }

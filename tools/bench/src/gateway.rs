@@ -27,8 +27,7 @@ use connect_core::model::{MarkerUpdate, Submission, TypingUpdate};
 use connect_core::ports::{PendingPublish, SubmissionBus};
 use connect_core::PortError;
 use connect_gateway::state::{Gateway, GatewayPorts};
-use connect_kafka::codec::{decode_submission, encode_delivery, encode_submission};
-use connect_kafka::rdkafka::message::OwnedHeaders;
+use connect_kafka::codec::{batch_headers, decode_submission, delivery_records, encode_submission};
 
 #[derive(clap::Args)]
 pub struct GatewayRun {
@@ -146,7 +145,7 @@ impl SubmissionBus for Incoming {
 async fn messaging(
     step: MessagingStep,
     mut sends: UnboundedReceiver<Vec<u8>>,
-    records: UnboundedSender<(OwnedHeaders, Vec<u8>)>,
+    records: UnboundedSender<Vec<u8>>,
 ) {
     let mut payloads = Vec::new();
     while sends.recv_many(&mut payloads, 500).await > 0 {
@@ -155,8 +154,8 @@ async fn messaging(
             .filter_map(|p| decode_submission(&p).ok())
             .collect();
         let prepared = step.prepare(batch, connect_core::now_ms()).await;
-        for delivery in &prepared.deliveries {
-            if records.send(encode_delivery(delivery)).is_err() {
+        for (_, record) in delivery_records(&prepared.deliveries, 256 * 1024) {
+            if records.send(record).is_err() {
                 return;
             }
         }
@@ -164,11 +163,12 @@ async fn messaging(
 }
 
 /// The slot's consumer in the harness: each record handed over as `delivery::run` hands it.
-async fn slot_consumer(gw: Arc<Gateway>, mut records: UnboundedReceiver<(OwnedHeaders, Vec<u8>)>) {
-    while let Some((headers, value)) = records.recv().await {
-        if let Err(e) = connect_gateway::delivery::hand_over(&gw, Some(&headers), Some(&value)) {
-            eprintln!("a record the gateway could not decode: {e}");
-        }
+async fn slot_consumer(gw: Arc<Gateway>, mut records: UnboundedReceiver<Vec<u8>>) {
+    let headers = batch_headers();
+    while let Some(value) = records.recv().await {
+        connect_gateway::delivery::hand_over(&gw, Some(&headers), Some(&value), |e| {
+            eprintln!("a delivery the gateway could not decode: {e}");
+        });
     }
 }
 
