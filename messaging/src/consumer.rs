@@ -195,7 +195,7 @@ async fn publish_and_commit<S: Source>(
     counter!("connect_messaging_duplicates_total").increment(report.duplicates as u64);
     counter!("connect_messaging_rejected_total").increment(report.rejected as u64);
     counter!("connect_messaging_unavailable_total").increment(report.unavailable as u64);
-    counter!("connect_messaging_records_out_total").increment(report.records as u64);
+    counter!("connect_messaging_deliveries_out_total").increment(report.deliveries as u64);
     counter!("connect_messaging_shed_total").increment(report.shed as u64);
     counter!("connect_messaging_log_retries_total").increment(report.log_retries as u64);
     counter!("connect_messaging_markers_total").increment(report.markers as u64);

@@ -226,7 +226,8 @@ async fn membership_changes_are_group_events_and_hold_for_later_messages() -> an
 }
 
 #[tokio::test]
-async fn a_group_message_costs_one_record_per_gateway_not_per_member() -> anyhow::Result<()> {
+async fn a_group_message_costs_one_delivery_per_gateway_and_a_batch_one_record_per_gateway(
+) -> anyhow::Result<()> {
     use crate::private::PrivateStack;
     // A private slice: its own topics, two gateways and messaging, so its counters are ours.
     let mut stack = PrivateStack::start().await?;
@@ -248,8 +249,8 @@ async fn a_group_message_costs_one_record_per_gateway_not_per_member() -> anyhow
         };
         clients.push(Client::connect(&gw, m).await?);
     }
-    let records = || metric(&ops, "connect_messaging_records_out_total", "");
-    let before = records().await?;
+    let deliveries = || metric(&ops, "connect_messaging_deliveries_out_total", "");
+    let before = deliveries().await?;
     // The group's `group_created` may reach these connections too (drained by the shared
     // stack, which shares Redis with this slice): skip system messages, and repeats.
     for k in 0..3 {
@@ -261,19 +262,51 @@ async fn a_group_message_costs_one_record_per_gateway_not_per_member() -> anyhow
             assert_eq!(c.next_non_event().await?["body"], "count me");
         }
     }
-    // Messaging counts a batch's records once the broker acked them, which may be just after a
-    // gateway delivered them: wait for the count to settle, then hold it to the exact figure.
+    // Messaging counts a batch's deliveries once the broker acked them, which may be just after
+    // a gateway delivered them: wait for the count to settle, then hold it to the exact figure.
     metric_reaching(
         &ops,
-        "connect_messaging_records_out_total",
+        "connect_messaging_deliveries_out_total",
         "",
         before + 6.0,
     )
     .await?;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let after = records().await?;
+    let after = deliveries().await?;
     // 3 messages × 2 gateways with online members (the sender's `accepted` rides on one of them),
     // not 3 × 10 members. Producers are idempotent: the broker hands each submission over once.
-    assert_eq!(after - before, 6.0, "records published");
+    assert_eq!(after - before, 6.0, "deliveries published");
+
+    // A batch's deliveries for one gateway share one record: 20 sends waiting while messaging is
+    // away are read in a batch or a few, and go out in a record per gateway and batch.
+    stack.stop_messaging().await?;
+    for k in 0..20 {
+        clients[0]
+            .send_group(&format!("b{k}"), &group, &format!("batched {k}"))
+            .await?;
+    }
+    let ops = stack
+        .start_messaging(&[("MESSAGING_SHED_AFTER_MS", "60000")])
+        .await?;
+    for k in 0..20 {
+        let accepted = clients[0].next_non_event().await?;
+        assert_eq!(accepted["type"], "accepted");
+        assert_eq!(accepted["id"], format!("b{k}"));
+        for c in clients.iter_mut().skip(1) {
+            assert_eq!(c.next_non_event().await?["body"], format!("batched {k}"));
+        }
+    }
+    metric_reaching(&ops, "connect_messaging_deliveries_out_total", "", 40.0).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&ops, "connect_messaging_deliveries_out_total", "").await?,
+        40.0
+    );
+    let records = metric(&ops, "connect_messaging_records_out_total", "").await?;
+    // One record per delivery (40) before batching; at most 4 batches × 2 gateways now.
+    assert!(
+        (2.0..=8.0).contains(&records),
+        "{records} records carried the 40 deliveries"
+    );
     Ok(())
 }

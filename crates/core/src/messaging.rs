@@ -47,7 +47,9 @@ pub struct StepReport {
     pub duplicates: usize,
     pub rejected: usize,
     pub unavailable: usize,
-    pub records: usize,
+    /// Deliveries made (one per target gateway of a message or signal; the bus carries a batch's
+    /// deliveries for one gateway in one record).
+    pub deliveries: usize,
     /// Messages written to their conversations' logs (once each, whatever the audience).
     pub logged: usize,
     /// Log appends that failed and were tried again (the batch waits for its log).
@@ -120,7 +122,7 @@ impl StepReport {
         self.duplicates += other.duplicates;
         self.rejected += other.rejected;
         self.unavailable += other.unavailable;
-        self.records += other.records;
+        self.deliveries += other.deliveries;
         self.logged += other.logged;
         self.log_retries += other.log_retries;
         self.lookup_retries += other.lookup_retries;
@@ -460,7 +462,7 @@ impl MessagingStep {
     /// them) the replicas for the other regions.
     async fn finish(&self, mut out: Outcome, replicate: bool) -> Prepared {
         let deliveries = self.route(&mut out).await;
-        out.report.records = deliveries.len();
+        out.report.deliveries = deliveries.len();
         if !replicate {
             // Another region's messages are pushed by the region that sequenced them.
             out.pushes.clear();

@@ -171,6 +171,7 @@ impl KafkaDeliveryBus {
 impl DeliveryBus for KafkaDeliveryBus {
     async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError> {
         let records = delivery_records(deliveries, self.record_max_bytes);
+        metrics::counter!("connect_messaging_records_out_total").increment(records.len() as u64);
         // Enqueued one after the other, waiting for room when the queue is full: a slot's
         // records reach its partition in this order (the producer is idempotent). Then awaited
         // together.

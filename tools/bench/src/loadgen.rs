@@ -528,6 +528,10 @@ impl Backends {
             ("connect_dynamodb_requests_total", "dynamodb"),
             ("connect_gateway_sends_total", "kafka records in (incoming)"),
             (
+                "connect_messaging_deliveries_out_total",
+                "deliveries out (one per target gateway)",
+            ),
+            (
                 "connect_messaging_records_out_total",
                 "kafka records out (outgoing)",
             ),

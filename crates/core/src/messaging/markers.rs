@@ -118,7 +118,7 @@ impl MessagingStep {
             out.report.marker_retries += retries;
             out.report.markers += moved.len();
             let mut prepared = self.finish(out, false).await;
-            prepared.report.records += deliveries.len();
+            prepared.report.deliveries += deliveries.len();
             prepared.deliveries.extend(deliveries);
             return prepared;
         }

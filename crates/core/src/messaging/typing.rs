@@ -124,7 +124,7 @@ impl MessagingStep {
             }
         });
         let mut prepared = self.finish(out, false).await;
-        prepared.report.records += deliveries.len();
+        prepared.report.deliveries += deliveries.len();
         prepared.deliveries.extend(deliveries);
         // The signals typed here go to the other regions too (one replica each).
         if self.regions.active() {
