@@ -436,7 +436,7 @@ where
             return;
         }
         let acks = std::mem::take(&mut self.acks);
-        counter!("connect_gateway_ack_writes_total").increment(acks.len() as u64);
+        self.gw.metrics.ack_writes.increment(acks.len() as u64);
         let (log, user, device) = (self.gw.log.clone(), self.user.clone(), self.device.clone());
         self.ack_write = Some(tokio::spawn(async move {
             let writes = acks
@@ -591,7 +591,7 @@ where
         if frames.is_empty() {
             return Ok(());
         }
-        counter!("connect_gateway_frames_out_total").increment(frames.len() as u64);
+        self.gw.metrics.frames_out.increment(frames.len() as u64);
         let ws = &mut self.ws;
         let write = async move {
             for frame in frames {
@@ -682,7 +682,7 @@ where
                 if let Some(text) = self.rate_limited(false, None) {
                     return self.send_text(text).await;
                 }
-                counter!("connect_gateway_acks_total").increment(1);
+                self.gw.metrics.acks.increment(1);
                 self.ack(&conversation.to_string(), seq);
                 if conversation.is_direct_member(&self.user) || conversation.group_id().is_some() {
                     let highest = self.delivered.entry(conversation).or_insert(seq);
@@ -697,7 +697,7 @@ where
                 if let Some(text) = self.rate_limited(false, None) {
                     return self.send_text(text).await;
                 }
-                counter!("connect_gateway_reads_total").increment(1);
+                self.gw.metrics.reads.increment(1);
                 let highest = self.reads.entry(conversation).or_insert(seq);
                 *highest = (*highest).max(seq);
                 // The first read after a quiet spell goes at once (no added wait, and a client
@@ -800,7 +800,7 @@ where
         match result {
             Ok(()) => {
                 if id.is_some() {
-                    counter!("connect_gateway_sends_total", "result" => "published").increment(1);
+                    self.gw.metrics.sends_published.increment(1);
                 }
                 Ok(())
             }

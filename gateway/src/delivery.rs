@@ -8,7 +8,6 @@ use connect_kafka::rdkafka::consumer::Consumer;
 use connect_kafka::rdkafka::message::Headers;
 use connect_kafka::rdkafka::{Message, Offset, TopicPartitionList};
 use connect_kafka::{KafkaConfig, WatchedConsumer};
-use metrics::{counter, histogram};
 use tracing::warn;
 
 use crate::state::Gateway;
@@ -60,8 +59,7 @@ pub async fn run(consumer: WatchedConsumer, gw: Arc<Gateway>) {
                 continue;
             }
         };
-        counter!("connect_gateway_records_total", "partition" => record.partition().to_string())
-            .increment(1);
+        gw.metrics.records.increment(1);
         let offset = record.offset();
         hand_over(&gw, record.headers(), record.payload(), |e| {
             warn!(cause = %e, offset, "skipping an undecodable delivery");
@@ -90,7 +88,8 @@ pub fn hand_over<H: Headers>(
             }
         };
         if let Some(m) = &delivery.message {
-            histogram!("connect_delivery_latency_seconds")
+            gw.metrics
+                .delivery_latency
                 .record(now.saturating_sub(m.ts) as f64 / 1000.0);
         }
         let handed = gw.hub.deliver(delivery);
@@ -101,8 +100,9 @@ pub fn hand_over<H: Headers>(
         // the message in the conversation's log.
         absent += handed.absent.len();
     }
-    counter!("connect_gateway_deliveries_total").increment(frames as u64);
-    counter!("connect_gateway_slow_consumers_total").increment(evicted as u64);
-    counter!("connect_gateway_signals_dropped_total").increment(dropped as u64);
-    counter!("connect_gateway_absent_total").increment(absent as u64);
+    let m = &gw.metrics;
+    m.deliveries.increment(frames as u64);
+    m.slow_consumers.increment(evicted as u64);
+    m.signals_dropped.increment(dropped as u64);
+    m.absent.increment(absent as u64);
 }

@@ -13,6 +13,7 @@
 //! - `emf`: the connection count as a CloudWatch embedded metric (autoscaling on AWS).
 //! - `heartbeat`: slot lease renewal, session refresh (and presence with it).
 //! - `presence`: transitions from this gateway's connections, `watch` checked and answered.
+//! - `metrics`: the per-message metric handles, registered once.
 //! - `rate`: the per-connection token bucket.
 
 pub mod app;
@@ -25,6 +26,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod limits;
 pub mod management;
+pub mod metrics;
 pub mod outbox;
 pub mod pacer;
 pub mod presence;

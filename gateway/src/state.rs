@@ -60,6 +60,8 @@ pub struct Gateway {
     pub admission: Arc<Admission>,
     /// Each connection holds a clone; when all are dropped the gateway has drained.
     pub tracker: mpsc::Sender<()>,
+    /// The per-message metrics' handles.
+    pub metrics: crate::metrics::HotMetrics,
     stop: watch::Sender<bool>,
 }
 
@@ -86,6 +88,7 @@ impl Gateway {
                 (cfg.group_cache_ttl, cfg.group_cache_max),
             ),
             stop: watch::channel(false).0,
+            metrics: crate::metrics::HotMetrics::register(slot),
             cfg,
             slot,
             bus,

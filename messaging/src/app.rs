@@ -174,6 +174,7 @@ impl Application {
                     cfg.topics.incoming.clone(),
                 )) as Arc<dyn connect_core::regions::RegionBus>
             }),
+            metrics: Arc::new(crate::metrics::BatchMetrics::register()),
         };
         Ok(Self {
             source: Arc::new(consumer::Group { consumer, kinds }),

@@ -23,7 +23,9 @@ use connect_kafka::rdkafka::message::BorrowedMessage;
 use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, InFlight, PartitionKey};
 use futures_util::FutureExt;
-use metrics::{counter, histogram};
+use metrics::counter;
+
+use crate::metrics::BatchMetrics;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -128,6 +130,7 @@ pub struct Outputs {
     /// Push requests, for the push function.
     pub pushes: Arc<dyn connect_core::ports::PushBus>,
     pub regions: Option<Arc<dyn RegionBus>>,
+    pub metrics: Arc<crate::metrics::BatchMetrics>,
 }
 
 /// Runs `publish` until it succeeds (the batch is not committed before), as long as its errors
@@ -190,25 +193,9 @@ async fn publish_and_commit<S: Source>(
             until_published("replicas", || regions.replicate(&prepared.replicas)).await;
         }
     }
-    let report = &prepared.report;
-    counter!("connect_messaging_stored_total").increment(report.stored as u64);
-    counter!("connect_messaging_duplicates_total").increment(report.duplicates as u64);
-    counter!("connect_messaging_rejected_total").increment(report.rejected as u64);
-    counter!("connect_messaging_unavailable_total").increment(report.unavailable as u64);
-    counter!("connect_messaging_deliveries_out_total").increment(report.deliveries as u64);
-    counter!("connect_messaging_shed_total").increment(report.shed as u64);
-    counter!("connect_messaging_log_retries_total").increment(report.log_retries as u64);
-    counter!("connect_messaging_markers_total").increment(report.markers as u64);
-    counter!("connect_messaging_pushes_total").increment(report.pushes as u64);
-    counter!("connect_messaging_marker_retries_total").increment(report.marker_retries as u64);
-    counter!("connect_messaging_typing_total", "result" => "sent").increment(report.typing as u64);
-    counter!("connect_messaging_typing_total", "result" => "dropped")
-        .increment(report.typing_dropped as u64);
-    counter!("connect_messaging_seq_conflicts_total").increment(report.seq_conflicts as u64);
-    counter!("connect_messaging_lookup_retries_total").increment(report.lookup_retries as u64);
-    counter!("connect_messaging_forwarded_total").increment(report.forwarded as u64);
-    counter!("connect_messaging_relayed_total").increment(report.relayed as u64);
-    counter!("connect_messaging_replicas_out_total").increment(prepared.replicas.len() as u64);
+    outputs
+        .metrics
+        .published(&prepared.report, prepared.replicas.len());
     if let Some(pause) = fault_pause {
         info!(
             ms = pause.as_millis() as u64,
@@ -319,11 +306,9 @@ async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
         info!("stopping with system messages not yet in; this batch stays uncommitted");
         return Ended::Held;
     }
-    histogram!("connect_messaging_prepare_seconds").record(started.elapsed().as_secs_f64());
-    for (phase, took) in prepared.report.phases.named() {
-        histogram!("connect_messaging_phase_seconds", "phase" => phase).record(took.as_secs_f64());
-    }
-    histogram!("connect_messaging_batch_size").record(n as f64);
+    outputs
+        .metrics
+        .prepared(n, started.elapsed(), &prepared.report.phases);
     if let Some(before) = after_done {
         match before.await {
             Ended::Committed => {}
@@ -380,7 +365,7 @@ pub async fn run<S: Source>(
             continue;
         }
         let now = connect_core::now_ms();
-        record_waits(&items, now);
+        record_waits(&outputs.metrics, &items, now);
         let lane_of = |key: &PartitionKey| key.1.unsigned_abs() as usize % pipeline.lanes.max(1);
         let mut parts: HashMap<usize, (Vec<Inbound>, Offsets)> = HashMap::new();
         for (key, offset) in next_offsets {
@@ -457,17 +442,19 @@ pub async fn run<S: Source>(
 
 /// The time sends waited before this batch (gateway → messaging: the Kafka hop plus the wait
 /// for earlier batches), and the age of other regions' replicas.
-fn record_waits(items: &[(PartitionKey, Inbound)], now: u64) {
+fn record_waits(metrics: &BatchMetrics, items: &[(PartitionKey, Inbound)], now: u64) {
     for (_, item) in items {
         match item {
             Inbound::Send(s) if s.submitted_ms > 0 => {
-                histogram!("connect_messaging_wait_seconds")
+                metrics
+                    .wait
                     .record(now.saturating_sub(s.submitted_ms) as f64 / 1000.0);
             }
             // Home acceptance → here: the home's publish, MirrorMaker 2 and this read.
             Inbound::Replica(r) => {
                 if let Some(m) = &r.message {
-                    histogram!("connect_messaging_replica_age_seconds")
+                    metrics
+                        .replica_age
                         .record(now.saturating_sub(m.ts) as f64 / 1000.0);
                 }
             }
@@ -735,6 +722,7 @@ mod loop_tests {
             deliveries: bus.clone(),
             pushes: bus,
             regions: None,
+            metrics: Arc::new(crate::metrics::BatchMetrics::register()),
         };
         let pipeline = Pipeline {
             batch_max: 100,

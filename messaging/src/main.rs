@@ -5,12 +5,14 @@
 //! - `config`: [`config::Config`] from env vars.
 //! - `app`: builds the parts ([`app::Application::build`]) and runs them until stopped.
 //! - `consumer`: the batch / process / publish / commit loop, over a [`consumer::Source`].
+//! - `metrics`: what a batch counts, with handles registered once.
 //! - `presence`: the presence relay and the sweep of due offline checks, beside the message
 //!   path (their own consumer group and batches).
 
 mod app;
 mod config;
 mod consumer;
+mod metrics;
 mod presence;
 
 use anyhow::Context;

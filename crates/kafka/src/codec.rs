@@ -194,8 +194,13 @@ fn text(v: Option<&[u8]>, what: &str) -> Result<String, CodecError> {
     String::from_utf8(v.to_vec()).map_err(|_| CodecError(format!("header `{what}` is not UTF-8")))
 }
 
+fn str_of<'a>(v: Option<&'a [u8]>, what: &str) -> Result<&'a str, CodecError> {
+    let v = v.ok_or_else(|| CodecError(format!("header `{what}` has no value")))?;
+    std::str::from_utf8(v).map_err(|_| CodecError(format!("header `{what}` is not UTF-8")))
+}
+
 fn number(v: Option<&[u8]>, what: &str) -> Result<u64, CodecError> {
-    text(v, what)?
+    str_of(v, what)?
         .parse()
         .map_err(|_| CodecError(format!("header `{what}` is not a number")))
 }
@@ -245,44 +250,54 @@ fn take(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
     (bytes.len() >= n).then(|| bytes.split_at(n))
 }
 
-/// One entry of a batch record (its fields, see [`push_entry`]).
+/// One entry of a batch record (its fields, see [`push_entry`]), read in place.
 fn decode_entry(slot: u32, mut entry: &[u8]) -> Result<Delivery, CodecError> {
-    let mut fields: Vec<(&str, Option<&[u8]>)> = Vec::with_capacity(8);
-    let mut value = None;
-    while !entry.is_empty() {
+    let mut broken = None;
+    let fields = std::iter::from_fn(|| {
+        if entry.is_empty() {
+            return None;
+        }
         let field = (|| {
             let (key_len, rest) = take(entry, 1)?;
             let (key, rest) = take(rest, key_len[0] as usize)?;
             let (len, rest) = take(rest, 4)?;
             let (v, rest) = take(rest, u32::from_be_bytes(len.try_into().ok()?) as usize)?;
-            Some((key, v, rest))
+            Some((std::str::from_utf8(key).ok()?, v, rest))
         })();
-        let (key, v, rest) =
-            field.ok_or_else(|| CodecError("a batch entry's field runs past its end".into()))?;
-        let key = std::str::from_utf8(key)
-            .map_err(|_| CodecError("a batch entry's field name is not UTF-8".into()))?;
-        if key == VALUE_FIELD {
-            value = Some(v);
-        } else {
-            fields.push((key, Some(v)));
+        match field {
+            Some((key, v, rest)) => {
+                entry = rest;
+                Some((key, Some(v)))
+            }
+            None => {
+                broken = Some(CodecError(
+                    "a batch entry's field is cut short or misnamed".into(),
+                ));
+                None
+            }
         }
-        entry = rest;
+    });
+    let delivery = decode_fields(slot, fields, None);
+    match broken {
+        Some(e) => Err(e),
+        None => delivery,
     }
-    decode_fields(slot, fields.into_iter(), value)
 }
 
-/// A delivery from its fields (headers) and frame.
+/// A delivery from its fields (a record's headers, or a batch entry's fields with its frame
+/// among them as [`VALUE_FIELD`]) and frame.
 fn decode_fields<'a>(
     slot: u32,
     fields: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
-    value: Option<&[u8]>,
+    mut value: Option<&'a [u8]>,
 ) -> Result<Delivery, CodecError> {
     let (mut to, mut conv, mut seq, mut ts, mut reply_conn, mut reply) =
         (None, None, None, None, None, None);
     let (mut signal, mut except, mut presence) = (None, None, None);
     for (key, v) in fields {
         match key {
-            "to" => to = Some(text(v, "to")?),
+            VALUE_FIELD => value = v,
+            "to" => to = Some(str_of(v, "to")?),
             "conv" => conv = Some(text(v, "conv")?),
             "seq" => seq = Some(number(v, "seq")?),
             "ts" => ts = Some(number(v, "ts")?),
@@ -295,7 +310,6 @@ fn decode_fields<'a>(
         }
     }
     let recipients = to
-        .as_deref()
         .unwrap_or("")
         .split(',')
         .filter(|s| !s.is_empty())
