@@ -3,6 +3,8 @@
 //! Parsing never panics: every defect becomes a [`FrameError`] with the contract's code and, for a
 //! `send`, the client's `id` so the `error` frame can name the send it answers.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -106,6 +108,149 @@ fn string_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, 
     }
 }
 
+fn missing(name: &str) -> FrameError {
+    bad(format!("missing field `{name}`"))
+}
+
+const SEQ_RANGE: &str = "`seq` must be a whole number >= 1";
+const USERS_LIST: &str = "`users` must be a list of user ids";
+
+/// A frame's fields, as [`ClientFrame::from_fields`] validates them: read from a typed
+/// [`Flat`] (every field already of its type) or from a JSON object (each checked here).
+trait Fields {
+    /// A string field: missing, or not a string, is an error.
+    fn string(&self, name: &str) -> Result<&str, FrameError>;
+    /// Whether the field is there at all (whatever its value).
+    fn has(&self, name: &str) -> bool;
+    /// The send's `id`, when it is a string (so that an error can name the send).
+    fn id(&self) -> Option<&str>;
+    /// `seq`, a whole number >= 1.
+    fn seq(&self) -> Result<u64, FrameError>;
+    /// `stop`: true, false, null or missing (false).
+    fn stop(&self) -> Result<bool, FrameError>;
+    /// `users`, a list; each entry's id when it is a string.
+    fn users(&self) -> Result<Vec<Option<&str>>, FrameError>;
+}
+
+impl Fields for Map<String, Value> {
+    fn string(&self, name: &str) -> Result<&str, FrameError> {
+        string_field(self, name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn id(&self) -> Option<&str> {
+        self.get("id").and_then(Value::as_str)
+    }
+
+    fn seq(&self) -> Result<u64, FrameError> {
+        match self.get("seq") {
+            Some(v) => v.as_u64().filter(|s| *s >= 1).ok_or_else(|| bad(SEQ_RANGE)),
+            None => Err(missing("seq")),
+        }
+    }
+
+    fn stop(&self) -> Result<bool, FrameError> {
+        match self.get("stop") {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(bad("`stop` must be true or false")),
+        }
+    }
+
+    fn users(&self) -> Result<Vec<Option<&str>>, FrameError> {
+        let Some(Value::Array(list)) = self.get("users") else {
+            return Err(bad(USERS_LIST));
+        };
+        Ok(list.iter().map(Value::as_str).collect())
+    }
+}
+
+/// A frame read straight into its fields, borrowing from the text where no escape stands in
+/// the way: what a well-formed frame costs. Any surprise (a field of another type, a `null`, a
+/// field given twice, not an object) fails this read, and the frame is read again as a JSON
+/// object, whose checks give the error: both reads accept the same frames, with the same
+/// outcome.
+#[derive(Deserialize)]
+struct Flat<'a> {
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    body: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    to: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    group: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    conversation: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present")]
+    seq: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    stop: Option<bool>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    users: Option<Vec<Cow<'a, str>>>,
+}
+
+/// A field that is there holds a value of its type (`null` is not one).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+impl Flat<'_> {
+    fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "type" => self.kind.as_deref(),
+            "id" => self.id.as_deref(),
+            "body" => self.body.as_deref(),
+            "to" => self.to.as_deref(),
+            "group" => self.group.as_deref(),
+            "conversation" => self.conversation.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl Fields for Flat<'_> {
+    fn string(&self, name: &str) -> Result<&str, FrameError> {
+        self.field(name).ok_or_else(|| missing(name))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.field(name).is_some()
+    }
+
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    fn seq(&self) -> Result<u64, FrameError> {
+        match self.seq {
+            Some(seq) if seq >= 1 => Ok(seq),
+            Some(_) => Err(bad(SEQ_RANGE)),
+            None => Err(missing("seq")),
+        }
+    }
+
+    fn stop(&self) -> Result<bool, FrameError> {
+        Ok(self.stop.unwrap_or(false))
+    }
+
+    fn users(&self) -> Result<Vec<Option<&str>>, FrameError> {
+        match &self.users {
+            Some(list) => Ok(list.iter().map(|u| Some(u.as_ref())).collect()),
+            None => Err(bad(USERS_LIST)),
+        }
+    }
+}
+
 impl ClientFrame {
     /// Parses one text frame.
     pub fn parse(text: &str, limits: &FrameLimits) -> Result<Self, FrameError> {
@@ -119,40 +264,51 @@ impl ClientFrame {
                 ),
             ));
         }
+        // Only an object: a derived struct would also read a JSON array, by position.
+        let object = text
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{');
+        if object {
+            if let Ok(flat) = serde_json::from_str::<Flat<'_>>(text) {
+                return Self::from_fields(&flat, limits);
+            }
+        }
+        Self::parse_object(text, limits)
+    }
+
+    /// The frame read as a JSON object (what [`Self::parse`] falls back on).
+    fn parse_object(text: &str, limits: &FrameLimits) -> Result<Self, FrameError> {
         let value: Value =
             serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let Value::Object(obj) = value else {
             return Err(bad("a frame must be a JSON object"));
         };
-        match string_field(&obj, "type")? {
-            "send" => {
-                let id = obj.get("id").and_then(Value::as_str);
-                Self::parse_send(&obj, limits).map_err(|e| e.with_id(id))
-            }
+        Self::from_fields(&obj, limits)
+    }
+
+    fn from_fields(f: &impl Fields, limits: &FrameLimits) -> Result<Self, FrameError> {
+        match f.string("type")? {
+            "send" => Self::parse_send(f, limits).map_err(|e| e.with_id(f.id())),
             "ack" => {
-                let (conversation, seq) = Self::conversation_and_seq(&obj)?;
+                let (conversation, seq) = Self::conversation_and_seq(f)?;
                 Ok(Self::Ack { conversation, seq })
             }
             "read" => {
-                let (conversation, seq) = Self::conversation_and_seq(&obj)?;
+                let (conversation, seq) = Self::conversation_and_seq(f)?;
                 Ok(Self::Read { conversation, seq })
             }
             "typing" => Ok(Self::Typing {
-                conversation: Self::conversation(&obj)?,
-                stop: match obj.get("stop") {
-                    None | Some(Value::Null) => false,
-                    Some(Value::Bool(b)) => *b,
-                    Some(_) => return Err(bad("`stop` must be true or false")),
-                },
+                conversation: Self::conversation(f)?,
+                stop: f.stop()?,
             }),
-            "watch" => Self::parse_watch(&obj, limits),
+            "watch" => Self::parse_watch(f, limits),
             other => Err(bad(format!("unknown frame type `{other}`"))),
         }
     }
 
-    fn parse_send(obj: &Map<String, Value>, limits: &FrameLimits) -> Result<Self, FrameError> {
-        let id = ClientMsgId::parse(string_field(obj, "id")?).map_err(|e| bad(e.to_string()))?;
-        let body = string_field(obj, "body")?;
+    fn parse_send(f: &impl Fields, limits: &FrameLimits) -> Result<Self, FrameError> {
+        let id = ClientMsgId::parse(f.string("id")?).map_err(|e| bad(e.to_string()))?;
+        let body = f.string("body")?;
         if body.len() > limits.max_body_bytes {
             return Err(FrameError::new(
                 ErrorCode::TooLarge,
@@ -163,15 +319,14 @@ impl ClientFrame {
                 ),
             ));
         }
-        let target = match (obj.get("to"), obj.get("group")) {
-            (Some(_), Some(_)) => return Err(bad("give either `to` or `group`, not both")),
-            (None, None) => return Err(bad("missing field `to` (or `group`)")),
-            (Some(_), None) => SendTarget::User(
-                UserId::parse(string_field(obj, "to")?).map_err(|e| bad(format!("`to`: {e}")))?,
+        let target = match (f.has("to"), f.has("group")) {
+            (true, true) => return Err(bad("give either `to` or `group`, not both")),
+            (false, false) => return Err(bad("missing field `to` (or `group`)")),
+            (true, false) => SendTarget::User(
+                UserId::parse(f.string("to")?).map_err(|e| bad(format!("`to`: {e}")))?,
             ),
-            (None, Some(_)) => SendTarget::Group(
-                GroupId::parse(string_field(obj, "group")?)
-                    .map_err(|e| bad(format!("`group`: {e}")))?,
+            (false, true) => SendTarget::Group(
+                GroupId::parse(f.string("group")?).map_err(|e| bad(format!("`group`: {e}")))?,
             ),
         };
         Ok(Self::Send {
@@ -181,26 +336,19 @@ impl ClientFrame {
         })
     }
 
-    fn conversation(obj: &Map<String, Value>) -> Result<ConversationId, FrameError> {
-        ConversationId::parse(string_field(obj, "conversation")?)
+    fn conversation(f: &impl Fields) -> Result<ConversationId, FrameError> {
+        ConversationId::parse(f.string("conversation")?)
             .map_err(|e| bad(format!("`conversation`: {e}")))
     }
 
     /// `conversation` and `seq` (a whole number >= 1) of an `ack` or `read`.
-    fn conversation_and_seq(obj: &Map<String, Value>) -> Result<(ConversationId, u64), FrameError> {
-        let conversation = Self::conversation(obj)?;
-        let seq = match obj.get("seq") {
-            Some(v) => v.as_u64().filter(|s| *s >= 1),
-            None => return Err(bad("missing field `seq`")),
-        }
-        .ok_or_else(|| bad("`seq` must be a whole number >= 1"))?;
-        Ok((conversation, seq))
+    fn conversation_and_seq(f: &impl Fields) -> Result<(ConversationId, u64), FrameError> {
+        let conversation = Self::conversation(f)?;
+        Ok((conversation, f.seq()?))
     }
 
-    fn parse_watch(obj: &Map<String, Value>, limits: &FrameLimits) -> Result<Self, FrameError> {
-        let Some(Value::Array(list)) = obj.get("users") else {
-            return Err(bad("`users` must be a list of user ids"));
-        };
+    fn parse_watch(f: &impl Fields, limits: &FrameLimits) -> Result<Self, FrameError> {
+        let list = f.users()?;
         if list.len() > limits.max_watch_users {
             return Err(bad(format!(
                 "`users` lists {} users; the limit is {}",
@@ -209,10 +357,8 @@ impl ClientFrame {
             )));
         }
         let mut users = Vec::with_capacity(list.len());
-        for v in list {
-            let id = v
-                .as_str()
-                .ok_or_else(|| bad("`users` must be a list of user ids"))?;
+        for id in list {
+            let id = id.ok_or_else(|| bad(USERS_LIST))?;
             let user = UserId::parse(id).map_err(|e| bad(format!("`users`: {e}")))?;
             if !users.contains(&user) {
                 users.push(user);
@@ -423,6 +569,73 @@ mod tests {
         for (text, code, id) in cases {
             let e = parse(text).unwrap_err();
             assert_eq!((e.code, e.id.as_deref()), (code, id), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_typed_read_and_the_object_read_agree() {
+        let limits = FrameLimits {
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 8,
+            max_watch_users: 2,
+        };
+        let corpus = [
+            r#"{"type":"send","id":"c-1","to":"bob","body":"hi"}"#,
+            r#"{"type":"send","id":"c-1","group":"g_1","body":"hi"}"#,
+            r#"{"type":"send","id":"c-1","to":"bob","group":"g_1","body":"hi"}"#,
+            r#"{"type":"send","id":"c-1","body":"hi"}"#,
+            r#"{"type":"send","id":"c-1","to":"bob","body":"far too long"}"#,
+            r#"{"type":"send","id":"c\u002d1","to":"b\"ob","body":"h\ni"}"#,
+            r#"{"type":"send","id":"c-1","to":null,"body":"hi"}"#,
+            r#"{"type":"send","id":7,"to":"bob","body":"hi"}"#,
+            r#"{"type":"send","id":"c-1","id":"c-2","to":"bob","body":"hi"}"#,
+            r#"{"type":"send","id":"","to":"bob","body":"hi"}"#,
+            r#"{"type":"send","id":"c-1","to":"b b","body":"hi"}"#,
+            r#"{"type":"send","id":"c-1","to":"bob","body":"hi","extra":[1,{"a":null}]}"#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":3}"#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":0}"#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":-1}"#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":1.0}"#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":18446744073709551616}"#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":"1"}"#,
+            r#"{"type":"ack","conversation":"dm:a:b"}"#,
+            r#"{"type":"ack","conversation":"x","seq":1}"#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":1,"body":5}"#,
+            r#"{"type":"read","conversation":"group:g_1","seq":9}"#,
+            r#"{"type":"typing","conversation":"dm:a:b","stop":true}"#,
+            r#"{"type":"typing","conversation":"dm:a:b","stop":null}"#,
+            r#"{"type":"typing","conversation":"dm:a:b","stop":"yes"}"#,
+            r#"{"type":"watch","users":["bob","carol","bob"]}"#,
+            r#"{"type":"watch","users":["a","b","c"]}"#,
+            r#"{"type":"watch","users":["a",1,"c"]}"#,
+            r#"{"type":"watch","users":["a",1]}"#,
+            r#"{"type":"watch","users":"bob"}"#,
+            r#"{"type":"watch","users":null}"#,
+            r#"{"type":"watch"}"#,
+            r#"{"type":"nope"}"#,
+            r#"{"type":7}"#,
+            r#"{}"#,
+            r#" {"type":"ack","conversation":"dm:a:b","seq":3} "#,
+            r#"["ack","dm:a:b"]"#,
+            r#"["send","c-1","hi","bob"]"#,
+            r#""ack""#,
+            r#"{"type":"ack","#,
+            r#"{"type":"ack","conversation":"dm:a:b","seq":3}x"#,
+        ];
+        for text in corpus {
+            let typed = serde_json::from_str::<Flat<'_>>(text)
+                .ok()
+                .filter(|_| text.trim_start().starts_with('{'))
+                .map(|flat| ClientFrame::from_fields(&flat, &limits));
+            let object = ClientFrame::parse_object(text, &limits);
+            if let Some(typed) = typed {
+                assert_eq!(typed, object, "{text}");
+            }
+            assert_eq!(ClientFrame::parse(text, &limits), object, "{text}");
+        }
+        // The typed read is the one that takes the well-formed frames.
+        for text in [corpus[0], corpus[12], corpus[25]] {
+            assert!(serde_json::from_str::<Flat<'_>>(text).is_ok(), "{text}");
         }
     }
 
