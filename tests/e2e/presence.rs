@@ -79,6 +79,22 @@ async fn strangers_are_hidden_and_too_long_a_list_is_refused() -> anyhow::Result
     let (alice, carol, erin) = (user("alice"), user("carol"), user("erin"));
     create_group(&carol, &[&alice]).await?;
     let mut a = Client::connect(&gw[0], &alice).await?;
+    // Alice's own view turns online once messaging's presence relay has applied her transition
+    // (within 2 s of the connect, as for any watcher): wait for it, so that the answers below are
+    // the current state and no change of hers comes after them.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = api_get(&format!("/v1/users/{alice}/presence"), Some(&carol)).await?;
+        assert_eq!(status, 200, "{body}");
+        if body["online"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice not online 3 s after connecting: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     watch(&mut a, &[&erin, &carol, &alice]).await?;
     let answers = [
         a.next_of("presence", Duration::from_secs(2)).await?,
