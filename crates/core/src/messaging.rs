@@ -30,7 +30,7 @@ mod route;
 mod store;
 mod typing;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use tracing::warn;
 

@@ -1,6 +1,6 @@
 //! Who receives a submission, and whether its sender may send it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use tracing::warn;

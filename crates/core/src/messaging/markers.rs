@@ -11,7 +11,7 @@
 //! One writer per conversation (its partition of `incoming_messages`), so reading the markers
 //! and writing them back whole needs no condition.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use futures_util::future::join_all;
@@ -190,7 +190,7 @@ impl MessagingStep {
         order: &[(UserId, ConversationId)],
         out: &mut super::Outcome,
     ) -> HashMap<ConversationId, u64> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = foldhash::HashSet::default();
         let conversations: Vec<&ConversationId> = order
             .iter()
             .map(|(_, c)| c)

@@ -2,7 +2,7 @@
 //! forwarded here), and the replicas of the others are delivered here from this region's
 //! registry, written to this region's conversation logs and remembered in its dedupe index.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use connect_protocol::{ConversationId, UserId};
 use futures_util::future::join_all;
@@ -197,7 +197,7 @@ impl MessagingStep {
                 Inbound::Ack(a) => acks.push(a),
             }
         }
-        let senders: std::collections::HashSet<(&UserId, &ConversationId)> =
+        let senders: foldhash::HashSet<(&UserId, &ConversationId)> =
             sends.iter().map(|s| (&s.sender, &s.conversation)).collect();
         let (later, now): (Vec<_>, Vec<_>) = markers
             .into_iter()

@@ -1,7 +1,7 @@
 //! Routing: each message once into its conversation's log (the offline state), then who of the
 //! batch's audience is online where, one delivery per (message, gateway).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::time::Duration;
 

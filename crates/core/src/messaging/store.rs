@@ -1,7 +1,7 @@
 //! Sequencing and storing: fresh submissions get seqs and are written; submissions accepted
 //! before are answered with what was stored for them.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use futures_util::future::join_all;
 use tracing::warn;
@@ -335,8 +335,8 @@ impl MessagingStep {
     /// moved to their newest message.
     fn inbox_write(&self, messages: &[StoredMessage], all: bool) -> crate::ports::InboxWrite {
         let mut write = crate::ports::InboxWrite::default();
-        let mut headed = std::collections::HashSet::new();
-        let mut senders = std::collections::HashSet::new();
+        let mut headed = foldhash::HashSet::default();
+        let mut senders = foldhash::HashSet::default();
         for m in messages.iter().rev() {
             if headed.insert(&m.conversation) {
                 let head = crate::ports::Head {

@@ -11,7 +11,7 @@
 //! regions, each signal typed here also goes to them as a replica (`sequenced_messages`), and
 //! theirs come here through [`MessagingStep::relay`].
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use tracing::warn;
 
