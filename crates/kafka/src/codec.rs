@@ -30,7 +30,13 @@ use connect_protocol::UserId;
 pub struct CodecError(pub String);
 
 pub fn encode_submission(s: &Submission) -> Vec<u8> {
-    serde_json::to_vec(s).unwrap_or_default()
+    // Room for the fields around the body up front: `to_vec` starts at 128 bytes and grows
+    // twice for a send of a 100-byte body.
+    let mut out = Vec::with_capacity(320 + s.body.len());
+    match serde_json::to_writer(&mut out, s) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
 }
 
 pub fn decode_submission(payload: &[u8]) -> Result<Submission, CodecError> {
