@@ -119,7 +119,7 @@ impl Config {
             group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,
             outgoing_record_max_bytes: record_max_bytes(env::var(
                 "MESSAGING_OUTGOING_RECORD_MAX_BYTES",
-                256 * 1024,
+                connect_kafka::codec::RECORD_MAX_BYTES_DEFAULT,
             )?)?,
             fault_pause_before_commit: (fault > 0).then(|| Duration::from_millis(fault)),
             fault_fail_writes: fail_writes,

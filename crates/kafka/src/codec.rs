@@ -129,6 +129,9 @@ fn write_fields<'d>(d: &'d Delivery, sink: &mut impl FieldSink) -> &'d [u8] {
     value
 }
 
+/// The default of the largest batch record (`MESSAGING_OUTGOING_RECORD_MAX_BYTES`).
+pub const RECORD_MAX_BYTES_DEFAULT: usize = 256 * 1024;
+
 /// The header that marks a record of `outgoing_messages` carrying several deliveries; its value
 /// is the format's version.
 pub const BATCH_HEADER: &str = "batch";
@@ -237,9 +240,7 @@ pub fn decode_record<H: Headers>(
     let mut rest = value.unwrap_or_default();
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let Some((entry, after)) = take(rest, 4).and_then(|(len, after)| {
-            take(after, u32::from_be_bytes(len.try_into().ok()?) as usize)
-        }) else {
+        let Some((entry, after)) = take_sized(rest) else {
             out.push(Err(CodecError(
                 "a batch entry runs past the record's end".into(),
             )));
@@ -256,6 +257,12 @@ fn take(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
     (bytes.len() >= n).then(|| bytes.split_at(n))
 }
 
+/// A `u32` (big-endian) length off the front of `bytes`, then that many bytes, and the rest.
+fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = take(bytes, 4)?;
+    take(rest, u32::from_be_bytes(len.try_into().ok()?) as usize)
+}
+
 /// One entry of a batch record (its fields, see [`push_entry`]), read in place.
 fn decode_entry(slot: u32, mut entry: &[u8]) -> Result<Delivery, CodecError> {
     let mut broken = None;
@@ -266,8 +273,7 @@ fn decode_entry(slot: u32, mut entry: &[u8]) -> Result<Delivery, CodecError> {
         let field = (|| {
             let (key_len, rest) = take(entry, 1)?;
             let (key, rest) = take(rest, key_len[0] as usize)?;
-            let (len, rest) = take(rest, 4)?;
-            let (v, rest) = take(rest, u32::from_be_bytes(len.try_into().ok()?) as usize)?;
+            let (v, rest) = take_sized(rest)?;
             Some((std::str::from_utf8(key).ok()?, v, rest))
         })();
         match field {

@@ -27,7 +27,9 @@ use connect_core::model::{MarkerUpdate, Submission, TypingUpdate};
 use connect_core::ports::{PendingPublish, SubmissionBus};
 use connect_core::PortError;
 use connect_gateway::state::{Gateway, GatewayPorts};
-use connect_kafka::codec::{batch_headers, decode_submission, delivery_records, encode_submission};
+use connect_kafka::codec::{
+    batch_headers, decode_submission, delivery_records, encode_submission, RECORD_MAX_BYTES_DEFAULT,
+};
 
 #[derive(clap::Args)]
 pub struct GatewayRun {
@@ -154,7 +156,7 @@ async fn messaging(
             .filter_map(|p| decode_submission(&p).ok())
             .collect();
         let prepared = step.prepare(batch, connect_core::now_ms()).await;
-        for (_, record) in delivery_records(&prepared.deliveries, 256 * 1024) {
+        for (_, record) in delivery_records(&prepared.deliveries, RECORD_MAX_BYTES_DEFAULT) {
             if records.send(record).is_err() {
                 return;
             }
