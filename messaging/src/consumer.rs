@@ -24,10 +24,10 @@ use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, InFlight, PartitionKey};
 use futures_util::FutureExt;
 use metrics::counter;
-
-use crate::metrics::BatchMetrics;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
+
+use crate::metrics::BatchMetrics;
 
 /// What a topic carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub struct Outputs {
     /// Push requests, for the push function.
     pub pushes: Arc<dyn connect_core::ports::PushBus>,
     pub regions: Option<Arc<dyn RegionBus>>,
-    pub metrics: Arc<crate::metrics::BatchMetrics>,
+    pub metrics: Arc<BatchMetrics>,
 }
 
 /// Runs `publish` until it succeeds (the batch is not committed before), as long as its errors
@@ -722,7 +722,7 @@ mod loop_tests {
             deliveries: bus.clone(),
             pushes: bus,
             regions: None,
-            metrics: Arc::new(crate::metrics::BatchMetrics::register()),
+            metrics: Arc::new(BatchMetrics::register()),
         };
         let pipeline = Pipeline {
             batch_max: 100,

@@ -151,6 +151,8 @@ pub struct KafkaDeliveryBus {
     topic: String,
     record_max_bytes: usize,
     queue_timeout: Duration,
+    /// `connect_messaging_records_out_total`: records the broker acked.
+    records_out: metrics::Counter,
 }
 
 impl KafkaDeliveryBus {
@@ -163,6 +165,7 @@ impl KafkaDeliveryBus {
             topic: topic.into(),
             record_max_bytes,
             queue_timeout: Duration::from_secs(5),
+            records_out: metrics::counter!("connect_messaging_records_out_total"),
         }
     }
 }
@@ -171,7 +174,6 @@ impl KafkaDeliveryBus {
 impl DeliveryBus for KafkaDeliveryBus {
     async fn publish(&self, deliveries: &[Delivery]) -> Result<(), PortError> {
         let records = delivery_records(deliveries, self.record_max_bytes);
-        metrics::counter!("connect_messaging_records_out_total").increment(records.len() as u64);
         // Enqueued one after the other, waiting for room when the queue is full: a slot's
         // records reach its partition in this order (the producer is idempotent). Then awaited
         // together.
@@ -203,6 +205,7 @@ impl DeliveryBus for KafkaDeliveryBus {
                 Err(_) => return Err(PortError::unavailable(BACKEND, "producer closed")),
             }
         }
+        self.records_out.increment(records.len() as u64);
         Ok(())
     }
 }
