@@ -275,6 +275,22 @@ fn the_tables_have_the_keys_indexes_and_streams_the_code_uses() {
     assert!(at(recent, &["Projection", "NonKeyAttributes"])
         .as_sequence()
         .is_some_and(|a| a.iter().any(|v| s(v) == "seq")));
+    // Group admin's quotas: a counter per key, dropped by TTL once its window is over.
+    let quota_table = sub_string(at(globals, &["QUOTA_TABLE"])).expect("QUOTA_TABLE");
+    let quotas = tables
+        .values()
+        .find(|t| sub_string(at(t, &["Properties", "TableName"])) == Some(quota_table))
+        .expect("the quota table");
+    assert_eq!(
+        keys(quotas, at(quotas, &["Properties", "KeySchema"])),
+        [key("key", "S", "HASH")]
+    );
+    let ttl = at(quotas, &["Properties", "TimeToLiveSpecification"]);
+    assert_eq!(
+        s(at(ttl, &["AttributeName"])),
+        connect_dynamo::quotas::EXPIRES
+    );
+    assert_eq!(at(ttl, &["Enabled"]).as_bool(), Some(true));
     // The group-events function reads old and new images (who removed whom).
     assert_eq!(
         s(at(
@@ -579,6 +595,24 @@ fn the_services_speak_tls_to_msk_and_to_a_redis_cluster_with_their_secrets_injec
         ref_target(&gateway["CONNECT_INTERNAL_TOKEN"]),
         Some("InternalToken")
     );
+    // Gateways and the HTTP API's functions check tokens by the same rules.
+    let globals = at(&t, &["Globals", "Function", "Environment", "Variables"]);
+    for (var, parameter) in [
+        ("CONNECT_JWT_ISSUER", "JwtIssuer"),
+        ("CONNECT_JWT_AUDIENCE", "JwtAudience"),
+        ("CONNECT_JWT_MAX_LIFETIME_SECS", "JwtMaxLifetimeSecs"),
+    ] {
+        assert_eq!(ref_target(&gateway[var]), Some(parameter), "gateway {var}");
+        assert_eq!(
+            ref_target(at(globals, &[var])),
+            Some(parameter),
+            "functions {var}"
+        );
+        assert!(
+            at(&t, &["Parameters", parameter]).is_mapping(),
+            "{parameter}"
+        );
+    }
     // The setup container makes the topics messaging and the gateways use, with the
     // partitions the gateways take as slots; the template makes the tables.
     let setup = container_env(&t, "MessagingTaskDefinition", "setup");

@@ -63,7 +63,14 @@ fuzz_target!(|data: &[u8]| {
     let api = HttpApi::new(
         TokenVerifier::new(&JwtSecret::new(None, false).unwrap()),
         ApiPorts::all(memory),
-        100,
+        connect_core::groups::GroupRules::new(
+            connect_core::groups::Caps {
+                members: 100,
+                groups_per_user: 100,
+            },
+            100,
+            1000,
+        ),
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

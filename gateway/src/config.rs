@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use connect_core::auth::JwtSecret;
+use connect_core::auth::{JwtSecret, TokenRules};
 use connect_dynamo::{DynamoConfig, Tables};
 use connect_kafka::{KafkaConfig, Topics};
 use connect_protocol::FrameLimits;
@@ -39,6 +39,9 @@ pub struct Config {
     pub secret: JwtSecret,
     /// `CONNECT_JWT_SECRET_PREVIOUS`: also taken while the secret is rotated (runbook).
     pub previous_secret: Option<JwtSecret>,
+    /// `CONNECT_JWT_ISSUER`, `CONNECT_JWT_AUDIENCE`, `CONNECT_JWT_MAX_LIFETIME_SECS`: what a
+    /// token must say beyond `sub` and `exp`.
+    pub token_rules: TokenRules,
     pub limits: FrameLimits,
     pub max_ws_message_bytes: usize,
     /// `GATEWAY_WS_READ_BUFFER_BYTES`: each connection's WebSocket read buffer, allocated up
@@ -169,6 +172,7 @@ impl Config {
                 env::production(),
             )
             .context("CONNECT_JWT_SECRET_PREVIOUS")?,
+            token_rules: TokenRules::from_env()?,
             limits: FrameLimits {
                 max_frame_bytes: env::var("GATEWAY_MAX_FRAME_BYTES", 64 * 1024)?,
                 max_body_bytes: env::var("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,

@@ -75,7 +75,7 @@ impl Gateway {
             presence,
         } = ports;
         Self {
-            verifier: TokenVerifier::new(&cfg.secret)
+            verifier: TokenVerifier::with_rules(&cfg.secret, &cfg.token_rules)
                 .also(cfg.previous_secret.as_ref())
                 .max_len(cfg.max_token_bytes),
             permits: Arc::new(Semaphore::new(cfg.max_connections)),

@@ -167,7 +167,12 @@ async fn refused_start(binary: &str, env: &[(&str, &str)]) -> anyhow::Result<Str
 async fn services_refuse_to_start_without_real_secrets_unless_told_they_run_locally(
 ) -> anyhow::Result<()> {
     let real = ("CONNECT_JWT_SECRET", "a-real-secret-from-secrets-manager");
-    let real_internal = ("CONNECT_INTERNAL_TOKEN", "a-real-internal-token");
+    let real_internal = (
+        "CONNECT_INTERNAL_TOKEN",
+        "a-real-internal-token-from-secrets-manager",
+    );
+    // A guessable secret: 16 bytes (at least 32 outside the local stack).
+    let short = ("CONNECT_JWT_SECRET", "0123456789abcdef");
     // CONNECT_ENV unset: nothing set, the development values set, or one of the two missing.
     type Env<'a> = Vec<(&'a str, &'a str)>;
     let cases: Vec<(&str, Env<'_>, &str)> = vec![
@@ -198,6 +203,8 @@ async fn services_refuse_to_start_without_real_secrets_unless_told_they_run_loca
             "CONNECT_JWT_SECRET",
         ),
         ("connect-local-api", vec![], "CONNECT_JWT_SECRET"),
+        ("connect-gateway", vec![short, real_internal], "16 bytes"),
+        ("connect-local-api", vec![short, real_internal], "16 bytes"),
         (
             "connect-messaging",
             vec![("MESSAGING_FAULT_FAIL_WRITES", "dm:a:b=1")],
@@ -210,6 +217,48 @@ async fn services_refuse_to_start_without_real_secrets_unless_told_they_run_loca
             stderr.contains(named),
             "{binary} {env:?}: the error should name {named}: {stderr}"
         );
+    }
+    Ok(())
+}
+
+/// With `CONNECT_JWT_ISSUER` and `CONNECT_JWT_AUDIENCE` set, a token must name both; `nbf` in the
+/// future and a lifetime past `CONNECT_JWT_MAX_LIFETIME_SECS` are refused too.
+#[tokio::test]
+async fn a_gateway_with_an_audience_refuses_tokens_meant_for_another() -> anyhow::Result<()> {
+    let gw = crate::private::ExtraGateway::start_with(&[
+        ("CONNECT_JWT_ISSUER", "https://auth.e2e.example"),
+        ("CONNECT_JWT_AUDIENCE", "connect-chat-e2e"),
+        ("CONNECT_JWT_MAX_LIFETIME_SECS", "3600"),
+    ])
+    .await?;
+    let alice = user("alice");
+    let now = connect_core::now_ms() / 1000;
+    let claims = |aud: &str, iss: &str, nbf: u64, exp: u64| {
+        issuer().sign(&serde_json::json!({
+            "sub": alice, "exp": exp, "iat": now, "nbf": nbf, "aud": aud, "iss": iss,
+        }))
+    };
+    let (aud, iss) = ("connect-chat-e2e", "https://auth.e2e.example");
+    for (what, token, want) in [
+        ("right", claims(aud, iss, now, now + 600), 101),
+        ("wrong aud", claims("other-app", iss, now, now + 600), 401),
+        (
+            "wrong iss",
+            claims(aud, "https://evil.example", now, now + 600),
+            401,
+        ),
+        ("nbf ahead", claims(aud, iss, now + 300, now + 600), 401),
+        ("two hours", claims(aud, iss, now, now + 7200), 401),
+        ("no aud or iss", token(&alice), 401),
+    ] {
+        let got = match open(&gw.addr, Some(&format!("Bearer {token}")), "").await {
+            Ok(ws) => {
+                Client::after_upgrade(ws, &alice).await?;
+                101
+            }
+            Err(e) => status_of(Err::<(), _>(e)).unwrap_or(0),
+        };
+        assert_eq!(got, want, "{what}");
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ mod overload;
 mod presence;
 mod private;
 mod push;
+mod quotas;
 mod rebalance;
 mod replay;
 mod semantics;

@@ -319,3 +319,40 @@ impl ExtraGateway {
         Ok(())
     }
 }
+
+/// Another local HTTP API on the shared stack's tables, with its own settings (caps and quotas
+/// the stack's API keeps at their defaults).
+pub struct ExtraApi {
+    pub addr: String,
+    _process: Child,
+}
+
+impl ExtraApi {
+    pub async fn start_with(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let addr = free_addr();
+        let mut process = Command::new(binary("connect-local-api"))
+            .envs(extra.iter().copied())
+            .env("LOCAL_API_ADDR", &addr)
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting connect-local-api")?;
+        // It has no health route: listening, it answers an anonymous call 401.
+        for _ in 0..200 {
+            if let Ok((401, _)) = http_get(&addr, "/v1/groups").await {
+                return Ok(Self {
+                    addr,
+                    _process: process,
+                });
+            }
+            if let Some(status) = process.try_wait()? {
+                bail!("connect-local-api exited: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("connect-local-api at {addr} not answering in 20 s")
+    }
+}

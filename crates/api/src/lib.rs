@@ -8,13 +8,14 @@ use std::sync::Arc;
 use lambda_http::{Body, Request, RequestExt, Response};
 
 use connect_core::auth::TokenVerifier;
-use connect_core::groups::{self, GroupStore, Groups};
+use connect_core::groups::{self, Caps, GroupRules, GroupStore, Groups};
 use connect_core::history::{self, PageBody};
 use connect_core::inbox;
 use connect_core::ports::{
     ChatStore, HistoryStore, InboxIndex, PushDevices, PushRegistry, ReadMarkers,
 };
 use connect_core::push::{EndpointCheck, EndpointRule, PlatformEndpoints};
+use connect_core::quota::QuotaStore;
 use connect_core::ApiError;
 use connect_protocol::{ErrorCode, UserId};
 
@@ -266,20 +267,23 @@ pub struct ApiPorts {
     pub groups: Arc<dyn GroupStore>,
     pub inbox: Arc<dyn InboxIndex>,
     pub markers: Arc<dyn ReadMarkers>,
+    /// Group admin's hourly quotas.
+    pub quotas: Arc<dyn QuotaStore>,
 }
 
 impl ApiPorts {
     /// Every port from one value that implements them all (the in-memory ports).
     pub fn all<T>(ports: Arc<T>) -> Self
     where
-        T: HistoryStore + ChatStore + GroupStore + InboxIndex + ReadMarkers + 'static,
+        T: HistoryStore + ChatStore + GroupStore + InboxIndex + ReadMarkers + QuotaStore + 'static,
     {
         Self {
             history: ports.clone(),
             chat: ports.clone(),
             groups: ports.clone(),
             inbox: ports.clone(),
-            markers: ports,
+            markers: ports.clone(),
+            quotas: ports,
         }
     }
 }
@@ -312,7 +316,7 @@ pub struct PresenceRead {
 pub struct HttpApi {
     verifier: TokenVerifier,
     ports: ApiPorts,
-    max_members: usize,
+    group_rules: GroupRules,
     /// None: the push routes answer 404 (a function that does not serve them).
     push: Option<PushSettings>,
     /// None: the presence route answers 404.
@@ -418,6 +422,31 @@ pub async fn run_lambda(serves: Serves) -> Result<(), lambda_http::Error> {
 #[cfg(feature = "aws")]
 /// The push routes' settings from env: `CONNECT_VAPID_PRIVATE_KEY`, `CONNECT_VAPID_CONTACT`,
 /// `CONNECT_ENV` (after the secrets are loaded).
+/// Group admin's bounds: `GROUP_MAX_MEMBERS` (10000), `GROUP_MAX_PER_USER` (1000),
+/// `GROUP_CREATES_PER_HOUR` (50) and `GROUP_MEMBER_ADDS_PER_HOUR` (10000: one full group an hour;
+/// a group's initial members count).
+pub fn group_rules() -> Result<GroupRules, String> {
+    use connect_core::env::parsed;
+    let rules = GroupRules::new(
+        Caps {
+            members: parsed("GROUP_MAX_MEMBERS", 10_000)?,
+            groups_per_user: parsed("GROUP_MAX_PER_USER", 1_000)?,
+        },
+        parsed("GROUP_CREATES_PER_HOUR", 50)?,
+        parsed("GROUP_MEMBER_ADDS_PER_HOUR", 10_000)?,
+    );
+    for (name, v) in [
+        ("GROUP_MAX_MEMBERS", rules.caps.members as u64),
+        ("GROUP_MAX_PER_USER", rules.caps.groups_per_user as u64),
+        ("GROUP_CREATES_PER_HOUR", rules.creates.limit),
+    ] {
+        if v == 0 {
+            return Err(format!("{name} must be at least 1"));
+        }
+    }
+    Ok(rules)
+}
+
 pub fn push_config() -> Result<PushConfig, String> {
     Ok(PushConfig {
         vapid_private_key: connect_core::env::optional("CONNECT_VAPID_PRIVATE_KEY"),
@@ -433,7 +462,8 @@ pub fn push_config() -> Result<PushConfig, String> {
 impl HttpApi {
     #[cfg(feature = "aws")]
     /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET` (and `CONNECT_JWT_SECRET_PREVIOUS`
-    /// during a rotation), `CONNECT_ENV`, `AWS_REGION`,
+    /// during a rotation), `CONNECT_JWT_ISSUER`, `CONNECT_JWT_AUDIENCE`,
+    /// `CONNECT_JWT_MAX_LIFETIME_SECS`, `CONNECT_ENV`, `AWS_REGION`,
     /// `DYNAMODB_ENDPOINT`, `DYNAMODB_TIMEOUT_MS`, `CHAT_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`,
     /// `PLACES_TABLE`, `PUSH_TABLE`,
     /// `GROUP_MAX_MEMBERS` (10000); with `push`, the push routes too (and `REDIS_URL`, the
@@ -460,12 +490,20 @@ impl HttpApi {
             )),
             inbox: inbox.clone(),
             markers: inbox,
+            quotas: Arc::new(connect_dynamo::DynamoQuotas::new(
+                dynamo.clone(),
+                &tables.quotas,
+            )),
         };
-        let max_members = connect_core::env::parsed("GROUP_MAX_MEMBERS", 10_000)?;
+        let group_rules = group_rules()?;
         let mut api = Self::new(
-            TokenVerifier::new(&secret).also(previous.as_ref()),
+            TokenVerifier::with_rules(
+                &secret,
+                &connect_core::auth::TokenRules::from_env().map_err(|e| e.to_string())?,
+            )
+            .also(previous.as_ref()),
             ports,
-            max_members,
+            group_rules,
         );
         let redis = || async {
             connect_redis::connect(&connect_core::env::string(
@@ -508,11 +546,11 @@ impl HttpApi {
         })
     }
 
-    pub fn new(verifier: TokenVerifier, ports: ApiPorts, max_members: usize) -> Self {
+    pub fn new(verifier: TokenVerifier, ports: ApiPorts, group_rules: GroupRules) -> Self {
         Self {
             verifier,
             ports,
-            max_members,
+            group_rules,
             push: None,
             presence: None,
         }
@@ -533,7 +571,8 @@ impl HttpApi {
     fn admin(&self) -> Groups<'_> {
         Groups {
             store: &*self.ports.groups,
-            max_members: self.max_members,
+            quotas: &*self.ports.quotas,
+            rules: self.group_rules,
         }
     }
 
@@ -722,8 +761,9 @@ impl HttpApi {
                 to_json(serde_json::to_value(group).unwrap_or_default(), 201)
             }
             r if r == LIST_GROUPS => {
-                let list = admin.list(&caller).await?;
-                to_json(serde_json::json!({ "groups": list }), 200)
+                let query = req.query_string_parameters();
+                let query = groups::ListQuery::parse(|name| query.first(name))?;
+                ok_json(&admin.list(&caller, &query).await?)
             }
             r if r == GET_GROUP => {
                 let group = admin

@@ -9,8 +9,38 @@ use connect_protocol::{ClientMsgId, ConversationId, UserId};
 use super::*;
 
 fn api(mem: &Arc<Memory>) -> HttpApi {
-    let secret = JwtSecret::new(None, false).unwrap();
-    HttpApi::new(TokenVerifier::new(&secret), ApiPorts::all(mem.clone()), 100)
+    api_with(
+        mem,
+        TokenVerifier::new(&JwtSecret::new(None, false).unwrap()),
+    )
+}
+
+/// For the sample events under `events/`: their token (for `sam local invoke` too) expires in
+/// 2100 so that they never go stale, far past any maximum lifetime; these tests are of routing.
+fn api_for_samples(mem: &Arc<Memory>) -> HttpApi {
+    let rules = connect_core::auth::TokenRules {
+        max_lifetime_secs: u64::MAX,
+        ..Default::default()
+    };
+    api_with(
+        mem,
+        TokenVerifier::with_rules(&JwtSecret::new(None, false).unwrap(), &rules),
+    )
+}
+
+fn api_with(mem: &Arc<Memory>, verifier: TokenVerifier) -> HttpApi {
+    HttpApi::new(
+        verifier,
+        ApiPorts::all(mem.clone()),
+        GroupRules::new(
+            Caps {
+                members: 100,
+                groups_per_user: 100,
+            },
+            100,
+            1000,
+        ),
+    )
 }
 
 fn token(user: &str) -> String {
@@ -145,7 +175,7 @@ async fn the_sample_event_reads_a_page() {
     seed(&mem, 3).await;
     let req = lambda_http::request::from_str(include_str!("../../../events/history.json"))
         .expect("events/history.json is an API Gateway v2 event");
-    let res = api(&mem).handle(req).await;
+    let res = api_for_samples(&mem).handle(req).await;
     assert_eq!(res.status().as_u16(), 200, "{:?}", res.body());
 }
 
@@ -252,7 +282,7 @@ async fn the_groups_sample_event_creates_a_group() {
     let mem = Arc::new(Memory::default());
     let req = lambda_http::request::from_str(include_str!("../../../events/groups.json"))
         .expect("events/groups.json is an API Gateway v2 event");
-    let res = api(&mem).handle(req).await;
+    let res = api_for_samples(&mem).handle(req).await;
     assert_eq!(res.status().as_u16(), 201, "{:?}", res.body());
 }
 
@@ -261,7 +291,7 @@ async fn the_groups_sample_event_creates_a_group() {
 #[tokio::test]
 async fn requests_under_a_named_stage_reach_their_routes() {
     let mem = Arc::new(Memory::default());
-    let api = api(&mem);
+    let api = api_for_samples(&mem);
     for (event, status) in [
         (include_str!("../../../events/history.json"), 200),
         (include_str!("../../../events/groups.json"), 201),
@@ -338,7 +368,8 @@ fn push_api(mem: &Arc<Memory>) -> HttpApi {
         ..PushConfig::default()
     };
     let settings = PushSettings::new(&config, mem.clone(), mem.clone()).unwrap();
-    api(mem).with_push(settings.with_platforms(Arc::new(ApnsOnly)))
+    // The sample event of `devices` is among its calls.
+    api_for_samples(mem).with_push(settings.with_platforms(Arc::new(ApnsOnly)))
 }
 
 fn webpush(endpoint: &str) -> String {
@@ -449,4 +480,42 @@ fn production_refuses_to_start_without_a_vapid_key_or_with_the_development_one()
         ..prod
     };
     assert!(PushSettings::new(&own, mem.clone(), mem).is_ok());
+}
+
+/// With an audience configured, the HTTP API answers 401 to a token meant for another audience
+/// (and to one without `aud`), 200 to one naming it.
+#[tokio::test]
+async fn a_token_for_another_audience_gets_401() {
+    use connect_core::auth::TokenRules;
+    let mem = Arc::new(Memory::default());
+    let secret = JwtSecret::new(None, false).unwrap();
+    let rules = TokenRules {
+        audience: Some("connect-chat".into()),
+        ..TokenRules::default()
+    };
+    let api = HttpApi::new(
+        TokenVerifier::with_rules(&secret, &rules),
+        ApiPorts::all(mem.clone()),
+        GroupRules::new(Caps::UNBOUNDED, 1, 1),
+    );
+    let exp = connect_core::now_ms() / 1000 + 60;
+    let issuer = TokenIssuer::new(&secret);
+    for (aud, want) in [
+        (Some("connect-chat"), 200),
+        (Some("another-app"), 401),
+        (None, 401),
+    ] {
+        let mut claims = serde_json::json!({ "sub": "alice", "exp": exp });
+        if let Some(aud) = aud {
+            claims["aud"] = aud.into();
+        }
+        let (route, params) = match_route("GET", "/v1/groups").unwrap();
+        let headers = vec![(
+            "Authorization".to_owned(),
+            format!("Bearer {}", issuer.sign(&claims)),
+        )];
+        let event = event_json(&route, &params, "/v1/groups", "", &headers, "", "127.0.0.1");
+        let req = lambda_http::request::from_str(&event).unwrap();
+        assert_eq!(api.handle(req).await.status().as_u16(), want, "{aud:?}");
+    }
 }

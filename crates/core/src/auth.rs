@@ -23,10 +23,19 @@ pub enum AuthError {
     NoSecret(&'static str),
     #[error("{0} is the public development value; it is accepted only with CONNECT_ENV=local")]
     DevSecretInProduction(&'static str),
+    #[error("{0} is {1} bytes; outside CONNECT_ENV=local a secret has at least {MIN_SECRET_BYTES} (HS256 wants a key as long as its hash)")]
+    SecretTooShort(&'static str, usize),
+    #[error("{0}: {1}")]
+    BadSetting(&'static str, String),
 }
 
+/// The shortest secret a production start takes: HS256's key should be at least its 256-bit hash
+/// (RFC 7518 §3.2); a guessable short secret lets anyone mint tokens for anyone.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// A secret from env var `name`'s value. On the local stack (`production` false: `CONNECT_ENV=local`)
-/// unset means `dev`; anywhere else unset, empty or `dev` is refused: auth fails closed.
+/// unset means `dev`; anywhere else unset, empty, `dev` or shorter than [`MIN_SECRET_BYTES`] is
+/// refused: auth fails closed.
 pub fn secret(
     name: &'static str,
     value: Option<String>,
@@ -35,6 +44,9 @@ pub fn secret(
 ) -> Result<String, AuthError> {
     match value.filter(|v| !v.is_empty()) {
         Some(v) if production && v == dev => Err(AuthError::DevSecretInProduction(name)),
+        Some(v) if production && v.len() < MIN_SECRET_BYTES => {
+            Err(AuthError::SecretTooShort(name, v.len()))
+        }
         Some(v) => Ok(v),
         None if production => Err(AuthError::NoSecret(name)),
         None => Ok(dev.to_owned()),
@@ -56,6 +68,57 @@ pub fn internal_token(production: bool) -> Result<String, AuthError> {
 struct Claims {
     sub: String,
     exp: u64,
+    /// Issued at: with it, the lifetime is `exp - iat`; without it, `exp - now`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// What a token must say beyond `sub` and `exp` (`CONNECT_JWT_ISSUER`, `CONNECT_JWT_AUDIENCE`,
+/// `CONNECT_JWT_MAX_LIFETIME_SECS`). `nbf` is always honoured when a token has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRules {
+    /// When set, `iss` must be present and equal.
+    pub issuer: Option<String>,
+    /// When set, `aud` must be present and name it. When unset, a token with an `aud` is
+    /// refused (RFC 7519 §4.1.3: it was meant for someone else).
+    pub audience: Option<String>,
+    /// The longest a token may live: `exp - iat` (or `exp - now` without `iat`). A stolen
+    /// token is useful for at most this long.
+    pub max_lifetime_secs: u64,
+}
+
+/// [`TokenRules::max_lifetime_secs`]' default: a day.
+pub const MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            max_lifetime_secs: MAX_LIFETIME_SECS,
+        }
+    }
+}
+
+impl TokenRules {
+    /// From `CONNECT_JWT_ISSUER`, `CONNECT_JWT_AUDIENCE` (both optional) and
+    /// `CONNECT_JWT_MAX_LIFETIME_SECS` (default a day, at least 60).
+    pub fn from_env() -> Result<Self, AuthError> {
+        let max_lifetime_secs =
+            crate::env::parsed("CONNECT_JWT_MAX_LIFETIME_SECS", MAX_LIFETIME_SECS)
+                .map_err(|e| AuthError::BadSetting("CONNECT_JWT_MAX_LIFETIME_SECS", e))?;
+        if max_lifetime_secs < 60 {
+            return Err(AuthError::BadSetting(
+                "CONNECT_JWT_MAX_LIFETIME_SECS",
+                format!("{max_lifetime_secs} is under a minute"),
+            ));
+        }
+        Ok(Self {
+            issuer: crate::env::optional("CONNECT_JWT_ISSUER"),
+            audience: crate::env::optional("CONNECT_JWT_AUDIENCE"),
+            max_lifetime_secs,
+        })
+    }
 }
 
 /// The HS256 secret, checked once at start.
@@ -123,24 +186,42 @@ pub const REFUSED: &str = "invalid or expired token";
 pub const LEEWAY_SECS: u64 = 5;
 
 /// Verifies client tokens: HS256 only (`alg: none` and every other algorithm are refused),
-/// `exp` and `sub` required, at most [`MAX_TOKEN_BYTES`] (or what [`TokenVerifier::max_len`] sets).
+/// `exp` and `sub` required, `nbf` honoured, [`TokenRules`] applied, at most [`MAX_TOKEN_BYTES`]
+/// (or what [`TokenVerifier::max_len`] sets).
 #[derive(Clone)]
 pub struct TokenVerifier {
     /// The current secret's key, then the previous one's while a rotation is under way.
     keys: Vec<DecodingKey>,
     validation: Validation,
     max_len: usize,
+    max_lifetime_secs: u64,
 }
 
 impl TokenVerifier {
+    /// A verifier with the default [`TokenRules`].
     pub fn new(secret: &JwtSecret) -> Self {
+        Self::with_rules(secret, &TokenRules::default())
+    }
+
+    pub fn with_rules(secret: &JwtSecret, rules: &TokenRules) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &rules.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
         Self {
             keys: vec![DecodingKey::from_secret(secret.0.as_bytes())],
             validation,
             max_len: MAX_TOKEN_BYTES,
+            max_lifetime_secs: rules.max_lifetime_secs,
         }
     }
 
@@ -181,6 +262,19 @@ impl TokenVerifier {
             }
         }
         let data = result.map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        // The time left, and (with `iat`) the whole life: neither past the maximum.
+        let now = crate::now_ms() / 1000;
+        let lives = data
+            .claims
+            .iat
+            .map_or(0, |iat| data.claims.exp.saturating_sub(iat))
+            .max(data.claims.exp.saturating_sub(now));
+        if lives > self.max_lifetime_secs.saturating_add(LEEWAY_SECS) {
+            return Err(AuthError::InvalidToken(format!(
+                "lives {lives} s, longer than the {} s allowed",
+                self.max_lifetime_secs
+            )));
+        }
         let user = UserId::parse(data.claims.sub)
             .map_err(|e| AuthError::InvalidToken(format!("sub: {e}")))?;
         Ok(Verified {
@@ -205,16 +299,26 @@ impl TokenIssuer {
 
     /// A token for `user` that expires at `exp` (seconds since the epoch).
     pub fn mint_until(&self, user: &str, exp: u64) -> String {
-        let claims = Claims {
+        self.sign(&Claims {
             sub: user.to_owned(),
             exp,
-        };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.key).unwrap_or_default()
+            iat: None,
+        })
     }
 
-    /// A token for `user` valid for `ttl_secs` from now.
+    /// A token carrying `claims` as they are (tests of the checks, tools that add `iss`/`aud`).
+    pub fn sign<T: Serialize>(&self, claims: &T) -> String {
+        encode(&Header::new(Algorithm::HS256), claims, &self.key).unwrap_or_default()
+    }
+
+    /// A token for `user` valid for `ttl_secs` from now (issued now).
     pub fn mint(&self, user: &str, ttl_secs: u64) -> String {
-        self.mint_until(user, crate::now_ms() / 1000 + ttl_secs)
+        let now = crate::now_ms() / 1000;
+        self.sign(&Claims {
+            sub: user.to_owned(),
+            exp: now + ttl_secs,
+            iat: Some(now),
+        })
     }
 }
 
@@ -228,9 +332,9 @@ mod tests {
 
     #[test]
     fn during_a_rotation_tokens_of_the_previous_secret_are_taken() {
-        let old = JwtSecret::new(Some("the-old-secret".into()), true).unwrap();
-        let new = JwtSecret::new(Some("the-new-secret".into()), true).unwrap();
-        let stranger = JwtSecret::new(Some("someone-elses".into()), true).unwrap();
+        let old = JwtSecret::new(Some("the-old-secret-".repeat(3)), true).unwrap();
+        let new = JwtSecret::new(Some("the-new-secret-".repeat(3)), true).unwrap();
+        let stranger = JwtSecret::new(Some("someone-elses-".repeat(3)), true).unwrap();
         let by_old = TokenIssuer::new(&old).mint("alice", 60);
         let by_new = TokenIssuer::new(&new).mint("bob", 60);
         let rotating = TokenVerifier::new(&new).also(Some(&old));
@@ -381,6 +485,100 @@ mod tests {
         assert!(JwtSecret::new(None, true).is_err());
         assert!(JwtSecret::new(Some(String::new()), true).is_err());
         assert!(JwtSecret::new(Some(DEV_SECRET.into()), true).is_err());
-        assert!(JwtSecret::new(Some("s3cret-from-secrets-manager".into()), true).is_ok());
+        assert!(JwtSecret::new(Some("x".repeat(MIN_SECRET_BYTES)), true).is_ok());
+        // A short secret: refused in production (the previous one too), taken on the local stack.
+        for short in ["a", "0123456789abcdef"] {
+            assert!(matches!(
+                JwtSecret::new(Some(short.into()), true),
+                Err(AuthError::SecretTooShort(_, n)) if n == short.len()
+            ));
+            assert!(JwtSecret::previous(Some(short.into()), true).is_err());
+            assert!(JwtSecret::new(Some(short.into()), false).is_ok());
+        }
+        assert!(JwtSecret::new(Some("x".repeat(MIN_SECRET_BYTES - 1)), true).is_err());
+    }
+
+    fn signed(claims: &str) -> String {
+        forged(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            claims,
+            Some(Algorithm::HS256),
+        )
+    }
+
+    #[test]
+    fn issuer_audience_not_before_and_lifetime_are_checked() {
+        let now = crate::now_ms() / 1000;
+        let exp = now + 600;
+        let plain = TokenVerifier::new(&dev());
+        let rules = TokenRules {
+            issuer: Some("https://auth.example".into()),
+            audience: Some("connect-chat".into()),
+            max_lifetime_secs: 3600,
+        };
+        let strict = TokenVerifier::with_rules(&dev(), &rules);
+        let good = signed(&format!(
+            r#"{{"sub":"alice","exp":{exp},"iss":"https://auth.example","aud":"connect-chat"}}"#
+        ));
+        assert_eq!(strict.verify(&good).unwrap().as_str(), "alice");
+        let in_a_list = signed(&format!(
+            r#"{{"sub":"alice","exp":{exp},"iss":"https://auth.example","aud":["other","connect-chat"]}}"#
+        ));
+        assert!(strict.verify(&in_a_list).is_ok());
+        let refused = [
+            (
+                "no aud",
+                format!(r#"{{"sub":"a","exp":{exp},"iss":"https://auth.example"}}"#),
+            ),
+            (
+                "wrong aud",
+                format!(r#"{{"sub":"a","exp":{exp},"iss":"https://auth.example","aud":"other"}}"#),
+            ),
+            (
+                "no iss",
+                format!(r#"{{"sub":"a","exp":{exp},"aud":"connect-chat"}}"#),
+            ),
+            (
+                "wrong iss",
+                format!(r#"{{"sub":"a","exp":{exp},"iss":"https://evil","aud":"connect-chat"}}"#),
+            ),
+        ];
+        for (what, claims) in refused {
+            assert!(strict.verify(&signed(&claims)).is_err(), "{what}");
+        }
+        // Without an audience configured, a token meant for someone else is refused; one
+        // without `aud` or `iss` is taken.
+        assert!(plain.verify(&good).is_err());
+        assert!(plain
+            .verify(&signed(&format!(r#"{{"sub":"a","exp":{exp}}}"#)))
+            .is_ok());
+        // nbf: in the future refused, past taken (within the leeway too).
+        let nbf = |at: u64| signed(&format!(r#"{{"sub":"a","exp":{exp},"nbf":{at}}}"#));
+        assert!(plain.verify(&nbf(now + 120)).is_err());
+        assert!(plain.verify(&nbf(now - 10)).is_ok());
+        assert!(plain.verify(&nbf(now + 1)).is_ok());
+        // Lifetime: exp - iat, or exp - now without iat.
+        let lives = |iat: Option<u64>, exp: u64| {
+            let iat = iat.map(|i| format!(r#","iat":{i}"#)).unwrap_or_default();
+            signed(&format!(r#"{{"sub":"a","exp":{exp}{iat}}}"#))
+        };
+        let short = TokenVerifier::with_rules(
+            &dev(),
+            &TokenRules {
+                max_lifetime_secs: 3600,
+                ..TokenRules::default()
+            },
+        );
+        assert!(short.verify(&lives(None, now + 3000)).is_ok());
+        assert!(short.verify(&lives(None, now + 4000)).is_err());
+        assert!(short.verify(&lives(Some(now), now + 3600)).is_ok());
+        assert!(short.verify(&lives(Some(now - 7200), now + 60)).is_err());
+        // An `iat` in the future does not stretch it.
+        assert!(short.verify(&lives(Some(now + 7000), now + 7200)).is_err());
+        assert!(plain.verify(&lives(None, now + 30 * 24 * 3600)).is_err());
+        // The default lifetime takes what our tools mint.
+        assert!(plain
+            .verify(&TokenIssuer::new(&dev()).mint("a", MAX_LIFETIME_SECS))
+            .is_ok());
     }
 }

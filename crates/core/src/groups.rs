@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use connect_protocol::{ErrorCode, GroupId, UserId};
 
+use crate::quota::{Quota, QuotaStore};
 use crate::ApiError;
 use crate::PortError;
 
@@ -41,11 +42,52 @@ pub struct GroupSummary {
     pub owner: UserId,
 }
 
+/// The bounds a membership write keeps, checked in the write itself (two concurrent adds to a
+/// group one below its cap: one gets in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// `GROUP_MAX_MEMBERS`: members of one group.
+    pub members: usize,
+    /// `GROUP_MAX_PER_USER`: groups one user is in.
+    pub groups_per_user: usize,
+}
+
+impl Caps {
+    /// No bound (tests and harnesses of what is not group admin).
+    pub const UNBOUNDED: Self = Self {
+        members: usize::MAX,
+        groups_per_user: usize::MAX,
+    };
+}
+
+/// How an add went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    Added,
+    /// A member already: nothing written.
+    Already,
+    /// The group has [`Caps::members`].
+    GroupFull,
+    /// The user is in [`Caps::groups_per_user`] groups.
+    UserFull,
+}
+
+/// How a create went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The group is written with every member but `left_out` (each in
+    /// [`Caps::groups_per_user`] groups already).
+    Yes { left_out: Vec<UserId> },
+    /// The owner is in [`Caps::groups_per_user`] groups: nothing is written.
+    OwnerFull,
+}
+
 /// The group table (DynamoDB: a meta item and one item per member, an index user → groups).
 #[async_trait]
 pub trait GroupStore: Send + Sync {
-    /// Writes a new group (its id is fresh).
-    async fn create(&self, group: &Group) -> Result<(), PortError>;
+    /// Writes a new group (its id is fresh; its owner is among its members), leaving out the
+    /// members who are in [`Caps::groups_per_user`] groups already.
+    async fn create(&self, group: &Group, caps: Caps) -> Result<Created, PortError>;
     /// The group's meta data (no members), or None.
     async fn meta(&self, group: &GroupId) -> Result<Option<GroupSummary>, PortError>;
     /// The members, sorted.
@@ -61,13 +103,14 @@ pub trait GroupStore: Send + Sync {
     /// consistently.
     async fn roster(&self, group: &GroupId) -> Result<Vec<Member>, PortError>;
     async fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, PortError>;
-    /// Adds a member on `by`'s request (adding a member again is a no-op).
+    /// Adds a member on `by`'s request (adding a member again is a no-op), within `caps`.
     async fn add_member(
         &self,
         group: &GroupId,
         user: &UserId,
         by: &UserId,
-    ) -> Result<(), PortError>;
+        caps: Caps,
+    ) -> Result<Joined, PortError>;
     /// Removes a member on `by`'s request (the stream's old image says who); false if they
     /// were not one.
     async fn remove_member(
@@ -78,6 +121,13 @@ pub trait GroupStore: Send + Sync {
     ) -> Result<bool, PortError>;
     /// The groups `user` is a member of.
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
+    /// A page of them in group id order: after `after`, up to `limit`, and whether more follow.
+    async fn groups_page(
+        &self,
+        user: &UserId,
+        after: Option<&GroupId>,
+        limit: usize,
+    ) -> Result<(Vec<GroupSummary>, bool), PortError>;
     /// The meta data of each of `groups` that exists (in no particular order), batched.
     async fn summaries(&self, groups: &[GroupId]) -> Result<Vec<GroupSummary>, PortError>;
     /// The groups `user` is a member of, with the membership version they joined at (the
@@ -138,10 +188,68 @@ pub fn group_id(s: &str) -> Result<GroupId, ApiError> {
     GroupId::parse(s).map_err(|_| ApiError::new(ErrorCode::NotFound, "no such group"))
 }
 
-/// Group admin over its store; `max_members` bounds a group (`GROUP_MAX_MEMBERS`).
+/// The largest `limit` of `GET /v1/groups`. Without `limit` every group is listed (at most
+/// [`Caps::groups_per_user`] of them, as PROTOCOL.md has it).
+pub const LIST_MAX_LIMIT: usize = 100;
+
+/// A parsed `GET /v1/groups`: every group (no `limit`), or a page after the group id `cursor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub page: Option<(usize, Option<GroupId>)>,
+}
+
+impl ListQuery {
+    /// `limit` (1..=100) and `cursor` (a `next` this server gave); a cursor needs a limit.
+    pub fn parse<'a>(param: impl Fn(&str) -> Option<&'a str>) -> Result<Self, ApiError> {
+        let cursor = param("cursor")
+            .map(|c| GroupId::parse(c).map_err(|_| bad("`cursor` is not one this server gave")))
+            .transpose()?;
+        if param("limit").is_none() {
+            if cursor.is_some() {
+                return Err(bad("`cursor` goes with `limit`"));
+            }
+            return Ok(Self { page: None });
+        }
+        let limit = crate::inbox::limit(param("limit"), LIST_MAX_LIMIT, LIST_MAX_LIMIT)?;
+        Ok(Self {
+            page: Some((limit, cursor)),
+        })
+    }
+}
+
+/// `GET /v1/groups`' answer: `next` is the cursor of the following page (None: the last).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupList {
+    pub groups: Vec<GroupSummary>,
+    pub next: Option<GroupId>,
+}
+
+/// What group admin keeps within: the caps, and each user's hourly quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRules {
+    pub caps: Caps,
+    /// `GROUP_CREATES_PER_HOUR`: groups one user creates.
+    pub creates: Quota,
+    /// `GROUP_MEMBER_ADDS_PER_HOUR`: members one user adds, the members a group is created with
+    /// included (a group of 500 takes 499).
+    pub adds: Quota,
+}
+
+impl GroupRules {
+    pub const fn new(caps: Caps, creates_per_hour: u64, adds_per_hour: u64) -> Self {
+        Self {
+            caps,
+            creates: Quota::per_hour("group creations", creates_per_hour),
+            adds: Quota::per_hour("member additions", adds_per_hour),
+        }
+    }
+}
+
+/// Group admin over its store, within `rules`.
 pub struct Groups<'a> {
     pub store: &'a dyn GroupStore,
-    pub max_members: usize,
+    pub quotas: &'a dyn QuotaStore,
+    pub rules: GroupRules,
 }
 
 impl GroupSummary {
@@ -159,7 +267,17 @@ impl Groups<'_> {
     fn too_many(&self) -> ApiError {
         ApiError::new(
             ErrorCode::TooLarge,
-            format!("a group has at most {} members", self.max_members),
+            format!("a group has at most {} members", self.rules.caps.members),
+        )
+    }
+
+    fn in_too_many(&self, user: &UserId) -> ApiError {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{user} is in {} groups, the most one user can be in",
+                self.rules.caps.groups_per_user
+            ),
         )
     }
 
@@ -178,10 +296,16 @@ impl Groups<'_> {
         members.push(caller.clone());
         members.sort();
         members.dedup();
-        if members.len() > self.max_members {
+        if members.len() > self.rules.caps.members {
             return Err(self.too_many());
         }
-        let group = Group {
+        let now = crate::now_ms();
+        self.rules.creates.take(self.quotas, caller, 1, now).await?;
+        self.rules
+            .adds
+            .take(self.quotas, caller, members.len() as u64 - 1, now)
+            .await?;
+        let mut group = Group {
             group: GroupId::parse(format!(
                 "g_{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..16]
@@ -191,8 +315,16 @@ impl Groups<'_> {
             owner: caller.clone(),
             members,
         };
-        self.store.create(&group).await?;
-        Ok(group)
+        match self.store.create(&group, self.rules.caps).await? {
+            Created::OwnerFull => Err(self.in_too_many(caller)),
+            Created::Yes { left_out } => {
+                if !left_out.is_empty() {
+                    tracing::info!(group = %group.group, left_out = left_out.len(), "members in too many groups were left out");
+                    group.members.retain(|m| !left_out.contains(m));
+                }
+                Ok(group)
+            }
+        }
     }
 
     /// The group's meta data, if `caller` may see it (404 / 403 otherwise).
@@ -214,10 +346,24 @@ impl Groups<'_> {
         Ok(meta.with_members(self.store.members(id).await?))
     }
 
-    pub async fn list(&self, caller: &UserId) -> Result<Vec<GroupSummary>, ApiError> {
-        let mut groups = self.store.groups_of(caller).await?;
-        groups.sort_by(|a, b| a.group.cmp(&b.group));
-        Ok(groups)
+    pub async fn list(&self, caller: &UserId, query: &ListQuery) -> Result<GroupList, ApiError> {
+        match &query.page {
+            None => {
+                let mut groups = self.store.groups_of(caller).await?;
+                groups.sort_by(|a, b| a.group.cmp(&b.group));
+                Ok(GroupList { groups, next: None })
+            }
+            Some((limit, after)) => {
+                let (groups, more) = self
+                    .store
+                    .groups_page(caller, after.as_ref(), *limit)
+                    .await?;
+                let next = more
+                    .then(|| groups.last().map(|g| g.group.clone()))
+                    .flatten();
+                Ok(GroupList { groups, next })
+            }
+        }
     }
 
     pub async fn add(
@@ -228,16 +374,20 @@ impl Groups<'_> {
     ) -> Result<Group, ApiError> {
         let user = user_id(&req.user)?;
         let meta = self.visible(caller, id).await?;
-        // One read of the members answers "already one?", the size bound and the response.
-        let mut members = self.store.members(id).await?;
-        if let Err(at) = members.binary_search(&user) {
-            if members.len() >= self.max_members {
-                return Err(self.too_many());
-            }
-            self.store.add_member(id, &user, caller).await?;
-            members.insert(at, user);
+        self.rules
+            .adds
+            .take(self.quotas, caller, 1, crate::now_ms())
+            .await?;
+        match self
+            .store
+            .add_member(id, &user, caller, self.rules.caps)
+            .await?
+        {
+            Joined::Added | Joined::Already => {}
+            Joined::GroupFull => return Err(self.too_many()),
+            Joined::UserFull => return Err(self.in_too_many(&user)),
         }
-        Ok(meta.with_members(members))
+        Ok(meta.with_members(self.store.members(id).await?))
     }
 
     pub async fn remove(&self, caller: &UserId, id: &GroupId, user: &str) -> Result<(), ApiError> {
@@ -278,7 +428,15 @@ mod tests {
     fn groups(mem: &Memory) -> Groups<'_> {
         Groups {
             store: mem,
-            max_members: 4,
+            quotas: mem,
+            rules: GroupRules::new(
+                Caps {
+                    members: 4,
+                    groups_per_user: 3,
+                },
+                1000,
+                1000,
+            ),
         }
     }
 
@@ -310,8 +468,9 @@ mod tests {
                 .status(),
             404
         );
-        assert_eq!(g.list(&u("carol")).await.unwrap().len(), 1);
-        assert!(g.list(&u("dave")).await.unwrap().is_empty());
+        let all = ListQuery { page: None };
+        assert_eq!(g.list(&u("carol"), &all).await.unwrap().groups.len(), 1);
+        assert!(g.list(&u("dave"), &all).await.unwrap().groups.is_empty());
 
         // Any member adds; a non-member cannot.
         let after = g
@@ -393,6 +552,169 @@ mod tests {
         assert_eq!(
             g.get(&u("alice"), &id).await.unwrap().members,
             [u("alice"), u("bob")]
+        );
+    }
+
+    fn create(name: &str, members: &[&str]) -> CreateGroup {
+        CreateGroup {
+            name: name.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_is_in_at_most_groups_per_user_groups() {
+        let mem = Memory::default();
+        let g = groups(&mem);
+        for n in 0..3 {
+            g.create(&u("alice"), create(&format!("g{n}"), &["bob"]))
+                .await
+                .unwrap();
+        }
+        // alice and bob are in 3 each: alice cannot create, carol's group leaves bob out.
+        assert_eq!(
+            g.create(&u("alice"), create("g4", &[]))
+                .await
+                .unwrap_err()
+                .status(),
+            403
+        );
+        let carols = g
+            .create(&u("carol"), create("c", &["bob", "dave"]))
+            .await
+            .unwrap();
+        assert_eq!(carols.members, [u("carol"), u("dave")]);
+        assert_eq!(g.get(&u("carol"), &carols.group).await.unwrap(), carols);
+        let refused = g
+            .add(&u("carol"), &carols.group, AddMember { user: "bob".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status(), 403);
+        assert!(
+            refused.message.contains("bob is in 3 groups"),
+            "{}",
+            refused.message
+        );
+        // Leaving one makes room.
+        let first = g
+            .list(&u("bob"), &ListQuery { page: None })
+            .await
+            .unwrap()
+            .groups[0]
+            .group
+            .clone();
+        g.remove(&u("bob"), &first, "bob").await.unwrap();
+        g.add(&u("carol"), &carols.group, AddMember { user: "bob".into() })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn creations_and_additions_past_the_hourly_quota_get_429() {
+        let mem = Memory::default();
+        let g = Groups {
+            store: &mem,
+            quotas: &mem,
+            rules: GroupRules::new(Caps::UNBOUNDED, 2, 5),
+        };
+        let a = g
+            .create(&u("alice"), create("a", &["b1", "b2"]))
+            .await
+            .unwrap();
+        g.create(&u("alice"), create("b", &["b3"])).await.unwrap();
+        // A third creation, even of nobody else: 429.
+        assert_eq!(
+            g.create(&u("alice"), create("c", &[]))
+                .await
+                .unwrap_err()
+                .status(),
+            429
+        );
+        // 3 of 5 additions taken by the creations: 2 more adds, then 429.
+        for who in ["c1", "c2"] {
+            g.add(&u("alice"), &a.group, AddMember { user: who.into() })
+                .await
+                .unwrap();
+        }
+        let refused = g
+            .add(&u("alice"), &a.group, AddMember { user: "c3".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.status(), refused.code),
+            (429, ErrorCode::RateLimited)
+        );
+        // Another member has their own quota; a create bigger than the quota never fits.
+        g.add(&u("b1"), &a.group, AddMember { user: "c3".into() })
+            .await
+            .unwrap();
+        let big: Vec<String> = (0..6).map(|i| format!("x{i}")).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        assert_eq!(
+            g.create(&u("b2"), create("big", &big))
+                .await
+                .unwrap_err()
+                .status(),
+            429
+        );
+    }
+
+    #[tokio::test]
+    async fn the_group_list_pages_by_group_id() {
+        let mem = Memory::default();
+        let g = Groups {
+            store: &mem,
+            quotas: &mem,
+            rules: GroupRules::new(Caps::UNBOUNDED, 1000, 1000),
+        };
+        for n in 0..7 {
+            g.create(&u("alice"), create(&format!("g{n}"), &[]))
+                .await
+                .unwrap();
+        }
+        fn q(limit: &str, cursor: Option<&str>) -> Result<ListQuery, ApiError> {
+            let params = [("limit", Some(limit)), ("cursor", cursor)];
+            ListQuery::parse(|name| {
+                params
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .and_then(|(_, v)| *v)
+            })
+        }
+        let all = g
+            .list(&u("alice"), &ListQuery { page: None })
+            .await
+            .unwrap();
+        assert_eq!((all.groups.len(), all.next.as_ref()), (7, None));
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = g
+                .list(&u("alice"), &q("3", cursor.as_deref()).unwrap())
+                .await
+                .unwrap();
+            assert!(page.groups.len() <= 3);
+            seen.extend(page.groups.iter().map(|s| s.group.clone()));
+            match page.next {
+                Some(next) => cursor = Some(next.to_string()),
+                None => break,
+            }
+        }
+        let ids: Vec<_> = all.groups.iter().map(|s| s.group.clone()).collect();
+        assert_eq!(seen, ids);
+        for bad in [
+            q("0", None),
+            q("101", None),
+            q("x", None),
+            q("3", Some("no way")),
+        ] {
+            assert_eq!(bad.unwrap_err().status(), 400);
+        }
+        assert_eq!(
+            ListQuery::parse(|n| (n == "cursor").then_some("g_1"))
+                .unwrap_err()
+                .status(),
+            400
         );
     }
 

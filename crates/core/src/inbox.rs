@@ -32,7 +32,7 @@ fn bad(message: impl Into<String>) -> ApiError {
 }
 
 /// `limit` within `1..=max` (absent: `default`).
-fn limit(value: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn limit(value: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
     match whole_number("limit", value)? {
         None => Ok(default),
         Some(l) if (1..=max as u64).contains(&l) => Ok(l as usize),

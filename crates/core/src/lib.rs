@@ -45,6 +45,7 @@ pub mod offline;
 pub mod ports;
 pub mod presence;
 pub mod push;
+pub mod quota;
 pub mod regions;
 pub mod seqblocks;
 pub mod sequencer;

@@ -73,6 +73,8 @@ pub struct Memory {
     pub marker_reads: std::sync::atomic::AtomicUsize,
     /// Push registrations per (user, device).
     pub push: Mutex<HashMap<(UserId, String), crate::push::Registration>>,
+    /// Quota counters by key.
+    pub quotas: Mutex<HashMap<String, u64>>,
 }
 
 impl Memory {
@@ -629,9 +631,25 @@ impl ConnectionEvents for Memory {
 
 #[async_trait]
 impl crate::groups::GroupStore for Memory {
-    async fn create(&self, group: &crate::groups::Group) -> Result<(), PortError> {
-        lock(&self.groups).insert(group.group.clone(), group.clone());
-        Ok(())
+    async fn create(
+        &self,
+        group: &crate::groups::Group,
+        caps: crate::groups::Caps,
+    ) -> Result<crate::groups::Created, PortError> {
+        let mut groups = lock(&self.groups);
+        let count = |u: &UserId| groups.values().filter(|g| g.members.contains(u)).count();
+        if count(&group.owner) >= caps.groups_per_user {
+            return Ok(crate::groups::Created::OwnerFull);
+        }
+        let (members, left_out): (Vec<UserId>, Vec<UserId>) = group
+            .members
+            .iter()
+            .cloned()
+            .partition(|m| count(m) < caps.groups_per_user);
+        let mut group = group.clone();
+        group.members = members;
+        groups.insert(group.group.clone(), group);
+        Ok(crate::groups::Created::Yes { left_out })
     }
 
     async fn meta(
@@ -681,18 +699,30 @@ impl crate::groups::GroupStore for Memory {
         group: &connect_protocol::GroupId,
         user: &UserId,
         _by: &UserId,
-    ) -> Result<(), PortError> {
-        if let Some(g) = lock(&self.groups).get_mut(group) {
-            if !g.members.contains(user) {
-                g.members.push(user.clone());
-                g.members.sort();
-                let mut versions = lock(&self.group_versions);
-                let v = versions.entry(group.clone()).or_insert(1);
-                *v += 1;
-                lock(&self.member_since).insert((group.clone(), user.clone()), *v);
-            }
+        caps: crate::groups::Caps,
+    ) -> Result<crate::groups::Joined, PortError> {
+        use crate::groups::Joined;
+        let mut groups = lock(&self.groups);
+        let in_groups = groups.values().filter(|g| g.members.contains(user)).count();
+        let Some(g) = groups.get_mut(group) else {
+            return Err(PortError::unavailable("groups", "the group vanished"));
+        };
+        if g.members.contains(user) {
+            return Ok(Joined::Already);
         }
-        Ok(())
+        if g.members.len() >= caps.members {
+            return Ok(Joined::GroupFull);
+        }
+        if in_groups >= caps.groups_per_user {
+            return Ok(Joined::UserFull);
+        }
+        g.members.push(user.clone());
+        g.members.sort();
+        let mut versions = lock(&self.group_versions);
+        let v = versions.entry(group.clone()).or_insert(1);
+        *v += 1;
+        lock(&self.member_since).insert((group.clone(), user.clone()), *v);
+        Ok(Joined::Added)
     }
 
     async fn remove_member(
@@ -774,6 +804,33 @@ impl crate::groups::GroupStore for Memory {
                 owner: g.owner.clone(),
             })
             .collect())
+    }
+
+    async fn groups_page(
+        &self,
+        user: &UserId,
+        after: Option<&connect_protocol::GroupId>,
+        limit: usize,
+    ) -> Result<(Vec<crate::groups::GroupSummary>, bool), PortError> {
+        let mut all = self.groups_of(user).await?;
+        all.sort_by(|a, b| a.group.cmp(&b.group));
+        all.retain(|g| after.is_none_or(|a| &g.group > a));
+        let more = all.len() > limit;
+        all.truncate(limit);
+        Ok((all, more))
+    }
+}
+
+#[async_trait]
+impl crate::quota::QuotaStore for Memory {
+    async fn take(&self, key: &str, amount: u64, limit: u64, _: u64) -> Result<bool, PortError> {
+        let mut quotas = lock(&self.quotas);
+        let n = quotas.entry(key.to_owned()).or_default();
+        if *n + amount > limit {
+            return Ok(false);
+        }
+        *n += amount;
+        Ok(true)
     }
 }
 

@@ -444,12 +444,15 @@ mod tests {
         use crate::groups::{Group, GroupStore};
         let mem = Arc::new(Memory::default());
         let g = connect_protocol::GroupId::parse("g_1").unwrap();
-        mem.create(&Group {
-            group: g.clone(),
-            name: "t".into(),
-            owner: u("alice"),
-            members: vec![u("alice"), u("bob")],
-        })
+        mem.create(
+            &Group {
+                group: g.clone(),
+                name: "t".into(),
+                owner: u("alice"),
+                members: vec![u("alice"), u("bob")],
+            },
+            crate::groups::Caps::UNBOUNDED,
+        )
         .await
         .unwrap();
         let entries: Vec<_> = (1..=3)
@@ -473,18 +476,23 @@ mod tests {
         use crate::groups::{Group, GroupStore};
         let mem = Arc::new(Memory::default());
         let g = connect_protocol::GroupId::parse("g_1").unwrap();
-        mem.create(&Group {
-            group: g.clone(),
-            name: "t".into(),
-            owner: u("alice"),
-            members: vec![u("alice")],
-        })
+        mem.create(
+            &Group {
+                group: g.clone(),
+                name: "t".into(),
+                owner: u("alice"),
+                members: vec![u("alice")],
+            },
+            crate::groups::Caps::UNBOUNDED,
+        )
         .await
         .unwrap();
         // Sequenced under version 1; bob joins at version 2; one more under version 2.
         let mut early = entry("group:g_1", 1, "alice");
         early.mv = 1;
-        mem.add_member(&g, &u("bob"), &u("alice")).await.unwrap();
+        mem.add_member(&g, &u("bob"), &u("alice"), crate::groups::Caps::UNBOUNDED)
+            .await
+            .unwrap();
         let mut late = entry("group:g_1", 2, "alice");
         late.mv = 2;
         mem.append(&[early, late]).await.unwrap();

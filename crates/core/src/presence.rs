@@ -248,12 +248,15 @@ mod tests {
             .await
             .unwrap();
         ports
-            .create(&Group {
-                group: GroupId::parse("g_1").unwrap(),
-                name: "g".into(),
-                owner: carol.clone(),
-                members: vec![alice.clone(), carol.clone()],
-            })
+            .create(
+                &Group {
+                    group: GroupId::parse("g_1").unwrap(),
+                    name: "g".into(),
+                    owner: carol.clone(),
+                    members: vec![alice.clone(), carol.clone()],
+                },
+                crate::groups::Caps::UNBOUNDED,
+            )
             .await
             .unwrap();
         let rosters = MembershipCache::new(ports.clone(), Duration::from_secs(5), 16);

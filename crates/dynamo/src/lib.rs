@@ -10,6 +10,7 @@
 //!   `by_user`).
 //! - [`inbox`]: [`DynamoInbox`], the inbox table: conversations' heads, users' direct
 //!   conversations and read markers.
+//! - [`quotas`]: [`DynamoQuotas`], per-user quota counters per window (group admin's).
 //! - [`schema`]: table definitions and [`schema::ensure_tables`].
 //! - [`item`]: message ⇄ item mapping.
 
@@ -19,6 +20,7 @@ pub mod groups;
 pub mod inbox;
 pub mod item;
 pub mod push;
+pub mod quotas;
 pub mod schema;
 pub mod sequences;
 
@@ -28,6 +30,7 @@ pub use client::{client, sdk_config, DynamoConfig};
 pub use groups::DynamoGroups;
 pub use inbox::DynamoInbox;
 pub use push::DynamoPush;
+pub use quotas::DynamoQuotas;
 pub use schema::{ensure_tables, Tables};
 pub use sequences::{epoch_base, DynamoSequences, MovedHomes};
 
@@ -73,15 +76,6 @@ const UNPROCESSED_ROUNDS: u32 = 8;
 /// per round up to 640 ms.
 async fn unprocessed_backoff(round: u32) {
     tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
-}
-
-/// Puts up to [`BATCH`] items with one BatchWriteItem, re-sending unprocessed ones with backoff.
-pub(crate) async fn batch_put(
-    client: &Client,
-    table: &str,
-    items: Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
-) -> Result<(), PortError> {
-    batch_put_tables(client, items.into_iter().map(|i| (table, i)).collect()).await
 }
 
 /// Puts up to [`BATCH`] items, each into its table, with one BatchWriteItem (one call may

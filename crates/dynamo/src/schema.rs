@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 /// Table names (`CHAT_TABLE`, `SEQUENCE_TABLE`, `GROUP_TABLE`, `INBOX_TABLE`, `PLACES_TABLE`,
-/// `PUSH_TABLE`).
+/// `PUSH_TABLE`, `QUOTA_TABLE`).
 #[derive(Debug, Clone)]
 pub struct Tables {
     pub chat: String,
@@ -20,6 +20,8 @@ pub struct Tables {
     pub places: String,
     /// Push registrations per (user, device).
     pub push: String,
+    /// Per-user quota counters per window (expiring by TTL in AWS).
+    pub quotas: String,
 }
 
 fn attr(name: &str, t: ScalarAttributeType) -> AttributeDefinition {
@@ -189,13 +191,26 @@ pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> R
             stream: streams,
         },
     )
+    .await?;
+    // Locally without TTL: the stack's tables live as long as the stack.
+    create(
+        client,
+        Spec {
+            name: &tables.quotas,
+            hash: "key",
+            range: None,
+            index: None,
+            index_includes: &[],
+            stream: false,
+        },
+    )
     .await
 }
 
 impl Tables {
     /// From `CHAT_TABLE` (connect_messages), `SEQUENCE_TABLE` (connect_sequences),
     /// `GROUP_TABLE` (connect_groups), `INBOX_TABLE` (connect_inbox), `PLACES_TABLE`
-    /// (connect_places) and `PUSH_TABLE` (connect_push).
+    /// (connect_places), `PUSH_TABLE` (connect_push) and `QUOTA_TABLE` (connect_quotas).
     pub fn from_env() -> Self {
         use connect_core::env::string;
         Self {
@@ -205,6 +220,7 @@ impl Tables {
             inbox: string("INBOX_TABLE", "connect_inbox"),
             places: string("PLACES_TABLE", "connect_places"),
             push: string("PUSH_TABLE", "connect_push"),
+            quotas: string("QUOTA_TABLE", "connect_quotas"),
         }
     }
 }

@@ -67,12 +67,15 @@ async fn seed(me: &str, run: &InboxRun, a: &Adapters) -> anyhow::Result<()> {
         let conversation = if i < run.groups {
             let group = GroupId::parse(format!("g_{me}_{i:05}"))?;
             groups
-                .create(&Group {
-                    group: group.clone(),
-                    name: format!("Group {i}"),
-                    owner: peer.clone(),
-                    members: vec![id(me), peer.clone()],
-                })
+                .create(
+                    &Group {
+                        group: group.clone(),
+                        name: format!("Group {i}"),
+                        owner: peer.clone(),
+                        members: vec![id(me), peer.clone()],
+                    },
+                    connect_core::groups::Caps::UNBOUNDED,
+                )
                 .await?;
             ConversationId::group(group)
         } else {

@@ -51,12 +51,15 @@ async fn page(mem: &Arc<Memory>, who: &str, limit: usize, cursor: Option<&str>) 
 async fn newest_first_with_unread_counts_paged_exactly_once_and_a_removed_member_loses_the_group() {
     let mem = Arc::new(Memory::default());
     let trip = GroupId::parse("g_trip").unwrap();
-    mem.create(&Group {
-        group: trip.clone(),
-        name: "Trip".into(),
-        owner: user("alice"),
-        members: vec![user("alice"), user("bob")],
-    })
+    mem.create(
+        &Group {
+            group: trip.clone(),
+            name: "Trip".into(),
+            owner: user("alice"),
+            members: vec![user("alice"), user("bob")],
+        },
+        crate::groups::Caps::UNBOUNDED,
+    )
     .await
     .unwrap();
     // Every message moves its conversation's place (no step): the order is exact on every page.
@@ -152,12 +155,15 @@ async fn receipts_list_members_with_markers_by_user_paged_members_only() {
     let mem = Arc::new(Memory::default());
     let g = GroupId::parse("g_big").unwrap();
     let members: Vec<UserId> = (0..40).map(|i| user(&format!("u{i:02}"))).collect();
-    mem.create(&Group {
-        group: g.clone(),
-        name: "Big".into(),
-        owner: members[0].clone(),
-        members: members.clone(),
-    })
+    mem.create(
+        &Group {
+            group: g.clone(),
+            name: "Big".into(),
+            owner: members[0].clone(),
+            members: members.clone(),
+        },
+        crate::groups::Caps::UNBOUNDED,
+    )
     .await
     .unwrap();
     let c = ConversationId::group(g);

@@ -608,12 +608,15 @@ async fn trip(mem: &Memory, members: &[&str]) -> connect_protocol::GroupId {
     let id = connect_protocol::GroupId::parse("g_trip").unwrap();
     let mut members: Vec<UserId> = members.iter().map(|m| user(m)).collect();
     members.sort();
-    mem.create(&Group {
-        group: id.clone(),
-        name: "Trip".into(),
-        owner: members[0].clone(),
-        members,
-    })
+    mem.create(
+        &Group {
+            group: id.clone(),
+            name: "Trip".into(),
+            owner: members[0].clone(),
+            members,
+        },
+        crate::groups::Caps::UNBOUNDED,
+    )
     .await
     .unwrap();
     id
@@ -809,9 +812,14 @@ async fn a_membership_change_holds_for_the_next_batch_before_its_event_arrives()
     mem.remove_member(&id, &user("carol"), &user("alice"))
         .await
         .unwrap();
-    mem.add_member(&id, &user("dave"), &user("alice"))
-        .await
-        .unwrap();
+    mem.add_member(
+        &id,
+        &user("dave"),
+        &user("alice"),
+        crate::groups::Caps::UNBOUNDED,
+    )
+    .await
+    .unwrap();
     step.process(vec![group_send("alice", "m2", "a1", 0)], 2)
         .await
         .unwrap();
@@ -841,9 +849,14 @@ async fn a_replayed_group_message_goes_to_the_members_at_its_seq_not_to_later_jo
     mem.take_published();
 
     // dave joins (version 2); then m1 is replayed (a crash before its batch was committed).
-    mem.add_member(&id, &user("dave"), &user("alice"))
-        .await
-        .unwrap();
+    mem.add_member(
+        &id,
+        &user("dave"),
+        &user("alice"),
+        crate::groups::Caps::UNBOUNDED,
+    )
+    .await
+    .unwrap();
     step.process(vec![group_send("alice", "m1", "a1", 0)], 2)
         .await
         .unwrap();
