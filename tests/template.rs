@@ -595,6 +595,12 @@ fn the_services_speak_tls_to_msk_and_to_a_redis_cluster_with_their_secrets_injec
         ref_target(&gateway["CONNECT_INTERNAL_TOKEN"]),
         Some("InternalToken")
     );
+    // Behind the ALB the per-address cap counts the clients the ALB saw, and only the ALB (in
+    // the VPC) is believed.
+    assert_eq!(
+        ref_target(&gateway["GATEWAY_TRUSTED_PROXIES"]),
+        Some("VpcCidr")
+    );
     // Gateways and the HTTP API's functions check tokens by the same rules.
     let globals = at(&t, &["Globals", "Function", "Environment", "Variables"]);
     for (var, parameter) in [

@@ -39,6 +39,10 @@ pub struct Config {
     pub secret: JwtSecret,
     /// `CONNECT_JWT_SECRET_PREVIOUS`: also taken while the secret is rotated (runbook).
     pub previous_secret: Option<JwtSecret>,
+    /// `GATEWAY_TRUSTED_PROXIES`: comma-separated networks of the proxies in front (the ALB's
+    /// subnets); the per-address cap and the logs take the client's address from what they
+    /// appended to `X-Forwarded-For`. Unset: none, the header is ignored.
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
     /// `CONNECT_JWT_ISSUER`, `CONNECT_JWT_AUDIENCE`, `CONNECT_JWT_MAX_LIFETIME_SECS`: what a
     /// token must say beyond `sub` and `exp`.
     pub token_rules: TokenRules,
@@ -173,6 +177,11 @@ impl Config {
             )
             .context("CONNECT_JWT_SECRET_PREVIOUS")?,
             token_rules: TokenRules::from_env()?,
+            trusted_proxies: crate::forwarded::TrustedProxies::parse(&env::string(
+                "GATEWAY_TRUSTED_PROXIES",
+                "",
+            ))
+            .map_err(|e| anyhow::anyhow!("GATEWAY_TRUSTED_PROXIES: {e}"))?,
             limits: FrameLimits {
                 max_frame_bytes: env::var("GATEWAY_MAX_FRAME_BYTES", 64 * 1024)?,
                 max_body_bytes: env::var("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,

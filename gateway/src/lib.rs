@@ -22,6 +22,7 @@ pub mod connection;
 pub mod delivery;
 pub mod ecs;
 pub mod emf;
+pub mod forwarded;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;

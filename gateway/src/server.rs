@@ -88,6 +88,8 @@ async fn upgrade(
     ConnectInfo(addr): ConnectInfo<std::net::SocketAddr>,
     mut req: Request,
 ) -> Response {
+    // The client, not the load balancer in front: what the trusted proxies say they saw.
+    let client = gw.cfg.trusted_proxies.client(addr.ip(), req.headers());
     if !origin_allowed(req.headers(), gw.cfg.allowed_origins.as_deref()) {
         counter!("connect_gateway_upgrades_refused_total", "reason" => "origin").increment(1);
         return http_error(
@@ -107,7 +109,7 @@ async fn upgrade(
     let verified = match gw.verifier.verify_until(token) {
         Ok(verified) => verified,
         Err(e) => {
-            debug!(cause = %e, source = %addr.ip(), "token refused");
+            debug!(cause = %e, source = %client, "token refused");
             counter!("connect_gateway_upgrades_refused_total", "reason" => "token").increment(1);
             return http_error(
                 StatusCode::UNAUTHORIZED,
@@ -163,7 +165,7 @@ async fn upgrade(
             "connection limit reached",
         );
     };
-    let admitted = match gw.admission.admit(&user, addr.ip()) {
+    let admitted = match gw.admission.admit(&user, client) {
         Ok(admitted) => admitted,
         Err(refused) => {
             let reason = match refused {
@@ -190,7 +192,7 @@ async fn upgrade(
         expires_at_secs: gw.cfg.close_on_token_expiry.then_some(verified.exp),
         admitted,
         device,
-        source_ip: addr.ip().to_string(),
+        source_ip: client.to_string(),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)

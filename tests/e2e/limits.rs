@@ -115,6 +115,53 @@ async fn connections_are_capped_per_user_per_address_and_per_gateway() -> anyhow
     Ok(())
 }
 
+/// Behind a trusted proxy (127.0.0.2 here, the ALB in AWS) the per-address cap counts the
+/// clients the proxy says it saw; a peer that is no trusted proxy is counted by its own address,
+/// whatever `X-Forwarded-For` it sends.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_address_cap_counts_its_clients() -> anyhow::Result<()> {
+    let gw = ExtraGateway::start_with(&[
+        ("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", "1"),
+        ("GATEWAY_TRUSTED_PROXIES", "127.0.0.2/32"),
+    ])
+    .await?;
+    let gw = &gw.addr;
+    let proxy = "127.0.0.2";
+    let via = |client: &'static str| [("x-forwarded-for", client)];
+    let (a, b, c, d) = (user("a"), user("b"), user("c"), user("d"));
+    // Two clients behind the one proxy address: counted apart.
+    let _a = open_from(gw, proxy, &a, &via("203.0.113.1"), None).await?;
+    let _b = open_from(gw, proxy, &b, &via("203.0.113.2"), None).await?;
+    // A second connection of one of them: that client's cap, not the proxy's.
+    let again = open_from(gw, proxy, &c, &via("203.0.113.1"), None).await;
+    assert_eq!(status_of(&again), Some(429), "203.0.113.1 twice");
+    // A client's own entry to the left of the proxy's is not believed.
+    let spoofed = open_from(gw, proxy, &c, &via("198.51.100.9, 203.0.113.2"), None).await;
+    assert_eq!(
+        status_of(&spoofed),
+        Some(429),
+        "203.0.113.2 with a forged entry in front"
+    );
+    // Straight from an untrusted peer, a forged header changes nothing: 127.0.0.3 is the address.
+    let _c = open_from(gw, "127.0.0.3", &c, &via("198.51.100.1"), None).await?;
+    let forged = open_from(gw, "127.0.0.3", &d, &via("198.51.100.2"), None).await;
+    assert_eq!(
+        status_of(&forged),
+        Some(429),
+        "a forged X-Forwarded-For from 127.0.0.3"
+    );
+    assert_eq!(
+        metric(
+            gw,
+            "connect_gateway_upgrades_refused_total",
+            "reason=\"address_connections\""
+        )
+        .await?,
+        3.0
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn browsers_from_origins_off_the_allow_list_get_403() -> anyhow::Result<()> {
     let gw = ExtraGateway::start_with(&[(
