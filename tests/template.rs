@@ -925,3 +925,46 @@ fn every_alert_watches_a_real_metric_and_has_its_runbook_section() {
         );
     }
 }
+
+/// A parameter's default as a number.
+fn parameter_default(t: &Value, name: &str) -> u64 {
+    let d = at(t, &["Parameters", name, "Default"]);
+    d.as_u64()
+        .or_else(|| d.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("parameter {name} has no numeric default"))
+}
+
+#[test]
+fn a_flood_of_api_calls_cannot_take_what_must_keep_running() {
+    let t = template();
+    // API Gateway answers 429 past the stage's rate and burst, before any function runs.
+    let api = &resources_of_type(&t, "AWS::Serverless::HttpApi")["HttpApi"];
+    let settings = at(api, &["Properties", "DefaultRouteSettings"]);
+    for (setting, parameter) in [
+        ("ThrottlingRateLimit", "ApiRateLimit"),
+        ("ThrottlingBurstLimit", "ApiBurstLimit"),
+    ] {
+        assert_eq!(ref_target(at(settings, &[setting])), Some(parameter), "{setting}");
+        assert!(parameter_default(&t, parameter) > 0);
+    }
+    // The functions that must keep running have concurrency of their own; group admin (the
+    // costly calls) is held to its reservation.
+    let fns = functions(&t);
+    for (binary, parameter) in [
+        ("offline-delivery", "OfflineDeliveryConcurrency"),
+        ("group-events", "GroupEventsConcurrency"),
+        ("push", "PushConcurrency"),
+        ("push-later", "PushConcurrency"),
+        ("sequencer", "SequencerConcurrency"),
+        ("groups", "GroupsConcurrency"),
+    ] {
+        let reserved = at(fns[binary], &["Properties", "ReservedConcurrentExecutions"]);
+        assert_eq!(ref_target(reserved), Some(parameter), "{binary}");
+        assert!(parameter_default(&t, parameter) > 0, "{parameter}");
+    }
+    // Offline delivery keeps one invocation per user_connected partition (the setup container
+    // makes the topic).
+    let setup = container_env(&t, "MessagingTaskDefinition", "setup");
+    let partitions: u64 = s(&setup["USER_CONNECTED_PARTITIONS"]).parse().unwrap_or(u64::MAX);
+    assert!(parameter_default(&t, "OfflineDeliveryConcurrency") >= partitions);
+}
