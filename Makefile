@@ -44,7 +44,7 @@ test-aws: ## the end-to-end suite against the AWS-like stack only: Redis cluster
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p connect-e2e --test regions -- -D warnings
+	cargo clippy -p connect-e2e --test regions --test memory -- -D warnings
 
 bench:  ## the load generator against a release-built stack (see README: Benchmarks)
 	PROFILE=release scripts/stack.sh up

@@ -33,6 +33,8 @@ SAM_CLI_VERSION=1.170.0              # PyPI; `sam validate --lint` (no AWS crede
 MOTO_VERSION=5.2.6                   # PyPI moto[server]: the local SNS API (APNs/FCM mobile push)
 
 REDIS_PORT=${REDIS_PORT:-6380}
+REDIS_LOG_PORT=${REDIS_LOG_PORT:-6381}   # the offline logs' Redis (evicts; the state's never does)
+REDIS_LOG_MAXMEMORY=${REDIS_LOG_MAXMEMORY:-256mb}
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 KAFKA_HEAP=${KAFKA_HEAP:-512m}       # the broker's JVM heap (-Xmx); the machine is shared
@@ -49,7 +51,7 @@ GROUP_EVENTS=${GROUP_EVENTS:-1}         # 0: no group-events poller (it runs whe
 # Region b of `stack.sh regions` (region a is the stack with the ports above).
 REGION_A=a REGION_B=b
 REGION_B_DIR="$ROOT/.local/region-b"
-REGION_B_ENV=(CONNECT_LOCAL_DIR="$REGION_B_DIR" REDIS_PORT=6480 KAFKA_PORT=9192 KAFKA_CONTROLLER_PORT=9193
+REGION_B_ENV=(CONNECT_LOCAL_DIR="$REGION_B_DIR" REDIS_PORT=6480 REDIS_LOG_PORT=6481 KAFKA_PORT=9192 KAFKA_CONTROLLER_PORT=9193
   GATEWAY_PORTS="8180 8181" MESSAGING_OPS_PORTS="8170 8171" LAMBDA_PORT=9100 LOCAL_API_PORT=8190 WEBPUSH_PORT=8195 SNS_PORT=8196
   CONNECT_REGION=$REGION_B CONNECT_PEER_REGIONS=$REGION_A SHARED_DYNAMODB=1 GROUP_EVENTS=0)
 MM2_POM="$ROOT/scripts/mirrormaker/pom.xml"
@@ -67,6 +69,9 @@ if [ "$CONNECT_STACK" = aws ]; then
   export KAFKA_SASL_USERNAME=${KAFKA_SASL_USERNAME:-connect} KAFKA_SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-connect-local-scram}
 else
   export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
+  # The offline logs on a Redis of their own, as in AWS (the AWS-like stack keeps them with the
+  # state on its cluster).
+  export REDIS_LOG_URL=${REDIS_LOG_URL:-redis://127.0.0.1:$REDIS_LOG_PORT}
 fi
 export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$KAFKA_PORT}
 export DYNAMODB_ENDPOINT=${DYNAMODB_ENDPOINT:-http://127.0.0.1:$DDB_PORT}
@@ -259,9 +264,17 @@ start_redis() {
   local port
   if [ "$CONNECT_STACK" = plain ]; then
     claim redis "$REDIS_PORT"
+    # The state never evicts: full, it refuses writes (as the template's parameter group says).
     start redis "$LOCAL/redis" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$LOCAL/redis" \
-      --appendonly yes --appendfsync everysec --save "" --protected-mode no
+      --appendonly yes --appendfsync everysec --save "" --protected-mode no --maxmemory-policy noeviction
     wait_port "$REDIS_PORT" redis
+    # The offline logs: bounded, the least recently used evicted first, nothing kept on disk
+    # (history has every message; the drain reads it where a log is gone).
+    claim redis-logs "$REDIS_LOG_PORT"
+    start redis-logs "$LOCAL/redis-logs" redis-server --port "$REDIS_LOG_PORT" --bind 127.0.0.1 \
+      --dir "$LOCAL/redis-logs" --appendonly no --save "" --protected-mode no \
+      --maxmemory "$REDIS_LOG_MAXMEMORY" --maxmemory-policy allkeys-lru
+    wait_port "$REDIS_LOG_PORT" redis-logs
   else
     for port in $REDIS_CLUSTER_PORTS; do
       claim "redis-$port" "$port"
@@ -479,7 +492,7 @@ down() {
   if [ -f "$MM2_DIR/pids/mirrormaker.pid" ]; then LOCAL=$MM2_DIR stop mirrormaker; fi
   stop_services
   [ "$SHARED_DYNAMODB" = 1 ] || stop dynamodb
-  for name in sns webpush kafka redis $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
+  for name in sns webpush kafka redis redis-logs $(for p in $REDIS_CLUSTER_PORTS; do echo "redis-$p"; done); do stop "$name"; done
   rm -f "$LOCAL/pids/regions"
   log "stopped"
 }
@@ -528,7 +541,7 @@ status() {
   echo "  Lambdas      http://127.0.0.1:$LAMBDA_PORT (cargo lambda watch): history, inbox, groups, devices, presence, push, push-later, offline-delivery, group-events, sequencer"
   echo "  pollers      user_connected → offline-delivery; push_requests → push; push_later → push-later; group table stream → group-events"
   echo "  Kafka        127.0.0.1:$KAFKA_PORT (Apache Kafka $KAFKA_VERSION, KRaft, data in $LOCAL/kafka)${KAFKA_SECURITY_PROTOCOL:+, $KAFKA_SECURITY_PROTOCOL $KAFKA_SASL_MECHANISM}"
-  echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)}"
+  echo "  Redis        $REDIS_URL${REDIS_CLUSTER:+ (cluster)} (state: never evicts)${REDIS_LOG_URL:+; offline logs $REDIS_LOG_URL (evicts, $REDIS_LOG_MAXMEMORY)}"
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
   echo "  Web Push     http://localhost:$WEBPUSH_PORT (web-push-testing: POST /subscribe, /get-notifications, /expire-subscription/<id>)"
   echo "  SNS          $SNS_ENDPOINT (moto: APNs and FCM platform endpoints; GET /moto-api/data.json shows what was published)"
@@ -553,6 +566,8 @@ test_all() {
   local rc=0
   if [ "$CONNECT_STACK" = plain ]; then
     (cd "$ROOT" && cargo test --workspace --no-fail-fast) || rc=$?
+    # Alone, after the suite: it fills the log Redis (tests/memory).
+    (cd "$ROOT" && cargo test -p connect-e2e --test memory) || rc=$?
     invoke_functions || rc=$?
     lint_template || rc=$?
     test_browser || rc=$?

@@ -944,7 +944,11 @@ fn a_flood_of_api_calls_cannot_take_what_must_keep_running() {
         ("ThrottlingRateLimit", "ApiRateLimit"),
         ("ThrottlingBurstLimit", "ApiBurstLimit"),
     ] {
-        assert_eq!(ref_target(at(settings, &[setting])), Some(parameter), "{setting}");
+        assert_eq!(
+            ref_target(at(settings, &[setting])),
+            Some(parameter),
+            "{setting}"
+        );
         assert!(parameter_default(&t, parameter) > 0);
     }
     // The functions that must keep running have concurrency of their own; group admin (the
@@ -965,6 +969,68 @@ fn a_flood_of_api_calls_cannot_take_what_must_keep_running() {
     // Offline delivery keeps one invocation per user_connected partition (the setup container
     // makes the topic).
     let setup = container_env(&t, "MessagingTaskDefinition", "setup");
-    let partitions: u64 = s(&setup["USER_CONNECTED_PARTITIONS"]).parse().unwrap_or(u64::MAX);
+    let partitions: u64 = s(&setup["USER_CONNECTED_PARTITIONS"])
+        .parse()
+        .unwrap_or(u64::MAX);
     assert!(parameter_default(&t, "OfflineDeliveryConcurrency") >= partitions);
+}
+
+#[test]
+fn the_state_redis_never_evicts_and_the_logs_have_their_own_that_does() {
+    let t = template();
+    let groups = resources_of_type(&t, "AWS::ElastiCache::ReplicationGroup");
+    let params = resources_of_type(&t, "AWS::ElastiCache::ParameterGroup");
+    let policy_of = |cluster: &str| {
+        let group = ref_target(at(
+            groups[cluster],
+            &["Properties", "CacheParameterGroupName"],
+        ))
+        .unwrap_or_else(|| panic!("{cluster}'s parameter group is one of ours"));
+        s(at(
+            params[group],
+            &["Properties", "Properties", "maxmemory-policy"],
+        ))
+        .to_owned()
+    };
+    assert_eq!(policy_of("Redis"), "noeviction");
+    assert_eq!(policy_of("RedisLogs"), "allkeys-lru");
+    // Whoever reaches the state reaches the logs on their cluster (REDIS_LOG_URL).
+    let mut envs: Vec<(String, BTreeMap<String, Value>)> = functions(&t)
+        .into_iter()
+        .map(|(name, f)| (name, env_of(f)))
+        .collect();
+    for (task, container) in containers(&t) {
+        let name = s(at(container, &["Name"])).to_owned();
+        let task = task.split('/').next().unwrap_or_default().to_owned();
+        envs.push((name.clone(), container_env(&t, &task, &name)));
+    }
+    let mut with_redis = 0;
+    for (name, env) in envs {
+        let Some(state) = env.get("REDIS_URL") else {
+            continue;
+        };
+        with_redis += 1;
+        assert!(
+            sub_string(state).is_some_and(|u| u.contains("${Redis.ConfigurationEndPoint")),
+            "{name}: REDIS_URL is the state cluster"
+        );
+        let logs = env
+            .get("REDIS_LOG_URL")
+            .unwrap_or_else(|| panic!("{name}: REDIS_URL without REDIS_LOG_URL"));
+        assert!(
+            sub_string(logs)
+                .is_some_and(|u| u.starts_with("rediss://${RedisLogs.ConfigurationEndPoint")),
+            "{name}: REDIS_LOG_URL is the logs' cluster"
+        );
+    }
+    assert!(
+        with_redis >= 4,
+        "gateway, messaging, offline delivery, push"
+    );
+    // An alarm watches the state cluster fill.
+    let alarm = &resources_of_type(&t, "AWS::CloudWatch::Alarm")["RedisMemoryAlarm"];
+    assert_eq!(
+        s(at(alarm, &["Properties", "MetricName"])),
+        "DatabaseMemoryUsagePercentage"
+    );
 }

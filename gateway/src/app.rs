@@ -65,8 +65,13 @@ impl Application {
         ));
         // With other regions, acks also go to them (a device's cursors hold wherever it
         // connects next).
-        let mut log: Arc<dyn connect_core::ports::ConversationLog> =
-            Arc::new(RedisLog::new(redis.clone(), cfg.offline));
+        let mut log: Arc<dyn connect_core::ports::ConversationLog> = Arc::new(RedisLog::new(
+            redis.clone(),
+            connect_redis::connect_logs(&redis, cfg.redis_log_url.as_deref())
+                .await
+                .context("connecting to the logs' Redis")?,
+            cfg.offline,
+        ));
         if cfg.regions.active() {
             log = Arc::new(connect_core::regions::SharedCursors::new(
                 log,

@@ -36,6 +36,8 @@ pub struct Config {
     pub regions: connect_core::regions::Regions,
     pub slots: u32,
     pub redis_url: String,
+    /// `REDIS_LOG_URL`: the offline logs' own Redis (unset: `REDIS_URL`'s).
+    pub redis_log_url: Option<String>,
     pub secret: JwtSecret,
     /// `CONNECT_JWT_SECRET_PREVIOUS`: also taken while the secret is rotated (runbook).
     pub previous_secret: Option<JwtSecret>,
@@ -169,6 +171,7 @@ impl Config {
             regions,
             slots: env::var("OUTGOING_PARTITIONS", 16)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
+            redis_log_url: env::optional("REDIS_LOG_URL"),
             secret: JwtSecret::new(env::optional("CONNECT_JWT_SECRET"), env::production())
                 .context("CONNECT_JWT_SECRET")?,
             previous_secret: JwtSecret::previous(

@@ -100,7 +100,13 @@ impl Application {
                 cfg.dedupe_ttl,
                 cfg.dedupe_max_per_sender,
             )),
-            log: Arc::new(RedisLog::new(redis.clone(), cfg.offline)),
+            log: Arc::new(RedisLog::new(
+                redis.clone(),
+                connect_redis::connect_logs(&redis, cfg.redis_log_url.as_deref())
+                    .await
+                    .context("connecting to the logs' Redis")?,
+                cfg.offline,
+            )),
             markers: inbox.clone(),
             inbox,
             push: Arc::new(connect_redis::RedisPushDevices::new(redis.clone())),

@@ -31,6 +31,8 @@ pub struct Config {
     /// once per this (its head, and so its item, with every message).
     pub inbox_place_step_ms: u64,
     pub redis_url: String,
+    /// `REDIS_LOG_URL`: the offline logs' own Redis (unset: `REDIS_URL`'s).
+    pub redis_log_url: Option<String>,
     pub dynamo: DynamoConfig,
     pub tables: Tables,
     /// `CONNECT_REGION` and `CONNECT_PEER_REGIONS`: with peers, sends homed elsewhere are
@@ -101,6 +103,7 @@ impl Config {
             typing_max_members: env::var("TYPING_MAX_MEMBERS", 256)?,
             inbox_place_step_ms: env::var("INBOX_PLACE_STEP_MS", 1000)?,
             redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
+            redis_log_url: env::optional("REDIS_LOG_URL"),
             dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
             tables: Tables::from_env(),
             regions: regions.clone(),

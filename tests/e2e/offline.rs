@@ -335,8 +335,12 @@ pub(crate) async fn backlog_in_many_conversations(
     use connect_core::ports::ConversationLog;
     use connect_protocol::{ClientMsgId, ConversationId, UserId};
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
+    let state = connect_redis::connect(&url).await?;
+    let logs =
+        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
     let log = connect_redis::RedisLog::new(
-        connect_redis::connect(&url).await?,
+        state,
+        logs,
         connect_redis::OfflineLimits {
             log_max: 1000,
             ttl: Duration::from_secs(3600),

@@ -287,6 +287,20 @@ pub struct LogEntry {
     pub device: Option<String>,
 }
 
+impl LogEntry {
+    /// The entry a stored message would have in its log (the drain reads history where a log
+    /// falls short).
+    pub fn of(message: &StoredMessage) -> Self {
+        Self {
+            conversation: message.conversation.clone(),
+            seq: message.seq,
+            frame: message.frame_text(),
+            mv: message.mv.unwrap_or(0),
+            device: message.device.clone(),
+        }
+    }
+}
+
 /// The device a connection without `?device=` belongs to.
 pub const DEFAULT_DEVICE: &str = "default";
 

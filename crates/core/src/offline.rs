@@ -13,6 +13,12 @@
 //! When the backlog is pushed, [`CAUGHT_UP`] is posted last: the gateway holds the connection's
 //! live messages until then, so each conversation's backlog comes before newer live messages.
 //!
+//! The logs may be lost (they live on a Redis that evicts under memory pressure, and expire):
+//! history has every message. A device's backlog in a conversation is what it has not acked,
+//! at most the newest [`DrainLimits::log_max`] (what a log holds); where the log does not hold
+//! it, it is read from history. A group's head is the inbox index's (durable) as well as its
+//! log's, so a group whose log was evicted is still drained.
+//!
 //! A drain is bounded: past its deadline it stops between pages and hands back a continuation
 //! (the same record with a [`Resume`] point) to publish behind everyone else's records, so one
 //! user with thousands of conversations never holds up another user's catch-up for longer than
@@ -27,8 +33,9 @@ use serde::Deserialize;
 use connect_protocol::ConversationId;
 
 use crate::groups::GroupStore;
+use crate::history::Range;
 use crate::model::{LogEntry, Resume, UserConnected};
-use crate::ports::{ConnectionPusher, ConversationLog, PushError};
+use crate::ports::{ConnectionPusher, ConversationLog, HistoryStore, InboxIndex, PushError};
 use crate::PortError;
 
 /// Posted after a device's backlog: the gateway releases the live messages it held for the
@@ -39,6 +46,8 @@ pub const CAUGHT_UP: &str = r#"{"type":"caught_up"}"#;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DrainReport {
     pub pushed: usize,
+    /// Of them, read from history (the log did not hold them).
+    pub from_history: usize,
     /// The connection went away (410) before the backlog was pushed; it waits for the next.
     pub gone: bool,
     /// The deadline came first: the record that continues the drain where it stopped.
@@ -52,6 +61,9 @@ pub struct DrainLimits {
     pub page: usize,
     /// When to stop (after at least one page) and hand back a continuation.
     pub deadline: std::time::Instant,
+    /// The most of a conversation's newest messages a device is handed (`OFFLINE_LOG_MAX`, what
+    /// a log keeps): older ones are the client's to read from history.
+    pub log_max: usize,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +78,10 @@ pub struct DrainPorts<'a> {
     pub log: &'a dyn ConversationLog,
     pub groups: &'a dyn GroupStore,
     pub pusher: &'a dyn ConnectionPusher,
+    /// Where a log falls short.
+    pub history: &'a dyn HistoryStore,
+    /// Groups' heads (durable).
+    pub index: &'a dyn InboxIndex,
 }
 
 /// Whether `entry` is for the connecting device: not a message it sent itself (it had
@@ -101,17 +117,26 @@ pub async fn drain(
         .map(|(conversation, head)| (conversation, head, 0))
         .collect();
     let memberships = ports.groups.memberships_of(&event.user).await?;
-    let groups: Vec<String> = memberships
+    let group_ids: Vec<ConversationId> = memberships
         .iter()
-        .map(|m| ConversationId::group(m.group.clone()).to_string())
+        .map(|m| ConversationId::group(m.group.clone()))
         .collect();
-    let group_heads = ports.log.heads(&groups).await?;
+    let groups: Vec<String> = group_ids.iter().map(ToString::to_string).collect();
+    let (in_logs, indexed) =
+        futures_util::future::join(ports.log.heads(&groups), ports.index.heads(&group_ids)).await;
+    let (in_logs, indexed) = (in_logs?, indexed?);
     logs.extend(
         groups
             .into_iter()
-            .zip(group_heads)
+            .zip(in_logs.into_iter().zip(indexed))
             .zip(&memberships)
-            .map(|((conversation, head), m)| (conversation, head, m.since)),
+            .map(|((conversation, (logged, indexed)), m)| {
+                (
+                    conversation,
+                    logged.max(indexed.map_or(0, |h| h.seq)),
+                    m.since,
+                )
+            }),
     );
     logs.sort();
     if let Some(resume) = &event.resume {
@@ -122,7 +147,11 @@ pub async fn drain(
     // Where the drain stands: the conversation it is in and the last seq handed over.
     let mut at: Option<Resume> = None;
     for (conversation, head, since) in logs {
-        let mut after = cursors.get(&conversation).copied().unwrap_or(0);
+        let mut after = cursors
+            .get(&conversation)
+            .copied()
+            .unwrap_or(0)
+            .max(head.saturating_sub(limits.log_max as u64));
         if let Some(resume) = event
             .resume
             .as_ref()
@@ -146,8 +175,10 @@ pub async fn drain(
                 return Ok(report);
             }
             pages += 1;
-            let entries = ports.log.page(&id, after, page).await?;
-            let last_page = entries.len() < page;
+            let (entries, from_history) = backlog_page(ports, &id, after, head, page).await?;
+            if entries.is_empty() {
+                break;
+            }
             for entry in entries {
                 if !for_device(&entry, event, since) {
                     after = entry.seq;
@@ -158,7 +189,10 @@ pub async fn drain(
                     .post(&event.endpoint, &event.conn, &entry.frame)
                     .await
                 {
-                    Ok(()) => report.pushed += 1,
+                    Ok(()) => {
+                        report.pushed += 1;
+                        report.from_history += usize::from(from_history);
+                    }
                     Err(PushError::Gone) => {
                         report.gone = true;
                         return Ok(report);
@@ -171,9 +205,6 @@ pub async fn drain(
                     Err(PushError::Failed(e)) => return Err(e),
                 }
                 after = entry.seq;
-            }
-            if last_page {
-                break;
             }
         }
     }
@@ -195,6 +226,39 @@ pub async fn drain(
         Err(PushError::Failed(e)) => return Err(e),
     }
     Ok(report)
+}
+
+/// Up to `page` entries of `conversation` after `after` (up to `head`): from its log, or, where
+/// the log does not hold `after + 1` (evicted, expired, trimmed), from history up to the log's
+/// first entry (then true). Empty: nothing more above `after`.
+async fn backlog_page(
+    ports: DrainPorts<'_>,
+    conversation: &ConversationId,
+    after: u64,
+    head: u64,
+    page: usize,
+) -> Result<(Vec<LogEntry>, bool), PortError> {
+    let logged = ports.log.page(conversation, after, page).await?;
+    if logged.first().is_some_and(|e| e.seq == after + 1) {
+        return Ok((logged, false));
+    }
+    let before = logged.first().map_or(head + 1, |e| e.seq);
+    let found = ports
+        .history
+        .page(
+            conversation,
+            Range::After {
+                after,
+                before: Some(before),
+            },
+            page.min(u32::MAX as usize) as u32,
+        )
+        .await?;
+    if found.messages.is_empty() {
+        // A seq no message has (an allocation lost in a crash): the log goes on after it.
+        return Ok((logged, false));
+    }
+    Ok((found.messages.iter().map(LogEntry::of).collect(), true))
 }
 
 /// The record that resumes `event`'s drain after `after` in `conversation`. A drain that moved
@@ -224,6 +288,8 @@ fn continuation(
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchReport {
     pub pushed: usize,
+    /// Of them, read from history.
+    pub from_history: usize,
     pub gone: usize,
     /// Records to publish to `user_connected` again, behind everyone else's: continuations of
     /// drains that ran out of time, and drains that failed (one attempt more).
@@ -245,6 +311,8 @@ pub struct BatchLimits {
     pub concurrency: usize,
     /// Failed drains of one connection before its record is dropped.
     pub attempts: u8,
+    /// See [`DrainLimits::log_max`].
+    pub log_max: usize,
 }
 
 /// Drains a batch's records side by side, each until the batch's deadline: none waits for
@@ -259,6 +327,7 @@ pub async fn drain_batch(
     let drain_limits = DrainLimits {
         page: limits.page,
         deadline: std::time::Instant::now() + limits.budget,
+        log_max: limits.log_max,
     };
     let outcomes: Vec<(UserConnected, Result<DrainReport, PortError>)> = stream::iter(records)
         .map(|record| async move {
@@ -273,6 +342,7 @@ pub async fn drain_batch(
         match result {
             Ok(report) => {
                 batch.pushed += report.pushed;
+                batch.from_history += report.from_history;
                 batch.gone += usize::from(report.gone);
                 match report.more {
                     Some(more) if more.attempt >= limits.attempts => {
@@ -338,6 +408,7 @@ mod tests {
         DrainLimits {
             page,
             deadline: std::time::Instant::now() + std::time::Duration::from_secs(3600),
+            log_max: usize::MAX,
         }
     }
 
@@ -346,6 +417,8 @@ mod tests {
             log: mem,
             groups: mem,
             pusher: mem,
+            history: mem,
+            index: mem,
         }
     }
 
@@ -373,6 +446,129 @@ mod tests {
             .collect()
     }
 
+    fn stored(conv: &str, seq: u64, from: &str) -> crate::model::StoredMessage {
+        crate::model::StoredMessage {
+            conversation: ConversationId::parse(conv).unwrap(),
+            seq,
+            from: u(from),
+            id: connect_protocol::ClientMsgId::parse(format!("m{seq}")).unwrap(),
+            body: format!("b{seq}"),
+            ts: seq,
+            event: None,
+            mv: None,
+            device: Some("phone".into()),
+        }
+    }
+
+    /// `n` messages of `conv` in history and in its log, as messaging writes them.
+    async fn sent(mem: &Memory, conv: &str, n: u64, from: &str) {
+        use crate::ports::ChatStore;
+        let messages: Vec<_> = (1..=n).map(|s| stored(conv, s, from)).collect();
+        mem.put_batch(&messages).await.unwrap();
+        let entries: Vec<LogEntry> = messages.iter().map(LogEntry::of).collect();
+        mem.append(&entries).await.unwrap();
+        let id = ConversationId::parse(conv).unwrap();
+        let write = crate::ports::InboxWrite {
+            heads: vec![(id, crate::ports::Head { seq: n, ts: n })],
+            ..Default::default()
+        };
+        mem.write(&write).await.unwrap();
+    }
+
+    /// A log lost (evicted under memory pressure, or expired) keeps its index entry: history
+    /// has every message, and the drain reads it in its place.
+    fn evict(mem: &Memory, conv: &str) {
+        mem.logs.lock().unwrap().remove(conv);
+    }
+
+    #[tokio::test]
+    async fn where_a_log_was_lost_or_falls_short_the_backlog_comes_from_history() {
+        use crate::groups::{Caps, Group, GroupStore};
+        let mem = Arc::new(Memory::default());
+        sent(&mem, "dm:alice:bob", 6, "alice").await;
+        let g = connect_protocol::GroupId::parse("g_trip").unwrap();
+        mem.create(
+            &Group {
+                group: g.clone(),
+                name: "Trip".into(),
+                owner: u("alice"),
+                members: vec![u("alice"), u("bob")],
+            },
+            Caps::UNBOUNDED,
+        )
+        .await
+        .unwrap();
+        sent(&mem, "group:g_trip", 4, "alice").await;
+        mem.ack(&u("bob"), "laptop", "dm:alice:bob", 2)
+            .await
+            .unwrap();
+        // Both logs evicted: every message bob's laptop has not acked, from history, in order.
+        evict(&mem, "dm:alice:bob");
+        evict(&mem, "group:g_trip");
+        let report = drain(ports(&mem), &connected("c1", "laptop"), unbounded(2))
+            .await
+            .unwrap();
+        assert_eq!((report.pushed, report.from_history), (8, 8));
+        // The frames are the log's: history renders the same `message` frame.
+        let frame = mem.pushed.lock().unwrap()[0].1.clone();
+        assert_eq!(frame, stored("dm:alice:bob", 3, "alice").frame_text());
+        let mut want: Vec<String> = (3..=6).map(|s| format!("dm:alice:bob#{s}")).collect();
+        want.extend((1..=4).map(|s| format!("group:g_trip#{s}")));
+        want.push("caught_up".into());
+        assert_eq!(pushed(&mem), want);
+
+        // A log trimmed in the middle (it holds 5..6 only): 3..4 from history, the rest from it.
+        let mem = Arc::new(Memory::default());
+        sent(&mem, "dm:alice:bob", 6, "alice").await;
+        mem.logs
+            .lock()
+            .unwrap()
+            .get_mut("dm:alice:bob")
+            .unwrap()
+            .retain(|seq, _| *seq >= 5);
+        mem.ack(&u("bob"), "laptop", "dm:alice:bob", 2)
+            .await
+            .unwrap();
+        let report = drain(ports(&mem), &connected("c1", "laptop"), unbounded(10))
+            .await
+            .unwrap();
+        assert_eq!((report.pushed, report.from_history), (4, 2));
+        assert_eq!(
+            pushed(&mem),
+            [
+                "dm:alice:bob#3",
+                "dm:alice:bob#4",
+                "dm:alice:bob#5",
+                "dm:alice:bob#6",
+                "caught_up"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_device_is_handed_at_most_the_newest_log_max_of_a_conversation() {
+        let mem = Arc::new(Memory::default());
+        sent(&mem, "dm:alice:bob", 10, "alice").await;
+        evict(&mem, "dm:alice:bob");
+        let limits = DrainLimits {
+            log_max: 3,
+            ..unbounded(2)
+        };
+        let report = drain(ports(&mem), &connected("c1", "laptop"), limits)
+            .await
+            .unwrap();
+        assert_eq!(report.pushed, 3);
+        assert_eq!(
+            pushed(&mem),
+            [
+                "dm:alice:bob#8",
+                "dm:alice:bob#9",
+                "dm:alice:bob#10",
+                "caught_up"
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn each_device_gets_what_it_has_not_acked_in_seq_order() {
         let mem = Arc::new(Memory::default());
@@ -393,6 +589,7 @@ mod tests {
             report,
             DrainReport {
                 pushed: 8,
+                from_history: 0,
                 gone: false,
                 more: None,
             }
@@ -519,6 +716,7 @@ mod tests {
             report,
             DrainReport {
                 pushed: 0,
+                from_history: 0,
                 gone: true,
                 more: None,
             }
@@ -541,6 +739,7 @@ mod tests {
         let expired = DrainLimits {
             page: 2,
             deadline: std::time::Instant::now(),
+            log_max: usize::MAX,
         };
         let mut record = connected("c1", "phone");
         let mut slices = 0;
@@ -584,6 +783,7 @@ mod tests {
         let mut erin = connected("e1", "phone");
         erin.user = u("erin");
         let limits = BatchLimits {
+            log_max: usize::MAX,
             page: 2,
             budget: std::time::Duration::ZERO,
             concurrency: 4,
@@ -621,6 +821,7 @@ mod tests {
             .await
             .unwrap();
         let limits = BatchLimits {
+            log_max: usize::MAX,
             page: 10,
             budget: std::time::Duration::from_secs(60),
             concurrency: 4,

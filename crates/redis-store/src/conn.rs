@@ -213,8 +213,11 @@ impl Batch {
             .collect()
     }
 
-    /// Runs the batch for its effects.
+    /// Runs the batch for its effects (an empty one sends nothing).
     pub(crate) async fn exec(self, conn: &RedisConn) -> RedisResult<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
         self.query::<Value>(conn).await.map(drop)
     }
 

@@ -4,7 +4,8 @@
 //! - [`registry`]: [`RedisRegistry`], the session registry (`sess:{user}` hash: connection →
 //!   route with its own expiry, so a crashed gateway's sessions age out while others live on).
 //! - [`dedupe`]: [`RedisDedupe`], (sender, client id) → acceptance, with a TTL.
-//! - [`offline`]: [`RedisLog`], the offline state: conversation logs, inboxes, device cursors.
+//! - [`offline`]: [`RedisLog`], the offline state: conversation logs (on their own server,
+//!   `REDIS_LOG_URL`, the one part that may be evicted), inboxes, device cursors.
 //! - [`presence`]: [`RedisPresence`], presence per user (`pres:{user}`, beside its sessions) and
 //!   the due offline checks.
 //! - [`slots`]: [`SlotLease`], a gateway's lease on one partition of `outgoing_messages`.
@@ -53,6 +54,19 @@ pub async fn connect(url: &str) -> Result<RedisConn, redis::RedisError> {
     } else {
         let conn = redis::aio::ConnectionManager::new(client(url, ca_file.as_deref())?).await?;
         Ok(RedisConn::Single(conn))
+    }
+}
+
+/// The offline logs' server (`REDIS_LOG_URL`): its own at `url` (production: one that evicts
+/// under memory pressure), or, without one, `state`'s (one server for everything, as a
+/// development stack may run).
+pub async fn connect_logs(
+    state: &RedisConn,
+    url: Option<&str>,
+) -> Result<RedisConn, redis::RedisError> {
+    match url {
+        Some(url) => connect(url).await,
+        None => Ok(state.clone()),
     }
 }
 

@@ -11,6 +11,12 @@
 //!
 //! Every key expires after `ttl` without writes. Each key is its own hash slot owner (cluster
 //! mode): calls are pipelines of single-key commands and a single-key script.
+//!
+//! The logs are the bulk of Redis's memory and the only part that may be lost: history has every
+//! message, and the drain reads it where a log falls short. They live on their own server
+//! (`REDIS_LOG_URL`, one that evicts under memory pressure: `allkeys-lru`); the inboxes and
+//! cursors stay with the state that must never be evicted (`REDIS_URL`, `noeviction`), as do
+//! sessions, slot leases and dedupe entries.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -52,7 +58,10 @@ impl OfflineLimits {
 
 #[derive(Clone)]
 pub struct RedisLog {
+    /// Inboxes and cursors.
     conn: RedisConn,
+    /// The conversation logs (the same server as `conn` when no other is configured).
+    logs: RedisConn,
     limits: OfflineLimits,
     ack: Script,
 }
@@ -106,9 +115,11 @@ fn decode(conversation: &ConversationId, seq: u64, member: String) -> LogEntry {
 }
 
 impl RedisLog {
-    pub fn new(conn: RedisConn, limits: OfflineLimits) -> Self {
+    /// Inboxes and cursors on `state`, the logs on `logs`.
+    pub fn new(state: RedisConn, logs: RedisConn, limits: OfflineLimits) -> Self {
         Self {
-            conn,
+            conn: state,
+            logs,
             limits,
             ack: Script::new(ACK),
         }
@@ -123,18 +134,18 @@ impl ConversationLog for RedisLog {
         }
         let ttl = self.limits.ttl.as_millis() as i64;
         let keep = self.limits.log_max.max(1) as isize;
-        let mut batch = Batch::new();
+        let (mut log_batch, mut inbox_batch) = (Batch::new(), Batch::new());
         let mut logs: Vec<String> = Vec::new();
         for e in entries {
             let conversation = e.conversation.to_string();
-            batch.add_ignored(Cmd::zadd(log_key(&conversation), encode(e), e.seq));
+            log_batch.add_ignored(Cmd::zadd(log_key(&conversation), encode(e), e.seq));
             if let ConversationId::Direct { low, high } = &e.conversation {
                 for user in [low, high] {
                     let inbox = inbox_key(user);
                     let mut zadd = redis::cmd("ZADD");
                     zadd.arg(&inbox).arg("GT").arg(e.seq).arg(&conversation);
-                    batch.add_ignored(zadd);
-                    batch.add_ignored(Cmd::pexpire(&inbox, ttl));
+                    inbox_batch.add_ignored(zadd);
+                    inbox_batch.add_ignored(Cmd::pexpire(&inbox, ttl));
                 }
             }
             if !logs.contains(&conversation) {
@@ -143,10 +154,12 @@ impl ConversationLog for RedisLog {
         }
         for conversation in &logs {
             let key = log_key(conversation);
-            batch.add_ignored(Cmd::zremrangebyrank(&key, 0, -(keep + 1)));
-            batch.add_ignored(Cmd::pexpire(&key, ttl));
+            log_batch.add_ignored(Cmd::zremrangebyrank(&key, 0, -(keep + 1)));
+            log_batch.add_ignored(Cmd::pexpire(&key, ttl));
         }
-        batch.exec(&self.conn).await.map_err(unavailable)
+        let (logged, indexed) =
+            tokio::join!(log_batch.exec(&self.logs), inbox_batch.exec(&self.conn));
+        logged.and(indexed).map_err(unavailable)
     }
 
     async fn inbox(&self, user: &UserId) -> Result<Vec<(String, u64)>, PortError> {
@@ -170,7 +183,7 @@ impl ConversationLog for RedisLog {
             zrange.arg(log_key(c)).arg(-1).arg(-1).arg("WITHSCORES");
             batch.add(zrange);
         }
-        let last: Vec<Vec<(String, u64)>> = batch.query(&self.conn).await.map_err(unavailable)?;
+        let last: Vec<Vec<(String, u64)>> = batch.query(&self.logs).await.map_err(unavailable)?;
         Ok(last
             .into_iter()
             .map(|l| l.first().map_or(0, |(_, seq)| *seq))
@@ -191,7 +204,7 @@ impl ConversationLog for RedisLog {
             .arg("LIMIT")
             .arg(0)
             .arg(limit)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.logs.clone())
             .await
             .map_err(unavailable)?;
         Ok(raw

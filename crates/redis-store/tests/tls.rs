@@ -120,7 +120,7 @@ async fn the_offline_log_works_over_tls_and_an_unknown_ca_is_refused() {
         log_max: 10,
         ttl: Duration::from_secs(60),
     };
-    let log = connect_redis::RedisLog::new(conn, limits);
+    let log = connect_redis::RedisLog::new(conn.clone(), conn, limits);
     let conversation = ConversationId::parse("dm:alice:bob").unwrap();
     let entry = LogEntry {
         conversation: conversation.clone(),

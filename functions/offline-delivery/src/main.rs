@@ -11,7 +11,12 @@
 //! invocation fails only if that publish fails (then the batch is retried: pushing again is
 //! harmless, clients drop repeats).
 //!
-//! Config: `REDIS_URL`, `DYNAMODB_ENDPOINT` / `GROUP_TABLE` (as the other functions),
+//! Where a conversation's log falls short (evicted under memory pressure, expired, trimmed) the
+//! backlog is read from history; a device is handed at most the newest `OFFLINE_LOG_MAX` of a
+//! conversation.
+//!
+//! Config: `REDIS_URL`, `REDIS_LOG_URL`, `DYNAMODB_ENDPOINT` / `GROUP_TABLE` / `CHAT_TABLE` /
+//! `INBOX_TABLE` (as the other functions),
 //! `AWS_REGION`, `CONNECT_INTERNAL_TOKEN`, `CONNECT_ENV`, `KAFKA_*` and
 //! `KAFKA_USER_CONNECTED_TOPIC` (where continuations go), `OFFLINE_DRAIN_PAGE` (entries per log
 //! read, 200), `OFFLINE_DRAIN_BUDGET_MS` (250), `OFFLINE_DRAIN_CONCURRENCY` (16),
@@ -24,13 +29,17 @@ use tracing::info;
 use connect_apigw::ManagementPusher;
 use connect_core::offline::{drain_batch, BatchLimits, DrainPorts};
 use connect_core::ports::ConnectionEvents;
-use connect_dynamo::DynamoGroups;
+use connect_dynamo::{DynamoChatStore, DynamoGroups, DynamoInbox};
 use connect_kafka::{KafkaConfig, KafkaConnectionEvents, Topics};
 use connect_redis::{OfflineLimits, RedisLog};
 
 struct Ctx {
     log: RedisLog,
     groups: DynamoGroups,
+    /// Where a log falls short (evicted, expired, trimmed).
+    history: DynamoChatStore,
+    /// Groups' heads.
+    index: DynamoInbox,
     pusher: ManagementPusher,
     /// Where continuations and retries go: `user_connected`.
     again: KafkaConnectionEvents,
@@ -43,6 +52,8 @@ async fn handle(ctx: &Ctx, event: LambdaEvent<connect_events::MskEvent>) -> Resu
         log: &ctx.log,
         groups: &ctx.groups,
         pusher: &ctx.pusher,
+        history: &ctx.history,
+        index: &ctx.index,
     };
     let n = records.len();
     let report = drain_batch(ports, records, ctx.limits).await;
@@ -57,6 +68,7 @@ async fn handle(ctx: &Ctx, event: LambdaEvent<connect_events::MskEvent>) -> Resu
     info!(
         records = n,
         pushed = report.pushed,
+        from_history = report.from_history,
         gone = report.gone,
         again = report.again.len(),
         dropped = report.dropped,
@@ -64,6 +76,7 @@ async fn handle(ctx: &Ctx, event: LambdaEvent<connect_events::MskEvent>) -> Resu
     );
     Ok(json!({
         "pushed": report.pushed,
+        "from_history": report.from_history,
         "gone": report.gone,
         "again": report.again.len(),
         "dropped": report.dropped,
@@ -81,10 +94,22 @@ async fn main() -> Result<(), Error> {
     ))
     .await?;
     let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
+    let tables = connect_dynamo::Tables::from_env();
+    let offline = OfflineLimits::from_env()?;
     let (producer, _) = KafkaConfig::from_env()?.create_producer("offline-delivery")?;
     let ctx = Ctx {
-        log: RedisLog::new(redis, OfflineLimits::from_env()?),
-        groups: DynamoGroups::new(dynamo, connect_dynamo::Tables::from_env().groups),
+        log: RedisLog::new(
+            redis.clone(),
+            connect_redis::connect_logs(
+                &redis,
+                connect_service::env::optional("REDIS_LOG_URL").as_deref(),
+            )
+            .await?,
+            offline,
+        ),
+        groups: DynamoGroups::new(dynamo.clone(), &tables.groups),
+        history: DynamoChatStore::new(dynamo.clone(), &tables.chat, 1),
+        index: DynamoInbox::new(dynamo, &tables),
         pusher: ManagementPusher::new(
             &connect_service::env::string("AWS_REGION", "us-east-1"),
             production,
@@ -100,6 +125,7 @@ async fn main() -> Result<(), Error> {
             )?),
             concurrency: connect_service::env::var("OFFLINE_DRAIN_CONCURRENCY", 16)?,
             attempts: connect_service::env::var("OFFLINE_DRAIN_ATTEMPTS", 5)?,
+            log_max: offline.log_max,
         },
     };
     let ctx = &ctx;

@@ -102,7 +102,11 @@ async fn context() -> Result<Ctx, Error> {
         registry: DynamoPush::new(dynamo.clone(), &tables.push),
         devices: RedisPushDevices::new(redis.clone()),
         sessions: RedisRegistry::new(redis.clone(), Duration::from_secs(60)),
-        log: RedisLog::new(redis.clone(), OfflineLimits::from_env()?),
+        log: RedisLog::new(
+            redis.clone(),
+            connect_redis::connect_logs(&redis, env::optional("REDIS_LOG_URL").as_deref()).await?,
+            OfflineLimits::from_env()?,
+        ),
         markers: DynamoInbox::new(dynamo, &tables),
         gate: RedisPushGate::new(redis),
         transport: Transports { web, sns },

@@ -252,7 +252,10 @@ async fn drain(
             limits.log_max
         );
     }
-    let store = connect_redis::RedisLog::new(connect_redis::connect(redis).await?, limits);
+    let state = connect_redis::connect(redis).await?;
+    let logs =
+        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
+    let store = connect_redis::RedisLog::new(state, logs, limits);
     let mut seq = 1;
     while seq <= queued {
         let entries: Vec<LogEntry> = (seq..=(seq + 999).min(queued))

@@ -50,7 +50,10 @@ pub async fn run(issuer: &TokenIssuer, run: StormRun) -> anyhow::Result<()> {
         .map(|i| UserId::parse(format!("{tag}_{i}")))
         .collect::<Result<_, _>>()?;
     let limits = connect_redis::OfflineLimits::from_env().map_err(anyhow::Error::msg)?;
-    let log = connect_redis::RedisLog::new(connect_redis::connect(&run.redis).await?, limits);
+    let state = connect_redis::connect(&run.redis).await?;
+    let logs =
+        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
+    let log = connect_redis::RedisLog::new(state, logs, limits);
     let seeded = Instant::now();
     for chunk in users.chunks(500) {
         let entries: Vec<LogEntry> = chunk
