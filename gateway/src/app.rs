@@ -65,13 +65,15 @@ impl Application {
         ));
         // With other regions, acks also go to them (a device's cursors hold wherever it
         // connects next).
-        let mut log: Arc<dyn connect_core::ports::ConversationLog> = Arc::new(RedisLog::new(
+        let redis_log = Arc::new(RedisLog::new(
             redis.clone(),
             connect_redis::connect_logs(&redis, cfg.redis_log_url.as_deref())
                 .await
                 .context("connecting to the logs' Redis")?,
             cfg.offline,
         ));
+        let starts: Arc<dyn connect_core::ports::ConversationStarts> = redis_log.clone();
+        let mut log: Arc<dyn connect_core::ports::ConversationLog> = redis_log;
         if cfg.regions.active() {
             log = Arc::new(connect_core::regions::SharedCursors::new(
                 log,
@@ -82,6 +84,7 @@ impl Application {
             bus,
             registry: Arc::new(RedisRegistry::new(redis.clone(), cfg.session_ttl)),
             log,
+            starts,
             events: Arc::new(KafkaConnectionEvents::new(
                 producer.clone(),
                 cfg.topics.user_connected.clone(),

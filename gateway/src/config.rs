@@ -41,6 +41,10 @@ pub struct Config {
     pub secret: JwtSecret,
     /// `CONNECT_JWT_SECRET_PREVIOUS`: also taken while the secret is rotated (runbook).
     pub previous_secret: Option<JwtSecret>,
+    /// `GATEWAY_NEW_CONVERSATIONS_PER_HOUR` (200): direct conversations one user starts per
+    /// clock hour (a send to someone they have no messages with); past it such a send gets
+    /// `rate_limited`. Each new conversation is Redis state kept for 14 days.
+    pub new_conversations_per_hour: u64,
     /// `GATEWAY_TRUSTED_PROXIES`: comma-separated networks of the proxies in front (the ALB's
     /// subnets); the per-address cap and the logs take the client's address from what they
     /// appended to `X-Forwarded-For`. Unset: none, the header is ignored.
@@ -180,6 +184,7 @@ impl Config {
             )
             .context("CONNECT_JWT_SECRET_PREVIOUS")?,
             token_rules: TokenRules::from_env()?,
+            new_conversations_per_hour: env::var("GATEWAY_NEW_CONVERSATIONS_PER_HOUR", 200)?,
             trusted_proxies: crate::forwarded::TrustedProxies::parse(&env::string(
                 "GATEWAY_TRUSTED_PROXIES",
                 "",

@@ -62,7 +62,8 @@ struct Connection<S> {
     /// Acks not yet written (conversation → highest seq), and the write in flight: at most one
     /// per connection, so an ack flood costs one Redis round at a time, not one per ack.
     acks: HashMap<String, u64>,
-    ack_write: Option<JoinHandle<()>>,
+    /// The acks being written; it hands back the conversations refused (not the user's).
+    ack_write: Option<JoinHandle<Vec<String>>>,
     /// Acks not yet reported as the user's `delivered` markers, and when they will be.
     delivered: HashMap<ConversationId, u64>,
     delivered_due: Option<tokio::time::Instant>,
@@ -74,6 +75,12 @@ struct Connection<S> {
     /// `typing` sent on, per conversation: when, and whether it was a stop (at most one per
     /// conversation per second; a change between typing and stopped goes at once).
     typing: HashMap<ConversationId, (tokio::time::Instant, bool)>,
+    /// Direct conversations this connection may send in (known, or counted as started this
+    /// hour): only a first send to someone asks Redis.
+    may_send: std::collections::HashSet<ConversationId>,
+    /// Groups this connection was handed messages of (live or backlog): messaging decided the
+    /// user is a member, so their acks need no roster read.
+    member_of: std::collections::HashSet<Arc<str>>,
     /// `watch` frames (`GATEWAY_WATCH_RATE`, `GATEWAY_WATCH_BURST`): each may cost reads.
     watches: TokenBucket,
     /// Ends a write stuck on a peer that stopped reading once the hub evicts the connection.
@@ -147,6 +154,8 @@ where
         reads_due: None,
         receipts: Pacer::new(Duration::from_secs(1)),
         typing: HashMap::new(),
+        may_send: std::collections::HashSet::new(),
+        member_of: std::collections::HashSet::new(),
         watches: gw.cfg.watch_rate.bucket(Instant::now()),
         evicted: rx.evicted(),
         expires,
@@ -211,11 +220,9 @@ async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
 }
 
 /// Waits for the ack write in flight, or forever without one.
-async fn ack_written(write: &mut Option<JoinHandle<()>>) {
+async fn ack_written(write: &mut Option<JoinHandle<Vec<String>>>) -> Vec<String> {
     match write {
-        Some(handle) => {
-            let _ = handle.await;
-        }
+        Some(handle) => handle.await.unwrap_or_default(),
         None => std::future::pending().await,
     }
 }
@@ -272,10 +279,14 @@ where
     /// a queue's worth: beyond that it all goes, rather than grow without bound); a live
     /// message that the backlog already gave this connection is dropped.
     fn frames_of(&mut self, out: Out) -> Vec<Utf8Bytes> {
+        if let Out::Message(held) = &out {
+            self.handed(&held.conversation);
+        }
         match out {
             Out::Frame(frame) => vec![frame],
             Out::Posted(frame) => {
                 if let Some((conversation, seq)) = message_key(&frame) {
+                    self.handed(conversation);
                     let runs = self.drained.entry(conversation.into()).or_default();
                     match runs.last_mut() {
                         Some((_, end)) if *end + 1 == seq => *end = seq,
@@ -308,6 +319,19 @@ where
                 Vec::new()
             }
         }
+    }
+
+    /// Notes a group this connection was handed a message of.
+    fn handed(&mut self, conversation: &str) {
+        /// Groups remembered per connection before it starts afresh.
+        const REMEMBERED: usize = 1024;
+        if !conversation.starts_with("group:") || self.member_of.contains(conversation) {
+            return;
+        }
+        if self.member_of.len() >= REMEMBERED {
+            self.member_of.clear();
+        }
+        self.member_of.insert(conversation.into());
     }
 
     /// A live message, unless the backlog had it.
@@ -430,24 +454,79 @@ where
         });
     }
 
-    /// Writes the pending acks (one task; each conversation's cursor concurrently).
+    /// Writes the pending acks (one task; each conversation's cursor concurrently), for the
+    /// conversations the user is in only: a direct one by its id, a group by the roster cache.
+    /// An ack of another is refused (`forbidden`, as a `read` would be) and writes nothing: a
+    /// cursor field per acked conversation would let one user fill Redis.
     fn flush_acks(&mut self) {
         if self.acks.is_empty() {
             return;
         }
         let acks = std::mem::take(&mut self.acks);
         self.gw.metrics.ack_writes.increment(acks.len() as u64);
-        let (log, user, device) = (self.gw.log.clone(), self.user.clone(), self.device.clone());
+        let gw = self.gw.clone();
+        let (user, device) = (self.user.clone(), self.device.clone());
+        let handed: Vec<bool> = acks
+            .keys()
+            .map(|c| self.member_of.contains(c.as_str()))
+            .collect();
         self.ack_write = Some(tokio::spawn(async move {
-            let writes = acks
+            let (gw_ref, user_ref) = (&gw, &user);
+            let checks = acks
                 .iter()
-                .map(|(conversation, seq)| log.ack(&user, &device, conversation, *seq));
+                .zip(handed)
+                .map(|((conversation, _), handed)| async move {
+                    let (gw, user) = (gw_ref, user_ref);
+                    if handed {
+                        return true;
+                    }
+                    match ConversationId::parse(conversation) {
+                        Ok(c) if c.is_direct_member(user) => true,
+                        Ok(ConversationId::Group(g)) => {
+                            match gw.presence.is_member(&g, user).await {
+                                Ok(member) => member,
+                                // Unknown for now: written (a member's ack must not be lost to a
+                                // failed read; a stranger's costs one field until it expires).
+                                Err(e) => {
+                                    debug!(cause = %e, "roster unread; the ack is written");
+                                    true
+                                }
+                            }
+                        }
+                        _ => false,
+                    }
+                });
+            let allowed = futures_util::future::join_all(checks).await;
+            let mut refused = Vec::new();
+            let mut writes = Vec::new();
+            for ((conversation, seq), ok) in acks.iter().zip(allowed) {
+                if ok {
+                    writes.push(gw.log.ack(&user, &device, conversation, *seq));
+                } else {
+                    refused.push(conversation.clone());
+                }
+            }
             for result in futures_util::future::join_all(writes).await {
                 if let Err(e) = result {
                     warn!(cause = %e, user = %user, "ack failed; those messages may come again");
                 }
             }
+            refused
         }));
+    }
+
+    /// Answers acks of conversations the user is not in.
+    async fn refuse_acks(&mut self, refused: Vec<String>) -> Result<(), WsError> {
+        for conversation in refused {
+            counter!("connect_gateway_acks_refused_total").increment(1);
+            let text = error_text(
+                ErrorCode::Forbidden,
+                &format!("you are not in {conversation}"),
+                None,
+            );
+            self.send_text(text).await?;
+        }
+        Ok(())
     }
 
     /// Sends one text frame, within the write timeout.
@@ -502,10 +581,10 @@ where
                     }
                     self.on_due(now).await
                 },
-                () = ack_written(&mut self.ack_write) => {
+                refused = ack_written(&mut self.ack_write) => {
                     self.ack_write = None;
                     self.flush_acks();
-                    Ok(())
+                    self.refuse_acks(refused).await
                 },
                 inbound = self.ws.next() => {
                     last_seen = Instant::now();
@@ -609,6 +688,50 @@ where
 
     /// Takes a frame from the connection's and the user's rate limits; when over either, the
     /// `rate_limited` error to answer with.
+    /// A send that would start one direct conversation more than
+    /// `GATEWAY_NEW_CONVERSATIONS_PER_HOUR` allows: its refusal.
+    async fn new_conversation_refused(
+        &mut self,
+        submission: &connect_core::model::Submission,
+    ) -> Option<Utf8Bytes> {
+        /// Conversations remembered per connection before it asks again.
+        const REMEMBERED: usize = 1024;
+        let conversation = &submission.conversation;
+        if conversation.group_id().is_some() || self.may_send.contains(conversation) {
+            return None;
+        }
+        let limit = self.gw.cfg.new_conversations_per_hour;
+        match self
+            .gw
+            .starts
+            .may_send(&self.user, conversation, limit, 3600)
+            .await
+        {
+            Ok(true) => {
+                if self.may_send.len() >= REMEMBERED {
+                    self.may_send.clear();
+                }
+                self.may_send.insert(conversation.clone());
+                None
+            }
+            Ok(false) => {
+                counter!("connect_gateway_rate_limited_total", "scope" => "user", "frame" => "new_conversation")
+                    .increment(1);
+                Some(error_text(
+                    ErrorCode::RateLimited,
+                    &format!("at most {limit} new conversations an hour; try again later"),
+                    Some(submission.id.as_str()),
+                ))
+            }
+            // Unknown for now: the send goes (messaging needs that Redis too, and answers
+            // `unavailable` if it is down).
+            Err(e) => {
+                debug!(cause = %e, "new-conversation count unread; the send goes");
+                None
+            }
+        }
+    }
+
     fn rate_limited(&mut self, is_send: bool, id: Option<&str>) -> Option<Utf8Bytes> {
         let limited = self.admitted.rates.take(is_send, Instant::now()).err()?;
         let scope = match limited {
@@ -668,6 +791,11 @@ where
             Inbound::Submit(mut submission) => {
                 submission.device = Some(self.device.to_string());
                 if let Some(text) = self.rate_limited(true, Some(submission.id.as_str())) {
+                    counter!("connect_gateway_sends_total", "result" => "rate_limited")
+                        .increment(1);
+                    return self.send_text(text).await;
+                }
+                if let Some(text) = self.new_conversation_refused(&submission).await {
                     counter!("connect_gateway_sends_total", "result" => "rate_limited")
                         .increment(1);
                     return self.send_text(text).await;

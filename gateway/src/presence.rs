@@ -97,6 +97,20 @@ impl Presence {
         }
     }
 
+    /// Whether `user` is a member of `group`, by the roster cache (`GROUP_CACHE_TTL_SECS`): how
+    /// a connection's acks of a group are checked without a read per ack.
+    pub async fn is_member(
+        &self,
+        group: &connect_protocol::GroupId,
+        user: &UserId,
+    ) -> Result<bool, PortError> {
+        Ok(self
+            .rosters
+            .members(group)
+            .await?
+            .is_some_and(|r| r.contains(user)))
+    }
+
     /// Which of `users` `viewer` may watch (same order).
     pub async fn watchable(
         &self,

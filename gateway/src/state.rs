@@ -6,7 +6,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use connect_core::auth::TokenVerifier;
 use connect_core::model::SessionRoute;
-use connect_core::ports::{ConnectionEvents, ConversationLog, SessionRegistry, SubmissionBus};
+use connect_core::ports::{
+    ConnectionEvents, ConversationLog, ConversationStarts, SessionRegistry, SubmissionBus,
+};
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -18,6 +20,8 @@ pub struct GatewayPorts {
     pub bus: Arc<dyn SubmissionBus>,
     pub registry: Arc<dyn SessionRegistry>,
     pub log: Arc<dyn ConversationLog>,
+    /// Direct conversations started per user and hour.
+    pub starts: Arc<dyn ConversationStarts>,
     pub events: Arc<dyn ConnectionEvents>,
     pub presence: PresencePorts,
 }
@@ -32,6 +36,7 @@ impl GatewayPorts {
             bus,
             registry: mem.clone(),
             log: mem.clone(),
+            starts: mem.clone(),
             events: mem.clone(),
             presence: PresencePorts {
                 store: Arc::new(NoPresence),
@@ -52,6 +57,7 @@ pub struct Gateway {
     pub bus: Arc<dyn SubmissionBus>,
     pub registry: Arc<dyn SessionRegistry>,
     pub log: Arc<dyn ConversationLog>,
+    pub starts: Arc<dyn ConversationStarts>,
     pub events: Arc<dyn ConnectionEvents>,
     pub presence: Presence,
     /// Caps open connections (`GATEWAY_MAX_CONNECTIONS`).
@@ -71,6 +77,7 @@ impl Gateway {
             bus,
             registry,
             log,
+            starts,
             events,
             presence,
         } = ports;
@@ -94,6 +101,7 @@ impl Gateway {
             bus,
             registry,
             log,
+            starts,
             events,
             tracker,
         }

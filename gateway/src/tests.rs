@@ -104,7 +104,13 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
-        let cfg = config();
+        Self::start_with(|_| {}).await
+    }
+
+    /// With `change` made to the local config.
+    async fn start_with(change: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = config();
+        change(&mut cfg);
         let tokens = TokenIssuer::new(&cfg.secret);
         let mem = Arc::new(Memory::default());
         let bus = Arc::new(Bus::default());
@@ -204,6 +210,118 @@ async fn sends_reach_the_bus_in_the_order_sent_and_a_refused_one_is_answered_wit
     assert_eq!(answer["type"], "error");
     assert_eq!(answer["code"], "unavailable");
     assert_eq!(answer["id"], "refused-1", "the refusal names its send");
+}
+
+#[tokio::test]
+async fn past_its_hourly_quota_a_user_starts_no_new_conversation_but_writes_in_known_ones() {
+    let h = Harness::start_with(|cfg| cfg.new_conversations_per_hour = 2).await;
+    // carol wrote to alice before: that conversation is known (in alice's inbox).
+    h.mem
+        .inboxes
+        .lock()
+        .unwrap()
+        .entry(UserId::parse("alice").unwrap())
+        .or_default()
+        .insert("dm:alice:carol".into(), 4);
+    let mut alice = h.connect("alice").await;
+    send(&mut alice, dm("b1", "m1")).await;
+    send(&mut alice, dm("b2", "m2")).await;
+    send(&mut alice, dm("b3", "m3")).await;
+    let answer = next_frame(&mut alice).await;
+    assert_eq!(
+        (answer["code"].as_str(), answer["id"].as_str()),
+        (Some("rate_limited"), Some("m3")),
+        "{answer}"
+    );
+    // Started ones, and one with messages, still take sends.
+    send(&mut alice, dm("b1", "m4")).await;
+    send(&mut alice, dm("carol", "m5")).await;
+    for _ in 0..200 {
+        if h.bus.sent().len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(h.bus.sent(), ["m1", "m2", "m4", "m5"]);
+    // A second connection of alice's is counted with the first (per user, not connection).
+    let mut again = h.connect("alice").await;
+    send(&mut again, dm("b4", "m6")).await;
+    assert_eq!(next_frame(&mut again).await["code"], "rate_limited");
+}
+
+/// The cursor `user`'s default device has for `conversation`, waiting up to a second for it.
+async fn cursor_of(h: &Harness, user: &str, conversation: &str) -> Option<u64> {
+    let device = (UserId::parse(user).unwrap(), DEFAULT_DEVICE.to_owned());
+    for _ in 0..200 {
+        let cursor = h
+            .mem
+            .cursors
+            .lock()
+            .unwrap()
+            .get(&device)
+            .and_then(|c: &HashMap<String, u64>| c.get(conversation).copied());
+        if cursor.is_some() {
+            return cursor;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn acks_of_conversations_the_user_is_not_in_are_refused_and_write_nothing() {
+    use connect_core::groups::{Caps, Group, GroupStore};
+    let h = Harness::start().await;
+    let u = |s: &str| UserId::parse(s).unwrap();
+    h.mem
+        .create(
+            &Group {
+                group: connect_protocol::GroupId::parse("g_trip").unwrap(),
+                name: "Trip".into(),
+                owner: u("alice"),
+                members: vec![u("alice"), u("bob")],
+            },
+            Caps::UNBOUNDED,
+        )
+        .await
+        .unwrap();
+    let mut eve = h.connect("eve").await;
+    for conversation in ["dm:alice:bob", "group:g_trip", "group:g_none"] {
+        send(
+            &mut eve,
+            serde_json::json!({"type": "ack", "conversation": conversation, "seq": 1}),
+        )
+        .await;
+        let answer = next_frame(&mut eve).await;
+        assert_eq!(
+            (answer["type"].as_str(), answer["code"].as_str()),
+            (Some("error"), Some("forbidden")),
+            "{conversation}: {answer}"
+        );
+    }
+    assert!(
+        h.mem
+            .cursors
+            .lock()
+            .unwrap()
+            .keys()
+            .all(|(user, _)| user.as_str() != "eve"),
+        "no cursor of eve's was written"
+    );
+    // A member's acks are written: a group by its roster, a direct conversation by its id.
+    let mut bob = h.connect("bob").await;
+    for conversation in ["group:g_trip", "dm:alice:bob"] {
+        send(
+            &mut bob,
+            serde_json::json!({"type": "ack", "conversation": conversation, "seq": 1}),
+        )
+        .await;
+        assert_eq!(
+            cursor_of(&h, "bob", conversation).await,
+            Some(1),
+            "{conversation}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -230,3 +230,72 @@ async fn the_group_list_pages_through_250_groups() -> anyhow::Result<()> {
     assert_eq!(status, 400);
     Ok(())
 }
+
+/// One user sending 16 KiB bodies to fresh user ids as fast as the gateway takes them: past
+/// `GATEWAY_NEW_CONVERSATIONS_PER_HOUR` each such send is `rate_limited`, and Redis holds no more
+/// logs, inbox entries or started conversations of theirs than the quota allows.
+#[tokio::test]
+async fn sends_to_fresh_user_ids_past_the_new_conversation_quota_are_refused() -> anyhow::Result<()>
+{
+    use redis::AsyncCommands;
+    let quota = 20;
+    let gw = crate::private::ExtraGateway::start_with(&[
+        ("GATEWAY_NEW_CONVERSATIONS_PER_HOUR", "20"),
+        ("GATEWAY_SEND_RATE", "1000"),
+        ("GATEWAY_SEND_BURST", "1000"),
+        ("GATEWAY_USER_SEND_RATE", "1000"),
+        ("GATEWAY_USER_SEND_BURST", "1000"),
+    ])
+    .await?;
+    within_one_hour().await;
+    let spammer = user("spammer");
+    let mut c = Client::connect(&gw.addr, &spammer).await?;
+    let body = "x".repeat(16 * 1024);
+    let n = 60;
+    let peers: Vec<String> = (0..n).map(|_| user("fresh")).collect();
+    for (i, peer) in peers.iter().enumerate() {
+        c.send_to(&format!("s{i}"), peer, &body).await?;
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while accepted + refused < n {
+        let f = c.next().await?;
+        match (f["type"].as_str(), f["code"].as_str()) {
+            (Some("accepted"), _) => accepted += 1,
+            (Some("error"), Some("rate_limited")) => refused += 1,
+            // A busy stack: the client retries with the same id, as the contract says.
+            (Some("error"), Some("unavailable")) => {
+                let id = f["id"].as_str().unwrap_or_default();
+                let i: usize = id.trim_start_matches('s').parse()?;
+                c.send_to(id, &peers[i], &body).await?;
+            }
+            _ => anyhow::bail!("unexpected {f}"),
+        }
+    }
+    assert_eq!((accepted, refused), (quota, n - quota));
+    // What Redis holds of theirs: as many conversations as the quota.
+    let url = |var: &str, default: &str| std::env::var(var).unwrap_or_else(|_| default.into());
+    let mut state = redis::Client::open(url("REDIS_URL", "redis://127.0.0.1:6380"))?
+        .get_multiplexed_async_connection()
+        .await?;
+    let logs_url = std::env::var("REDIS_LOG_URL").unwrap_or_else(|_| url("REDIS_URL", ""));
+    let mut logs = redis::Client::open(logs_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let inbox: u64 = state.zcard(format!("inbox:{{{spammer}}}")).await?;
+    let started: Vec<String> = state.keys(format!("started:{{{spammer}}}:*")).await?;
+    let mut counted = 0u64;
+    for k in &started {
+        counted += state.scard::<_, u64>(k).await?;
+    }
+    let mut their_logs = 0;
+    let mut iter: redis::AsyncIter<'_, String> =
+        logs.scan_match(format!("log:{{dm:*{spammer}*")).await?;
+    while iter.next_item().await.is_some() {
+        their_logs += 1;
+    }
+    assert_eq!(
+        (inbox, counted, their_logs),
+        (quota as u64, quota as u64, quota)
+    );
+    Ok(())
+}

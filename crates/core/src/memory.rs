@@ -75,6 +75,8 @@ pub struct Memory {
     pub push: Mutex<HashMap<(UserId, String), crate::push::Registration>>,
     /// Quota counters by key.
     pub quotas: Mutex<HashMap<String, u64>>,
+    /// Direct conversations started per (user, window).
+    pub started: Mutex<HashMap<(UserId, u64), HashSet<ConversationId>>>,
 }
 
 impl Memory {
@@ -818,6 +820,35 @@ impl crate::groups::GroupStore for Memory {
         let more = all.len() > limit;
         all.truncate(limit);
         Ok((all, more))
+    }
+}
+
+#[async_trait]
+impl crate::ports::ConversationStarts for Memory {
+    async fn may_send(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        limit: u64,
+        window_secs: u64,
+    ) -> Result<bool, PortError> {
+        let known = lock(&self.inboxes)
+            .get(user)
+            .is_some_and(|c| c.contains_key(&conversation.to_string()));
+        if known {
+            return Ok(true);
+        }
+        let window = crate::now_ms() / 1000 / window_secs.max(1);
+        let mut started = lock(&self.started);
+        let this = started.entry((user.clone(), window)).or_default();
+        if this.contains(conversation) {
+            return Ok(true);
+        }
+        if this.len() as u64 >= limit {
+            return Ok(false);
+        }
+        this.insert(conversation.clone());
+        Ok(true)
     }
 }
 

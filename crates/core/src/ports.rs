@@ -255,6 +255,24 @@ pub trait DedupeIndex: Send + Sync {
 /// The offline state (Redis, region-local): each conversation's recent messages once, a user's
 /// direct conversations, and a cursor per (user, device, conversation) = the last seq that
 /// device acked.
+/// How many direct conversations a user starts (`GATEWAY_NEW_CONVERSATIONS_PER_HOUR`): each
+/// new one is a log, an inbox entry and cursors in Redis for 14 days, so one account sending to
+/// fresh user ids at full speed would fill it.
+#[async_trait]
+pub trait ConversationStarts: Send + Sync {
+    /// Whether `user` may send in the direct `conversation`: yes when it has messages (either
+    /// side started it) or was started in this window; otherwise it is counted as started if
+    /// fewer than `limit` were in the window of `window_secs` (false: none more, nothing
+    /// counted).
+    async fn may_send(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        limit: u64,
+        window_secs: u64,
+    ) -> Result<bool, PortError>;
+}
+
 #[async_trait]
 pub trait ConversationLog: Send + Sync {
     /// Adds entries to their conversations' logs (adding one twice keeps one; each log keeps

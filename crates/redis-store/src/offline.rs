@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use redis::{Cmd, Script};
 
 use connect_core::model::LogEntry;
-use connect_core::ports::ConversationLog;
+use connect_core::ports::{ConversationLog, ConversationStarts};
 use connect_core::PortError;
 use connect_protocol::{ConversationId, UserId};
 
@@ -36,6 +36,16 @@ const ACK: &str = r"local at = tonumber(redis.call('hget', KEYS[1], ARGV[1]) or 
 if tonumber(ARGV[2]) > at then redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end
 redis.call('pexpire', KEYS[1], ARGV[3])
 return 0";
+
+/// `ConversationStarts`: a direct conversation in the user's inbox (it has messages) may be
+/// written in; otherwise it is counted in `started:{<user>}:<window>` (a set, the same hash slot
+/// as the inbox) while the window's count is under the limit.
+const START: &str = r"if redis.call('zscore', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('sismember', KEYS[2], ARGV[1]) == 1 then return 1 end
+if redis.call('scard', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('sadd', KEYS[2], ARGV[1])
+redis.call('pexpire', KEYS[2], ARGV[3])
+return 1";
 
 /// Bounds of the offline state (`OFFLINE_LOG_MAX`, `OFFLINE_TTL_SECS`).
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +74,7 @@ pub struct RedisLog {
     logs: RedisConn,
     limits: OfflineLimits,
     ack: Script,
+    start: Script,
 }
 
 fn log_key(conversation: &str) -> String {
@@ -122,7 +133,32 @@ impl RedisLog {
             logs,
             limits,
             ack: Script::new(ACK),
+            start: Script::new(START),
         }
+    }
+}
+
+#[async_trait]
+impl ConversationStarts for RedisLog {
+    async fn may_send(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        limit: u64,
+        window_secs: u64,
+    ) -> Result<bool, PortError> {
+        let window_secs = window_secs.max(1);
+        let window = connect_core::now_ms() / 1000 / window_secs;
+        self.start
+            .key(inbox_key(user))
+            .key(format!("started:{{{user}}}:{window}"))
+            .arg(conversation.to_string())
+            .arg(limit)
+            .arg(window_secs * 1000)
+            .invoke_async::<i64>(&mut self.conn.clone())
+            .await
+            .map(|allowed| allowed == 1)
+            .map_err(unavailable)
     }
 }
 
