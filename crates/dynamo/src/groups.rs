@@ -354,6 +354,9 @@ impl GroupStore for DynamoGroups {
             }
             Err(e) => return Err(err(e)),
         }
+        // The user's group count goes down with the membership, unless it is at zero already
+        // (memberships written before counts existed were never counted).
+        let mut uncount = true;
         for _ in 0..ADD_ATTEMPTS {
             let (version, count) = self.version_and_count(group).await?;
             let delete = Delete::builder()
@@ -364,11 +367,13 @@ impl GroupStore for DynamoGroups {
                 .expression_attribute_names("#i", "item")
                 .build()
                 .map_err(unavailable)?;
-            let items = vec![
+            let mut items = vec![
                 TransactWriteItem::builder().delete(delete).build(),
                 self.meta_bump(group, version, count.saturating_sub(1))?,
-                self.user_count(user, -1, None)?,
             ];
+            if uncount {
+                items.push(self.user_count(user, -1, None)?);
+            }
             match self.transact(items).await? {
                 Transacted::Yes => return Ok(true),
                 Transacted::Canceled(r) if Transacted::failed(&r, 0) => return Ok(false),
@@ -376,6 +381,10 @@ impl GroupStore for DynamoGroups {
                     if Transacted::failed(&r, 1) || Transacted::conflicted(&r) =>
                 {
                     continue
+                }
+                Transacted::Canceled(r) if Transacted::failed(&r, 2) => {
+                    uncount = false;
+                    continue;
                 }
                 Transacted::Canceled(r) => {
                     return Err(PortError::unavailable(
