@@ -419,9 +419,6 @@ pub async fn run_lambda(serves: Serves) -> Result<(), lambda_http::Error> {
     .await
 }
 
-#[cfg(feature = "aws")]
-/// The push routes' settings from env: `CONNECT_VAPID_PRIVATE_KEY`, `CONNECT_VAPID_CONTACT`,
-/// `CONNECT_ENV` (after the secrets are loaded).
 /// Group admin's bounds: `GROUP_MAX_MEMBERS` (10000), `GROUP_MAX_PER_USER` (1000),
 /// `GROUP_CREATES_PER_HOUR` (50) and `GROUP_MEMBER_ADDS_PER_HOUR` (10000: one full group an hour;
 /// a group's initial members count).
@@ -447,6 +444,9 @@ pub fn group_rules() -> Result<GroupRules, String> {
     Ok(rules)
 }
 
+#[cfg(feature = "aws")]
+/// The push routes' settings from env: `CONNECT_VAPID_PRIVATE_KEY`, `CONNECT_VAPID_CONTACT`,
+/// `CONNECT_ENV` (after the secrets are loaded).
 pub fn push_config() -> Result<PushConfig, String> {
     Ok(PushConfig {
         vapid_private_key: connect_core::env::optional("CONNECT_VAPID_PRIVATE_KEY"),
