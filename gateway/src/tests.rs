@@ -270,21 +270,9 @@ async fn cursor_of(h: &Harness, user: &str, conversation: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn acks_of_conversations_the_user_is_not_in_are_refused_and_write_nothing() {
-    use connect_core::groups::{Caps, Group, GroupStore};
     let h = Harness::start().await;
-    let u = |s: &str| UserId::parse(s).unwrap();
     h.mem
-        .create(
-            &Group {
-                group: connect_protocol::GroupId::parse("g_trip").unwrap(),
-                name: "Trip".into(),
-                owner: u("alice"),
-                members: vec![u("alice"), u("bob")],
-            },
-            Caps::UNBOUNDED,
-        )
-        .await
-        .unwrap();
+        .put_group("g_trip", "Trip", "alice", &["alice", "bob"]);
     let mut eve = h.connect("eve").await;
     for conversation in ["dm:alice:bob", "group:g_trip", "group:g_none"] {
         send(

@@ -80,6 +80,29 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// The tests' group: `id` named `name`, owned by `owner`, with `members` (sorted), written
+    /// as a create without caps would write it.
+    pub fn put_group(
+        &self,
+        id: &str,
+        name: &str,
+        owner: &str,
+        members: &[&str],
+    ) -> connect_protocol::GroupId {
+        let user = |u: &str| UserId::parse(u).expect("a user id");
+        let group = connect_protocol::GroupId::parse(id).expect("a group id");
+        let mut members: Vec<UserId> = members.iter().map(|m| user(m)).collect();
+        members.sort();
+        let g = crate::groups::Group {
+            group: group.clone(),
+            name: name.to_owned(),
+            owner: user(owner),
+            members,
+        };
+        lock(&self.groups).insert(group.clone(), g);
+        group
+    }
+
     pub fn ports(self: &Arc<Self>) -> Ports {
         Ports {
             registry: self.clone(),

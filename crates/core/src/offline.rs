@@ -483,21 +483,9 @@ mod tests {
 
     #[tokio::test]
     async fn where_a_log_was_lost_or_falls_short_the_backlog_comes_from_history() {
-        use crate::groups::{Caps, Group, GroupStore};
         let mem = Arc::new(Memory::default());
         sent(&mem, "dm:alice:bob", 6, "alice").await;
-        let g = connect_protocol::GroupId::parse("g_trip").unwrap();
-        mem.create(
-            &Group {
-                group: g.clone(),
-                name: "Trip".into(),
-                owner: u("alice"),
-                members: vec![u("alice"), u("bob")],
-            },
-            Caps::UNBOUNDED,
-        )
-        .await
-        .unwrap();
+        mem.put_group("g_trip", "Trip", "alice", &["alice", "bob"]);
         sent(&mem, "group:g_trip", 4, "alice").await;
         mem.ack(&u("bob"), "laptop", "dm:alice:bob", 2)
             .await
@@ -638,20 +626,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_groups_backlog_comes_from_the_membership_index() {
-        use crate::groups::{Group, GroupStore};
         let mem = Arc::new(Memory::default());
-        let g = connect_protocol::GroupId::parse("g_1").unwrap();
-        mem.create(
-            &Group {
-                group: g.clone(),
-                name: "t".into(),
-                owner: u("alice"),
-                members: vec![u("alice"), u("bob")],
-            },
-            crate::groups::Caps::UNBOUNDED,
-        )
-        .await
-        .unwrap();
+        mem.put_group("g_1", "t", "alice", &["alice", "bob"]);
         let entries: Vec<_> = (1..=3)
             .map(|s| LogEntry {
                 mv: 1,
@@ -670,20 +646,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_who_joined_later_gets_nothing_sequenced_before() {
-        use crate::groups::{Group, GroupStore};
+        use crate::groups::GroupStore;
         let mem = Arc::new(Memory::default());
-        let g = connect_protocol::GroupId::parse("g_1").unwrap();
-        mem.create(
-            &Group {
-                group: g.clone(),
-                name: "t".into(),
-                owner: u("alice"),
-                members: vec![u("alice")],
-            },
-            crate::groups::Caps::UNBOUNDED,
-        )
-        .await
-        .unwrap();
+        let g = mem.put_group("g_1", "t", "alice", &["alice"]);
         // Sequenced under version 1; bob joins at version 2; one more under version 2.
         let mut early = entry("group:g_1", 1, "alice");
         early.mv = 1;

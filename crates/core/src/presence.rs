@@ -216,10 +216,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::groups::{Group, GroupStore};
     use crate::memory::Memory;
     use crate::ports::{Head, InboxWrite};
-    use connect_protocol::GroupId;
 
     fn user(s: &str) -> UserId {
         UserId::parse(s).unwrap()
@@ -247,18 +245,12 @@ mod tests {
             })
             .await
             .unwrap();
-        ports
-            .create(
-                &Group {
-                    group: GroupId::parse("g_1").unwrap(),
-                    name: "g".into(),
-                    owner: carol.clone(),
-                    members: vec![alice.clone(), carol.clone()],
-                },
-                crate::groups::Caps::UNBOUNDED,
-            )
-            .await
-            .unwrap();
+        ports.put_group(
+            "g_1",
+            "g",
+            carol.as_str(),
+            &[alice.as_str(), carol.as_str()],
+        );
         let rosters = MembershipCache::new(ports.clone(), Duration::from_secs(5), 16);
         let users = [
             bob.clone(),

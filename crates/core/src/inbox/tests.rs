@@ -1,9 +1,9 @@
 use std::sync::Arc;
 
-use connect_protocol::{ClientMsgId, ConversationId, GroupId, UserId};
+use connect_protocol::{ClientMsgId, ConversationId, UserId};
 
 use super::*;
-use crate::groups::{Group, GroupStore};
+use crate::groups::GroupStore;
 use crate::memory::Memory;
 use crate::messaging::MessagingStep;
 use crate::model::{Markers, Submission};
@@ -50,18 +50,7 @@ async fn page(mem: &Arc<Memory>, who: &str, limit: usize, cursor: Option<&str>) 
 #[tokio::test]
 async fn newest_first_with_unread_counts_paged_exactly_once_and_a_removed_member_loses_the_group() {
     let mem = Arc::new(Memory::default());
-    let trip = GroupId::parse("g_trip").unwrap();
-    mem.create(
-        &Group {
-            group: trip.clone(),
-            name: "Trip".into(),
-            owner: user("alice"),
-            members: vec![user("alice"), user("bob")],
-        },
-        crate::groups::Caps::UNBOUNDED,
-    )
-    .await
-    .unwrap();
+    let trip = mem.put_group("g_trip", "Trip", "alice", &["alice", "bob"]);
     // Every message moves its conversation's place (no step): the order is exact on every page.
     let step = MessagingStep::new(mem.ports()).place_step_ms(0);
     let group = ConversationId::group(trip.clone());
@@ -153,19 +142,10 @@ fn a_cursor_that_is_not_ours_is_a_bad_request() {
 #[tokio::test]
 async fn receipts_list_members_with_markers_by_user_paged_members_only() {
     let mem = Arc::new(Memory::default());
-    let g = GroupId::parse("g_big").unwrap();
-    let members: Vec<UserId> = (0..40).map(|i| user(&format!("u{i:02}"))).collect();
-    mem.create(
-        &Group {
-            group: g.clone(),
-            name: "Big".into(),
-            owner: members[0].clone(),
-            members: members.clone(),
-        },
-        crate::groups::Caps::UNBOUNDED,
-    )
-    .await
-    .unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("u{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let g = mem.put_group("g_big", "Big", names[0], &names);
+    let members: Vec<UserId> = names.iter().map(|n| user(n)).collect();
     let c = ConversationId::group(g);
     let marks: Vec<_> = [3usize, 7, 8, 30]
         .iter()

@@ -604,22 +604,9 @@ async fn every_message_is_logged_once_and_direct_ones_indexed_for_both_users() {
 }
 
 async fn trip(mem: &Memory, members: &[&str]) -> connect_protocol::GroupId {
-    use crate::groups::{Group, GroupStore};
-    let id = connect_protocol::GroupId::parse("g_trip").unwrap();
-    let mut members: Vec<UserId> = members.iter().map(|m| user(m)).collect();
-    members.sort();
-    mem.create(
-        &Group {
-            group: id.clone(),
-            name: "Trip".into(),
-            owner: members[0].clone(),
-            members,
-        },
-        crate::groups::Caps::UNBOUNDED,
-    )
-    .await
-    .unwrap();
-    id
+    let mut sorted = members.to_vec();
+    sorted.sort();
+    mem.put_group("g_trip", "Trip", sorted[0], members)
 }
 
 fn group_send(from: &str, id: &str, conn: &str, slot: u32) -> Submission {
