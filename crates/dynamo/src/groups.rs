@@ -61,6 +61,11 @@ const ADD_ATTEMPTS: usize = 20;
 /// and a transaction takes at most 100.
 const CREATE_CHUNK: usize = 50;
 
+/// A membership write overtaken [`ADD_ATTEMPTS`] times in a row.
+fn contended() -> PortError {
+    PortError::unavailable("groups", "too many concurrent membership changes; retry")
+}
+
 /// The item that counts a user's groups.
 fn user_count_key(user: &UserId) -> HashMap<String, AttributeValue> {
     HashMap::from([
@@ -318,10 +323,7 @@ impl GroupStore for DynamoGroups {
                 }
             }
         }
-        Err(PortError::unavailable(
-            "groups",
-            "too many concurrent membership changes; retry",
-        ))
+        Err(contended())
     }
 
     async fn remove_member(
@@ -394,10 +396,7 @@ impl GroupStore for DynamoGroups {
                 }
             }
         }
-        Err(PortError::unavailable(
-            "groups",
-            "too many concurrent membership changes; retry",
-        ))
+        Err(contended())
     }
 
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError> {
@@ -651,10 +650,7 @@ impl DynamoGroups {
                 }
             }
         }
-        Err(PortError::unavailable(
-            "groups",
-            "too many concurrent membership changes; retry",
-        ))
+        Err(contended())
     }
 
     /// Runs one transaction: written, or canceled with each item's reason.
