@@ -326,3 +326,55 @@ async fn sends_to_fresh_user_ids_past_the_new_conversation_quota_are_refused() -
     );
     Ok(())
 }
+
+/// Memberships whose group is gone (a create that died before its meta item) are left out of
+/// a page but move the cursor: a page of nothing but them still leads on to the groups after.
+#[tokio::test]
+async fn a_page_of_memberships_whose_groups_are_gone_leads_on() -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let api = ExtraApi::start_with(&[]).await?;
+    let alice = user("alice");
+    let table = connect_dynamo::Tables::from_env().groups;
+    // '.' sorts before the digits and letters of minted ids: these come first.
+    for i in 0..3 {
+        dynamo()
+            .await
+            .put_item()
+            .table_name(&table)
+            .item("group", AttributeValue::S(format!("g_.gone{i}")))
+            .item("item", AttributeValue::S(format!("m#{alice}")))
+            .item("user", AttributeValue::S(alice.clone()))
+            .item("since", AttributeValue::N("1".into()))
+            .send()
+            .await?;
+    }
+    let mut real = Vec::new();
+    for _ in 0..2 {
+        let (status, g) = create_at(&api, &alice, &[]).await?;
+        assert_eq!(status, 201, "{g}");
+        real.push(g["group"].as_str().unwrap_or_default().to_owned());
+    }
+    real.sort();
+    let (status, first) =
+        api_call_at(&api.addr, "GET", "/v1/groups?limit=3", Some(&alice), "").await?;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["groups"].as_array().map(Vec::len), Some(0), "{first}");
+    let next = first["next"].as_str().expect("a cursor past the gone ones");
+    let (_, second) = api_call_at(
+        &api.addr,
+        "GET",
+        &format!("/v1/groups?limit=3&cursor={next}"),
+        Some(&alice),
+        "",
+    )
+    .await?;
+    let ids: Vec<&str> = second["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["group"].as_str())
+        .collect();
+    assert_eq!(ids, real);
+    assert!(second["next"].is_null(), "{second}");
+    Ok(())
+}

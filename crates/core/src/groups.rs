@@ -121,13 +121,15 @@ pub trait GroupStore: Send + Sync {
     ) -> Result<bool, PortError>;
     /// The groups `user` is a member of.
     async fn groups_of(&self, user: &UserId) -> Result<Vec<GroupSummary>, PortError>;
-    /// A page of them in group id order: after `after`, up to `limit`, and whether more follow.
+    /// A page of them in group id order: after `after`, up to `limit`, and where the next page
+    /// starts (the last membership read; None: no more). A membership whose group is gone is
+    /// left out of the page but still moves the cursor.
     async fn groups_page(
         &self,
         user: &UserId,
         after: Option<&GroupId>,
         limit: usize,
-    ) -> Result<(Vec<GroupSummary>, bool), PortError>;
+    ) -> Result<(Vec<GroupSummary>, Option<GroupId>), PortError>;
     /// The meta data of each of `groups` that exists (in no particular order), batched.
     async fn summaries(&self, groups: &[GroupId]) -> Result<Vec<GroupSummary>, PortError>;
     /// The groups `user` is a member of, with the membership version they joined at (the
@@ -354,13 +356,10 @@ impl Groups<'_> {
                 Ok(GroupList { groups, next: None })
             }
             Some((limit, after)) => {
-                let (groups, more) = self
+                let (groups, next) = self
                     .store
                     .groups_page(caller, after.as_ref(), *limit)
                     .await?;
-                let next = more
-                    .then(|| groups.last().map(|g| g.group.clone()))
-                    .flatten();
                 Ok(GroupList { groups, next })
             }
         }

@@ -836,13 +836,20 @@ impl crate::groups::GroupStore for Memory {
         user: &UserId,
         after: Option<&connect_protocol::GroupId>,
         limit: usize,
-    ) -> Result<(Vec<crate::groups::GroupSummary>, bool), PortError> {
+    ) -> Result<
+        (
+            Vec<crate::groups::GroupSummary>,
+            Option<connect_protocol::GroupId>,
+        ),
+        PortError,
+    > {
         let mut all = self.groups_of(user).await?;
         all.sort_by(|a, b| a.group.cmp(&b.group));
         all.retain(|g| after.is_none_or(|a| &g.group > a));
         let more = all.len() > limit;
         all.truncate(limit);
-        Ok((all, more))
+        let next = all.last().filter(|_| more).map(|g| g.group.clone());
+        Ok((all, next))
     }
 }
 

@@ -410,7 +410,7 @@ impl GroupStore for DynamoGroups {
         user: &UserId,
         after: Option<&GroupId>,
         limit: usize,
-    ) -> Result<(Vec<GroupSummary>, bool), PortError> {
+    ) -> Result<(Vec<GroupSummary>, Option<GroupId>), PortError> {
         // The index in group order from after the cursor: one more than the page says whether
         // more follow.
         let mut ids: Vec<GroupId> = Vec::new();
@@ -447,9 +447,10 @@ impl GroupStore for DynamoGroups {
         }
         let more = ids.len() > limit;
         ids.truncate(limit);
+        let next = ids.last().filter(|_| more).cloned();
         let mut page = self.summaries(&ids).await?;
         page.sort_by(|a, b| a.group.cmp(&b.group));
-        Ok((page, more))
+        Ok((page, next))
     }
 
     async fn summaries(&self, groups: &[GroupId]) -> Result<Vec<GroupSummary>, PortError> {
