@@ -45,6 +45,7 @@ LAMBDA_PORT=${LAMBDA_PORT:-9000}
 LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
 WEBPUSH_PORT=${WEBPUSH_PORT:-8095}      # the Web Push service (npm web-push-testing, scripts/webpush)
 SNS_PORT=${SNS_PORT:-8096}              # the SNS API (moto server): APNs and FCM platform endpoints
+SERVICE_RESTART_SECS=${SERVICE_RESTART_SECS:-10}   # a service that failed starts again after this (as ECS would)
 SHARED_DYNAMODB=${SHARED_DYNAMODB:-0}   # 1: use another stack's DynamoDB Local (region b)
 GROUP_EVENTS=${GROUP_EVENTS:-1}         # 0: no group-events poller (it runs where the tables are made)
 
@@ -208,6 +209,43 @@ start() {
   echo $! >"$LOCAL/pids/$name.pid"
 }
 
+# supervise NAME DIR CMD...: as `start`, and a service that exits with a failure (non-zero, or
+# killed) is started again SERVICE_RESTART_SECS later, as ECS replaces a task that stopped (a
+# process that meets a fatal Kafka error exits for that: crates/kafka/src/watch.rs). A clean exit
+# (SIGTERM) stays down. NAME.pid is the service's own process (the benchmarks read its CPU),
+# NAME.sup the supervisor; each restart is a line in .local/logs/restarts.log.
+supervise() {
+  local name=$1 dir=$2 i rc; shift 2
+  if alive "$name"; then return; fi
+  mkdir -p "$LOCAL/logs" "$LOCAL/pids" "$dir"
+  rm -f "$LOCAL/pids/$name.pid"
+  (
+    trap 'exit 0' TERM
+    while :; do
+      (cd "$dir" && exec setsid "$@" >>"$LOCAL/logs/$name.log" 2>&1 </dev/null) &
+      echo $! >"$LOCAL/pids/$name.pid"
+      rc=0; wait $! || rc=$?
+      [ "$rc" = 0 ] && exit 0
+      echo "$(date -u +%FT%T.%6NZ)  WARN stack: $name exited ($rc); starting it again in ${SERVICE_RESTART_SECS}s" |
+        tee -a "$LOCAL/logs/$name.log" >>"$LOCAL/logs/restarts.log"
+      sleep "$SERVICE_RESTART_SECS" & wait $!
+    done
+  ) 2>>"$LOCAL/logs/$name.log" &
+  echo $! >"$LOCAL/pids/$name.sup"
+  for i in $(seq 1 100); do [ -s "$LOCAL/pids/$name.pid" ] && return 0; sleep 0.05; done
+}
+
+# restarted NAME PORT PID: waits until the supervisor started NAME again (another process than
+# PID) and it listens on PORT.
+restarted() {
+  local name=$1 port=$2 old=$3 i
+  for i in $(seq 1 $(( (SERVICE_RESTART_SECS + 60) * 4 ))); do
+    if [ "$(cat "$LOCAL/pids/$name.pid" 2>/dev/null)" != "$old" ] && alive "$name"; then wait_port "$port" "$name"; return; fi
+    sleep 0.25
+  done
+  log "$name was not started again"; return 1
+}
+
 wait_port() {
   local port=$1 name=$2 i
   for i in $(seq 1 240); do
@@ -229,6 +267,12 @@ claim() {
 
 stop() {
   local name=$1 f="$LOCAL/pids/$1.pid" pid i
+  # The supervisor first, so that it does not start the service again.
+  if [ -f "$LOCAL/pids/$name.sup" ]; then
+    pid=$(cat "$LOCAL/pids/$name.sup")
+    kill -TERM "$pid" 2>/dev/null && for i in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$LOCAL/pids/$name.sup"
+  fi
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
   if kill -0 "$pid" 2>/dev/null; then
@@ -368,7 +412,7 @@ EOF
 start_service() {
   local name=$1 binary=$2 port=$3; shift 3
   if alive "$name" && [ "$binary" -nt "$LOCAL/pids/$name.pid" ]; then log "restarting $name (new build)"; stop "$name"; fi
-  start "$name" "$LOCAL" env "$@" "$binary"
+  supervise "$name" "$LOCAL" env "$@" "$binary"
   wait_port "$port" "$name"
 }
 
@@ -416,7 +460,7 @@ start_services() {
 # metric PORT NAME: the sum of a Prometheus metric's series on 127.0.0.1:PORT/metrics.
 metric() {
   local port=$1 name=$2
-  { exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && cat <&3; } 2>/dev/null |
+  { exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && timeout 3 cat <&3; } 2>/dev/null |
     awk -v n="$name" 'index($0, n) == 1 { s += $NF } END { print s + 0 }'
 }
 
@@ -601,10 +645,11 @@ test_regions() {
 fault() {
   local messaging=${MESSAGING_OPS_PORTS%% *} gateway=${GATEWAY_PORTS##* } down=${FAULT_DOWN_SECS:-10} pid
   case "$1" in
-    kill-messaging)  # SIGKILL one of the two messaging processes; its partitions move; restarted after
-      kill -KILL "$(cat "$LOCAL/pids/messaging-$messaging.pid")"; sleep "$down"; start_services >/dev/null ;;
-    kill-gateway)    # SIGKILL a gateway: its clients reconnect to the other; restarted after
-      kill -KILL "$(cat "$LOCAL/pids/gateway-$gateway.pid")"; sleep "$down"; start_services >/dev/null ;;
+    kill-messaging)  # SIGKILL one of the two messaging processes; its partitions move; its supervisor
+      # starts it again SERVICE_RESTART_SECS later
+      pid=$(cat "$LOCAL/pids/messaging-$messaging.pid"); kill -KILL "$pid"; restarted "messaging-$messaging" "$messaging" "$pid" ;;
+    kill-gateway)    # SIGKILL a gateway: its clients reconnect to the other; started again as above
+      pid=$(cat "$LOCAL/pids/gateway-$gateway.pid"); kill -KILL "$pid"; restarted "gateway-$gateway" "$gateway" "$pid" ;;
     restart-kafka)   # the broker stopped (SIGTERM) and started again
       stop kafka; start_kafka; wait_port "$KAFKA_PORT" kafka ;;
     restart-redis)   # Redis stopped (SIGTERM; its AOF keeps the data) and started again
@@ -641,22 +686,51 @@ test_browser() {
   return $rc
 }
 
+# How many times a supervisor started a service again (since the logs were made).
+restarts() { if [ -f "$LOCAL/logs/restarts.log" ]; then wc -l <"$LOCAL/logs/restarts.log"; else echo 0; fi; }
+
+# diagnose [SINCE]: after a failed suite, a short account of each gateway and messaging process (the
+# tail of a CI log is all one may get): running or not, its restarts, its Kafka clients' view
+# (assigned partitions, known brokers, fatal errors) and its last distinct warnings and errors
+# (logged at SINCE, an ISO time, or later).
+diagnose() {
+  local port name pid since=${1:-}
+  log "diagnosis (full logs in $LOCAL/logs):"
+  for port in $GATEWAY_PORTS $MESSAGING_OPS_PORTS; do
+    case " $GATEWAY_PORTS " in *" $port "*) name=gateway-$port ;; *) name=messaging-$port ;; esac
+    pid=$(cat "$LOCAL/pids/$name.pid" 2>/dev/null)
+    if alive "$name"; then echo "$name: running (pid $pid)"; else echo "$name: NOT running"; fi
+    echo "  restarts: $(grep -c " $name exited" "$LOCAL/logs/restarts.log" 2>/dev/null || true)"
+    echo "  kafka: assigned partitions $(metric "$port" connect_kafka_assigned_partitions)," \
+      "known brokers $(metric "$port" connect_kafka_known_brokers)," \
+      "rebootstraps $(metric "$port" connect_kafka_rebootstraps_total)," \
+      "fatal errors $(metric "$port" connect_kafka_fatal_errors_total)"
+    sed 's/\x1b\[[0-9;]*m//g' "$LOCAL/logs/$name.log" 2>/dev/null | grep -E ' (WARN|ERROR) |stopp' |
+      awk -v since="$since" '$1 >= since' | cut -c12-19,28- | cut -c1-170 | awk '{ k = substr($0, 9) } !(k in seen) { seen[k]; line[++n] = $0 } END { for (i = n > 6 ? n - 5 : 1; i <= n; i++) print "  " line[i] }'
+  done
+}
+
 FAULTS="kill-messaging kill-gateway restart-kafka pause-kafka restart-redis pause-dynamodb"
 
 # The fault suite: for each fault, a stream across both gateways through it and the check
 # (tools/bench/src/faults.rs); one JSON line per fault in .local/faults/report.jsonl.
 test_faults() {
-  local started=0 rc=0 f report="$LOCAL/faults/report.jsonl"
+  local started=0 rc=0 f n report="$LOCAL/faults/report.jsonl" since
+  since=$(date -u +%FT%T)
   alive kafka || started=1
   up >/dev/null
   mkdir -p "$LOCAL/faults"; : >"$report"
   for f in ${FAULT_LIST:-$FAULTS}; do
     log "fault suite: $f"
+    n=$(restarts)
     "$(bin connect-faults)" --name "$f" --fault "$ROOT/scripts/stack.sh fault $f" --report "$report" \
       --before "${FAULT_BEFORE_SECS:-8}" --after "${FAULT_AFTER_SECS:-15}" --rate "${FAULT_RATE:-40}" || rc=1
+    n=$(( $(restarts) - n ))
+    [ "$n" = 0 ] || { log "fault suite: $f: services started again by their supervisor:"; tail -n "$n" "$LOCAL/logs/restarts.log"; }
   done
   log "fault suite report ($report):"
   cat "$report"
+  [ "$rc" = 0 ] || diagnose "$since"
   if [ "$started" = 1 ] && [ "${KEEP_STACK:-0}" != 1 ]; then down; fi
   return $rc
 }
@@ -665,6 +739,7 @@ case "${1:-}" in
   install) install ;;
   fault) fault "$2" ;;
   test-faults) test_faults ;;
+  diagnose) diagnose "${2:-}" ;;
   test-browser) test_browser ;;
   regions) install; build; regions_up ;;
   test-regions) test_regions ;;
@@ -678,5 +753,5 @@ case "${1:-}" in
   test) test_all ;;
   invoke) invoke_functions ;;
   lint) lint_template ;;
-  *) echo "usage: $0 install|up|down|run|status|test|test-browser|test-faults|fault|invoke|lint|regions|test-regions" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down|run|status|test|test-browser|test-faults|fault|diagnose|invoke|lint|regions|test-regions" >&2; exit 2 ;;
 esac

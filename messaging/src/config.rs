@@ -96,6 +96,7 @@ impl Config {
                 } else {
                     env::var::<usize>("MESSAGING_LANES", 1)?.max(1)
                 },
+                deadline: Duration::from_secs(env::var("MESSAGING_BATCH_DEADLINE_SECS", 120)?),
             },
             shed_after_ms: env::var("MESSAGING_SHED_AFTER_MS", 400)?,
             receipts_live_max_members: env::var("RECEIPTS_LIVE_MAX_MEMBERS", 32)?,

@@ -218,6 +218,12 @@ pub struct Pipeline {
     /// always with other regions, whose mirrored topics carry a conversation on partitions of
     /// their own).
     pub lanes: usize,
+    /// `MESSAGING_BATCH_DEADLINE_SECS`: a batch whose work (prepare, store, publish) has not
+    /// finished after this stops the process (non-zero): something in it waits for good (a
+    /// producer that never delivers, a backend that never answers), and a fresh process, which
+    /// its orchestrator starts, replays the batch with fresh clients. Past any backend's own
+    /// timeouts and retries.
+    pub deadline: Duration,
 }
 
 /// How a batch's work in its lane ended.
@@ -403,11 +409,20 @@ pub async fn run<S: Source>(
                     _permit: permit,
                 };
                 let poison = poison.clone();
+                let deadline = pipeline.deadline;
                 async move {
-                    let ended = std::panic::AssertUnwindSafe(lane_batch(batch))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or(Ended::Failed);
+                    let work = std::panic::AssertUnwindSafe(lane_batch(batch)).catch_unwind();
+                    let ended = match tokio::time::timeout(deadline, work).await {
+                        Ok(ended) => ended.unwrap_or(Ended::Failed),
+                        Err(_) => {
+                            counter!("connect_messaging_batches_stuck_total").increment(1);
+                            error!(
+                                secs = deadline.as_secs_f64(),
+                                "a batch's work did not finish in MESSAGING_BATCH_DEADLINE_SECS; stopping, for a fresh process to take it over"
+                            );
+                            Ended::Failed
+                        }
+                    };
                     if ended == Ended::Failed {
                         poison.send_replace(true);
                     }
@@ -714,6 +729,16 @@ mod loop_tests {
         log: Log,
         bus: impl FnOnce(Arc<Memory>, Log) -> Recording,
     ) -> Run {
+        start_within(script, log, bus, Duration::from_secs(60))
+    }
+
+    /// As [`start_with`], with a batch deadline.
+    fn start_within(
+        script: Arc<Script>,
+        log: Log,
+        bus: impl FnOnce(Arc<Memory>, Log) -> Recording,
+        deadline: Duration,
+    ) -> Run {
         let mem = Arc::new(Memory::default());
         let bus = Arc::new(bus(mem.clone(), log.clone()));
         let published = bus.published.clone();
@@ -728,6 +753,7 @@ mod loop_tests {
             batch_max: 100,
             in_flight: 8,
             lanes: 8,
+            deadline,
         };
         let ended = tokio::spawn(run(
             script,
@@ -845,6 +871,23 @@ mod loop_tests {
         assert!(
             events.is_empty(),
             "nothing published or committed: {events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_stuck_past_its_deadline_stops_the_loop_uncommitted() {
+        let log: Log = Arc::default();
+        let deadline = Duration::from_millis(300);
+        let mut run = start_within(script(2, &log), log, bus(0, usize::MAX, false), deadline);
+        let ended = tokio::time::timeout(Duration::from_secs(5), &mut run.ended)
+            .await
+            .expect("the loop stops on its own")
+            .expect("the loop itself does not panic");
+        assert_eq!(ended, Err(connect_kafka::group::Poisoned));
+        let events = run.events();
+        assert!(
+            !events.is_empty() && events.iter().all(|e| *e == Event::Refused),
+            "publishes refused until the deadline, nothing committed: {events:?}"
         );
     }
 
