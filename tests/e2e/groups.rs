@@ -152,7 +152,7 @@ async fn a_group_message_reaches_every_members_connections() -> anyhow::Result<(
         .await?;
 
     // An offline member gets the group's messages on reconnect.
-    c.ack(&conversation, 2).await?;
+    c.ack_held(&conversation, 2).await?;
     c.close().await;
     b.send_group("b1", &group, "carol is away").await?;
     assert_eq!(b.expect_fresh("accepted").await?["seq"], 3);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail, ensure, Context};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,6 +56,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A connected, authenticated client that has read its `hello`.
 pub struct Client {
     pub user: String,
+    /// The device it connected as (`?device=`; the default device without).
+    pub device: String,
     pub session: String,
     pub gateway: String,
     ws: Ws,
@@ -92,12 +94,15 @@ impl Client {
         let ws = open(gateway, Some(&format!("Bearer {}", token(user))), &query)
             .await
             .context("upgrade")?;
-        Self::after_upgrade(ws, user).await
+        let mut c = Self::after_upgrade(ws, user).await?;
+        c.device = device.into();
+        Ok(c)
     }
 
     pub async fn after_upgrade(ws: Ws, user: &str) -> anyhow::Result<Self> {
         let mut c = Self {
             user: user.into(),
+            device: connect_core::model::DEFAULT_DEVICE.into(),
             session: String::new(),
             gateway: String::new(),
             ws,
@@ -357,6 +362,22 @@ pub async fn metric_reaching(
 }
 
 /// DynamoDB Local client for the stack's tables.
+/// The stack's offline state through the production adapter (`REDIS_URL`, `REDIS_LOG_URL`).
+pub async fn redis_log() -> anyhow::Result<connect_redis::RedisLog> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
+    let state = connect_redis::connect(&url).await?;
+    let logs =
+        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
+    Ok(connect_redis::RedisLog::new(
+        state,
+        logs,
+        connect_redis::OfflineLimits {
+            log_max: 1000,
+            ttl: Duration::from_secs(3600),
+        },
+    ))
+}
+
 pub async fn dynamo() -> aws_sdk_dynamodb::Client {
     let cfg = connect_dynamo::DynamoConfig::from_env().expect("dynamo config");
     let cfg = connect_dynamo::DynamoConfig {
@@ -484,6 +505,31 @@ impl Client {
     pub async fn ack(&mut self, conversation: &str, seq: u64) -> anyhow::Result<()> {
         self.send_raw(&json!({"type":"ack","conversation":conversation,"seq":seq}).to_string())
             .await
+    }
+
+    /// Acks, then waits until the device's cursor holds the ack. The gateway writes cursors
+    /// behind the connection, so a device that reconnects at once may get those messages once
+    /// more (delivery is at least once, PROTOCOL.md); a test that reconnects and expects none
+    /// of them waits for this first.
+    pub async fn ack_held(&mut self, conversation: &str, seq: u64) -> anyhow::Result<()> {
+        use connect_core::ports::ConversationLog;
+        self.ack(conversation, seq).await?;
+        let log = redis_log().await?;
+        let user = connect_protocol::UserId::parse(&self.user)?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let cursors = log.cursors(&user, &self.device).await?;
+            if cursors.get(conversation).copied().unwrap_or(0) >= seq {
+                return Ok(());
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{}/{}: the ack of {conversation} up to {seq} was not written in {WAIT:?} ({cursors:?})",
+                self.user,
+                self.device
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The seqs of every `message` frame that arrives until `quiet` passes without one.

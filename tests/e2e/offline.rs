@@ -32,7 +32,7 @@ async fn offline_messages_arrive_after_hello_in_order_and_acked_ones_never_again
         got.push(m["seq"].as_u64().unwrap());
     }
     assert_eq!(got, [1, 2, 3, 4, 5], "in seq order");
-    b.ack(&conversation, 5).await?;
+    b.ack_held(&conversation, 5).await?;
     b.expect_silence(Duration::from_millis(500)).await?;
     b.close().await;
 
@@ -64,7 +64,7 @@ async fn unacked_live_messages_come_again_on_the_next_connection() -> anyhow::Re
     got.sort_unstable();
     got.dedup();
     assert_eq!(got, [1, 2, 3]);
-    b.ack(&conversation, 3).await?;
+    b.ack_held(&conversation, 3).await?;
     b.close().await;
     let mut b = Client::connect(&gw[1], &bob).await?;
     b.expect_silence(QUIET).await?;
@@ -252,7 +252,7 @@ async fn each_device_gets_what_it_has_not_acked_before_newer_live_messages() -> 
         got.push(phone.expect("message").await?["seq"].as_u64().unwrap_or(0));
     }
     assert_eq!(got, (1..=30).collect::<Vec<_>>());
-    phone.ack(&conversation, 30).await?;
+    phone.ack_held(&conversation, 30).await?;
     phone.close().await;
 
     // The laptop comes back; alice sends while its backlog is on the way.
@@ -334,18 +334,7 @@ pub(crate) async fn backlog_in_many_conversations(
     use connect_core::model::{LogEntry, StoredMessage};
     use connect_core::ports::ConversationLog;
     use connect_protocol::{ClientMsgId, ConversationId, UserId};
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let state = connect_redis::connect(&url).await?;
-    let logs =
-        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
-    let log = connect_redis::RedisLog::new(
-        state,
-        logs,
-        connect_redis::OfflineLimits {
-            log_max: 1000,
-            ttl: Duration::from_secs(3600),
-        },
-    );
+    let log = redis_log().await?;
     let me = UserId::parse(user)?;
     let entries: Vec<LogEntry> = (0..n)
         .map(|i| {
