@@ -5,7 +5,8 @@
 # ~/.cache/connect-chat so a second start takes seconds.
 #
 # CONNECT_STACK=aws runs the stack as the AWS deployment connects (template.yaml): Redis is a
-# three-node cluster that speaks only TLS (ElastiCache cluster mode, in-transit encryption) and
+# three-node cluster that speaks only TLS and wants an AUTH token (ElastiCache cluster mode,
+# in-transit encryption, AuthToken) and
 # Kafka's client listener is SASL_SSL with SCRAM-SHA-512 (MSK), with certificates from a CA the
 # stack makes. Same ports as the plain stack (one at a time), its own data under .local/aws.
 #
@@ -66,6 +67,8 @@ KAFKA_INTERNAL_PORT=${KAFKA_INTERNAL_PORT:-9094}              # aws: the broker'
 if [ "$CONNECT_STACK" = aws ]; then
   export REDIS_URL=${REDIS_URL:-$(for p in $REDIS_CLUSTER_PORTS; do printf 'rediss://127.0.0.1:%s,' "$p"; done | sed 's/,$//')}
   export REDIS_CLUSTER=true REDIS_CA_FILE="$TLS_DIR/ca.pem"
+  # ElastiCache's AUTH token (template.yaml: RedisAuthToken): every node refuses a client without it.
+  export REDIS_PASSWORD=${REDIS_PASSWORD:-connect-local-redis-auth-token}
   export KAFKA_SECURITY_PROTOCOL=sasl_ssl KAFKA_SSL_CA_LOCATION="$TLS_DIR/ca.pem" KAFKA_SASL_MECHANISM=SCRAM-SHA-512
   export KAFKA_SASL_USERNAME=${KAFKA_SASL_USERNAME:-connect} KAFKA_SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-connect-local-scram}
 else
@@ -298,7 +301,7 @@ make_certificates() {
 # redis_cli PORT ARGS...: redis-cli to one node of this stack's Redis.
 redis_cli() {
   local port=$1; shift
-  if [ "$CONNECT_STACK" = aws ]; then redis-cli --tls --cacert "$TLS_DIR/ca.pem" -h 127.0.0.1 -p "$port" "$@"
+  if [ "$CONNECT_STACK" = aws ]; then redis-cli --tls --cacert "$TLS_DIR/ca.pem" --no-auth-warning -a "$REDIS_PASSWORD" -h 127.0.0.1 -p "$port" "$@"
   else redis-cli -h 127.0.0.1 -p "$port" "$@"; fi
 }
 
@@ -326,7 +329,8 @@ start_redis() {
         --dir "$LOCAL/redis-$port" --tls-cert-file "$TLS_DIR/server.pem" --tls-key-file "$TLS_DIR/server.key" \
         --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients no --tls-cluster yes --tls-replication yes \
         --cluster-enabled yes --cluster-config-file nodes.conf \
-        --appendonly yes --appendfsync everysec --save "" --protected-mode no
+        --appendonly yes --appendfsync everysec --save "" --protected-mode no \
+        --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD"
     done
     for port in $REDIS_CLUSTER_PORTS; do wait_port "$port" "redis-$port"; done
   fi
@@ -339,7 +343,7 @@ start_redis() {
     for port in $REDIS_CLUSTER_PORTS; do nodes="$nodes 127.0.0.1:$port"; done
     log "creating the Redis cluster ($(echo $REDIS_CLUSTER_PORTS | wc -w) primaries, TLS)"
     # shellcheck disable=SC2086
-    redis-cli --tls --cacert "$TLS_DIR/ca.pem" --cluster create $nodes --cluster-replicas 0 --cluster-yes >/dev/null
+    redis-cli --tls --cacert "$TLS_DIR/ca.pem" --no-auth-warning -a "$REDIS_PASSWORD" --cluster create $nodes --cluster-replicas 0 --cluster-yes >/dev/null
   fi
   for i in $(seq 1 120); do
     redis_cli "$first" cluster info | grep -q '^cluster_state:ok' && return 0
@@ -543,7 +547,7 @@ down() {
 
 # region_b ARGS...: this script for region b (its ports and data; region a's DynamoDB Local).
 region_b() {
-  env -u REDIS_URL -u KAFKA_BROKERS -u LAMBDA_ENDPOINT -u REDIS_CLUSTER -u REDIS_CA_FILE -u SNS_ENDPOINT \
+  env -u REDIS_URL -u KAFKA_BROKERS -u LAMBDA_ENDPOINT -u REDIS_CLUSTER -u REDIS_CA_FILE -u REDIS_PASSWORD -u SNS_ENDPOINT \
     "${REGION_B_ENV[@]}" CONNECT_STACK=plain "$ROOT/scripts/stack.sh" "$@" 2>&1 | sed 's/\[stack\]/[stack b]/'
   return "${PIPESTATUS[0]}"
 }

@@ -1034,3 +1034,105 @@ fn the_state_redis_never_evicts_and_the_logs_have_their_own_that_does() {
         "DatabaseMemoryUsagePercentage"
     );
 }
+
+/// Whether one of `f`'s inline policy statements allows `action` on the `!Ref` of `resource`.
+fn function_allows(f: &Value, action: &str, resource: &str) -> bool {
+    at(f, &["Properties", "Policies"])
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| at(p, &["Statement"]).as_sequence().into_iter().flatten())
+        .any(|st| {
+            let actions = at(st, &["Action"]);
+            let resources = at(st, &["Resource"]);
+            let has_action = s_or_list(actions).contains(&action);
+            let has_resource = match resources.as_sequence() {
+                Some(list) => list.iter().any(|r| ref_target(r) == Some(resource)),
+                None => ref_target(resources) == Some(resource),
+            };
+            has_action && has_resource
+        })
+}
+
+fn s_or_list(v: &Value) -> Vec<&str> {
+    match v.as_sequence() {
+        Some(list) => list.iter().filter_map(|x| x.as_str()).collect(),
+        None => v.as_str().into_iter().collect(),
+    }
+}
+
+#[test]
+fn every_redis_client_authenticates_with_the_clusters_auth_token() {
+    let t = template();
+    // Both clusters want the token (ElastiCache takes one only with in-transit encryption).
+    for (name, group) in resources_of_type(&t, "AWS::ElastiCache::ReplicationGroup") {
+        let props = at(group, &["Properties"]);
+        assert_eq!(
+            at(props, &["TransitEncryptionEnabled"]).as_bool(),
+            Some(true),
+            "{name}"
+        );
+        assert_eq!(
+            sub_string(at(props, &["AuthToken"])),
+            Some("{{resolve:secretsmanager:${RedisAuthToken}}}"),
+            "{name}: the AUTH token from the secret"
+        );
+    }
+    assert!(resources_of_type(&t, "AWS::SecretsManager::Secret").contains_key("RedisAuthToken"));
+    // Every service that reaches Redis gets it injected; every function reads it by ARN.
+    let mut clients = 0;
+    for (task, container) in containers(&t) {
+        let name = s(at(container, &["Name"])).to_owned();
+        let task = task.split('/').next().unwrap_or_default().to_owned();
+        let env = container_env(&t, &task, &name);
+        if env.contains_key("REDIS_URL") {
+            clients += 1;
+            assert_eq!(
+                env.get("REDIS_PASSWORD").and_then(ref_target),
+                Some("RedisAuthToken"),
+                "{name}: REDIS_PASSWORD from the secret"
+            );
+        }
+    }
+    let execution = &resources_of_type(&t, "AWS::IAM::Role")["TaskExecutionRole"];
+    let injected = at(execution, &["Properties", "Policies"])
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| {
+            at(p, &["PolicyDocument", "Statement"])
+                .as_sequence()
+                .into_iter()
+                .flatten()
+        })
+        .any(|st| {
+            at(st, &["Resource"])
+                .as_sequence()
+                .is_some_and(|rs| rs.iter().any(|r| ref_target(r) == Some("RedisAuthToken")))
+        });
+    assert!(injected, "ECS may read the token to inject it");
+    for (binary, f) in functions(&t) {
+        let env = env_of(f);
+        if !env.contains_key("REDIS_URL") {
+            continue;
+        }
+        clients += 1;
+        assert_eq!(
+            env.get("REDIS_AUTH_SECRET_ARN").and_then(ref_target),
+            Some("RedisAuthToken"),
+            "{binary}: REDIS_AUTH_SECRET_ARN"
+        );
+        assert!(
+            function_allows(f, "secretsmanager:GetSecretValue", "RedisAuthToken"),
+            "{binary} may read the token"
+        );
+        assert!(
+            !env.contains_key("REDIS_PASSWORD"),
+            "{binary}: the token as a plain value"
+        );
+    }
+    assert!(
+        clients >= 7,
+        "gateway, messaging and the five functions: {clients}"
+    );
+}

@@ -40,19 +40,23 @@ use connect_core::PortError;
 /// `REDIS_CLUSTER=true` a comma-separated list of cluster nodes to discover the cluster from
 /// (ElastiCache's configuration endpoint is one such node). A `rediss://` URL speaks TLS
 /// (ElastiCache in-transit encryption), trusting the system's CAs, or only the PEM CA bundle in
-/// `REDIS_CA_FILE` when that is set (a private CA). Both kinds reconnect by themselves.
+/// `REDIS_CA_FILE` when that is set (a private CA). `REDIS_PASSWORD` (ElastiCache's AUTH token;
+/// the Lambdas get it from `REDIS_AUTH_SECRET_ARN`, `connect_secrets`) authenticates every
+/// connection, each cluster node's included. Both kinds reconnect by themselves.
 pub async fn connect(url: &str) -> Result<RedisConn, redis::RedisError> {
     let ca_file = connect_core::env::optional("REDIS_CA_FILE");
+    let password = connect_core::env::optional("REDIS_PASSWORD");
     let cluster = connect_core::env::parsed("REDIS_CLUSTER", false).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "REDIS_CLUSTER", e))
     })?;
     if cluster {
-        let conn = cluster_client(url, ca_file.as_deref())?
+        let conn = cluster_client(url, ca_file.as_deref(), password.as_deref())?
             .get_async_connection()
             .await?;
         Ok(RedisConn::Cluster(conn))
     } else {
-        let conn = redis::aio::ConnectionManager::new(client(url, ca_file.as_deref())?).await?;
+        let client = client(url, ca_file.as_deref(), password.as_deref())?;
+        let conn = redis::aio::ConnectionManager::new(client).await?;
         Ok(RedisConn::Single(conn))
     }
 }
@@ -70,12 +74,22 @@ pub async fn connect_logs(
     }
 }
 
-/// The client for `url`, trusting `ca_file` (PEM) instead of the system's CAs when given.
-pub fn client(url: &str, ca_file: Option<&str>) -> Result<redis::Client, redis::RedisError> {
+/// The client for `url`, trusting `ca_file` (PEM) instead of the system's CAs when given, and
+/// authenticating with `password` when given (in place of one in the URL).
+pub fn client(
+    url: &str,
+    ca_file: Option<&str>,
+    password: Option<&str>,
+) -> Result<redis::Client, redis::RedisError> {
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    if let Some(password) = password {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
     match root_cert(ca_file)? {
-        None => redis::Client::open(url),
+        None => redis::Client::open(info),
         Some(root_cert) => redis::Client::build_with_tls(
-            url,
+            info,
             redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root_cert),
@@ -85,10 +99,11 @@ pub fn client(url: &str, ca_file: Option<&str>) -> Result<redis::Client, redis::
 }
 
 /// The cluster client for the comma-separated node URLs in `urls`, trusting `ca_file` (PEM)
-/// instead of the system's CAs when given.
+/// instead of the system's CAs when given, authenticating to every node with `password`.
 pub fn cluster_client(
     urls: &str,
     ca_file: Option<&str>,
+    password: Option<&str>,
 ) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
     let nodes: Vec<&str> = urls
         .split(',')
@@ -96,6 +111,9 @@ pub fn cluster_client(
         .filter(|u| !u.is_empty())
         .collect();
     let mut builder = redis::cluster::ClusterClient::builder(nodes);
+    if let Some(password) = password {
+        builder = builder.password(password);
+    }
     if let Some(root_cert) = root_cert(ca_file)? {
         builder = builder.certs(redis::TlsCertificates {
             client_tls: None,
@@ -131,11 +149,16 @@ mod tests {
     /// TLS is built in: a `rediss://` client can be made (making one does not connect).
     #[test]
     fn rediss_urls_are_understood() {
-        let c = super::client("rediss://cache.example:6379", None).expect("a TLS client");
+        let c = super::client("rediss://cache.example:6379", None, None).expect("a TLS client");
         assert!(matches!(
             c.get_connection_info().addr(),
             redis::ConnectionAddr::TcpTls { .. }
         ));
-        assert!(super::client("rediss://cache.example:6379", Some("/nonexistent/ca.pem")).is_err());
+        assert!(super::client(
+            "rediss://cache.example:6379",
+            Some("/nonexistent/ca.pem"),
+            None
+        )
+        .is_err());
     }
 }

@@ -57,6 +57,9 @@ fn certificates(dir: &Path) {
         .arg(at("ext.cnf")));
 }
 
+/// The server's AUTH token (`requirepass`, as ElastiCache's AuthToken).
+const PASSWORD: &str = "connect-test-redis-auth-token-0123456789";
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -75,7 +78,7 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test]
-async fn the_offline_log_works_over_tls_and_an_unknown_ca_is_refused() {
+async fn the_offline_log_works_over_tls_with_auth_and_an_unknown_ca_or_no_password_is_refused() {
     let dir = std::env::temp_dir().join(format!("connect-redis-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     certificates(&dir);
@@ -98,7 +101,7 @@ async fn the_offline_log_works_over_tls_and_an_unknown_ca_is_refused() {
             .arg(dir.join("server.key"))
             .arg("--tls-ca-cert-file")
             .arg(dir.join("ca.pem"))
-            .args(["--tls-auth-clients", "no"])
+            .args(["--tls-auth-clients", "no", "--requirepass", PASSWORD])
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (make test installs it)"),
@@ -108,7 +111,7 @@ async fn the_offline_log_works_over_tls_and_an_unknown_ca_is_refused() {
     let ca = ca.to_str().unwrap();
     let mut conn = None;
     for _ in 0..50 {
-        let client = connect_redis::client(&url, Some(ca)).unwrap();
+        let client = connect_redis::client(&url, Some(ca), Some(PASSWORD)).unwrap();
         if let Ok(c) = redis::aio::ConnectionManager::new(client).await {
             conn = Some(connect_redis::RedisConn::Single(c));
             break;
@@ -133,7 +136,27 @@ async fn the_offline_log_works_over_tls_and_an_unknown_ca_is_refused() {
     assert_eq!(log.page(&conversation, 0, 10).await.unwrap(), [entry]);
 
     // The system's CAs do not know the test's CA: the handshake fails.
-    let untrusted = connect_redis::client(&url, None).unwrap();
+    let untrusted = connect_redis::client(&url, None, Some(PASSWORD)).unwrap();
     assert!(untrusted.get_multiplexed_async_connection().await.is_err());
+
+    // Trusted, but without the password (or with a wrong one): nothing is answered.
+    for password in [None, Some("not-the-auth-token-of-this-server")] {
+        let client = connect_redis::client(&url, Some(ca), password).unwrap();
+        let refused = match client.get_multiplexed_async_connection().await {
+            Err(e) => e,
+            Ok(mut c) => redis::cmd("GET")
+                .arg("anything")
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .expect_err("a command without AUTH is refused"),
+        };
+        let text = refused.to_string();
+        assert!(
+            ["NOAUTH", "WRONGPASS", "AuthenticationFailed"]
+                .iter()
+                .any(|m| text.contains(m)),
+            "{password:?}: {text}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

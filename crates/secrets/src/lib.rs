@@ -10,6 +10,7 @@
 //! | `CONNECT_JWT_SECRET_PREVIOUS_ARN` | a string (a secret being rotated out) | `CONNECT_JWT_SECRET_PREVIOUS` |
 //! | `CONNECT_INTERNAL_TOKEN_ARN` | a string | `CONNECT_INTERNAL_TOKEN` |
 //! | `CONNECT_VAPID_PRIVATE_KEY_ARN` | a string (the VAPID private key, base64url) | `CONNECT_VAPID_PRIVATE_KEY` |
+//! | `REDIS_AUTH_SECRET_ARN` | a string (ElastiCache's AUTH token) | `REDIS_PASSWORD` |
 //! | `KAFKA_SASL_SECRET_ARN` | MSK's SCRAM secret, `{"username": …, "password": …}` | `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD` |
 //!
 //! A value fetched from a secret takes the place of the same variable set directly; with
@@ -45,6 +46,7 @@ const SECRETS: &[(&str, Shape)] = &[
         "CONNECT_VAPID_PRIVATE_KEY_ARN",
         Shape::Value("CONNECT_VAPID_PRIVATE_KEY"),
     ),
+    ("REDIS_AUTH_SECRET_ARN", Shape::Value("REDIS_PASSWORD")),
     (
         "KAFKA_SASL_SECRET_ARN",
         Shape::Fields(&[
