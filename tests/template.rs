@@ -1027,12 +1027,85 @@ fn the_state_redis_never_evicts_and_the_logs_have_their_own_that_does() {
         with_redis >= 4,
         "gateway, messaging, offline delivery, push"
     );
-    // An alarm watches the state cluster fill.
+    // An alarm watches the state cluster fill: every shard, whatever RedisShards allows.
     let alarm = &resources_of_type(&t, "AWS::CloudWatch::Alarm")["RedisMemoryAlarm"];
+    let metrics = at(alarm, &["Properties", "Metrics"])
+        .as_sequence()
+        .expect("a metric math alarm");
+    assert!(metrics.len() <= 10, "a metric math alarm takes 10 metrics");
+    let returned: Vec<&Value> = metrics
+        .iter()
+        .filter(|m| at(m, &["ReturnData"]).as_bool() == Some(true))
+        .collect();
+    assert_eq!(returned.len(), 1);
     assert_eq!(
-        s(at(alarm, &["Properties", "MetricName"])),
-        "DatabaseMemoryUsagePercentage"
+        s(at(returned[0], &["Expression"])),
+        r#"MAX(METRICS("shard"))"#
     );
+    assert!(!s(at(returned[0], &["Id"])).contains("shard"));
+    let max = at(&t, &["Parameters", "RedisShards", "MaxValue"])
+        .as_u64()
+        .expect("RedisShards has a MaxValue");
+    for shards in 1..=max {
+        let mut watched = BTreeSet::new();
+        for m in metrics {
+            let m = match m {
+                Value::Tagged(tagged) if tagged.tag == "If" => {
+                    let branches = tagged.value.as_sequence().expect("!If [c, a, b]");
+                    let condition = at(&t, &["Conditions", s(&branches[0])]);
+                    if !holds(&t, condition, shards) {
+                        assert_eq!(ref_target(&branches[2]), Some("AWS::NoValue"));
+                        continue;
+                    }
+                    &branches[1]
+                }
+                m => m,
+            };
+            if at(m, &["ReturnData"]).as_bool() == Some(true) {
+                continue;
+            }
+            assert!(s(at(m, &["Id"])).starts_with("shard"));
+            let metric = at(m, &["MetricStat", "Metric"]);
+            assert_eq!(
+                s(at(metric, &["MetricName"])),
+                "DatabaseMemoryUsagePercentage"
+            );
+            let node = pairs(at(metric, &["Dimensions"]), "Name", "Value")["CacheClusterId"];
+            watched.insert(sub_string(node).unwrap_or_default().to_owned());
+        }
+        let every: BTreeSet<String> = (1..=shards)
+            .map(|k| format!("${{Redis}}-{k:04}-001"))
+            .collect();
+        assert_eq!(watched, every, "with {shards} shards");
+    }
+}
+
+/// Evaluates a condition of the template for `RedisShards` = `shards`.
+fn holds(t: &Value, condition: &Value, shards: u64) -> bool {
+    let Value::Tagged(tagged) = condition else {
+        panic!("not a condition: {condition:?}");
+    };
+    let args = tagged.value.as_sequence();
+    let all = || args.into_iter().flatten();
+    let operand = |v: &Value| match ref_target(v) {
+        Some("RedisShards") => shards.to_string(),
+        Some(other) => panic!("a condition on {other}"),
+        None => match v {
+            Value::Number(n) => n.to_string(),
+            v => s(v).to_owned(),
+        },
+    };
+    match tagged.tag.to_string().trim_start_matches('!') {
+        "Not" => !holds(t, &args.expect("!Not [c]")[0], shards),
+        "Or" => all().any(|c| holds(t, c, shards)),
+        "And" => all().all(|c| holds(t, c, shards)),
+        "Equals" => {
+            let pair = args.expect("!Equals [a, b]");
+            operand(&pair[0]) == operand(&pair[1])
+        }
+        "Condition" => holds(t, at(t, &["Conditions", s(&tagged.value)]), shards),
+        other => panic!("condition function {other}"),
+    }
 }
 
 /// Whether one of `f`'s inline policy statements allows `action` on the `!Ref` of `resource`.
