@@ -132,12 +132,22 @@ pub async fn run(
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
     let mut redis = connect_redis::connect(&redis_url).await?;
-    let described = dynamo
-        .describe_table()
-        .table_name(&table)
-        .send()
-        .await
-        .context("describe table")?;
+    let stop = connect_service::shutdown_signal();
+    tokio::pin!(stop);
+    // As Lambda's event source mapping, the poller outlives a backend's hiccup: each failed call
+    // is logged and tried again (a restarted Redis, a frozen DynamoDB), never the end of it.
+    let described = loop {
+        match dynamo.describe_table().table_name(&table).send().await {
+            Ok(d) => break d,
+            Err(e) => {
+                warn!(cause = %aws_sdk_dynamodb::error::DisplayErrorContext(e), %table, "describe table failed; trying again");
+                tokio::select! {
+                    () = &mut stop => return Ok(()),
+                    () = tokio::time::sleep(poll.max(Duration::from_secs(1))) => {}
+                }
+            }
+        }
+    };
     let arn = described
         .table()
         .and_then(|t| t.latest_stream_arn())
@@ -146,20 +156,26 @@ pub async fn run(
     info!(%table, %arn, "polling the stream");
     let mut iterators: HashMap<String, Option<String>> = HashMap::new();
     let mut closed: HashSet<String> = HashSet::new();
-    let stop = connect_service::shutdown_signal();
-    tokio::pin!(stop);
     let mut last_describe = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
         if last_describe.elapsed() > Duration::from_secs(5) {
             last_describe = tokio::time::Instant::now();
             let mut start = None;
             loop {
-                let d = streams
+                let d = match streams
                     .describe_stream()
                     .stream_arn(&arn)
                     .set_exclusive_start_shard_id(start)
                     .send()
-                    .await?;
+                    .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        // The shards known so far are polled meanwhile.
+                        warn!(cause = %aws_sdk_dynamodbstreams::error::DisplayErrorContext(e), "describe stream failed; trying again");
+                        break;
+                    }
+                };
                 let Some(desc) = d.stream_description() else {
                     break;
                 };
@@ -183,7 +199,13 @@ pub async fn run(
             let iterator = match iterators.get(&shard).cloned().flatten() {
                 Some(it) => it,
                 None => {
-                    let after: Option<String> = redis.get(&key).await?;
+                    let after: Option<String> = match redis.get(&key).await {
+                        Ok(after) => after,
+                        Err(e) => {
+                            warn!(cause = %e, %shard, "reading the checkpoint failed; trying again");
+                            continue;
+                        }
+                    };
                     let req = streams
                         .get_shard_iterator()
                         .stream_arn(&arn)
@@ -225,7 +247,11 @@ pub async fn run(
                 any = true;
                 hand_over(&invoker, records, &arn).await;
                 if let Some(seq) = records.last().and_then(sequence_of) {
-                    let _: () = redis.set(&key, seq).await?;
+                    // Not written: a restart hands these records over again (at least once, as
+                    // the trigger does); the iterator in hand goes on from here.
+                    if let Err(e) = redis.set::<_, _, ()>(&key, seq).await {
+                        warn!(cause = %e, %shard, "writing the checkpoint failed");
+                    }
                 }
             }
             match out.next_shard_iterator() {
