@@ -216,7 +216,9 @@ start() {
 # killed) is started again SERVICE_RESTART_SECS later, as ECS replaces a task that stopped (a
 # process that meets a fatal Kafka error exits for that: crates/kafka/src/watch.rs). A clean exit
 # (SIGTERM) stays down. NAME.pid is the service's own process (the benchmarks read its CPU),
-# NAME.sup the supervisor; each restart is a line in .local/logs/restarts.log.
+# NAME.sup the supervisor; each restart is a line in .local/logs/restarts.log. The supervisor
+# holds none of the caller's descriptors: a caller reading this script's output through a pipe
+# (region b's, through sed) would otherwise wait for the supervisors' end.
 supervise() {
   local name=$1 dir=$2 i rc; shift 2
   if alive "$name"; then return; fi
@@ -233,7 +235,7 @@ supervise() {
         tee -a "$LOCAL/logs/$name.log" >>"$LOCAL/logs/restarts.log"
       sleep "$SERVICE_RESTART_SECS" & wait $!
     done
-  ) 2>>"$LOCAL/logs/$name.log" &
+  ) >>"$LOCAL/logs/$name.log" 2>&1 </dev/null &
   echo $! >"$LOCAL/pids/$name.sup"
   for i in $(seq 1 100); do [ -s "$LOCAL/pids/$name.pid" ] && return 0; sleep 0.05; done
 }
@@ -593,7 +595,7 @@ status() {
   echo "  DynamoDB     $DYNAMODB_ENDPOINT (DynamoDB Local)"
   echo "  Web Push     http://localhost:$WEBPUSH_PORT (web-push-testing: POST /subscribe, /get-notifications, /expire-subscription/<id>)"
   echo "  SNS          $SNS_ENDPOINT (moto: APNs and FCM platform endpoints; GET /moto-api/data.json shows what was published)"
-  echo "  try it:      http://127.0.0.1:${GATEWAY_PORTS%% *}/ in a browser, or target/$PROFILE/connect chat alice   (README: Try it)"
+  echo "  try it:      http://127.0.0.1:${GATEWAY_PORTS%% *}/ in a browser, or target/$PROFILE/connect chat alice   (README.md: Try it)"
 }
 
 run() {
@@ -748,7 +750,7 @@ case "${1:-}" in
   regions) install; build; regions_up ;;
   test-regions) test_regions ;;
   region-b) shift; region_b "$@" ;;
-  # Failover: every conversation homed in region $2 is homed in $3 from now on (README: Regions).
+  # Failover: every conversation homed in region $2 is homed in $3 from now on (docs/regions.md).
   move-homes) "$(bin connect-setup)" move-homes "$2" "$3" ;;
   up) up ;;
   down) down ;;
