@@ -46,6 +46,6 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p connect-e2e --test regions --test memory -- -D warnings
 
-bench:  ## the load generator against a release-built stack (see README: Benchmarks)
+bench:  ## the load generator against a release-built stack (docs/benchmarks.md)
 	PROFILE=release scripts/stack.sh up
 	cargo run --release -q -p connect-bench --bin connect-loadgen -- $(BENCH_ARGS)

@@ -1209,3 +1209,120 @@ fn every_redis_client_authenticates_with_the_clusters_auth_token() {
         "gateway, messaging and the five functions: {clients}"
     );
 }
+
+/// The settings the code reads: the first argument of each call to one of the config helpers
+/// (`connect_service::env::var`, `connect_core::env::{string, optional, parsed}`, and the
+/// gateway's and Kafka's own `secs`, `num`, `millis`, `need`, `secret`), as `NAME`.
+fn settings_read_by_the_code() -> BTreeMap<String, PathBuf> {
+    const READERS: [&str; 9] = [
+        "var", "string", "optional", "parsed", "secs", "num", "millis", "need", "secret",
+    ];
+    let mut names = BTreeMap::new();
+    for (path, text) in sources(&["crates", "functions", "gateway", "messaging", "tools"]) {
+        if !has_extension(&path, "rs") {
+            continue;
+        }
+        for (at, _) in text.match_indices("(\"") {
+            let mut before = &text[..at];
+            // `var::<u64>("…"`: the turbofish goes.
+            if before.ends_with('>') {
+                if let Some(open) = before.rfind("::<") {
+                    before = &before[..open];
+                }
+            }
+            let ident: String = before
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            if !READERS.contains(&ident.as_str()) {
+                continue;
+            }
+            let name = text[at + 2..].split('"').next().unwrap_or_default();
+            if name.len() > 2
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                names.entry(name.to_owned()).or_insert_with(|| path.clone());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_setting_the_code_reads_is_in_the_configuration_reference() {
+    let reference = std::fs::read_to_string(root().join("docs/configuration.md"))
+        .expect("docs/configuration.md");
+    let read = settings_read_by_the_code();
+    assert!(
+        read.len() > 100,
+        "the scan finds the settings: {}",
+        read.len()
+    );
+    let missing: Vec<_> = read
+        .iter()
+        .filter(|(name, _)| !reference.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read by the code, not in docs/configuration.md: {missing:?}"
+    );
+    // And the other way: each setting a table lists is a name the code or the scripts use.
+    let mut used = names_in_code();
+    used.extend(read.into_keys());
+    // The local stand-ins (tools/local-api, tools/event-poller) read theirs with clap's `env`.
+    for (path, text) in sources(&["tools"]) {
+        if has_extension(&path, "rs") {
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                used.insert(word.to_owned());
+            }
+        }
+    }
+    let scripts = std::fs::read_dir(root().join("scripts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| has_extension(p, "sh"))
+        .chain([root().join("Makefile")]);
+    for path in scripts {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.len() > 2
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                used.insert(word.to_owned());
+            }
+        }
+    }
+    let mut stale = Vec::new();
+    for line in reference.lines().filter(|l| l.starts_with("| `")) {
+        let first = line.split('|').nth(1).unwrap_or_default();
+        for name in first.split('`').skip(1).step_by(2) {
+            if name.len() > 2
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                && !used.contains(name)
+                // The gateway's rate limits: `<prefix>_RATE` and `<prefix>_BURST` from one prefix.
+                && !["_RATE", "_BURST"].iter().any(|suffix| {
+                    name.strip_suffix(suffix)
+                        .is_some_and(|prefix| used.contains(prefix))
+                })
+            {
+                stale.push(name.to_owned());
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "docs/configuration.md lists what nothing reads: {stale:?}"
+    );
+}

@@ -1,4 +1,4 @@
-//! The gateway's configuration, from env vars (see README for every name and default).
+//! The gateway's configuration, from env vars (docs/configuration.md has every name and default).
 
 use std::net::SocketAddr;
 use std::time::Duration;

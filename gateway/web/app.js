@@ -1,6 +1,6 @@
 // Connect Chat's web client. Plain JavaScript, no build step, no dependencies.
 //
-// It speaks the client contract (../shared/PROTOCOL.md):
+// It speaks the client contract (docs/PROTOCOL.md):
 // - the WebSocket `/ws` of the gateway that served this page (`?token=`, `?device=`);
 // - the HTTP API named by `/config.json` (the inbox, history, receipts, groups), with
 //   `Authorization: Bearer`.

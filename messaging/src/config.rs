@@ -1,4 +1,4 @@
-//! The messaging service's configuration, from env vars (see README).
+//! The messaging service's configuration, from env vars (docs/configuration.md).
 
 use std::net::SocketAddr;
 use std::time::Duration;

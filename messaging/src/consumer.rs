@@ -339,7 +339,7 @@ async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
 ///
 /// Lanes trade batch size for concurrency: worth it where the store's latency, not its CPU,
 /// bounds a batch (DynamoDB); on one machine with DynamoDB Local, smaller batches cost more
-/// CPU than the overlap saves, so the default is one lane (README: Benchmarks).
+/// CPU than the overlap saves, so the default is one lane (docs/benchmarks.md).
 pub async fn run<S: Source>(
     source: Arc<S>,
     step: MessagingStep,
