@@ -40,44 +40,72 @@ use crate::model::{Delivery, ReplyTo, StoredMessage, Submission};
 use crate::ports::Ports;
 use crate::PortError;
 
-/// Counts of what one batch did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct StepReport {
-    pub stored: usize,
-    pub duplicates: usize,
-    pub rejected: usize,
-    pub unavailable: usize,
+/// Declares [`StepReport`]'s counts once: its fields, [`StepReport::counts`] (what the
+/// service's metrics publish, by name) and the sum of two reports.
+macro_rules! step_counts {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counts of what one batch did.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct StepReport {
+            $($(#[$doc])* pub $name: usize,)*
+            /// Where the batch's time went.
+            pub phases: Phases,
+        }
+
+        impl StepReport {
+            /// Every count, by its field's name.
+            pub fn counts(&self) -> [(&'static str, usize); step_counts!(@len $($name)*)] {
+                [$((stringify!($name), self.$name)),*]
+            }
+
+            fn add(&mut self, other: &StepReport) {
+                $(self.$name += other.$name;)*
+                self.phases.add(&other.phases);
+            }
+        }
+    };
+    (@len $($name:ident)*) => { 0 $(+ step_counts!(@one $name))* };
+    (@one $name:ident) => { 1 };
+}
+
+step_counts! {
+    /// Messages stored under a fresh seq.
+    stored,
+    /// Repeats of a send already accepted (answered with the original seq).
+    duplicates,
+    /// Sends refused for good (not a member, no such group, …).
+    rejected,
+    /// Sends answered `unavailable` (a backend failed).
+    unavailable,
     /// Deliveries made (one per target gateway of a message or signal; the bus carries a batch's
     /// deliveries for one gateway in one record).
-    pub deliveries: usize,
+    deliveries,
     /// Messages written to their conversations' logs (once each, whatever the audience).
-    pub logged: usize,
+    logged,
     /// Log appends that failed and were tried again (the batch waits for its log).
-    pub log_retries: usize,
+    log_retries,
     /// Registry lookups that failed and were tried again.
-    pub lookup_retries: usize,
+    lookup_retries,
     /// Client sends refused unprocessed because they waited too long (overload).
-    pub shed: usize,
+    shed,
     /// System messages handed back to be prepared again (a backend failed on them).
-    pub retried: usize,
+    retried,
     /// Sends forwarded to their conversation's home region.
-    pub forwarded: usize,
+    forwarded,
     /// Other regions' sequenced messages and answers taken in.
-    pub relayed: usize,
+    relayed,
     /// Read markers that moved (and were stored).
-    pub markers: usize,
+    markers,
     /// Push requests emitted (registered devices without a live session).
-    pub pushes: usize,
+    pushes,
     /// Read-marker reads and writes (and head reads) that failed and were tried again.
-    pub marker_retries: usize,
+    marker_retries,
     /// `typing` signals fanned out.
-    pub typing: usize,
+    typing,
     /// `typing` signals dropped: too old, a group too large, a backend down.
-    pub typing_dropped: usize,
+    typing_dropped,
     /// Fresh messages whose reused seq was found taken (not written; answered `unavailable`).
-    pub seq_conflicts: usize,
-    /// Where the batch's time went.
-    pub phases: Phases,
+    seq_conflicts,
 }
 
 /// Time spent in each phase of [`MessagingStep::prepare`].
@@ -113,30 +141,6 @@ impl Phases {
         self.store += other.store;
         self.log += other.log;
         self.route += other.route;
-    }
-}
-
-impl StepReport {
-    fn add(&mut self, other: &StepReport) {
-        self.stored += other.stored;
-        self.duplicates += other.duplicates;
-        self.rejected += other.rejected;
-        self.unavailable += other.unavailable;
-        self.deliveries += other.deliveries;
-        self.logged += other.logged;
-        self.log_retries += other.log_retries;
-        self.lookup_retries += other.lookup_retries;
-        self.shed += other.shed;
-        self.retried += other.retried;
-        self.forwarded += other.forwarded;
-        self.relayed += other.relayed;
-        self.markers += other.markers;
-        self.pushes += other.pushes;
-        self.marker_retries += other.marker_retries;
-        self.typing += other.typing;
-        self.typing_dropped += other.typing_dropped;
-        self.seq_conflicts += other.seq_conflicts;
-        self.phases.add(&other.phases);
     }
 }
 
