@@ -44,11 +44,10 @@ pub fn token(user: &str) -> String {
 }
 
 pub fn dm(a: &str, b: &str) -> String {
-    if a < b {
-        format!("dm:{a}:{b}")
-    } else {
-        format!("dm:{b}:{a}")
-    }
+    let user = |u: &str| connect_protocol::UserId::parse(u).expect("a user id");
+    connect_protocol::ConversationId::direct(&user(a), &user(b))
+        .expect("two users")
+        .to_string()
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
