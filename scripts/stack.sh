@@ -92,7 +92,11 @@ export SNS_ENDPOINT=${SNS_ENDPOINT:-http://127.0.0.1:$SNS_PORT}
 export SNS_APNS_APPLICATION_ARN=${SNS_APNS_APPLICATION_ARN:-arn:aws:sns:$AWS_REGION:123456789012:app/APNS/connect-apns}
 export SNS_FCM_APPLICATION_ARN=${SNS_FCM_APPLICATION_ARN:-arn:aws:sns:$AWS_REGION:123456789012:app/GCM/connect-fcm}
 export PATH="$CACHE/venv/bin:$PATH"
-export RUST_LOG=${RUST_LOG:-info}
+# A debug stack also logs each send's trace (target connect::trace: the gateway's `send
+# published` and messaging's `send taken in`, with its trace_id): `grep <trace id> .local/logs/*`
+# follows one send. A release stack (benchmarks) leaves the two lines per send out.
+if [ "$PROFILE" = debug ]; then export RUST_LOG=${RUST_LOG:-info,connect::trace=debug}
+else export RUST_LOG=${RUST_LOG:-info}; fi
 # Local messaging processes lose a crashed member's partitions within 6 s (MSK tasks keep the
 # 10 s default).
 export KAFKA_SESSION_TIMEOUT_MS=${KAFKA_SESSION_TIMEOUT_MS:-6000}
@@ -612,6 +616,7 @@ test_all() {
   # Kafka longer than the production shed limit (400 ms) without anything being wrong. Shedding
   # has its own test (tests/e2e/overload.rs, a private messaging with a 1 ms limit).
   export MESSAGING_SHED_AFTER_MS=${MESSAGING_SHED_AFTER_MS:-5000}
+  export CONNECT_STACK_LOGS="$LOCAL/logs"   # tests/e2e/trace.rs reads the services' logs
   up
   local rc=0
   if [ "$CONNECT_STACK" = plain ]; then

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use connect_core::inbound::{handle_text, Inbound};
 use connect_core::model::{MarkerUpdate, ReplyTo, Session, TypingUpdate, UserConnected};
@@ -122,8 +122,19 @@ pub async fn run<S>(gw: Arc<Gateway>, ws: WebSocketStream<S>, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let user = peer.user;
     let conn: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+    // A span per connection (OpenTelemetry's attribute names): every line logged while serving
+    // it says whose it is.
+    let span = tracing::info_span!("connection", "enduser.id" = %peer.user,
+        "session.id" = %conn, device = %peer.device);
+    serve_connection(gw, ws, peer, conn).instrument(span).await
+}
+
+async fn serve_connection<S>(gw: Arc<Gateway>, ws: WebSocketStream<S>, peer: Peer, conn: Arc<str>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let user = peer.user;
     let (tx, mut rx) = outbox(gw.cfg.outbound_queue, gw.cfg.outbound_queue_bytes);
     let info = ConnInfo {
         user: user.clone(),

@@ -18,14 +18,16 @@ use std::time::{Duration, Instant};
 use connect_core::messaging::{MessagingStep, Prepared};
 use connect_core::ports::DeliveryBus;
 use connect_core::regions::{Inbound, RegionBus};
-use connect_kafka::codec::{decode_incoming, decode_json, decode_submission, CodecError, Incoming};
+use connect_kafka::codec::{
+    decode_incoming, decode_json, decode_submission, trace_id, CodecError, Incoming,
+};
 use connect_kafka::rdkafka::message::BorrowedMessage;
 use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, InFlight, PartitionKey};
 use futures_util::FutureExt;
 use metrics::counter;
 use tokio::sync::{oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::metrics::BatchMetrics;
 
@@ -53,7 +55,14 @@ fn decode(kinds: &TopicKinds, m: &BorrowedMessage<'_>) -> Option<Inbound> {
         Some(Kind::Forwarded) => decode_submission(payload).map(Inbound::Forwarded),
         Some(Kind::Sends) | None => {
             decode_incoming(m.headers(), payload).map(|incoming| match incoming {
-                Incoming::Send(s) => Inbound::Send(s),
+                Incoming::Send(s) => {
+                    if let Some(trace_id) = trace_id(m.headers()) {
+                        debug!(target: "connect::trace", trace_id = %trace_id, conversation = %s.conversation,
+                            message.id = %s.id, partition = m.partition(), offset = m.offset(),
+                            "send taken in");
+                    }
+                    Inbound::Send(s)
+                }
                 Incoming::Marker(u) => Inbound::Marker(u),
                 Incoming::Typing(u) => Inbound::Typing(u),
             })
@@ -394,6 +403,12 @@ pub async fn run<S: Source>(
             };
             let lane = lanes.entry(lane_key).or_default();
             let (prepared, after) = oneshot::channel();
+            // A span per batch (OpenTelemetry's messaging attributes): its log lines say which.
+            let span = info_span!(
+                "batch",
+                "messaging.batch.message_count" = items.len(),
+                lane = lane_key
+            );
             let work = tokio::spawn({
                 let batch = LaneBatch {
                     source: source.clone(),
@@ -411,7 +426,8 @@ pub async fn run<S: Source>(
                 let poison = poison.clone();
                 let deadline = pipeline.deadline;
                 async move {
-                    let work = std::panic::AssertUnwindSafe(lane_batch(batch)).catch_unwind();
+                    let work = std::panic::AssertUnwindSafe(lane_batch(batch).instrument(span))
+                        .catch_unwind();
                     let ended = match tokio::time::timeout(deadline, work).await {
                         Ok(ended) => ended.unwrap_or(Ended::Failed),
                         Err(_) => {

@@ -22,5 +22,6 @@ mod quotas;
 mod rebalance;
 mod replay;
 mod semantics;
+mod trace;
 mod typing;
 mod web;

@@ -14,8 +14,8 @@ use connect_core::regions::{forward_topic, AckBus, AckRecord, RegionBus, Replica
 use connect_core::PortError;
 
 use crate::codec::{
-    batch_headers, delivery_records, encode_json, encode_submission, KIND_HEADER, MARKER_KIND,
-    TYPING_KIND,
+    batch_headers, delivery_records, encode_json, encode_submission, new_traceparent, KIND_HEADER,
+    MARKER_KIND, TRACE_HEADER, TYPING_KIND,
 };
 
 use crate::Producer;
@@ -93,14 +93,22 @@ impl KafkaSubmissionBus {
 }
 
 impl SubmissionBus for KafkaSubmissionBus {
+    /// The record carries a fresh trace (`traceparent`), logged here with the send's ids.
     fn submit(&self, submission: &Submission) -> PendingPublish {
         let key = submission.conversation.to_string();
-        publish(
-            &self.producer,
-            &self.topic,
-            &key,
-            &encode_submission(submission),
-        )
+        let (traceparent, trace_id) = new_traceparent();
+        tracing::debug!(target: "connect::trace", trace_id = %trace_id, conversation = %key,
+            message.id = %submission.id, sender = %submission.sender, "send published");
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: TRACE_HEADER,
+            value: Some(&traceparent),
+        });
+        let payload = encode_submission(submission);
+        let record = FutureRecord::to(&self.topic)
+            .key(key.as_str())
+            .payload(&payload[..])
+            .headers(headers);
+        enqueue(&self.producer, record)
     }
 
     fn mark(&self, update: &MarkerUpdate) -> PendingPublish {

@@ -43,6 +43,32 @@ pub fn decode_submission(payload: &[u8]) -> Result<Submission, CodecError> {
     serde_json::from_slice(payload).map_err(|e| CodecError(e.to_string()))
 }
 
+/// The W3C Trace Context header a send carries from the gateway (`00-<trace id>-<parent>-01`):
+/// its trace id names the send in every log line about it (`trace_id`, target
+/// `connect::trace`, at debug level), so `grep <trace id>` over the services' logs shows its
+/// path.
+pub const TRACE_HEADER: &str = "traceparent";
+
+/// A fresh `traceparent` value and its trace id (32 hex digits, random).
+pub fn new_traceparent() -> (String, String) {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    // The sending gateway's span: any 16 hex digits, not all zero.
+    let parent = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    (format!("00-{trace}-{parent}-01"), trace)
+}
+
+/// The trace id of a record's `traceparent` header, if it has a well-formed one.
+pub fn trace_id<H: Headers>(headers: Option<&H>) -> Option<&str> {
+    let value = headers?
+        .iter()
+        .find(|h| h.key == TRACE_HEADER)
+        .and_then(|h| h.value)?;
+    let value = std::str::from_utf8(value).ok()?;
+    let mut parts = value.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace)
+}
+
 /// The header that marks a record of `incoming_messages` that is not a send.
 pub const KIND_HEADER: &str = "kind";
 /// Its value for a [`MarkerUpdate`].
