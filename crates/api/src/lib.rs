@@ -351,6 +351,17 @@ pub struct PushConfig {
     pub sns: connect_push::sns::SnsConfig,
 }
 
+/// Why the HTTP API could not be set up (each final: a cold start fails with it).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Config(#[from] connect_core::env::ConfigError),
+    #[error(transparent)]
+    Auth(#[from] connect_core::auth::AuthError),
+    #[error("connecting to Redis: {0}")]
+    Redis(String),
+}
+
 /// An endpoint's addresses checked by resolving its host ([`connect_push::endpoint::check`]).
 #[cfg(feature = "aws")]
 struct Resolving;
@@ -358,11 +369,15 @@ struct Resolving;
 #[cfg(feature = "aws")]
 #[async_trait::async_trait]
 impl EndpointCheck for Resolving {
-    async fn check(&self, endpoint: &str, rule: EndpointRule) -> Result<(), String> {
+    async fn check(
+        &self,
+        endpoint: &str,
+        rule: EndpointRule,
+    ) -> Result<(), connect_core::push::EndpointRefused> {
         connect_push::endpoint::check(endpoint, rule)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| connect_core::push::EndpointRefused(e.to_string()))
     }
 }
 
@@ -374,14 +389,14 @@ impl PushSettings {
         config: &PushConfig,
         registry: Arc<dyn PushRegistry>,
         mirror: Arc<dyn PushDevices>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, connect_core::env::ConfigError> {
         use connect_push::vapid::Vapid;
         let vapid = Vapid::configured(
             config.vapid_private_key.as_deref(),
             &config.vapid_contact,
             config.local,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| connect_core::env::ConfigError::new("CONNECT_VAPID_PRIVATE_KEY", e))?;
         Ok(Self {
             registry,
             mirror,
@@ -422,7 +437,7 @@ pub async fn run_lambda(serves: Serves) -> Result<(), lambda_http::Error> {
 /// Group admin's bounds: `GROUP_MAX_MEMBERS` (10000), `GROUP_MAX_PER_USER` (1000),
 /// `GROUP_CREATES_PER_HOUR` (50) and `GROUP_MEMBER_ADDS_PER_HOUR` (10000: one full group an hour;
 /// a group's initial members count).
-pub fn group_rules() -> Result<GroupRules, String> {
+pub fn group_rules() -> Result<GroupRules, connect_core::env::ConfigError> {
     use connect_core::env::parsed;
     let rules = GroupRules::new(
         Caps {
@@ -438,7 +453,10 @@ pub fn group_rules() -> Result<GroupRules, String> {
         ("GROUP_CREATES_PER_HOUR", rules.creates.limit),
     ] {
         if v == 0 {
-            return Err(format!("{name} must be at least 1"));
+            return Err(connect_core::env::ConfigError::new(
+                name,
+                "must be at least 1",
+            ));
         }
     }
     Ok(rules)
@@ -447,7 +465,7 @@ pub fn group_rules() -> Result<GroupRules, String> {
 #[cfg(feature = "aws")]
 /// The push routes' settings from env: `CONNECT_VAPID_PRIVATE_KEY`, `CONNECT_VAPID_CONTACT`,
 /// `CONNECT_ENV` (after the secrets are loaded).
-pub fn push_config() -> Result<PushConfig, String> {
+pub fn push_config() -> Result<PushConfig, connect_core::env::ConfigError> {
     Ok(PushConfig {
         vapid_private_key: connect_core::env::optional("CONNECT_VAPID_PRIVATE_KEY"),
         vapid_contact: connect_core::env::string(
@@ -469,10 +487,9 @@ impl HttpApi {
     /// `GROUP_MAX_MEMBERS` (10000); with `push`, the push routes too (and `REDIS_URL`, the
     /// registrations' mirror); with `presence`, the presence route too (`REDIS_URL`,
     /// `GROUP_CACHE_TTL_SECS`, `GROUP_CACHE_MAX`).
-    pub async fn from_env(push: Option<PushConfig>, presence: bool) -> Result<Self, String> {
+    pub async fn from_env(push: Option<PushConfig>, presence: bool) -> Result<Self, SetupError> {
         use connect_core::env::production;
-        let (secret, previous) =
-            connect_core::auth::JwtSecret::from_env(production()).map_err(|e| e.to_string())?;
+        let (secret, previous) = connect_core::auth::JwtSecret::from_env(production())?;
         let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
         let tables = connect_dynamo::Tables::from_env();
         let store = Arc::new(connect_dynamo::DynamoChatStore::new(
@@ -497,11 +514,8 @@ impl HttpApi {
         };
         let group_rules = group_rules()?;
         let mut api = Self::new(
-            TokenVerifier::with_rules(
-                &secret,
-                &connect_core::auth::TokenRules::from_env().map_err(|e| e.to_string())?,
-            )
-            .also(previous.as_ref()),
+            TokenVerifier::with_rules(&secret, &connect_core::auth::TokenRules::from_env()?)
+                .also(previous.as_ref()),
             ports,
             group_rules,
         );
@@ -511,7 +525,7 @@ impl HttpApi {
                 "redis://127.0.0.1:6380",
             ))
             .await
-            .map_err(|e| format!("connecting to Redis: {e}"))
+            .map_err(|e| SetupError::Redis(e.to_string()))
         };
         if presence {
             let cfg = connect_redis::PresenceConfig::from_env(
@@ -731,7 +745,7 @@ impl HttpApi {
                 .endpoints
                 .check(endpoint, push.rule)
                 .await
-                .map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?,
+                .map_err(|m| ApiError::new(ErrorCode::BadRequest, m.0))?,
             // Its SNS platform endpoint, made before the registration is stored.
             connect_core::push::Registration::Mobile {
                 platform,

@@ -106,7 +106,7 @@ impl TokenRules {
     pub fn from_env() -> Result<Self, AuthError> {
         let max_lifetime_secs =
             crate::env::parsed("CONNECT_JWT_MAX_LIFETIME_SECS", MAX_LIFETIME_SECS)
-                .map_err(|e| AuthError::BadSetting("CONNECT_JWT_MAX_LIFETIME_SECS", e))?;
+                .map_err(|e| AuthError::BadSetting("CONNECT_JWT_MAX_LIFETIME_SECS", e.reason))?;
         if max_lifetime_secs < 60 {
             return Err(AuthError::BadSetting(
                 "CONNECT_JWT_MAX_LIFETIME_SECS",

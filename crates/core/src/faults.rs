@@ -31,13 +31,15 @@ impl FailingWrites {
     }
 
     /// Parses `<conversation>=<times>` (e.g. `dm:a:b=1`).
-    pub fn parse(inner: Arc<dyn ChatStore>, spec: &str) -> Result<Self, String> {
+    pub fn parse(inner: Arc<dyn ChatStore>, spec: &str) -> Result<Self, crate::env::ConfigError> {
+        let bad =
+            |reason: String| crate::env::ConfigError::new("MESSAGING_FAULT_FAIL_WRITES", reason);
         let (conversation, times) = spec
             .rsplit_once('=')
-            .ok_or_else(|| format!("expected <conversation>=<times>, got {spec:?}"))?;
+            .ok_or_else(|| bad(format!("expected <conversation>=<times>, got {spec:?}")))?;
         let times = times
             .parse()
-            .map_err(|_| format!("not a count: {times:?}"))?;
+            .map_err(|_| bad(format!("not a count: {times:?}")))?;
         Ok(Self::new(inner, conversation, times))
     }
 

@@ -256,8 +256,13 @@ pub fn registration(body: &[u8], rule: EndpointRule) -> Result<Registration, Api
 /// `connect_push::endpoint`); an `Err` is the 400's message.
 #[async_trait::async_trait]
 pub trait EndpointCheck: Send + Sync {
-    async fn check(&self, endpoint: &str, rule: EndpointRule) -> Result<(), String>;
+    async fn check(&self, endpoint: &str, rule: EndpointRule) -> Result<(), EndpointRefused>;
 }
+
+/// Why an endpoint is refused (final: the registration is answered 400 with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EndpointRefused(pub String);
 
 /// A device id as `?device=` takes it (a user id's alphabet and length).
 pub fn device_id(device: &str) -> Result<String, ApiError> {

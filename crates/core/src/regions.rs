@@ -44,12 +44,13 @@ impl Regions {
     }
 
     /// `local` and a comma-separated list of peers (blank entries and `local` itself ignored).
-    pub fn parse(local: &str, peers: &str) -> Result<Self, String> {
+    pub fn parse(local: &str, peers: &str) -> Result<Self, crate::env::ConfigError> {
         let mut list: Vec<String> = Vec::new();
         for p in peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if !valid_name(p) {
-                return Err(format!(
-                    "region {p:?}: letters, digits and '-' only (it names Kafka topics)"
+                return Err(crate::env::ConfigError::new(
+                    "CONNECT_PEER_REGIONS",
+                    format!("region {p:?}: letters, digits and '-' only (it names Kafka topics)"),
                 ));
             }
             if p != local && !list.iter().any(|l| l == p) {
@@ -57,8 +58,9 @@ impl Regions {
             }
         }
         if !valid_name(local) {
-            return Err(format!(
-                "region {local:?}: letters, digits and '-' only (it names Kafka topics)"
+            return Err(crate::env::ConfigError::new(
+                "CONNECT_REGION",
+                format!("region {local:?}: letters, digits and '-' only (it names Kafka topics)"),
             ));
         }
         Ok(Self {
@@ -68,7 +70,7 @@ impl Regions {
     }
 
     /// `CONNECT_REGION` (default `local`) and `CONNECT_PEER_REGIONS` (comma-separated; none).
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, crate::env::ConfigError> {
         Self::parse(
             &crate::env::string("CONNECT_REGION", "local"),
             &crate::env::string("CONNECT_PEER_REGIONS", ""),

@@ -91,10 +91,8 @@ pub async fn allocate(
         }
     }
     let reserved: Vec<Result<Reserved, PortError>> = allocator.allocate(&merged).await;
-    let mut next: Vec<Result<u64, String>> = reserved
-        .into_iter()
-        .map(|r| r.map(|r| r.first).map_err(|e| e.to_string()))
-        .collect();
+    let mut next: Vec<Result<u64, PortError>> =
+        reserved.into_iter().map(|r| r.map(|r| r.first)).collect();
     for (i, c, n) in valid {
         let at = merged.iter().position(|(m, _)| *m == c).unwrap_or(0);
         ranges[i] = Some(match &mut next[at] {
@@ -108,7 +106,7 @@ pub async fn allocate(
                 *first += n;
                 range
             }
-            Err(e) => refused(&c.to_string(), e.clone()),
+            Err(e) => refused(&c.to_string(), e.to_string()),
         });
     }
     Ok(Allocated {

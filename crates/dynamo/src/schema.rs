@@ -51,7 +51,15 @@ struct Spec<'a> {
     stream: bool,
 }
 
-async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
+/// A table that could not be made (final for the setup run: it stops and says which).
+#[derive(Debug, thiserror::Error)]
+#[error("creating table {table}: {cause}")]
+pub struct SchemaError {
+    pub table: String,
+    pub cause: String,
+}
+
+async fn create(client: &Client, spec: Spec<'_>) -> Result<(), SchemaError> {
     let name = spec.name;
     let mut req = client
         .create_table()
@@ -65,7 +73,10 @@ async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
                 .stream_enabled(true)
                 .stream_view_type(StreamViewType::NewAndOldImages)
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| SchemaError {
+                    table: name.to_owned(),
+                    cause: e.to_string(),
+                })?,
         );
     }
     if let Some((range, t)) = &spec.range {
@@ -97,7 +108,10 @@ async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
                         .build(),
                 )
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| SchemaError {
+                    table: name.to_owned(),
+                    cause: e.to_string(),
+                })?,
         );
     }
     match req.send().await {
@@ -108,10 +122,10 @@ async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
         {
             Ok(())
         }
-        Err(e) => Err(format!(
-            "creating table {name}: {}",
-            aws_sdk_dynamodb::error::DisplayErrorContext(e)
-        )),
+        Err(e) => Err(SchemaError {
+            table: name.to_owned(),
+            cause: aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(),
+        }),
     }
 }
 
@@ -119,7 +133,11 @@ async fn create(client: &Client, spec: Spec<'_>) -> Result<(), String> {
 /// sequence tables get a stream (AWS global tables need one; locally nothing reads them, and
 /// DynamoDB Local pays for each record). The group table always has one: the group-events
 /// function reads it.
-pub async fn ensure_tables(client: &Client, tables: &Tables, streams: bool) -> Result<(), String> {
+pub async fn ensure_tables(
+    client: &Client,
+    tables: &Tables,
+    streams: bool,
+) -> Result<(), SchemaError> {
     let conversation = |name, range, stream| Spec {
         name,
         hash: "conversation",

@@ -8,28 +8,35 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::KafkaConfig;
 
+/// Why topics could not be made (final for the setup run: it stops and says so).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("kafka admin: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic}: {code}")]
+    Topic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+}
+
 /// Creates each (topic, partitions) that does not exist yet, with `replication` copies of each
 /// partition (`KAFKA_REPLICATION_FACTOR`: 1 on the local broker, 3 on MSK).
 pub async fn ensure_topics(
     kafka: &KafkaConfig,
     topics: &[(&str, i32)],
     replication: i32,
-) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        kafka.client().create().map_err(|e| e.to_string())?;
+) -> Result<(), AdminError> {
+    let admin: AdminClient<DefaultClientContext> = kafka.client().create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(replication)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin
-        .create_topics(&new, &opts)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    for result in admin.create_topics(&new, &opts).await? {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(format!("creating topic {topic}: {code}")),
+            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
         }
     }
     Ok(())

@@ -80,8 +80,8 @@ impl std::fmt::Debug for Security {
 
 impl Security {
     /// From `KAFKA_SECURITY_PROTOCOL` (`plaintext`) and the variables its protocol needs.
-    pub fn from_env() -> Result<Self, String> {
-        use connect_core::env::{optional, string};
+    pub fn from_env() -> Result<Self, connect_core::env::ConfigError> {
+        use connect_core::env::{optional, string, ConfigError};
         let ca = optional("KAFKA_SSL_CA_LOCATION");
         match string("KAFKA_SECURITY_PROTOCOL", "plaintext")
             .to_ascii_lowercase()
@@ -93,12 +93,13 @@ impl Security {
                 let mechanism =
                     string("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512").to_ascii_uppercase();
                 if !matches!(mechanism.as_str(), "SCRAM-SHA-512" | "SCRAM-SHA-256") {
-                    return Err(format!(
-                        "KAFKA_SASL_MECHANISM={mechanism:?}: SCRAM-SHA-512 or SCRAM-SHA-256"
+                    return Err(ConfigError::new(
+                        "KAFKA_SASL_MECHANISM",
+                        format!("{mechanism:?}: SCRAM-SHA-512 or SCRAM-SHA-256"),
                     ));
                 }
                 let need = |name: &str| {
-                    optional(name).ok_or_else(|| format!("{name} is required with sasl_ssl"))
+                    optional(name).ok_or_else(|| ConfigError::new(name, "required with sasl_ssl"))
                 };
                 Ok(Self::SaslSsl {
                     ca,
@@ -107,8 +108,9 @@ impl Security {
                     password: need("KAFKA_SASL_PASSWORD")?,
                 })
             }
-            other => Err(format!(
-                "KAFKA_SECURITY_PROTOCOL={other:?}: plaintext, ssl or sasl_ssl"
+            other => Err(ConfigError::new(
+                "KAFKA_SECURITY_PROTOCOL",
+                format!("{other:?}: plaintext, ssl or sasl_ssl"),
             )),
         }
     }
@@ -201,7 +203,7 @@ impl KafkaConfig {
     /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_BROKER_CHECK_MS` (5000), `KAFKA_DEBUG`
     /// (none), and the security variables
     /// ([`Security::from_env`]).
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, connect_core::env::ConfigError> {
         use connect_core::env::parsed as num;
         Ok(Self {
             brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),

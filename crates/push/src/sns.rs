@@ -44,12 +44,14 @@ impl SnsConfig {
     /// From the binary's settings, looked up by name (`AWS_REGION`, `SNS_ENDPOINT`,
     /// `SNS_APNS_APPLICATION_ARN`, `SNS_FCM_APPLICATION_ARN`, `SNS_TIMEOUT_MS` (3000)); empty
     /// values count as unset.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, connect_core::env::ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let timeout = match get("SNS_TIMEOUT_MS") {
-            Some(ms) => ms
-                .parse::<u64>()
-                .map_err(|e| format!("SNS_TIMEOUT_MS={ms}: {e}"))?,
+            Some(ms) => ms.parse::<u64>().map_err(|e| {
+                connect_core::env::ConfigError::new("SNS_TIMEOUT_MS", format!("{ms}: {e}"))
+            })?,
             None => 3000,
         };
         Ok(Self {

@@ -47,7 +47,11 @@ pub async fn connect(url: &str) -> Result<RedisConn, redis::RedisError> {
     let ca_file = connect_core::env::optional("REDIS_CA_FILE");
     let password = connect_core::env::optional("REDIS_PASSWORD");
     let cluster = connect_core::env::parsed("REDIS_CLUSTER", false).map_err(|e| {
-        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "REDIS_CLUSTER", e))
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "REDIS_CLUSTER",
+            e.to_string(),
+        ))
     })?;
     if cluster {
         let conn = cluster_client(url, ca_file.as_deref(), password.as_deref())?

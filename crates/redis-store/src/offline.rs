@@ -57,7 +57,7 @@ pub struct OfflineLimits {
 }
 
 impl OfflineLimits {
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, connect_core::env::ConfigError> {
         use connect_core::env::parsed;
         Ok(Self {
             log_max: parsed("OFFLINE_LOG_MAX", 1_000)?,

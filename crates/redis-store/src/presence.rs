@@ -44,7 +44,7 @@ pub struct PresenceConfig {
 
 impl PresenceConfig {
     /// Region `region` with `PRESENCE_DEBOUNCE_MS` (5000) and `PRESENCE_RETAIN_DAYS` (30).
-    pub fn from_env(region: &str) -> Result<Self, String> {
+    pub fn from_env(region: &str) -> Result<Self, connect_core::env::ConfigError> {
         use connect_core::env::parsed;
         Ok(Self {
             region: region.to_owned(),
