@@ -20,7 +20,29 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
+/// Why the secrets could not be loaded. `Fetch` may pass (Secrets Manager unreachable or
+/// throttled: a later cold start tries again); the others are final (the deployment names a
+/// secret that does not hold what it should).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("{var}: reading {arn} from Secrets Manager: {cause}")]
+    Fetch {
+        var: &'static str,
+        arn: String,
+        cause: String,
+    },
+    #[error("{var}: {what}")]
+    Shape { var: &'static str, what: String },
+    #[error("secrets were loaded twice in one process")]
+    Twice,
+}
+
+impl SecretsError {
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Fetch { .. })
+    }
+}
 
 /// What one secret fills in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +80,7 @@ const SECRETS: &[(&str, Shape)] = &[
 
 /// Fetches every secret whose ARN variable is set and makes its settings readable through
 /// `connect_core::env`. Does nothing (no AWS call) when none is set.
-pub async fn load() -> anyhow::Result<()> {
+pub async fn load() -> Result<(), SecretsError> {
     let wanted: Vec<(&str, String, Shape)> = SECRETS
         .iter()
         .filter_map(|(var, shape)| connect_core::env::optional(var).map(|arn| (*var, arn, *shape)))
@@ -75,31 +97,40 @@ pub async fn load() -> anyhow::Result<()> {
             .secret_id(&arn)
             .send()
             .await
-            .with_context(|| format!("{var}: reading {arn} from Secrets Manager"))?;
-        let text = secret
-            .secret_string()
-            .with_context(|| format!("{var}: {arn} holds no string"))?;
+            .map_err(|e| SecretsError::Fetch {
+                var,
+                arn: arn.clone(),
+                cause: aws_sdk_secretsmanager::error::DisplayErrorContext(e).to_string(),
+            })?;
+        let text = secret.secret_string().ok_or_else(|| SecretsError::Shape {
+            var,
+            what: format!("{arn} holds no string"),
+        })?;
         values.extend(settings(var, shape, text)?);
         tracing::info!(variable = var, "secret loaded");
     }
-    connect_core::env::resolve(values)
-        .map_err(|_| anyhow::anyhow!("secrets were loaded twice in one process"))
+    connect_core::env::resolve(values).map_err(|_| SecretsError::Twice)
 }
 
 /// The settings one secret's string fills in.
-fn settings(var: &str, shape: Shape, text: &str) -> anyhow::Result<Vec<(String, String)>> {
+fn settings(
+    var: &'static str,
+    shape: Shape,
+    text: &str,
+) -> Result<Vec<(String, String)>, SecretsError> {
+    let shape_error = |what: String| SecretsError::Shape { var, what };
     match shape {
         Shape::Value(name) => Ok(vec![(name.to_owned(), text.to_owned())]),
         Shape::Fields(fields) => {
             let json: serde_json::Value = serde_json::from_str(text)
-                .with_context(|| format!("{var}: the secret is not a JSON object"))?;
+                .map_err(|_| shape_error("the secret is not a JSON object".into()))?;
             fields
                 .iter()
                 .map(|(key, name)| {
                     let v = json
                         .get(key)
                         .and_then(|v| v.as_str())
-                        .with_context(|| format!("{var}: the secret has no string {key:?}"))?;
+                        .ok_or_else(|| shape_error(format!("the secret has no string {key:?}")))?;
                     Ok(((*name).to_owned(), v.to_owned()))
                 })
                 .collect()
