@@ -13,6 +13,50 @@ use tracing::warn;
 use connect_core::groups::GroupChange;
 use connect_core::model::UserConnected;
 
+/// What a trigger's handler makes of a failure, for its event source mapping (an MSK topic's
+/// partition, a DynamoDB stream's shard), which retries a failed batch until it passes: a
+/// failure that may pass fails the invocation (or the item) so that it comes again; a final one
+/// must not (it would come again forever and hold up everything behind it on its partition or
+/// shard), so the handler counts it (`connect_trigger_dead_letters_total{function}`), logs it
+/// and goes on. [`TriggerError::decide`] sorts a port's error into the two.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    /// Fails the invocation: the batch comes again.
+    #[error("{0} (retryable: the batch comes again)")]
+    Retryable(String),
+}
+
+impl TriggerError {
+    /// `Err` for an error that may pass; `Ok` (after counting and logging it as dead-lettered)
+    /// for a final one.
+    pub fn decide(
+        function: &'static str,
+        what: &str,
+        error: connect_core::PortError,
+    ) -> Result<(), TriggerError> {
+        if error.is_retryable() {
+            return Err(TriggerError::Retryable(format!("{what}: {error}")));
+        }
+        metrics::counter!("connect_trigger_dead_letters_total", "function" => function)
+            .increment(1);
+        tracing::error!(function, what, cause = %error, "final failure: dead-lettered, not retried");
+        Ok(())
+    }
+}
+
+#[cfg(feature = "lambda")]
+impl From<TriggerError> for lambda_runtime::Diagnostic {
+    fn from(e: TriggerError) -> Self {
+        let error_type = match &e {
+            TriggerError::Retryable(_) => "Retryable",
+        };
+        lambda_runtime::Diagnostic {
+            error_type: error_type.into(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
 /// An MSK trigger's event, as much of it as `offline-delivery` reads: the records by
 /// `topic-partition`, each with its offset and base64 value. (`aws_lambda_events`' `KafkaEvent`
 /// panics on a record timestamp with a fraction, which the fuzz target found; the fields read
@@ -77,6 +121,20 @@ pub fn group_changes(event: &Event) -> Vec<(Option<String>, GroupChange)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_that_may_pass_fails_the_batch_and_a_final_one_does_not() {
+        use connect_core::PortError;
+        let retryable = TriggerError::decide(
+            "t",
+            "publishing",
+            PortError::unavailable("kafka", "timed out"),
+        );
+        assert!(matches!(retryable, Err(TriggerError::Retryable(m)) if m.contains("timed out")));
+        let final_one =
+            TriggerError::decide("t", "publishing", PortError::rejected("kafka", "too large"));
+        assert_eq!(final_one, Ok(()));
+    }
 
     #[test]
     fn the_sample_kafka_event_decodes() {

@@ -9,6 +9,7 @@
 use aws_lambda_events::event::dynamodb::Event;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use connect_core::ports::SubmissionBus;
+use connect_events::TriggerError;
 use connect_kafka::{KafkaConfig, KafkaSubmissionBus, Topics};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use tracing::{info, warn};
@@ -30,6 +31,11 @@ async fn handle(
         match publish.await {
             Ok(()) if !failed => {
                 info!(group = %change.group, kind = change.kind, "group event published")
+            }
+            Err(e) if !failed && !e.is_retryable() => {
+                // Final (the broker refuses the record itself): it would come again forever and
+                // hold the shard up; counted and logged instead.
+                let _ = TriggerError::decide("group-events", "publishing a group event", e);
             }
             result => {
                 if let Err(e) = result {

@@ -22,6 +22,7 @@
 //! read, 200), `OFFLINE_DRAIN_BUDGET_MS` (250), `OFFLINE_DRAIN_CONCURRENCY` (16),
 //! `OFFLINE_DRAIN_ATTEMPTS` (5).
 
+use connect_events::TriggerError;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
 use tracing::info;
@@ -46,7 +47,10 @@ struct Ctx {
     limits: BatchLimits,
 }
 
-async fn handle(ctx: &Ctx, event: LambdaEvent<connect_events::MskEvent>) -> Result<Value, Error> {
+async fn handle(
+    ctx: &Ctx,
+    event: LambdaEvent<connect_events::MskEvent>,
+) -> Result<Value, TriggerError> {
     let records = connect_events::user_connected(&event.payload);
     let ports = DrainPorts {
         log: &ctx.log,
@@ -62,8 +66,12 @@ async fn handle(ctx: &Ctx, event: LambdaEvent<connect_events::MskEvent>) -> Resu
         .iter()
         .map(|r| ctx.again.connected(r))
         .collect();
+    // A continuation not published: retryable fails the batch (it drains again, harmless);
+    // a final one (the broker refuses the record itself) would fail it forever.
     for published in futures_util::future::join_all(pending).await {
-        published?;
+        if let Err(e) = published {
+            TriggerError::decide("offline-delivery", "publishing a continuation", e)?;
+        }
     }
     info!(
         records = n,
