@@ -56,7 +56,9 @@ fn decode(kinds: &TopicKinds, m: &BorrowedMessage<'_>) -> Option<Inbound> {
         Some(Kind::Sends) | None => {
             decode_incoming(m.headers(), payload).map(|incoming| match incoming {
                 Incoming::Send(s) => {
-                    if let Some(trace_id) = trace_id(m.headers()) {
+                    // The headers are read only when the trace is logged (not in production).
+                    let traced = tracing::enabled!(target: "connect::trace", tracing::Level::DEBUG);
+                    if let Some(trace_id) = traced.then(|| trace_id(m.headers())).flatten() {
                         debug!(target: "connect::trace", trace_id = %trace_id, conversation = %s.conversation,
                             message.id = %s.id, partition = m.partition(), offset = m.offset(),
                             "send taken in");

@@ -52,8 +52,9 @@ pub const TRACE_HEADER: &str = "traceparent";
 /// A fresh `traceparent` value and its trace id (32 hex digits, random).
 pub fn new_traceparent() -> (String, String) {
     let trace = uuid::Uuid::new_v4().simple().to_string();
-    // The sending gateway's span: any 16 hex digits, not all zero.
-    let parent = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    // The sending gateway's span: any 16 hex digits, not all zero; the trace id's second half
+    // (one random draw per send, not two).
+    let parent = &trace[16..];
     (format!("00-{trace}-{parent}-01"), trace)
 }
 
