@@ -28,24 +28,24 @@ async fn handle(
     let mut failed = false;
     for (seq, change, publish) in pending {
         // After a failure, later records of the batch are retried too (order per group).
-        match publish.await {
-            Ok(()) if !failed => {
-                info!(group = %change.group, kind = change.kind, "group event published")
+        // A final failure (the broker refuses the record itself) would come again forever and
+        // hold the shard up: TriggerError::decide counts and logs it instead.
+        let retry = match publish.await {
+            _ if failed => true,
+            Ok(()) => {
+                info!(group = %change.group, kind = change.kind, "group event published");
+                false
             }
-            Err(e) if !failed && !e.is_retryable() => {
-                // Final (the broker refuses the record itself): it would come again forever and
-                // hold the shard up; counted and logged instead.
-                let _ = TriggerError::decide("group-events", "publishing a group event", e);
+            Err(e) => {
+                warn!(cause = %e, group = %change.group, "publishing a group event failed");
+                TriggerError::decide("group-events", "publishing a group event", e).is_err()
             }
-            result => {
-                if let Err(e) = result {
-                    warn!(cause = %e, group = %change.group, "publishing a group event failed");
-                }
-                failed = true;
-                let mut failure = DynamoDbBatchItemFailure::default();
-                failure.item_identifier = seq;
-                response.batch_item_failures.push(failure);
-            }
+        };
+        if retry {
+            failed = true;
+            let mut failure = DynamoDbBatchItemFailure::default();
+            failure.item_identifier = seq;
+            response.batch_item_failures.push(failure);
         }
     }
     Ok(response)
