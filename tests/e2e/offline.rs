@@ -400,3 +400,65 @@ async fn a_user_with_thousands_of_backlogs_does_not_hold_up_another_users_catch_
     );
     Ok(())
 }
+
+/// A `user_connected` record not written by the connection's gateway (here: bob's live
+/// connection, with another endpoint, as a service holding only Kafka credentials could write
+/// it) has nothing pushed anywhere; bob's real connections still get the backlog.
+#[tokio::test]
+async fn a_forged_user_connected_record_pushes_nothing_to_its_endpoint() -> anyhow::Result<()> {
+    use connect_core::ports::ConnectionEvents;
+    let gw = gateways();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conversation = dm(&alice, &bob);
+    let mut a = Client::connect(&gw[0], &alice).await?;
+    a.send_accepted("m1", &bob, "for bob only").await?;
+    let mut b = Client::connect(&gw[1], &bob).await?;
+    assert_eq!(b.expect("message").await?["seq"].as_u64(), Some(1));
+
+    // The attacker's endpoint: anything that reaches it is a leak.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let attacker = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut s, ok).await;
+        }
+    });
+    let kafka = connect_kafka::KafkaConfig::from_env()?;
+    let (producer, _) = kafka.create_producer("e2e")?;
+    let events = connect_kafka::KafkaConnectionEvents::new(
+        producer,
+        connect_kafka::Topics::from_env().user_connected,
+    );
+    events
+        .connected(&connect_core::model::UserConnected {
+            user: connect_protocol::UserId::parse(&bob)?,
+            conn: b.session.clone(),
+            gateway: b.gateway.clone(),
+            endpoint,
+            ts: connect_core::now_ms(),
+            device: b.device.clone(),
+            resume: None,
+            attempt: 0,
+        })
+        .await?;
+    // bob's next connection is announced on the same partition (key = user), after the forged
+    // record: once it has its backlog, the forged record was handled.
+    let mut b2 = Client::connect(&gw[0], &bob).await?;
+    let m = b2.expect("message").await?;
+    assert_eq!(
+        (m["conversation"].as_str(), m["seq"].as_u64()),
+        (Some(conversation.as_str()), Some(1))
+    );
+    b.expect_silence(Duration::from_millis(500)).await?;
+    attacker.abort();
+    let got = calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        got, 0,
+        "the forged record's endpoint was called {got} times"
+    );
+    Ok(())
+}

@@ -35,7 +35,9 @@ use connect_protocol::ConversationId;
 use crate::groups::GroupStore;
 use crate::history::Range;
 use crate::model::{LogEntry, Resume, UserConnected};
-use crate::ports::{ConnectionPusher, ConversationLog, HistoryStore, InboxIndex, PushError};
+use crate::ports::{
+    ConnectionPusher, ConversationLog, HistoryStore, InboxIndex, PushError, SessionRegistry,
+};
 use crate::PortError;
 
 /// Posted after a device's backlog: the gateway releases the live messages it held for the
@@ -82,6 +84,8 @@ pub struct DrainPorts<'a> {
     pub history: &'a dyn HistoryStore,
     /// Groups' heads (durable).
     pub index: &'a dyn InboxIndex,
+    /// Live sessions: a record is drained only to a connection its user has there.
+    pub sessions: &'a dyn SessionRegistry,
 }
 
 /// Whether `entry` is for the connecting device: not a message it sent itself (it had
@@ -298,6 +302,9 @@ pub struct BatchReport {
     /// backlog on its next connection; the gateway's catch-up timeout releases its live
     /// messages).
     pub dropped: usize,
+    /// Records that named no live session of their user (a connection already closed, or a
+    /// record someone other than its gateway wrote): nothing was pushed for them.
+    pub refused: usize,
 }
 
 /// How a batch of records is drained.
@@ -324,6 +331,21 @@ pub async fn drain_batch(
     limits: BatchLimits,
 ) -> BatchReport {
     use futures_util::stream::{self, StreamExt};
+    let mut batch = BatchReport::default();
+    let records = match registered(ports.sessions, records).await {
+        Ok((live, refused)) => {
+            batch.refused = refused;
+            live
+        }
+        Err((records, e)) => {
+            // Nothing is pushed where it cannot be checked: each record goes round again, as
+            // a failed drain does.
+            for record in records {
+                batch.fail(record, &e, limits.attempts);
+            }
+            return batch;
+        }
+    };
     let drain_limits = DrainLimits {
         page: limits.page,
         deadline: std::time::Instant::now() + limits.budget,
@@ -337,7 +359,6 @@ pub async fn drain_batch(
         .buffer_unordered(limits.concurrency.max(1))
         .collect()
         .await;
-    let mut batch = BatchReport::default();
     for (record, result) in outcomes {
         match result {
             Ok(report) => {
@@ -352,19 +373,62 @@ pub async fn drain_batch(
                     more => batch.again.extend(more),
                 }
             }
-            Err(e) if record.attempt + 1 < limits.attempts && e.is_retryable() => {
-                tracing::warn!(cause = %e, user = %record.user, conn = %record.conn, attempt = record.attempt, "drain failed; it goes round again");
-                let mut again = record;
-                again.attempt += 1;
-                batch.again.push(again);
-            }
-            Err(e) => {
-                tracing::error!(cause = %e, user = %record.user, conn = %record.conn, "drain failed for good; the device gets its backlog on its next connection");
-                batch.dropped += 1;
-            }
+            Err(e) => batch.fail(record, &e, limits.attempts),
         }
     }
     batch
+}
+
+impl BatchReport {
+    /// A record whose drain failed: round again while attempts are left and the failure may
+    /// pass, else given up.
+    fn fail(&mut self, record: UserConnected, e: &PortError, attempts: u8) {
+        if record.attempt + 1 < attempts && e.is_retryable() {
+            tracing::warn!(cause = %e, user = %record.user, conn = %record.conn, attempt = record.attempt, "drain failed; it goes round again");
+            let mut again = record;
+            again.attempt += 1;
+            self.again.push(again);
+        } else {
+            tracing::error!(cause = %e, user = %record.user, conn = %record.conn, "drain failed for good; the device gets its backlog on its next connection");
+            self.dropped += 1;
+        }
+    }
+}
+
+/// The records that name a live session of their user: the same connection, on the same
+/// gateway and endpoint, for the same device (one registry lookup for the batch). Any service
+/// that may write to `user_connected` could otherwise have a user's backlog pushed to an
+/// endpoint of its choosing; and a connection that closed gets nothing. Returns them and how
+/// many were refused; on a registry failure, every record and the failure.
+async fn registered(
+    sessions: &dyn SessionRegistry,
+    records: Vec<UserConnected>,
+) -> Result<(Vec<UserConnected>, usize), (Vec<UserConnected>, PortError)> {
+    if records.is_empty() {
+        return Ok((records, 0));
+    }
+    let mut users: Vec<connect_protocol::UserId> = records.iter().map(|r| r.user.clone()).collect();
+    users.sort();
+    users.dedup();
+    let routes = match sessions.lookup(&users).await {
+        Ok(routes) => routes,
+        Err(e) => return Err((records, e)),
+    };
+    let (live, refused): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| {
+        let Ok(i) = users.binary_search(&r.user) else {
+            return false;
+        };
+        routes[i].iter().any(|s| {
+            s.conn == r.conn
+                && s.gateway == r.gateway
+                && s.endpoint == r.endpoint
+                && s.device.as_deref().unwrap_or(crate::model::DEFAULT_DEVICE) == r.device
+        })
+    });
+    for r in &refused {
+        tracing::warn!(user = %r.user, conn = %r.conn, gateway = %r.gateway, "user_connected names no live session of its user; nothing pushed");
+    }
+    Ok((live, refused.len()))
 }
 
 #[cfg(test)]
@@ -419,7 +483,26 @@ mod tests {
             pusher: mem,
             history: mem,
             index: mem,
+            sessions: mem,
         }
+    }
+
+    /// Registers each record's connection as its gateway does before it publishes the record.
+    async fn live(mem: &Memory, records: &[&UserConnected]) {
+        let sessions: Vec<crate::model::Session> = records
+            .iter()
+            .map(|r| crate::model::Session {
+                user: r.user.clone(),
+                route: crate::model::SessionRoute {
+                    conn: r.conn.clone(),
+                    slot: 0,
+                    gateway: r.gateway.clone(),
+                    endpoint: r.endpoint.clone(),
+                    device: Some(r.device.clone()),
+                },
+            })
+            .collect();
+        SessionRegistry::upsert(mem, &sessions).await.unwrap();
     }
 
     /// (conversation, seq) of what was pushed, markers as "caught_up".
@@ -740,6 +823,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_that_names_no_live_session_of_its_user_gets_nothing() {
+        let mem = Arc::new(Memory::default());
+        mem.append(&[entry("dm:alice:bob", 1, "alice")])
+            .await
+            .unwrap();
+        let limits = BatchLimits {
+            log_max: usize::MAX,
+            page: 10,
+            budget: std::time::Duration::from_secs(60),
+            concurrency: 4,
+            attempts: 2,
+        };
+        let real = connected("c1", "phone");
+        live(&mem, &[&real]).await;
+        // Written by someone else than bob's gateway: bob's connection id, another endpoint; a
+        // connection bob does not have; bob's connection, another device.
+        let elsewhere = UserConnected {
+            endpoint: "http://attacker".into(),
+            ..real.clone()
+        };
+        let report = drain_batch(
+            ports(&mem),
+            vec![
+                elsewhere,
+                connected("c2", "phone"),
+                connected("c1", "laptop"),
+            ],
+            limits,
+        )
+        .await;
+        assert_eq!(
+            (report.pushed, report.refused, report.again.len()),
+            (0, 3, 0)
+        );
+        assert!(pushed(&mem).is_empty());
+        // The registry cannot be read: nothing pushed, the record goes round again.
+        mem.lookup_failures
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let report = drain_batch(ports(&mem), vec![real.clone()], limits).await;
+        assert_eq!(
+            (report.pushed, report.again.len(), report.again[0].attempt),
+            (0, 1, 1)
+        );
+        // The real record is drained.
+        let report = drain_batch(ports(&mem), vec![real], limits).await;
+        assert_eq!((report.pushed, report.refused), (1, 0));
+        assert_eq!(pushed(&mem), ["dm:alice:bob#1", "caught_up"]);
+        // The connection closed: its record (a late continuation) is refused.
+        SessionRegistry::remove(&*mem, &[(u("bob"), "c1".into())])
+            .await
+            .unwrap();
+        let report = drain_batch(ports(&mem), vec![connected("c1", "phone")], limits).await;
+        assert_eq!((report.pushed, report.refused), (0, 1));
+    }
+
+    #[tokio::test]
     async fn a_batch_drains_side_by_side_and_a_failed_drain_goes_round_again_until_dropped() {
         let mem = Arc::new(Memory::default());
         let mut entries: Vec<_> = (1..=6).map(|s| entry("dm:alice:bob", s, "alice")).collect();
@@ -747,6 +886,7 @@ mod tests {
         mem.append(&entries).await.unwrap();
         let mut erin = connected("e1", "phone");
         erin.user = u("erin");
+        live(&mem, &[&connected("c1", "phone"), &erin]).await;
         let limits = BatchLimits {
             log_max: usize::MAX,
             page: 2,
@@ -798,6 +938,11 @@ mod tests {
             user: u("erin"),
             ..connected("c9", "laptop")
         };
+        live(
+            &mem,
+            &[&connected("c1", "phone"), &erin, &connected("c2", "phone")],
+        )
+        .await;
         let report = drain_batch(ports(&mem), vec![connected("c1", "phone"), erin], limits).await;
         assert_eq!((report.pushed, report.dropped), (3, 0));
         assert_eq!(report.again.len(), 1);

@@ -11,6 +11,11 @@
 //! invocation fails only if that publish fails (then the batch is retried: pushing again is
 //! harmless, clients drop repeats).
 //!
+//! A record is drained only to a connection its user has in the session registry (the same
+//! connection id, gateway, endpoint and device as the gateway registered before publishing
+//! it): a record written by anyone else, or for a connection that has closed, pushes nothing
+//! (`refused`).
+//!
 //! Where a conversation's log falls short (evicted under memory pressure, expired, trimmed) the
 //! backlog is read from history; a device is handed at most the newest `OFFLINE_LOG_MAX` of a
 //! conversation.
@@ -32,7 +37,7 @@ use connect_core::offline::{drain_batch, BatchLimits, DrainPorts};
 use connect_core::ports::ConnectionEvents;
 use connect_dynamo::{DynamoChatStore, DynamoGroups, DynamoInbox};
 use connect_kafka::{KafkaConfig, KafkaConnectionEvents, Topics};
-use connect_redis::{OfflineLimits, RedisLog};
+use connect_redis::{OfflineLimits, RedisLog, RedisRegistry};
 
 struct Ctx {
     log: RedisLog,
@@ -41,6 +46,8 @@ struct Ctx {
     history: DynamoChatStore,
     /// Groups' heads.
     index: DynamoInbox,
+    /// The session registry: a record is drained only to a live session of its user.
+    sessions: RedisRegistry,
     pusher: ManagementPusher,
     /// Where continuations and retries go: `user_connected`.
     again: KafkaConnectionEvents,
@@ -58,6 +65,7 @@ async fn handle(
         pusher: &ctx.pusher,
         history: &ctx.history,
         index: &ctx.index,
+        sessions: &ctx.sessions,
     };
     let n = records.len();
     let report = drain_batch(ports, records, ctx.limits).await;
@@ -80,6 +88,7 @@ async fn handle(
         gone = report.gone,
         again = report.again.len(),
         dropped = report.dropped,
+        refused = report.refused,
         "drained"
     );
     Ok(json!({
@@ -88,6 +97,7 @@ async fn handle(
         "gone": report.gone,
         "again": report.again.len(),
         "dropped": report.dropped,
+        "refused": report.refused,
     }))
 }
 
@@ -118,6 +128,8 @@ async fn main() -> Result<(), Error> {
         groups: DynamoGroups::new(dynamo.clone(), &tables.groups),
         history: DynamoChatStore::new(dynamo.clone(), &tables.chat, 1),
         index: DynamoInbox::new(dynamo, &tables),
+        // Only read here (the TTL is the gateways' to set).
+        sessions: RedisRegistry::new(redis.clone(), std::time::Duration::from_secs(60)),
         pusher: ManagementPusher::new(
             &connect_service::env::string("AWS_REGION", "us-east-1"),
             production,
