@@ -70,7 +70,15 @@ if [ "$CONNECT_STACK" = aws ]; then
   # ElastiCache's AUTH token (template.yaml: RedisAuthToken): every node refuses a client without it.
   export REDIS_PASSWORD=${REDIS_PASSWORD:-connect-local-redis-auth-token}
   export KAFKA_SECURITY_PROTOCOL=sasl_ssl KAFKA_SSL_CA_LOCATION="$TLS_DIR/ca.pem" KAFKA_SASL_MECHANISM=SCRAM-SHA-512
-  export KAFKA_SASL_USERNAME=${KAFKA_SASL_USERNAME:-connect} KAFKA_SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-connect-local-scram}
+  # One SCRAM user per service, each allowed only its own topics and groups (Kafka ACLs, made by
+  # connect-setup: crates/kafka/src/acl.rs). The stack's own tools and the tests are the
+  # administrator; the functions share one user here, as they run in one `cargo lambda watch`
+  # (in AWS each has its own: template.yaml).
+  KAFKA_USERS="admin gateway messaging functions"
+  export KAFKA_SASL_USERNAME=${KAFKA_SASL_USERNAME:-admin} KAFKA_SASL_PASSWORD=${KAFKA_SASL_PASSWORD:-connect-local-scram-admin}
+  # The gateway's user, for the end-to-end test that it is refused what is not its own.
+  export KAFKA_GATEWAY_SASL_USERNAME=gateway KAFKA_GATEWAY_SASL_PASSWORD=connect-local-scram-gateway
+  export KAFKA_ACLS=true KAFKA_ACL_OFFLINE_USER=functions KAFKA_ACL_PUSH_USER=functions KAFKA_ACL_GROUP_EVENTS_USER=functions
 else
   export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}
   # The offline logs on a Redis of their own, as in AWS (the AWS-like stack keeps them with the
@@ -102,6 +110,13 @@ else export RUST_LOG=${RUST_LOG:-info}; fi
 export KAFKA_SESSION_TIMEOUT_MS=${KAFKA_SESSION_TIMEOUT_MS:-6000}
 # Kafka's client settings are the services' defaults (crates/kafka/src/config.rs): a fetch is
 # answered when a record lands (fetch.min.bytes 1), producers do not linger.
+
+# kafka_as USER: the environment a service runs with to be USER on the AWS-like stack's Kafka
+# (nothing on the plain stack, which has no users).
+kafka_as() {
+  [ "$CONNECT_STACK" = aws ] && echo "KAFKA_SASL_USERNAME=$1 KAFKA_SASL_PASSWORD=connect-local-scram-$1"
+  return 0
+}
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -177,8 +192,24 @@ sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PEM
 listener.name.sasl_ssl.ssl.keystore.location=$dir/keystore.pem
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
+super.users=User:ANONYMOUS
 PROPS
-    scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SASL_USERNAME,password=$KAFKA_SASL_PASSWORD]")
+    # As MSK: ACLs decide (connect-setup makes them), everyone is allowed where none matches
+    # (MSK's default; the administrator's ACLs on `*` leave no such topic or group), and only
+    # the broker itself (the plaintext listeners' ANONYMOUS) is a super user.
+    local user
+    for user in $KAFKA_USERS; do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=connect-local-scram-$user]")
+    done
+    # Users are made when the log dir is formatted: other users than it was formatted with, it
+    # is formatted again (the AWS-like stack's data is a test's).
+    if [ -f "$dir/data/meta.properties" ] && [ "$(cat "$dir/users" 2>/dev/null)" != "$KAFKA_USERS" ]; then
+      log "Kafka's SCRAM users changed ($KAFKA_USERS): formatting its log dir again"
+      rm -rf "$dir/data"; mkdir -p "$dir/data"
+    fi
+    echo "$KAFKA_USERS" >"$dir/users"
   fi
   if [ ! -f "$dir/data/meta.properties" ]; then
     log "formatting the Kafka log dir (KRaft, once)"
@@ -433,12 +464,14 @@ start_services() {
   for port in $MESSAGING_OPS_PORTS; do claim "messaging-$port" "$port"; done
   claim local-api "$LOCAL_API_PORT"; claim lambda "$LAMBDA_PORT"
   for port in $GATEWAY_PORTS; do
+    # shellcheck disable=SC2046
     start_service "gateway-$port" "$(bin connect-gateway)" "$port" GATEWAY_ADDR="127.0.0.1:$port" GATEWAY_ID="gw-$port" \
-      GATEWAY_WEB_API_URL="http://127.0.0.1:$LOCAL_API_PORT"
+      GATEWAY_WEB_API_URL="http://127.0.0.1:$LOCAL_API_PORT" $(kafka_as gateway)
   done
   # Several messaging processes in one consumer group, as ECS runs several tasks.
   for port in $MESSAGING_OPS_PORTS; do
-    start_service "messaging-$port" "$(bin connect-messaging)" "$port" MESSAGING_ADDR="127.0.0.1:$port"
+    # shellcheck disable=SC2046
+    start_service "messaging-$port" "$(bin connect-messaging)" "$port" MESSAGING_ADDR="127.0.0.1:$port" $(kafka_as messaging)
   done
   wait_group_settled
   start_service local-api "$(bin connect-local-api)" "$LOCAL_API_PORT" LOCAL_API_ADDR="127.0.0.1:$LOCAL_API_PORT"
@@ -450,16 +483,20 @@ start_services() {
   for f in "$ROOT"/functions/*/; do
     if alive lambda && [ "$(bin "$(basename "$f")")" -nt "$LOCAL/pids/lambda.pid" ]; then log "restarting the Lambdas (new build)"; stop lambda; break; fi
   done
-  # shellcheck disable=SC2086
-  start lambda "$ROOT" cargo lambda watch $release --ignore-changes --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
+  # shellcheck disable=SC2086,SC2046
+  start lambda "$ROOT" env $(kafka_as functions) cargo lambda watch $release --ignore-changes --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
   wait_port "$LAMBDA_PORT" lambda
   # user_connected → offline-delivery (the MSK trigger of the function).
-  start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery
+  # (The triggers read as their functions' user, as an event source mapping does with its secret.)
+  # shellcheck disable=SC2046
+  start_service event-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=offline-delivery $(kafka_as functions)
   # push_requests → push (the MSK trigger of the push function).
+  # shellcheck disable=SC2046
   start_service push-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=push \
-    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_TOPIC:-push_requests}"
+    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_TOPIC:-push_requests}" $(kafka_as functions)
+  # shellcheck disable=SC2046
   start_service push-later-poller "$(bin connect-event-poller)" "$LAMBDA_PORT" EVENT_FUNCTION=push-later \
-    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_LATER_TOPIC:-push_later}"
+    EVENT_SOURCE_TOPIC="${KAFKA_PUSH_LATER_TOPIC:-push_later}" $(kafka_as functions)
   # The group table's stream → group-events (DynamoDB Local's stream API, no broker polling),
   # in the region that makes the tables (its system messages reach the group's home region).
   [ "$GROUP_EVENTS" = 1 ] || return 0

@@ -2,6 +2,7 @@
 //! processes in one consumer group, Apache Kafka, Redis and DynamoDB Local, over real
 //! connections. Run with `make test`.
 
+mod acl;
 mod auth;
 mod chat;
 mod cli;

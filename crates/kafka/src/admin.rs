@@ -18,6 +18,8 @@ pub enum AdminError {
         topic: String,
         code: RDKafkaErrorCode,
     },
+    #[error("creating ACLs: {0}")]
+    Acl(String),
 }
 
 /// Creates each (topic, partitions) that does not exist yet, with `replication` copies of each

@@ -11,9 +11,11 @@
 //! - [`watch`]: [`Producer`] and [`WatchedConsumer`], clients that get their bootstrap servers
 //!   back when librdkafka has forgotten every broker.
 //! - [`admin`]: [`ensure_topics`], idempotent topic creation.
+//! - [`acl`]: each service's Kafka ACLs ([`acl::policy`]) and [`acl::ensure_acls`].
 //!
 //! [`Submission`]: connect_core::model::Submission
 
+pub mod acl;
 pub mod admin;
 pub mod bus;
 pub mod codec;

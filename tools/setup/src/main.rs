@@ -6,6 +6,9 @@
 //! MirrorMaker 2 gives the peers' copies (`<peer>.sequenced_messages`, `<peer>.acks`,
 //! `<peer>.forward_<here>`, `<peer>.presence`), so messaging subscribes to topics that exist.
 //!
+//! With `KAFKA_ACLS=true` (MSK, the AWS-like stack) it then creates each service's Kafka ACLs
+//! (`connect_kafka::acl::policy`), as the administrator (its own SCRAM user).
+//!
 //! `connect-setup move-homes <from> <to>`: failover. Every conversation homed in region `from`
 //! is homed in `to` from now on, its epoch bumped and its sequence continued past anything
 //! `from` may have allocated. Run it once `from`'s messaging is stopped or cut off.
@@ -102,6 +105,34 @@ async fn move_homes(from: &str, to: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each service's Kafka ACLs (`KAFKA_ACLS=true`): its SCRAM user (`KAFKA_ACL_<SERVICE>_USER`,
+/// the service's name by default) and the consumer groups its triggers and messaging use.
+fn acls(topics: &Topics, peers: &[String]) -> Vec<connect_kafka::acl::Acl> {
+    let users = connect_kafka::acl::Users {
+        admin: env::string("KAFKA_ACL_ADMIN_USER", "admin"),
+        gateway: env::string("KAFKA_ACL_GATEWAY_USER", "gateway"),
+        messaging: env::string("KAFKA_ACL_MESSAGING_USER", "messaging"),
+        offline: env::string("KAFKA_ACL_OFFLINE_USER", "offline"),
+        push: env::string("KAFKA_ACL_PUSH_USER", "push"),
+        group_events: env::string("KAFKA_ACL_GROUP_EVENTS_USER", "group-events"),
+        mirrormaker: env::string("KAFKA_ACL_MIRRORMAKER_USER", "mirrormaker"),
+    };
+    let names = connect_kafka::acl::Names {
+        gateway_group_prefix: env::string("KAFKA_ACL_GATEWAY_GROUP_PREFIX", "gw-"),
+        messaging_groups: vec![
+            env::string("MESSAGING_GROUP_ID", "messaging"),
+            env::string("MESSAGING_PRESENCE_GROUP_ID", "presence"),
+        ],
+        offline_group: env::string("KAFKA_ACL_OFFLINE_GROUP", "lambda-offline-delivery"),
+        push_groups: vec![
+            env::string("KAFKA_ACL_PUSH_GROUP", "lambda-push"),
+            env::string("KAFKA_ACL_PUSH_LATER_GROUP", "lambda-push-later"),
+        ],
+        peers: peers.to_vec(),
+    };
+    connect_kafka::acl::policy(&users, topics, &names)
+}
+
 async fn setup() -> anyhow::Result<()> {
     let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
     let topics = Topics::from_env();
@@ -164,6 +195,15 @@ async fn setup() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    if env::var("KAFKA_ACLS", false)? {
+        let acls = acls(&topics, &regions.peers);
+        connect_kafka::acl::ensure_acls(&kafka, &acls)
+            .await
+            .context("creating the Kafka ACLs")?;
+        let mut principals: Vec<&str> = acls.iter().map(|a| a.principal.as_str()).collect();
+        principals.dedup();
+        println!("{} Kafka ACLs for {}", acls.len(), principals.join(", "));
     }
     if env::var("SETUP_TABLES", true)? {
         let dynamo =
