@@ -333,14 +333,14 @@ fn the_kafka_functions_use_the_codes_topics() {
         .map(|t| t.iter().map(s).collect())
         .unwrap_or_default();
     assert_eq!(listed, [topics.user_connected.as_str()]);
-    // MSK takes SCRAM users only: the trigger signs in with the cluster's secret.
+    // MSK takes SCRAM users only: the trigger signs in as the function's own user.
     let access = at(msk[0], &["SourceAccessConfigurations"])
         .as_sequence()
         .expect("SourceAccessConfigurations");
     assert!(access
         .iter()
         .any(|a| s(at(a, &["Type"])) == "SASL_SCRAM_512_AUTH"
-            && ref_target(at(a, &["URI"])) == Some("MskScramSecret")));
+            && ref_target(at(a, &["URI"])) == Some("MskOfflineSecret")));
     // Its continuations go back to the same topic, behind everyone else's records.
     assert_eq!(
         s(&env_of(offline)["KAFKA_USER_CONNECTED_TOPIC"]),
@@ -572,10 +572,15 @@ fn the_services_speak_tls_to_msk_and_to_a_redis_cluster_with_their_secrets_injec
             "SCRAM-SHA-512",
             "{container}"
         );
+        let own = match container {
+            "gateway" => "MskGatewaySecret",
+            "messaging" => "MskMessagingSecret",
+            _ => "MskScramSecret",
+        };
         for secret in ["KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"] {
             assert!(
-                sub_string(&env[secret]).is_some_and(|v| v.starts_with("${MskScramSecret}:")),
-                "{container}: {secret} from the SCRAM secret"
+                sub_string(&env[secret]).is_some_and(|v| v.starts_with(&format!("${{{own}}}:"))),
+                "{container}: {secret} from its own SCRAM secret, {own}"
             );
         }
         if container != "setup" {
@@ -1324,5 +1329,108 @@ fn every_setting_the_code_reads_is_in_the_configuration_reference() {
     assert!(
         stale.is_empty(),
         "docs/configuration.md lists what nothing reads: {stale:?}"
+    );
+}
+
+/// Issue 24: one SCRAM user per service. Each MSK user's secret (its name is the user's, and the
+/// name connect-setup's ACLs give it by default), each service and trigger signing in with its
+/// own, and the setup container making the ACLs as the administrator.
+#[test]
+fn every_service_signs_in_to_msk_as_its_own_user_and_setup_makes_the_acls() {
+    let t = template();
+    let users = [
+        ("MskScramSecret", "admin"),
+        ("MskGatewaySecret", "gateway"),
+        ("MskMessagingSecret", "messaging"),
+        ("MskOfflineSecret", "offline"),
+        ("MskPushSecret", "push"),
+        ("MskGroupEventsSecret", "group-events"),
+        ("MskMirrorMakerSecret", "mirrormaker"),
+    ];
+    let listed: Vec<&str> = at(
+        &t,
+        &["Resources", "MskScramUsers", "Properties", "SecretArnList"],
+    )
+    .as_sequence()
+    .expect("SecretArnList")
+    .iter()
+    .filter_map(ref_target)
+    .collect();
+    for (secret, user) in users {
+        let template: serde_json::Value = serde_json::from_str(s(at(
+            &t,
+            &[
+                "Resources",
+                secret,
+                "Properties",
+                "GenerateSecretString",
+                "SecretStringTemplate",
+            ],
+        )))
+        .expect("a JSON secret template");
+        assert_eq!(template["username"], user, "{secret}");
+        let name =
+            sub_string(at(&t, &["Resources", secret, "Properties", "Name"])).unwrap_or_default();
+        assert!(
+            name.starts_with("AmazonMSK_"),
+            "{secret}: MSK takes only AmazonMSK_* secrets"
+        );
+        assert!(
+            listed.contains(&secret),
+            "{secret} is one of the cluster's SCRAM users"
+        );
+    }
+    assert_eq!(listed.len(), users.len(), "no user without a service");
+
+    // The functions: their own user in their code and in their triggers, and the group the
+    // ACLs name (the local pollers' default, `lambda-<function>`).
+    let fns = functions(&t);
+    for (function, secret) in [
+        ("group-events", "MskGroupEventsSecret"),
+        ("offline-delivery", "MskOfflineSecret"),
+        ("push", "MskPushSecret"),
+        ("push-later", "MskPushSecret"),
+    ] {
+        let f = &fns[function];
+        assert_eq!(
+            ref_target(&env_of(f)["KAFKA_SASL_SECRET_ARN"]),
+            Some(secret),
+            "{function}"
+        );
+        for msk in events_of(f, "MSK") {
+            let access = at(msk, &["SourceAccessConfigurations"])
+                .as_sequence()
+                .expect("access");
+            assert!(
+                access
+                    .iter()
+                    .all(|a| ref_target(at(a, &["URI"])) == Some(secret)),
+                "{function}'s trigger signs in as {secret}"
+            );
+            assert_eq!(
+                s(at(msk, &["ConsumerGroupId"])),
+                format!("lambda-{function}"),
+                "{function}'s trigger reads in the group its ACLs name"
+            );
+        }
+    }
+    // No function or task signs in as the administrator but the setup container.
+    for (name, f) in &fns {
+        assert_ne!(
+            ref_target(
+                env_of(f)
+                    .get("KAFKA_SASL_SECRET_ARN")
+                    .unwrap_or(&Value::Null)
+            ),
+            Some("MskScramSecret"),
+            "{name}"
+        );
+    }
+    let setup = container_env(&t, "MessagingTaskDefinition", "setup");
+    assert_eq!(s(&setup["KAFKA_ACLS"]), "true");
+    // The peer's MirrorMaker reads this cluster as its mirrormaker user, not its administrator.
+    assert_eq!(
+        ref_target(at(&t, &["Outputs", "MskScramSecretArn", "Value"])),
+        Some("MskMirrorMakerSecret")
     );
 }
