@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
+/// The test process's settings.
+fn settings() -> connect_config::Settings {
+    connect_config::Settings::from_process()
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -305,7 +310,7 @@ fn the_tables_have_the_keys_indexes_and_streams_the_code_uses() {
 fn the_kafka_functions_use_the_codes_topics() {
     let t = template();
     let fns = functions(&t);
-    let topics = connect_kafka::Topics::from_env();
+    let topics = connect_kafka::Topics::from_settings(&settings());
     let events = &fns["group-events"];
     assert_eq!(
         s(&env_of(events)["KAFKA_INCOMING_TOPIC"]),
@@ -713,7 +718,10 @@ fn messaging_scales_on_its_own_consumer_groups_lag() {
         "Name",
         "Value",
     );
-    assert_eq!(s(dims["Topic"]), connect_kafka::Topics::from_env().incoming);
+    assert_eq!(
+        s(dims["Topic"]),
+        connect_kafka::Topics::from_settings(&settings()).incoming
+    );
     // MESSAGING_GROUP_ID's default (messaging/src/config.rs), which the task does not override.
     assert_eq!(s(dims["Consumer Group"]), "messaging");
     assert!(!container_env(&t, "MessagingTaskDefinition", "messaging")
@@ -797,7 +805,7 @@ fn a_second_region_is_this_template_with_a_peer_and_mirrormaker_carries_the_code
     }
     // The topics MirrorMaker 2 carries, on AWS and in `make regions`, are the code's, and
     // messaging reads them under MirrorMaker 2's default names.
-    let topics = connect_kafka::Topics::from_env();
+    let topics = connect_kafka::Topics::from_settings(&settings());
     let wanted = |here: &str| {
         format!(
             "{}, {}, {}",
@@ -1216,8 +1224,8 @@ fn every_redis_client_authenticates_with_the_clusters_auth_token() {
 }
 
 /// The settings the code reads: the first argument of each call to one of the config helpers
-/// (`connect_service::env::var`, `connect_core::env::{string, optional, parsed}`, and the
-/// gateway's and Kafka's own `secs`, `num`, `millis`, `need`, `secret`), as `NAME`.
+/// (`connect_config::Settings::{string, optional, parsed}`, and the gateway's and Kafka's own
+/// `secs`, `num`, `millis`, `need`, `secret`), as `NAME`.
 fn settings_read_by_the_code() -> BTreeMap<String, PathBuf> {
     const READERS: [&str; 9] = [
         "var", "string", "optional", "parsed", "secs", "num", "millis", "need", "secret",

@@ -34,7 +34,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(cfg: Config, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        let redis = connect_redis::connect(&cfg.redis_url)
+        let redis = connect_redis::connect(&cfg.redis)
             .await
             .context("connecting to Redis")?;
         let lease = acquire_slot(redis.clone(), &cfg).await?;
@@ -67,7 +67,7 @@ impl Application {
         // connects next).
         let redis_log = Arc::new(RedisLog::new(
             redis.clone(),
-            connect_redis::connect_logs(&redis, cfg.redis_log_url.as_deref())
+            connect_redis::connect_logs(&redis, &cfg.redis)
                 .await
                 .context("connecting to the logs' Redis")?,
             cfg.offline,

@@ -10,7 +10,6 @@ use connect_dynamo::{DynamoConfig, Tables};
 use connect_kafka::{KafkaConfig, Topics};
 use connect_protocol::FrameLimits;
 use connect_redis::{OfflineLimits, PresenceConfig};
-use connect_service::env;
 
 use crate::limits::{Limits, Rate};
 
@@ -35,9 +34,7 @@ pub struct Config {
     /// `CONNECT_REGION` / `CONNECT_PEER_REGIONS`: with peers, acks are published for them.
     pub regions: connect_core::regions::Regions,
     pub slots: u32,
-    pub redis_url: String,
-    /// `REDIS_LOG_URL`: the offline logs' own Redis (unset: `REDIS_URL`'s).
-    pub redis_log_url: Option<String>,
+    pub redis: connect_redis::RedisConfig,
     pub secret: JwtSecret,
     /// `CONNECT_JWT_SECRET_PREVIOUS`: also taken while the secret is rotated (runbook).
     pub previous_secret: Option<JwtSecret>,
@@ -131,38 +128,43 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let addr: SocketAddr = env::var("GATEWAY_ADDR", "127.0.0.1:8080".parse()?)?;
-        let management_addr: Option<SocketAddr> = env::optional("GATEWAY_MANAGEMENT_ADDR")
+    pub fn from_settings(settings: &connect_config::Settings) -> anyhow::Result<Self> {
+        let addr: SocketAddr = settings.parsed("GATEWAY_ADDR", "127.0.0.1:8080".parse()?)?;
+        let management_addr: Option<SocketAddr> = settings
+            .optional("GATEWAY_MANAGEMENT_ADDR")
             .map(|a| a.parse())
             .transpose()
             .context("GATEWAY_MANAGEMENT_ADDR")?;
-        let id = env::optional("GATEWAY_ID").unwrap_or_else(|| {
+        let id = settings.optional("GATEWAY_ID").unwrap_or_else(|| {
             format!(
                 "gw-{}-{}",
                 addr.port(),
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             )
         });
-        let secs = |name: &str, default: u64| env::var(name, default).map(Duration::from_secs);
-        let millis = |name: &str, default: u64| env::var(name, default).map(Duration::from_millis);
+        let secs =
+            |name: &str, default: u64| settings.parsed(name, default).map(Duration::from_secs);
+        let millis =
+            |name: &str, default: u64| settings.parsed(name, default).map(Duration::from_millis);
         let rate = |prefix: &str, rate: f64, burst: f64| -> anyhow::Result<Rate> {
             Ok(Rate {
-                rate: env::var(&format!("{prefix}_RATE"), rate)?,
-                burst: env::var(&format!("{prefix}_BURST"), burst)?,
+                rate: settings.parsed(&format!("{prefix}_RATE"), rate)?,
+                burst: settings.parsed(&format!("{prefix}_BURST"), burst)?,
             })
         };
-        let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
+        let regions =
+            connect_core::regions::Regions::from_settings(settings).map_err(anyhow::Error::msg)?;
         let session_ttl = secs("SESSION_TTL_SECS", 60)?;
         Ok(Self {
-            presence: PresenceConfig::from_env(&regions.local).map_err(anyhow::Error::msg)?,
+            presence: PresenceConfig::from_settings(settings, &regions.local)
+                .map_err(anyhow::Error::msg)?,
             watch_ttl: secs("PRESENCE_WATCH_TTL_SECS", 600)?,
             watch_rate: rate("GATEWAY_WATCH", 0.5, 5.0)?,
-            dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
-            tables: Tables::from_env(),
+            dynamo: DynamoConfig::from_settings(settings).map_err(anyhow::Error::msg)?,
+            tables: Tables::from_settings(settings),
             group_cache_ttl: secs("GROUP_CACHE_TTL_SECS", 60)?,
-            group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,
-            endpoint: env::string(
+            group_cache_max: settings.parsed("GROUP_CACHE_MAX", 10_000)?,
+            endpoint: settings.string(
                 "GATEWAY_ENDPOINT",
                 &format!("http://{}", management_addr.unwrap_or(addr)),
             ),
@@ -170,53 +172,57 @@ impl Config {
             management_addr,
             slot_wait: secs("GATEWAY_SLOT_WAIT_SECS", 0)?,
             id,
-            kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
-            topics: Topics::from_env(),
+            kafka: KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?,
+            topics: Topics::from_settings(settings),
             regions,
-            slots: env::var("OUTGOING_PARTITIONS", 16)?,
-            redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
-            redis_log_url: env::optional("REDIS_LOG_URL"),
-            secret: JwtSecret::new(env::optional("CONNECT_JWT_SECRET"), env::production())
-                .context("CONNECT_JWT_SECRET")?,
+            slots: settings.parsed("OUTGOING_PARTITIONS", 16)?,
+            redis: connect_redis::RedisConfig::from_settings(settings)?,
+            secret: JwtSecret::new(
+                settings.optional("CONNECT_JWT_SECRET"),
+                settings.production(),
+            )
+            .context("CONNECT_JWT_SECRET")?,
             previous_secret: JwtSecret::previous(
-                env::optional("CONNECT_JWT_SECRET_PREVIOUS"),
-                env::production(),
+                settings.optional("CONNECT_JWT_SECRET_PREVIOUS"),
+                settings.production(),
             )
             .context("CONNECT_JWT_SECRET_PREVIOUS")?,
-            token_rules: TokenRules::from_env()?,
-            new_conversations_per_hour: env::var("GATEWAY_NEW_CONVERSATIONS_PER_HOUR", 200)?,
-            trusted_proxies: crate::forwarded::TrustedProxies::parse(&env::string(
-                "GATEWAY_TRUSTED_PROXIES",
-                "",
-            ))
+            token_rules: TokenRules::from_settings(settings)?,
+            new_conversations_per_hour: settings
+                .parsed("GATEWAY_NEW_CONVERSATIONS_PER_HOUR", 200)?,
+            trusted_proxies: crate::forwarded::TrustedProxies::parse(
+                &settings.string("GATEWAY_TRUSTED_PROXIES", ""),
+            )
             .map_err(|e| anyhow::anyhow!("GATEWAY_TRUSTED_PROXIES: {e}"))?,
             limits: FrameLimits {
-                max_frame_bytes: env::var("GATEWAY_MAX_FRAME_BYTES", 64 * 1024)?,
-                max_body_bytes: env::var("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,
-                max_watch_users: env::var("GATEWAY_MAX_WATCH_USERS", 256)?,
+                max_frame_bytes: settings.parsed("GATEWAY_MAX_FRAME_BYTES", 64 * 1024)?,
+                max_body_bytes: settings.parsed("GATEWAY_MAX_BODY_BYTES", 16 * 1024)?,
+                max_watch_users: settings.parsed("GATEWAY_MAX_WATCH_USERS", 256)?,
             },
-            max_ws_message_bytes: env::var("GATEWAY_MAX_WS_MESSAGE_BYTES", 1024 * 1024)?,
-            ws_read_buffer: env::var("GATEWAY_WS_READ_BUFFER_BYTES", 2048)?,
-            ws_write_buffer: env::var("GATEWAY_WS_WRITE_BUFFER_BYTES", 8192)?,
-            max_connections: env::var("GATEWAY_MAX_CONNECTIONS", 50_000)?,
+            max_ws_message_bytes: settings.parsed("GATEWAY_MAX_WS_MESSAGE_BYTES", 1024 * 1024)?,
+            ws_read_buffer: settings.parsed("GATEWAY_WS_READ_BUFFER_BYTES", 2048)?,
+            ws_write_buffer: settings.parsed("GATEWAY_WS_WRITE_BUFFER_BYTES", 8192)?,
+            max_connections: settings.parsed("GATEWAY_MAX_CONNECTIONS", 50_000)?,
             limits_per: Limits {
-                connections_per_user: env::var("GATEWAY_MAX_CONNECTIONS_PER_USER", 16)?,
-                connections_per_address: env::var("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", 10_000)?,
+                connections_per_user: settings.parsed("GATEWAY_MAX_CONNECTIONS_PER_USER", 16)?,
+                connections_per_address: settings
+                    .parsed("GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", 10_000)?,
                 send: rate("GATEWAY_SEND", 50.0, 100.0)?,
                 frames: rate("GATEWAY_FRAME", 100.0, 200.0)?,
                 user_send: rate("GATEWAY_USER_SEND", 100.0, 200.0)?,
                 user_frames: rate("GATEWAY_USER_FRAME", 200.0, 400.0)?,
             },
-            outbound_queue: env::var("GATEWAY_OUTBOUND_QUEUE", 1024)?,
-            outbound_queue_bytes: env::var("GATEWAY_OUTBOUND_QUEUE_BYTES", 1024 * 1024)?,
+            outbound_queue: settings.parsed("GATEWAY_OUTBOUND_QUEUE", 1024)?,
+            outbound_queue_bytes: settings.parsed("GATEWAY_OUTBOUND_QUEUE_BYTES", 1024 * 1024)?,
             write_timeout: millis("GATEWAY_WRITE_TIMEOUT_MS", 10_000)?,
             close_timeout: millis("GATEWAY_CLOSE_TIMEOUT_MS", 5_000)?,
-            max_token_bytes: env::var(
+            max_token_bytes: settings.parsed(
                 "GATEWAY_MAX_TOKEN_BYTES",
                 connect_core::auth::MAX_TOKEN_BYTES,
             )?,
-            close_on_token_expiry: env::var("GATEWAY_CLOSE_ON_TOKEN_EXPIRY", true)?,
-            allowed_origins: env::optional("GATEWAY_ALLOWED_ORIGINS")
+            close_on_token_expiry: settings.parsed("GATEWAY_CLOSE_ON_TOKEN_EXPIRY", true)?,
+            allowed_origins: settings
+                .optional("GATEWAY_ALLOWED_ORIGINS")
                 .filter(|v| v.trim() != "*")
                 .map(|v| {
                     v.split(',')
@@ -229,18 +235,23 @@ impl Config {
             session_ttl,
             slot_ttl: secs("SLOT_LEASE_TTL_SECS", 15)?,
             drain_timeout: secs("GATEWAY_DRAIN_SECS", 10)?,
-            internal_token: connect_core::auth::internal_token(env::production())?,
-            catch_up_timeout: Duration::from_millis(env::var("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?),
-            post_wait: Duration::from_millis(env::var("GATEWAY_POST_WAIT_MS", 100)?),
-            delivered_flush: Duration::from_millis(env::var("GATEWAY_DELIVERED_FLUSH_MS", 1000)?),
-            read_flush: Duration::from_millis(env::var("GATEWAY_READ_FLUSH_MS", 250)?),
-            max_post_bytes: env::var("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
-            offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
-            web_api_url: env::string("GATEWAY_WEB_API_URL", "http://127.0.0.1:8090")
+            internal_token: connect_core::auth::internal_token(settings)?,
+            catch_up_timeout: Duration::from_millis(
+                settings.parsed("GATEWAY_CATCH_UP_TIMEOUT_MS", 5000)?,
+            ),
+            post_wait: Duration::from_millis(settings.parsed("GATEWAY_POST_WAIT_MS", 100)?),
+            delivered_flush: Duration::from_millis(
+                settings.parsed("GATEWAY_DELIVERED_FLUSH_MS", 1000)?,
+            ),
+            read_flush: Duration::from_millis(settings.parsed("GATEWAY_READ_FLUSH_MS", 250)?),
+            max_post_bytes: settings.parsed("GATEWAY_MAX_POST_BYTES", 128 * 1024)?,
+            offline: OfflineLimits::from_settings(settings).map_err(anyhow::Error::msg)?,
+            web_api_url: settings
+                .string("GATEWAY_WEB_API_URL", "http://127.0.0.1:8090")
                 .trim_end_matches('/')
                 .to_owned(),
-            dev_sign_in: !env::production() && env::var("GATEWAY_DEV_SIGN_IN", true)?,
-            emf: match env::optional("GATEWAY_EMF_SERVICE") {
+            dev_sign_in: !settings.production() && settings.parsed("GATEWAY_DEV_SIGN_IN", true)?,
+            emf: match settings.optional("GATEWAY_EMF_SERVICE") {
                 Some(service) => Some((service, secs("GATEWAY_EMF_INTERVAL_SECS", 60)?)),
                 None => None,
             },
@@ -250,11 +261,14 @@ impl Config {
     /// On ECS (`ECS_CONTAINER_METADATA_URI_V4` set) without an explicit `GATEWAY_ENDPOINT`, the
     /// endpoint is the task's own IP and the management port: a wildcard listen address
     /// (`0.0.0.0`) is not an address another host can call.
-    pub async fn discover_endpoint(&mut self) -> anyhow::Result<()> {
-        if env::optional("GATEWAY_ENDPOINT").is_some() {
+    pub async fn discover_endpoint(
+        &mut self,
+        settings: &connect_config::Settings,
+    ) -> anyhow::Result<()> {
+        if settings.optional("GATEWAY_ENDPOINT").is_some() {
             return Ok(());
         }
-        let Some(uri) = env::optional(crate::ecs::METADATA_ENV) else {
+        let Some(uri) = settings.optional(crate::ecs::METADATA_ENV) else {
             return Ok(());
         };
         let ip = crate::ecs::own_address(&uri).await?;

@@ -8,10 +8,11 @@ connect_service::jemalloc!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    connect_service::telemetry::init_tracing();
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
     let metrics = connect_service::telemetry::install_metrics()?;
-    let mut cfg = config::Config::from_env().context("reading the gateway config")?;
-    cfg.discover_endpoint()
+    let mut cfg = config::Config::from_settings(&settings).context("reading the gateway config")?;
+    cfg.discover_endpoint(&settings)
         .await
         .context("finding the task's own address")?;
     // One file per connection: take the hard limit rather than the shell's soft one.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connect_core::auth::TokenIssuer;
@@ -31,21 +31,12 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// The gateway's config as a local stack's, with a short catch-up wait (no offline drain runs
 /// here to end it sooner).
 fn config() -> Config {
-    static RESOLVED: OnceLock<()> = OnceLock::new();
-    RESOLVED.get_or_init(|| {
-        let values = [
-            ("CONNECT_ENV", "local"),
-            ("GATEWAY_ADDR", "127.0.0.1:0"),
-            ("GATEWAY_CATCH_UP_TIMEOUT_MS", "100"),
-        ];
-        let _ = connect_core::env::resolve(
-            values
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-    });
-    Config::from_env().expect("the local config")
+    let settings = connect_config::Settings::from_process().with([
+        ("CONNECT_ENV", "local"),
+        ("GATEWAY_ADDR", "127.0.0.1:0"),
+        ("GATEWAY_CATCH_UP_TIMEOUT_MS", "100"),
+    ]);
+    Config::from_settings(&settings).expect("the local config")
 }
 
 /// The bus: records what it is given, in call order; refuses while `refusing`.

@@ -42,7 +42,7 @@ impl Application {
     /// Connects to Redis, DynamoDB and Kafka, joins both consumer groups and binds the ops
     /// listener.
     pub async fn build(cfg: Config, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        let redis = connect_redis::connect(&cfg.redis_url)
+        let redis = connect_redis::connect(&cfg.redis)
             .await
             .context("connecting to Redis")?;
         let dynamo = connect_dynamo::client(&cfg.dynamo).await;
@@ -102,7 +102,7 @@ impl Application {
             )),
             log: Arc::new(RedisLog::new(
                 redis.clone(),
-                connect_redis::connect_logs(&redis, cfg.redis_log_url.as_deref())
+                connect_redis::connect_logs(&redis, &cfg.redis)
                     .await
                     .context("connecting to the logs' Redis")?,
                 cfg.offline,

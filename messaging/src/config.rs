@@ -6,7 +6,6 @@ use std::time::Duration;
 use connect_dynamo::{DynamoConfig, Tables};
 use connect_kafka::{KafkaConfig, Topics};
 use connect_redis::{OfflineLimits, PresenceConfig};
-use connect_service::env;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -30,9 +29,7 @@ pub struct Config {
     /// `INBOX_PLACE_STEP_MS`: a busy direct conversation's place in the inbox order moves at most
     /// once per this (its head, and so its item, with every message).
     pub inbox_place_step_ms: u64,
-    pub redis_url: String,
-    /// `REDIS_LOG_URL`: the offline logs' own Redis (unset: `REDIS_URL`'s).
-    pub redis_log_url: Option<String>,
+    pub redis: connect_redis::RedisConfig,
     pub dynamo: DynamoConfig,
     pub tables: Tables,
     /// `CONNECT_REGION` and `CONNECT_PEER_REGIONS`: with peers, sends homed elsewhere are
@@ -73,55 +70,60 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> anyhow::Result<Self> {
-        let fault: u64 = env::var("MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS", 0)?;
-        let fail_writes = env::optional("MESSAGING_FAULT_FAIL_WRITES");
-        if (fault > 0 || fail_writes.is_some()) && env::production() {
+    pub fn from_settings(settings: &connect_config::Settings) -> anyhow::Result<Self> {
+        let fault: u64 = settings.parsed("MESSAGING_FAULT_PAUSE_BEFORE_COMMIT_MS", 0)?;
+        let fail_writes = settings.optional("MESSAGING_FAULT_FAIL_WRITES");
+        if (fault > 0 || fail_writes.is_some()) && settings.production() {
             anyhow::bail!("MESSAGING_FAULT_* settings are test switches; refused in production");
         }
-        let session_ttl = Duration::from_secs(env::var("SESSION_TTL_SECS", 60)?);
-        let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
+        let session_ttl = Duration::from_secs(settings.parsed("SESSION_TTL_SECS", 60)?);
+        let regions =
+            connect_core::regions::Regions::from_settings(settings).map_err(anyhow::Error::msg)?;
         Ok(Self {
-            ops_addr: env::var("MESSAGING_ADDR", "127.0.0.1:8070".parse()?)?,
-            kafka: KafkaConfig::from_env().map_err(anyhow::Error::msg)?,
-            topics: Topics::from_env(),
-            group_id: env::string("MESSAGING_GROUP_ID", "messaging"),
+            ops_addr: settings.parsed("MESSAGING_ADDR", "127.0.0.1:8070".parse()?)?,
+            kafka: KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?,
+            topics: Topics::from_settings(settings),
+            group_id: settings.string("MESSAGING_GROUP_ID", "messaging"),
             pipeline: crate::consumer::Pipeline {
-                batch_max: env::var("MESSAGING_BATCH_MAX", 500)?,
-                in_flight: env::var::<usize>("MESSAGING_BATCHES_IN_FLIGHT", 8)?.max(1),
+                batch_max: settings.parsed("MESSAGING_BATCH_MAX", 500)?,
+                in_flight: settings
+                    .parsed::<usize>("MESSAGING_BATCHES_IN_FLIGHT", 8)?
+                    .max(1),
                 // Another region's mirrored topics carry a conversation on partitions of their
                 // own: with peers, one lane keeps each conversation's work in one order.
                 lanes: if regions.active() {
                     1
                 } else {
-                    env::var::<usize>("MESSAGING_LANES", 1)?.max(1)
+                    settings.parsed::<usize>("MESSAGING_LANES", 1)?.max(1)
                 },
-                deadline: Duration::from_secs(env::var("MESSAGING_BATCH_DEADLINE_SECS", 120)?),
+                deadline: Duration::from_secs(
+                    settings.parsed("MESSAGING_BATCH_DEADLINE_SECS", 120)?,
+                ),
             },
-            shed_after_ms: env::var("MESSAGING_SHED_AFTER_MS", 400)?,
-            receipts_live_max_members: env::var("RECEIPTS_LIVE_MAX_MEMBERS", 32)?,
-            typing_max_age_ms: env::var("MESSAGING_TYPING_MAX_AGE_MS", 2000)?,
-            typing_max_members: env::var("TYPING_MAX_MEMBERS", 256)?,
-            inbox_place_step_ms: env::var("INBOX_PLACE_STEP_MS", 1000)?,
-            redis_url: env::string("REDIS_URL", "redis://127.0.0.1:6380"),
-            redis_log_url: env::optional("REDIS_LOG_URL"),
-            dynamo: DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
-            tables: Tables::from_env(),
+            shed_after_ms: settings.parsed("MESSAGING_SHED_AFTER_MS", 400)?,
+            receipts_live_max_members: settings.parsed("RECEIPTS_LIVE_MAX_MEMBERS", 32)?,
+            typing_max_age_ms: settings.parsed("MESSAGING_TYPING_MAX_AGE_MS", 2000)?,
+            typing_max_members: settings.parsed("TYPING_MAX_MEMBERS", 256)?,
+            inbox_place_step_ms: settings.parsed("INBOX_PLACE_STEP_MS", 1000)?,
+            redis: connect_redis::RedisConfig::from_settings(settings)?,
+            dynamo: DynamoConfig::from_settings(settings).map_err(anyhow::Error::msg)?,
+            tables: Tables::from_settings(settings),
             regions: regions.clone(),
-            dynamo_concurrency: env::var("DYNAMODB_CONCURRENCY", 16)?,
-            seq_block_max: env::var("SEQ_BLOCK_MAX", 64)?,
-            seq_block_conversations: env::var("SEQ_BLOCK_CONVERSATIONS", 100_000)?,
-            dedupe_ttl: Duration::from_secs(env::var("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
-            dedupe_max_per_sender: env::var("DEDUPE_MAX_PER_SENDER", 1000)?,
+            dynamo_concurrency: settings.parsed("DYNAMODB_CONCURRENCY", 16)?,
+            seq_block_max: settings.parsed("SEQ_BLOCK_MAX", 64)?,
+            seq_block_conversations: settings.parsed("SEQ_BLOCK_CONVERSATIONS", 100_000)?,
+            dedupe_ttl: Duration::from_secs(settings.parsed("DEDUPE_TTL_SECS", 7 * 24 * 3600)?),
+            dedupe_max_per_sender: settings.parsed("DEDUPE_MAX_PER_SENDER", 1000)?,
             session_ttl,
-            presence: PresenceConfig::from_env(&regions.local).map_err(anyhow::Error::msg)?,
-            presence_group_id: env::string("MESSAGING_PRESENCE_GROUP_ID", "presence"),
-            presence_sweep: Duration::from_millis(env::var("PRESENCE_SWEEP_MS", 250)?),
-            presence_sweep_max: env::var("PRESENCE_SWEEP_MAX", 1000)?,
-            offline: OfflineLimits::from_env().map_err(anyhow::Error::msg)?,
-            group_cache_ttl: Duration::from_secs(env::var("GROUP_CACHE_TTL_SECS", 60)?),
-            group_cache_max: env::var("GROUP_CACHE_MAX", 10_000)?,
-            outgoing_record_max_bytes: record_max_bytes(env::var(
+            presence: PresenceConfig::from_settings(settings, &regions.local)
+                .map_err(anyhow::Error::msg)?,
+            presence_group_id: settings.string("MESSAGING_PRESENCE_GROUP_ID", "presence"),
+            presence_sweep: Duration::from_millis(settings.parsed("PRESENCE_SWEEP_MS", 250)?),
+            presence_sweep_max: settings.parsed("PRESENCE_SWEEP_MAX", 1000)?,
+            offline: OfflineLimits::from_settings(settings).map_err(anyhow::Error::msg)?,
+            group_cache_ttl: Duration::from_secs(settings.parsed("GROUP_CACHE_TTL_SECS", 60)?),
+            group_cache_max: settings.parsed("GROUP_CACHE_MAX", 10_000)?,
+            outgoing_record_max_bytes: record_max_bytes(settings.parsed(
                 "MESSAGING_OUTGOING_RECORD_MAX_BYTES",
                 connect_kafka::codec::RECORD_MAX_BYTES_DEFAULT,
             )?)?,

@@ -23,9 +23,10 @@ connect_service::jemalloc!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    connect_service::telemetry::init_tracing();
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
     let metrics = connect_service::telemetry::install_metrics()?;
-    let cfg = config::Config::from_env().context("reading the messaging config")?;
+    let cfg = config::Config::from_settings(&settings).context("reading the messaging config")?;
     let app = app::Application::build(cfg, metrics).await?;
     app.run(connect_service::shutdown_signal()).await
 }

@@ -2,6 +2,7 @@
 //! topics and groups (`connect_kafka::acl::policy`, made by `connect-setup`), and a user's
 //! password is its own. The plain stack has no users: there is nothing to refuse there.
 
+use crate::helpers::settings;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -16,7 +17,7 @@ use connect_kafka::{KafkaConfig, Topics};
 
 /// The stack's Kafka client settings as `user` with `password`; None on a stack without SCRAM.
 fn as_user(user: &str, password: &str) -> anyhow::Result<Option<KafkaConfig>> {
-    let mut kafka = KafkaConfig::from_env()?;
+    let mut kafka = KafkaConfig::from_settings(&settings())?;
     kafka.message_timeout_ms = 5000;
     match &mut kafka.security {
         Security::SaslSsl {
@@ -34,7 +35,10 @@ fn as_user(user: &str, password: &str) -> anyhow::Result<Option<KafkaConfig>> {
 
 /// The gateway's user on this stack (the AWS-like stack exports it); None on the plain stack.
 fn gateway() -> anyhow::Result<Option<KafkaConfig>> {
-    if !matches!(KafkaConfig::from_env()?.security, Security::SaslSsl { .. }) {
+    if !matches!(
+        KafkaConfig::from_settings(&settings())?.security,
+        Security::SaslSsl { .. }
+    ) {
         eprintln!("a plaintext Kafka has no users and no ACLs: nothing to refuse (the AWS-like stack runs this)");
         return Ok(None);
     }
@@ -76,7 +80,7 @@ async fn the_gateways_kafka_user_may_submit_but_not_read_submissions_or_forge_de
     let Some(gateway) = gateway()? else {
         return Ok(());
     };
-    let topics = Topics::from_env();
+    let topics = Topics::from_settings(&settings());
     // Its own: a record on user_connected (offline delivery refuses it for naming no session).
     produce(&gateway, &topics.user_connected)
         .await

@@ -16,6 +16,11 @@ use connect_core::auth::{JwtSecret, TokenIssuer};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// The test process's settings (the stack's environment, as `make test` gives it).
+pub fn settings() -> connect_config::Settings {
+    connect_config::Settings::from_process()
+}
+
 /// The stack's two gateways (`CONNECT_GATEWAYS`, default 127.0.0.1:8080,127.0.0.1:8081).
 pub fn gateways() -> Vec<String> {
     std::env::var("CONNECT_GATEWAYS")
@@ -363,10 +368,9 @@ pub async fn metric_reaching(
 /// DynamoDB Local client for the stack's tables.
 /// The stack's offline state through the production adapter (`REDIS_URL`, `REDIS_LOG_URL`).
 pub async fn redis_log() -> anyhow::Result<connect_redis::RedisLog> {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let state = connect_redis::connect(&url).await?;
-    let logs =
-        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
+    let redis_cfg = connect_redis::RedisConfig::from_settings(&settings())?;
+    let state = connect_redis::connect(&redis_cfg).await?;
+    let logs = connect_redis::connect_logs(&state, &redis_cfg).await?;
     Ok(connect_redis::RedisLog::new(
         state,
         logs,
@@ -378,7 +382,7 @@ pub async fn redis_log() -> anyhow::Result<connect_redis::RedisLog> {
 }
 
 pub async fn dynamo() -> aws_sdk_dynamodb::Client {
-    let cfg = connect_dynamo::DynamoConfig::from_env().expect("dynamo config");
+    let cfg = connect_dynamo::DynamoConfig::from_settings(&settings()).expect("dynamo config");
     let cfg = connect_dynamo::DynamoConfig {
         endpoint: cfg
             .endpoint
@@ -392,7 +396,7 @@ pub async fn dynamo() -> aws_sdk_dynamodb::Client {
 pub async fn stored(conversation: &str) -> anyhow::Result<Vec<(u64, String, String, String)>> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let client = dynamo().await;
-    let table = connect_dynamo::Tables::from_env().chat;
+    let table = connect_dynamo::Tables::from_settings(&settings()).chat;
     let mut out = Vec::new();
     let mut start = None;
     loop {

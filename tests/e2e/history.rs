@@ -23,7 +23,7 @@ async fn pages_of_a_120_message_conversation() -> anyhow::Result<()> {
     let conversation = dm(&alice, &bob);
     let store = Arc::new(DynamoChatStore::new(
         dynamo().await,
-        connect_dynamo::Tables::from_env().chat,
+        connect_dynamo::Tables::from_settings(&settings()).chat,
         4,
     ));
     let messages: Vec<StoredMessage> = (1..=120u64)

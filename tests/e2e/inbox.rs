@@ -412,8 +412,10 @@ async fn equal_times_page_exactly_once_through_the_recency_index() -> anyhow::Re
     use connect_protocol::{ConversationId, UserId};
 
     let me = user("ties");
-    let index =
-        connect_dynamo::DynamoInbox::new(dynamo().await, &connect_dynamo::Tables::from_env());
+    let index = connect_dynamo::DynamoInbox::new(
+        dynamo().await,
+        &connect_dynamo::Tables::from_settings(&settings()),
+    );
     let me_id = UserId::parse(&me)?;
     let times = [7u64, 5, 5, 5, 4, 9, 4, 5, 1];
     let mut write = InboxWrite::default();

@@ -458,8 +458,8 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_deregistered() -> anyh
 /// (`REDIS_URL` and its settings, as the services read them: a TLS cluster on the AWS-like stack).
 async fn redis_sessions(user: &str) -> anyhow::Result<usize> {
     use connect_core::ports::SessionRegistry;
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let conn = connect_redis::connect(&url).await?;
+    let redis_cfg = connect_redis::RedisConfig::from_settings(&settings())?;
+    let conn = connect_redis::connect(&redis_cfg).await?;
     let registry = connect_redis::RedisRegistry::new(conn, Duration::from_secs(60));
     let user = connect_protocol::UserId::parse(user)?;
     let found = registry.lookup(std::slice::from_ref(&user)).await?;

@@ -427,11 +427,11 @@ async fn a_forged_user_connected_record_pushes_nothing_to_its_endpoint() -> anyh
             let _ = tokio::io::AsyncWriteExt::write_all(&mut s, ok).await;
         }
     });
-    let kafka = connect_kafka::KafkaConfig::from_env()?;
+    let kafka = connect_kafka::KafkaConfig::from_settings(&settings())?;
     let (producer, _) = kafka.create_producer("e2e")?;
     let events = connect_kafka::KafkaConnectionEvents::new(
         producer,
-        connect_kafka::Topics::from_env().user_connected,
+        connect_kafka::Topics::from_settings(&settings()).user_connected,
     );
     events
         .connected(&connect_core::model::UserConnected {

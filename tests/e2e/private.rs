@@ -3,6 +3,7 @@
 //! group), on the shared Redis, Kafka and DynamoDB Local. Processes are killed when the slice is
 //! dropped.
 
+use crate::helpers::settings;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -217,7 +218,8 @@ impl PrivateStack {
                 .map(|(_, v)| v.clone())
                 .with_context(|| format!("{name} not set for the slice"))
         };
-        let mut kafka = connect_kafka::KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
+        let mut kafka =
+            connect_kafka::KafkaConfig::from_settings(&settings()).map_err(anyhow::Error::msg)?;
         kafka.brokers = var("KAFKA_BROKERS")?;
         let (producer, _) = kafka.create_producer("e2e")?;
         let bus = connect_kafka::KafkaSubmissionBus::new(producer, var("KAFKA_INCOMING_TOPIC")?);

@@ -75,7 +75,7 @@ pub(crate) async fn registered(user: &str, device: &str) -> anyhow::Result<Optio
     let item = dynamo()
         .await
         .get_item()
-        .table_name(connect_dynamo::Tables::from_env().push)
+        .table_name(connect_dynamo::Tables::from_settings(&settings()).push)
         .key("user", AttributeValue::S(user.into()))
         .key("device", AttributeValue::S(device.into()))
         .consistent_read(true)

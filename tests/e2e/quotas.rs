@@ -130,7 +130,12 @@ async fn a_user_in_the_most_groups_is_added_to_no_more() -> anyhow::Result<()> {
     assert_eq!(add_at(&api, &carol, &id, &bob).await?.0, 200);
     // A count that says zero while memberships remain (they were written before counts
     // existed): leaving still works, and the count stays at zero.
-    dynamo_put_count(connect_dynamo::Tables::from_env().groups, bob.clone(), 0).await?;
+    dynamo_put_count(
+        connect_dynamo::Tables::from_settings(&settings()).groups,
+        bob.clone(),
+        0,
+    )
+    .await?;
     let (status, _) = api_call_at(
         &api.addr,
         "DELETE",
@@ -304,10 +309,9 @@ async fn sends_to_fresh_user_ids_past_the_new_conversation_quota_are_refused() -
     assert_eq!((accepted, refused), (quota, n - quota));
     // What Redis holds of theirs: as many conversations as the quota (single-key reads, so
     // this runs on the AWS-like stack's cluster too).
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let mut state = connect_redis::connect(&url).await?;
-    let logs_url = std::env::var("REDIS_LOG_URL").ok();
-    let mut logs = connect_redis::connect_logs(&state, logs_url.as_deref()).await?;
+    let redis_cfg = connect_redis::RedisConfig::from_settings(&settings())?;
+    let mut state = connect_redis::connect(&redis_cfg).await?;
+    let mut logs = connect_redis::connect_logs(&state, &redis_cfg).await?;
     let inbox: u64 = state.zcard(format!("inbox:{{{spammer}}}")).await?;
     let window = connect_core::now_ms() / 1000 / 3600;
     let counted: u64 = state
@@ -334,7 +338,7 @@ async fn a_page_of_memberships_whose_groups_are_gone_leads_on() -> anyhow::Resul
     use aws_sdk_dynamodb::types::AttributeValue;
     let api = ExtraApi::start_with(&[]).await?;
     let alice = user("alice");
-    let table = connect_dynamo::Tables::from_env().groups;
+    let table = connect_dynamo::Tables::from_settings(&settings()).groups;
     // '.' sorts before the digits and letters of minted ids: these come first.
     for i in 0..3 {
         dynamo()

@@ -308,10 +308,11 @@ async fn the_sequence_table_remembers_the_highest_seq_given_back() -> anyhow::Re
 
 /// This region's sequence allocator on the stack's table.
 async fn sequences() -> anyhow::Result<std::sync::Arc<connect_dynamo::DynamoSequences>> {
-    let region = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
+    let region =
+        connect_core::regions::Regions::from_settings(&settings()).map_err(anyhow::Error::msg)?;
     Ok(std::sync::Arc::new(connect_dynamo::DynamoSequences::new(
         dynamo().await,
-        connect_dynamo::Tables::from_env().sequences,
+        connect_dynamo::Tables::from_settings(&settings()).sequences,
         region.local,
         1,
     )))
@@ -332,7 +333,7 @@ async fn a_given_back_seq_never_replaces_a_stored_message() -> anyhow::Result<()
     assert!(seqs.give_back(&c, 4, 8).await?);
     let chat = connect_dynamo::DynamoChatStore::new(
         dynamo().await,
-        connect_dynamo::Tables::from_env().chat,
+        connect_dynamo::Tables::from_settings(&settings()).chat,
         1,
     );
     chat.put_batch(&[connect_core::model::StoredMessage {

@@ -355,7 +355,7 @@ pub struct PushConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error(transparent)]
-    Config(#[from] connect_core::env::ConfigError),
+    Config(#[from] connect_config::ConfigError),
     #[error(transparent)]
     Auth(#[from] connect_core::auth::AuthError),
     #[error("connecting to Redis: {0}")]
@@ -389,14 +389,14 @@ impl PushSettings {
         config: &PushConfig,
         registry: Arc<dyn PushRegistry>,
         mirror: Arc<dyn PushDevices>,
-    ) -> Result<Self, connect_core::env::ConfigError> {
+    ) -> Result<Self, connect_config::ConfigError> {
         use connect_push::vapid::Vapid;
         let vapid = Vapid::configured(
             config.vapid_private_key.as_deref(),
             &config.vapid_contact,
             config.local,
         )
-        .map_err(|e| connect_core::env::ConfigError::new("CONNECT_VAPID_PRIVATE_KEY", e))?;
+        .map_err(|e| connect_config::ConfigError::new("CONNECT_VAPID_PRIVATE_KEY", e))?;
         Ok(Self {
             registry,
             mirror,
@@ -417,16 +417,19 @@ impl PushSettings {
 }
 
 #[cfg(feature = "aws")]
-/// Serves `HttpApi::from_env` as a Lambda (API Gateway HTTP API v2 events): the whole `main` of
+/// Serves `HttpApi::from_settings` as a Lambda (API Gateway HTTP API v2 events): the whole `main` of
 /// every HTTP function (`push`: this function serves the push routes).
-pub async fn run_lambda(serves: Serves) -> Result<(), lambda_http::Error> {
+pub async fn run_lambda(
+    serves: Serves,
+    settings: connect_config::Settings,
+) -> Result<(), lambda_http::Error> {
     // The JWT secret (and VAPID key) from Secrets Manager when the deployment names their ARNs.
-    connect_secrets::load().await?;
+    let s = connect_secrets::load(settings).await?;
     let push = match serves {
-        Serves::Push => Some(push_config()?),
+        Serves::Push => Some(push_config(&s)?),
         _ => None,
     };
-    let api = HttpApi::from_env(push, serves == Serves::Presence).await?;
+    let api = HttpApi::from_settings(&s, push, serves == Serves::Presence).await?;
     let api = &api;
     lambda_http::run(lambda_http::service_fn(move |req: Request| async move {
         Ok::<_, std::convert::Infallible>(api.handle(req).await)
@@ -437,15 +440,16 @@ pub async fn run_lambda(serves: Serves) -> Result<(), lambda_http::Error> {
 /// Group admin's bounds: `GROUP_MAX_MEMBERS` (10000), `GROUP_MAX_PER_USER` (1000),
 /// `GROUP_CREATES_PER_HOUR` (50) and `GROUP_MEMBER_ADDS_PER_HOUR` (10000: one full group an hour;
 /// a group's initial members count).
-pub fn group_rules() -> Result<GroupRules, connect_core::env::ConfigError> {
-    use connect_core::env::parsed;
+pub fn group_rules(
+    s: &connect_config::Settings,
+) -> Result<GroupRules, connect_config::ConfigError> {
     let rules = GroupRules::new(
         Caps {
-            members: parsed("GROUP_MAX_MEMBERS", 10_000)?,
-            groups_per_user: parsed("GROUP_MAX_PER_USER", 1_000)?,
+            members: s.parsed("GROUP_MAX_MEMBERS", 10_000)?,
+            groups_per_user: s.parsed("GROUP_MAX_PER_USER", 1_000)?,
         },
-        parsed("GROUP_CREATES_PER_HOUR", 50)?,
-        parsed("GROUP_MEMBER_ADDS_PER_HOUR", 10_000)?,
+        s.parsed("GROUP_CREATES_PER_HOUR", 50)?,
+        s.parsed("GROUP_MEMBER_ADDS_PER_HOUR", 10_000)?,
     );
     for (name, v) in [
         ("GROUP_MAX_MEMBERS", rules.caps.members as u64),
@@ -453,10 +457,7 @@ pub fn group_rules() -> Result<GroupRules, connect_core::env::ConfigError> {
         ("GROUP_CREATES_PER_HOUR", rules.creates.limit),
     ] {
         if v == 0 {
-            return Err(connect_core::env::ConfigError::new(
-                name,
-                "must be at least 1",
-            ));
+            return Err(connect_config::ConfigError::new(name, "must be at least 1"));
         }
     }
     Ok(rules)
@@ -465,15 +466,14 @@ pub fn group_rules() -> Result<GroupRules, connect_core::env::ConfigError> {
 #[cfg(feature = "aws")]
 /// The push routes' settings from env: `CONNECT_VAPID_PRIVATE_KEY`, `CONNECT_VAPID_CONTACT`,
 /// `CONNECT_ENV` (after the secrets are loaded).
-pub fn push_config() -> Result<PushConfig, connect_core::env::ConfigError> {
+pub fn push_config(
+    s: &connect_config::Settings,
+) -> Result<PushConfig, connect_config::ConfigError> {
     Ok(PushConfig {
-        vapid_private_key: connect_core::env::optional("CONNECT_VAPID_PRIVATE_KEY"),
-        vapid_contact: connect_core::env::string(
-            "CONNECT_VAPID_CONTACT",
-            "mailto:push@connect.invalid",
-        ),
-        local: connect_core::env::local(),
-        sns: connect_push::sns::SnsConfig::from_lookup(|name| std::env::var(name).ok())?,
+        vapid_private_key: s.optional("CONNECT_VAPID_PRIVATE_KEY"),
+        vapid_contact: s.string("CONNECT_VAPID_CONTACT", "mailto:push@connect.invalid"),
+        local: s.local(),
+        sns: connect_push::sns::SnsConfig::from_lookup(|name| s.optional(name))?,
     })
 }
 
@@ -487,11 +487,14 @@ impl HttpApi {
     /// `GROUP_MAX_MEMBERS` (10000); with `push`, the push routes too (and `REDIS_URL`, the
     /// registrations' mirror); with `presence`, the presence route too (`REDIS_URL`,
     /// `GROUP_CACHE_TTL_SECS`, `GROUP_CACHE_MAX`).
-    pub async fn from_env(push: Option<PushConfig>, presence: bool) -> Result<Self, SetupError> {
-        use connect_core::env::production;
-        let (secret, previous) = connect_core::auth::JwtSecret::from_env(production())?;
-        let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
-        let tables = connect_dynamo::Tables::from_env();
+    pub async fn from_settings(
+        s: &connect_config::Settings,
+        push: Option<PushConfig>,
+        presence: bool,
+    ) -> Result<Self, SetupError> {
+        let (secret, previous) = connect_core::auth::JwtSecret::from_settings(s)?;
+        let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_settings(s)?).await;
+        let tables = connect_dynamo::Tables::from_settings(s);
         let store = Arc::new(connect_dynamo::DynamoChatStore::new(
             dynamo.clone(),
             &tables.chat,
@@ -512,32 +515,28 @@ impl HttpApi {
                 &tables.quotas,
             )),
         };
-        let group_rules = group_rules()?;
+        let group_rules = group_rules(s)?;
         let mut api = Self::new(
-            TokenVerifier::with_rules(&secret, &connect_core::auth::TokenRules::from_env()?)
+            TokenVerifier::with_rules(&secret, &connect_core::auth::TokenRules::from_settings(s)?)
                 .also(previous.as_ref()),
             ports,
             group_rules,
         );
+        let redis_cfg = connect_redis::RedisConfig::from_settings(s)?;
         let redis = || async {
-            connect_redis::connect(&connect_core::env::string(
-                "REDIS_URL",
-                "redis://127.0.0.1:6380",
-            ))
-            .await
-            .map_err(|e| SetupError::Redis(e.to_string()))
+            connect_redis::connect(&redis_cfg)
+                .await
+                .map_err(|e| SetupError::Redis(e.to_string()))
         };
         if presence {
-            let cfg = connect_redis::PresenceConfig::from_env(
-                &connect_core::regions::Regions::from_env()?.local,
+            let cfg = connect_redis::PresenceConfig::from_settings(
+                s,
+                &connect_core::regions::Regions::from_settings(s)?.local,
             )?;
             let rosters = groups::MembershipCache::new(
                 api.ports.groups.clone(),
-                std::time::Duration::from_secs(connect_core::env::parsed(
-                    "GROUP_CACHE_TTL_SECS",
-                    60,
-                )?),
-                connect_core::env::parsed("GROUP_CACHE_MAX", 10_000)?,
+                std::time::Duration::from_secs(s.parsed("GROUP_CACHE_TTL_SECS", 60)?),
+                s.parsed("GROUP_CACHE_MAX", 10_000)?,
             );
             api = api.with_presence(PresenceRead {
                 store: Arc::new(connect_redis::RedisPresence::new(redis().await?, cfg)),

@@ -55,11 +55,11 @@ pub fn secret(
 
 /// `CONNECT_INTERNAL_TOKEN`: what a gateway's management API wants in
 /// `x-connect-internal-token`, and what the offline-delivery function sends.
-pub fn internal_token(production: bool) -> Result<String, AuthError> {
+pub fn internal_token(settings: &connect_config::Settings) -> Result<String, AuthError> {
     secret(
         "CONNECT_INTERNAL_TOKEN",
-        crate::env::optional("CONNECT_INTERNAL_TOKEN"),
-        production,
+        settings.optional("CONNECT_INTERNAL_TOKEN"),
+        settings.production(),
         DEV_INTERNAL_TOKEN,
     )
 }
@@ -103,10 +103,10 @@ impl Default for TokenRules {
 impl TokenRules {
     /// From `CONNECT_JWT_ISSUER`, `CONNECT_JWT_AUDIENCE` (both optional) and
     /// `CONNECT_JWT_MAX_LIFETIME_SECS` (default a day, at least 60).
-    pub fn from_env() -> Result<Self, AuthError> {
-        let max_lifetime_secs =
-            crate::env::parsed("CONNECT_JWT_MAX_LIFETIME_SECS", MAX_LIFETIME_SECS)
-                .map_err(|e| AuthError::BadSetting("CONNECT_JWT_MAX_LIFETIME_SECS", e.reason))?;
+    pub fn from_settings(settings: &connect_config::Settings) -> Result<Self, AuthError> {
+        let max_lifetime_secs = settings
+            .parsed("CONNECT_JWT_MAX_LIFETIME_SECS", MAX_LIFETIME_SECS)
+            .map_err(|e| AuthError::BadSetting("CONNECT_JWT_MAX_LIFETIME_SECS", e.reason))?;
         if max_lifetime_secs < 60 {
             return Err(AuthError::BadSetting(
                 "CONNECT_JWT_MAX_LIFETIME_SECS",
@@ -114,8 +114,8 @@ impl TokenRules {
             ));
         }
         Ok(Self {
-            issuer: crate::env::optional("CONNECT_JWT_ISSUER"),
-            audience: crate::env::optional("CONNECT_JWT_AUDIENCE"),
+            issuer: settings.optional("CONNECT_JWT_ISSUER"),
+            audience: settings.optional("CONNECT_JWT_AUDIENCE"),
             max_lifetime_secs,
         })
     }
@@ -154,14 +154,15 @@ impl JwtSecret {
         }
     }
 
-    /// Both from the environment: `CONNECT_JWT_SECRET` and `CONNECT_JWT_SECRET_PREVIOUS`.
-    pub fn from_env(production: bool) -> Result<(Self, Option<Self>), AuthError> {
+    /// Both from the settings: `CONNECT_JWT_SECRET` and `CONNECT_JWT_SECRET_PREVIOUS`, with
+    /// production's checks unless `CONNECT_ENV=local`.
+    pub fn from_settings(
+        settings: &connect_config::Settings,
+    ) -> Result<(Self, Option<Self>), AuthError> {
+        let production = settings.production();
         Ok((
-            Self::new(crate::env::optional("CONNECT_JWT_SECRET"), production)?,
-            Self::previous(
-                crate::env::optional("CONNECT_JWT_SECRET_PREVIOUS"),
-                production,
-            )?,
+            Self::new(settings.optional("CONNECT_JWT_SECRET"), production)?,
+            Self::previous(settings.optional("CONNECT_JWT_SECRET_PREVIOUS"), production)?,
         ))
     }
 }

@@ -31,9 +31,13 @@ impl FailingWrites {
     }
 
     /// Parses `<conversation>=<times>` (e.g. `dm:a:b=1`).
-    pub fn parse(inner: Arc<dyn ChatStore>, spec: &str) -> Result<Self, crate::env::ConfigError> {
-        let bad =
-            |reason: String| crate::env::ConfigError::new("MESSAGING_FAULT_FAIL_WRITES", reason);
+    pub fn parse(
+        inner: Arc<dyn ChatStore>,
+        spec: &str,
+    ) -> Result<Self, connect_config::ConfigError> {
+        let bad = |reason: String| {
+            connect_config::ConfigError::new("MESSAGING_FAULT_FAIL_WRITES", reason)
+        };
         let (conversation, times) = spec
             .rsplit_once('=')
             .ok_or_else(|| bad(format!("expected <conversation>=<times>, got {spec:?}")))?;

@@ -28,7 +28,6 @@
 //! - `memory`: in-memory ports for unit tests of the pure logic (tests and the `memory` feature only).
 
 pub mod auth;
-pub mod env;
 pub mod error;
 pub mod faults;
 pub mod groups;

@@ -44,11 +44,11 @@ impl Regions {
     }
 
     /// `local` and a comma-separated list of peers (blank entries and `local` itself ignored).
-    pub fn parse(local: &str, peers: &str) -> Result<Self, crate::env::ConfigError> {
+    pub fn parse(local: &str, peers: &str) -> Result<Self, connect_config::ConfigError> {
         let mut list: Vec<String> = Vec::new();
         for p in peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if !valid_name(p) {
-                return Err(crate::env::ConfigError::new(
+                return Err(connect_config::ConfigError::new(
                     "CONNECT_PEER_REGIONS",
                     format!("region {p:?}: letters, digits and '-' only (it names Kafka topics)"),
                 ));
@@ -58,7 +58,7 @@ impl Regions {
             }
         }
         if !valid_name(local) {
-            return Err(crate::env::ConfigError::new(
+            return Err(connect_config::ConfigError::new(
                 "CONNECT_REGION",
                 format!("region {local:?}: letters, digits and '-' only (it names Kafka topics)"),
             ));
@@ -70,10 +70,12 @@ impl Regions {
     }
 
     /// `CONNECT_REGION` (default `local`) and `CONNECT_PEER_REGIONS` (comma-separated; none).
-    pub fn from_env() -> Result<Self, crate::env::ConfigError> {
+    pub fn from_settings(
+        settings: &connect_config::Settings,
+    ) -> Result<Self, connect_config::ConfigError> {
         Self::parse(
-            &crate::env::string("CONNECT_REGION", "local"),
-            &crate::env::string("CONNECT_PEER_REGIONS", ""),
+            &settings.string("CONNECT_REGION", "local"),
+            &settings.string("CONNECT_PEER_REGIONS", ""),
         )
     }
 

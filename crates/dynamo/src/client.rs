@@ -48,11 +48,13 @@ pub async fn sdk_config(cfg: &DynamoConfig) -> aws_config::SdkConfig {
 
 impl DynamoConfig {
     /// From `AWS_REGION` (us-east-1), `DYNAMODB_ENDPOINT` (unset = AWS), `DYNAMODB_TIMEOUT_MS` (3000).
-    pub fn from_env() -> Result<Self, connect_core::env::ConfigError> {
-        let get = connect_core::env::optional;
+    pub fn from_settings(
+        s: &connect_config::Settings,
+    ) -> Result<Self, connect_config::ConfigError> {
+        let get = |name: &str| s.optional(name);
         let timeout_ms: u64 = match get("DYNAMODB_TIMEOUT_MS") {
             Some(v) => v.parse().map_err(|_| {
-                connect_core::env::ConfigError::new(
+                connect_config::ConfigError::new(
                     "DYNAMODB_TIMEOUT_MS",
                     format!("{v:?} is not a whole number"),
                 )

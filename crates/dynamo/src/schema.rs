@@ -229,16 +229,15 @@ impl Tables {
     /// From `CHAT_TABLE` (connect_messages), `SEQUENCE_TABLE` (connect_sequences),
     /// `GROUP_TABLE` (connect_groups), `INBOX_TABLE` (connect_inbox), `PLACES_TABLE`
     /// (connect_places), `PUSH_TABLE` (connect_push) and `QUOTA_TABLE` (connect_quotas).
-    pub fn from_env() -> Self {
-        use connect_core::env::string;
+    pub fn from_settings(s: &connect_config::Settings) -> Self {
         Self {
-            chat: string("CHAT_TABLE", "connect_messages"),
-            sequences: string("SEQUENCE_TABLE", "connect_sequences"),
-            groups: string("GROUP_TABLE", "connect_groups"),
-            inbox: string("INBOX_TABLE", "connect_inbox"),
-            places: string("PLACES_TABLE", "connect_places"),
-            push: string("PUSH_TABLE", "connect_push"),
-            quotas: string("QUOTA_TABLE", "connect_quotas"),
+            chat: s.string("CHAT_TABLE", "connect_messages"),
+            sequences: s.string("SEQUENCE_TABLE", "connect_sequences"),
+            groups: s.string("GROUP_TABLE", "connect_groups"),
+            inbox: s.string("INBOX_TABLE", "connect_inbox"),
+            places: s.string("PLACES_TABLE", "connect_places"),
+            push: s.string("PUSH_TABLE", "connect_push"),
+            quotas: s.string("QUOTA_TABLE", "connect_quotas"),
         }
     }
 }

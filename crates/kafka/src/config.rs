@@ -80,18 +80,22 @@ impl std::fmt::Debug for Security {
 
 impl Security {
     /// From `KAFKA_SECURITY_PROTOCOL` (`plaintext`) and the variables its protocol needs.
-    pub fn from_env() -> Result<Self, connect_core::env::ConfigError> {
-        use connect_core::env::{optional, string, ConfigError};
-        let ca = optional("KAFKA_SSL_CA_LOCATION");
-        match string("KAFKA_SECURITY_PROTOCOL", "plaintext")
+    pub fn from_settings(
+        s: &connect_config::Settings,
+    ) -> Result<Self, connect_config::ConfigError> {
+        use connect_config::ConfigError;
+        let ca = s.optional("KAFKA_SSL_CA_LOCATION");
+        match s
+            .string("KAFKA_SECURITY_PROTOCOL", "plaintext")
             .to_ascii_lowercase()
             .as_str()
         {
             "plaintext" => Ok(Self::Plaintext),
             "ssl" => Ok(Self::Ssl { ca }),
             "sasl_ssl" => {
-                let mechanism =
-                    string("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512").to_ascii_uppercase();
+                let mechanism = s
+                    .string("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+                    .to_ascii_uppercase();
                 if !matches!(mechanism.as_str(), "SCRAM-SHA-512" | "SCRAM-SHA-256") {
                     return Err(ConfigError::new(
                         "KAFKA_SASL_MECHANISM",
@@ -99,7 +103,8 @@ impl Security {
                     ));
                 }
                 let need = |name: &str| {
-                    optional(name).ok_or_else(|| ConfigError::new(name, "required with sasl_ssl"))
+                    s.optional(name)
+                        .ok_or_else(|| ConfigError::new(name, "required with sasl_ssl"))
                 };
                 Ok(Self::SaslSsl {
                     ca,
@@ -202,21 +207,22 @@ impl KafkaConfig {
     /// `KAFKA_MESSAGE_TIMEOUT_MS` (5000), `KAFKA_SESSION_TIMEOUT_MS` (10000),
     /// `KAFKA_MAX_POLL_INTERVAL_MS` (30000), `KAFKA_BROKER_CHECK_MS` (5000), `KAFKA_DEBUG`
     /// (none), and the security variables
-    /// ([`Security::from_env`]).
-    pub fn from_env() -> Result<Self, connect_core::env::ConfigError> {
-        use connect_core::env::parsed as num;
+    /// ([`Security::from_settings`]).
+    pub fn from_settings(
+        s: &connect_config::Settings,
+    ) -> Result<Self, connect_config::ConfigError> {
         Ok(Self {
-            brokers: connect_core::env::string("KAFKA_BROKERS", "127.0.0.1:9092"),
-            fetch_wait_ms: num("KAFKA_FETCH_WAIT_MS", 500)?,
-            linger_ms: num("KAFKA_LINGER_MS", 0)?,
-            fetch_min_bytes: num("KAFKA_FETCH_MIN_BYTES", 1)?,
-            message_timeout_ms: num("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
-            commit_interval_ms: num("KAFKA_COMMIT_INTERVAL_MS", 100)?,
-            session_timeout_ms: num("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
-            max_poll_interval_ms: num("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
-            broker_check_ms: num("KAFKA_BROKER_CHECK_MS", 5000)?,
-            debug: connect_core::env::optional("KAFKA_DEBUG"),
-            security: Security::from_env()?,
+            brokers: s.string("KAFKA_BROKERS", "127.0.0.1:9092"),
+            fetch_wait_ms: s.parsed("KAFKA_FETCH_WAIT_MS", 500)?,
+            linger_ms: s.parsed("KAFKA_LINGER_MS", 0)?,
+            fetch_min_bytes: s.parsed("KAFKA_FETCH_MIN_BYTES", 1)?,
+            message_timeout_ms: s.parsed("KAFKA_MESSAGE_TIMEOUT_MS", 5000)?,
+            commit_interval_ms: s.parsed("KAFKA_COMMIT_INTERVAL_MS", 100)?,
+            session_timeout_ms: s.parsed("KAFKA_SESSION_TIMEOUT_MS", 10_000)?,
+            max_poll_interval_ms: s.parsed("KAFKA_MAX_POLL_INTERVAL_MS", 30_000)?,
+            broker_check_ms: s.parsed("KAFKA_BROKER_CHECK_MS", 5000)?,
+            debug: s.optional("KAFKA_DEBUG"),
+            security: Security::from_settings(s)?,
         })
     }
 }
@@ -244,17 +250,16 @@ pub struct Topics {
 }
 
 impl Topics {
-    pub fn from_env() -> Self {
-        use connect_core::env::string;
+    pub fn from_settings(s: &connect_config::Settings) -> Self {
         Self {
-            incoming: string("KAFKA_INCOMING_TOPIC", "incoming_messages"),
-            outgoing: string("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
-            user_connected: string("KAFKA_USER_CONNECTED_TOPIC", "user_connected"),
-            sequenced: string("KAFKA_SEQUENCED_TOPIC", "sequenced_messages"),
-            acks: string("KAFKA_ACKS_TOPIC", "acks"),
-            push: string("KAFKA_PUSH_TOPIC", "push_requests"),
-            push_later: string("KAFKA_PUSH_LATER_TOPIC", "push_later"),
-            presence: string("KAFKA_PRESENCE_TOPIC", "presence"),
+            incoming: s.string("KAFKA_INCOMING_TOPIC", "incoming_messages"),
+            outgoing: s.string("KAFKA_OUTGOING_TOPIC", "outgoing_messages"),
+            user_connected: s.string("KAFKA_USER_CONNECTED_TOPIC", "user_connected"),
+            sequenced: s.string("KAFKA_SEQUENCED_TOPIC", "sequenced_messages"),
+            acks: s.string("KAFKA_ACKS_TOPIC", "acks"),
+            push: s.string("KAFKA_PUSH_TOPIC", "push_requests"),
+            push_later: s.string("KAFKA_PUSH_LATER_TOPIC", "push_later"),
+            presence: s.string("KAFKA_PRESENCE_TOPIC", "presence"),
         }
     }
 }

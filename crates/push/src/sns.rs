@@ -46,11 +46,11 @@ impl SnsConfig {
     /// values count as unset.
     pub fn from_lookup(
         lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, connect_core::env::ConfigError> {
+    ) -> Result<Self, connect_config::ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let timeout = match get("SNS_TIMEOUT_MS") {
             Some(ms) => ms.parse::<u64>().map_err(|e| {
-                connect_core::env::ConfigError::new("SNS_TIMEOUT_MS", format!("{ms}: {e}"))
+                connect_config::ConfigError::new("SNS_TIMEOUT_MS", format!("{ms}: {e}"))
             })?,
             None => 3000,
         };

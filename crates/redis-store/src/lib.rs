@@ -36,44 +36,88 @@ pub use redis;
 
 use connect_core::PortError;
 
-/// Connects as the environment says: `url` (`REDIS_URL`) is one server, or with
-/// `REDIS_CLUSTER=true` a comma-separated list of cluster nodes to discover the cluster from
-/// (ElastiCache's configuration endpoint is one such node). A `rediss://` URL speaks TLS
-/// (ElastiCache in-transit encryption), trusting the system's CAs, or only the PEM CA bundle in
-/// `REDIS_CA_FILE` when that is set (a private CA). `REDIS_PASSWORD` (ElastiCache's AUTH token;
-/// the Lambdas get it from `REDIS_AUTH_SECRET_ARN`, `connect_secrets`) authenticates every
-/// connection, each cluster node's included. Both kinds reconnect by themselves.
-pub async fn connect(url: &str) -> Result<RedisConn, redis::RedisError> {
-    let ca_file = connect_core::env::optional("REDIS_CA_FILE");
-    let password = connect_core::env::optional("REDIS_PASSWORD");
-    let cluster = connect_core::env::parsed("REDIS_CLUSTER", false).map_err(|e| {
-        redis::RedisError::from((
-            redis::ErrorKind::InvalidClientConfig,
-            "REDIS_CLUSTER",
-            e.to_string(),
-        ))
-    })?;
-    if cluster {
-        let conn = cluster_client(url, ca_file.as_deref(), password.as_deref())?
+/// Where Redis is and how to reach it: `REDIS_URL` (the state; `redis://127.0.0.1:6380`),
+/// `REDIS_LOG_URL` (the offline logs' own server; none: the state's), `REDIS_CLUSTER`
+/// (`false`), `REDIS_CA_FILE` and `REDIS_PASSWORD`.
+#[derive(Clone, Default)]
+pub struct RedisConfig {
+    pub url: String,
+    pub log_url: Option<String>,
+    /// `url` is a comma-separated list of cluster nodes to discover the cluster from
+    /// (ElastiCache's configuration endpoint is one such node).
+    pub cluster: bool,
+    /// With `rediss://`: trust only this PEM CA bundle (a private CA), not the system's CAs.
+    pub ca_file: Option<String>,
+    /// ElastiCache's AUTH token (the Lambdas get it from `REDIS_AUTH_SECRET_ARN`,
+    /// `connect_secrets`): it authenticates every connection, each cluster node's included.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.url)
+            .field("log_url", &self.log_url)
+            .field("cluster", &self.cluster)
+            .field("ca_file", &self.ca_file)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    pub fn from_settings(
+        s: &connect_config::Settings,
+    ) -> Result<Self, connect_config::ConfigError> {
+        Ok(Self {
+            url: s.string("REDIS_URL", "redis://127.0.0.1:6380"),
+            log_url: s.optional("REDIS_LOG_URL"),
+            cluster: s.parsed("REDIS_CLUSTER", false)?,
+            ca_file: s.optional("REDIS_CA_FILE"),
+            password: s.optional("REDIS_PASSWORD"),
+        })
+    }
+
+    /// One plain server at `url` (tests, tools).
+    pub fn single(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Connects to the state's Redis (`cfg.url`): one server, or with `cfg.cluster` a cluster. A
+/// `rediss://` URL speaks TLS (ElastiCache in-transit encryption). Both kinds reconnect by
+/// themselves.
+pub async fn connect(cfg: &RedisConfig) -> Result<RedisConn, redis::RedisError> {
+    connect_to(&cfg.url, cfg).await
+}
+
+/// Connects to the server(s) at `url` as `cfg` says (cluster, TLS, AUTH).
+pub async fn connect_to(url: &str, cfg: &RedisConfig) -> Result<RedisConn, redis::RedisError> {
+    let (ca_file, password) = (cfg.ca_file.as_deref(), cfg.password.as_deref());
+    if cfg.cluster {
+        let conn = cluster_client(url, ca_file, password)?
             .get_async_connection()
             .await?;
         Ok(RedisConn::Cluster(conn))
     } else {
-        let client = client(url, ca_file.as_deref(), password.as_deref())?;
+        let client = client(url, ca_file, password)?;
         let conn = redis::aio::ConnectionManager::new(client).await?;
         Ok(RedisConn::Single(conn))
     }
 }
 
-/// The offline logs' server (`REDIS_LOG_URL`): its own at `url` (production: one that evicts
-/// under memory pressure), or, without one, `state`'s (one server for everything, as a
-/// development stack may run).
+/// The offline logs' server (`cfg.log_url`): its own (production: one that evicts under memory
+/// pressure), or, without one, `state`'s (one server for everything, as a development stack may
+/// run).
 pub async fn connect_logs(
     state: &RedisConn,
-    url: Option<&str>,
+    cfg: &RedisConfig,
 ) -> Result<RedisConn, redis::RedisError> {
-    match url {
-        Some(url) => connect(url).await,
+    match &cfg.log_url {
+        Some(url) => connect_to(url, cfg).await,
         None => Ok(state.clone()),
     }
 }

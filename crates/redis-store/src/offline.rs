@@ -57,11 +57,12 @@ pub struct OfflineLimits {
 }
 
 impl OfflineLimits {
-    pub fn from_env() -> Result<Self, connect_core::env::ConfigError> {
-        use connect_core::env::parsed;
+    pub fn from_settings(
+        s: &connect_config::Settings,
+    ) -> Result<Self, connect_config::ConfigError> {
         Ok(Self {
-            log_max: parsed("OFFLINE_LOG_MAX", 1_000)?,
-            ttl: Duration::from_secs(parsed("OFFLINE_TTL_SECS", 14 * 24 * 3600)?),
+            log_max: s.parsed("OFFLINE_LOG_MAX", 1_000)?,
+            ttl: Duration::from_secs(s.parsed("OFFLINE_TTL_SECS", 14 * 24 * 3600)?),
         })
     }
 }

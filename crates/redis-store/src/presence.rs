@@ -44,12 +44,14 @@ pub struct PresenceConfig {
 
 impl PresenceConfig {
     /// Region `region` with `PRESENCE_DEBOUNCE_MS` (5000) and `PRESENCE_RETAIN_DAYS` (30).
-    pub fn from_env(region: &str) -> Result<Self, connect_core::env::ConfigError> {
-        use connect_core::env::parsed;
+    pub fn from_settings(
+        s: &connect_config::Settings,
+        region: &str,
+    ) -> Result<Self, connect_config::ConfigError> {
         Ok(Self {
             region: region.to_owned(),
-            debounce: Duration::from_millis(parsed("PRESENCE_DEBOUNCE_MS", 5000)?),
-            retain: Duration::from_secs(parsed::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400),
+            debounce: Duration::from_millis(s.parsed("PRESENCE_DEBOUNCE_MS", 5000)?),
+            retain: Duration::from_secs(s.parsed::<u64>("PRESENCE_RETAIN_DAYS", 30)? * 86_400),
         })
     }
 }

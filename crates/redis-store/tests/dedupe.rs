@@ -7,6 +7,11 @@ use connect_core::model::{Acceptance, DedupeKey};
 use connect_core::ports::DedupeIndex;
 use connect_protocol::{ClientMsgId, ConversationId, UserId};
 
+/// The test process's settings.
+fn settings() -> connect_config::Settings {
+    connect_config::Settings::from_process()
+}
+
 fn key(sender: &UserId, i: usize) -> DedupeKey {
     DedupeKey {
         sender: sender.clone(),
@@ -25,8 +30,8 @@ fn accepted(seq: u64) -> Acceptance {
 
 /// The stack's Redis, a dedupe index over it (60 s, 100 per sender) and a run id.
 async fn dedupe() -> (connect_redis::RedisConn, connect_redis::RedisDedupe, String) {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let conn = connect_redis::connect(&url)
+    let cfg = connect_redis::RedisConfig::from_settings(&settings()).expect("Redis settings");
+    let conn = connect_redis::connect(&cfg)
         .await
         .expect("the stack's Redis");
     let dedupe = connect_redis::RedisDedupe::new(conn.clone(), Duration::from_secs(60), 100);

@@ -10,11 +10,16 @@ use connect_core::presence::{PresenceChange, PresenceStore};
 use connect_protocol::UserId;
 use connect_redis::{PresenceConfig, RedisPresence, RedisRegistry};
 
+/// The test process's settings.
+fn settings() -> connect_config::Settings {
+    connect_config::Settings::from_process()
+}
+
 /// A region of its own per test: its due checks are its own (the stack's messaging sweeps
 /// region `local`'s).
 async fn stack(ttl: Duration) -> (RedisRegistry, RedisPresence) {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".into());
-    let conn = connect_redis::connect(&url)
+    let cfg = connect_redis::RedisConfig::from_settings(&settings()).expect("Redis settings");
+    let conn = connect_redis::connect(&cfg)
         .await
         .expect("the stack's Redis");
     (

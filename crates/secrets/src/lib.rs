@@ -2,7 +2,7 @@
 //!
 //! A deployment gives a secret's ARN instead of its value (`template.yaml`: the Lambdas' env
 //! then holds no secret); [`load`] fetches each named ARN once at startup and hands the values
-//! to [`connect_core::env::resolve`], so the settings read as usual:
+//! in place of the settings they stand for, so the settings read as usual:
 //!
 //! | variable | secret | becomes |
 //! |---|---|---|
@@ -33,8 +33,6 @@ pub enum SecretsError {
     },
     #[error("{var}: {what}")]
     Shape { var: &'static str, what: String },
-    #[error("secrets were loaded twice in one process")]
-    Twice,
 }
 
 impl SecretsError {
@@ -78,15 +76,17 @@ const SECRETS: &[(&str, Shape)] = &[
     ),
 ];
 
-/// Fetches every secret whose ARN variable is set and makes its settings readable through
-/// `connect_core::env`. Does nothing (no AWS call) when none is set.
-pub async fn load() -> Result<(), SecretsError> {
+/// `settings` with every secret whose ARN setting is there fetched, in place of the settings it
+/// stands for. Does nothing (no AWS call) when none is named.
+pub async fn load(
+    settings: connect_config::Settings,
+) -> Result<connect_config::Settings, SecretsError> {
     let wanted: Vec<(&str, String, Shape)> = SECRETS
         .iter()
-        .filter_map(|(var, shape)| connect_core::env::optional(var).map(|arn| (*var, arn, *shape)))
+        .filter_map(|(var, shape)| settings.optional(var).map(|arn| (*var, arn, *shape)))
         .collect();
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(settings);
     }
     let config = aws_config::load_from_env().await;
     let client = aws_sdk_secretsmanager::Client::new(&config);
@@ -106,14 +106,14 @@ pub async fn load() -> Result<(), SecretsError> {
             var,
             what: format!("{arn} holds no string"),
         })?;
-        values.extend(settings(var, shape, text)?);
+        values.extend(fields(var, shape, text)?);
         tracing::info!(variable = var, "secret loaded");
     }
-    connect_core::env::resolve(values).map_err(|_| SecretsError::Twice)
+    Ok(settings.with(values))
 }
 
 /// The settings one secret's string fills in.
-fn settings(
+fn fields(
     var: &'static str,
     shape: Shape,
     text: &str,
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn a_string_secret_is_the_setting() {
         assert_eq!(
-            settings(
+            fields(
                 "CONNECT_JWT_SECRET_ARN",
                 shape("CONNECT_JWT_SECRET_ARN"),
                 "s3cr3t"
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn the_msk_scram_secret_fills_user_and_password() {
-        let got = settings(
+        let got = fields(
             "KAFKA_SASL_SECRET_ARN",
             shape("KAFKA_SASL_SECRET_ARN"),
             r#"{"username": "connect", "password": "pw"}"#,
@@ -174,14 +174,14 @@ mod tests {
                 ("KAFKA_SASL_PASSWORD".to_owned(), "pw".to_owned())
             ]
         );
-        let err = settings(
+        let err = fields(
             "KAFKA_SASL_SECRET_ARN",
             shape("KAFKA_SASL_SECRET_ARN"),
             r#"{"username": "connect"}"#,
         )
         .unwrap_err();
         assert!(err.to_string().contains("password"), "{err}");
-        assert!(settings(
+        assert!(fields(
             "KAFKA_SASL_SECRET_ARN",
             shape("KAFKA_SASL_SECRET_ARN"),
             "plain"
@@ -192,7 +192,8 @@ mod tests {
     /// Nothing named, nothing asked of AWS: the local stack and tests run without credentials.
     #[tokio::test]
     async fn without_arns_nothing_is_fetched() {
-        load().await.unwrap();
-        assert_eq!(connect_core::env::optional("CONNECT_JWT_SECRET_ARN"), None);
+        let given = connect_config::Settings::from_pairs([("CONNECT_JWT_SECRET", "s")]);
+        let loaded = load(given).await.unwrap();
+        assert_eq!(loaded.optional("CONNECT_JWT_SECRET").as_deref(), Some("s"));
     }
 }

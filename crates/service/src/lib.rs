@@ -1,7 +1,6 @@
 //! What every long-lived service binary (gateway, messaging) shares.
 //!
 //! # Layout
-//! - [`env`]: typed env-var reading with defaults (config comes only from env).
 //! - [`telemetry`]: `tracing` (pretty locally, JSON in AWS) and the Prometheus recorder.
 //! - [`ops`]: the `/healthz` + `/metrics` routes.
 //! - [`shutdown_signal`]: resolves on Ctrl-C or SIGTERM.
@@ -9,7 +8,6 @@
 
 #[cfg(feature = "jemalloc")]
 pub mod alloc;
-pub mod env;
 pub mod ops;
 pub mod telemetry;
 

@@ -3,6 +3,7 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    connect_service::telemetry::init_tracing();
-    connect_api::run_lambda(connect_api::Serves::Push).await
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
+    connect_api::run_lambda(connect_api::Serves::Push, settings).await
 }

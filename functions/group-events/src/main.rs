@@ -53,11 +53,12 @@ async fn handle(
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    connect_service::telemetry::init_tracing();
-    connect_secrets::load().await?;
-    let kafka = KafkaConfig::from_env()?;
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
+    let settings = connect_secrets::load(settings).await?;
+    let kafka = KafkaConfig::from_settings(&settings)?;
     let (producer, _) = kafka.create_producer("group-events")?;
-    let bus = KafkaSubmissionBus::new(producer, Topics::from_env().incoming);
+    let bus = KafkaSubmissionBus::new(producer, Topics::from_settings(&settings).incoming);
     let bus = &bus;
     lambda_runtime::run(service_fn(move |event| handle(bus, event))).await
 }

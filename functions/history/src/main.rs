@@ -1,8 +1,9 @@
 //! Lambda `history`: API Gateway HTTP API v2 → `connect_api::HttpApi` (the same handler the
-//! local HTTP API serves). Config: see `HttpApi::from_env`.
+//! local HTTP API serves). Config: see `HttpApi::from_settings`.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    connect_service::telemetry::init_tracing();
-    connect_api::run_lambda(connect_api::Serves::Api).await
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
+    connect_api::run_lambda(connect_api::Serves::Api, settings).await
 }

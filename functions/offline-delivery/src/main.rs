@@ -103,26 +103,22 @@ async fn handle(
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    connect_service::telemetry::init_tracing();
-    connect_secrets::load().await?;
-    let production = connect_service::env::production();
-    let redis = connect_redis::connect(&connect_service::env::string(
-        "REDIS_URL",
-        "redis://127.0.0.1:6380",
-    ))
-    .await?;
-    let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
-    let tables = connect_dynamo::Tables::from_env();
-    let offline = OfflineLimits::from_env()?;
-    let (producer, _) = KafkaConfig::from_env()?.create_producer("offline-delivery")?;
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
+    let settings = connect_secrets::load(settings).await?;
+    let production = settings.production();
+    let redis_cfg = connect_redis::RedisConfig::from_settings(&settings)?;
+    let redis = connect_redis::connect(&redis_cfg).await?;
+    let dynamo =
+        connect_dynamo::client(&connect_dynamo::DynamoConfig::from_settings(&settings)?).await;
+    let tables = connect_dynamo::Tables::from_settings(&settings);
+    let offline = OfflineLimits::from_settings(&settings)?;
+    let (producer, _) =
+        KafkaConfig::from_settings(&settings)?.create_producer("offline-delivery")?;
     let ctx = Ctx {
         log: RedisLog::new(
             redis.clone(),
-            connect_redis::connect_logs(
-                &redis,
-                connect_service::env::optional("REDIS_LOG_URL").as_deref(),
-            )
-            .await?,
+            connect_redis::connect_logs(&redis, &redis_cfg).await?,
             offline,
         ),
         groups: DynamoGroups::new(dynamo.clone(), &tables.groups),
@@ -131,20 +127,22 @@ async fn main() -> Result<(), Error> {
         // Only read here (the TTL is the gateways' to set).
         sessions: RedisRegistry::new(redis.clone(), std::time::Duration::from_secs(60)),
         pusher: ManagementPusher::new(
-            &connect_service::env::string("AWS_REGION", "us-east-1"),
+            &settings.string("AWS_REGION", "us-east-1"),
             production,
-            Some(connect_core::auth::internal_token(production)?),
+            Some(connect_core::auth::internal_token(&settings)?),
         )
         .await,
-        again: KafkaConnectionEvents::new(producer, Topics::from_env().user_connected),
+        again: KafkaConnectionEvents::new(
+            producer,
+            Topics::from_settings(&settings).user_connected,
+        ),
         limits: BatchLimits {
-            page: connect_service::env::var("OFFLINE_DRAIN_PAGE", 200)?,
-            budget: std::time::Duration::from_millis(connect_service::env::var(
-                "OFFLINE_DRAIN_BUDGET_MS",
-                250,
-            )?),
-            concurrency: connect_service::env::var("OFFLINE_DRAIN_CONCURRENCY", 16)?,
-            attempts: connect_service::env::var("OFFLINE_DRAIN_ATTEMPTS", 5)?,
+            page: settings.parsed("OFFLINE_DRAIN_PAGE", 200)?,
+            budget: std::time::Duration::from_millis(
+                settings.parsed("OFFLINE_DRAIN_BUDGET_MS", 250)?,
+            ),
+            concurrency: settings.parsed("OFFLINE_DRAIN_CONCURRENCY", 16)?,
+            attempts: settings.parsed("OFFLINE_DRAIN_ATTEMPTS", 5)?,
             log_max: offline.log_max,
         },
     };

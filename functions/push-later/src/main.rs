@@ -6,5 +6,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    push::run(push::Role::Later).await
+    push::run(push::Role::Later, connect_config::Settings::from_process()).await
 }

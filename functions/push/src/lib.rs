@@ -72,28 +72,29 @@ impl Ctx {
 }
 
 /// The backends from env (after the secrets are loaded).
-async fn context() -> Result<Ctx, Error> {
-    use connect_service::env;
-    connect_secrets::load().await?;
-    let local = !env::production();
+async fn context(settings: connect_config::Settings) -> Result<Ctx, Error> {
+    let settings = connect_secrets::load(settings).await?;
+    let local = !settings.production();
     let vapid = Vapid::configured(
-        env::optional("CONNECT_VAPID_PRIVATE_KEY").as_deref(),
-        &env::string("CONNECT_VAPID_CONTACT", "mailto:push@connect.invalid"),
+        settings.optional("CONNECT_VAPID_PRIVATE_KEY").as_deref(),
+        &settings.string("CONNECT_VAPID_CONTACT", "mailto:push@connect.invalid"),
         local,
     )?;
     let web = WebPushSender::new(
         vapid,
         WebPushConfig {
-            timeout: Duration::from_millis(env::var("PUSH_TIMEOUT_MS", 5000)?),
-            ttl: Duration::from_secs(env::var("PUSH_TTL_SECS", 43_200)?),
+            timeout: Duration::from_millis(settings.parsed("PUSH_TIMEOUT_MS", 5000)?),
+            ttl: Duration::from_secs(settings.parsed("PUSH_TTL_SECS", 43_200)?),
             allow_local: local,
         },
     )?;
-    let redis = connect_redis::connect(&env::string("REDIS_URL", "redis://127.0.0.1:6380")).await?;
-    let dynamo = connect_dynamo::client(&connect_dynamo::DynamoConfig::from_env()?).await;
-    let tables = connect_dynamo::Tables::from_env();
-    let (producer, _) = KafkaConfig::from_env()?.create_producer("push")?;
-    let sns = connect_push::sns::SnsConfig::from_lookup(|name| std::env::var(name).ok())?;
+    let redis_cfg = connect_redis::RedisConfig::from_settings(&settings)?;
+    let redis = connect_redis::connect(&redis_cfg).await?;
+    let dynamo =
+        connect_dynamo::client(&connect_dynamo::DynamoConfig::from_settings(&settings)?).await;
+    let tables = connect_dynamo::Tables::from_settings(&settings);
+    let (producer, _) = KafkaConfig::from_settings(&settings)?.create_producer("push")?;
+    let sns = connect_push::sns::SnsConfig::from_lookup(|name| settings.optional(name))?;
     let sns = match sns.enabled() {
         true => Some(connect_push::sns::Sns::new(&sns).await),
         false => None,
@@ -104,14 +105,14 @@ async fn context() -> Result<Ctx, Error> {
         sessions: RedisRegistry::new(redis.clone(), Duration::from_secs(60)),
         log: RedisLog::new(
             redis.clone(),
-            connect_redis::connect_logs(&redis, env::optional("REDIS_LOG_URL").as_deref()).await?,
-            OfflineLimits::from_env()?,
+            connect_redis::connect_logs(&redis, &redis_cfg).await?,
+            OfflineLimits::from_settings(&settings)?,
         ),
         markers: DynamoInbox::new(dynamo, &tables),
         gate: RedisPushGate::new(redis),
         transport: Transports { web, sns },
-        later: KafkaJsonTopic::new(producer, Topics::from_env().push_later),
-        collapse_ms: env::var("PUSH_COLLAPSE_MS", connect_core::push::COLLAPSE_MS)?,
+        later: KafkaJsonTopic::new(producer, Topics::from_settings(&settings).push_later),
+        collapse_ms: settings.parsed("PUSH_COLLAPSE_MS", connect_core::push::COLLAPSE_MS)?,
     })
 }
 
@@ -155,9 +156,9 @@ impl Ctx {
 }
 
 /// The whole `main` of both functions.
-pub async fn run(role: Role) -> Result<(), Error> {
-    connect_service::telemetry::init_tracing();
-    let ctx = context().await?;
+pub async fn run(role: Role, settings: connect_config::Settings) -> Result<(), Error> {
+    connect_service::telemetry::init_tracing(&settings);
+    let ctx = context(settings).await?;
     let ctx = &ctx;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<connect_events::MskEvent>| async move {

@@ -8,5 +8,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    push::run(push::Role::Send).await
+    push::run(push::Role::Send, connect_config::Settings::from_process()).await
 }

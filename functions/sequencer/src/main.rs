@@ -11,10 +11,16 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    connect_service::telemetry::init_tracing();
-    let dynamo = connect_dynamo::client(&DynamoConfig::from_env()?).await;
-    let region = connect_service::env::string("CONNECT_REGION", "local");
-    let sequences = DynamoSequences::new(dynamo, Tables::from_env().sequences, region, 16);
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
+    let dynamo = connect_dynamo::client(&DynamoConfig::from_settings(&settings)?).await;
+    let region = settings.string("CONNECT_REGION", "local");
+    let sequences = DynamoSequences::new(
+        dynamo,
+        Tables::from_settings(&settings).sequences,
+        region,
+        16,
+    );
     let sequences = &sequences;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Allocate>| async move {
         Ok::<Allocated, Error>(allocate(sequences, event.payload).await?)

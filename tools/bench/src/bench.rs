@@ -154,11 +154,15 @@ async fn history(
     let (alice, bob) = (unique("hista"), unique("histb"));
     let conversation = ConversationId::direct(&UserId::parse(&alice)?, &UserId::parse(&bob)?)?;
     let dynamo = connect_dynamo::client(
-        &connect_dynamo::DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
+        &connect_dynamo::DynamoConfig::from_settings(&connect_bench::settings())
+            .map_err(anyhow::Error::msg)?,
     )
     .await;
-    let store =
-        connect_dynamo::DynamoChatStore::new(dynamo, connect_dynamo::Tables::from_env().chat, 16);
+    let store = connect_dynamo::DynamoChatStore::new(
+        dynamo,
+        connect_dynamo::Tables::from_settings(&connect_bench::settings()).chat,
+        16,
+    );
     let t = Instant::now();
     let mut seq = 1;
     while seq <= messages {
@@ -245,16 +249,20 @@ async fn drain(
     let direct = ConversationId::direct(&UserId::parse(&alice)?, &UserId::parse(&bob)?)?;
     let conversation = direct.to_string();
     // Written as messaging writes them: the conversation's log, and both users' inboxes.
-    let limits = connect_redis::OfflineLimits::from_env().map_err(anyhow::Error::msg)?;
+    let limits = connect_redis::OfflineLimits::from_settings(&connect_bench::settings())
+        .map_err(anyhow::Error::msg)?;
     if queued as usize > limits.log_max {
         bail!(
             "--queued {queued} is over the log's bound ({}; OFFLINE_LOG_MAX, the same for the stack)",
             limits.log_max
         );
     }
-    let state = connect_redis::connect(redis).await?;
-    let logs =
-        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
+    let redis_cfg = connect_redis::RedisConfig {
+        url: redis.to_owned(),
+        ..connect_redis::RedisConfig::from_settings(&connect_bench::settings())?
+    };
+    let state = connect_redis::connect(&redis_cfg).await?;
+    let logs = connect_redis::connect_logs(&state, &redis_cfg).await?;
     let store = connect_redis::RedisLog::new(state, logs, limits);
     let mut seq = 1;
     while seq <= queued {
@@ -492,7 +500,11 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(run.settle)).await;
 
     let mut sender = open(issuer, &gateways[0], &members[0]).await?;
-    let mut redis = connect_redis::connect(&run.redis).await?;
+    let mut redis = connect_redis::connect(&connect_redis::RedisConfig {
+        url: run.redis.to_owned(),
+        ..connect_redis::RedisConfig::from_settings(&connect_bench::settings())?
+    })
+    .await?;
     let redis_before = redis_memory(&mut redis).await?;
     let usage = connect_bench::procs::Usage::start(&run.stack.pids);
     let started = Instant::now();
@@ -592,7 +604,7 @@ async fn group(issuer: &TokenIssuer, run: GroupRun) -> anyhow::Result<()> {
     }
     if run.online < run.members {
         // The log keeps the newest OFFLINE_LOG_MAX of a conversation (older ones are history).
-        let keep = connect_redis::OfflineLimits::from_env()
+        let keep = connect_redis::OfflineLimits::from_settings(&connect_bench::settings())
             .map_err(anyhow::Error::msg)?
             .log_max;
         let mut seqs: Vec<u64> = accepted.iter().map(|(seq, _, _)| *seq).collect();

@@ -50,12 +50,13 @@ fn message(conversation: &ConversationId, from: &UserId, seq: u64) -> StoredMess
 
 pub async fn run(run: DynamoRun) -> anyhow::Result<()> {
     let dynamo = connect_dynamo::client(
-        &connect_dynamo::DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
+        &connect_dynamo::DynamoConfig::from_settings(&connect_bench::settings())
+            .map_err(anyhow::Error::msg)?,
     )
     .await;
     let store = Arc::new(connect_dynamo::DynamoChatStore::new(
         dynamo,
-        connect_dynamo::Tables::from_env().chat,
+        connect_dynamo::Tables::from_settings(&connect_bench::settings()).chat,
         16,
     ));
     let from = UserId::parse(super::unique("dyna"))?;

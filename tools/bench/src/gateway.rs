@@ -67,16 +67,10 @@ pub async fn run(issuer: &TokenIssuer, run: GatewayRun) -> anyhow::Result<()> {
     if let Some(addr) = run.clients_of {
         return clients(issuer, &addr, pairs, each).await;
     }
-    connect_core::env::resolve(
-        SETTINGS
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    )
-    .map_err(|_| anyhow::anyhow!("the settings were resolved already"))?;
+    let settings = connect_bench::settings().with(SETTINGS.iter().copied());
     // As in production: the metrics recorder installed, so that its costs count.
     let _metrics = connect_service::telemetry::install_metrics()?;
-    let cfg = connect_gateway::config::Config::from_env()?;
+    let cfg = connect_gateway::config::Config::from_settings(&settings)?;
     let mem = Arc::new(Memory::default());
     let (incoming, sends) = mpsc::unbounded_channel();
     let ports = GatewayPorts::in_memory(mem.clone(), Arc::new(Incoming(incoming)));

@@ -129,10 +129,11 @@ struct Adapters {
 impl Adapters {
     async fn new() -> anyhow::Result<Self> {
         let dynamo = connect_dynamo::client(
-            &connect_dynamo::DynamoConfig::from_env().map_err(anyhow::Error::msg)?,
+            &connect_dynamo::DynamoConfig::from_settings(&connect_bench::settings())
+                .map_err(anyhow::Error::msg)?,
         )
         .await;
-        let tables = connect_dynamo::Tables::from_env();
+        let tables = connect_dynamo::Tables::from_settings(&connect_bench::settings());
         Ok(Self {
             chat: connect_dynamo::DynamoChatStore::new(dynamo.clone(), &tables.chat, 16),
             inbox: connect_dynamo::DynamoInbox::new(dynamo.clone(), &tables),

@@ -2,3 +2,8 @@
 
 pub mod client;
 pub mod procs;
+
+/// The tool's settings: its environment (the stack's, as `scripts/bench-*.sh` give it).
+pub fn settings() -> connect_config::Settings {
+    connect_config::Settings::from_process()
+}

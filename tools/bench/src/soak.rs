@@ -40,12 +40,12 @@ struct Lag {
 
 impl Lag {
     fn new() -> Option<Self> {
-        let kafka = connect_kafka::KafkaConfig::from_env().ok()?;
-        let group = connect_core::env::string("MESSAGING_GROUP_ID", "messaging");
+        let kafka = connect_kafka::KafkaConfig::from_settings(&connect_bench::settings()).ok()?;
+        let group = connect_bench::settings().string("MESSAGING_GROUP_ID", "messaging");
         let consumer: BaseConsumer = kafka.consumer(&group).create().ok()?;
         Some(Self {
             consumer,
-            topic: connect_kafka::Topics::from_env().incoming,
+            topic: connect_kafka::Topics::from_settings(&connect_bench::settings()).incoming,
         })
     }
 

@@ -49,10 +49,14 @@ pub async fn run(issuer: &TokenIssuer, run: StormRun) -> anyhow::Result<()> {
     let users: Vec<UserId> = (0..run.users)
         .map(|i| UserId::parse(format!("{tag}_{i}")))
         .collect::<Result<_, _>>()?;
-    let limits = connect_redis::OfflineLimits::from_env().map_err(anyhow::Error::msg)?;
-    let state = connect_redis::connect(&run.redis).await?;
-    let logs =
-        connect_redis::connect_logs(&state, std::env::var("REDIS_LOG_URL").ok().as_deref()).await?;
+    let limits = connect_redis::OfflineLimits::from_settings(&connect_bench::settings())
+        .map_err(anyhow::Error::msg)?;
+    let redis_cfg = connect_redis::RedisConfig {
+        url: run.redis.to_owned(),
+        ..connect_redis::RedisConfig::from_settings(&connect_bench::settings())?
+    };
+    let state = connect_redis::connect(&redis_cfg).await?;
+    let logs = connect_redis::connect_logs(&state, &redis_cfg).await?;
     let log = connect_redis::RedisLog::new(state, logs, limits);
     let seeded = Instant::now();
     for chunk in users.chunks(500) {

@@ -24,7 +24,6 @@ use bytes::Bytes;
 use connect_kafka::rdkafka::message::BorrowedMessage;
 use connect_kafka::rdkafka::Message;
 use connect_kafka::{GroupConsumer, KafkaConfig};
-use connect_service::env;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -125,23 +124,25 @@ impl Invoker {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    connect_service::telemetry::init_tracing();
-    let function = env::string("EVENT_FUNCTION", "offline-delivery");
-    let endpoint = env::string("LAMBDA_ENDPOINT", "http://127.0.0.1:9000");
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
+    let function = settings.string("EVENT_FUNCTION", "offline-delivery");
+    let endpoint = settings.string("LAMBDA_ENDPOINT", "http://127.0.0.1:9000");
     let invoker = Invoker {
         client: Client::builder(TokioExecutor::new()).build_http(),
         url: format!("{endpoint}/2015-03-31/functions/{function}/invocations"),
-        timeout: Duration::from_secs(env::var("EVENT_INVOKE_TIMEOUT_SECS", 60)?),
+        timeout: Duration::from_secs(settings.parsed("EVENT_INVOKE_TIMEOUT_SECS", 60)?),
     };
     info!(url = %invoker.url, "invoking");
-    match env::string("EVENT_SOURCE_KIND", "kafka").as_str() {
-        "kafka" => run_kafka(invoker, &function).await,
+    match settings.string("EVENT_SOURCE_KIND", "kafka").as_str() {
+        "kafka" => run_kafka(&settings, invoker, &function).await,
         "dynamodb" => {
             stream::run(
                 invoker,
-                env::string("EVENT_SOURCE_TABLE", "connect_groups"),
-                env::string("REDIS_URL", "redis://127.0.0.1:6380"),
-                Duration::from_millis(env::var("EVENT_POLL_MS", 100)?),
+                settings.string("EVENT_SOURCE_TABLE", "connect_groups"),
+                &connect_dynamo::DynamoConfig::from_settings(&settings)?,
+                &connect_redis::RedisConfig::from_settings(&settings)?,
+                Duration::from_millis(settings.parsed("EVENT_POLL_MS", 100)?),
             )
             .await
         }
@@ -149,11 +150,15 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_kafka(invoker: Invoker, function: &str) -> anyhow::Result<()> {
-    let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
-    let topic = env::string("EVENT_SOURCE_TOPIC", "user_connected");
-    let group = env::string("EVENT_GROUP_ID", &format!("lambda-{function}"));
-    let max: usize = env::var("EVENT_BATCH_MAX", 100)?;
+async fn run_kafka(
+    settings: &connect_config::Settings,
+    invoker: Invoker,
+    function: &str,
+) -> anyhow::Result<()> {
+    let kafka = KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?;
+    let topic = settings.string("EVENT_SOURCE_TOPIC", "user_connected");
+    let group = settings.string("EVENT_GROUP_ID", &format!("lambda-{function}"));
+    let max: usize = settings.parsed("EVENT_BATCH_MAX", 100)?;
 
     let consumer = GroupConsumer::subscribe(&kafka, &group, &[&topic])?;
     info!(%topic, %group, "polling");

@@ -124,14 +124,14 @@ async fn hand_over(invoker: &Invoker, records: &[Record], arn: &str) {
 pub async fn run(
     invoker: Invoker,
     table: String,
-    redis_url: String,
+    dynamo: &connect_dynamo::DynamoConfig,
+    redis: &connect_redis::RedisConfig,
     poll: Duration,
 ) -> anyhow::Result<()> {
-    let cfg = connect_dynamo::DynamoConfig::from_env().map_err(anyhow::Error::msg)?;
-    let sdk = connect_dynamo::sdk_config(&cfg).await;
+    let sdk = connect_dynamo::sdk_config(dynamo).await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
-    let mut redis = connect_redis::connect(&redis_url).await?;
+    let mut redis = connect_redis::connect(redis).await?;
     let stop = connect_service::shutdown_signal();
     tokio::pin!(stop);
     // As Lambda's event source mapping, the poller outlives a backend's hiccup: each failed call

@@ -110,23 +110,21 @@ fn cors(origins: &str) -> anyhow::Result<CorsLayer> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    connect_service::telemetry::init_tracing();
-    let addr: SocketAddr = connect_service::env::var("LOCAL_API_ADDR", "127.0.0.1:8090".parse()?)?;
-    let api = HttpApi::from_env(
-        Some(connect_api::push_config().map_err(anyhow::Error::msg)?),
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
+    let addr: SocketAddr = settings.parsed("LOCAL_API_ADDR", "127.0.0.1:8090".parse()?)?;
+    let api = HttpApi::from_settings(
+        &settings,
+        Some(connect_api::push_config(&settings).map_err(anyhow::Error::msg)?),
         true,
     )
     .await
     .map_err(anyhow::Error::msg)
     .context("configuring the HTTP API")?;
-    let app =
-        Router::new()
-            .fallback(serve)
-            .with_state(api)
-            .layer(cors(&connect_service::env::string(
-                "LOCAL_API_CORS_ORIGINS",
-                "*",
-            ))?);
+    let app = Router::new()
+        .fallback(serve)
+        .with_state(api)
+        .layer(cors(&settings.string("LOCAL_API_CORS_ORIGINS", "*"))?);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;

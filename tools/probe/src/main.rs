@@ -33,11 +33,11 @@ struct Args {
 }
 
 /// Produces `n` records of 200 B to a fresh 2-partition topic, then consumes them all.
-async fn kafka_probe(n: usize) -> anyhow::Result<()> {
+async fn kafka_probe(settings: &connect_config::Settings, n: usize) -> anyhow::Result<()> {
     use connect_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
     use connect_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
     use connect_kafka::rdkafka::{Offset, TopicPartitionList};
-    let kafka = connect_kafka::KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
+    let kafka = connect_kafka::KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?;
     let topic = format!("probe_{}", connect_core::now_ms());
     connect_kafka::ensure_topics(&kafka, &[(&topic, 2)], 1)
         .await
@@ -137,15 +137,18 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let settings = connect_config::Settings::from_process();
     if args.records > 0 {
-        kafka_probe(args.records).await?;
+        kafka_probe(&settings, args.records).await?;
     }
     if args.no_dynamo {
         return Ok(());
     }
-    let client =
-        connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
-    let tables = Tables::from_env();
+    let client = connect_dynamo::client(
+        &DynamoConfig::from_settings(&settings).map_err(anyhow::Error::msg)?,
+    )
+    .await;
+    let tables = Tables::from_settings(&settings);
     let chat = Arc::new(DynamoChatStore::new(client.clone(), &tables.chat, 1));
     let seqs = Arc::new(DynamoSequences::new(client, &tables.sequences, "local", 1));
     let run_id = connect_core::now_ms();

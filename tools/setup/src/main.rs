@@ -26,16 +26,16 @@
 use anyhow::Context;
 use connect_dynamo::{DynamoConfig, Tables};
 use connect_kafka::{KafkaConfig, Topics};
-use connect_service::env;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    connect_service::telemetry::init_tracing();
+    let settings = connect_config::Settings::from_process();
+    connect_service::telemetry::init_tracing(&settings);
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => setup().await,
-        ["move-homes", from, to] => move_homes(from, to).await,
-        ["replay", topic, from] => replay(topic, from),
+        [] => setup(&settings).await,
+        ["move-homes", from, to] => move_homes(&settings, from, to).await,
+        ["replay", topic, from] => replay(&settings, topic, from),
         ["vapid-key"] => {
             let (private, public) = connect_push::vapid::Vapid::generate();
             println!("private (VapidPrivateKey, keep it secret): {private}\npublic (GET /v1/push/vapid):            {public}");
@@ -71,10 +71,10 @@ fn rewind_point(from: &str, now_ms: i64) -> anyhow::Result<connect_kafka::Rewind
     Ok(connect_kafka::RewindTo::Time(now_ms - secs * 1000))
 }
 
-fn replay(topic: &str, from: &str) -> anyhow::Result<()> {
+fn replay(settings: &connect_config::Settings, topic: &str, from: &str) -> anyhow::Result<()> {
     let to = rewind_point(from, connect_core::now_ms() as i64)?;
-    let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
-    let group = env::string("MESSAGING_GROUP_ID", "messaging");
+    let kafka = KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?;
+    let group = settings.string("MESSAGING_GROUP_ID", "messaging");
     let offsets =
         connect_kafka::rewind_group(&kafka, &group, topic, to).map_err(anyhow::Error::msg)?;
     for (partition, offset) in &offsets {
@@ -84,12 +84,17 @@ fn replay(topic: &str, from: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn move_homes(from: &str, to: &str) -> anyhow::Result<()> {
+async fn move_homes(
+    settings: &connect_config::Settings,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<()> {
     connect_core::regions::Regions::parse(to, from).map_err(anyhow::Error::msg)?;
     anyhow::ensure!(from != to, "move-homes: <from> and <to> must differ");
     let dynamo =
-        connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
-    let tables = Tables::from_env();
+        connect_dynamo::client(&DynamoConfig::from_settings(settings).map_err(anyhow::Error::msg)?)
+            .await;
+    let tables = Tables::from_settings(settings);
     let sequences = connect_dynamo::DynamoSequences::new(dynamo, &tables.sequences, to, 1);
     let moved = sequences
         .move_homes(from, to)
@@ -107,41 +112,45 @@ async fn move_homes(from: &str, to: &str) -> anyhow::Result<()> {
 
 /// Each service's Kafka ACLs (`KAFKA_ACLS=true`): its SCRAM user (`KAFKA_ACL_<SERVICE>_USER`,
 /// the service's name by default) and the consumer groups its triggers and messaging use.
-fn acls(topics: &Topics, peers: &[String]) -> Vec<connect_kafka::acl::Acl> {
+fn acls(
+    settings: &connect_config::Settings,
+    topics: &Topics,
+    peers: &[String],
+) -> Vec<connect_kafka::acl::Acl> {
     let users = connect_kafka::acl::Users {
-        admin: env::string("KAFKA_ACL_ADMIN_USER", "admin"),
-        gateway: env::string("KAFKA_ACL_GATEWAY_USER", "gateway"),
-        messaging: env::string("KAFKA_ACL_MESSAGING_USER", "messaging"),
-        offline: env::string("KAFKA_ACL_OFFLINE_USER", "offline"),
-        push: env::string("KAFKA_ACL_PUSH_USER", "push"),
-        group_events: env::string("KAFKA_ACL_GROUP_EVENTS_USER", "group-events"),
-        mirrormaker: env::string("KAFKA_ACL_MIRRORMAKER_USER", "mirrormaker"),
+        admin: settings.string("KAFKA_ACL_ADMIN_USER", "admin"),
+        gateway: settings.string("KAFKA_ACL_GATEWAY_USER", "gateway"),
+        messaging: settings.string("KAFKA_ACL_MESSAGING_USER", "messaging"),
+        offline: settings.string("KAFKA_ACL_OFFLINE_USER", "offline"),
+        push: settings.string("KAFKA_ACL_PUSH_USER", "push"),
+        group_events: settings.string("KAFKA_ACL_GROUP_EVENTS_USER", "group-events"),
+        mirrormaker: settings.string("KAFKA_ACL_MIRRORMAKER_USER", "mirrormaker"),
     };
     let names = connect_kafka::acl::Names {
-        gateway_group_prefix: env::string("KAFKA_ACL_GATEWAY_GROUP_PREFIX", "gw-"),
+        gateway_group_prefix: settings.string("KAFKA_ACL_GATEWAY_GROUP_PREFIX", "gw-"),
         messaging_groups: vec![
-            env::string("MESSAGING_GROUP_ID", "messaging"),
-            env::string("MESSAGING_PRESENCE_GROUP_ID", "presence"),
+            settings.string("MESSAGING_GROUP_ID", "messaging"),
+            settings.string("MESSAGING_PRESENCE_GROUP_ID", "presence"),
         ],
-        offline_group: env::string("KAFKA_ACL_OFFLINE_GROUP", "lambda-offline-delivery"),
+        offline_group: settings.string("KAFKA_ACL_OFFLINE_GROUP", "lambda-offline-delivery"),
         push_groups: vec![
-            env::string("KAFKA_ACL_PUSH_GROUP", "lambda-push"),
-            env::string("KAFKA_ACL_PUSH_LATER_GROUP", "lambda-push-later"),
+            settings.string("KAFKA_ACL_PUSH_GROUP", "lambda-push"),
+            settings.string("KAFKA_ACL_PUSH_LATER_GROUP", "lambda-push-later"),
         ],
         peers: peers.to_vec(),
     };
     connect_kafka::acl::policy(&users, topics, &names)
 }
 
-async fn setup() -> anyhow::Result<()> {
-    let kafka = KafkaConfig::from_env().map_err(anyhow::Error::msg)?;
-    let topics = Topics::from_env();
-    let incoming: i32 = env::var("INCOMING_PARTITIONS", 8)?;
-    let outgoing: i32 = env::var("OUTGOING_PARTITIONS", 16)?;
-    let connected: i32 = env::var("USER_CONNECTED_PARTITIONS", 8)?;
-    let push: i32 = env::var("PUSH_PARTITIONS", 4)?;
-    let presence: i32 = env::var("PRESENCE_PARTITIONS", 8)?;
-    let replication: i32 = env::var("KAFKA_REPLICATION_FACTOR", 1)?;
+async fn setup(settings: &connect_config::Settings) -> anyhow::Result<()> {
+    let kafka = KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?;
+    let topics = Topics::from_settings(settings);
+    let incoming: i32 = settings.parsed("INCOMING_PARTITIONS", 8)?;
+    let outgoing: i32 = settings.parsed("OUTGOING_PARTITIONS", 16)?;
+    let connected: i32 = settings.parsed("USER_CONNECTED_PARTITIONS", 8)?;
+    let push: i32 = settings.parsed("PUSH_PARTITIONS", 4)?;
+    let presence: i32 = settings.parsed("PRESENCE_PARTITIONS", 8)?;
+    let replication: i32 = settings.parsed("KAFKA_REPLICATION_FACTOR", 1)?;
     connect_kafka::ensure_topics(
         &kafka,
         &[
@@ -161,7 +170,8 @@ async fn setup() -> anyhow::Result<()> {
         "topics {} ({incoming} partitions), {} ({outgoing} partitions), {} ({connected}), {} and {} ({push}), {} ({presence})",
         topics.incoming, topics.outgoing, topics.user_connected, topics.push, topics.push_later, topics.presence
     );
-    let regions = connect_core::regions::Regions::from_env().map_err(anyhow::Error::msg)?;
+    let regions =
+        connect_core::regions::Regions::from_settings(settings).map_err(anyhow::Error::msg)?;
     if regions.active() {
         // Every region's copy of a topic has the same partitions (MirrorMaker 2 keeps a
         // record's partition, so a conversation stays one ordered stream).
@@ -196,8 +206,8 @@ async fn setup() -> anyhow::Result<()> {
                 .join(", ")
         );
     }
-    if env::var("KAFKA_ACLS", false)? {
-        let acls = acls(&topics, &regions.peers);
+    if settings.parsed("KAFKA_ACLS", false)? {
+        let acls = acls(settings, &topics, &regions.peers);
         connect_kafka::acl::ensure_acls(&kafka, &acls)
             .await
             .context("creating the Kafka ACLs")?;
@@ -205,14 +215,20 @@ async fn setup() -> anyhow::Result<()> {
         principals.dedup();
         println!("{} Kafka ACLs for {}", acls.len(), principals.join(", "));
     }
-    if env::var("SETUP_TABLES", true)? {
-        let dynamo =
-            connect_dynamo::client(&DynamoConfig::from_env().map_err(anyhow::Error::msg)?).await;
-        let tables = Tables::from_env();
-        connect_dynamo::ensure_tables(&dynamo, &tables, env::var("DYNAMODB_STREAMS", false)?)
-            .await
-            .map_err(anyhow::Error::msg)
-            .context("creating tables")?;
+    if settings.parsed("SETUP_TABLES", true)? {
+        let dynamo = connect_dynamo::client(
+            &DynamoConfig::from_settings(settings).map_err(anyhow::Error::msg)?,
+        )
+        .await;
+        let tables = Tables::from_settings(settings);
+        connect_dynamo::ensure_tables(
+            &dynamo,
+            &tables,
+            settings.parsed("DYNAMODB_STREAMS", false)?,
+        )
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("creating tables")?;
         println!(
             "tables {}, {}, {}, {}, {}, {}",
             tables.chat, tables.sequences, tables.groups, tables.inbox, tables.places, tables.push
