@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(s.parsed("A", 1u32), Ok(7));
         assert_eq!(s.parsed("B", 1u32), Ok(1));
         assert_eq!(s.string("B", "d"), "d");
-        assert_eq!(s.parsed("MISSING", 3u32), Ok(3));
+        assert_eq!(s.parsed("unset", 3u32), Ok(3));
         let e = s.parsed("C", 1u32).unwrap_err();
         assert_eq!(e.name, "C");
         assert!(s.optional("B").is_none());
