@@ -1,4 +1,6 @@
-//! What every long-lived service binary (gateway, messaging) shares.
+//! What the binaries share: tracing and shutdown for all; with feature `ops` (gateway,
+//! messaging, the benchmarks) the metrics recorder and the ops routes, which the Lambdas do not
+//! link.
 //!
 //! # Layout
 //! - [`telemetry`]: `tracing` (pretty locally, JSON in AWS) and the Prometheus recorder.
@@ -8,6 +10,7 @@
 
 #[cfg(feature = "jemalloc")]
 pub mod alloc;
+#[cfg(feature = "ops")]
 pub mod ops;
 pub mod telemetry;
 

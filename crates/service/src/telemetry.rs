@@ -1,6 +1,8 @@
 //! Logs and metrics.
 
+#[cfg(feature = "ops")]
 pub use metrics_exporter_prometheus::PrometheusHandle;
+#[cfg(feature = "ops")]
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +24,7 @@ pub fn init_tracing(settings: &connect_config::Settings) {
 }
 
 /// Why the metrics recorder could not be installed (final: the process does not start).
+#[cfg(feature = "ops")]
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("installing the Prometheus recorder: {0}")]
@@ -31,6 +34,7 @@ pub enum MetricsError {
 }
 
 /// How often recorded histogram samples are folded into their buckets (`run_upkeep`).
+#[cfg(feature = "ops")]
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the process-wide Prometheus recorder; latency histograms get millisecond buckets.
@@ -39,6 +43,7 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// `install_recorder` leaves to a scrape of `/metrics`: with nothing scraping, memory grew with
 /// every message (the soak run: messaging +15 MiB, gateways +7 MiB in 30 minutes at 200 msg/s).
 /// A thread runs the upkeep every 5 s, scraped or not.
+#[cfg(feature = "ops")]
 pub fn install_metrics() -> Result<PrometheusHandle, MetricsError> {
     let buckets = [
         0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
