@@ -416,6 +416,43 @@ impl PushSettings {
     }
 }
 
+/// The HTTP functions' sample events (`events/<function>.json`) answered by their handler, for
+/// each function's own test.
+#[cfg(feature = "samples")]
+pub mod samples {
+    use super::{HttpApi, Serves};
+
+    /// `events/<function>.json` answered as the function serving `serves` answers it, on the
+    /// backends its settings name (the local stack's under `make test`). A sample carries a
+    /// token (alice's) that never expires, which no maximum token lifetime takes: it is replaced
+    /// by one for alice minted now (as `stack.sh invoke` does). Panics where a test should fail.
+    pub async fn answer(serves: Serves, function: &str) -> (u16, serde_json::Value) {
+        let path = format!(
+            "{}/../../events/{function}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let event = std::fs::read_to_string(&path).expect("the function's sample event");
+        let settings = connect_config::Settings::from_process();
+        let (secret, _) =
+            connect_core::auth::JwtSecret::from_settings(&settings).expect("JWT secret");
+        let issuer = connect_core::auth::TokenIssuer::new(&secret);
+        let mut event: serde_json::Value = serde_json::from_str(&event).expect("JSON");
+        if event["headers"]["authorization"].is_string() {
+            event["headers"]["authorization"] =
+                format!("Bearer {}", issuer.mint("alice", 600)).into();
+        }
+        let request =
+            lambda_http::request::from_str(&event.to_string()).expect("an API Gateway event");
+        let api = HttpApi::serving(serves, &settings)
+            .await
+            .expect("the function's API");
+        let response = api.handle(request).await;
+        let status = response.status().as_u16();
+        let body = serde_json::from_slice(response.body()).unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+}
+
 #[cfg(feature = "aws")]
 /// Serves `HttpApi::from_settings` as a Lambda (API Gateway HTTP API v2 events): the whole `main` of
 /// every HTTP function (`push`: this function serves the push routes).
@@ -425,11 +462,7 @@ pub async fn run_lambda(
 ) -> Result<(), lambda_http::Error> {
     // The JWT secret (and VAPID key) from Secrets Manager when the deployment names their ARNs.
     let s = connect_secrets::load(settings).await?;
-    let push = match serves {
-        Serves::Push => Some(push_config(&s)?),
-        _ => None,
-    };
-    let api = HttpApi::from_settings(&s, push, serves == Serves::Presence).await?;
+    let api = HttpApi::serving(serves, &s).await?;
     let api = &api;
     lambda_http::run(lambda_http::service_fn(move |req: Request| async move {
         Ok::<_, std::convert::Infallible>(api.handle(req).await)
@@ -478,6 +511,16 @@ pub fn push_config(
 }
 
 impl HttpApi {
+    /// The API a function that serves `serves` runs (its handler is [`HttpApi::handle`]).
+    #[cfg(feature = "aws")]
+    pub async fn serving(serves: Serves, s: &connect_config::Settings) -> Result<Self, SetupError> {
+        let push = match serves {
+            Serves::Push => Some(push_config(s)?),
+            _ => None,
+        };
+        Self::from_settings(s, push, serves == Serves::Presence).await
+    }
+
     #[cfg(feature = "aws")]
     /// Wired to DynamoDB from env: `CONNECT_JWT_SECRET` (and `CONNECT_JWT_SECRET_PREVIOUS`
     /// during a rotation), `CONNECT_JWT_ISSUER`, `CONNECT_JWT_AUDIENCE`,

@@ -55,10 +55,39 @@ async fn handle(
 async fn main() -> Result<(), Error> {
     let settings = connect_config::Settings::from_process();
     connect_service::telemetry::init_tracing(&settings);
-    let settings = connect_secrets::load(settings).await?;
-    let kafka = KafkaConfig::from_settings(&settings)?;
-    let (producer, _) = kafka.create_producer("group-events")?;
-    let bus = KafkaSubmissionBus::new(producer, Topics::from_settings(&settings).incoming);
+    let bus = bus(&connect_secrets::load(settings).await?)?;
     let bus = &bus;
     lambda_runtime::run(service_fn(move |event| handle(bus, event))).await
+}
+
+/// Where system messages go: `incoming_messages`, as `settings` say.
+fn bus(settings: &connect_config::Settings) -> Result<KafkaSubmissionBus, Error> {
+    let kafka = KafkaConfig::from_settings(settings)?;
+    let (producer, _) = kafka.create_producer("group-events")?;
+    Ok(KafkaSubmissionBus::new(
+        producer,
+        Topics::from_settings(settings).incoming,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handler takes the function's sample event (`events/group-events.json`) on the local
+    /// stack: its change is published, no record of the batch is handed back.
+    #[tokio::test]
+    async fn answers_its_sample_event() {
+        let bus = bus(&connect_config::Settings::from_process()).expect("the function's bus");
+        let event: Event = serde_json::from_str(include_str!("../../../events/group-events.json"))
+            .expect("a DynamoDB stream event");
+        assert!(
+            !connect_events::group_changes(&event).is_empty(),
+            "the sample is a change"
+        );
+        let answer = handle(&bus, LambdaEvent::new(event, Default::default()))
+            .await
+            .expect("handled");
+        assert!(answer.batch_item_failures.is_empty());
+    }
 }

@@ -7,3 +7,13 @@ async fn main() -> Result<(), lambda_http::Error> {
     connect_service::telemetry::init_tracing(&settings);
     connect_api::run_lambda(connect_api::Serves::Api, settings).await
 }
+
+#[cfg(test)]
+mod tests {
+    /// The handler answers the function's sample event (`events/inbox.json`), on the local stack.
+    #[tokio::test]
+    async fn answers_its_sample_event() {
+        let (status, body) = connect_api::samples::answer(connect_api::Serves::Api, "inbox").await;
+        assert!((200..300).contains(&status), "{status}: {body}");
+    }
+}

@@ -105,7 +105,13 @@ async fn handle(
 async fn main() -> Result<(), Error> {
     let settings = connect_config::Settings::from_process();
     connect_service::telemetry::init_tracing(&settings);
-    let settings = connect_secrets::load(settings).await?;
+    let ctx = context(connect_secrets::load(settings).await?).await?;
+    let ctx = &ctx;
+    lambda_runtime::run(service_fn(move |event| handle(ctx, event))).await
+}
+
+/// The backends and bounds from `settings` (the secrets loaded).
+async fn context(settings: connect_config::Settings) -> Result<Ctx, Error> {
     let production = settings.production();
     let redis_cfg = connect_redis::RedisConfig::from_settings(&settings)?;
     let redis = connect_redis::connect(&redis_cfg).await?;
@@ -146,6 +152,30 @@ async fn main() -> Result<(), Error> {
             log_max: offline.log_max,
         },
     };
-    let ctx = &ctx;
-    lambda_runtime::run(service_fn(move |event| handle(ctx, event))).await
+    Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handler takes the function's sample event (`events/offline-delivery.json`) on the
+    /// local stack: its record names a connection nobody has, so it is refused, nothing pushed.
+    #[tokio::test]
+    async fn answers_its_sample_event() {
+        let ctx = context(connect_config::Settings::from_process())
+            .await
+            .expect("the function's backends");
+        let event: connect_events::MskEvent =
+            serde_json::from_str(include_str!("../../../events/offline-delivery.json"))
+                .expect("an MSK event");
+        let answer = handle(&ctx, LambdaEvent::new(event, Default::default()))
+            .await
+            .expect("handled");
+        assert_eq!(
+            (answer["refused"].as_u64(), answer["pushed"].as_u64()),
+            (Some(1), Some(0)),
+            "{answer}"
+        );
+    }
 }

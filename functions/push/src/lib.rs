@@ -167,3 +167,37 @@ pub async fn run(role: Role, settings: connect_config::Settings) -> Result<(), E
     ))
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `events/<function>.json` handled by `role`'s handler on the local stack.
+    async fn answer(role: Role, function: &str) -> Value {
+        let ctx = context(connect_config::Settings::from_process())
+            .await
+            .expect("the function's backends");
+        let path = format!(
+            "{}/../../events/{function}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let event: connect_events::MskEvent =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("the sample event"))
+                .expect("an MSK event");
+        ctx.handle(role, &event).await.expect("handled")
+    }
+
+    /// The push function's handler takes its sample event (`events/push.json`).
+    #[tokio::test]
+    async fn push_answers_its_sample_event() {
+        let answer = answer(Role::Send, "push").await;
+        assert_eq!(answer["failed"].as_u64(), Some(0), "{answer}");
+    }
+
+    /// The push-later function's handler takes its sample event (`events/push-later.json`).
+    #[tokio::test]
+    async fn push_later_answers_its_sample_event() {
+        let answer = answer(Role::Later, "push-later").await;
+        assert_eq!(answer["failed"].as_u64(), Some(0), "{answer}");
+    }
+}
