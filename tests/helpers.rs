@@ -85,6 +85,12 @@ pub async fn open(gateway: &str, authorization: Option<&str>, query: &str) -> Re
 }
 
 impl Client {
+    /// Sends `body` to `group` (send id `id`).
+    pub async fn send_group(&mut self, id: &str, group: &str, body: &str) -> anyhow::Result<()> {
+        self.send_raw(&json!({"type":"send","id":id,"group":group,"body":body}).to_string())
+            .await
+    }
+
     pub async fn connect(gateway: &str, user: &str) -> anyhow::Result<Self> {
         let ws = open(gateway, Some(&format!("Bearer {}", token(user))), "")
             .await

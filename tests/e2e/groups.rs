@@ -100,13 +100,6 @@ async fn group_admin_follows_the_contract() -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Client {
-    pub async fn send_group(&mut self, id: &str, group: &str, body: &str) -> anyhow::Result<()> {
-        self.send_raw(&json!({"type":"send","id":id,"group":group,"body":body}).to_string())
-            .await
-    }
-}
-
 #[tokio::test]
 async fn a_group_message_reaches_every_members_connections() -> anyhow::Result<()> {
     let gw = gateways();

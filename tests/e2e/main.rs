@@ -2,6 +2,9 @@
 //! processes in one consumer group, Apache Kafka, Redis and DynamoDB Local, over real
 //! connections. Run with `make test`.
 
+// What every test module reaches as `crate::helpers`.
+use connect_e2e::helpers;
+
 mod acl;
 mod auth;
 mod chat;
@@ -10,7 +13,6 @@ mod crash;
 mod deploy;
 mod frames;
 mod groups;
-mod helpers;
 mod history;
 mod inbox;
 mod limits;

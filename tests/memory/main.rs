@@ -7,16 +7,12 @@
 //! `cargo test -p connect-e2e --test memory`): it fills the stack's log Redis, which would evict
 //! every test's logs running beside it.
 
-#[path = "../e2e/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use redis::AsyncCommands;
 
-use helpers::*;
+use connect_e2e::helpers::*;
 
 /// A field of `INFO <section>`.
 async fn info(

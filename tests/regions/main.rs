@@ -5,10 +5,6 @@
 //! The failover test stops region b's messaging and moves its homes: it runs alone (it takes
 //! [`GATE`] for writing, every other test for reading).
 
-#[allow(dead_code)]
-#[path = "../e2e/helpers.rs"]
-mod helpers;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,7 +13,7 @@ use anyhow::{anyhow, bail, ensure, Context};
 use serde_json::{json, Value};
 use tokio::sync::{OnceCell, RwLock};
 
-use helpers::{api_call_at, create_group, dm, user, Client};
+use connect_e2e::helpers::{api_call_at, create_group, dm, user, Client};
 
 const A: [&str; 2] = ["127.0.0.1:8080", "127.0.0.1:8081"];
 const B: [&str; 2] = ["127.0.0.1:8180", "127.0.0.1:8181"];
