@@ -468,6 +468,17 @@ mod tests {
         }
     }
 
+    /// A batch's bounds: four drains at once, logs unbounded.
+    fn batch_limits(page: usize, budget: std::time::Duration, attempts: u8) -> BatchLimits {
+        BatchLimits {
+            log_max: usize::MAX,
+            page,
+            budget,
+            concurrency: 4,
+            attempts,
+        }
+    }
+
     fn unbounded(page: usize) -> DrainLimits {
         DrainLimits {
             page,
@@ -828,13 +839,7 @@ mod tests {
         mem.append(&[entry("dm:alice:bob", 1, "alice")])
             .await
             .unwrap();
-        let limits = BatchLimits {
-            log_max: usize::MAX,
-            page: 10,
-            budget: std::time::Duration::from_secs(60),
-            concurrency: 4,
-            attempts: 2,
-        };
+        let limits = batch_limits(10, std::time::Duration::from_secs(60), 2);
         let real = connected("c1", "phone");
         live(&mem, &[&real]).await;
         // Written by someone else than bob's gateway: bob's connection id, another endpoint; a
@@ -887,13 +892,7 @@ mod tests {
         let mut erin = connected("e1", "phone");
         erin.user = u("erin");
         live(&mem, &[&connected("c1", "phone"), &erin]).await;
-        let limits = BatchLimits {
-            log_max: usize::MAX,
-            page: 2,
-            budget: std::time::Duration::ZERO,
-            concurrency: 4,
-            attempts: 2,
-        };
+        let limits = batch_limits(2, std::time::Duration::ZERO, 2);
         let report = drain_batch(
             ports(&mem),
             vec![connected("c1", "phone"), erin.clone()],
@@ -925,13 +924,7 @@ mod tests {
         mem.append(&[entry("dm:carol:erin", 1, "carol")])
             .await
             .unwrap();
-        let limits = BatchLimits {
-            log_max: usize::MAX,
-            page: 10,
-            budget: std::time::Duration::from_secs(60),
-            concurrency: 4,
-            attempts: 3,
-        };
+        let limits = batch_limits(10, std::time::Duration::from_secs(60), 3);
         // bob's connection takes two posts, then is busy; erin's drain is not held up by it.
         mem.set_room("c1", 2);
         let erin = UserConnected {
