@@ -43,6 +43,10 @@ DDB_PORT=${DDB_PORT:-8000}
 GATEWAY_PORTS=${GATEWAY_PORTS:-"8080 8081"}
 MESSAGING_OPS_PORTS=${MESSAGING_OPS_PORTS:-"8070 8071"}   # one messaging process per port, one consumer group
 LAMBDA_PORT=${LAMBDA_PORT:-9000}
+# Instances of each function at once (cargo lambda watch starts one process per instance, as
+# Lambda starts one environment per concurrent invocation): the MSK triggers invoke one per
+# partition side by side, so offline delivery needs as many as user_connected has partitions.
+LAMBDA_CONCURRENCY=${LAMBDA_CONCURRENCY:-8}
 LOCAL_API_PORT=${LOCAL_API_PORT:-8090}
 WEBPUSH_PORT=${WEBPUSH_PORT:-8095}      # the Web Push service (npm web-push-testing, scripts/webpush)
 SNS_PORT=${SNS_PORT:-8096}              # the SNS API (moto server): APNs and FCM platform endpoints
@@ -484,7 +488,7 @@ start_services() {
     if alive lambda && [ "$(bin "$(basename "$f")")" -nt "$LOCAL/pids/lambda.pid" ]; then log "restarting the Lambdas (new build)"; stop lambda; break; fi
   done
   # shellcheck disable=SC2086,SC2046
-  start lambda "$ROOT" env $(kafka_as functions) cargo lambda watch $release --ignore-changes --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
+  start lambda "$ROOT" env $(kafka_as functions) cargo lambda watch $release --ignore-changes --concurrency "$LAMBDA_CONCURRENCY" --invoke-address 127.0.0.1 --invoke-port "$LAMBDA_PORT"
   wait_port "$LAMBDA_PORT" lambda
   # user_connected → offline-delivery (the MSK trigger of the function).
   # (The triggers read as their functions' user, as an event source mapping does with its secret.)

@@ -68,6 +68,54 @@ pub fn processes(dir: &Path) -> Vec<(String, u32)> {
     out
 }
 
+/// `procs` and the function instances that each `lambda` among them (`cargo lambda watch`)
+/// runs as its children, named `<lambda's name>/<function>` (`lambda/offline-delivery`).
+fn with_functions(procs: Vec<(String, u32)>) -> Vec<(String, u32)> {
+    let runners: Vec<(String, u32)> = procs
+        .iter()
+        .filter(|(name, _)| name.rsplit(':').next() == Some("lambda"))
+        .cloned()
+        .collect();
+    if runners.is_empty() {
+        return procs;
+    }
+    let mut out = procs;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if out.iter().any(|(_, p)| *p == pid) {
+            continue;
+        }
+        let Some(parent) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(") ")?
+                    .1
+                    .split(' ')
+                    .nth(1)?
+                    .parse::<u32>()
+                    .ok()
+            })
+        else {
+            continue;
+        };
+        let Some((runner, _)) = runners.iter().find(|(_, p)| *p == parent) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        let program = String::from_utf8_lossy(program);
+        let function = program.rsplit('/').next().unwrap_or_default();
+        out.push((format!("{runner}/{function}"), pid));
+    }
+    out
+}
+
 /// CPU and RSS of every process between [`Usage::start`] and [`Usage::stop`].
 pub struct Usage {
     procs: Vec<(String, u32)>,
@@ -82,7 +130,7 @@ impl Usage {
 
     /// [`Self::start`] over several stacks' pid folders.
     pub fn start_all(dirs: &[std::path::PathBuf]) -> Self {
-        let procs = processes_of(dirs);
+        let procs = with_functions(processes_of(dirs));
         let before = procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
         Self {
             procs,
@@ -91,28 +139,47 @@ impl Usage {
         }
     }
 
+    /// Function instances started meanwhile (`cargo lambda watch` starts them on demand) count
+    /// from zero.
     pub fn stop(mut self) -> Self {
+        for (name, pid) in with_functions(self.procs.clone()) {
+            if !self.procs.iter().any(|(_, p)| *p == pid) {
+                self.procs.push((name, pid));
+                self.before.push(Some((0.0, 0)));
+            }
+        }
         self.after = self.procs.iter().map(|(_, pid)| proc_usage(*pid)).collect();
         self
     }
 
     /// Prints cores used over `secs` and RSS per process; returns the CPU seconds of the hot
     /// path (gateways + messaging).
+    /// A function's instances are summed in one row (`fn <name> ×<instances>`).
     pub fn print(&self, secs: f64) -> f64 {
         println!("process                 CPU (cores)   RSS MiB");
         let mut hot_path_cpu = 0.0;
+        let mut rows: std::collections::BTreeMap<&str, (f64, u64, usize)> = Default::default();
         for ((name, _), (b, a)) in self.procs.iter().zip(self.before.iter().zip(&self.after)) {
             if let (Some((cb, _)), Some((ca, rss))) = (b, a) {
                 let short = name.rsplit(':').next().unwrap_or(name);
                 if short.starts_with("gateway") || short.starts_with("messaging") {
                     hot_path_cpu += ca - cb;
                 }
-                println!(
-                    "  {name:<22} {:>8.2}      {:>8.1}",
-                    (ca - cb) / secs,
-                    *rss as f64 / 1024.0
-                );
+                let row = rows.entry(name).or_default();
+                *row = (row.0 + ca - cb, row.1 + rss, row.2 + 1);
             }
+        }
+        for (name, (cpu, rss, n)) in rows {
+            let name = if n > 1 {
+                format!("{name} ×{n}")
+            } else {
+                name.to_owned()
+            };
+            println!(
+                "  {name:<22} {:>8.2}      {:>8.1}",
+                cpu / secs,
+                rss as f64 / 1024.0
+            );
         }
         hot_path_cpu
     }

@@ -2,8 +2,9 @@
 //! (`EVENT_SOURCE_KIND=kafka`, the default) or on a DynamoDB stream (`dynamodb`, see
 //! [`stream`]). In Kafka mode it reads a topic as a member of its consumer group (`EVENT_GROUP_ID`), turns each
 //! batch into the MSK event JSON AWS sends (records keyed `topic-partition`, key and value
-//! base64), and invokes the function through the Lambda Invoke API, one invocation per
-//! partition of the batch side by side (as MSK's trigger runs partitions concurrently)
+//! base64), and invokes the function through the Lambda Invoke API: up to `EVENT_BATCH_MAX`
+//! records per invocation, each partition's in order, the partitions side by side (as MSK's
+//! trigger runs partitions concurrently)
 //! (`POST {LAMBDA_ENDPOINT}/2015-03-31/functions/{name}/invocations`, which `cargo lambda watch`
 //! serves locally). Offsets are committed only after the function succeeded; a failed
 //! invocation is retried with backoff, as the MSK trigger does.
@@ -12,7 +13,8 @@
 //! for a stream `EVENT_SOURCE_TABLE` (connect_groups), `REDIS_URL` (checkpoints),
 //! `EVENT_POLL_MS` (100), `DYNAMODB_ENDPOINT`; and for both `EVENT_FUNCTION`
 //! (offline-delivery), `EVENT_GROUP_ID` (lambda-<function>), `LAMBDA_ENDPOINT`
-//! (http://127.0.0.1:9000), `EVENT_BATCH_MAX` (100), `EVENT_INVOKE_TIMEOUT_SECS` (60: an
+//! (http://127.0.0.1:9000), `EVENT_BATCH_MAX` (100), `EVENT_POLL_MAX` (1000: records read per
+//! round, for Kafka), `EVENT_INVOKE_TIMEOUT_SECS` (60: an
 //! invocation without an answer by then is retried).
 
 use std::collections::BTreeMap;
@@ -158,7 +160,10 @@ async fn run_kafka(
     let kafka = KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?;
     let topic = settings.string("EVENT_SOURCE_TOPIC", "user_connected");
     let group = settings.string("EVENT_GROUP_ID", &format!("lambda-{function}"));
-    let max: usize = settings.parsed("EVENT_BATCH_MAX", 100)?;
+    // As an MSK trigger: up to `max` records per invocation (its BatchSize), each partition's
+    // invocations in order, the partitions side by side; a poll round reads up to `poll_max`.
+    let max: usize = settings.parsed::<usize>("EVENT_BATCH_MAX", 100)?.max(1);
+    let poll_max: usize = settings.parsed::<usize>("EVENT_POLL_MAX", 1000)?.max(max);
 
     let consumer = GroupConsumer::subscribe(&kafka, &group, &[&topic])?;
     info!(%topic, %group, "polling");
@@ -168,23 +173,33 @@ async fn run_kafka(
         connect_service::shutdown_signal().await;
         stop_tx.send_replace(true);
     });
-    while let Some(batch) = consumer.next_batch(max, record, &mut stop).await {
+    while let Some(batch) = consumer.next_batch(poll_max, record, &mut stop).await {
         if batch.is_empty() {
             continue;
         }
         let (records, next_offsets) = batch.into_items();
         let n = records.len();
-        // One invocation per partition, side by side, as the MSK trigger runs a topic's
-        // partitions concurrently (each partition's records in order, in one event).
         let mut partitions: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for (key, value) in records {
             partitions.entry(key).or_default().push(value);
         }
         let invocations = partitions.into_iter().map(|(key, values)| {
-            let event = event_json(&kafka.brokers, &BTreeMap::from([(key, values)]));
-            invoker.invoke_until_ok(event)
+            let (invoker, brokers) = (&invoker, &kafka.brokers);
+            async move {
+                let mut results = Vec::new();
+                for chunk in values.chunks(max) {
+                    let event =
+                        event_json(brokers, &BTreeMap::from([(key.clone(), chunk.to_vec())]));
+                    results.push(invoker.invoke_until_ok(event).await);
+                }
+                results
+            }
         });
-        let results = futures_util::future::join_all(invocations).await;
+        let results: Vec<String> = futures_util::future::join_all(invocations)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         info!(records = n, invocations = results.len(), results = ?results, "invoked");
         consumer.commit(&next_offsets);
     }
