@@ -462,3 +462,47 @@ async fn a_forged_user_connected_record_pushes_nothing_to_its_endpoint() -> anyh
     );
     Ok(())
 }
+
+/// The drain reads its batch's starts (each device's direct conversations and cursors) in one
+/// call: through the production adapter it answers what each device's own two reads answer, in
+/// order, for devices with and without conversations and cursors (on the AWS-like stack, over
+/// the cluster's slots).
+#[tokio::test]
+async fn a_batch_of_starts_answers_what_each_devices_own_reads_do() -> anyhow::Result<()> {
+    use connect_core::ports::{ConversationLog, DeviceStart};
+    use connect_protocol::UserId;
+    let log = redis_log().await?;
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    backlog_in_many_conversations(&alice, 3, 0).await?;
+    backlog_in_many_conversations(&bob, 1, 0).await?;
+    let a = UserId::parse(&alice)?;
+    let first = log.inbox(&a).await?[0].0.clone();
+    log.ack(&a, "phone", &first, 1).await?;
+    let devices: Vec<(UserId, String)> = vec![
+        (a.clone(), "phone".into()),
+        (UserId::parse(&carol)?, "default".into()),
+        (UserId::parse(&bob)?, "default".into()),
+        (a.clone(), "laptop".into()),
+    ];
+    let mut alone = Vec::new();
+    for (user, device) in &devices {
+        alone.push(DeviceStart {
+            inbox: log.inbox(user).await?,
+            cursors: log.cursors(user, device).await?,
+        });
+    }
+    let together = log.starts(&devices).await?;
+    assert_eq!(together, alone);
+    assert_eq!(
+        (
+            together[0].inbox.len(),
+            together[0].cursors.get(&first),
+            together[1].inbox.len(),
+            together[2].inbox.len(),
+            together[3].cursors.len()
+        ),
+        (3, Some(&1), 0, 1, 0),
+        "{together:?}"
+    );
+    Ok(())
+}

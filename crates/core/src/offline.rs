@@ -102,6 +102,84 @@ fn for_device(entry: &LogEntry, event: &UserConnected, since: u64) -> bool {
     !own_device
 }
 
+/// Where a device's drain starts: each conversation it may have a backlog in (conversation,
+/// head, since), sorted, and its cursors.
+struct Plan {
+    logs: Vec<(String, u64, u64)>,
+    cursors: std::collections::HashMap<String, u64>,
+}
+
+/// The plans of `records`' drains (same order), read together: the devices' direct
+/// conversations and cursors in one call, each user's memberships (side by side, up to
+/// `concurrency`), then the heads of every group among them in one call to the log and one to
+/// the index. A failed read fails the records it was for.
+async fn plans(
+    ports: DrainPorts<'_>,
+    records: &[UserConnected],
+    concurrency: usize,
+) -> Vec<Result<Plan, PortError>> {
+    use futures_util::stream::{self, StreamExt};
+    let devices: Vec<(connect_protocol::UserId, String)> = records
+        .iter()
+        .map(|r| (r.user.clone(), r.device.clone()))
+        .collect();
+    let starts = ports.log.starts(&devices);
+    let memberships = stream::iter(records)
+        .map(|r| ports.groups.memberships_of(&r.user))
+        .buffered(concurrency.max(1))
+        .collect::<Vec<_>>();
+    let (starts, memberships) = futures_util::future::join(starts, memberships).await;
+    let starts = match starts {
+        Ok(starts) => starts,
+        Err(e) => return records.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let mut named: Vec<(String, ConversationId)> = memberships
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|m| {
+            let c = ConversationId::group(m.group.clone());
+            (c.to_string(), c)
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.dedup_by(|a, b| a.0 == b.0);
+    let (names, groups): (Vec<String>, Vec<ConversationId>) = named.into_iter().unzip();
+    let (in_logs, indexed) =
+        futures_util::future::join(ports.log.heads(&names), ports.index.heads(&groups)).await;
+    let heads: std::collections::HashMap<&str, u64> = match (in_logs, indexed) {
+        (Ok(in_logs), Ok(indexed)) => names
+            .iter()
+            .zip(in_logs.into_iter().zip(indexed))
+            .map(|(name, (logged, indexed))| {
+                (name.as_str(), logged.max(indexed.map_or(0, |h| h.seq)))
+            })
+            .collect(),
+        (Err(e), _) | (_, Err(e)) => return records.iter().map(|_| Err(e.clone())).collect(),
+    };
+    starts
+        .into_iter()
+        .zip(memberships)
+        .map(|(start, memberships)| {
+            let mut logs: Vec<(String, u64, u64)> = start
+                .inbox
+                .into_iter()
+                .map(|(conversation, head)| (conversation, head, 0))
+                .collect();
+            for m in memberships? {
+                let conversation = ConversationId::group(m.group).to_string();
+                let head = heads.get(conversation.as_str()).copied().unwrap_or(0);
+                logs.push((conversation, head, m.since));
+            }
+            logs.sort();
+            Ok(Plan {
+                logs,
+                cursors: start.cursors,
+            })
+        })
+        .collect()
+}
+
 /// Pushes the backlog of `event`'s device to `event.conn` (from its resume point, if any), then
 /// [`CAUGHT_UP`]; or, at the deadline, stops and hands back the continuation. `Err` means a
 /// backend failed: the drain should be tried again (pushing again is harmless).
@@ -110,43 +188,26 @@ pub async fn drain(
     event: &UserConnected,
     limits: DrainLimits,
 ) -> Result<DrainReport, PortError> {
+    let plan = plans(ports, std::slice::from_ref(event), 1)
+        .await
+        .pop()
+        .expect("one plan per record")?;
+    drain_from(ports, event, plan, limits).await
+}
+
+/// [`drain`] from its plan.
+async fn drain_from(
+    ports: DrainPorts<'_>,
+    event: &UserConnected,
+    plan: Plan,
+    limits: DrainLimits,
+) -> Result<DrainReport, PortError> {
     let page = limits.page.max(1);
     let mut report = DrainReport::default();
-    // (conversation, head, since) of each conversation the device may have a backlog in.
-    let mut logs: Vec<(String, u64, u64)> = ports
-        .log
-        .inbox(&event.user)
-        .await?
-        .into_iter()
-        .map(|(conversation, head)| (conversation, head, 0))
-        .collect();
-    let memberships = ports.groups.memberships_of(&event.user).await?;
-    let group_ids: Vec<ConversationId> = memberships
-        .iter()
-        .map(|m| ConversationId::group(m.group.clone()))
-        .collect();
-    let groups: Vec<String> = group_ids.iter().map(ToString::to_string).collect();
-    let (in_logs, indexed) =
-        futures_util::future::join(ports.log.heads(&groups), ports.index.heads(&group_ids)).await;
-    let (in_logs, indexed) = (in_logs?, indexed?);
-    logs.extend(
-        groups
-            .into_iter()
-            .zip(in_logs.into_iter().zip(indexed))
-            .zip(&memberships)
-            .map(|((conversation, (logged, indexed)), m)| {
-                (
-                    conversation,
-                    logged.max(indexed.map_or(0, |h| h.seq)),
-                    m.since,
-                )
-            }),
-    );
-    logs.sort();
+    let Plan { mut logs, cursors } = plan;
     if let Some(resume) = &event.resume {
         logs.retain(|(conversation, _, _)| *conversation >= resume.conversation);
     }
-    let cursors = ports.log.cursors(&event.user, &event.device).await?;
     let mut pages = 0usize;
     // Where the drain stands: the conversation it is in and the last seq handed over.
     let mut at: Option<Resume> = None;
@@ -351,11 +412,17 @@ pub async fn drain_batch(
         deadline: std::time::Instant::now() + limits.budget,
         log_max: limits.log_max,
     };
-    let outcomes: Vec<(UserConnected, Result<DrainReport, PortError>)> = stream::iter(records)
-        .map(|record| async move {
-            let result = drain(ports, &record, drain_limits).await;
-            (record, result)
-        })
+    let plans = plans(ports, &records, limits.concurrency).await;
+    let outcomes: Vec<(UserConnected, Result<DrainReport, PortError>)> = stream::iter(
+        records.into_iter().zip(plans),
+    )
+    .map(|(record, plan)| async move {
+        let result = match plan {
+            Ok(plan) => drain_from(ports, &record, plan, drain_limits).await,
+            Err(e) => Err(e),
+        };
+        (record, result)
+    })
         .buffer_unordered(limits.concurrency.max(1))
         .collect()
         .await;

@@ -296,6 +296,19 @@ pub trait ConversationLog: Send + Sync {
         user: &UserId,
         device: &str,
     ) -> Result<std::collections::HashMap<String, u64>, PortError>;
+    /// Where each device's drain starts, same order: its user's direct conversations
+    /// ([`Self::inbox`]) and its cursors ([`Self::cursors`]). A store that can answers in one
+    /// round trip for all of them.
+    async fn starts(&self, devices: &[(UserId, String)]) -> Result<Vec<DeviceStart>, PortError> {
+        let mut out = Vec::with_capacity(devices.len());
+        for (user, device) in devices {
+            out.push(DeviceStart {
+                inbox: self.inbox(user).await?,
+                cursors: self.cursors(user, device).await?,
+            });
+        }
+        Ok(out)
+    }
     /// Moves a device's cursor of `conversation` up to `seq` (never down).
     async fn ack(
         &self,
@@ -304,6 +317,13 @@ pub trait ConversationLog: Send + Sync {
         conversation: &str,
         seq: u64,
     ) -> Result<(), PortError>;
+}
+
+/// A device's [`ConversationLog::inbox`] and [`ConversationLog::cursors`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeviceStart {
+    pub inbox: Vec<(String, u64)>,
+    pub cursors: std::collections::HashMap<String, u64>,
 }
 
 /// Why a push to a connection failed.

@@ -34,12 +34,15 @@ pub use conn::RedisConn;
 /// The client crate, for callers that name its types.
 pub use redis;
 
+use std::time::Duration;
+
 use connect_core::PortError;
 
 /// Where Redis is and how to reach it: `REDIS_URL` (the state; `redis://127.0.0.1:6380`),
 /// `REDIS_LOG_URL` (the offline logs' own server; none: the state's), `REDIS_CLUSTER`
-/// (`false`), `REDIS_CA_FILE` and `REDIS_PASSWORD`.
-#[derive(Clone, Default)]
+/// (`false`), `REDIS_CA_FILE`, `REDIS_PASSWORD`, `REDIS_RESPONSE_TIMEOUT_MS` and
+/// `REDIS_CONNECT_TIMEOUT_MS`.
+#[derive(Clone)]
 pub struct RedisConfig {
     pub url: String,
     pub log_url: Option<String>,
@@ -51,6 +54,31 @@ pub struct RedisConfig {
     /// ElastiCache's AUTH token (the Lambdas get it from `REDIS_AUTH_SECRET_ARN`,
     /// `connect_secrets`): it authenticates every connection, each cluster node's included.
     pub password: Option<String>,
+    /// A command with no answer by then fails as unavailable (the caller retries or refuses).
+    /// Long enough that a server busy for a moment (a reconnect storm's burst of
+    /// registrations) answers late rather than failing every connection waiting on it.
+    pub response_timeout: Duration,
+    /// A connection (or reconnection) attempt gives up after this.
+    pub connect_timeout: Duration,
+}
+
+/// [`RedisConfig::response_timeout`]'s default.
+pub const RESPONSE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(2000);
+/// [`RedisConfig::connect_timeout`]'s default.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_millis(1000);
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            log_url: None,
+            cluster: false,
+            ca_file: None,
+            password: None,
+            response_timeout: RESPONSE_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -61,6 +89,8 @@ impl std::fmt::Debug for RedisConfig {
             .field("cluster", &self.cluster)
             .field("ca_file", &self.ca_file)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("response_timeout", &self.response_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -75,6 +105,14 @@ impl RedisConfig {
             cluster: s.parsed("REDIS_CLUSTER", false)?,
             ca_file: s.optional("REDIS_CA_FILE"),
             password: s.optional("REDIS_PASSWORD"),
+            response_timeout: Duration::from_millis(s.parsed(
+                "REDIS_RESPONSE_TIMEOUT_MS",
+                RESPONSE_TIMEOUT_DEFAULT.as_millis() as u64,
+            )?),
+            connect_timeout: Duration::from_millis(s.parsed(
+                "REDIS_CONNECT_TIMEOUT_MS",
+                CONNECT_TIMEOUT_DEFAULT.as_millis() as u64,
+            )?),
         })
     }
 
@@ -98,13 +136,19 @@ pub async fn connect(cfg: &RedisConfig) -> Result<RedisConn, redis::RedisError> 
 pub async fn connect_to(url: &str, cfg: &RedisConfig) -> Result<RedisConn, redis::RedisError> {
     let (ca_file, password) = (cfg.ca_file.as_deref(), cfg.password.as_deref());
     if cfg.cluster {
-        let conn = cluster_client(url, ca_file, password)?
+        let conn = cluster_builder(url, ca_file, password)?
+            .response_timeout(cfg.response_timeout)
+            .connection_timeout(cfg.connect_timeout)
+            .build()?
             .get_async_connection()
             .await?;
         Ok(RedisConn::Cluster(conn))
     } else {
         let client = client(url, ca_file, password)?;
-        let conn = redis::aio::ConnectionManager::new(client).await?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(cfg.response_timeout))
+            .set_connection_timeout(Some(cfg.connect_timeout));
+        let conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
         Ok(RedisConn::Single(conn))
     }
 }
@@ -148,11 +192,11 @@ pub fn client(
 
 /// The cluster client for the comma-separated node URLs in `urls`, trusting `ca_file` (PEM)
 /// instead of the system's CAs when given, authenticating to every node with `password`.
-pub fn cluster_client(
+fn cluster_builder(
     urls: &str,
     ca_file: Option<&str>,
     password: Option<&str>,
-) -> Result<redis::cluster::ClusterClient, redis::RedisError> {
+) -> Result<redis::cluster::ClusterClientBuilder, redis::RedisError> {
     let nodes: Vec<&str> = urls
         .split(',')
         .map(str::trim)
@@ -168,7 +212,7 @@ pub fn cluster_client(
             root_cert: Some(root_cert),
         });
     }
-    builder.build()
+    Ok(builder)
 }
 
 /// The PEM CA bundle to trust, if one is given; installs rustls's crypto provider first

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use redis::{Cmd, Script};
 
 use connect_core::model::LogEntry;
-use connect_core::ports::{ConversationLog, ConversationStarts};
+use connect_core::ports::{ConversationLog, ConversationStarts, DeviceStart};
 use connect_core::PortError;
 use connect_protocol::{ConversationId, UserId};
 
@@ -208,6 +208,36 @@ impl ConversationLog for RedisLog {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)
+    }
+
+    async fn starts(&self, devices: &[(UserId, String)]) -> Result<Vec<DeviceStart>, PortError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut batch = Batch::new();
+        for (user, device) in devices {
+            let mut zrange = redis::cmd("ZRANGE");
+            zrange.arg(inbox_key(user)).arg(0).arg(-1).arg("WITHSCORES");
+            batch.add(zrange);
+            batch.add(Cmd::hgetall(cursor_key(user, device)));
+        }
+        let replies: Vec<redis::Value> = batch.query(&self.conn).await.map_err(unavailable)?;
+        replies
+            .chunks(2)
+            .map(|pair| {
+                let [inbox, cursors] = pair else {
+                    return Err(PortError::unavailable(
+                        "redis",
+                        "a pipeline answered fewer replies than it sent commands",
+                    ));
+                };
+                let parsed = |e: redis::ParsingError| PortError::unavailable("redis", e);
+                Ok(DeviceStart {
+                    inbox: redis::from_redis_value_ref(inbox).map_err(parsed)?,
+                    cursors: redis::from_redis_value_ref(cursors).map_err(parsed)?,
+                })
+            })
+            .collect()
     }
 
     async fn heads(&self, conversations: &[String]) -> Result<Vec<u64>, PortError> {

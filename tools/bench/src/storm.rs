@@ -1,9 +1,11 @@
 //! `connect-bench storm`: a reconnect storm, as after a gateway died. N users each have a
 //! message waiting in a direct conversation's log (written as messaging writes it: the log and
-//! both users' inboxes); all connect at once, alternating between the gateways. Every
-//! connection's backlog goes through `user_connected` and the offline-delivery function.
-//! Reports how long until every backlog was complete (connect → its waiting message: p50, p99,
-//! max), devices/s, and the stack's CPU over the storm.
+//! both users' inboxes) and, with `--group-size`, one in a group's too (the users split into
+//! groups of that size, each group's creation message, sequenced by messaging); all
+//! connect at once, alternating between the gateways. Every connection's backlog goes through
+//! `user_connected` and the offline-delivery function. Reports how long until every backlog
+//! was complete (connect → its last waiting message: p50, p99, max), devices/s, and the
+//! stack's CPU over the storm.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,9 @@ pub struct StormRun {
     /// Connection attempts in flight at once (the storm's front).
     #[arg(long, default_value_t = 1000)]
     concurrency: usize,
+    /// Also a message waiting in a group of this many of the users (0: direct ones only).
+    #[arg(long, default_value_t = 0)]
+    group_size: usize,
     /// How long a device waits for its backlog before the run fails.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
@@ -59,26 +64,32 @@ pub async fn run(issuer: &TokenIssuer, run: StormRun) -> anyhow::Result<()> {
     let logs = connect_redis::connect_logs(&state, &redis_cfg).await?;
     let log = connect_redis::RedisLog::new(state, logs, limits);
     let seeded = Instant::now();
+    let waiting = |conversation: ConversationId| LogEntry {
+        frame: serde_json::json!({"type":"message","conversation":conversation.to_string(),
+            "seq":1,"from":sender.to_string(),"id":"waiting","body":"sent while you were away",
+            "ts":1_763_800_000_000u64})
+        .to_string(),
+        conversation,
+        seq: 1,
+        mv: 0,
+        device: None,
+    };
     for chunk in users.chunks(500) {
         let entries: Vec<LogEntry> = chunk
             .iter()
-            .map(|u| {
-                let conversation = ConversationId::direct(&sender, u).expect("two users");
-                LogEntry {
-                    frame: serde_json::json!({"type":"message","conversation":conversation.to_string(),
-                        "seq":1,"from":sender.to_string(),"id":"waiting","body":"sent while you were away",
-                        "ts":1_763_800_000_000u64}).to_string(),
-                    conversation,
-                    seq: 1,
-                    mv: 0,
-                    device: None,
-                }
-            })
+            .map(|u| waiting(ConversationId::direct(&sender, u).expect("two users")))
             .collect();
         log.append(&entries).await?;
     }
+    let groups = if run.group_size > 0 {
+        seed_groups(&tag, &sender, &users, run.group_size, &log).await?
+    } else {
+        0
+    };
+    // Each device's backlog: its direct message, and its group's.
+    let expected = if groups > 0 { 2 } else { 1 };
     println!(
-        "storm: {} devices with a message waiting (seeded in {:.1} s); connecting {} at a time",
+        "storm: {} devices with {expected} message(s) waiting ({groups} groups; seeded in {:.1} s); connecting {} at a time",
         run.users,
         seeded.elapsed().as_secs_f64(),
         run.concurrency
@@ -104,11 +115,15 @@ pub async fn run(issuer: &TokenIssuer, run: StormRun) -> anyhow::Result<()> {
             drop(permit);
             let connected = started.elapsed();
             let waited = tokio::time::timeout(timeout, async {
+                let mut got = std::collections::HashSet::new();
                 while let Some(msg) = ws.next().await {
                     let Message::Text(text) = msg? else { continue };
                     let f: serde_json::Value = serde_json::from_str(&text)?;
                     if f["type"] == "message" && f["seq"] == 1 {
-                        return anyhow::Ok(());
+                        got.insert(f["conversation"].as_str().unwrap_or_default().to_owned());
+                        if got.len() == expected {
+                            return anyhow::Ok(());
+                        }
                     }
                 }
                 bail!("closed before the backlog arrived")
@@ -147,4 +162,60 @@ pub async fn run(issuer: &TokenIssuer, run: StormRun) -> anyhow::Result<()> {
     usage.print(secs);
     drop(open);
     Ok(())
+}
+
+/// `users` in groups of `size` (made through the groups adapter, as group admin does). Each
+/// group's message waiting is the one its creation becomes (group-events → messaging, which
+/// sequences, stores and logs it as any message): seeding waits until every group's log has
+/// it. Returns how many groups.
+async fn seed_groups(
+    tag: &str,
+    sender: &UserId,
+    users: &[UserId],
+    size: usize,
+    log: &connect_redis::RedisLog,
+) -> anyhow::Result<usize> {
+    use connect_core::groups::{Caps, Group, GroupStore};
+    let settings = connect_bench::settings();
+    let dynamo = connect_dynamo::client(
+        &connect_dynamo::DynamoConfig::from_settings(&settings).map_err(anyhow::Error::msg)?,
+    )
+    .await;
+    let tables = connect_dynamo::Tables::from_settings(&settings);
+    let store = connect_dynamo::DynamoGroups::new(dynamo, &tables.groups);
+    let mut conversations = Vec::new();
+    for (i, members) in users.chunks(size).enumerate() {
+        let group = connect_protocol::GroupId::parse(format!("g_{tag}_{i}"))?;
+        // The sender owns each group, so is among its members.
+        let mut members = members.to_vec();
+        members.push(sender.clone());
+        members.sort();
+        store
+            .create(
+                &Group {
+                    group: group.clone(),
+                    name: format!("storm {i}"),
+                    owner: sender.clone(),
+                    members,
+                },
+                Caps::UNBOUNDED,
+            )
+            .await?;
+        conversations.push(ConversationId::group(group).to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let heads = log.heads(&conversations).await?;
+        if heads.iter().all(|h| *h >= 1) {
+            return Ok(conversations.len());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {} groups' creation messages were not logged within 120 s",
+                heads.iter().filter(|h| **h == 0).count(),
+                conversations.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
