@@ -48,13 +48,11 @@ impl Application {
         let consumer =
             crate::delivery::assigned_consumer(&cfg.kafka, &cfg.topics.outgoing, slot, &cfg.id)
                 .context("assigning the slot's partition")?;
-        let listener = TcpListener::bind(cfg.addr)
-            .await
+        let listener = listen(cfg.addr, cfg.listen_backlog)
             .with_context(|| format!("binding {}", cfg.addr))?;
         let management = match cfg.management_addr {
             Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
+                listen(addr, cfg.listen_backlog)
                     .with_context(|| format!("binding {addr} (GATEWAY_MANAGEMENT_ADDR)"))?,
             ),
             None => None,
@@ -232,5 +230,45 @@ async fn acquire_slot(redis: connect_redis::RedisConn, cfg: &Config) -> anyhow::
                 return Err(anyhow::Error::new(e).context("leasing a slot of outgoing_messages"))
             }
         }
+    }
+}
+
+/// A listener on `addr` whose kernel queue holds `backlog` connections not yet accepted.
+pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// 300 clients connect before anything is accepted (a reconnect storm's front): every
+    /// handshake completes at once. With a queue of 128 (tokio's default listener) the kernel
+    /// drops the rest's SYNs and they wait a second or more for their retransmission.
+    #[tokio::test]
+    async fn the_listen_queue_holds_a_storms_front_without_dropping_a_syn() {
+        let listener = super::listen("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..300).map(|_| async move {
+            tokio::time::timeout(
+                Duration::from_millis(700),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let late = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(
+            late, 0,
+            "{late} of 300 connects waited for a SYN retransmission"
+        );
+        drop(listener);
     }
 }

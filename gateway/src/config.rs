@@ -21,6 +21,11 @@ pub struct Config {
     /// and `/metrics`, which the load balancer does not expose. Unset: both on `GATEWAY_ADDR`
     /// (the local stack).
     pub management_addr: Option<SocketAddr>,
+    /// `GATEWAY_LISTEN_BACKLOG` (4096): connections the kernel queues for the listeners before
+    /// they are accepted. When a gateway dies its clients reconnect to the others at once; a
+    /// short queue (tokio's default listener has 128) drops their SYNs, and each dropped one
+    /// waits a second or more for its retransmission. The kernel caps it at `somaxconn`.
+    pub listen_backlog: u32,
     pub id: String,
     /// `GATEWAY_ENDPOINT`: where the offline-delivery function reaches this gateway's
     /// management API (recorded with every session). Unset: the management listener's address,
@@ -170,6 +175,7 @@ impl Config {
             ),
             addr,
             management_addr,
+            listen_backlog: settings.parsed("GATEWAY_LISTEN_BACKLOG", 4096)?,
             slot_wait: secs("GATEWAY_SLOT_WAIT_SECS", 0)?,
             id,
             kafka: KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?,

@@ -413,19 +413,18 @@ pub async fn drain_batch(
         log_max: limits.log_max,
     };
     let plans = plans(ports, &records, limits.concurrency).await;
-    let outcomes: Vec<(UserConnected, Result<DrainReport, PortError>)> = stream::iter(
-        records.into_iter().zip(plans),
-    )
-    .map(|(record, plan)| async move {
-        let result = match plan {
-            Ok(plan) => drain_from(ports, &record, plan, drain_limits).await,
-            Err(e) => Err(e),
-        };
-        (record, result)
-    })
-        .buffer_unordered(limits.concurrency.max(1))
-        .collect()
-        .await;
+    let outcomes: Vec<(UserConnected, Result<DrainReport, PortError>)> =
+        stream::iter(records.into_iter().zip(plans))
+            .map(|(record, plan)| async move {
+                let result = match plan {
+                    Ok(plan) => drain_from(ports, &record, plan, drain_limits).await,
+                    Err(e) => Err(e),
+                };
+                (record, result)
+            })
+            .buffer_unordered(limits.concurrency.max(1))
+            .collect()
+            .await;
     for (record, result) in outcomes {
         match result {
             Ok(report) => {

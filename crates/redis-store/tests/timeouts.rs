@@ -90,14 +90,19 @@ async fn a_server_that_never_answers_fails_the_connect_after_the_connect_timeout
     let started = Instant::now();
     let connected = connect_redis::connect(&config(&url, "5000", "300")).await;
     assert!(connected.is_err(), "connected to a silent server");
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
 fn the_timeouts_default_to_two_seconds_and_one() {
-    let cfg = connect_redis::RedisConfig::from_settings(&connect_config::Settings::from_pairs(
-        [("REDIS_URL", "redis://127.0.0.1:1")],
-    ))
+    let cfg = connect_redis::RedisConfig::from_settings(&connect_config::Settings::from_pairs([(
+        "REDIS_URL",
+        "redis://127.0.0.1:1",
+    )]))
     .unwrap();
     assert_eq!(
         (cfg.response_timeout, cfg.connect_timeout),
