@@ -234,7 +234,7 @@ async fn acquire_slot(redis: connect_redis::RedisConn, cfg: &Config) -> anyhow::
 }
 
 /// A listener on `addr` whose kernel queue holds `backlog` connections not yet accepted.
-pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

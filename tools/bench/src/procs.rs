@@ -5,8 +5,7 @@ use std::path::Path;
 
 /// utime + stime (seconds) and RSS (KiB) of a process.
 pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let fields = stat_fields(pid)?;
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
@@ -17,6 +16,18 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
         .parse()
         .ok()?;
     Some((ticks as f64 / 100.0, rss))
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (the state first, then the parent).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(") ")?
+            .1
+            .split(' ')
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 /// The processes of several stacks (`make regions`: `.local/pids`, `.local/region-b/pids`,
@@ -91,16 +102,7 @@ fn with_functions(procs: Vec<(String, u32)>) -> Vec<(String, u32)> {
         if out.iter().any(|(_, p)| *p == pid) {
             continue;
         }
-        let Some(parent) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit_once(") ")?
-                    .1
-                    .split(' ')
-                    .nth(1)?
-                    .parse::<u32>()
-                    .ok()
-            })
+        let Some(parent) = stat_fields(pid).and_then(|fields| fields.get(1)?.parse::<u32>().ok())
         else {
             continue;
         };
@@ -154,7 +156,7 @@ impl Usage {
 
     /// Prints cores used over `secs` and RSS per process; returns the CPU seconds of the hot
     /// path (gateways + messaging).
-    /// A function's instances are summed in one row (`fn <name> ×<instances>`).
+    /// A function's instances are summed in one row (`lambda/<function> ×<instances>`).
     pub fn print(&self, secs: f64) -> f64 {
         println!("process                 CPU (cores)   RSS MiB");
         let mut hot_path_cpu = 0.0;
@@ -182,5 +184,16 @@ impl Usage {
             );
         }
         hot_path_cpu
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_process_reads_its_own_parent_and_usage() {
+        let me = std::process::id();
+        let parent: u32 = super::stat_fields(me).unwrap()[1].parse().unwrap();
+        assert_eq!(parent, std::os::unix::process::parent_id());
+        assert!(super::proc_usage(me).is_some_and(|(_, rss)| rss > 0));
     }
 }
