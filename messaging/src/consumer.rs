@@ -274,6 +274,8 @@ struct LaneBatch<S> {
     fault_pause: Option<Duration>,
     stop: watch::Receiver<bool>,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// The read this batch came from, held until the batch is prepared ([`run`]).
+    reading: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Prepares a batch after the one before it in its lane (dedupe, authorize and allocate in
@@ -292,6 +294,7 @@ async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
         fault_pause,
         mut stop,
         _permit,
+        reading,
     } = b;
     if let Some(before) = after_prepared {
         // Dropped unsent (that batch's task ended early): its `done` says how.
@@ -319,6 +322,7 @@ async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
         prepared.absorb(step.prepare(again, connect_core::now_ms()).await);
     }
     let _ = prepared_tx.send(());
+    drop(reading);
     if !prepared.retry.is_empty() {
         info!("stopping with system messages not yet in; this batch stays uncommitted");
         return Ended::Held;
@@ -343,7 +347,8 @@ async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
 /// Each batch read is split by lane (partition `p`: lane `p % lanes`), and each part goes down
 /// its lane: prepared (dedupe, authorize, allocate, store, log, route) after the lane's
 /// previous batch was prepared, published and committed after it was committed. Lanes run side
-/// by side, up to `pipeline.in_flight` batches at once: a conversation lives on one partition,
+/// by side, up to `pipeline.in_flight` batches at once (and a batch is read only once the one
+/// read before it is prepared): a conversation lives on one partition,
 /// so its messages keep one order while a slow store in one lane holds no other lane up. A
 /// revoke (and a stop) waits for every lane's work before seqs are given back and offsets
 /// committed ([`Source::in_flight`] holds the latest batch of every lane).
@@ -375,9 +380,20 @@ pub async fn run<S: Source>(
             halt_tx.send_replace(true);
         }
     });
-    'read: while let Some((items, next_offsets)) =
-        source.next_batch(pipeline.batch_max, &mut halt).await
-    {
+    // The next batch is read once the one before is prepared (with lanes, at most `lanes`
+    // reads wait to be prepared): what arrives meanwhile makes one batch, not one each, and a
+    // batch's fixed costs (a big group's lookup, a round trip per phase) are paid once for all
+    // of it. Reading ahead only queued small batches behind the one being prepared.
+    let reads = Arc::new(tokio::sync::Semaphore::new(pipeline.lanes.max(1)));
+    'read: loop {
+        let reading = tokio::select! {
+            permit = reads.clone().acquire_owned() => Arc::new(permit.expect("never closed")),
+            _ = halt.wait_for(|h| *h) => break 'read,
+        };
+        let Some((items, next_offsets)) = source.next_batch(pipeline.batch_max, &mut halt).await
+        else {
+            break;
+        };
         if next_offsets.is_empty() {
             continue;
         }
@@ -424,6 +440,7 @@ pub async fn run<S: Source>(
                     fault_pause,
                     stop: stop.clone(),
                     _permit: permit,
+                    reading: reading.clone(),
                 };
                 let poison = poison.clone();
                 let deadline = pipeline.deadline;
@@ -588,6 +605,9 @@ mod loop_tests {
         batches: Mutex<VecDeque<(Keyed, Offsets)>>,
         in_flight: InFlight,
         log: Log,
+        /// The step's memory ports, and how many messages they held at each batch read.
+        mem: std::sync::OnceLock<Arc<Memory>>,
+        reads: Mutex<Vec<usize>>,
     }
 
     #[async_trait::async_trait]
@@ -598,6 +618,10 @@ mod loop_tests {
             stop: &mut watch::Receiver<bool>,
         ) -> Option<(Keyed, Offsets)> {
             let next = self.batches.lock().unwrap().pop_front();
+            if next.is_some() {
+                let stored = self.mem.get().map_or(0, |m| m.stored().len());
+                self.reads.lock().unwrap().push(stored);
+            }
             if next.is_none() {
                 // Nothing more to read: as a consumer waits for records, until stopped.
                 let _ = stop.wait_for(|s| *s).await;
@@ -726,6 +750,8 @@ mod loop_tests {
             batches: Mutex::new(batches),
             in_flight: InFlight::default(),
             log: log.clone(),
+            mem: std::sync::OnceLock::new(),
+            reads: Mutex::default(),
         })
     }
 
@@ -757,7 +783,24 @@ mod loop_tests {
         bus: impl FnOnce(Arc<Memory>, Log) -> Recording,
         deadline: Duration,
     ) -> Run {
+        let pipeline = Pipeline {
+            batch_max: 100,
+            in_flight: 8,
+            lanes: 8,
+            deadline,
+        };
+        start_pipeline(script, log, bus, pipeline)
+    }
+
+    /// As [`start_with`], with this pipeline.
+    fn start_pipeline(
+        script: Arc<Script>,
+        log: Log,
+        bus: impl FnOnce(Arc<Memory>, Log) -> Recording,
+        pipeline: Pipeline,
+    ) -> Run {
         let mem = Arc::new(Memory::default());
+        let _ = script.mem.set(mem.clone());
         let bus = Arc::new(bus(mem.clone(), log.clone()));
         let published = bus.published.clone();
         let (stop, stop_rx) = watch::channel(false);
@@ -766,12 +809,6 @@ mod loop_tests {
             pushes: bus,
             regions: None,
             metrics: Arc::new(BatchMetrics::register()),
-        };
-        let pipeline = Pipeline {
-            batch_max: 100,
-            in_flight: 8,
-            lanes: 8,
-            deadline,
         };
         let ended = tokio::spawn(run(
             script,
@@ -867,6 +904,38 @@ mod loop_tests {
         let (events, ended) = run.stop_after(3).await;
         assert_eq!(ended, Ok(()));
         assert_eq!(shape(&events), ["P", "C1", "P", "C2", "P", "C3"]);
+    }
+
+    /// Records that arrive while a batch is prepared wait for it and make the next batch
+    /// together: reading ahead queued a batch per read behind the one being prepared, each
+    /// paying a batch's fixed costs (a big group's lookup) for a message or two.
+    #[tokio::test]
+    async fn the_next_batch_is_read_once_the_one_before_is_prepared() {
+        for lanes in [1, 2] {
+            let log: Log = Arc::default();
+            let script = script(4, &log);
+            let pipeline = Pipeline {
+                batch_max: 100,
+                in_flight: 8,
+                lanes,
+                deadline: Duration::from_secs(60),
+            };
+            let run = start_pipeline(script.clone(), log, bus(50, 0, false), pipeline);
+            let (events, ended) = run.stop_after(4).await;
+            assert_eq!(ended, Ok(()));
+            assert_eq!(shape(&events), ["P", "C1", "P", "C2", "P", "C3", "P", "C4"]);
+            // Each batch is two sends; batch k (from 0) is read with at least the batches
+            // `lanes` reads before it stored (all on one partition: one lane's work).
+            let reads = script.reads.lock().unwrap().clone();
+            let least: Vec<usize> = (0..4usize)
+                .map(|k| 2 * k.saturating_sub(lanes - 1))
+                .collect();
+            assert_eq!(reads.len(), 4);
+            assert!(
+                reads.iter().zip(&least).all(|(got, least)| got >= least),
+                "{lanes} lane(s): messages stored at each read {reads:?}, at least {least:?}"
+            );
+        }
     }
 
     #[tokio::test]
