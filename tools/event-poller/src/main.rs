@@ -152,18 +152,32 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// How long a round may keep the poller from polling: a member that does not poll for
+/// `max.poll.interval.ms` leaves its group, and its partitions' uncommitted records are read
+/// again. A round invokes one partition's records (all `poll_max` of them at worst) in order,
+/// `max` per invocation, each answered within `timeout`: at least that long, plus a margin
+/// (an invocation that fails and is retried past it still makes the poller leave and read
+/// the round again, as a trigger's retries would).
+fn round_bound_ms(configured: u32, timeout: Duration, poll_max: usize, max: usize) -> u32 {
+    let invocations = poll_max.div_ceil(max.max(1)) as u128;
+    let bound = invocations * timeout.as_millis() + 30_000;
+    configured.max(bound.min(u128::from(u32::MAX)) as u32)
+}
+
 async fn run_kafka(
     settings: &connect_config::Settings,
     invoker: Invoker,
     function: &str,
 ) -> anyhow::Result<()> {
-    let kafka = KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?;
+    let mut kafka = KafkaConfig::from_settings(settings).map_err(anyhow::Error::msg)?;
     let topic = settings.string("EVENT_SOURCE_TOPIC", "user_connected");
     let group = settings.string("EVENT_GROUP_ID", &format!("lambda-{function}"));
     // As an MSK trigger: up to `max` records per invocation (its BatchSize), each partition's
     // invocations in order, the partitions side by side; a poll round reads up to `poll_max`.
     let max: usize = settings.parsed::<usize>("EVENT_BATCH_MAX", 100)?.max(1);
     let poll_max: usize = settings.parsed::<usize>("EVENT_POLL_MAX", 1000)?.max(max);
+    kafka.max_poll_interval_ms =
+        round_bound_ms(kafka.max_poll_interval_ms, invoker.timeout, poll_max, max);
 
     let consumer = GroupConsumer::subscribe(&kafka, &group, &[&topic])?;
     info!(%topic, %group, "polling");
@@ -205,4 +219,22 @@ async fn run_kafka(
     }
     consumer.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_of_slow_invocations_does_not_outlast_the_poll_interval() {
+        // 1,000 records on one partition, 100 per invocation, 60 s each: ten in a row.
+        let bound = round_bound_ms(30_000, Duration::from_secs(60), 1000, 100);
+        assert_eq!(bound, 630_000);
+        // A longer configured interval stands; a partial last invocation counts.
+        assert_eq!(
+            round_bound_ms(900_000, Duration::from_secs(60), 1000, 100),
+            900_000
+        );
+        assert_eq!(round_bound_ms(0, Duration::from_secs(1), 101, 100), 32_000);
+    }
 }
