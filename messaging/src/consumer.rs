@@ -347,8 +347,8 @@ async fn lane_batch<S: Source>(b: LaneBatch<S>) -> Ended {
 /// Each batch read is split by lane (partition `p`: lane `p % lanes`), and each part goes down
 /// its lane: prepared (dedupe, authorize, allocate, store, log, route) after the lane's
 /// previous batch was prepared, published and committed after it was committed. Lanes run side
-/// by side, up to `pipeline.in_flight` batches at once (and a batch is read only once the one
-/// read before it is prepared): a conversation lives on one partition,
+/// by side, up to `pipeline.in_flight` batches at once, and at most `pipeline.lanes` reads wait
+/// to be prepared: a conversation lives on one partition,
 /// so its messages keep one order while a slow store in one lane holds no other lane up. A
 /// revoke (and a stop) waits for every lane's work before seqs are given back and offsets
 /// committed ([`Source::in_flight`] holds the latest batch of every lane).
